@@ -1,0 +1,32 @@
+# make demo: set up .venv and run the quickstart sweep; make test: set up .venv and run the tests.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DATA ?= $(abspath ../shared/data)
+export PEFT_SWEEP_DATA_DIR ?= $(DATA)
+
+.PHONY: demo test test-fast setup clean
+
+$(BIN)/peft-sweep: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch==2.13.0 resolves to the CPU build here; on a GPU cluster install your own torch first
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+setup: $(BIN)/peft-sweep
+
+demo: setup
+	$(BIN)/peft-sweep run configs/quickstart.yaml
+	$(BIN)/peft-sweep export runs/quickstart
+	$(BIN)/peft-sweep report runs/quickstart --out runs/quickstart/report
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,245 @@
+"""``peft-sweep``: one command per step of the work, each shaped load → validate → act."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+EPILOG = """examples:
+  peft-sweep run configs/quickstart.yaml            run (or resume) a sweep; finished trials are skipped
+  peft-sweep status runs/quickstart                 counts per status and per (method, task)
+  peft-sweep rerun-failed runs/quickstart           rerun only the trials that ended in error
+  peft-sweep export runs/quickstart                 trials.parquet + curves.parquet from MLflow
+  peft-sweep analyze --trials runs/quickstart/export/trials.parquet --out runs/quickstart/analysis
+  peft-sweep report runs/quickstart --out runs/quickstart/report
+  peft-sweep train-one --task CB --method sam --sparsity 0.005 --set training.max_steps=100
+"""
+
+
+def _cmd_tasks(args) -> int:
+    from trainables.config import DataConfig
+    from trainables.data import protocol_indices
+    from trainables.tasks import TASKS, load_task
+
+    cfg = DataConfig(dir=args.data_dir)
+    rows = []
+    for name, task in TASKS.items():
+        train, dev = load_task(name, cfg.dir)
+        tr, dv = protocol_indices(len(train), cfg, None)
+        tr_p, _ = protocol_indices(len(train), cfg, 0)
+        rows.append({"task": name, "kind": task.kind, "metric": task.metric,
+                     "labels": [str(x) for x in task.labels], "train": len(tr), "dev": len(dv), "test": len(dev),
+                     "train_perturbed": len(tr_p), "original_train": len(train)})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(f"{'task':6} {'metric':17} {'train':>6} {'dev':>5} {'test':>5} {'perturbed':>9}  labels")
+        for r in rows:
+            print(f"{r['task']:6} {r['metric']:17} {r['train']:>6} {r['dev']:>5} {r['test']:>5} "
+                  f"{r['train_perturbed']:>9}  {','.join(r['labels']) or '(regression)'}")
+    return 0
+
+
+def _cmd_train_one(args) -> int:
+    from trainables import TrialConfig, run_trial
+    from .spec import SpecError, _first_error, apply_overrides
+    from pydantic import ValidationError
+
+    base = {"task": args.task, "method": args.method, "seed": args.seed, "sparsity": args.sparsity,
+            "perturbation": args.perturbation, "model": args.model, "data": {"dir": args.data_dir}}
+    # --set takes the sweep spec's keys: methods.<m>.<param> goes to this trial's method_params
+    data = apply_overrides({"training": {}, "methods": {}, "data": base.pop("data")}, args.set or [])
+    method_params = data.pop("methods").get(args.method, {})
+    try:
+        cfg = TrialConfig.model_validate({**base, **data, "method_params": method_params})
+    except ValidationError as exc:
+        raise SpecError(f"invalid trial: {_first_error(exc)}") from None
+
+    def report(metrics, path):
+        if not metrics.get("done"):
+            print(f"step {metrics['step']:>6}  dev {metrics['dev_score']:.4f}  train_loss {metrics['train_loss']:.4f}"
+                  f"  best {metrics['best_dev_score']:.4f}", file=sys.stderr, flush=True)
+
+    result = run_trial(cfg, report, checkpoint_dir=args.checkpoint_dir)
+    print(json.dumps(result))
+    return 0
+
+
+def _load(args):
+    from .spec import load_spec
+
+    return load_spec(args.config, args.set)
+
+
+def _cmd_validate(args) -> int:
+    spec = _load(args)
+    trials = spec.trials()
+    print(f"{args.config}: valid; {len(trials)} trials -> {spec.sweep_dir}")
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from . import sweep
+
+    spec = _load(args)
+    failed = sweep.run(spec, force=args.force)
+    return 1 if failed else 0
+
+
+def _cmd_rerun_failed(args) -> int:
+    from . import sweep
+
+    spec = sweep.load_sweep(args.sweep_dir)
+    return 1 if sweep.run(spec, only_failed=True) else 0
+
+
+def _cmd_status(args) -> int:
+    from . import sweep
+
+    table = sweep.status_table(sweep.load_sweep(args.sweep_dir))
+    if args.json:
+        print(json.dumps(table, indent=2))
+        return 0
+    print(f"{table['total']} trials: " + ", ".join(f"{k} {v}" for k, v in sorted(table["per_status"].items())))
+    for pair, counts in sorted(table["per_method_task"].items()):
+        print(f"  {pair:24} " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    for key, err in table["errors"].items():
+        print(f"  FAILED {key}: {err}")
+    return 0
+
+
+def _cmd_sync(args) -> int:
+    from . import sweep
+
+    spec = sweep.load_sweep(args.sweep_dir)
+    tracker = sweep.tracker_for(spec)
+    tracker.check()
+    print(f"synced {sweep.sync(spec, tracker)} trial(s) into {spec.resolved_tracking_uri}")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from . import export, sweep
+
+    spec = sweep.load_sweep(args.sweep_dir)
+    out = Path(args.out or spec.sweep_dir / "export")
+    paths = export.export(spec, out)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def _cmd_analyze(args) -> int:
+    from . import analysis
+
+    for p in analysis.analyze_file(args.trials, args.out):
+        print(p)
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from dashboards.report import build_report
+    from . import export, sweep
+
+    if args.trials:
+        trials, curves = Path(args.trials), Path(args.curves) if args.curves else None
+        out = Path(args.out or Path(args.trials).parent / "report")
+    elif args.sweep_dir:
+        spec = sweep.load_sweep(args.sweep_dir)
+        trials, curves = export.export(spec, spec.sweep_dir / "export")
+        out = Path(args.out or spec.sweep_dir / "report")
+    else:
+        raise SystemExit("report: give SWEEP_DIR or --trials FILE.parquet")
+    print(build_report(trials, curves, out))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="peft-sweep", description="Ray Tune sweeps of parameter-efficient "
+                                "fine-tuning methods (Fu et al. 2023), tracked in MLflow, exported as Parquet.",
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sets = dict(action="append", metavar="dotted.key=value", default=[],
+                help="override a setting, e.g. training.max_steps=200 or methods.sam.burnin=8 (repeatable)")
+
+    s = sub.add_parser("train-one", help="run one trial without Ray; prints its result as JSON on the last line")
+    s.add_argument("--task", required=True, help="CoLA, STS-B, MRPC, RTE, CB, COPA or WSC")
+    s.add_argument("--method", required=True, help="full, random, mixout, bitfit, magprune, adapter, lora, "
+                   "diffprune, childprune or sam")
+    s.add_argument("--sparsity", type=float, help="share p of trainable backbone entries (methods that take one)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--perturbation", type=int, help="perturbation split k (drops a seeded 10%% of train)")
+    s.add_argument("--model", default="minilm-l6", help="Hub id, local folder, or the alias minilm-l6 (embedded)")
+    s.add_argument("--data-dir", help=f"folder of the original task files (else ${'PEFT_SWEEP_DATA_DIR'}, else the Hub)")
+    s.add_argument("--checkpoint-dir", help="write a checkpoint at each evaluation here")
+    s.add_argument("--set", **sets)
+    s.set_defaults(fn=_cmd_train_one)
+
+    s = sub.add_parser("tasks", help="the seven tasks with metric, labels and split sizes under the protocol")
+    s.add_argument("--data-dir")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=_cmd_tasks)
+
+    for name, fn, text in [("validate", _cmd_validate, "check a sweep spec and count its trials; starts nothing"),
+                           ("run", _cmd_run, "run a sweep; resumes an interrupted one and skips FINISHED trials")]:
+        s = sub.add_parser(name, help=text)
+        s.add_argument("config", help="sweep spec YAML, e.g. configs/quickstart.yaml")
+        s.add_argument("--set", **sets)
+        if name == "run":
+            s.add_argument("--force", action="store_true", help="rerun trials that already FINISHED")
+        s.set_defaults(fn=fn)
+
+    for name, fn, text in [("rerun-failed", _cmd_rerun_failed, "rerun only the trials that ended in error"),
+                           ("status", _cmd_status, "counts per status and per (method, task)"),
+                           ("sync", _cmd_sync, "fill MLflow from the local trial records (after an outage)"),
+                           ("export", _cmd_export, "write trials.parquet and curves.parquet from MLflow")]:
+        s = sub.add_parser(name, help=text)
+        s.add_argument("sweep_dir", help="the sweep folder, <output_dir>/<name>")
+        if name == "status":
+            s.add_argument("--json", action="store_true")
+        if name == "export":
+            s.add_argument("--out", help="folder for the Parquet files (default SWEEP_DIR/export)")
+        s.set_defaults(fn=fn)
+
+    s = sub.add_parser("analyze", help="mean/std, ranks, Spearman rho from a trials Parquet file")
+    s.add_argument("--trials", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=_cmd_analyze)
+
+    s = sub.add_parser("report", help="static HTML report (tables and figures) of a sweep or a trials file")
+    s.add_argument("sweep_dir", nargs="?")
+    s.add_argument("--trials", help="trials.parquet instead of a sweep folder")
+    s.add_argument("--curves", help="curves.parquet to go with --trials")
+    s.add_argument("--out")
+    s.set_defaults(fn=_cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    args = build_parser().parse_args(argv)
+    from trainables.models import ModelError
+    from trainables.tasks import DataError as TaskDataError
+    from .spec import SpecError
+    from .tracking import TrackingError
+
+    try:
+        return args.fn(args)
+    except (SpecError, TaskDataError, ModelError, TrackingError, FileNotFoundError) as exc:
+        print(f"peft-sweep {args.cmd}: error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # validation errors of settings (e.g. budget too small)
+        print(f"peft-sweep {args.cmd}: error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        if "Ray cluster" in str(exc):
+            print(f"peft-sweep {args.cmd}: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Local trial records (SWEEP_DIR/records/<trial_key>.json), written by the driver before MLflow.
+
+They make the tracking store rebuildable: if MLflow is down while trials finish, nothing is lost, and
+``peft-sweep sync`` (or the next run) fills MLflow from them. One file per key, replaced atomically.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+KEY = re.compile(r"^[0-9a-f]{12}$")
+
+
+def _path(sweep_dir: Path, key: str) -> Path:
+    if not KEY.match(key):  # a trial key is a 12-hex hash; anything else could escape the folder
+        raise ValueError(f"invalid trial key {key!r}")
+    return sweep_dir / "records" / f"{key}.json"
+
+
+def read(sweep_dir: Path, key: str) -> dict[str, Any] | None:
+    p = _path(sweep_dir, key)
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def write(sweep_dir: Path, key: str, record: dict[str, Any]) -> None:
+    p = _path(sweep_dir, key)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(record, fh, default=str)
+    os.replace(tmp, p)
+
+
+def update(sweep_dir: Path, key: str, **fields: Any) -> dict[str, Any]:
+    record = read(sweep_dir, key) or {"trial_key": key}
+    record.update(fields)
+    write(sweep_dir, key, record)
+    return record
+
+
+def all_records(sweep_dir: Path) -> dict[str, dict[str, Any]]:
+    folder = sweep_dir / "records"
+    if not folder.is_dir():
+        return {}
+    return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}

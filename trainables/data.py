@@ -1,0 +1,179 @@
+"""The paper's protocol (train/dev split, perturbation splits, dev = test) over a tokenised cache.
+
+Tokenisation happens once per (task data, tokenizer, max length) and is stored on disk; trials read the
+cache and only pad and stack in the training loop.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import DataConfig
+from .tasks import Task, get_task, load_task, resolve_data_dir, task_files
+
+CACHE_ENV = "PEFT_SWEEP_CACHE_DIR"
+CACHE_FORMAT = 1
+COPA_QUESTION = {"cause": "What was the cause?", "effect": "What happened as a result?"}
+
+
+@dataclass
+class Encoded:
+    """One split, tokenised and flat: sequence j of example i is ``tokens[bounds[i, j, 0]:bounds[i, j, 1]]``.
+    Every example has the same number of sequences (2 for COPA: one per choice; else 1)."""
+    tokens: torch.Tensor  # (total,) int32
+    types: torch.Tensor | None  # (total,) int8 token type ids, aligned with tokens
+    bounds: torch.Tensor  # (n, n_seq, 2) int64
+    labels: torch.Tensor  # (n,) float32 (class index or regression target)
+    spans: torch.Tensor | None  # (n, 2, 2) token [start, end) of span1 and span2 (WSC)
+
+    def __len__(self) -> int:
+        return self.bounds.shape[0]
+
+    def subset(self, idx: np.ndarray) -> "Encoded":
+        idx = torch.as_tensor(np.asarray(idx, dtype=np.int64))
+        return Encoded(self.tokens, self.types, self.bounds[idx], self.labels[idx],
+                       None if self.spans is None else self.spans[idx])
+
+    def lengths(self) -> np.ndarray:
+        """Longest sequence of each example (what its batch is padded to)."""
+        return (self.bounds[..., 1] - self.bounds[..., 0]).max(-1).values.numpy()
+
+    def to_state(self) -> dict:
+        return {"tokens": self.tokens, "types": self.types, "bounds": self.bounds, "labels": self.labels,
+                "spans": self.spans}
+
+
+def _tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    blob = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(f"{type(tokenizer).__name__}|{blob}".encode()).hexdigest()
+
+
+def _source_fingerprint(task: Task, data_dir: Path | None) -> str:
+    if data_dir is None:
+        return "hub:" + "/".join(task.hub)
+    h = hashlib.sha256()
+    for p in task_files(task, data_dir):
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def _encode(task: Task, records: list[dict], tokenizer, max_len: int) -> Encoded:
+    spans = []
+    if task.kind == "span_pair":
+        enc = tokenizer([r["words"] for r in records], is_split_into_words=True, truncation=True, max_length=max_len)
+        for i, r in enumerate(records):
+            word_ids = enc.word_ids(i)
+            pair = []
+            for s, e in (r["span1"], r["span2"]):
+                toks = [t for t, w in enumerate(word_ids) if w is not None and s <= w < e]
+                pair.append([toks[0], toks[-1] + 1] if toks else [0, 1])  # truncated away: fall back to [CLS]
+            spans.append(pair)
+        seqs = [[x] for x in enc["input_ids"]]
+        tts = [[x] for x in enc["token_type_ids"]] if "token_type_ids" in enc else None
+    elif task.kind == "multiple_choice":
+        firsts = [f"{r['premise']} {COPA_QUESTION[r['question']]}" for r in records for _ in r["choices"]]
+        seconds = [c for r in records for c in r["choices"]]
+        enc = tokenizer(firsts, seconds, truncation=True, max_length=max_len)
+        n = len(records[0]["choices"]) if records else 2
+        seqs = [enc["input_ids"][i:i + n] for i in range(0, len(firsts), n)]
+        tts = [enc["token_type_ids"][i:i + n] for i in range(0, len(firsts), n)] if "token_type_ids" in enc else None
+    else:
+        args = [[r["text_a"] for r in records]]
+        if "text_b" in records[0]:
+            args.append([r["text_b"] for r in records])
+        enc = tokenizer(*args, truncation=True, max_length=max_len)
+        seqs = [[x] for x in enc["input_ids"]]
+        tts = [[x] for x in enc["token_type_ids"]] if "token_type_ids" in enc else None
+
+    flat_ids = [seq for group in seqs for seq in group]
+    lens = torch.tensor([len(x) for x in flat_ids], dtype=torch.int64)
+    ends = lens.cumsum(0)
+    bounds = torch.stack([ends - lens, ends], -1).view(len(records), -1, 2)
+    tokens = torch.tensor([t for x in flat_ids for t in x], dtype=torch.int32)
+    types = None if tts is None else torch.tensor([t for g in tts for x in g for t in x], dtype=torch.int8)
+    labels = torch.tensor([float(r["label"]) for r in records], dtype=torch.float32)
+    return Encoded(tokens, types, bounds, labels, torch.tensor(spans, dtype=torch.int64) if spans else None)
+
+
+def cache_root(cfg: DataConfig) -> Path:
+    return Path(cfg.cache_dir or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "peft-sweep").expanduser()
+
+
+def load_encoded(task_name: str, tokenizer, max_len: int, cfg: DataConfig) -> tuple[Encoded, Encoded]:
+    """(original train, original dev) tokenised; built once and then read from the cache."""
+    task = get_task(task_name)
+    data_dir = resolve_data_dir(cfg.dir)
+    key = hashlib.sha256("|".join([str(CACHE_FORMAT), task.name, _source_fingerprint(task, data_dir),
+                                    _tokenizer_fingerprint(tokenizer), str(max_len)]).encode()).hexdigest()[:20]
+    path = cache_root(cfg) / f"{task.name}-{key}.pt"
+    if path.is_file():
+        state = torch.load(path, weights_only=True)
+        return Encoded(**state["train"]), Encoded(**state["dev"])
+    train_records, dev_records = load_task(task.name, data_dir)
+    train, dev = (_encode(task, r, tokenizer, max_len) for r in (train_records, dev_records))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # write-then-rename: concurrent trials building the same cache never read a half-written file
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    torch.save({"train": train.to_state(), "dev": dev.to_state()}, tmp)
+    os.replace(tmp, path)
+    return train, dev
+
+
+def protocol_indices(n_train: int, cfg: DataConfig, perturbation: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, dev indices) into the original train set. The split seed, not the training seed,
+    fixes them; perturbation split k further drops a random ``perturb_fraction`` of the train part."""
+    perm = np.random.default_rng(cfg.split_seed).permutation(n_train)
+    n_dev = int(round(n_train * cfg.dev_fraction))
+    dev, train = np.sort(perm[:n_dev]), np.sort(perm[n_dev:])
+    if perturbation is not None:
+        rng = np.random.default_rng([cfg.split_seed, 1_000_003, perturbation])
+        n_keep = len(train) - int(round(len(train) * cfg.perturb_fraction))
+        train = np.sort(rng.choice(train, size=n_keep, replace=False))
+    return train, dev
+
+
+@dataclass
+class Splits:
+    train: Encoded
+    dev: Encoded
+    test: Encoded
+
+
+def build_splits(task_name: str, tokenizer, max_len: int, cfg: DataConfig, perturbation: int | None) -> Splits:
+    orig_train, orig_dev = load_encoded(task_name, tokenizer, max_len, cfg)
+    train_idx, dev_idx = protocol_indices(len(orig_train), cfg, perturbation)
+    return Splits(orig_train.subset(train_idx), orig_train.subset(dev_idx), orig_dev)
+
+
+def collate(data: Encoded, idx: list[int] | np.ndarray, pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Pad a batch to its longest sequence (dynamic padding) and move it to the device."""
+    bounds = data.bounds[torch.as_tensor(np.asarray(idx, dtype=np.int64))]
+    n, n_seq = bounds.shape[:2]
+    lens = bounds[..., 1] - bounds[..., 0]
+    width = int(lens.max())
+    ids = torch.full((n, n_seq, width), pad_id, dtype=torch.int64)
+    mask = torch.zeros((n, n_seq, width), dtype=torch.int64)
+    types = None if data.types is None else torch.zeros((n, n_seq, width), dtype=torch.int64)
+    for i in range(n):
+        for j in range(n_seq):
+            a, b = int(bounds[i, j, 0]), int(bounds[i, j, 1])
+            ids[i, j, : b - a] = data.tokens[a:b]
+            mask[i, j, : b - a] = 1
+            if types is not None:
+                types[i, j, : b - a] = data.types[a:b]
+    squeeze = (lambda t: t[:, 0]) if n_seq == 1 else (lambda t: t)  # noqa: E731
+    sel = torch.as_tensor(np.asarray(idx, dtype=np.int64))
+    batch = {"input_ids": squeeze(ids), "attention_mask": squeeze(mask), "labels": data.labels[sel]}
+    if types is not None:
+        batch["token_type_ids"] = squeeze(types)
+    if data.spans is not None:
+        batch["span1"], batch["span2"] = data.spans[sel, 0], data.spans[sel, 1]
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}

@@ -1,0 +1,324 @@
+"""The one training loop every method shares: setup → train → result, runnable with or without Ray.
+
+``Trainer(cfg, report, checkpoint_dir, resume_dir).run()`` trains one trial. ``report(metrics, path)``
+is called at every evaluation (``path`` is a checkpoint folder when one was written) and once at the
+end with ``done=True``. Errors: ``DataError`` / ``ModelError`` / ``ValueError`` for bad input, before
+any training step.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import TrialConfig
+from .data import Encoded, build_splits, collate
+from .masking import MaskedAdamW, backbone_parameters
+from .methods import get_method
+from .methods.base import SetupContext
+from .metrics import compute_metrics
+from .models import TaskModel, load_backbone, load_tokenizer, resolve_model
+from .schedule import epoch_batches, lr_at
+from .tasks import get_task
+
+Report = Callable[[dict[str, Any], str | None], None]
+STATE_FILE = "state.pt"
+
+
+class InjectedFault(RuntimeError):
+    """Raised by the test-only fault switch (``fault.fail_at_step``)."""
+
+
+def pick_device() -> torch.device:
+    # Ray (or the user) narrows CUDA_VISIBLE_DEVICES to this trial's GPU; "cuda" is then that GPU.
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+class Trainer:
+    def __init__(self, cfg: TrialConfig, report: Report | None = None, checkpoint_dir: str | None = None,
+                 resume_dir: str | None = None):
+        self.cfg, self.report = cfg, report or (lambda metrics, path: None)
+        self.checkpoint_dir, self.resume_dir = checkpoint_dir, resume_dir
+        self.t_start = time.perf_counter()
+        self.timers = {"setup_s": 0.0, "train_s": 0.0, "eval_s": 0.0, "checkpoint_s": 0.0}
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        cfg, tc = self.cfg, self.cfg.training
+        self.task = get_task(cfg.task)
+        self.device = pick_device()
+        if tc.precision == "bf16" and self.device.type != "cuda":
+            raise ValueError("training.precision 'bf16' needs a CUDA device; use 'auto' or 'fp32' on CPU")
+        use_bf16 = tc.precision == "bf16" or (tc.precision == "auto" and self.device.type == "cuda")
+        self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+        model_path = resolve_model(cfg.model)
+        tokenizer = load_tokenizer(model_path)
+        self.pad_id = tokenizer.pad_token_id or 0
+        self.splits = build_splits(cfg.task, tokenizer, tc.max_seq_length, cfg.data, cfg.perturbation)
+        self.train_lengths = self.splits.train.lengths()
+        self.batches_per_epoch = math.ceil(len(self.splits.train) / tc.batch_size)
+
+        torch.manual_seed(cfg.seed)
+        backbone = load_backbone(model_path)
+        self.model = TaskModel(backbone, self.task.kind, self.task.num_labels)
+        self.theta0 = {n: p.detach().to("cpu", copy=True) for n, p in backbone_parameters(self.model).items()}
+        self.method = get_method(cfg.method)(cfg.params(), cfg.sparsity, cfg.seed)
+        self.method.prepare(self.model)
+        self.model.to(self.device)
+        self.ctx = SetupContext(self.theta0, self._extra_batches, self._loss, self.device)
+        state = self._load_state()
+        if state is None:
+            self.method.select(self.model, self.ctx)
+        else:
+            self.model.load_state_dict(state["model"])
+            self.method.load_state_dict(state["method"], self.model)
+        self._build_optimizers()
+        self.step, self.best_score, self.best_step, self.bad_evals = 0, -math.inf, 0, 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.curve: list[dict[str, float]] = []
+        self.loss_sum, self.loss_n = torch.zeros((), device=self.device), 0
+        if state is not None:
+            self._restore(state)
+        if tc.compile and self.device.type == "cuda":
+            self.forward = torch.compile(self.model)
+        else:
+            self.forward = self.model
+        self.timers["setup_s"] = time.perf_counter() - self.t_start
+
+    def _build_optimizers(self) -> None:
+        lr = self.cfg.params().lr or self.cfg.training.lr
+        wd = self.cfg.training.weight_decay
+        dense = [("head." + n, p) for n, p in self.model.head.named_parameters()] + self.method.dense_parameters(self.model)
+        decay = [p for n, p in dense if p.ndim >= 2 and "LayerNorm" not in n]
+        no_decay = [p for n, p in dense if not (p.ndim >= 2 and "LayerNorm" not in n)]
+        fused = {"fused": True} if self.device.type == "cuda" else {}
+        self.dense_opt = torch.optim.AdamW([{"params": decay, "weight_decay": wd},
+                                            {"params": no_decay, "weight_decay": 0.0}], lr=lr, **fused)
+        self.dense_params = [p for _, p in dense]
+        self.sparse_opt = None
+        if self.method.masked_optimizer:
+            mask = self.method.mask
+            self.sparse_opt = MaskedAdamW([(p, mask.get(n, torch.empty(0, dtype=torch.long)))
+                                           for n, p in backbone_parameters(self.model).items()], lr=lr, weight_decay=wd)
+        self.base_lr = lr
+        # the forward pass needs the head and whatever the method trains; nothing else keeps grads
+        for p in self.model.head.parameters():
+            p.requires_grad_(True)
+
+    # ------------------------------------------------------------------ data helpers
+    def _extra_batches(self, n: int, salt: int):
+        """n batches for burn-in / Fisher / probes, from their own seeded stream (the training order
+        does not move)."""
+        rng = np.random.default_rng([self.cfg.seed, 31, salt])
+        bs = self.cfg.training.batch_size
+        for _ in range(n):
+            idx = rng.choice(len(self.splits.train), size=min(bs, len(self.splits.train)), replace=False)
+            yield collate(self.splits.train, np.sort(idx), self.pad_id, self.device)
+
+    def _loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        with self.autocast():
+            return model.loss(model(batch), batch["labels"])
+
+    def _train_batch(self, step: int) -> dict[str, torch.Tensor]:
+        epoch, pos = divmod(step, self.batches_per_epoch)
+        if pos == 0 or getattr(self, "_epoch", None) != epoch:
+            self._epoch, self._order = epoch, epoch_batches(self.train_lengths, self.cfg.training.batch_size,
+                                                             self.cfg.seed, epoch)
+        return collate(self.splits.train, self._order[pos], self.pad_id, self.device)
+
+    def probe_loss(self) -> float:
+        """Training loss on one fixed batch, in eval mode: the before/after of a projection."""
+        batch = next(self._extra_batches(1, 99))
+        was = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            value = float(self._loss(self.model, batch))
+        self.model.train(was)
+        return value
+
+    @torch.inference_mode()
+    def evaluate(self, data: Encoded) -> dict[str, float]:
+        t0 = time.perf_counter()
+        was = self.model.training
+        self.model.eval()
+        order = np.argsort(data.lengths(), kind="stable")  # similar lengths together: little padding
+        preds = torch.empty(len(data), dtype=torch.float32)
+        bs = self.cfg.training.eval_batch_size
+        for i in range(0, len(order), bs):
+            idx = order[i:i + bs]
+            with self.autocast():
+                logits = self.forward(collate(data, idx, self.pad_id, self.device))
+            preds[torch.as_tensor(idx)] = TaskModel.predictions(self.task.kind, logits).float().cpu()
+        self.model.train(was)
+        self.timers["eval_s"] += time.perf_counter() - t0
+        return compute_metrics(self.task.metric, preds.numpy(), data.labels.numpy())
+
+    # ------------------------------------------------------------------ checkpoint
+    def _load_state(self) -> dict | None:
+        if not self.resume_dir:
+            return None
+        path = Path(self.resume_dir) / STATE_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"no checkpoint {path}")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    def _restore(self, s: dict) -> None:
+        self.dense_opt.load_state_dict(s["dense_opt"])
+        if self.sparse_opt is not None:
+            self.sparse_opt.load_state_dict(s["sparse_opt"])
+        self.step, self.best_score, self.best_step = s["step"], s["best_score"], s["best_step"]
+        self.bad_evals, self.best_state, self.curve = s["bad_evals"], s["best_state"], s["curve"]
+        torch.set_rng_state(s["rng"])
+        if self.device.type == "cuda" and s.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(s["cuda_rng"])
+
+    def _save_state(self) -> str | None:
+        if not self.checkpoint_dir:
+            return None
+        t0 = time.perf_counter()
+        folder = Path(self.checkpoint_dir) / f"step-{self.step:07d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {"model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                 "dense_opt": self.dense_opt.state_dict(),
+                 "sparse_opt": None if self.sparse_opt is None else self.sparse_opt.state_dict(),
+                 "method": self.method.state_dict(), "step": self.step, "best_score": self.best_score,
+                 "best_step": self.best_step, "bad_evals": self.bad_evals, "best_state": self.best_state,
+                 "curve": self.curve, "rng": torch.get_rng_state(),
+                 "cuda_rng": torch.cuda.get_rng_state() if self.device.type == "cuda" else None,
+                 "trial_key": self.cfg.key}
+        tmp = folder / (STATE_FILE + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, folder / STATE_FILE)
+        self.timers["checkpoint_s"] += time.perf_counter() - t0
+        return str(folder)
+
+    # ------------------------------------------------------------------ train
+    def _clip(self) -> None:
+        """Clip by the norm of what is actually trained (selected entries only for masked tensors)."""
+        grads = [p.grad for p in self.dense_params if p.grad is not None]
+        sq = [g.float().pow(2).sum() for g in grads]
+        if self.sparse_opt is not None:
+            for p, st in self.sparse_opt.state.items():
+                if p.grad is not None and st["index"].numel():
+                    sq.append(p.grad.reshape(-1).index_select(0, st["index"]).float().pow(2).sum())
+        if not sq:
+            return
+        scale = (self.cfg.training.max_grad_norm / (torch.stack(sq).sum().sqrt() + 1e-6)).clamp(max=1.0)
+        for g in grads:
+            g.mul_(scale)
+        if self.sparse_opt is not None:
+            for p in self.sparse_opt.state:
+                if p.grad is not None:
+                    p.grad.mul_(scale)
+
+    def _maybe_fail(self) -> None:
+        f = self.cfg.fault
+        if f.fail_at_step is None or self.step != f.fail_at_step:
+            return
+        marker_dir = Path(f.marker_dir or ".")
+        marker_dir.mkdir(parents=True, exist_ok=True)
+        done = len(list(marker_dir.glob(f"{self.cfg.key}.fail-*")))
+        if done < f.fail_times:
+            (marker_dir / f"{self.cfg.key}.fail-{done}").touch()
+            raise InjectedFault(f"injected fault at step {self.step} (attempt {done + 1} of {f.fail_times} that fail)")
+
+    def train(self) -> None:
+        tc = self.cfg.training
+        self.model.train()
+        t0 = time.perf_counter()
+        while self.step < tc.max_steps:
+            lr = lr_at(self.step, self.base_lr, tc.max_steps, tc.warmup_ratio)
+            for opt in (self.dense_opt, self.sparse_opt):
+                if opt is not None:
+                    for g in opt.param_groups:
+                        g["lr"] = lr
+            batch = self._train_batch(self.step)
+            with self.autocast():
+                loss = self.model.loss(self.forward(batch), batch["labels"])
+                extra = self.method.extra_loss(self.model)
+            (loss if extra is None else loss + extra).backward()
+            self._clip()
+            self.dense_opt.step()
+            if self.sparse_opt is not None:
+                self.sparse_opt.step()
+            self.model.zero_grad(set_to_none=True)
+            self.step += 1
+            self.loss_sum += loss.detach().float()
+            self.loss_n += 1
+            self.method.after_step(self.step, self.model, self)
+            self._maybe_fail()
+            if self.step % tc.eval_every == 0 or self.step == tc.max_steps:
+                self.timers["train_s"] += time.perf_counter() - t0
+                stop = self._evaluation_point(lr)
+                t0 = time.perf_counter()
+                if stop:
+                    return
+        self.timers["train_s"] += time.perf_counter() - t0
+
+    def _evaluation_point(self, lr: float) -> bool:
+        tc = self.cfg.training
+        dev = self.evaluate(self.splits.dev)["score"]
+        train_loss = float(self.loss_sum) / max(1, self.loss_n)
+        self.loss_sum.zero_()
+        self.loss_n = 0
+        if dev > self.best_score:
+            self.best_score, self.best_step, self.bad_evals = dev, self.step, 0
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        else:
+            self.bad_evals += 1
+        point = {"step": self.step, "dev_score": dev, "train_loss": train_loss, "lr": lr}
+        self.curve.append(point)
+        n_eval = len(self.curve)
+        path = self._save_state() if tc.checkpoint_every and n_eval % tc.checkpoint_every == 0 else None
+        self.report({**point, "best_dev_score": self.best_score, "done": False}, path)
+        return self.bad_evals >= tc.patience and self.step >= tc.min_steps
+
+    # ------------------------------------------------------------------ result
+    def result(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self.model.load_state_dict(self.best_state)
+        self.method.finalize(self.model)
+        scores = {split: self.evaluate(getattr(self.splits, split)) for split in ("dev", "test", "train")}
+        eligible = sum(t.numel() for t in self.theta0.values())
+        current = backbone_parameters(self.model)
+        changed = sum(int((current[n].detach().cpu() != t).sum()) for n, t in self.theta0.items())
+        added = sum(p.numel() for n, p in self.model.named_parameters()
+                    if n.startswith("adapters.") or ("lora_" in n))
+        out = {"trial_key": cfg.key, "method": cfg.method, "task": cfg.task, "seed": cfg.seed,
+               "sparsity": cfg.sparsity, "perturbation": cfg.perturbation, "model": cfg.model,
+               "status": "FINISHED", "metric": self.task.metric,
+               "test_score": scores["test"]["score"], "dev_score": scores["dev"]["score"],
+               "train_score": scores["train"]["score"]}
+        for split, comps in scores.items():
+            out.update({f"{split}_{k}": v for k, v in comps.items() if k != "score"})
+        out.update({"steps": self.step, "best_step": self.best_step, "eligible_params": eligible,
+                    "trainable_params": self.method.trainable_count(self.model),
+                    "changed_params": changed + added, "added_params": added,
+                    "device": str(self.device), "n_train": len(self.splits.train),
+                    "n_dev": len(self.splits.dev), "n_test": len(self.splits.test),
+                    "projections": [p.as_dict() for p in self.method.projections], "curve": self.curve})
+        out["wall_s"] = time.perf_counter() - self.t_start
+        out.update({k: round(v, 3) for k, v in self.timers.items()})
+        return out
+
+    def run(self) -> dict[str, Any]:
+        self.setup()
+        self.train()
+        result = self.result()
+        self.report({**result, "done": True}, None)
+        return result
+
+
+def run_trial(cfg: TrialConfig | dict, report: Report | None = None, checkpoint_dir: str | None = None,
+              resume_dir: str | None = None) -> dict[str, Any]:
+    """Run one trial to the end and return its result (the Ray-free entry point)."""
+    if isinstance(cfg, dict):
+        cfg = TrialConfig.model_validate(cfg)
+    return Trainer(cfg, report, checkpoint_dir, resume_dir).run()

@@ -1,0 +1,121 @@
+"""Choosing ⌊m·p⌋ backbone entries, and training exactly those.
+
+A masked tensor keeps ``requires_grad`` (its gradient is computed densely, as autograd must), but
+:class:`MaskedAdamW` gathers the gradient at the selected flat indices, keeps Adam moments only for
+them and writes back only them: every other entry stays bit-identical to θ0, gets no weight decay
+and holds no optimizer state. torch's sparse optimizers want sparse gradients, which dense layers
+do not produce; hence this small optimizer of our own.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import nn
+
+Scope = Literal["global", "per_tensor"]
+
+
+def budget(m: int, sparsity: float) -> int:
+    """⌊m·p⌋, the number of trainable entries at sparsity p."""
+    return int(math.floor(m * sparsity))
+
+
+def canonical_name(name: str) -> str | None:
+    """The pretrained parameter's own name, seen through peft's and torch's wrappers; None for a
+    parameter that a method added (LoRA factors, gate parameters)."""
+    if "lora_" in name or ".parametrizations." in name and not name.endswith(".original"):
+        return None
+    name = name.replace(".base_layer.", ".")
+    if ".parametrizations." in name:  # X.parametrizations.weight.original -> X.weight
+        head, tail = name.split(".parametrizations.")
+        name = f"{head}.{tail.removesuffix('.original')}"
+    return name
+
+
+def backbone_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The eligible parameters: everything pretrained in ``model.backbone`` (not the head, nothing added)."""
+    out = {}
+    for n, p in model.backbone.named_parameters():
+        name = canonical_name(n)
+        if name is not None:
+            out[f"backbone.{name}"] = p
+    return out
+
+
+def select_top(scores: dict[str, torch.Tensor], k: int, scope: Scope) -> dict[str, torch.Tensor]:
+    """Flat indices of the k highest scores. ``global`` ranks all entries together (the paper's
+    Theorem 3); ``per_tensor`` gives each tensor ⌊n_i·k/m⌋ and the remainder to the largest fractional
+    parts, so the total is still exactly k."""
+    names = list(scores)
+    sizes = [scores[n].numel() for n in names]
+    m = sum(sizes)
+    if not 0 <= k <= m:
+        raise ValueError(f"cannot select {k} of {m} entries")
+    if scope == "global":
+        flat = torch.cat([scores[n].detach().reshape(-1).float().cpu() for n in names])
+        top = torch.topk(flat, k, sorted=False).indices if k else torch.empty(0, dtype=torch.long)
+        top, _ = torch.sort(top)
+        out, start = {}, 0
+        for n, size in zip(names, sizes):
+            lo, hi = torch.searchsorted(top, torch.tensor([start, start + size]))
+            out[n] = top[lo:hi] - start
+            start += size
+        return out
+    if scope != "per_tensor":
+        raise ValueError(f"unknown selection scope {scope!r}; valid: global, per_tensor")
+    exact = [size * k / m for size in sizes]
+    quota = [int(math.floor(e)) for e in exact]
+    for i in sorted(range(len(names)), key=lambda i: (quota[i] - exact[i], i))[: k - sum(quota)]:
+        quota[i] += 1
+    out = {}
+    for n, q in zip(names, quota):
+        flat = scores[n].detach().reshape(-1).float().cpu()
+        out[n] = torch.sort(torch.topk(flat, q, sorted=False).indices).values if q else torch.empty(0, dtype=torch.long)
+    return out
+
+
+class MaskedAdamW(torch.optim.Optimizer):
+    """AdamW over the selected flat entries of each parameter only (``index`` per parameter)."""
+
+    def __init__(self, params_with_index: list[tuple[nn.Parameter, torch.Tensor]], lr: float,
+                 betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+        params = [p for p, _ in params_with_index]
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+        for p, idx in params_with_index:
+            self.set_index(p, idx)
+
+    def set_index(self, p: nn.Parameter, idx: torch.Tensor) -> None:
+        """(Re)select the entries of ``p``; the moments start from zero for the new selection."""
+        idx = idx.to(p.device, torch.long)
+        self.state[p] = {"index": idx, "step": torch.zeros((), dtype=torch.float32),
+                         "exp_avg": torch.zeros(idx.numel(), dtype=torch.float32, device=p.device),
+                         "exp_avg_sq": torch.zeros(idx.numel(), dtype=torch.float32, device=p.device)}
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                st = self.state[p]
+                idx = st["index"]
+                if idx.numel() == 0:
+                    continue
+                st["step"] += 1
+                t = float(st["step"])
+                g = p.grad.reshape(-1).index_select(0, idx).float()
+                st["exp_avg"].mul_(beta1).add_(g, alpha=1 - beta1)
+                st["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                denom = (st["exp_avg_sq"] / (1 - beta2 ** t)).sqrt_().add_(group["eps"])
+                flat = p.view(-1)
+                val = flat.index_select(0, idx).float()
+                val.mul_(1 - group["lr"] * group["weight_decay"])
+                val.addcdiv_(st["exp_avg"], denom, value=-group["lr"] / (1 - beta1 ** t))
+                flat.index_copy_(0, idx, val.to(p.dtype))
+        return None
+
+    def selected(self) -> int:
+        return sum(int(s["index"].numel()) for s in self.state.values())

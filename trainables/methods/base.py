@@ -1,0 +1,147 @@
+"""What every method provides to the one training loop, and the registry that names them."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterator
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from ..config import Strict
+from ..masking import Scope, backbone_parameters, budget, select_top
+
+
+class MethodParams(Strict):
+    lr: float | None = Field(None, gt=0, description="learning rate for this method; default training.lr")
+
+
+class MaskParams(MethodParams):
+    scope: Scope = Field("global", description="global: rank all eligible entries together; per_tensor: each tensor alike")
+
+
+@dataclass
+class SetupContext:
+    """What a method may use while choosing what to train: θ0, batches for burn-in, the loss."""
+    theta0: dict[str, torch.Tensor]  # backbone name -> pretrained values (CPU)
+    batches: Callable[[int, int], Iterator[dict[str, torch.Tensor]]]  # (n, salt) -> n training batches
+    loss: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
+    device: torch.device
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Projection:
+    """One projection onto the sparse set (diffprune, childprune): the paper's Figure 4 points."""
+    step: int
+    flipped: int
+    loss_before: float
+    loss_after: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {"step": self.step, "flipped": self.flipped, "loss_before": self.loss_before,
+                "loss_after": self.loss_after}
+
+
+class Method:
+    """Base: trains nothing of the backbone. Subclasses override what they need.
+
+    ``prepare`` changes the model's structure (same result every time: it is redone on resume);
+    ``select`` chooses what to train (skipped on resume, where ``load_state_dict`` restores it).
+    """
+    name: ClassVar[str]
+    Params: ClassVar[type[MethodParams]] = MethodParams
+    uses_sparsity: ClassVar[bool] = True
+    masked_optimizer: ClassVar[bool] = False
+
+    def __init__(self, params: MethodParams, sparsity: float | None, seed: int):
+        self.params, self.sparsity, self.seed = params, sparsity, seed
+        self.mask: dict[str, torch.Tensor] | None = None  # name -> flat indices (mask methods only)
+        self.projections: list[Projection] = []
+
+    # --- structure and selection ---------------------------------------------------------------
+    def prepare(self, model: nn.Module) -> None:
+        pass
+
+    def select(self, model: nn.Module, ctx: SetupContext) -> None:
+        pass
+
+    def dense_parameters(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+        """Trained in full by the dense AdamW (the head is added by the loop)."""
+        return []
+
+    def trainable_count(self, model: nn.Module) -> int:
+        if self.mask is not None:
+            return sum(int(i.numel()) for i in self.mask.values())
+        return sum(p.numel() for _, p in self.dense_parameters(model))
+
+    # --- training hooks --------------------------------------------------------------------------
+    def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
+        return None
+
+    def after_step(self, step: int, model: nn.Module, trainer: Any) -> None:
+        pass
+
+    def finalize(self, model: nn.Module) -> None:
+        """Leave the backbone as plain tensors holding the trained values (e.g. bake gates)."""
+
+    # --- checkpoint ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"mask": self.mask, "projections": [p.as_dict() for p in self.projections]}
+
+    def load_state_dict(self, state: dict[str, Any], model: nn.Module) -> None:
+        self.mask = state["mask"]
+        self.projections = [Projection(**p) for p in state["projections"]]
+        if self.mask is not None:
+            set_mask_grad(model, self.mask)
+
+
+class MaskMethod(Method):
+    """Chooses ⌊m·p⌋ backbone entries by a score; subclasses only say how to score."""
+    Params = MaskParams
+    masked_optimizer: ClassVar[bool] = True  # train the selection with MaskedAdamW
+
+    def scores(self, model: nn.Module, ctx: SetupContext) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def k(self, model: nn.Module) -> int:
+        return budget(sum(p.numel() for p in backbone_parameters(model).values()), self.sparsity)
+
+    def select(self, model: nn.Module, ctx: SetupContext) -> None:
+        self.mask = select_top(self.scores(model, ctx), self.k(model), self.params.scope)
+        set_mask_grad(model, self.mask)
+
+
+def set_mask_grad(model: nn.Module, mask: dict[str, torch.Tensor]) -> None:
+    """Gradients only where some entry is selected; the rest of the backbone is frozen outright."""
+    for name, p in backbone_parameters(model).items():
+        p.requires_grad_(bool(mask.get(name) is not None and mask[name].numel()))
+
+
+def freeze_backbone(model: nn.Module) -> None:
+    for p in model.backbone.parameters():
+        p.requires_grad_(False)
+
+
+def accumulate_gradients(model: nn.Module, ctx: SetupContext, n_batches: int, salt: int,
+                         square_each: bool) -> dict[str, torch.Tensor]:
+    """Σ_b g_b (or Σ_b g_b² when ``square_each``) over n batches at the current θ, in eval mode (no
+    dropout), with no update. SAM scores (Σg)²; Fisher information is Σg²."""
+    params = backbone_parameters(model)
+    was_training = model.training
+    saved = {n: p.requires_grad for n, p in params.items()}
+    for p in params.values():
+        p.requires_grad_(True)
+    model.eval()
+    acc = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
+    for batch in ctx.batches(n_batches, salt):
+        model.zero_grad(set_to_none=True)
+        ctx.loss(model, batch).backward()
+        for n, p in params.items():
+            if p.grad is not None:
+                acc[n] += p.grad.float() ** 2 if square_each else p.grad.float()
+    model.zero_grad(set_to_none=True)
+    for n, p in params.items():
+        p.requires_grad_(saved[n])
+    model.train(was_training)
+    return acc

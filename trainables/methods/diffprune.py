@@ -1,0 +1,137 @@
+"""Diff pruning (Guo et al. 2021): θ = θ0 + z⊙w with a hard-concrete gate z and an expected-L0
+penalty. After ``burnin`` steps the diff is projected onto the L0 ball (the top ⌊m·p⌋ gates); training
+goes on with that mask (and the L0 penalty off), re-projected every ``reproject_every`` steps if asked.
+Entries that leave the mask go back to θ0 exactly."""
+import math
+
+import torch
+from pydantic import Field
+from torch import nn
+from torch.nn.utils import parametrize
+
+from . import register
+from .base import MaskMethod, MaskParams, Projection
+from ..masking import backbone_parameters, select_top
+
+BETA, GAMMA, ZETA = 2 / 3, -0.1, 1.1  # hard-concrete constants of Louizos et al. 2018
+
+
+class DiffPruneParams(MaskParams):
+    burnin: int = Field(200, gt=0, description="steps of gated training before the first projection")
+    reproject_every: int | None = Field(None, gt=0, description="steps between re-projections after the first")
+    l0_weight: float = Field(1.25e-7, ge=0, description="λ of the expected-L0 penalty (Guo et al.)")
+    alpha_init: float = Field(5.0, description="initial gate log-alpha (5: gates almost surely open)")
+
+
+class GatedDiff(nn.Module):
+    """Parametrization X -> where(mask, X + z⊙w, X); X (θ0) itself never trains."""
+
+    def __init__(self, like: torch.Tensor, alpha_init: float):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros_like(like, dtype=torch.float32))
+        self.log_alpha = nn.Parameter(torch.full_like(like, alpha_init, dtype=torch.float32))
+        self.register_buffer("mask", torch.ones_like(like, dtype=torch.bool))
+        self.register_buffer("projected", torch.zeros((), dtype=torch.bool))
+
+    def gate(self) -> torch.Tensor:
+        if self.training and not bool(self.projected):
+            u = torch.rand_like(self.log_alpha).clamp(1e-6, 1 - 1e-6)
+            s = torch.sigmoid((u.log() - (-u).log1p() + self.log_alpha) / BETA)
+        else:
+            s = torch.sigmoid(self.log_alpha)
+        return (s * (ZETA - GAMMA) + GAMMA).clamp(0, 1)
+
+    def forward(self, original: torch.Tensor) -> torch.Tensor:
+        return torch.where(self.mask, original + (self.gate() * self.w).to(original.dtype), original)
+
+    def expected_l0(self) -> torch.Tensor:
+        return torch.sigmoid(self.log_alpha - BETA * math.log(-GAMMA / ZETA)).sum()
+
+
+def _gates(model) -> dict[str, GatedDiff]:
+    out = {}
+    for name, module in model.backbone.named_modules():
+        if parametrize.is_parametrized(module):
+            for pname, plist in module.parametrizations.items():
+                out[f"backbone.{name}.{pname}" if name else f"backbone.{pname}"] = plist[0]
+    return out
+
+
+@register
+class DiffPrune(MaskMethod):
+    name = "diffprune"
+    masked_optimizer = False  # trains gates and diffs densely until projection
+    Params = DiffPruneParams
+
+    def prepare(self, model):
+        for module in list(model.backbone.modules()):
+            for pname, p in list(module.named_parameters(recurse=False)):
+                parametrize.register_parametrization(module, pname, GatedDiff(p, self.params.alpha_init),
+                                                     unsafe=True)
+        for name, p in model.backbone.named_parameters():
+            p.requires_grad_(name.endswith((".w", ".log_alpha")))
+        self.k_budget = self.k(model)
+
+    def select(self, model, ctx):
+        self.mask = None  # the mask exists only after the first projection
+
+    def load_state_dict(self, state, model):
+        self.mask = state["mask"]
+        self.projections = [Projection(**p) for p in state["projections"]]
+        for name, p in model.backbone.named_parameters():
+            p.requires_grad_(name.endswith((".w", ".log_alpha")))
+
+    def dense_parameters(self, model):
+        return [(f"{n}.{pn}", p) for n, g in _gates(model).items() for pn, p in g.named_parameters()]
+
+    def trainable_count(self, model):
+        if self.mask is None:
+            return sum(p.numel() for p in backbone_parameters(model).values())
+        return sum(int(i.numel()) for i in self.mask.values())
+
+    def extra_loss(self, model):
+        if self.mask is not None or self.params.l0_weight == 0:
+            return None
+        return self.params.l0_weight * sum(g.expected_l0() for g in _gates(model).values())
+
+    def project(self, model, step: int, trainer) -> None:
+        gates = _gates(model)
+        before = trainer.probe_loss()
+        new = select_top({n: g.log_alpha for n, g in gates.items()}, self.k_budget, self.params.scope)
+        flipped = 0
+        with torch.no_grad():
+            for n, g in gates.items():
+                keep = torch.zeros(g.mask.numel(), dtype=torch.bool, device=g.mask.device)
+                keep[new[n].to(keep.device)] = True
+                keep = keep.view_as(g.mask)
+                flipped += int((keep != g.mask).sum())
+                g.w.masked_fill_(~keep, 0.0)  # leaving entries return to θ0
+                g.mask.copy_(keep)
+                g.projected.fill_(True)
+        self.mask = new
+        self.projections.append(Projection(step, flipped, before, trainer.probe_loss()))
+
+    def after_step(self, step, model, trainer):
+        first = self.mask is None and step >= self.params.burnin
+        again = (self.mask is not None and self.params.reproject_every
+                 and (step - self.params.burnin) % self.params.reproject_every == 0)
+        if first or again:
+            self.project(model, step, trainer)
+
+    def finalize(self, model):
+        if not all(bool(g.projected) for g in _gates(model).values()):
+            # the best state predates the first projection (or training ended before the burn-in):
+            # project now, so the trained model keeps to the budget
+            self.project(model, -1, _NoProbe())
+        was_training = model.training
+        model.eval()
+        for module in list(model.backbone.modules()):
+            if parametrize.is_parametrized(module):
+                for pname in list(module.parametrizations.keys()):
+                    parametrize.remove_parametrizations(module, pname, leave_parametrized=True)
+        model.train(was_training)
+
+
+class _NoProbe:
+    def probe_loss(self) -> float:
+        return float("nan")

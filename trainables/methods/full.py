@@ -1,0 +1,13 @@
+"""Full fine-tuning: every backbone entry trains."""
+from . import register
+from .base import Method
+from ..masking import backbone_parameters
+
+
+@register
+class Full(Method):
+    name = "full"
+    uses_sparsity = False
+
+    def dense_parameters(self, model):
+        return list(backbone_parameters(model).items())

