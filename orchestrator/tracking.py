@@ -27,6 +27,7 @@ def git_commit() -> str:
 
 class Tracker:
     def __init__(self, uri: str, sweep: str, sweep_dir: Path):
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.uri, self.sweep, self.sweep_dir = uri, sweep, Path(sweep_dir)
         self._run_ids: dict[str, str] = {}
 
@@ -164,8 +165,3 @@ def _now_ms() -> int:
     import time
 
     return int(time.time() * 1000)
-
-
-def default_env() -> None:
-    # MLflow's first use of a SQLite file runs its migrations and logs at INFO; keep the console readable
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")

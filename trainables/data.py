@@ -51,7 +51,15 @@ class Encoded:
 
 def _tokenizer_fingerprint(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    blob = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    if backend is not None:
+        import json
+
+        state = json.loads(backend.to_str())
+        state.pop("truncation", None)  # set by the last call, not part of what the tokenizer is
+        state.pop("padding", None)
+        blob = json.dumps(state, sort_keys=True)
+    else:
+        blob = repr(sorted(tokenizer.get_vocab().items()))
     return hashlib.sha256(f"{type(tokenizer).__name__}|{blob}".encode()).hexdigest()
 
 

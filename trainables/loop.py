@@ -84,8 +84,10 @@ class Trainer:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.curve: list[dict[str, float]] = []
         self.loss_sum, self.loss_n = torch.zeros((), device=self.device), 0
+        self.resumed_from: int | None = None
         if state is not None:
             self._restore(state)
+            self.resumed_from = self.step
         if tc.compile and self.device.type == "cuda":
             self.forward = torch.compile(self.model)
         else:
@@ -298,7 +300,7 @@ class Trainer:
                "train_score": scores["train"]["score"]}
         for split, comps in scores.items():
             out.update({f"{split}_{k}": v for k, v in comps.items() if k != "score"})
-        out.update({"steps": self.step, "best_step": self.best_step, "eligible_params": eligible,
+        out.update({"steps": self.step, "best_step": self.best_step, "resumed_from_step": self.resumed_from, "eligible_params": eligible,
                     "trainable_params": self.method.trainable_count(self.model),
                     "changed_params": changed + added, "added_params": added,
                     "device": str(self.device), "n_train": len(self.splits.train),

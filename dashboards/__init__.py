@@ -1,0 +1,1 @@
+"""The report: Parquet → DataFrames (``orchestrator.analysis``) → static HTML with PNG figures."""
