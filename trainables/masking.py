@@ -117,5 +117,11 @@ class MaskedAdamW(torch.optim.Optimizer):
                 flat.index_copy_(0, idx, val.to(p.dtype))
         return None
 
+    def load_state_dict(self, state_dict) -> None:
+        super().load_state_dict(state_dict)
+        for st in self.state.values():  # torch casts state to the parameter's dtype; an index must stay integer
+            st["index"] = st["index"].long()
+            st["exp_avg"], st["exp_avg_sq"] = st["exp_avg"].float(), st["exp_avg_sq"].float()
+
     def selected(self) -> int:
         return sum(int(s["index"].numel()) for s in self.state.values())

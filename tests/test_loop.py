@@ -1,0 +1,74 @@
+"""The training loop: seeded determinism, resume equality, early stopping with best-state reload."""
+import json
+
+import pytest
+
+from trainables import run_trial
+from trainables.loop import InjectedFault
+
+
+def _scores(r):
+    return r["test_score"], r["dev_score"], r["train_score"], [c["dev_score"] for c in r["curve"]]
+
+
+def test_same_trial_twice_gives_identical_scores(tiny_trial):
+    cfg = tiny_trial("sam", method_params={"burnin": 2, "lr": 1e-2})
+    assert _scores(run_trial(cfg)) == _scores(run_trial(cfg))
+
+
+@pytest.mark.parametrize("method", ["sam", "full", "childprune"])
+def test_resumed_trial_ends_like_an_uninterrupted_one(method, tiny_trial, tmp_path):
+    params = {"sam": {"burnin": 2, "lr": 1e-2}, "full": {"lr": 1e-3},
+              "childprune": {"reselect_every": 6, "fisher_batches": 2, "lr": 1e-2}}[method]
+    cfg = tiny_trial(method, method_params=params)
+    whole = run_trial(cfg, checkpoint_dir=str(tmp_path / "a"))
+    checkpoints = sorted((tmp_path / "a").iterdir())
+    assert [c.name for c in checkpoints] == ["step-0000004", "step-0000008", "step-0000012"]
+    resumed = run_trial(cfg, resume_dir=str(checkpoints[0]))
+    assert resumed["resumed_from_step"] == 4
+    assert _scores(resumed) == _scores(whole)
+    assert resumed["changed_params"] == whole["changed_params"]
+    assert resumed["projections"] == whole["projections"]
+
+
+def test_a_fault_interrupts_and_a_resume_finishes(tiny_trial, tmp_path):
+    cfg = tiny_trial("sam", method_params={"burnin": 2}, fault={"fail_at_step": 6, "marker_dir": str(tmp_path / "m")})
+    with pytest.raises(InjectedFault, match="step 6"):
+        run_trial(cfg, checkpoint_dir=str(tmp_path / "c"))
+    r = run_trial(cfg, resume_dir=str(tmp_path / "c" / "step-0000004"))  # the marker lets this attempt through
+    assert r["status"] == "FINISHED" and r["steps"] == 12
+
+
+def test_early_stopping_reloads_the_best_state(tiny_trial):
+    # lr so small that the dev score never improves after the first evaluation
+    cfg = tiny_trial("full", method_params={"lr": 1e-12}, training={"max_steps": 400, "eval_every": 4, "patience": 2})
+    r = run_trial(cfg)
+    assert r["steps"] == 12 and r["best_step"] == 4
+    assert r["dev_score"] == pytest.approx(r["curve"][0]["dev_score"])
+
+
+def test_train_one_cli_prints_the_result_json(tiny_model, data_dir, capsys):
+    from orchestrator.cli import main
+
+    rc = main(["train-one", "--task", "CB", "--method", "sam", "--sparsity", "0.01", "--model", tiny_model,
+               "--data-dir", str(data_dir), "--set", "training.max_steps=4", "--set", "training.eval_every=2",
+               "--set", "methods.sam.burnin=2", "--set", "methods.lora.rank=3"])
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for field in ("trial_key", "method", "task", "seed", "sparsity", "perturbation", "status", "metric", "test_score",
+                  "dev_score", "train_score", "steps", "wall_s", "eligible_params", "trainable_params",
+                  "changed_params"):
+        assert field in result, field
+    assert result["steps"] == 4 and result["metric"] == "acc_macro_f1"
+
+
+def test_train_one_rejects_bad_input_with_named_values(tiny_model, data_dir, capsys):
+    from orchestrator.cli import main
+
+    assert main(["train-one", "--task", "CB", "--method", "sam", "--sparsity", "1.5", "--model", tiny_model]) == 2
+    assert "sparsity" in capsys.readouterr().err
+    assert main(["train-one", "--task", "CB", "--method", "sam", "--sparsity", "0.1", "--model", tiny_model,
+                 "--set", "training.max_stepz=3"]) == 2
+    assert "training.max_stepz: unknown key" in capsys.readouterr().err
+    assert main(["train-one", "--task", "CB", "--method", "full", "--model", "./no/such/model"]) == 2
+    assert "model path './no/such/model' does not exist" in capsys.readouterr().err

@@ -1,0 +1,178 @@
+"""One matrix over the methods' invariants, on a tiny random BERT."""
+import math
+
+import pytest
+import torch
+
+from trainables.loop import Trainer
+from trainables.masking import MaskedAdamW, backbone_parameters, budget, select_top
+from trainables.methods import METHODS, register
+from trainables.methods.base import Method
+from trainables.models import TaskModel, load_backbone
+
+MASK_METHODS = ["random", "magprune", "sam", "childprune"]
+
+
+def frozen_entries_moved(param: torch.Tensor, theta0: torch.Tensor, selected: torch.Tensor) -> int:
+    """How many unselected entries differ from θ0 in any bit (compared as integers, so -0.0 != 0.0)."""
+    now = param.detach().cpu().reshape(-1).view(torch.int32)
+    before = theta0.reshape(-1).view(torch.int32)
+    frozen = torch.ones_like(now, dtype=torch.bool)
+    frozen[selected] = False
+    return int((now[frozen] != before[frozen]).sum())
+
+
+def test_the_bit_check_sees_one_flipped_bit():
+    t0 = torch.randn(100)
+    p = t0.clone()
+    p.view(torch.int32)[7] ^= 1  # the lowest mantissa bit of one frozen entry
+    assert frozen_entries_moved(p, t0, torch.tensor([3])) == 1
+    assert frozen_entries_moved(t0.clone(), t0, torch.tensor([3])) == 0
+
+
+@pytest.mark.parametrize("scope", ["global", "per_tensor"])
+@pytest.mark.parametrize("method", MASK_METHODS)
+def test_mask_methods_train_exactly_the_budget(method, scope, tiny_trial):
+    params = {"scope": scope, "lr": 1e-2, **({"reselect_every": 5, "fisher_batches": 2} if method == "childprune" else {}),
+              **({"burnin": 2} if method == "sam" else {})}
+    cfg = tiny_trial(method, method_params=params, training={"weight_decay": 0.1})
+    tr = Trainer(cfg)
+    tr.setup()
+    tr.train()
+    m = sum(t.numel() for t in tr.theta0.values())
+    k = budget(m, cfg.sparsity)
+    mask = tr.method.mask
+    assert sum(i.numel() for i in mask.values()) == k == tr.method.trainable_count(tr.model)
+    moved_total = 0
+    for name, p in backbone_parameters(tr.model).items():
+        sel = mask.get(name, torch.empty(0, dtype=torch.long))
+        assert frozen_entries_moved(p, tr.theta0[name], sel) == 0, name
+        st = tr.sparse_opt.state.get(p, {})
+        # optimizer state exists only for the selected entries
+        assert st.get("exp_avg", torch.empty(0)).numel() == sel.numel() == st.get("exp_avg_sq", torch.empty(0)).numel()
+        moved_total += int((p.detach().cpu() != tr.theta0[name]).sum())
+    assert 0 < moved_total <= k
+    assert not any(p in tr.dense_opt.state for p in backbone_parameters(tr.model).values())
+    result = tr.result()
+    assert result["trainable_params"] == k and result["changed_params"] <= k
+    if method == "childprune":
+        assert result["projections"] and all(p["flipped"] >= 0 for p in result["projections"])
+
+
+def test_masked_adamw_touches_only_the_index():
+    p = torch.nn.Parameter(torch.randn(10, 10))
+    t0 = p.detach().clone()
+    idx = torch.tensor([0, 5, 99])
+    opt = MaskedAdamW([(p, idx)], lr=0.1, weight_decay=0.5)
+    for _ in range(3):
+        p.grad = torch.randn_like(p)
+        opt.step()
+    changed = (p.detach() != t0).reshape(-1).nonzero().flatten()
+    assert changed.tolist() == [0, 5, 99]
+    assert opt.state[p]["exp_avg"].shape == (3,)
+
+
+@pytest.mark.parametrize("scope", ["global", "per_tensor"])
+def test_select_top_gives_exactly_k(scope):
+    g = torch.Generator().manual_seed(0)
+    scores = {f"t{i}": torch.rand(n, generator=g) for i, n in enumerate([7, 13, 1, 101, 3])}
+    for k in (0, 1, 5, 17, 125):
+        sel = select_top(scores, k, scope)
+        assert sum(v.numel() for v in sel.values()) == k
+        assert all(len(set(v.tolist())) == v.numel() for v in sel.values())
+    top = select_top(scores, 10, "global")
+    flat = torch.cat(list(scores.values()))
+    chosen = torch.cat([scores[n][i] for n, i in top.items()])
+    assert chosen.min() >= torch.topk(flat, 10).values.min()
+
+
+def _outputs(model, batch):
+    model.eval()
+    with torch.no_grad():
+        return model(batch)
+
+
+@pytest.mark.parametrize("method", ["adapter", "lora", "mixout"])
+def test_equivalent_model_at_init_and_in_eval(method, tiny_model):
+    from trainables.methods import get_method
+
+    torch.manual_seed(0)
+    plain = TaskModel(load_backbone(tiny_model), "classification", 3)
+    torch.manual_seed(0)
+    wrapped = TaskModel(load_backbone(tiny_model), "classification", 3)
+    wrapped.head.load_state_dict(plain.head.state_dict())
+    cls = get_method(method)
+    cls(cls.Params(), 0.05 if cls.uses_sparsity else None, 0).prepare(wrapped)
+    batch = {"input_ids": torch.randint(0, 30000, (4, 9)), "attention_mask": torch.ones(4, 9, dtype=torch.long)}
+    torch.testing.assert_close(_outputs(wrapped, batch), _outputs(plain, batch), rtol=1e-5, atol=1e-6)
+    if method == "mixout":  # in training mode the weights are mixed: outputs move
+        wrapped.train()
+        for mod in wrapped.modules():
+            if isinstance(mod, torch.nn.Dropout):
+                mod.p = 0.0
+        with torch.no_grad():
+            for p in backbone_parameters(wrapped).values():
+                p.add_(0.1)  # trained weights differ from θ0, so mixing back to θ0 changes them
+            assert not torch.allclose(wrapped(batch), _outputs(wrapped, batch))
+
+
+@pytest.mark.parametrize("method", ["diffprune", "childprune"])
+def test_projection_methods_end_within_budget(method, tiny_trial):
+    params = {"diffprune": {"burnin": 4, "reproject_every": 4, "lr": 1e-2},
+              "childprune": {"reselect_every": 4, "fisher_batches": 2, "lr": 1e-2}}[method]
+    r = Trainer(tiny_trial(method, method_params=params)).run()
+    k = budget(r["eligible_params"], 0.01)
+    assert r["trainable_params"] == k and 0 < r["changed_params"] <= k
+    assert len(r["projections"]) >= 2 and r["projections"][0]["flipped"] > 0
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_runs_and_reports_counts(method, tiny_trial):
+    r = Trainer(tiny_trial(method, training={"max_steps": 4, "eval_every": 2},
+                           method_params={"burnin": 2} if method in ("sam", "diffprune") else {})).run()
+    assert r["status"] == "FINISHED" and r["eligible_params"] > 0
+    assert 0 < r["trainable_params"] <= r["eligible_params"]
+    assert r["changed_params"] <= r["trainable_params"] or method in ("full", "mixout")
+    if method == "bitfit":
+        assert r["trainable_params"] == sum(t.numel() for n, t in backbone_parameters(
+            TaskModel(load_backbone(r["model"]), "classification", 3)).items() if n.endswith(".bias"))
+
+
+def _shapes(name):
+    from transformers import AutoModel, BertConfig, RobertaConfig
+
+    cfg = {"roberta-base": RobertaConfig(vocab_size=50265, max_position_embeddings=514, type_vocab_size=1),
+           "minilm-l6": BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                                   intermediate_size=1536)}[name]
+    with torch.device("meta"):
+        return AutoModel.from_config(cfg)
+
+
+@pytest.mark.parametrize("model", ["roberta-base", "minilm-l6"])
+@pytest.mark.parametrize("p", [0.005, 0.01])
+def test_same_budget_rule_for_adapter_and_lora(model, p):
+    from trainables.methods.adapter import bottleneck_for_budget, ffn_outputs
+    from trainables.methods.lora import rank_for_budget, target_layers
+
+    backbone = _shapes(model)
+    m = sum(t.numel() for t in backbone.parameters())
+    k = budget(m, p)
+    r = bottleneck_for_budget(backbone, k)
+    layers = ffn_outputs(backbone)
+    d = layers[0][1].out_features
+    count = lambda r: len(layers) * (2 * d * r + r + d)  # noqa: E731
+    assert count(r) <= k < count(r + 1)
+    rank = rank_for_budget(backbone, k)
+    per_rank = sum(mod.in_features + mod.out_features for mod in target_layers(backbone))
+    assert rank * per_rank <= k < (rank + 1) * per_rank
+    assert len(target_layers(backbone)) == 6 * backbone.config.num_hidden_layers
+    if model == "roberta-base":
+        assert m == 124645632 and k == math.floor(m * p)
+
+
+def test_registry_refuses_a_duplicate_name():
+    class Again(Method):
+        name = "sam"
+
+    with pytest.raises(ValueError, match="already registered"):
+        register(Again)
