@@ -40,6 +40,23 @@ class Tracker:
 
         return MlflowClient(tracking_uri=self.uri)
 
+    def check_reachable(self) -> None:
+        """Without writing anything: a server URI answers /health, a SQLite file's folder can be made."""
+        if self.uri.startswith(("http://", "https://")):
+            import urllib.request
+
+            try:
+                urllib.request.urlopen(self.uri.rstrip("/") + "/health", timeout=5).read()
+            except OSError as exc:
+                raise TrackingError(f"tracking store {self.uri!r} is unreachable: {exc}") from None
+        elif self.uri.startswith("sqlite:///"):
+            folder = Path(self.uri.removeprefix("sqlite:///")).parent
+            probe = folder
+            while not probe.exists():
+                probe = probe.parent
+            if not os.access(probe, os.W_OK):
+                raise TrackingError(f"tracking store {self.uri!r}: cannot write in {probe}")
+
     def check(self) -> None:
         """Fail early, with the URI in the message, if the store cannot be reached."""
         try:
