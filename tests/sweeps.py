@@ -1,0 +1,56 @@
+"""Helpers for tests that run real sweeps through the CLI in a subprocess (a real local Ray each)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_spec(folder: Path, tiny_model: str, data_dir: Path, **overrides) -> Path:
+    spec = {"name": "t", "model": tiny_model, "data": {"dir": str(data_dir)}, "output_dir": str(folder / "runs"),
+            "grid": {"methods": ["sam", "bitfit"], "tasks": ["CB"], "seeds": [0, 1]},
+            "training": {"batch_size": 8, "eval_batch_size": 32, "max_steps": 6, "eval_every": 3,
+                         "max_seq_length": 64},
+            "methods": {"sam": {"burnin": 2, "lr": 1e-2}, "bitfit": {"lr": 1e-2}},
+            "ray": {"num_cpus": 2}, "max_failures": 1}
+    for key, value in overrides.items():
+        node = spec
+        *parents, last = key.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def cli(*args: str, timeout: int = 600, check_rc: int | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": ""}
+    proc = subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    if check_rc is not None:
+        assert proc.returncode == check_rc, f"rc {proc.returncode}\nSTDOUT\n{proc.stdout[-4000:]}\nSTDERR\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def spawn(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": ""}
+    return subprocess.Popen([sys.executable, "-m", "orchestrator", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def tracker(sweep_dir: Path):
+    from orchestrator.sweep import load_sweep, tracker_for
+
+    return tracker_for(load_sweep(sweep_dir))
+
+
+def records(sweep_dir: Path) -> dict[str, dict]:
+    folder = sweep_dir / "records"
+    return {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")} if folder.is_dir() else {}

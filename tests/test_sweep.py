@@ -1,0 +1,64 @@
+"""A real sweep on a local Ray: MLflow records, skip-finished, a failed trial, rerun-failed, export,
+analysis and report."""
+import json
+
+import pandas as pd
+import pytest
+
+from tests.sweeps import cli, records, tracker, write_spec
+
+pytestmark = pytest.mark.slow
+
+
+def test_sweep_lifecycle(tmp_path, tiny_model, data_dir):
+    spec = write_spec(tmp_path, tiny_model, data_dir,
+                      fault={"fail_at_step": 4, "fail_times": 2, "marker_dir": str(tmp_path / "markers"),
+                             "match": {"method": "bitfit", "seed": 1}})
+    sweep_dir = tmp_path / "runs" / "t"
+    first = cli("run", str(spec), check_rc=1)
+    assert "3/4 FINISHED, 1 FAILED" in first.stdout
+    tr = tracker(sweep_dir)
+    runs = tr.trial_runs()
+    assert len(runs) == 4 and len(tr._search("tags.role = 'sweep'")) == 1
+    statuses = {k: r.info.status for k, r in runs.items()}
+    failed = [k for k, s in statuses.items() if s == "FAILED"]
+    assert sorted(statuses.values()) == ["FAILED", "FINISHED", "FINISHED", "FINISHED"]
+    assert "injected fault at step 4" in runs[failed[0]].data.tags["error"]
+    assert all(r.data.tags["mlflow.parentRunId"] == tr.parent_run_id for r in runs.values())
+
+    status = json.loads(cli("status", str(sweep_dir), "--json", check_rc=0).stdout)
+    assert status["per_status"] == {"FINISHED": 3, "FAILED": 1}
+    assert "injected fault" in status["errors"][failed[0]]
+
+    before = {k: (r.info.run_id, r.info.end_time) for k, r in runs.items()}
+    cli("rerun-failed", str(sweep_dir), check_rc=0)
+    after = tracker(sweep_dir).trial_runs()
+    assert {k: r.info.status for k, r in after.items()} == dict.fromkeys(statuses, "FINISHED")
+    assert {k: r.info.run_id for k, r in after.items()} == {k: v[0] for k, v in before.items()}  # same runs
+    for k in statuses:
+        if k not in failed:  # the others were not touched
+            assert after[k].info.end_time == before[k][1]
+
+    again = cli("run", str(spec), check_rc=0)
+    assert "nothing to run" in again.stdout and "4 already FINISHED" in again.stdout
+
+    cli("export", str(sweep_dir), check_rc=0)
+    trials = pd.read_parquet(sweep_dir / "export" / "trials.parquet")
+    assert sorted(trials["trial_key"]) == sorted(statuses) and set(trials["status"]) == {"FINISHED"}
+    assert trials["test_score"].notna().all() and (trials["trainable_params"] > 0).all()
+    curves = pd.read_parquet(sweep_dir / "export" / "curves.parquet")
+    assert set(curves["kind"]) == {"eval"} and (curves.groupby("trial_key")["step"].apply(list) == [[3, 6]] * 4).all()
+    import duckdb
+    import polars
+
+    assert polars.read_parquet(sweep_dir / "export" / "trials.parquet").height == 4
+    path = sweep_dir / "export" / "trials.parquet"
+    assert duckdb.sql(f"select count(*) from '{path}'").fetchall()[0][0] == 4
+
+    cli("analyze", "--trials", str(sweep_dir / "export" / "trials.parquet"), "--out", str(tmp_path / "an"), check_rc=0)
+    summary = json.loads((tmp_path / "an" / "summary.json").read_text())
+    assert summary["n_finished"] == 4 and set(summary["best"]["CB"]) == {"sam", "bitfit"}
+    cli("report", str(sweep_dir), "--out", str(tmp_path / "report"), check_rc=0)
+    assert (tmp_path / "report" / "index.html").is_file() and (tmp_path / "report" / "ranks.png").is_file()
+    # the local records agree with MLflow
+    assert {k: r["status"] for k, r in records(sweep_dir).items()} == dict.fromkeys(statuses, "FINISHED")
