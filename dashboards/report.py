@@ -16,6 +16,10 @@ import pandas as pd  # noqa: E402
 
 from orchestrator.analysis import analyze  # noqa: E402
 
+# Lets a headless browser (and a curious reader) see that every figure loaded: <body data-images-loaded="true">
+CHECK_IMAGES = ("<script>window.addEventListener('load',()=>{const i=[...document.images];"
+                "document.body.dataset.imagesLoaded=String(i.length>0&&i.every(x=>x.complete&&x.naturalWidth>0));});"
+                "</script>")
 CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th:first-child,td:first-child{text-align:left}.b1{font-weight:bold;background:#e6f2e6}.b2{background:#eef6ee}
@@ -125,7 +129,7 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path) -> Path
             for r in failed.itertuples()) + "</table>")
     parts.append(f"<h2>Summary</h2><pre>{html.escape(json.dumps({k: summary[k] for k in ('spearman', 'group')}, indent=1))}</pre>")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>PEFT sweep report</title><style>{CSS}</style>"
-            f"</head><body>{''.join(parts)}</body></html>")
+            f"{CHECK_IMAGES}</head><body>{''.join(parts)}</body></html>")
     index = out / "index.html"
     index.write_text(page)
     table.to_csv(out / "table.csv", index=False)

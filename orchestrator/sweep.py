@@ -105,8 +105,8 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
     tracker.check_reachable()
     check_ray_address(spec.ray.address or os.environ.get("RAY_ADDRESS"))
     init_ray(spec)
-    tracker.check()
     spec.sweep_dir.mkdir(parents=True, exist_ok=True)
+    tracker.check()
     (spec.sweep_dir / SPEC_FILE).write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
     synced = sync(spec, tracker)
     if synced:

@@ -25,6 +25,7 @@ def write_spec(folder: Path, tiny_model: str, data_dir: Path, **overrides) -> Pa
         for p in parents:
             node = node.setdefault(p, {})
         node[last] = value
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path

@@ -1,0 +1,79 @@
+"""Fault injection on real sweeps: a crashing trial, a SIGKILLed driver, determinism across sweeps."""
+import os
+import signal
+import time
+
+import pandas as pd
+import pytest
+
+from tests.sweeps import cli, records, spawn, tracker, write_spec
+
+pytestmark = pytest.mark.slow
+
+
+def test_crashed_trial_is_retried_from_its_last_checkpoint(tmp_path, tiny_model, data_dir):
+    spec = write_spec(tmp_path, tiny_model, data_dir, grid={"methods": ["sam"], "tasks": ["CB"], "seeds": [0]},
+                      max_failures=2,
+                      fault={"fail_at_step": 5, "fail_times": 1, "marker_dir": str(tmp_path / "m"), "match": {}})
+    out = cli("run", str(spec), check_rc=0)
+    assert "retrying from its last checkpoint" in out.stdout
+    (rec,) = records(tmp_path / "runs" / "t").values()
+    assert rec["status"] == "FINISHED" and rec["result"]["resumed_from_step"] == 3  # not from scratch
+
+
+def test_trial_past_max_failures_ends_errored_with_its_error(tmp_path, tiny_model, data_dir):
+    spec = write_spec(tmp_path, tiny_model, data_dir, grid={"methods": ["sam"], "tasks": ["CB"], "seeds": [0]},
+                      max_failures=1,
+                      fault={"fail_at_step": 2, "fail_times": 5, "marker_dir": str(tmp_path / "m"), "match": {}})
+    cli("run", str(spec), check_rc=1)
+    assert len(list((tmp_path / "m").iterdir())) == 2  # the first attempt and one retry
+    sweep_dir = tmp_path / "runs" / "t"
+    (run,) = tracker(sweep_dir).trial_runs().values()
+    assert run.info.status == "FAILED" and "InjectedFault" in run.data.tags["error"]
+    assert "injected fault at step 2" in cli("status", str(sweep_dir), check_rc=0).stdout
+
+
+def _wait_for(predicate, proc, timeout=300):
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        assert proc.poll() is None, "the sweep ended before the kill point:\n" + proc.stdout.read()[-3000:]
+        time.sleep(0.5)
+    raise AssertionError("kill point not reached")
+
+
+@pytest.mark.parametrize("point", ["before_any_finished", "middle", "last_trial_running"])
+def test_driver_sigkilled_then_rerun_finishes_exactly_once(point, tmp_path, tiny_model, data_dir):
+    spec = write_spec(tmp_path, tiny_model, data_dir, training__max_steps=9, resources={"max_concurrent": 1})
+    sweep_dir = tmp_path / "runs" / "t"
+    n_finished = lambda: sum(r.get("status") == "FINISHED" for r in records(sweep_dir).values())  # noqa: E731
+    n_running = lambda: sum(r.get("status") == "RUNNING" for r in records(sweep_dir).values())  # noqa: E731
+    proc = spawn("run", str(spec))
+    if point == "before_any_finished":
+        _wait_for(lambda: n_running() >= 1, proc)
+    elif point == "middle":
+        _wait_for(lambda: n_finished() >= 2, proc)
+    else:
+        _wait_for(lambda: n_finished() == 3 and n_running() == 1, proc)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, as a lost head node would
+    proc.wait()
+    assert n_finished() < 4
+    out = cli("run", str(spec), check_rc=0)
+    assert "4/4 FINISHED" in out.stdout
+    runs = tracker(sweep_dir).trial_runs()
+    assert len(runs) == 4 and {r.info.status for r in runs.values()} == {"FINISHED"}
+    assert len(tracker(sweep_dir)._search("tags.role = 'trial'")) == 4  # one child run per key, no duplicates
+    cli("export", str(sweep_dir), check_rc=0)
+    trials = pd.read_parquet(sweep_dir / "export" / "trials.parquet")
+    assert len(trials) == trials["trial_key"].nunique() == 4
+
+
+def test_same_sweep_twice_gives_identical_scores(tmp_path, tiny_model, data_dir):
+    scores = []
+    for name in ("a", "b"):
+        spec = write_spec(tmp_path / name, tiny_model, data_dir)
+        cli("run", str(spec), check_rc=0)
+        recs = records(tmp_path / name / "runs" / "t")
+        scores.append({k: (r["result"]["test_score"], r["result"]["dev_score"]) for k, r in recs.items()})
+    assert scores[0] == scores[1] and len(scores[0]) == 4
