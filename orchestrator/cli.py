@@ -221,13 +221,23 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     args = build_parser().parse_args(argv)
+
+    try:
+        return args.fn(args)
+    except Exception:
+        if os.environ.get("PEFT_SWEEP_DEBUG"):  # the full traceback instead of the one-line message
+            raise
+        return _explain(args, sys.exc_info()[1])
+
+
+def _explain(args, exc: BaseException) -> int:
     from trainables.models import ModelError
     from trainables.tasks import DataError as TaskDataError
     from .spec import SpecError
     from .tracking import TrackingError
 
     try:
-        return args.fn(args)
+        raise exc
     except (SpecError, TaskDataError, ModelError, TrackingError, FileNotFoundError) as exc:
         print(f"peft-sweep {args.cmd}: error: {exc}", file=sys.stderr)
         return 2

@@ -64,7 +64,7 @@ class Tracker:
         except Exception as exc:  # noqa: BLE001 - any failure here means "unreachable"
             self.__dict__.pop("experiment_id", None)
             raise TrackingError(f"tracking store {self.uri!r} is unreachable: {type(exc).__name__}: "
-                                f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+                                f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
 
     @cached_property
     def experiment_id(self) -> str:

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,13 +28,17 @@ def _free_port() -> int:
 @pytest.fixture
 def cluster(tmp_path):
     gcs, dash = _free_port(), _free_port()
-    env = {**os.environ, "RAY_ADDRESS": ""}
+    # Ray 2.60 turns token auth on at `ray start --head`; every node and client must then ask for it
+    env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "token"}
     subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=60)
     subprocess.run([RAY, "start", "--head", f"--port={gcs}", f"--dashboard-port={dash}", "--num-cpus=2",
                     "--num-gpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1"],
                    check=True, capture_output=True, env=env, timeout=180)
-    # the second node blocks in the foreground, so the test can stop it alone (a lost node)
-    worker = subprocess.Popen([RAY, "start", f"--address=127.0.0.1:{gcs}", "--num-cpus=1", "--num-gpus=1", "--block"],
+    # the second node blocks in the foreground, so the test can stop it alone (a lost node). Its own temp dir:
+    # two nodes on one machine sharing one would garbage-collect each other's runtime-env files (the job's cwd)
+    worker_tmp = tempfile.mkdtemp(prefix="rw", dir="/tmp")
+    worker = subprocess.Popen([RAY, "start", f"--address=127.0.0.1:{gcs}", "--num-cpus=1", "--num-gpus=1", "--block",
+                               f"--temp-dir={worker_tmp}"],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -47,6 +52,7 @@ def cluster(tmp_path):
     if worker.poll() is None:
         os.killpg(worker.pid, signal.SIGTERM)
     subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+    shutil.rmtree(worker_tmp, ignore_errors=True)
 
 
 def _submit(cluster, spec: Path, extra_env: dict) -> subprocess.CompletedProcess:
@@ -85,3 +91,4 @@ def test_sweep_survives_losing_the_worker_node(cluster, tmp_path, tiny_model, da
     out, _ = driver.communicate(timeout=900)
     assert driver.returncode == 0, out[-5000:]
     assert "6/6 FINISHED" in out
+    assert "retrying from its last checkpoint" in out  # the worker's trial moved to the head node
