@@ -126,7 +126,12 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
         print("nothing to run", flush=True)
         return 0
     counts = run_trials(spec, pending, restore=not (force or only_failed))
-    final = statuses(spec, tracker)
+    try:
+        final = statuses(spec, tracker)
+    except Exception as exc:  # noqa: BLE001 - the store went down during the sweep: the records know
+        print(f"WARNING: tracking store unreachable at the end ({type(exc).__name__}); counting from the local "
+              f"records; run `peft-sweep sync {spec.sweep_dir}` when it is back", file=sys.stderr, flush=True)
+        final = statuses(spec, None)
     failed = [t.key for t in trials if final.get(t.key) == "FAILED"]
     left = [t.key for t in trials if final.get(t.key) != "FINISHED"]
     print(f"sweep {spec.name}: {len(trials) - len(left)}/{len(trials)} FINISHED, {len(failed)} FAILED "

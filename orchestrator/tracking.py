@@ -28,6 +28,10 @@ def git_commit() -> str:
 class Tracker:
     def __init__(self, uri: str, sweep: str, sweep_dir: Path):
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        # the driver must not hang on a dead server: few retries, short timeouts (the records keep the rest)
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         self.uri, self.sweep, self.sweep_dir = uri, sweep, Path(sweep_dir)
         self._run_ids: dict[str, str] = {}
 

@@ -68,11 +68,18 @@ class SweepCallback(tune.Callback):
         self.tracker = Tracker(spec.resolved_tracking_uri, spec.name, self.sweep_dir)
         self.total, self.done, self.failed, self.running = total, 0, 0, set()
         self.warned = False
+        self.down_until = 0.0
 
     def _mlflow(self, key: str, fn, *args) -> None:
+        """Call MLflow; if the store is down, mark the record unsynced and leave the store alone for a
+        while (every failed call would otherwise stall Tune's event loop through the client's retries)."""
+        if time.time() < self.down_until:
+            records.update(self.sweep_dir, key, synced=False)
+            return
         try:
             fn(*args)
         except Exception as exc:  # noqa: BLE001 - the store being down must not stop the sweep
+            self.down_until = time.time() + 30
             records.update(self.sweep_dir, key, synced=False)
             if not self.warned:
                 print(f"WARNING: tracking store unreachable ({type(exc).__name__}: {exc}); trials go on and are "

@@ -1,0 +1,164 @@
+"""Training throughput of our trainable against a plain PyTorch loop, measured in the same run.
+
+Prints one JSON line per case: samples/s, peak GPU memory, and the ratio to the plain loop. The plain
+loop is what a careful engineer writes by hand: same model, same batch, same precision, AdamW (fused
+on CUDA), no data loading at all (a fixed batch on the device). Also prints the share of a real CB
+trial's wall time spent outside training steps.
+
+  python benchmarks/trial_throughput.py --model minilm-l6 --batch-size 32 --seq-len 128 --steps 100
+  python benchmarks/trial_throughput.py --model roberta-base-shape ...      # random init, RoBERTa-base shapes
+  python benchmarks/trial_throughput.py --smoke                             # CPU, tiny, seconds (CI)
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from trainables import TrialConfig  # noqa: E402
+from trainables.data import Encoded, Splits  # noqa: E402
+from trainables.loop import Trainer  # noqa: E402
+from trainables.models import TaskModel, load_backbone, resolve_model  # noqa: E402
+
+
+def model_folder(name: str, tmp: Path) -> str:
+    """A model path: the embedded MiniLM, a random-init model of RoBERTa-base's or a tiny shape."""
+    if name == "minilm-l6":
+        return resolve_model(name)
+    import shutil
+
+    from transformers import BertConfig, BertModel
+
+    shapes = {"roberta-base-shape": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                                         intermediate_size=3072, vocab_size=50265),
+              "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                           vocab_size=30522)}[name]
+    folder = tmp / name
+    BertModel(BertConfig(max_position_embeddings=514, **shapes)).save_pretrained(folder)
+    src = Path(resolve_model("minilm-l6"))
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(src / f, folder / f)
+    return str(folder)
+
+
+def synthetic(n: int, seq_len: int, vocab: int) -> Encoded:
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(1000, min(vocab, 30000), (n * seq_len,), generator=g, dtype=torch.int32)
+    starts = torch.arange(n, dtype=torch.int64) * seq_len
+    bounds = torch.stack([starts, starts + seq_len], -1).view(n, 1, 2)
+    return Encoded(tokens, None, bounds, torch.randint(0, 3, (n,), generator=g).float(), None)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def plain_loop(path: str, args, device) -> dict:
+    torch.manual_seed(0)
+    model = TaskModel(load_backbone(path), "classification", 3).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, **({"fused": True} if device.type == "cuda" else {}))
+    ids = torch.randint(1000, 30000, (args.batch_size, args.seq_len), device=device)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    labels = torch.randint(0, 3, (args.batch_size,), device=device)
+    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for i in range(args.warmup + args.steps):
+        if i == args.warmup:
+            sync(device)
+            t0 = time.perf_counter()
+        with amp():
+            loss = model.loss(model(batch), labels)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    sync(device)
+    return {"samples_per_s": args.steps * args.batch_size / (time.perf_counter() - t0), **peak(device)}
+
+
+def peak(device) -> dict:
+    return {"peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None}
+
+
+def ours(path: str, method: str, args, device, data_dir: str) -> dict:
+    params = {"full": {}, "sam": {"burnin": 4}, "lora": {}, "random": {}, "bitfit": {}}[method]
+    cfg = TrialConfig(task="CB", method=method, model=path, sparsity=0.005 if method not in ("full", "bitfit") else None,
+                      data={"dir": data_dir}, method_params=params,
+                      training={"batch_size": args.batch_size, "max_steps": args.warmup + args.steps,
+                                "eval_every": 10**6, "max_seq_length": args.seq_len, "checkpoint_every": 0})
+    tr = Trainer(cfg)
+    tr.setup()
+    data = synthetic(args.batch_size * 64, args.seq_len, 30000)
+    tr.splits = Splits(data, tr.splits.dev, tr.splits.test)
+    tr.train_lengths = data.lengths()
+    tr.batches_per_epoch = 64
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    cfg.training.max_steps = args.warmup
+    tr.train()  # warm-up steps (allocator, kernels)
+    sync(device)
+    t0 = time.perf_counter()
+    tr.cfg.training.max_steps = args.warmup + args.steps
+    tr.train()
+    sync(device)
+    return {"samples_per_s": args.steps * args.batch_size / (time.perf_counter() - t0), **peak(device)}
+
+
+def overhead_on_cb(path: str, args, data_dir: str) -> dict:
+    """Share of a real CB trial's wall time outside training steps (start-up, model, data, evaluation)."""
+    from trainables import run_trial
+
+    cfg = TrialConfig(task="CB", method="sam", model=path, sparsity=0.005, data={"dir": data_dir},
+                      method_params={"burnin": 8},
+                      training={"batch_size": args.batch_size, "max_steps": args.cb_steps, "eval_every": 50,
+                                "patience": 100, "max_seq_length": args.seq_len, "checkpoint_every": 0})
+    r = run_trial(cfg)
+    return {"wall_s": r["wall_s"], "train_s": r["train_s"], "setup_s": r["setup_s"], "eval_s": r["eval_s"],
+            "outside_training_share": 1 - r["train_s"] / r["wall_s"]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="minilm-l6", choices=["minilm-l6", "roberta-base-shape", "tiny"])
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--methods", default="full,sam,lora")
+    p.add_argument("--cb-steps", type=int, default=300, help="length of the real CB trial for the overhead share")
+    p.add_argument("--data-dir", default=os.environ.get("PEFT_SWEEP_DATA_DIR", "../shared/data"))
+    p.add_argument("--smoke", action="store_true", help="tiny CPU settings for CI: checks the script runs")
+    args = p.parse_args()
+    if args.smoke:
+        args.model, args.batch_size, args.seq_len, args.steps, args.warmup, args.cb_steps = "tiny", 4, 16, 3, 1, 4
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    base_info = {"model": args.model, "batch_size": args.batch_size, "seq_len": args.seq_len, "device": str(device),
+                 "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = model_folder(args.model, Path(tmp))
+        base = plain_loop(path, args, device)
+        print(json.dumps({**base_info, "case": "plain_pytorch", **base, "ratio": 1.0}), flush=True)
+        for method in args.methods.split(","):
+            r = ours(path, method, args, device, args.data_dir)
+            mem_ratio = (r["peak_mem_gib"] / base["peak_mem_gib"]) if r["peak_mem_gib"] and base["peak_mem_gib"] else None
+            print(json.dumps({**base_info, "case": f"ours_{method}", **r,
+                              "ratio": r["samples_per_s"] / base["samples_per_s"], "mem_ratio": mem_ratio}), flush=True)
+        print(json.dumps({**base_info, "case": "cb_trial_overhead", **overhead_on_cb(path, args, args.data_dir)}),
+              flush=True)
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main()

@@ -1,0 +1,86 @@
+"""An MLflow server stopped in the middle of a sweep: trials still finish; `sync` fills MLflow later,
+logging nothing twice."""
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.sweeps import cli, records, spawn, tracker, write_spec
+
+pytestmark = pytest.mark.slow
+MLFLOW = str(Path(sys.executable).with_name("mlflow"))
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _server(db: Path, artifacts: Path, port: int) -> subprocess.Popen:
+    proc = subprocess.Popen([MLFLOW, "server", "--backend-store-uri", f"sqlite:///{db}", "--artifacts-destination",
+                             str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    import urllib.request
+
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            return proc
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise AssertionError("mlflow server did not start")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    import os
+    import signal
+
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_store_down_mid_sweep_then_sync(tmp_path, tiny_model, data_dir):
+    port = _port()
+    db, artifacts = tmp_path / "mlflow.db", tmp_path / "artifacts"
+    server = _server(db, artifacts, port)
+    spec = write_spec(tmp_path, tiny_model, data_dir, tracking_uri=f"http://127.0.0.1:{port}",
+                      training__max_steps=9, resources={"max_concurrent": 1})
+    sweep_dir = tmp_path / "runs" / "t"
+    proc = spawn("run", str(spec))
+    try:
+        deadline = time.time() + 300
+        while sum(r.get("status") == "FINISHED" for r in records(sweep_dir).values()) < 1:
+            assert time.time() < deadline and proc.poll() is None
+            time.sleep(0.3)
+        _stop(server)
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-4000:]
+    assert "tracking store unreachable" in out
+    recs = records(sweep_dir)
+    assert len(recs) == 4 and {r["status"] for r in recs.values()} == {"FINISHED"}
+    assert any(r.get("synced") is False for r in recs.values())
+
+    server = _server(db, artifacts, port)
+    try:
+        cli("sync", str(sweep_dir), check_rc=0)
+        cli("sync", str(sweep_dir), check_rc=0)  # a second sync finds nothing to do
+        tr = tracker(sweep_dir)
+        runs = tr.trial_runs()
+        assert len(tr._search("tags.role = 'trial'")) == 4
+        assert {r.info.status for r in runs.values()} == {"FINISHED"}
+        for run in runs.values():
+            steps = [m.step for m in tr.history(run.info.run_id, "dev_score")]
+            assert sorted(steps) == [3, 6, 9], steps  # every evaluation, none logged twice
+            assert "final_test_score" in run.data.metrics
+        assert all(r.get("synced") for r in records(sweep_dir).values())
+    finally:
+        _stop(server)
