@@ -121,10 +121,10 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
     done = len(trials) - len([t for t in trials if status.get(t.key) != "FINISHED"])
     print(f"sweep {spec.name}: {len(trials)} trials, {done} already FINISHED, {len(pending)} to run "
           f"-> {spec.sweep_dir}", flush=True)
-    _ = tracker.parent_run_id
     if not pending:
         print("nothing to run", flush=True)
         return 0
+    tracker.client.update_run(tracker.parent_run_id, status="RUNNING")
     counts = run_trials(spec, pending, restore=not (force or only_failed))
     try:
         final = statuses(spec, tracker)

@@ -94,13 +94,13 @@ class SweepCallback(tune.Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         cfg = trial.config["trial"]
-        key = trial.trial_id_key = TrialConfig.model_validate(cfg).key
+        key = _key(trial)
         self.running.add(key)
         records.update(self.sweep_dir, key, status="RUNNING", trial=cfg, synced=True)
         self._mlflow(key, self.tracker.start_trial, key, cfg)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        key = TrialConfig.model_validate(trial.config["trial"]).key
+        key = _key(trial)
         if result.get("final"):
             return
         self._mlflow(key, self.tracker.log_eval, key, {**result, "timestamp": time.time()})
@@ -108,7 +108,7 @@ class SweepCallback(tune.Callback):
                        f"step {result.get('step')} dev {result.get('dev_score', float('nan')):.4f}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        key = TrialConfig.model_validate(trial.config["trial"]).key
+        key = _key(trial)
         self.running.discard(key)
         last = trial.last_result or {}
         if "result_json" not in last:  # ended without a final report: treat as an error
@@ -121,11 +121,11 @@ class SweepCallback(tune.Callback):
                        f"test {result['test_score']:.4f}")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        key = TrialConfig.model_validate(trial.config["trial"]).key
+        key = _key(trial)
         self._progress(f"{key} failed, retrying from its last checkpoint")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        key = TrialConfig.model_validate(trial.config["trial"]).key
+        key = _key(trial)
         self.running.discard(key)
         self._failed(key, _error_text(trial))
 
@@ -200,6 +200,10 @@ def run_trials(spec: SweepSpec, trials: list[TrialConfig], restore: bool) -> dic
         (local_root / name / DONE_MARKER).touch()
     _count(grid, results)
     return results
+
+
+def _key(trial) -> str:
+    return TrialConfig.model_validate(trial.config["trial"]).key
 
 
 def _trial_name(trial: dict[str, Any]) -> str:

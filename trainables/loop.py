@@ -23,7 +23,7 @@ from .data import Encoded, build_splits, collate
 from .masking import MaskedAdamW, backbone_parameters
 from .methods import get_method
 from .methods.base import SetupContext
-from .metrics import compute_metrics
+from .metrics import compute_metrics, majority_score
 from .models import TaskModel, load_backbone, load_tokenizer, resolve_model
 from .schedule import epoch_batches, lr_at
 from .tasks import get_task
@@ -64,6 +64,7 @@ class Trainer:
         self.splits = build_splits(cfg.task, tokenizer, tc.max_seq_length, cfg.data, cfg.perturbation)
         self.train_lengths = self.splits.train.lengths()
         self.batches_per_epoch = math.ceil(len(self.splits.train) / tc.batch_size)
+        self._epoch, self._order = -1, []
 
         torch.manual_seed(cfg.seed)
         backbone = load_backbone(model_path)
@@ -130,7 +131,7 @@ class Trainer:
 
     def _train_batch(self, step: int) -> dict[str, torch.Tensor]:
         epoch, pos = divmod(step, self.batches_per_epoch)
-        if pos == 0 or getattr(self, "_epoch", None) != epoch:
+        if epoch != self._epoch:
             self._epoch, self._order = epoch, epoch_batches(self.train_lengths, self.cfg.training.batch_size,
                                                              self.cfg.seed, epoch)
         return collate(self.splits.train, self._order[pos], self.pad_id, self.device)
@@ -300,6 +301,8 @@ class Trainer:
                "train_score": scores["train"]["score"]}
         for split, comps in scores.items():
             out.update({f"{split}_{k}": v for k, v in comps.items() if k != "score"})
+        out.update({f"majority_{split}_score": majority_score(self.task.metric, getattr(self.splits, split).labels.numpy())
+                    for split in ("dev", "test")})
         out.update({"steps": self.step, "best_step": self.best_step, "resumed_from_step": self.resumed_from, "eligible_params": eligible,
                     "trainable_params": self.method.trainable_count(self.model),
                     "changed_params": changed + added, "added_params": added,

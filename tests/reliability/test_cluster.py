@@ -4,7 +4,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -13,21 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.sweeps import ROOT, records, write_spec
+from tests.sweeps import free_port, ROOT, records, write_spec
 
 pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture
 def cluster(tmp_path):
-    gcs, dash = _free_port(), _free_port()
+    gcs, dash = free_port(), free_port()
     # Ray 2.60 turns token auth on at `ray start --head`; every node and client must then ask for it
     env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "token"}
     subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=60)

@@ -1,6 +1,5 @@
 """An MLflow server stopped in the middle of a sweep: trials still finish; `sync` fills MLflow later,
 logging nothing twice."""
-import socket
 import subprocess
 import sys
 import time
@@ -8,16 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.sweeps import cli, records, spawn, tracker, write_spec
+from tests.sweeps import free_port, cli, records, spawn, tracker, write_spec
 
 pytestmark = pytest.mark.slow
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
 
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _server(db: Path, artifacts: Path, port: int) -> subprocess.Popen:
@@ -46,7 +40,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def test_store_down_mid_sweep_then_sync(tmp_path, tiny_model, data_dir):
-    port = _port()
+    port = free_port()
     db, artifacts = tmp_path / "mlflow.db", tmp_path / "artifacts"
     server = _server(db, artifacts, port)
     spec = write_spec(tmp_path, tiny_model, data_dir, tracking_uri=f"http://127.0.0.1:{port}",

@@ -8,7 +8,7 @@ from pydantic import Field
 from torch import nn
 
 from . import register
-from .base import Method, MethodParams, freeze_backbone
+from .base import DenseSubsetMethod, MethodParams
 from ..masking import backbone_parameters, budget
 
 FFN_OUTPUT = re.compile(r"(^|\.)layer\.\d+\.output\.dense$")
@@ -50,7 +50,7 @@ def bottleneck_for_budget(backbone: nn.Module, k: int) -> int:
 
 
 @register
-class AdapterMethod(Method):
+class AdapterMethod(DenseSubsetMethod):
     name = "adapter"
     Params = AdapterParams
 
@@ -63,13 +63,6 @@ class AdapterMethod(Method):
             adapter = model.adapters[n.replace(".", "_")]
             m.register_forward_hook(lambda _m, _i, out, a=adapter: a(out))
         self.bottleneck = r
-
-    def select(self, model, ctx):
-        freeze_backbone(model)
-
-    def load_state_dict(self, state, model):
-        super().load_state_dict(state, model)
-        freeze_backbone(model)
 
     def dense_parameters(self, model):
         return [(f"adapters.{n}", p) for n, p in model.adapters.named_parameters()]

@@ -96,6 +96,20 @@ class Method:
             set_mask_grad(model, self.mask)
 
 
+class DenseSubsetMethod(Method):
+    """Trains a dense subset (BitFit's biases, LoRA's factors, adapters): the backbone is frozen, then
+    what ``dense_parameters`` names gets gradients again."""
+
+    def select(self, model: nn.Module, ctx: SetupContext | None) -> None:
+        freeze_backbone(model)
+        for _, p in self.dense_parameters(model):
+            p.requires_grad_(True)
+
+    def load_state_dict(self, state: dict[str, Any], model: nn.Module) -> None:
+        super().load_state_dict(state, model)
+        self.select(model, None)
+
+
 class MaskMethod(Method):
     """Chooses ⌊m·p⌋ backbone entries by a score; subclasses only say how to score."""
     Params = MaskParams

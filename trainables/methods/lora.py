@@ -6,7 +6,7 @@ from pydantic import Field
 from torch import nn
 
 from . import register
-from .base import Method, MethodParams, freeze_backbone
+from .base import DenseSubsetMethod, MethodParams
 from ..masking import backbone_parameters, budget
 
 TARGETS = r".*layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"
@@ -35,7 +35,7 @@ def rank_for_budget(backbone: nn.Module, k: int) -> int:
 
 
 @register
-class Lora(Method):
+class Lora(DenseSubsetMethod):
     name = "lora"
     Params = LoraParams
 
@@ -49,15 +49,6 @@ class Lora(Method):
                             target_modules=TARGETS, init_lora_weights=True)
         model.backbone = inject_adapter_in_model(config, model.backbone)
         self.rank = r
-
-    def select(self, model, ctx):
-        freeze_backbone(model)
-        for _, p in self.dense_parameters(model):
-            p.requires_grad_(True)
-
-    def load_state_dict(self, state, model):
-        super().load_state_dict(state, model)
-        self.select(model, None)
 
     def dense_parameters(self, model):
         return [(f"backbone.{n}", p) for n, p in model.backbone.named_parameters() if "lora_" in n]
