@@ -104,7 +104,6 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
     tracker = tracker_for(spec)
     tracker.check_reachable()
     check_ray_address(spec.ray.address or os.environ.get("RAY_ADDRESS"))
-    init_ray(spec)
     spec.sweep_dir.mkdir(parents=True, exist_ok=True)
     tracker.check()
     (spec.sweep_dir / SPEC_FILE).write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
@@ -124,6 +123,7 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
     if not pending:
         print("nothing to run", flush=True)
         return 0
+    init_ray(spec)  # only now: a sweep with nothing left to run starts no Ray
     tracker.client.update_run(tracker.parent_run_id, status="RUNNING")
     counts = run_trials(spec, pending, restore=not (force or only_failed))
     try:
