@@ -5,6 +5,7 @@ and then MLflow, so workers never touch the tracking store.
 """
 from __future__ import annotations
 
+import collections
 import json
 import os
 import shutil
@@ -63,10 +64,9 @@ def _error_text(trial) -> str:
 class SweepCallback(tune.Callback):
     """Driver-side writer of records and MLflow, and the console progress line."""
 
-    def __init__(self, spec: SweepSpec, total: int):
+    def __init__(self, spec: SweepSpec):
         self.sweep_dir = spec.sweep_dir
         self.tracker = Tracker(spec.resolved_tracking_uri, spec.name, self.sweep_dir)
-        self.total, self.done, self.failed, self.running = total, 0, 0, set()
         self.warned = False
         self.down_until = 0.0
 
@@ -87,15 +87,18 @@ class SweepCallback(tune.Callback):
                       file=sys.stderr, flush=True)
                 self.warned = True
 
-    def _progress(self, what: str) -> None:
-        left = self.total - self.done - self.failed - len(self.running)
-        print(f"[{time.strftime('%H:%M:%S')}] done {self.done}/{self.total} | running {len(self.running)} | "
-              f"failed {self.failed} | left {left} | {what}", flush=True)
+    @staticmethod
+    def _progress(trials, what: str, completing=None) -> None:
+        """Counts come from Tune's own trial states (so they are right after a restore too); a trial
+        being completed is still RUNNING when ``on_trial_complete`` is called."""
+        status = collections.Counter("TERMINATED" if t is completing else t.status for t in trials)
+        left = status["PENDING"] + status["PAUSED"]
+        print(f"[{time.strftime('%H:%M:%S')}] done {status['TERMINATED']}/{len(trials)} | running {status['RUNNING']} | "
+              f"failed {status['ERROR']} | left {left} | {what}", flush=True)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         cfg = trial.config["trial"]
         key = _key(trial)
-        self.running.add(key)
         records.update(self.sweep_dir, key, status="RUNNING", trial=cfg, synced=True)
         self._mlflow(key, self.tracker.start_trial, key, cfg)
 
@@ -104,36 +107,31 @@ class SweepCallback(tune.Callback):
         if result.get("final"):
             return
         self._mlflow(key, self.tracker.log_eval, key, {**result, "timestamp": time.time()})
-        self._progress(f"{key} {trial.config['trial']['method']}/{trial.config['trial']['task']} "
+        self._progress(trials, f"{key} {trial.config['trial']['method']}/{trial.config['trial']['task']} "
                        f"step {result.get('step')} dev {result.get('dev_score', float('nan')):.4f}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         key = _key(trial)
-        self.running.discard(key)
         last = trial.last_result or {}
         if "result_json" not in last:  # ended without a final report: treat as an error
-            return self._failed(key, "trial ended without a final result")
+            return self._failed(trials, key, "trial ended without a final result")
         result = json.loads(last["result_json"])
         records.update(self.sweep_dir, key, status="FINISHED", result=result, error=None)
         self._mlflow(key, self.tracker.finish, key, result)
-        self.done += 1
-        self._progress(f"{key} {result['method']}/{result['task']} seed {result['seed']} FINISHED "
-                       f"test {result['test_score']:.4f}")
+        self._progress(trials, f"{key} {result['method']}/{result['task']} seed {result['seed']} FINISHED "
+                       f"test {result['test_score']:.4f}", completing=trial)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         key = _key(trial)
-        self._progress(f"{key} failed, retrying from its last checkpoint")
+        self._progress(trials, f"{key} failed, retrying from its last checkpoint")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        key = _key(trial)
-        self.running.discard(key)
-        self._failed(key, _error_text(trial))
+        self._failed(trials, _key(trial), _error_text(trial))
 
-    def _failed(self, key: str, error: str) -> None:
+    def _failed(self, trials, key: str, error: str) -> None:
         records.update(self.sweep_dir, key, status="FAILED", error=error)
         self._mlflow(key, self.tracker.fail, key, error)
-        self.failed += 1
-        self._progress(f"{key} FAILED: {error.strip().splitlines()[-1] if error.strip() else error}")
+        self._progress(trials, f"{key} FAILED: {error.strip().splitlines()[-1] if error.strip() else error}")
 
 
 def init_ray(spec: SweepSpec) -> None:
@@ -180,7 +178,7 @@ def run_trials(spec: SweepSpec, trials: list[TrialConfig], restore: bool) -> dic
     if local_root:
         (local_root / name).mkdir(parents=True, exist_ok=True)
         (local_root / name / "trial_keys.json").write_text(json.dumps(sorted(t.key for t in trials)))
-    callback = SweepCallback(spec, total=len(trials))
+    callback = SweepCallback(spec)
     tuner = tune.Tuner(
         wrapped,
         param_space={"trial": tune.grid_search([t.model_dump(mode="json") for t in trials])},
