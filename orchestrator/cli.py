@@ -224,31 +224,25 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.fn(args)
-    except Exception:
+    except Exception as exc:
         if os.environ.get("PEFT_SWEEP_DEBUG"):  # the full traceback instead of the one-line message
             raise
-        return _explain(args, sys.exc_info()[1])
+        return _explain(args, exc)
 
 
 def _explain(args, exc: BaseException) -> int:
+    """Bad input (a spec, a data file, a model, an unreachable store or cluster) gets one line and exit 2;
+    anything else is a bug and keeps its traceback."""
     from trainables.models import ModelError
-    from trainables.tasks import DataError as TaskDataError
-    from .spec import SpecError
+    from trainables.tasks import DataError
+    from .spec import ClusterError, SpecError
     from .tracking import TrackingError
 
-    try:
+    if not isinstance(exc, (SpecError, DataError, ModelError, TrackingError, ClusterError, FileNotFoundError,
+                            ValueError)):  # ValueError: settings that validate only in context (budget too small)
         raise exc
-    except (SpecError, TaskDataError, ModelError, TrackingError, FileNotFoundError) as exc:
-        print(f"peft-sweep {args.cmd}: error: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:  # validation errors of settings (e.g. budget too small)
-        print(f"peft-sweep {args.cmd}: error: {exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:
-        if "Ray cluster" in str(exc):
-            print(f"peft-sweep {args.cmd}: error: {exc}", file=sys.stderr)
-            return 2
-        raise
+    print(f"peft-sweep {args.cmd}: error: {exc}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -23,6 +23,10 @@ class SpecError(ValueError):
     """A sweep spec is invalid; the message names the field, the bad value and what is allowed."""
 
 
+class ClusterError(RuntimeError):
+    """The Ray cluster named by the spec (or $RAY_ADDRESS) cannot be reached."""
+
+
 class Grid(Strict):
     methods: list[str] = Field(min_length=1)
     tasks: list[str] = Field(min_length=1)

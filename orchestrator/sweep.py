@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from . import records
-from .spec import SpecError, SweepSpec, spec_from_dict
+from .spec import ClusterError, SpecError, SweepSpec, spec_from_dict
 from .tracking import Tracker, TrackingError
 
 SPEC_FILE = "spec.yaml"
@@ -90,7 +90,7 @@ def check_ray_address(address: str | None) -> None:
     try:
         socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
     except (OSError, ValueError) as exc:
-        raise RuntimeError(f"cannot reach the Ray cluster at {address!r}: {exc}") from None
+        raise ClusterError(f"cannot reach the Ray cluster at {address!r}: {exc}") from None
 
 
 def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
@@ -117,7 +117,7 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
         pending = trials
     else:
         pending = [t for t in trials if status.get(t.key) != "FINISHED"]
-    done = len(trials) - len([t for t in trials if status.get(t.key) != "FINISHED"])
+    done = sum(status.get(t.key) == "FINISHED" for t in trials)
     print(f"sweep {spec.name}: {len(trials)} trials, {done} already FINISHED, {len(pending)} to run "
           f"-> {spec.sweep_dir}", flush=True)
     if not pending:

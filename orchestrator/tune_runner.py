@@ -21,7 +21,7 @@ from ray import tune
 from trainables import TrialConfig, run_trial
 
 from . import records
-from .spec import SweepSpec
+from .spec import ClusterError, SweepSpec
 from .tracking import Tracker
 
 DONE_MARKER = "SWEEP_EXPERIMENT_DONE"
@@ -146,7 +146,7 @@ def init_ray(spec: SweepSpec) -> None:
         else:
             ray.init(num_cpus=spec.ray.num_cpus, num_gpus=spec.ray.num_gpus, include_dashboard=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise RuntimeError(f"cannot reach the Ray cluster at {address!r}: {exc}") from None
+        raise ClusterError(f"cannot reach the Ray cluster at {address!r}: {exc}") from None
 
 
 def _experiments(root: Path) -> list[Path]:

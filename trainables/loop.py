@@ -301,9 +301,11 @@ class Trainer:
                "train_score": scores["train"]["score"]}
         for split, comps in scores.items():
             out.update({f"{split}_{k}": v for k, v in comps.items() if k != "score"})
-        out.update({f"majority_{split}_score": majority_score(self.task.metric, getattr(self.splits, split).labels.numpy())
+        out.update({f"majority_{split}_score": majority_score(self.task.metric,
+                                                              getattr(self.splits, split).labels.numpy())
                     for split in ("dev", "test")})
-        out.update({"steps": self.step, "best_step": self.best_step, "resumed_from_step": self.resumed_from, "eligible_params": eligible,
+        out.update({"steps": self.step, "best_step": self.best_step, "resumed_from_step": self.resumed_from,
+                    "eligible_params": eligible,
                     "trainable_params": self.method.trainable_count(self.model),
                     "changed_params": changed + added, "added_params": added,
                     "device": str(self.device), "n_train": len(self.splits.train),
