@@ -69,8 +69,9 @@ def test_ray_job_submit_on_a_two_node_cluster(cluster, tmp_path, tiny_model, dat
 
 
 def test_sweep_survives_losing_the_worker_node(cluster, tmp_path, tiny_model, data_dir):
-    # one CPU per trial: three run at once, so some land on the worker node before it goes
-    spec = write_spec(tmp_path, tiny_model, data_dir, training__max_steps=30, training__eval_every=3,
+    # one CPU per trial: three run at once, so one runs on the worker node when it goes; trials long enough
+    # (120 steps, a checkpoint every 3) that it is still running then
+    spec = write_spec(tmp_path, tiny_model, data_dir, training__max_steps=120, training__eval_every=3,
                       grid={"methods": ["sam", "bitfit", "full"], "tasks": ["CB"], "seeds": [0, 1]},
                       max_failures=3, ray={"num_cpus": None})
     env = {**cluster["env"], "RAY_ADDRESS": f"127.0.0.1:{cluster['gcs']}", "PYTHONUNBUFFERED": "1"}
@@ -80,7 +81,7 @@ def test_sweep_survives_losing_the_worker_node(cluster, tmp_path, tiny_model, da
     deadline = time.time() + 300
     while time.time() < deadline and sum(r.get("status") == "RUNNING" for r in records(sweep_dir).values()) < 3:
         time.sleep(0.5)
-    time.sleep(3)
+    time.sleep(1)
     os.killpg(cluster["worker"].pid, signal.SIGTERM)  # the node stops, with the trials running on it
     out, _ = driver.communicate(timeout=900)
     assert driver.returncode == 0, out[-5000:]
