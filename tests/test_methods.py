@@ -63,7 +63,7 @@ def test_masked_adamw_touches_only_the_index():
     p = torch.nn.Parameter(torch.randn(10, 10))
     t0 = p.detach().clone()
     idx = torch.tensor([0, 5, 99])
-    opt = MaskedAdamW([(p, idx)], lr=0.1, weight_decay=0.5)
+    opt = MaskedAdamW([("w", p, idx)], lr=0.1, weight_decay=0.5)
     for _ in range(3):
         p.grad = torch.randn_like(p)
         opt.step()

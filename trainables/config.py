@@ -81,7 +81,7 @@ class TrialConfig(Strict):
             raise ValueError(f"method {self.method!r} needs a sparsity in (0, 1)")
         if not method.uses_sparsity and self.sparsity is not None:
             raise ValueError(f"method {self.method!r} takes no sparsity (got {self.sparsity}); leave it out")
-        method.Params.model_validate(self.method_params)
+        method.check_training(method.Params.model_validate(self.method_params), self.training)
         return self
 
     def params(self):

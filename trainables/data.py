@@ -18,8 +18,8 @@ from .config import DataConfig
 from .tasks import Task, get_task, load_task, resolve_data_dir, task_files
 
 CACHE_ENV = "PEFT_SWEEP_CACHE_DIR"
-CACHE_FORMAT = 1
-COPA_QUESTION = {"cause": "What was the cause?", "effect": "What happened as a result?"}
+CACHE_FORMAT = 2  # 2: COPA questions as jiant writes them
+COPA_QUESTION = {"cause": "What was the cause of this?", "effect": "What happened as a result?"}  # jiant's text
 
 
 @dataclass

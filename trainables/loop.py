@@ -20,11 +20,12 @@ from torch import nn
 
 from .config import TrialConfig
 from .data import Encoded, build_splits, collate
-from .masking import MaskedAdamW, backbone_parameters
+from .masking import MaskedAdamW, backbone_parameters, head_parameters
 from .methods import get_method
-from .methods.base import SetupContext
+from .methods.base import MethodContext
 from .metrics import compute_metrics, majority_score
-from .models import TaskModel, load_backbone, load_tokenizer, resolve_model
+from .optim import decay_groups
+from .models import TaskModel, load_pretrained, load_tokenizer, resolve_model
 from .schedule import epoch_batches, lr_at
 from .tasks import get_task
 
@@ -67,13 +68,13 @@ class Trainer:
         self._epoch, self._order = -1, []
 
         torch.manual_seed(cfg.seed)
-        backbone = load_backbone(model_path)
-        self.model = TaskModel(backbone, self.task.kind, self.task.num_labels)
+        backbone, fresh = load_pretrained(model_path)
+        self.model = TaskModel(backbone, self.task.kind, self.task.num_labels, fresh)
         self.theta0 = {n: p.detach().to("cpu", copy=True) for n, p in backbone_parameters(self.model).items()}
         self.method = get_method(cfg.method)(cfg.params(), cfg.sparsity, cfg.seed)
         self.method.prepare(self.model)
         self.model.to(self.device)
-        self.ctx = SetupContext(self.theta0, self._extra_batches, self._loss, self.device)
+        self.ctx = MethodContext(self.theta0, self._extra_batches, self._loss, self.device)
         state = self._load_state()
         if state is None:
             self.method.select(self.model, self.ctx)
@@ -81,8 +82,12 @@ class Trainer:
             self.model.load_state_dict(state["model"])
             self.method.load_state_dict(state["method"], self.model)
         self._build_optimizers()
+        self.ctx.probe_loss, self.ctx.forget = self.probe_loss, self._forget_dense_state
+        if self.sparse_opt is not None:
+            self.ctx.reselect = self.sparse_opt.set_index
         self.step, self.best_score, self.best_step, self.bad_evals = 0, -math.inf, 0, 0
         self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_mask: dict[str, torch.Tensor] | None = None  # the mask of the best state, not the last one
         self.curve: list[dict[str, float]] = []
         self.loss_sum, self.loss_n = torch.zeros((), device=self.device), 0
         self.resumed_from: int | None = None
@@ -98,22 +103,27 @@ class Trainer:
     def _build_optimizers(self) -> None:
         lr = self.cfg.params().lr or self.cfg.training.lr
         wd = self.cfg.training.weight_decay
-        dense = [("head." + n, p) for n, p in self.model.head.named_parameters()] + self.method.dense_parameters(self.model)
-        decay = [p for n, p in dense if p.ndim >= 2 and "LayerNorm" not in n]
-        no_decay = [p for n, p in dense if not (p.ndim >= 2 and "LayerNorm" not in n)]
+        head = head_parameters(self.model)
+        dense = list(head.items()) + self.method.dense_parameters(self.model)
         fused = {"fused": True} if self.device.type == "cuda" else {}
-        self.dense_opt = torch.optim.AdamW([{"params": decay, "weight_decay": wd},
-                                            {"params": no_decay, "weight_decay": 0.0}], lr=lr, **fused)
+        self.dense_opt = torch.optim.AdamW(decay_groups(dense, wd), lr=lr, **fused)
         self.dense_params = [p for _, p in dense]
         self.sparse_opt = None
         if self.method.masked_optimizer:
             mask = self.method.mask
-            self.sparse_opt = MaskedAdamW([(p, mask.get(n, torch.empty(0, dtype=torch.long)))
+            self.sparse_opt = MaskedAdamW([(n, p, mask.get(n, torch.empty(0, dtype=torch.long)))
                                            for n, p in backbone_parameters(self.model).items()], lr=lr, weight_decay=wd)
         self.base_lr = lr
-        # the forward pass needs the head and whatever the method trains; nothing else keeps grads
-        for p in self.model.head.parameters():
+        # the head (and the backbone's fresh tensors) always train, whatever the method froze
+        for p in head.values():
             p.requires_grad_(True)
+
+    @torch.no_grad()
+    def _forget_dense_state(self, param: torch.Tensor, where: torch.Tensor) -> None:
+        state = self.dense_opt.state.get(param)
+        for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+            if state and key in state:
+                state[key][where.to(state[key].device)] = 0
 
     # ------------------------------------------------------------------ data helpers
     def _extra_batches(self, n: int, salt: int):
@@ -178,6 +188,7 @@ class Trainer:
             self.sparse_opt.load_state_dict(s["sparse_opt"])
         self.step, self.best_score, self.best_step = s["step"], s["best_score"], s["best_step"]
         self.bad_evals, self.best_state, self.curve = s["bad_evals"], s["best_state"], s["curve"]
+        self.best_mask = s["best_mask"]
         torch.set_rng_state(s["rng"])
         if self.device.type == "cuda" and s.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(s["cuda_rng"])
@@ -193,6 +204,7 @@ class Trainer:
                  "sparse_opt": None if self.sparse_opt is None else self.sparse_opt.state_dict(),
                  "method": self.method.state_dict(), "step": self.step, "best_score": self.best_score,
                  "best_step": self.best_step, "bad_evals": self.bad_evals, "best_state": self.best_state,
+                 "best_mask": self.best_mask,
                  "curve": self.curve, "rng": torch.get_rng_state(),
                  "cuda_rng": torch.cuda.get_rng_state() if self.device.type == "cuda" else None,
                  "trial_key": self.cfg.key}
@@ -255,7 +267,7 @@ class Trainer:
             self.step += 1
             self.loss_sum += loss.detach().float()
             self.loss_n += 1
-            self.method.after_step(self.step, self.model, self)
+            self.method.after_step(self.step, self.model, self.ctx)
             self._maybe_fail()
             if self.step % tc.eval_every == 0 or self.step == tc.max_steps:
                 self.timers["train_s"] += time.perf_counter() - t0
@@ -271,9 +283,12 @@ class Trainer:
         train_loss = float(self.loss_sum) / max(1, self.loss_n)
         self.loss_sum.zero_()
         self.loss_n = 0
-        if dev > self.best_score:
+        if not self.method.in_budget:
+            pass  # a model that breaks the budget (DiffPruning before its projection) is never the best
+        elif dev > self.best_score:
             self.best_score, self.best_step, self.bad_evals = dev, self.step, 0
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            self.best_mask = None if self.method.mask is None else {n: i.clone() for n, i in self.method.mask.items()}
         else:
             self.bad_evals += 1
         point = {"step": self.step, "dev_score": dev, "train_loss": train_loss, "lr": lr}
@@ -287,13 +302,19 @@ class Trainer:
     def result(self) -> dict[str, Any]:
         cfg = self.cfg
         self.model.load_state_dict(self.best_state)
+        self.method.mask = self.best_mask  # what we report is the mask of the model we score
         self.method.finalize(self.model)
         scores = {split: self.evaluate(getattr(self.splits, split)) for split in ("dev", "test", "train")}
         eligible = sum(t.numel() for t in self.theta0.values())
         current = backbone_parameters(self.model)
-        changed = sum(int((current[n].detach().cpu() != t).sum()) for n, t in self.theta0.items())
-        added = sum(p.numel() for n, p in self.model.named_parameters()
-                    if n.startswith("adapters.") or ("lora_" in n))
+        changed, outside = 0, 0
+        for n, t in self.theta0.items():
+            moved = (current[n].detach().cpu() != t).reshape(-1)
+            changed += int(moved.sum())
+            if self.method.mask is not None:
+                moved[self.method.mask[n]] = False
+                outside += int(moved.sum())
+        added = sum(p.numel() for _, p in self.method.added_parameters(self.model))
         out = {"trial_key": cfg.key, "method": cfg.method, "task": cfg.task, "seed": cfg.seed,
                "sparsity": cfg.sparsity, "perturbation": cfg.perturbation, "model": cfg.model,
                "status": "FINISHED", "metric": self.task.metric,
@@ -308,6 +329,8 @@ class Trainer:
                     "eligible_params": eligible,
                     "trainable_params": self.method.trainable_count(self.model),
                     "changed_params": changed + added, "added_params": added,
+                    "head_params": sum(p.numel() for p in head_parameters(self.model).values()),
+                    "changed_outside_mask": outside if self.method.mask is not None else None,
                     "device": str(self.device), "n_train": len(self.splits.train),
                     "n_dev": len(self.splits.dev), "n_test": len(self.splits.test),
                     "projections": [p.as_dict() for p in self.method.projections], "curve": self.curve})

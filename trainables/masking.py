@@ -14,6 +14,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from .optim import decay_groups
+
 Scope = Literal["global", "per_tensor"]
 
 
@@ -35,12 +37,24 @@ def canonical_name(name: str) -> str | None:
 
 
 def backbone_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    """The eligible parameters: everything pretrained in ``model.backbone`` (not the head, nothing added)."""
+    """The eligible parameters θ0: what ``model.backbone`` loaded from its checkpoint (not the head, nothing
+    a method added, nothing the model initialised fresh, such as roberta-base's pooler)."""
+    fresh = getattr(model, "fresh", frozenset())
     out = {}
     for n, p in model.backbone.named_parameters():
         name = canonical_name(n)
-        if name is not None:
+        if name is not None and name not in fresh:
             out[f"backbone.{name}"] = p
+    return out
+
+
+def head_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Trained in full by every method and not counted in m: the task head and the backbone's fresh tensors."""
+    out = {f"head.{n}": p for n, p in model.head.named_parameters()}
+    fresh = getattr(model, "fresh", frozenset())
+    for n, p in model.backbone.named_parameters():
+        if canonical_name(n) in fresh:
+            out[f"backbone.{canonical_name(n)}"] = p
     return out
 
 
@@ -77,13 +91,14 @@ def select_top(scores: dict[str, torch.Tensor], k: int, scope: Scope) -> dict[st
 
 
 class MaskedAdamW(torch.optim.Optimizer):
-    """AdamW over the selected flat entries of each parameter only (``index`` per parameter)."""
+    """AdamW over the selected flat entries of each parameter only (``index`` per parameter); weight decay by
+    :func:`trainables.optim.decays` on the parameter's name."""
 
-    def __init__(self, params_with_index: list[tuple[nn.Parameter, torch.Tensor]], lr: float,
+    def __init__(self, params_with_index: list[tuple[str, nn.Parameter, torch.Tensor]], lr: float,
                  betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
-        params = [p for p, _ in params_with_index]
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
-        for p, idx in params_with_index:
+        groups = [g for g in decay_groups([(n, p) for n, p, _ in params_with_index], weight_decay) if g["params"]]
+        super().__init__(groups, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+        for _, p, idx in params_with_index:
             self.set_index(p, idx)
 
     def set_index(self, p: nn.Parameter, idx: torch.Tensor) -> None:

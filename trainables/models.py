@@ -47,6 +47,12 @@ def load_tokenizer(model_path: str):
 
 
 def load_backbone(model_path: str, config_only: bool = False) -> nn.Module:
+    return load_pretrained(model_path, config_only)[0]
+
+
+def load_pretrained(model_path: str, config_only: bool = False) -> tuple[nn.Module, frozenset[str]]:
+    """The encoder and the names of the parameters its checkpoint lacks (initialised fresh by transformers:
+    roberta-base's pooler). Those are not θ0; :class:`TaskModel` trains them with the head."""
     from transformers import AutoConfig, AutoModel
     from transformers.utils import logging as hf_logging
 
@@ -54,18 +60,22 @@ def load_backbone(model_path: str, config_only: bool = False) -> nn.Module:
 
     try:
         if config_only:
-            return AutoModel.from_config(AutoConfig.from_pretrained(model_path))
-        return AutoModel.from_pretrained(model_path, dtype=torch.float32)
+            return AutoModel.from_config(AutoConfig.from_pretrained(model_path)), frozenset()
+        model, info = AutoModel.from_pretrained(model_path, dtype=torch.float32, output_loading_info=True)
     except OSError as exc:
         raise ModelError(f"cannot load model {model_path!r}: {exc}") from None
+    params = {n for n, _ in model.named_parameters()}
+    return model, frozenset(k for k in info.get("missing_keys", ()) if k in params)
 
 
 class TaskModel(nn.Module):
-    """Backbone + head. ``backbone`` holds exactly the eligible (pretrained) parameters; ``head`` is new."""
+    """Backbone + head. The eligible parameters are the backbone's, less ``fresh`` (names, relative to the
+    backbone, of tensors its checkpoint lacked); ``head`` and the fresh tensors are new and always trained."""
 
-    def __init__(self, backbone: nn.Module, kind: str, num_labels: int):
+    def __init__(self, backbone: nn.Module, kind: str, num_labels: int, fresh: frozenset[str] = frozenset()):
         super().__init__()
         self.backbone = backbone
+        self.fresh = frozenset(fresh)
         self.kind = kind
         hidden = backbone.config.hidden_size
         self.dropout = nn.Dropout(getattr(backbone.config, "hidden_dropout_prob", 0.1))

@@ -66,3 +66,6 @@ class AdapterMethod(DenseSubsetMethod):
 
     def dense_parameters(self, model):
         return [(f"adapters.{n}", p) for n, p in model.adapters.named_parameters()]
+
+    def added_parameters(self, model):
+        return self.dense_parameters(model)

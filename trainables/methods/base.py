@@ -20,14 +20,23 @@ class MaskParams(MethodParams):
     scope: Scope = Field("global", description="global: rank all eligible entries together; per_tensor: each tensor alike")
 
 
+def _not_ready(*_args, **_kwargs):
+    raise RuntimeError("this context hook exists only once the optimizers are built (during training)")
+
+
 @dataclass
-class SetupContext:
-    """What a method may use while choosing what to train: θ0, batches for burn-in, the loss."""
+class MethodContext:
+    """All a method sees of the loop (never the Trainer itself): θ0, batches for burn-in, the loss, and, once
+    training runs, a probe loss and the two ways to reset optimizer state that projections need."""
     theta0: dict[str, torch.Tensor]  # backbone name -> pretrained values (CPU)
     batches: Callable[[int, int], Iterator[dict[str, torch.Tensor]]]  # (n, salt) -> n training batches
     loss: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
     device: torch.device
-    extra: dict[str, Any] = field(default_factory=dict)
+    probe_loss: Callable[[], float] = _not_ready  # training loss on one fixed batch, eval mode
+    # masked optimizer: from now on train exactly these flat entries of this parameter, moments from zero
+    reselect: Callable[[nn.Parameter, torch.Tensor], None] = _not_ready
+    # dense optimizer: zero the moments of this parameter where the bool tensor is True
+    forget: Callable[[nn.Parameter, torch.Tensor], None] = _not_ready
 
 
 @dataclass
@@ -63,12 +72,25 @@ class Method:
     def prepare(self, model: nn.Module) -> None:
         pass
 
-    def select(self, model: nn.Module, ctx: SetupContext) -> None:
+    def select(self, model: nn.Module, ctx: MethodContext) -> None:
         pass
 
     def dense_parameters(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
         """Trained in full by the dense AdamW (the head is added by the loop)."""
         return []
+
+    def added_parameters(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+        """Parameters the method added to the model (LoRA factors, adapters): trained, not part of θ0."""
+        return []
+
+    @property
+    def in_budget(self) -> bool:
+        """Whether the current model obeys the sparsity budget; only such a state may become the best."""
+        return True
+
+    @classmethod
+    def check_training(cls, params: MethodParams, training: Any) -> None:
+        """Refuse settings of this method that cannot work with these training settings (ValueError)."""
 
     def trainable_count(self, model: nn.Module) -> int:
         if self.mask is not None:
@@ -79,7 +101,7 @@ class Method:
     def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
         return None
 
-    def after_step(self, step: int, model: nn.Module, trainer: Any) -> None:
+    def after_step(self, step: int, model: nn.Module, ctx: MethodContext) -> None:
         pass
 
     def finalize(self, model: nn.Module) -> None:
@@ -100,7 +122,7 @@ class DenseSubsetMethod(Method):
     """Trains a dense subset (BitFit's biases, LoRA's factors, adapters): the backbone is frozen, then
     what ``dense_parameters`` names gets gradients again."""
 
-    def select(self, model: nn.Module, ctx: SetupContext | None) -> None:
+    def select(self, model: nn.Module, ctx: MethodContext | None) -> None:
         freeze_backbone(model)
         for _, p in self.dense_parameters(model):
             p.requires_grad_(True)
@@ -115,13 +137,13 @@ class MaskMethod(Method):
     Params = MaskParams
     masked_optimizer: ClassVar[bool] = True  # train the selection with MaskedAdamW
 
-    def scores(self, model: nn.Module, ctx: SetupContext) -> dict[str, torch.Tensor]:
+    def scores(self, model: nn.Module, ctx: MethodContext) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
     def k(self, model: nn.Module) -> int:
         return budget(sum(p.numel() for p in backbone_parameters(model).values()), self.sparsity)
 
-    def select(self, model: nn.Module, ctx: SetupContext) -> None:
+    def select(self, model: nn.Module, ctx: MethodContext) -> None:
         self.mask = select_top(self.scores(model, ctx), self.k(model), self.params.scope)
         set_mask_grad(model, self.mask)
 
@@ -137,7 +159,7 @@ def freeze_backbone(model: nn.Module) -> None:
         p.requires_grad_(False)
 
 
-def accumulate_gradients(model: nn.Module, ctx: SetupContext, n_batches: int, salt: int,
+def accumulate_gradients(model: nn.Module, ctx: MethodContext, n_batches: int, salt: int,
                          square_each: bool) -> dict[str, torch.Tensor]:
     """Σ_b g_b (or Σ_b g_b² when ``square_each``) over n batches at the current θ, in eval mode (no
     dropout), with no update. SAM scores (Σg)²; Fisher information is Σg²."""

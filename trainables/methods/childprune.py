@@ -22,17 +22,15 @@ class ChildPrune(MaskMethod):
     def scores(self, model, ctx):
         return accumulate_gradients(model, ctx, self.params.fisher_batches, salt=2, square_each=True)
 
-    def after_step(self, step, model, trainer):
+    def after_step(self, step, model, ctx):
         if step % self.params.reselect_every:
             return
-        before = trainer.probe_loss()
-        ctx = trainer.ctx
+        before = ctx.probe_loss()
         new = select_top(accumulate_gradients(model, ctx, self.params.fisher_batches, salt=2 + step, square_each=True),
                          self.k(model), self.params.scope)
-        params = backbone_parameters(model)
         flipped = 0
         with torch.no_grad():
-            for name, p in params.items():
+            for name, p in backbone_parameters(model).items():
                 old_idx, new_idx = self.mask[name], new[name]
                 if torch.equal(old_idx, new_idx):
                     continue
@@ -40,7 +38,7 @@ class ChildPrune(MaskMethod):
                 flipped += int(leaving.numel()) + int((~torch.isin(new_idx, old_idx)).sum())
                 flat = p.view(-1)
                 flat[leaving.to(p.device)] = ctx.theta0[name].view(-1)[leaving].to(p.device, p.dtype)
-                trainer.sparse_opt.set_index(p, new_idx)
+                ctx.reselect(p, new_idx)
         self.mask = new
         set_mask_grad(model, self.mask)
-        self.projections.append(Projection(step, flipped, before, trainer.probe_loss()))
+        self.projections.append(Projection(step, flipped, before, ctx.probe_loss()))

@@ -1,7 +1,8 @@
 """Diff pruning (Guo et al. 2021): θ = θ0 + z⊙w with a hard-concrete gate z and an expected-L0
 penalty. After ``burnin`` steps the diff is projected onto the L0 ball (the top ⌊m·p⌋ gates); training
 goes on with that mask (and the L0 penalty off), re-projected every ``reproject_every`` steps if asked.
-Entries that leave the mask go back to θ0 exactly."""
+Entries outside the mask equal θ0 exactly and hold no optimizer state after every projection; a state
+counts as "best" only once it obeys the budget (``in_budget``), so the scored model is never dense."""
 import math
 
 import torch
@@ -64,13 +65,31 @@ class DiffPrune(MaskMethod):
     Params = DiffPruneParams
 
     def prepare(self, model):
-        for module in list(model.backbone.modules()):
+        for prefix, module in list(model.backbone.named_modules()):
             for pname, p in list(module.named_parameters(recurse=False)):
+                if (f"{prefix}.{pname}" if prefix else pname) in model.fresh:
+                    continue  # not θ0: trained in full with the head
                 parametrize.register_parametrization(module, pname, GatedDiff(p, self.params.alpha_init),
                                                      unsafe=True)
-        for name, p in model.backbone.named_parameters():
-            p.requires_grad_(name.endswith((".w", ".log_alpha")))
+        self._gate_grads(model)
         self.k_budget = self.k(model)
+
+    @staticmethod
+    def _gate_grads(model):
+        for name, p in model.backbone.named_parameters():
+            if ".parametrizations." in name:
+                p.requires_grad_(name.endswith((".w", ".log_alpha")))
+
+    @classmethod
+    def check_training(cls, params, training):
+        if params.burnin > training.max_steps:
+            raise ValueError(f"methods.diffprune.burnin ({params.burnin}) is beyond training.max_steps "
+                             f"({training.max_steps}): the model would never be projected onto the budget; "
+                             "lower burnin or raise max_steps")
+
+    @property
+    def in_budget(self):
+        return self.mask is not None
 
     def select(self, model, ctx):
         self.mask = None  # the mask exists only after the first projection
@@ -78,8 +97,7 @@ class DiffPrune(MaskMethod):
     def load_state_dict(self, state, model):
         self.mask = state["mask"]
         self.projections = [Projection(**p) for p in state["projections"]]
-        for name, p in model.backbone.named_parameters():
-            p.requires_grad_(name.endswith((".w", ".log_alpha")))
+        self._gate_grads(model)
 
     def dense_parameters(self, model):
         return [(f"{n}.{pn}", p) for n, g in _gates(model).items() for pn, p in g.named_parameters()]
@@ -94,9 +112,9 @@ class DiffPrune(MaskMethod):
             return None
         return self.params.l0_weight * sum(g.expected_l0() for g in _gates(model).values())
 
-    def project(self, model, step: int, trainer) -> None:
+    def project(self, model, step: int, ctx) -> None:
         gates = _gates(model)
-        before = trainer.probe_loss()
+        before = ctx.probe_loss()
         new = select_top({n: g.log_alpha for n, g in gates.items()}, self.k_budget, self.params.scope)
         flipped = 0
         with torch.no_grad():
@@ -105,24 +123,24 @@ class DiffPrune(MaskMethod):
                 keep[new[n].to(keep.device)] = True
                 keep = keep.view_as(g.mask)
                 flipped += int((keep != g.mask).sum())
-                g.w.masked_fill_(~keep, 0.0)  # leaving entries return to θ0
+                g.w.masked_fill_(~keep, 0.0)  # dropped entries are θ0 again...
+                ctx.forget(g.w, ~keep)  # ...and hold no optimizer state, so a re-entry starts from θ0
+                ctx.forget(g.log_alpha, ~keep)
                 g.mask.copy_(keep)
                 g.projected.fill_(True)
         self.mask = new
-        self.projections.append(Projection(step, flipped, before, trainer.probe_loss()))
+        self.projections.append(Projection(step, flipped, before, ctx.probe_loss()))
 
-    def after_step(self, step, model, trainer):
+    def after_step(self, step, model, ctx):
         first = self.mask is None and step >= self.params.burnin
         again = (self.mask is not None and self.params.reproject_every
                  and (step - self.params.burnin) % self.params.reproject_every == 0)
         if first or again:
-            self.project(model, step, trainer)
+            self.project(model, step, ctx)
 
     def finalize(self, model):
         if not all(bool(g.projected) for g in _gates(model).values()):
-            # the best state predates the first projection (or training ended before the burn-in):
-            # project now, so the trained model keeps to the budget
-            self.project(model, -1, _NoProbe())
+            raise RuntimeError("diffprune: the scored state was never projected onto the budget")
         was_training = model.training
         model.eval()
         for module in list(model.backbone.modules()):
@@ -130,8 +148,3 @@ class DiffPrune(MaskMethod):
                 for pname in list(module.parametrizations.keys()):
                     parametrize.remove_parametrizations(module, pname, leave_parametrized=True)
         model.train(was_training)
-
-
-class _NoProbe:
-    def probe_loss(self) -> float:
-        return float("nan")

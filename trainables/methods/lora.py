@@ -52,3 +52,6 @@ class Lora(DenseSubsetMethod):
 
     def dense_parameters(self, model):
         return [(f"backbone.{n}", p) for n, p in model.backbone.named_parameters() if "lora_" in n]
+
+    def added_parameters(self, model):
+        return self.dense_parameters(model)

@@ -42,7 +42,8 @@ class Mixout(Method):
     def prepare(self, model):
         for name, module in list(model.backbone.named_modules()):
             for child_name, child in list(module.named_children()):
-                if type(child) is nn.Linear:
+                weight = f"{name}.{child_name}.weight" if name else f"{child_name}.weight"
+                if type(child) is nn.Linear and weight not in model.fresh:  # a fresh layer has no θ0 to mix to
                     setattr(module, child_name, MixLinear(child, self.params.q))
 
     def dense_parameters(self, model):

@@ -1,0 +1,166 @@
+"""Audit round 2 (issue 11): one weight-decay rule, DiffPruning/ChildPruning keep to the budget in what they
+train, select and report, and θ0 is exactly what the checkpoint holds."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainables.loop import Trainer
+from trainables.masking import backbone_parameters, budget
+from trainables.methods.diffprune import _gates
+
+
+class FallingDev(Trainer):
+    """Dev scores that only get worse during training: early stopping's "best" is the first state it may
+    take. The final scores are real evaluations."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fake_dev = True
+
+    def evaluate(self, data):
+        if self.fake_dev and data is self.splits.dev:
+            return {"score": 1.0 - self.step / 1000}
+        return super().evaluate(data)
+
+    def result(self):
+        self.fake_dev = False
+        return super().result()
+
+
+def _decay_of(opt, param) -> float:
+    return next(g["weight_decay"] for g in opt.param_groups if any(p is param for p in g["params"]))
+
+
+def test_diffprune_never_decays_its_gates(tiny_trial):
+    tr = Trainer(tiny_trial("diffprune", method_params={"burnin": 4}, training={"weight_decay": 0.1}))
+    tr.setup()
+    gates = _gates(tr.model)
+    assert gates
+    for g in gates.values():
+        assert _decay_of(tr.dense_opt, g.log_alpha) == 0.0
+        assert _decay_of(tr.dense_opt, g.w) == (0.1 if g.w.ndim >= 2 else 0.0)
+
+
+def test_diffprune_dropped_entries_return_to_theta0_and_hold_no_state(tiny_trial):
+    cfg = tiny_trial("diffprune", method_params={"burnin": 4, "reproject_every": 4, "lr": 1e-2},
+                     training={"max_steps": 14, "eval_every": 2, "weight_decay": 0.1})
+    tr = Trainer(cfg)
+    tr.setup()
+    tr.train()
+    assert len(tr.method.projections) == 3  # steps 4, 8, 12; two more steps after the last one
+    for name, g in _gates(tr.model).items():
+        dropped = ~g.mask
+        assert int((g.w.detach()[dropped] != 0).sum()) == 0, name
+        for p in (g.w, g.log_alpha):
+            st = tr.dense_opt.state[p]
+            assert int((st["exp_avg"][dropped] != 0).sum()) == 0, name
+            assert int((st["exp_avg_sq"][dropped] != 0).sum()) == 0, name
+
+
+def test_diffprune_best_state_is_never_a_dense_one(tiny_trial):
+    cfg = tiny_trial("diffprune", method_params={"burnin": 6, "lr": 1e-2},
+                     training={"max_steps": 12, "eval_every": 2, "patience": 100})
+    tr = FallingDev(cfg)
+    r = tr.run()
+    assert r["best_step"] >= 6  # the first state that obeys the budget
+    assert r["changed_params"] <= r["trainable_params"] == budget(r["eligible_params"], 0.01)
+
+
+@pytest.mark.parametrize("method,params", [
+    ("childprune", {"reselect_every": 2, "fisher_batches": 2, "lr": 1e-2}),
+    ("diffprune", {"burnin": 2, "reproject_every": 2, "lr": 1e-2}),
+])
+def test_reported_mask_is_the_mask_of_the_scored_model(method, params, tiny_trial):
+    cfg = tiny_trial(method, method_params=params, training={"max_steps": 12, "eval_every": 2, "patience": 100})
+    tr = FallingDev(cfg)
+    r = tr.run()
+    assert r["best_step"] == 2 and len(r["projections"]) >= 5
+    assert r["changed_outside_mask"] == 0
+    outside = 0
+    for name, p in backbone_parameters(tr.model).items():
+        changed = (p.detach().cpu() != tr.theta0[name]).reshape(-1)
+        changed[tr.method.mask[name]] = False
+        outside += int(changed.sum())
+    assert outside == 0
+
+
+def test_masked_adamw_never_decays_layernorm_or_bias(tiny_trial):
+    # magnitude on a random-init BERT: LayerNorm weights (1.0) are the largest entries, so they are selected
+    tr = Trainer(tiny_trial("magprune", training={"weight_decay": 0.1}, method_params={"lr": 1e-2}))
+    tr.setup()
+    params = backbone_parameters(tr.model)
+    picked = {n: i for n, i in tr.method.mask.items() if i.numel()}
+    assert any("LayerNorm" in n for n in picked) and any(n.endswith(".weight") and "LayerNorm" not in n
+                                                          and params[n].ndim >= 2 for n in picked)
+    before = {n: params[n].detach().clone() for n in picked}
+    for _ in range(20):  # zero gradients: only weight decay can move an entry
+        for p in params.values():
+            p.grad = torch.zeros_like(p)
+        tr.sparse_opt.step()
+    for n, idx in picked.items():
+        moved = bool((params[n].detach().reshape(-1)[idx] != before[n].reshape(-1)[idx]).any())
+        assert moved == (params[n].ndim >= 2 and "LayerNorm" not in n), n
+
+
+def test_dense_and_masked_optimizers_share_one_decay_rule(tiny_trial):
+    from trainables.optim import decays
+
+    tr = Trainer(tiny_trial("full", training={"weight_decay": 0.1}))
+    tr.setup()
+    for name, p in backbone_parameters(tr.model).items():
+        assert _decay_of(tr.dense_opt, p) == (0.1 if decays(name, p) else 0.0), name
+    assert not decays("backbone.encoder.layer.0.output.LayerNorm.weight", torch.ones(4))
+    assert not decays("backbone.encoder.layer.0.output.dense.bias", torch.ones(4))
+    assert decays("backbone.encoder.layer.0.output.dense.weight", torch.ones(4, 4))
+
+
+@pytest.fixture(scope="module")
+def tiny_model_without_pooler(tmp_path_factory) -> str:
+    from safetensors.torch import load_file, save_file
+
+    from tests.conftest import make_tiny_model
+
+    folder = make_tiny_model(tmp_path_factory.mktemp("tiny-no-pooler"))
+    weights = load_file(folder / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith("pooler.")}, folder / "model.safetensors",
+              metadata={"format": "pt"})
+    return str(folder)
+
+
+def _checkpoint_entries(folder: str) -> int:
+    from safetensors.torch import load_file
+
+    return sum(t.numel() for k, t in load_file(Path(folder) / "model.safetensors").items()
+               if not k.endswith("position_ids"))  # a buffer, not a parameter
+
+
+@pytest.mark.parametrize("method", ["magprune", "bitfit"])
+def test_theta0_is_what_the_checkpoint_holds(method, tiny_model_without_pooler, tiny_trial):
+    cfg = tiny_trial(method, training={"max_steps": 4, "eval_every": 2}).model_copy(
+        update={"model": tiny_model_without_pooler})
+    tr = Trainer(cfg)
+    tr.setup()
+    pooler = [p for n, p in tr.model.backbone.named_parameters() if n.startswith("pooler.")]
+    before = [p.detach().clone() for p in pooler]
+    assert pooler and not any(n.startswith("backbone.pooler.") for n in backbone_parameters(tr.model))
+    tr.train()
+    r = tr.result()
+    assert r["eligible_params"] == _checkpoint_entries(tiny_model_without_pooler)
+    fresh = sum(p.numel() for p in pooler)
+    assert r["head_params"] == sum(p.numel() for p in tr.model.head.parameters()) + fresh
+    assert all(not torch.equal(p.detach(), b) for p, b in zip(pooler, before))  # the fresh pooler trains in full
+    if method == "magprune":
+        assert r["trainable_params"] == budget(r["eligible_params"], 0.01)
+
+
+def test_copa_asks_jiants_questions(data_dir, tmp_path):
+    from trainables.config import DataConfig
+    from trainables.data import build_splits
+    from trainables.models import load_tokenizer, resolve_model
+
+    tok = load_tokenizer(resolve_model("minilm-l6"))
+    splits = build_splits("COPA", tok, 128, DataConfig(dir=str(data_dir), cache_dir=str(tmp_path)), None)
+    texts = [tok.decode(splits.test.tokens[int(a):int(b)]) for a, b in splits.test.bounds[:20, 0].tolist()]
+    assert any("what was the cause of this?" in t for t in texts)
+    assert any("what happened as a result?" in t for t in texts)
