@@ -1,5 +1,6 @@
 """Audit round 2 (issue 11): one weight-decay rule, DiffPruning/ChildPruning keep to the budget in what they
 train, select and report, and θ0 is exactly what the checkpoint holds."""
+import json
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,50 @@ def test_copa_asks_jiants_questions(data_dir, tmp_path):
     texts = [tok.decode(splits.test.tokens[int(a):int(b)]) for a, b in splits.test.bounds[:20, 0].tolist()]
     assert any("what was the cause of this?" in t for t in texts)
     assert any("what happened as a result?" in t for t in texts)
+
+
+CASES = {  # method -> settings that make a 12-step trial on the tiny model exercise it
+    "full": {}, "random": {}, "mixout": {}, "bitfit": {}, "magprune": {"scope": "per_tensor"}, "adapter": {},
+    "lora": {}, "diffprune": {"burnin": 4, "reproject_every": 4}, "childprune": {"reselect_every": 4,
+                                                                              "fisher_batches": 2},
+    "sam": {"burnin": 2},
+}
+
+
+@pytest.mark.parametrize("method", sorted(CASES))
+def test_mask_anatomy_sums_to_the_budget_and_the_mask_is_saved(method, tiny_trial, tmp_path):
+    from trainables import run_trial
+    from trainables.anatomy import KINDS, MASK_FILE, load_mask
+    from trainables.loop import FINAL_DIR, RESULT_FILE
+
+    reports = []
+    r = run_trial(tiny_trial(method, method_params=CASES[method], training={"max_steps": 8}),
+                  lambda m, path: reports.append((m, path)), checkpoint_dir=str(tmp_path))
+    rows = r["mask_anatomy"]
+    assert sum(row["count"] for row in rows) == r["trainable_params"] > 0
+    assert all(row["kind"] in KINDS and row["kind"] != "other" for row in rows), rows
+    final = tmp_path / FINAL_DIR
+    assert reports[-1][1] == str(final) and (final / RESULT_FILE).is_file()
+    if r["changed_outside_mask"] is None:  # dense methods have no mask to store
+        assert method in ("full", "mixout", "bitfit", "adapter", "lora") and not (final / MASK_FILE).exists()
+        return
+    assert r["changed_outside_mask"] == 0
+    mask = load_mask(final / MASK_FILE)
+    assert sum(t.numel() for t in mask.values()) == r["trainable_params"]
+    # a trial restarted after it finished reports the stored result instead of training again
+    again = run_trial(tiny_trial(method, method_params=CASES[method], training={"max_steps": 8}),
+                      resume_dir=str(final))
+    assert again == json.loads((final / RESULT_FILE).read_text())
+
+
+def test_global_selection_can_concentrate_where_per_tensor_spreads(tiny_trial):
+    from trainables import run_trial
+
+    layernorm = {}
+    for scope in ("global", "per_tensor"):
+        r = run_trial(tiny_trial("magprune", method_params={"scope": scope}, training={"max_steps": 2,
+                                                                                        "eval_every": 2}))
+        layernorm[scope] = sum(row["count"] for row in r["mask_anatomy"] if row["kind"] == "layernorm")
+    # on a random-init BERT the LayerNorm scales (1.0) dominate |θ0|: global magnitude takes all of them,
+    # per-tensor selection gives LayerNorm only its share of the budget
+    assert layernorm["global"] > 10 * layernorm["per_tensor"] > 0

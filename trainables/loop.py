@@ -8,6 +8,7 @@ any training step.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import time
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .anatomy import anatomy, save_mask
 from .config import TrialConfig
 from .data import Encoded, build_splits, collate
 from .masking import MaskedAdamW, backbone_parameters, head_parameters
@@ -31,6 +33,7 @@ from .tasks import get_task
 
 Report = Callable[[dict[str, Any], str | None], None]
 STATE_FILE = "state.pt"
+FINAL_DIR, RESULT_FILE = "final", "result.json"  # the finished trial: its result and mask
 
 
 class InjectedFault(RuntimeError):
@@ -328,6 +331,7 @@ class Trainer:
         out.update({"steps": self.step, "best_step": self.best_step, "resumed_from_step": self.resumed_from,
                     "eligible_params": eligible,
                     "trainable_params": self.method.trainable_count(self.model),
+                    "mask_anatomy": anatomy(self.method.trainable_entries(self.model)),
                     "changed_params": changed + added, "added_params": added,
                     "head_params": sum(p.numel() for p in head_parameters(self.model).values()),
                     "changed_outside_mask": outside if self.method.mask is not None else None,
@@ -338,11 +342,29 @@ class Trainer:
         out.update({k: round(v, 3) for k, v in self.timers.items()})
         return out
 
+    def _save_final(self, result: dict[str, Any]) -> str | None:
+        """The result and the scored mask, as the trial's last checkpoint: a trial restarted after it has
+        finished reports this again instead of training again, and the driver logs the mask."""
+        if not self.checkpoint_dir:
+            return None
+        folder = Path(self.checkpoint_dir) / FINAL_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.method.mask is not None:
+            save_mask(self.method.mask, folder, model=self.cfg.model, method=self.cfg.method, trial_key=self.cfg.key)
+        tmp = folder / (RESULT_FILE + ".tmp")
+        tmp.write_text(json.dumps(result, default=str))
+        os.replace(tmp, folder / RESULT_FILE)
+        return str(folder)
+
     def run(self) -> dict[str, Any]:
+        if self.resume_dir and (Path(self.resume_dir) / RESULT_FILE).is_file():  # finished before a restart
+            result = json.loads((Path(self.resume_dir) / RESULT_FILE).read_text())
+            self.report({**result, "done": True}, self.resume_dir)
+            return result
         self.setup()
         self.train()
         result = self.result()
-        self.report({**result, "done": True}, None)
+        self.report({**result, "done": True}, self._save_final(result))
         return result
 
 

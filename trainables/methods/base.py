@@ -92,10 +92,14 @@ class Method:
     def check_training(cls, params: MethodParams, training: Any) -> None:
         """Refuse settings of this method that cannot work with these training settings (ValueError)."""
 
-    def trainable_count(self, model: nn.Module) -> int:
+    def trainable_entries(self, model: nn.Module) -> dict[str, int]:
+        """Trainable entries per tensor name: the mask's, else the densely trained tensors' (not the head)."""
         if self.mask is not None:
-            return sum(int(i.numel()) for i in self.mask.values())
-        return sum(p.numel() for _, p in self.dense_parameters(model))
+            return {n: int(i.numel()) for n, i in self.mask.items()}
+        return {n: p.numel() for n, p in self.dense_parameters(model)}
+
+    def trainable_count(self, model: nn.Module) -> int:
+        return sum(self.trainable_entries(model).values())
 
     # --- training hooks --------------------------------------------------------------------------
     def extra_loss(self, model: nn.Module) -> torch.Tensor | None:

@@ -102,10 +102,10 @@ class DiffPrune(MaskMethod):
     def dense_parameters(self, model):
         return [(f"{n}.{pn}", p) for n, g in _gates(model).items() for pn, p in g.named_parameters()]
 
-    def trainable_count(self, model):
-        if self.mask is None:
-            return sum(p.numel() for p in backbone_parameters(model).values())
-        return sum(int(i.numel()) for i in self.mask.values())
+    def trainable_entries(self, model):
+        if self.mask is None:  # before the first projection every entry trains
+            return {n: p.numel() for n, p in backbone_parameters(model).items()}
+        return super().trainable_entries(model)
 
     def extra_loss(self, model):
         if self.mask is not None or self.params.l0_weight == 0:
