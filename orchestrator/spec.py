@@ -28,7 +28,7 @@ class ClusterError(RuntimeError):
 
 
 class Grid(Strict):
-    methods: list[str] = Field(min_length=1)
+    methods: list[str] = Field(min_length=1, description="method names, or names of entries in `variants`")
     tasks: list[str] = Field(min_length=1)
     seeds: list[int] = Field([0], min_length=1)
     sparsities: list[float] = Field([0.005], min_length=1, description="used by methods that take a sparsity")
@@ -38,7 +38,10 @@ class Grid(Strict):
     @classmethod
     def _methods(cls, v):
         for m in v:
-            get_method(m)
+            if not NAME.match(m):
+                raise ValueError(f"method {m!r}: a method or variant name is letters, digits, '.', '_' or '-'")
+        if len(set(v)) != len(v):
+            raise ValueError(f"methods {v} name a method twice")
         return v
 
     @field_validator("tasks")
@@ -106,6 +109,9 @@ class SweepSpec(Strict):
     grid: Grid
     training: TrainingConfig = TrainingConfig()
     methods: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-method settings")
+    variants: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="named settings of a method, each its own row: "
+                                          "{sam-global: {method: sam, scope: global}}; on top of methods.<method>")
     resources: Resources = Resources()
     max_failures: int = Field(2, ge=0, description="retries of a failed trial (from its last checkpoint)")
     tracking_uri: str | None = Field(None, description="MLflow URI; default sqlite:///SWEEP_DIR/mlflow.db")
@@ -132,6 +138,41 @@ class SweepSpec(Strict):
                 raise ValueError(f"methods.{m}: {_first_error(exc)}") from None
         return self
 
+    @model_validator(mode="after")
+    def _variants(self):
+        for name, setting in self.variants.items():
+            where = f"variants.{name}"
+            if not NAME.match(name) or name in METHODS:
+                raise ValueError(f"{where}: a variant needs its own name (letters, digits, '.', '_', '-'), "
+                                 f"not a method's ({', '.join(METHODS)})")
+            base = setting.get("method")
+            if base not in METHODS:
+                raise ValueError(f"{where}.method: {base!r} is not a method; valid methods: {', '.join(METHODS)}")
+            try:
+                get_method(base).Params.model_validate(self.method_settings(name))
+            except ValidationError as exc:
+                raise ValueError(f"{where}: {_first_error(exc)}") from None
+        for m in self.grid.methods:
+            if m not in METHODS and m not in self.variants:
+                raise ValueError(f"grid.methods: unknown method {m!r}; valid methods: {', '.join(METHODS)}"
+                                 f"{' and the variants ' + ', '.join(self.variants) if self.variants else ''}")
+            method = get_method(self.base_method(m))
+            try:
+                method.check_training(method.Params.model_validate(self.method_settings(m)), self.training)
+            except ValueError as exc:
+                raise ValueError(str(exc)) from None
+        return self
+
+    def base_method(self, name: str) -> str:
+        """The registered method behind a grid entry (itself, or a variant's ``method``)."""
+        return self.variants[name]["method"] if name in self.variants else name
+
+    def method_settings(self, name: str) -> dict[str, Any]:
+        """methods.<method>, with a variant's own settings on top."""
+        base = self.base_method(name)
+        own = {k: v for k, v in self.variants.get(name, {}).items() if k != "method"}
+        return {**self.methods.get(base, {}), **own}
+
     @property
     def sweep_dir(self) -> Path:
         return (Path(self.output_dir).expanduser() / self.name).resolve()
@@ -145,16 +186,18 @@ class SweepSpec(Strict):
         (task, seed, perturbation) rather than one per sparsity."""
         out: dict[str, TrialConfig] = {}
         perturbations = self.grid.perturbations if self.grid.perturbations is not None else [None]
-        for task, method, seed, k in itertools.product(self.grid.tasks, self.grid.methods, self.grid.seeds,
-                                                      perturbations):
+        for task, name, seed, k in itertools.product(self.grid.tasks, self.grid.methods, self.grid.seeds,
+                                                    perturbations):
+            method = self.base_method(name)
             sparsities = self.grid.sparsities if get_method(method).uses_sparsity else [None]
             for p in sparsities:
-                coords = {"task": task, "method": method, "seed": seed, "sparsity": p, "perturbation": k}
+                coords = {"task": task, "method": method, "seed": seed, "sparsity": p, "perturbation": k,
+                          "variant": name if name != method else None}
                 fault = FaultConfig()
                 if self.fault and all(coords.get(f) == v for f, v in self.fault.match.items()):
                     fault = FaultConfig(**self.fault.model_dump(exclude={"match"}))
                 cfg = TrialConfig(**coords, model=self.model, data=self.data, training=self.training,
-                                  method_params=self.methods.get(method, {}), fault=fault)
+                                  method_params=self.method_settings(name), fault=fault)
                 out.setdefault(cfg.key, cfg)
         return list(out.values())
 

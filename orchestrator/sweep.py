@@ -161,7 +161,7 @@ def status_table(spec: SweepSpec) -> dict[str, Any]:
     errors = {}
     for t in trials:
         s = status.get(t.key, "PENDING")
-        per_pair[(t.method, t.task)][s] += 1
+        per_pair[(t.label, t.task)][s] += 1
         if s == "FAILED":
             err = (recs.get(t.key) or {}).get("error") or ""
             errors[t.key] = err.strip().splitlines()[-1] if err.strip() else ""

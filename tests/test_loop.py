@@ -4,6 +4,7 @@ import json
 import pytest
 
 from trainables import run_trial
+from tests.cases import METHOD_CASES
 from trainables.loop import InjectedFault
 
 
@@ -16,19 +17,18 @@ def test_same_trial_twice_gives_identical_scores(tiny_trial):
     assert _scores(run_trial(cfg)) == _scores(run_trial(cfg))
 
 
-@pytest.mark.parametrize("method", ["sam", "full", "childprune"])
+@pytest.mark.parametrize("method", sorted(METHOD_CASES))
 def test_resumed_trial_ends_like_an_uninterrupted_one(method, tiny_trial, tmp_path):
-    params = {"sam": {"burnin": 2, "lr": 1e-2}, "full": {"lr": 1e-3},
-              "childprune": {"reselect_every": 6, "fisher_batches": 2, "lr": 1e-2}}[method]
-    cfg = tiny_trial(method, method_params=params)
+    cfg = tiny_trial(method, method_params=METHOD_CASES[method])
     whole = run_trial(cfg, checkpoint_dir=str(tmp_path / "a"))
-    checkpoints = sorted((tmp_path / "a").iterdir())
+    checkpoints = sorted(p for p in (tmp_path / "a").iterdir() if p.name.startswith("step-"))
     assert [c.name for c in checkpoints] == ["step-0000004", "step-0000008", "step-0000012"]
     resumed = run_trial(cfg, resume_dir=str(checkpoints[0]))
     assert resumed["resumed_from_step"] == 4
     assert _scores(resumed) == _scores(whole)
     assert resumed["changed_params"] == whole["changed_params"]
     assert resumed["projections"] == whole["projections"]
+    assert resumed["mask_anatomy"] == whole["mask_anatomy"]
 
 
 def test_a_fault_interrupts_and_a_resume_finishes(tiny_trial, tmp_path):

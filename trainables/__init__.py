@@ -3,6 +3,7 @@
 Never imports ``orchestrator`` or Ray: ``run_trial`` works as a plain function.
 """
 from .config import TrialConfig, trial_key
+from .finetuned import load_finetuned, save_finetuned
 from .loop import run_trial
 
-__all__ = ["TrialConfig", "run_trial", "trial_key"]
+__all__ = ["TrialConfig", "load_finetuned", "run_trial", "save_finetuned", "trial_key"]

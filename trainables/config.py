@@ -26,7 +26,8 @@ class DataConfig(Strict):
 class TrainingConfig(Strict):
     batch_size: int = Field(16, gt=0)
     eval_batch_size: int = Field(64, gt=0)
-    lr: float = Field(2e-5, gt=0, description="default learning rate; methods.<m>.lr overrides it per method")
+    lr: float | None = Field(None, gt=0, description="learning rate for every method; None: each method's own "
+                                                   "default (README); methods.<m>.lr overrides both")
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
     max_grad_norm: float = Field(1.0, gt=0)
@@ -56,6 +57,8 @@ class FaultConfig(Strict):
 class TrialConfig(Strict):
     task: str
     method: str
+    variant: str | None = Field(None, description="the row label of a named setting of a method (sam-global); "
+                                                  "None: the method's name")
     seed: int = Field(0, ge=0)
     sparsity: float | None = Field(None, gt=0, lt=1)
     perturbation: int | None = Field(None, ge=0)
@@ -89,9 +92,20 @@ class TrialConfig(Strict):
 
         return get_method(self.method).Params.model_validate(self.method_params)
 
+    def effective_lr(self) -> float:
+        """methods.<m>.lr, else training.lr, else the method's default: the one rate this trial uses."""
+        from .methods import get_method
+
+        return self.params().lr or self.training.lr or get_method(self.method).default_lr
+
     @property
     def key(self) -> str:
         return trial_key(self)
+
+    @property
+    def label(self) -> str:
+        """The name this trial's method goes by in tables: the variant if any, else the method."""
+        return self.variant or self.method
 
 
 def trial_key(cfg: TrialConfig) -> str:
@@ -99,5 +113,7 @@ def trial_key(cfg: TrialConfig) -> str:
     d = cfg.model_dump(mode="json", exclude={"fault": True, "data": {"dir", "cache_dir"},
                                              "training": {"checkpoint_every"}})
     d["method_params"] = cfg.params().model_dump(mode="json")  # defaults filled, so {} == explicit defaults
+    if d["variant"] is None:  # keys of plain methods stay what they were before variants existed
+        del d["variant"]
     blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]

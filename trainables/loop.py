@@ -19,7 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import checkpoint as ckpt
 from .anatomy import anatomy, save_mask
+from .finetuned import DELTA_DIR, save_delta
 from .config import TrialConfig
 from .data import Encoded, build_splits, collate
 from .masking import MaskedAdamW, backbone_parameters, head_parameters
@@ -32,8 +34,7 @@ from .schedule import epoch_batches, lr_at
 from .tasks import get_task
 
 Report = Callable[[dict[str, Any], str | None], None]
-STATE_FILE = "state.pt"
-FINAL_DIR, RESULT_FILE = "final", "result.json"  # the finished trial: its result and mask
+FINAL_DIR, RESULT_FILE = "final", "result.json"  # the finished trial: its result, mask and model delta
 
 
 class InjectedFault(RuntimeError):
@@ -74,6 +75,7 @@ class Trainer:
         backbone, fresh = load_pretrained(model_path)
         self.model = TaskModel(backbone, self.task.kind, self.task.num_labels, fresh)
         self.theta0 = {n: p.detach().to("cpu", copy=True) for n, p in backbone_parameters(self.model).items()}
+        self.base_hash = ckpt.base_hash(self.theta0)
         self.method = get_method(cfg.method)(cfg.params(), cfg.sparsity, cfg.seed)
         self.method.prepare(self.model)
         self.model.to(self.device)
@@ -82,14 +84,13 @@ class Trainer:
         if state is None:
             self.method.select(self.model, self.ctx)
         else:
-            self.model.load_state_dict(state["model"])
-            self.method.load_state_dict(state["method"], self.model)
+            self.method.load_state_dict({"mask": state.mask, "projections": state.projections}, self.model)
         self._build_optimizers()
         self.ctx.probe_loss, self.ctx.forget = self.probe_loss, self._forget_dense_state
         if self.sparse_opt is not None:
             self.ctx.reselect = self.sparse_opt.set_index
         self.step, self.best_score, self.best_step, self.bad_evals = 0, -math.inf, 0, 0
-        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None  # ckpt.gather() of the best model: what trains
         self.best_mask: dict[str, torch.Tensor] | None = None  # the mask of the best state, not the last one
         self.curve: list[dict[str, float]] = []
         self.loss_sum, self.loss_n = torch.zeros((), device=self.device), 0
@@ -104,7 +105,7 @@ class Trainer:
         self.timers["setup_s"] = time.perf_counter() - self.t_start
 
     def _build_optimizers(self) -> None:
-        lr = self.cfg.params().lr or self.cfg.training.lr
+        lr = self.cfg.effective_lr()
         wd = self.cfg.training.weight_decay
         head = head_parameters(self.model)
         dense = list(head.items()) + self.method.dense_parameters(self.model)
@@ -177,43 +178,52 @@ class Trainer:
         return compute_metrics(self.task.metric, preds.numpy(), data.labels.numpy())
 
     # ------------------------------------------------------------------ checkpoint
-    def _load_state(self) -> dict | None:
+    def _dense_named(self) -> dict[str, torch.Tensor]:
+        """What trains whole: the head (with the backbone's fresh tensors) and the method's dense tensors."""
+        return {**head_parameters(self.model), **dict(self.method.dense_parameters(self.model))}
+
+    def _sparse_mask(self, mask: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+        # masked tensors train in place (MaskedAdamW); DiffPruning's mask selects gates, which train whole
+        return mask if self.sparse_opt is not None else None
+
+    def _trained(self) -> dict[str, torch.Tensor]:
+        return ckpt.gather(self._dense_named(), backbone_parameters(self.model), self._sparse_mask(self.method.mask))
+
+    def _load_state(self) -> ckpt.TrialState | None:
         if not self.resume_dir:
             return None
-        path = Path(self.resume_dir) / STATE_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"no checkpoint {path}")
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = ckpt.TrialState.load(self.resume_dir)
+        if state.trial_key != self.cfg.key:
+            raise ckpt.CheckpointError(f"checkpoint {self.resume_dir} belongs to trial {state.trial_key}, "
+                                       f"not {self.cfg.key}")
+        ckpt.check_base(state.base_hash, self.base_hash, f"checkpoint {self.resume_dir}")
+        return state
 
-    def _restore(self, s: dict) -> None:
-        self.dense_opt.load_state_dict(s["dense_opt"])
+    def _restore(self, s: ckpt.TrialState) -> None:
+        ckpt.scatter(s.trained, self._dense_named(), backbone_parameters(self.model), self._sparse_mask(s.mask),
+                     self.theta0)
+        self.dense_opt.load_state_dict(s.dense_opt)
         if self.sparse_opt is not None:
-            self.sparse_opt.load_state_dict(s["sparse_opt"])
-        self.step, self.best_score, self.best_step = s["step"], s["best_score"], s["best_step"]
-        self.bad_evals, self.best_state, self.curve = s["bad_evals"], s["best_state"], s["curve"]
-        self.best_mask = s["best_mask"]
-        torch.set_rng_state(s["rng"])
-        if self.device.type == "cuda" and s.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(s["cuda_rng"])
+            self.sparse_opt.load_state_dict(s.sparse_opt)
+        self.step, self.best_score, self.best_step, self.bad_evals = s.step, s.best_score, s.best_step, s.bad_evals
+        self.best_state, self.best_mask, self.curve = s.best, s.best_mask, s.curve
+        torch.set_rng_state(s.rng)
+        if self.device.type == "cuda" and s.cuda_rng is not None:
+            torch.cuda.set_rng_state(s.cuda_rng)
 
     def _save_state(self) -> str | None:
         if not self.checkpoint_dir:
             return None
         t0 = time.perf_counter()
-        folder = Path(self.checkpoint_dir) / f"step-{self.step:07d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        state = {"model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-                 "dense_opt": self.dense_opt.state_dict(),
-                 "sparse_opt": None if self.sparse_opt is None else self.sparse_opt.state_dict(),
-                 "method": self.method.state_dict(), "step": self.step, "best_score": self.best_score,
-                 "best_step": self.best_step, "bad_evals": self.bad_evals, "best_state": self.best_state,
-                 "best_mask": self.best_mask,
-                 "curve": self.curve, "rng": torch.get_rng_state(),
-                 "cuda_rng": torch.cuda.get_rng_state() if self.device.type == "cuda" else None,
-                 "trial_key": self.cfg.key}
-        tmp = folder / (STATE_FILE + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, folder / STATE_FILE)
+        state = ckpt.TrialState(
+            trial_key=self.cfg.key, base_hash=self.base_hash, step=self.step, best_score=self.best_score,
+            best_step=self.best_step, bad_evals=self.bad_evals, curve=self.curve,
+            projections=[p.as_dict() for p in self.method.projections], trained=self._trained(),
+            mask=self.method.mask, best=self.best_state, best_mask=self.best_mask,
+            dense_opt=self.dense_opt.state_dict(),
+            sparse_opt=None if self.sparse_opt is None else self.sparse_opt.state_dict(), rng=torch.get_rng_state(),
+            cuda_rng=torch.cuda.get_rng_state() if self.device.type == "cuda" else None)
+        folder = state.save(Path(self.checkpoint_dir) / f"step-{self.step:07d}")
         self.timers["checkpoint_s"] += time.perf_counter() - t0
         return str(folder)
 
@@ -290,7 +300,7 @@ class Trainer:
             pass  # a model that breaks the budget (DiffPruning before its projection) is never the best
         elif dev > self.best_score:
             self.best_score, self.best_step, self.bad_evals = dev, self.step, 0
-            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            self.best_state = self._trained()
             self.best_mask = None if self.method.mask is None else {n: i.clone() for n, i in self.method.mask.items()}
         else:
             self.bad_evals += 1
@@ -304,8 +314,9 @@ class Trainer:
     # ------------------------------------------------------------------ result
     def result(self) -> dict[str, Any]:
         cfg = self.cfg
-        self.model.load_state_dict(self.best_state)
-        self.method.mask = self.best_mask  # what we report is the mask of the model we score
+        self.method.use_mask(self.model, self.best_mask)  # what we report is the mask of the model we score
+        ckpt.scatter(self.best_state, self._dense_named(), backbone_parameters(self.model),
+                     self._sparse_mask(self.best_mask), self.theta0)
         self.method.finalize(self.model)
         scores = {split: self.evaluate(getattr(self.splits, split)) for split in ("dev", "test", "train")}
         eligible = sum(t.numel() for t in self.theta0.values())
@@ -318,7 +329,7 @@ class Trainer:
                 moved[self.method.mask[n]] = False
                 outside += int(moved.sum())
         added = sum(p.numel() for _, p in self.method.added_parameters(self.model))
-        out = {"trial_key": cfg.key, "method": cfg.method, "task": cfg.task, "seed": cfg.seed,
+        out = {"trial_key": cfg.key, "method": cfg.method, "variant": cfg.label, "task": cfg.task, "seed": cfg.seed,
                "sparsity": cfg.sparsity, "perturbation": cfg.perturbation, "model": cfg.model,
                "status": "FINISHED", "metric": self.task.metric,
                "test_score": scores["test"]["score"], "dev_score": scores["dev"]["score"],
@@ -351,10 +362,20 @@ class Trainer:
         folder.mkdir(parents=True, exist_ok=True)
         if self.method.mask is not None:
             save_mask(self.method.mask, folder, model=self.cfg.model, method=self.cfg.method, trial_key=self.cfg.key)
+        save_delta(folder / DELTA_DIR, self._dense_named(), backbone_parameters(self.model), self.method.mask,
+                   self._delta_meta(result))
         tmp = folder / (RESULT_FILE + ".tmp")
         tmp.write_text(json.dumps(result, default=str))
         os.replace(tmp, folder / RESULT_FILE)
         return str(folder)
+
+    def _delta_meta(self, result: dict[str, Any]) -> dict[str, Any]:
+        cfg = self.cfg
+        return {"model": cfg.model, "base_hash": self.base_hash, "method": cfg.method, "variant": cfg.label,
+                "method_params": cfg.params().model_dump(mode="json"), "sparsity": cfg.sparsity, "seed": cfg.seed,
+                "task": cfg.task, "kind": self.task.kind, "num_labels": self.task.num_labels,
+                "max_seq_length": cfg.training.max_seq_length, "trial_key": cfg.key,
+                "trainable_params": result["trainable_params"], "test_score": result["test_score"]}
 
     def run(self) -> dict[str, Any]:
         if self.resume_dir and (Path(self.resume_dir) / RESULT_FILE).is_file():  # finished before a restart

@@ -52,7 +52,9 @@ def bottleneck_for_budget(backbone: nn.Module, k: int) -> int:
 @register
 class AdapterMethod(DenseSubsetMethod):
     name = "adapter"
+    default_lr = 1e-3
     Params = AdapterParams
+    changes_structure = True
 
     def prepare(self, model):
         eligible = sum(p.numel() for p in backbone_parameters(model).values())

@@ -13,7 +13,8 @@ from ..masking import Scope, backbone_parameters, budget, select_top
 
 
 class MethodParams(Strict):
-    lr: float | None = Field(None, gt=0, description="learning rate for this method; default training.lr")
+    lr: float | None = Field(None, gt=0, description="learning rate for this method; default: training.lr, "
+                                                     "else the method's default_lr")
 
 
 class MaskParams(MethodParams):
@@ -62,6 +63,10 @@ class Method:
     Params: ClassVar[type[MethodParams]] = MethodParams
     uses_sparsity: ClassVar[bool] = True
     masked_optimizer: ClassVar[bool] = False
+    changes_structure: ClassVar[bool] = False  # adds modules (LoRA, adapters): a delta needs prepare() to load
+    # A rate that trains on the embedded model in 150 steps (benchmarks/method_defaults.py, README table).
+    # Few entries need large steps: the mask methods' 2e-3 against full tuning's 5e-5.
+    default_lr: ClassVar[float] = 2e-3
 
     def __init__(self, params: MethodParams, sparsity: float | None, seed: int):
         self.params, self.sparsity, self.seed = params, sparsity, seed
@@ -116,10 +121,14 @@ class Method:
         return {"mask": self.mask, "projections": [p.as_dict() for p in self.projections]}
 
     def load_state_dict(self, state: dict[str, Any], model: nn.Module) -> None:
-        self.mask = state["mask"]
+        self.use_mask(model, state["mask"])
         self.projections = [Projection(**p) for p in state["projections"]]
-        if self.mask is not None:
-            set_mask_grad(model, self.mask)
+
+    def use_mask(self, model: nn.Module, mask: dict[str, torch.Tensor] | None) -> None:
+        """Make ``mask`` the selection (on resume, and when the best state is reloaded)."""
+        self.mask = mask
+        if mask is not None:
+            set_mask_grad(model, mask)
 
 
 class DenseSubsetMethod(Method):

@@ -7,6 +7,7 @@ from ..masking import backbone_parameters
 @register
 class BitFit(DenseSubsetMethod):
     name = "bitfit"
+    default_lr = 2e-3
     uses_sparsity = False
 
     def dense_parameters(self, model):

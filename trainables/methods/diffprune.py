@@ -18,7 +18,7 @@ BETA, GAMMA, ZETA = 2 / 3, -0.1, 1.1  # hard-concrete constants of Louizos et al
 
 
 class DiffPruneParams(MaskParams):
-    burnin: int = Field(200, gt=0, description="steps of gated training before the first projection")
+    burnin: int = Field(100, gt=0, description="steps of gated training before the first projection")
     reproject_every: int | None = Field(None, gt=0, description="steps between re-projections after the first")
     l0_weight: float = Field(1.25e-7, ge=0, description="λ of the expected-L0 penalty (Guo et al.)")
     alpha_init: float = Field(5.0, description="initial gate log-alpha (5: gates almost surely open)")
@@ -94,9 +94,17 @@ class DiffPrune(MaskMethod):
     def select(self, model, ctx):
         self.mask = None  # the mask exists only after the first projection
 
-    def load_state_dict(self, state, model):
-        self.mask = state["mask"]
-        self.projections = [Projection(**p) for p in state["projections"]]
+    def use_mask(self, model, mask):
+        """Gates follow the mask: open where selected after a projection, everywhere before the first."""
+        self.mask = mask
+        with torch.no_grad():
+            for n, g in _gates(model).items():
+                keep = torch.ones(g.mask.numel(), dtype=torch.bool, device=g.mask.device)
+                if mask is not None:
+                    keep.fill_(False)
+                    keep[mask[n].to(keep.device)] = True
+                g.mask.copy_(keep.view_as(g.mask))
+                g.projected.fill_(mask is not None)
         self._gate_grads(model)
 
     def dense_parameters(self, model):

@@ -7,6 +7,7 @@ from ..masking import backbone_parameters
 @register
 class Full(Method):
     name = "full"
+    default_lr = 5e-5
     uses_sparsity = False
 
     def dense_parameters(self, model):

@@ -37,7 +37,9 @@ def rank_for_budget(backbone: nn.Module, k: int) -> int:
 @register
 class Lora(DenseSubsetMethod):
     name = "lora"
+    default_lr = 1e-3
     Params = LoraParams
+    changes_structure = True
 
     def prepare(self, model):
         from peft import LoraConfig, inject_adapter_in_model

@@ -36,6 +36,7 @@ class MixLinear(nn.Linear):
 @register
 class Mixout(Method):
     name = "mixout"
+    default_lr = 5e-5
     Params = MixoutParams
     uses_sparsity = False
 

@@ -1,0 +1,88 @@
+"""Sparse checkpoints and model deltas (issue 13): they hold what trains, never θ0, and load back exactly."""
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from tests.cases import METHOD_CASES
+from tests.sweeps import ROOT
+from trainables import run_trial
+from trainables.checkpoint import TENSORS, CheckpointError
+from trainables.data import collate
+from trainables.loop import FINAL_DIR, Trainer
+from trainables.masking import budget
+from trainables.models import TaskModel
+
+
+def _checkpoint(tiny_trial, method, folder):
+    run_trial(tiny_trial(method, method_params=METHOD_CASES[method], training={"max_steps": 4}),
+              checkpoint_dir=str(folder))
+    return folder / "step-0000004"
+
+
+def test_a_mask_checkpoint_holds_the_selected_entries_not_the_model(tiny_trial, tmp_path):
+    sam = _checkpoint(tiny_trial, "sam", tmp_path / "sam")
+    full = _checkpoint(tiny_trial, "full", tmp_path / "full")
+    tensors = load_file(str(sam / TENSORS))
+    assert not any(k.startswith(("now/dense/backbone.", "best/dense/backbone.")) for k in tensors)
+    m = sum(v.numel() for k, v in load_file(str(full / TENSORS)).items() if k.startswith("now/dense/backbone."))
+    k = budget(m, 0.01)
+    assert sum(v.numel() for key, v in tensors.items() if key.startswith("now/sparse/")) == k
+    assert sum(v.numel() for key, v in tensors.items() if key.startswith("mask/")) == k
+    sam_bytes = (sam / TENSORS).stat().st_size
+    full_bytes = (full / TENSORS).stat().st_size
+    assert sam_bytes < 0.1 * full_bytes, (sam_bytes, full_bytes)
+
+
+def test_resume_refuses_other_base_weights(tiny_model, tiny_trial, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    cfg = tiny_trial("sam", method_params=METHOD_CASES["sam"], training={"max_steps": 4}).model_copy(
+        update={"model": str(model)})
+    run_trial(cfg, checkpoint_dir=str(tmp_path / "c"))
+    weights = load_file(str(model / "model.safetensors"))
+    weights["encoder.layer.0.output.dense.weight"] += 1e-3
+    save_file(weights, str(model / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="other base weights"):
+        run_trial(cfg, resume_dir=str(tmp_path / "c" / "step-0000004"))
+
+
+PREDICT = """
+import json, sys
+import torch
+from trainables import load_finetuned
+from trainables.config import DataConfig
+from trainables.data import build_splits, collate
+from trainables.models import TaskModel
+net, tok, meta = load_finetuned(sys.argv[1])
+splits = build_splits(meta["task"], tok, meta["max_seq_length"], DataConfig(dir=sys.argv[2]), None)
+with torch.inference_mode():
+    logits = net(collate(splits.test, list(range(len(splits.test))), tok.pad_token_id or 0, torch.device("cpu")))
+print(json.dumps({"preds": TaskModel.predictions(net.kind, logits).tolist(), "logits": logits.tolist()}))
+"""
+
+
+@pytest.mark.parametrize("method", ["sam", "diffprune", "lora", "adapter", "mixout"])
+def test_the_delta_rebuilds_the_scored_model_in_a_fresh_process(method, tiny_trial, data_dir, tmp_path):
+    tr = Trainer(tiny_trial(method, method_params=METHOD_CASES[method], training={"max_steps": 8}),
+                 checkpoint_dir=str(tmp_path))
+    result = tr.run()
+    test = tr.splits.test
+    with torch.inference_mode():
+        logits = tr.model.eval()(collate(test, list(range(len(test))), tr.pad_id, torch.device("cpu")))
+    out = subprocess.run([sys.executable, "-c", PREDICT, str(tmp_path / FINAL_DIR), str(data_dir)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert loaded["logits"] == logits.tolist()  # bit-identical, not close
+    preds = np.asarray(loaded["preds"])
+    assert preds.tolist() == TaskModel.predictions(tr.model.kind, logits).tolist()
+    delta = tmp_path / FINAL_DIR / "model"
+    meta = json.loads((delta / "meta.json").read_text())
+    assert meta["method"] == method and meta["base_hash"] == tr.base_hash
+    assert meta["trainable_params"] == result["trainable_params"]

@@ -1,0 +1,168 @@
+"""Checkpoints and fine-tuned model deltas that hold what trains, never θ0.
+
+Every method here is θ = θ0 + MΔθ: a checkpoint stores the trained tensors (dense ones whole, masked ones as
+their selected values), the mask, the optimizer moments of what trains, and the loop's counters; θ0 is
+rebuilt from the base model and checked by :func:`base_hash`. Tensors go to safetensors (safe to load,
+mmap-able, the Hugging Face format), everything else to a small JSON. Folders are written beside their final
+name and renamed into place, so a reader never sees half a checkpoint.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+TENSORS, META = "state.safetensors", "state.json"
+DELTA, DELTA_META = "delta.safetensors", "meta.json"
+FORMAT = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or delta that does not belong to this base model or this code."""
+
+
+def base_hash(theta0: dict[str, torch.Tensor]) -> str:
+    """sha256 over the names, shapes and bytes of θ0: a resumed trial or a loaded delta must start from the
+    same pretrained weights, or its sparse values mean nothing."""
+    h = hashlib.sha256()
+    for name in sorted(theta0):
+        t = theta0[name].detach().cpu().contiguous()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def check_base(stored: str | None, actual: str, what: str) -> None:
+    if stored is not None and stored != actual:
+        raise CheckpointError(f"{what} was trained from other base weights (base hash {stored[:12]}…, this model "
+                              f"has {actual[:12]}…): use the model it was trained from")
+
+
+# --- trained tensors -----------------------------------------------------------------------------------------
+def gather(dense: dict[str, torch.Tensor], masked: dict[str, torch.Tensor],
+           mask: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    """CPU copies of what trains: ``dense/<name>`` whole, ``sparse/<name>`` at the mask's flat indices."""
+    out = {f"dense/{n}": p.detach().to("cpu", copy=True).contiguous() for n, p in dense.items()}
+    for n, idx in (mask or {}).items():
+        if idx.numel():
+            out[f"sparse/{n}"] = masked[n].detach().reshape(-1)[idx.to(masked[n].device)].cpu().contiguous()
+    return out
+
+
+@torch.no_grad()
+def scatter(values: dict[str, torch.Tensor], dense: dict[str, torch.Tensor], masked: dict[str, torch.Tensor],
+            mask: dict[str, torch.Tensor] | None, theta0: dict[str, torch.Tensor]) -> None:
+    """Write :func:`gather`'s values back; masked tensors are θ0 everywhere else."""
+    for key, v in values.items():
+        kind, name = key.split("/", 1)
+        if kind == "dense":
+            if name not in dense:
+                raise CheckpointError(f"checkpoint holds {name!r}, which this model does not train")
+            dense[name].copy_(v.to(dense[name].device, dense[name].dtype))
+    for name, idx in (mask or {}).items():
+        p = masked[name]
+        p.copy_(theta0[name].to(p.device, p.dtype))
+        if idx.numel():
+            p.view(-1)[idx.to(p.device)] = values[f"sparse/{name}"].to(p.device, p.dtype)
+
+
+# --- the whole trial state -----------------------------------------------------------------------------------
+@dataclass
+class TrialState:
+    """Everything a checkpoint holds, used by both save and restore."""
+    trial_key: str
+    base_hash: str
+    step: int
+    best_score: float
+    best_step: int
+    bad_evals: int
+    curve: list[dict[str, float]]
+    projections: list[dict[str, float]]
+    trained: dict[str, torch.Tensor]  # gather() of the current model
+    mask: dict[str, torch.Tensor] | None
+    best: dict[str, torch.Tensor] | None  # gather() of the best model so far
+    best_mask: dict[str, torch.Tensor] | None
+    dense_opt: dict[str, Any]  # torch optimizer state_dicts
+    sparse_opt: dict[str, Any] | None
+    rng: torch.Tensor
+    cuda_rng: torch.Tensor | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, folder: str | Path) -> Path:
+        tensors: dict[str, torch.Tensor] = {"rng": self.rng}
+        if self.cuda_rng is not None:
+            tensors["cuda_rng"] = self.cuda_rng
+        for prefix, part in (("now", self.trained), ("best", self.best), ("mask", self.mask),
+                             ("best_mask", self.best_mask)):
+            # clone: a mask shares storage with MaskedAdamW's index, and safetensors refuses shared tensors
+            tensors.update({f"{prefix}/{k}": v.detach().cpu().clone() for k, v in (part or {}).items()})
+        opt_meta = {}
+        for prefix, sd in (("dense_opt", self.dense_opt), ("sparse_opt", self.sparse_opt)):
+            if sd is None:
+                continue
+            for i, st in sd["state"].items():
+                for k, v in st.items():
+                    tensors[f"{prefix}/{i}/{k}"] = v.detach().cpu().contiguous()
+            opt_meta[prefix] = sd["param_groups"]
+        meta = {"format": FORMAT, "trial_key": self.trial_key, "base_hash": self.base_hash, "step": self.step,
+                "best_score": self.best_score, "best_step": self.best_step, "bad_evals": self.bad_evals,
+                "curve": self.curve, "projections": self.projections, "optimizers": opt_meta,
+                "has": {"mask": self.mask is not None, "best": self.best is not None,
+                        "best_mask": self.best_mask is not None}, "extra": self.extra}
+        return write_folder(folder, {TENSORS: tensors}, {META: meta})
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "TrialState":
+        folder = Path(folder)
+        if not (folder / META).is_file() or not (folder / TENSORS).is_file():
+            raise FileNotFoundError(f"no checkpoint in {folder} (expected {META} and {TENSORS})")
+        meta = json.loads((folder / META).read_text())
+        if meta.get("format") != FORMAT:
+            raise CheckpointError(f"checkpoint {folder} has format {meta.get('format')}; this code reads {FORMAT}")
+        tensors = load_file(str(folder / TENSORS))
+
+        def part(prefix: str) -> dict[str, torch.Tensor]:
+            return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + "/")}
+
+        def optimizer(prefix: str) -> dict[str, Any] | None:
+            if prefix not in meta["optimizers"]:
+                return None
+            state: dict[int, dict[str, torch.Tensor]] = {}
+            for k, v in part(prefix).items():
+                i, name = k.split("/", 1)
+                state.setdefault(int(i), {})[name] = v
+            return {"state": state, "param_groups": meta["optimizers"][prefix]}
+
+        has = meta["has"]
+        return cls(trial_key=meta["trial_key"], base_hash=meta["base_hash"], step=meta["step"],
+                   best_score=meta["best_score"], best_step=meta["best_step"], bad_evals=meta["bad_evals"],
+                   curve=meta["curve"], projections=meta["projections"], trained=part("now"),
+                   mask={k: v.long() for k, v in part("mask").items()} if has["mask"] else None,
+                   best=part("best") if has["best"] else None,
+                   best_mask={k: v.long() for k, v in part("best_mask").items()} if has["best_mask"] else None,
+                   dense_opt=optimizer("dense_opt"), sparse_opt=optimizer("sparse_opt"), rng=tensors["rng"],
+                   cuda_rng=tensors.get("cuda_rng"), extra=meta.get("extra", {}))
+
+
+def write_folder(folder: str | Path, tensor_files: dict[str, dict[str, torch.Tensor]],
+                 json_files: dict[str, Any]) -> Path:
+    """Write the files into ``<folder>.tmp`` and rename it into place (atomic on one filesystem)."""
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, tensors in tensor_files.items():
+        save_file(tensors, str(tmp / name))
+    for name, obj in json_files.items():
+        (tmp / name).write_text(json.dumps(obj, indent=1, default=str))
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return folder
