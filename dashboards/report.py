@@ -273,8 +273,8 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
     parts.append(f"<h2>Failed or unfinished trials ({len(failed)})</h2>")
     if len(failed):
         parts.append('<table id="failed"><tr><th>trial</th><th>status</th><th>error</th></tr>' + "".join(
-            f"<tr><td>{_esc(r.method)}/{_esc(r.task)} s{r.seed} {_esc(r.trial_key)}</td>"
-            f"<td>{_esc(r.status)}</td><td><pre>{_esc(str(r.error or '')[-1500:])}</pre></td></tr>"
+            f"<tr><td>{_esc(r.method)}/{_esc(r.task)} s{r.seed} {_esc(getattr(r, 'trial_key', ''))}</td>"
+            f"<td>{_esc(r.status)}</td><td><pre>{_esc(str(getattr(r, 'error', '') or '')[-1500:])}</pre></td></tr>"
             for r in failed.itertuples()) + "</table>")
     keys = ("spearman", "friedman", "group")
     parts.append(f"<h2>Summary</h2><pre>{_esc(json.dumps({k: summary[k] for k in keys}, indent=1, ensure_ascii=False))}"

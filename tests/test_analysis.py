@@ -218,3 +218,17 @@ def test_spearman_is_none_not_nan_when_ranks_are_constant(tmp_path):
     scores = {(m, t): [v - 0.01, v + 0.01] for t, row in FRIEDMAN_TABLE.items() for m, v in zip("wxyz", row)}
     sp = analyze(trials_from(scores)).summary["spearman"]  # every std is equal: stability ranks all tie
     assert sp["rho"] is None and sp["permutation_p_value"] is None and "vary" in sp["reason"]
+
+
+def test_dashboards_import_nothing_upstream():
+    """Issue 12 item 5: the report and `peft-sweep analyze` share dashboards.analysis; dashboards itself never
+    imports orchestrator or training code."""
+    import ast
+    from pathlib import Path
+
+    for path in (Path(__file__).parents[1] / "dashboards").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            bad = [n for n in names if n.split(".")[0] in ("orchestrator", "trainables")]
+            assert not bad, f"{path.name} imports {bad}"

@@ -144,10 +144,11 @@ def test_two_methods_two_seeds_get_notes_not_errors(tmp_path):
     says why and still shows the table and the seeds."""
     trials = pd.DataFrame([{"method": m, "task": "CB", "seed": s, "sparsity": 0.01 if m == "sam" else None,
                             "perturbation": None, "status": "FINISHED", "test_score": 0.5 + s / 10 + (m == "sam") / 20,
-                            "train_score": 0.9, "trial_key": f"{m}{s}", "error": None}
-                           for m in ("sam", "bitfit") for s in range(2)])
-    trials.to_parquet(tmp_path / "trials.parquet")
+                            "train_score": 0.9} for m in ("sam", "bitfit") for s in range(2)])
+    trials.loc[len(trials)] = {**trials.iloc[0].to_dict(), "seed": 7, "status": "FAILED", "test_score": None}
+    trials.to_parquet(tmp_path / "trials.parquet")  # no trial_key or error column: hand-made, not an export
     page = build_report(tmp_path / "trials.parquet", None, tmp_path / "report").read_text()
     assert "Friedman&#x27;s test not computable: needs ≥3 methods" in page
     assert 'id="missing-seeds-enough"' in page and "needs ≥3 seeds" in page
     assert '<figure id="fig-seeds">' in page and "No best-three shading" in page
+    assert "Failed or unfinished trials (1)" in page
