@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -259,12 +260,10 @@ def seeds_enough(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
                                             "reason": "needs ≥3 seeds and ≥2 methods"}
 
     def ranks(subsets: np.ndarray) -> np.ndarray:  # subsets: S × n indices → methods × S ranks
-        with np.errstate(invalid="ignore", divide="ignore"):
-            import warnings
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                stds = np.nanstd(x[:, :, subsets], ddof=1, axis=-1)  # methods × tasks × S
-                avg = np.nanmean(stds, axis=1)  # methods × S
+        with warnings.catch_warnings():  # a cell with < 2 of the chosen seeds has no std: NaN, skipped
+            warnings.simplefilter("ignore", RuntimeWarning)
+            stds = np.nanstd(x[:, :, subsets], ddof=1, axis=-1)  # methods × tasks × S
+            avg = np.nanmean(stds, axis=1)  # methods × S
         return stats.rankdata(avg, axis=0, method="average", nan_policy="omit")
 
     full = ranks(np.arange(n_rep)[None, :])[:, 0]

@@ -154,7 +154,7 @@ def projection_figure(curves: pd.DataFrame, key: str, path: Path) -> str:
 
 
 def cd_figure(ranks: dict[str, float], p_values: dict[str, dict[str, float]], cd: float, alpha: float,
-              path: Path) -> None:
+              methods: list[str], path: Path) -> None:
     """Critical-difference diagram (scikit-posthocs): average ranks on the axis, methods that Nemenyi's test
     does not separate at α joined by a bar; the CD is drawn above the axis."""
     names = list(ranks)
@@ -163,7 +163,9 @@ def cd_figure(ranks: dict[str, float], p_values: dict[str, dict[str, float]], cd
         for b, p in row.items():
             sig.loc[a, b] = p
     fig, ax = plt.subplots(figsize=(7, 1.2 + 0.3 * len(names)))
+    col = colours(methods + sorted(set(names) - set(methods)))
     sp.critical_difference_diagram(pd.Series(ranks), sig, cd=cd, alpha=alpha, ax=ax,
+                                   color_palette={m: col[m] for m in names},
                                    label_fmt_left="{label} ({rank:.2f})", label_fmt_right="({rank:.2f}) {label}")
     _save(fig, path)
 

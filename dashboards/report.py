@@ -114,7 +114,7 @@ def _table_html(table: pd.DataFrame, best: dict[str, list[str]], baselines: dict
     return '<table id="main-table">' + "".join(rows) + "</table>"
 
 
-def _pairs_html(res: Analysis, main: dict) -> str:
+def _pairs_html(res: Analysis, main: dict, methods: list[str]) -> str:
     in_main = ((res.pairs["group_perturbation"] == main["perturbation"])
                & ((res.pairs["group_sparsity"] == main["sparsity"]) if main["sparsity"] is not None
                   else res.pairs["group_sparsity"].isna()))
@@ -123,13 +123,18 @@ def _pairs_html(res: Analysis, main: dict) -> str:
                       & ((res.tests["group_sparsity"] == main["sparsity"]) if main["sparsity"] is not None
                          else res.tests["group_sparsity"].isna())]
     alpha = main["holm"]["alpha"]
-    out = [f"<p>Wins / ties / losses of method a against method b over tasks: a task counts as a win when the "
-           f"Holm-corrected paired t-test gives p &lt; {alpha} and a's mean is higher. Holm corrects over all "
-           "method pairs of one task.</p>",
-           '<table id="pair-summary"><tr><th>method a</th><th>method b</th><th>wins</th><th>ties</th><th>losses</th>'
-           "<th>tasks</th></tr>"]
-    out += [f"<tr><td>{_esc(r.method_a)}</td><td>{_esc(r.method_b)}</td><td>{r.wins}</td><td>{r.ties}</td>"
-            f"<td>{r.losses}</td><td>{r.n_tasks}</td></tr>" for r in pairs.itertuples()]
+    out = [f"<p>Each cell: the tasks on which the row's method beats / ties / loses to the column's method. A win is "
+           f"a Holm-corrected paired t-test p &lt; {alpha} with a higher mean; Holm corrects over all method pairs "
+           "of one task.</p>"]
+    wtl = {}
+    for r in pairs.itertuples():
+        wtl[(r.method_a, r.method_b)] = f"{r.wins}/{r.ties}/{r.losses}"
+        wtl[(r.method_b, r.method_a)] = f"{r.losses}/{r.ties}/{r.wins}"
+    out.append('<table id="pair-summary"><tr><th>wins/ties/losses</th>'
+               + "".join(f"<th>{_esc(m)}</th>" for m in methods) + "</tr>")
+    for a in methods:
+        out.append(f"<tr><th>{_esc(a)}</th>" + "".join(
+            f"<td>{wtl.get((a, b), '—' if a == b else '')}</td>" for b in methods) + "</tr>")
     out.append("</table>")
 
     def p(v):
@@ -206,13 +211,13 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
                      + (f'χ² = {main["friedman_task_seed"]["statistic"]:.2f}, '
                         f'{fmt_p(main["friedman_task_seed"]["p_value"])} (blocks of one task are not independent).'
                         if main["friedman_task_seed"]["statistic"] is not None else "not computable.") + "</p>")
-        figures.cd_figure(fr["average_ranks"], nem["p_values"], nem["cd"], nem["alpha"], out / "cd.svg")
+        figures.cd_figure(fr["average_ranks"], nem["p_values"], nem["cd"], nem["alpha"], methods, out / "cd.svg")
         parts.append(_figure("cd", "cd.svg", f"Critical-difference diagram: average rank over tasks (1 = best); "
                                              f"methods joined by a bar are not separated by Nemenyi's test at "
                                              f"α = {nem['alpha']}; CD = {nem['cd']:.2f} ranks"))
     else:
         parts.append(_missing("cd", f"Friedman's test not computable: {fr['reason']}."))
-    parts.append(_pairs_html(res, main))
+    parts.append(_pairs_html(res, main, methods))
 
     parts.append("<h2>The seeds</h2>")
     figures.seeds_figure(finished, methods, test_base, out / "seeds.svg")

@@ -126,9 +126,10 @@ def test_report_in_headless_chromium(report, tmp_path):
     for fig in FIGURES:
         assert re.search(rf'<figure id="fig-{fig}"><img src="[^"]+\.svg"', html), fig
     assert re.search(r'<p id="friedman">Friedman over 2 tasks as blocks: χ² = 3\.95', html)
-    pair_rows = re.findall(r"<tr>(.*?)</tr>", re.search(r'<table id="pair-summary">(.*?)</table>', html, re.S)
-                           .group(1), re.S)
-    assert len(pair_rows) == 1 + 6  # header + the 6 pairs of four methods
+    pairs = re.search(r'<table id="pair-summary">(.*?)</table>', html, re.S).group(1)
+    pair_rows = [re.findall(r"<t[hd]>(.*?)</t[hd]>", r) for r in re.findall(r"<tr>(.*?)</tr>", pairs, re.S)]
+    assert pair_rows[0] == ["wins/ties/losses", "sam", "full", "lora", "bitfit"]
+    assert pair_rows[1] == ["sam", "—", "0/2/0", "0/2/0", "0/2/0"]  # 3 seeds, 6 pairs per task: nothing survives Holm
     assert '<table id="paired-tests">' in html
     console_errors = [line for line in dom.stderr.splitlines() if "CONSOLE" in line and
                       re.search(r"error|uncaught", line, re.I)]
@@ -152,3 +153,21 @@ def test_two_methods_two_seeds_get_notes_not_errors(tmp_path):
     assert 'id="missing-seeds-enough"' in page and "needs ≥3 seeds" in page
     assert '<figure id="fig-seeds">' in page and "No best-three shading" in page
     assert "Failed or unfinished trials (1)" in page
+
+
+def test_pair_matrix_reads_from_both_sides(tmp_path):
+    """The wins/ties/losses matrix: row a, column c holds a's record against c; row c, column a the mirror."""
+    import numpy as np
+
+    from tests.test_analysis import trials_from
+
+    c1, c2 = np.array([0.50, 0.52, 0.48, 0.51]), np.array([0.60, 0.62, 0.58, 0.61])
+    scores = {("a", "T1"): c1 + [0.05, 0.08, 0.02, 0.06], ("b", "T1"): c1 + [0.03, 0.10, 0.00, 0.06],
+              ("c", "T1"): c1, ("a", "T2"): c2 + [0.10, 0.11, 0.10, 0.12], ("b", "T2"): c2 + [0.00, 0.01, -0.01, 0.00],
+              ("c", "T2"): c2}  # as in test_holm_changes_a_decision_and_pairs_count_it: a beats c on T2 only
+    trials_from({k: list(v) for k, v in scores.items()}).to_parquet(tmp_path / "trials.parquet")
+    page = build_report(tmp_path / "trials.parquet", None, tmp_path / "report").read_text()
+    pairs = re.search(r'<table id="pair-summary">(.*?)</table>', page, re.S).group(1)
+    rows = {r[0]: r[1:] for r in (re.findall(r"<t[hd]>(.*?)</t[hd]>", r) for r in re.findall(r"<tr>(.*?)</tr>", pairs))}
+    order = rows["wins/ties/losses"]
+    assert rows["a"][order.index("c")] == "1/1/0" and rows["c"][order.index("a")] == "0/1/1"
