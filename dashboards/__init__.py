@@ -1,2 +1,2 @@
-"""The report: Parquet → DataFrames (``analysis``, pure statistics) → figures (``figures``) → static HTML (``report``).
+"""The report: Parquet → DataFrames (``analysis``, pure statistics) → figures (``figures``) → HTML (``report``).
 Nothing here imports ``orchestrator`` or training code."""
