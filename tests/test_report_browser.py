@@ -66,8 +66,9 @@ def _sweep(tmp_path, with_masks=True):
     return export
 
 
-@pytest.fixture
-def report(tmp_path):
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("sweep")
     export = _sweep(tmp_path)
     return build_report(export / "trials.parquet", export / "curves.parquet", tmp_path / "report")
 
