@@ -1,1 +1,2 @@
-"""The report: Parquet → DataFrames (``orchestrator.analysis``) → static HTML with PNG figures."""
+"""The report: Parquet → DataFrames (``analysis``, pure statistics) → figures (``figures``) → HTML (``report``).
+Nothing here imports ``orchestrator`` or training code."""

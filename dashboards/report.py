@@ -1,137 +1,293 @@
-"""A static report (index.html + PNG figures) that opens from disk: no server, no network.
+"""A static report (index.html + SVG figures) that opens from disk: no server, nothing fetched.
 
-Processing comes from ``orchestrator.analysis``; this module only draws and writes HTML.
-"""
+Processing comes from ``dashboards.analysis`` and drawing from ``dashboards.figures``; this module only lays out
+HTML. Optional inputs are looked for by the export's layout (``SWEEP_DIR/export/trials.parquet``): the sweep's
+``spec.yaml`` and ``analysis/mask_overlap.csv`` one folder up, ``masks.parquet`` beside the trials; a figure whose
+input is missing is replaced by a one-line note saying why."""
 from __future__ import annotations
 
+import datetime as dt
 import html
 import json
+import subprocess
+from importlib import metadata
 from pathlib import Path
+from typing import Any
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+from . import figures
+from .analysis import Analysis, analyze
+from .figures import fmt_p
 
-from orchestrator.analysis import analyze  # noqa: E402
-
+NO_SPEC = "not found (give SWEEP_DIR, or a trials.parquet inside SWEEP_DIR/export)"
+MLFLOW_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 # Lets a headless browser (and a curious reader) see that every figure loaded: <body data-images-loaded="true">
 CHECK_IMAGES = ("<script>window.addEventListener('load',()=>{const i=[...document.images];"
                 "document.body.dataset.imagesLoaded=String(i.length>0&&i.every(x=>x.complete&&x.naturalWidth>0));});"
                 "</script>")
-CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
+CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1300px;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th:first-child,td:first-child{text-align:left}.b1{font-weight:bold;background:#e6f2e6}.b2{background:#eef6ee}
-.b3{background:#f5faf5}figure{display:inline-block;margin:1em}pre{background:#f6f6f6;padding:8px;white-space:pre-wrap}"""
+.b3{background:#f5faf5}figure{display:block;margin:1em 0}figure img{max-width:100%}
+pre{background:#f6f6f6;padding:8px;white-space:pre-wrap}.ci,.n{color:#666;font-size:80%}
+tr.baseline{font-style:italic;background:#fafafa}.missing{color:#8a5a00}.below{color:#b00020}
+details{margin:.5em 0}"""
 
 
-def _table_html(table: pd.DataFrame, best: dict[str, list[str]]) -> str:
+def _esc(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def _missing(fig_id: str, why: str) -> str:
+    return f'<p class="missing" id="missing-{fig_id}">Not drawn: {_esc(why)}</p>'
+
+
+def _figure(fig_id: str, src: str, caption: str) -> str:
+    return (f'<figure id="fig-{fig_id}"><img src="{src}" alt="{_esc(caption)}">'
+            f"<figcaption>{_esc(caption)}</figcaption></figure>")
+
+
+def _baselines(trials: pd.DataFrame, split: str) -> dict[str, float]:
+    """Majority-class score per task (same labels for every trial of a task; a mean over perturbation splits)."""
+    col = f"majority_{split}_score"
+    if col not in trials:
+        return {}
+    return trials.dropna(subset=[col]).groupby("task")[col].mean().to_dict()
+
+
+def _code_version() -> str:
+    try:
+        version = metadata.version("peft-sweep")
+    except metadata.PackageNotFoundError:
+        version = "not installed"
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"peft-sweep {version}" + (f", git {commit}" if commit else "")
+
+
+def _runs_links(trials: pd.DataFrame, method: str, mlflow_url: str) -> str:
+    """One link per trial of the method to MLflow's run page (``#/runs/<id>`` opens it in its experiment)."""
+    if "mlflow_run_id" not in trials:
+        return ""
+    runs = trials[(trials["method"] == method) & trials["mlflow_run_id"].notna()]
+    if runs.empty:
+        return ""
+    links = " ".join(f'<a href="{_esc(mlflow_url)}/#/runs/{_esc(r.mlflow_run_id)}">{_esc(r.task)} s{r.seed}</a>'
+                     for r in runs.sort_values(["task", "seed"]).itertuples())
+    return f'<details class="runs"><summary>MLflow runs ({len(runs)})</summary>{links}</details>'
+
+
+def _table_html(table: pd.DataFrame, best: dict[str, list[str]], baselines: dict[str, float],
+                trials: pd.DataFrame, mlflow_url: str) -> str:
     tasks = [t for t in dict.fromkeys(table["task"]) if t != "AVG"] + ["AVG"]
-    methods = list(dict.fromkeys(table["method"]))
+    methods = list(table[table["task"] == "AVG"].sort_values("mean", ascending=False)["method"])
+    mark = len(methods) > 3  # "best three" means nothing with three methods or fewer
     cell = {(r.method, r.task): r for r in table.itertuples()}
-    avg_best = table[table["task"] == "AVG"].sort_values("mean", ascending=False)["method"].head(3).tolist()
-    rows = ["<tr><th>method</th>" + "".join(f"<th>{html.escape(t)}</th>" for t in tasks) + "</tr>"]
+    avg_best = methods[:3]
+    rows = ["<tr><th>method</th>" + "".join(f"<th>{_esc(t)}</th>" for t in tasks) + "</tr>"]
     for m in methods:
         tds = []
         for t in tasks:
             r = cell.get((m, t))
-            order = (avg_best if t == "AVG" else best.get(t, []))
-            cls = f' class="b{order.index(m) + 1}"' if m in order else ""
-            text = "" if r is None else f"{100 * r.mean:.2f} ± {100 * r.std:.2f}" if pd.notna(r.std) else \
-                f"{100 * r.mean:.2f}"
-            tds.append(f"<td{cls}>{text}</td>")
-        rows.append(f"<tr><th>{html.escape(m)}</th>{''.join(tds)}</tr>")
+            order = avg_best if t == "AVG" else best.get(t, [])
+            cls = f' class="b{order.index(m) + 1}"' if mark and m in order else ""
+            if r is None:
+                tds.append(f"<td{cls}></td>")
+                continue
+            text = f"{100 * r.mean:.2f} ± {100 * r.std:.2f}" if pd.notna(r.std) else f"{100 * r.mean:.2f}"
+            if t in baselines and r.mean < baselines[t]:
+                text = f'<span class="below" title="below the majority-class baseline">{text}</span>'
+            ci = (f'<br><span class="ci">[{100 * r.mean_ci_low:.1f}, {100 * r.mean_ci_high:.1f}]</span>'
+                  if pd.notna(r.mean_ci_low) else "<br>")
+            tds.append(f'<td{cls}>{text}{ci} <span class="n">n={int(r.n)}</span></td>')
+        rows.append(f"<tr><th>{_esc(m)}{_runs_links(trials, m, mlflow_url)}</th>{''.join(tds)}</tr>")
+    if baselines:
+        base = [f"{100 * baselines[t]:.2f}" if t in baselines else "" for t in tasks[:-1]]
+        avg = (f"{100 * sum(baselines[t] for t in tasks[:-1]) / (len(tasks) - 1):.2f}"
+               if all(t in baselines for t in tasks[:-1]) else "")
+        rows.append('<tr class="baseline" id="baseline-row"><th>majority class</th>'
+                    + "".join(f"<td>{b}</td>" for b in base + [avg]) + "</tr>")
     return '<table id="main-table">' + "".join(rows) + "</table>"
 
 
-def _rank_figure(table: pd.DataFrame, rho: dict, path: Path) -> None:
-    pairs = table[(table["task"] != "AVG") & table["std"].notna()]
-    fig, ax = plt.subplots(figsize=(5, 4))
-    ax.scatter(pairs["stab_rank"], pairs["perf_rank"], alpha=0.7)
+def _pairs_html(res: Analysis, main: dict, methods: list[str]) -> str:
+    in_main = ((res.pairs["group_perturbation"] == main["perturbation"])
+               & ((res.pairs["group_sparsity"] == main["sparsity"]) if main["sparsity"] is not None
+                  else res.pairs["group_sparsity"].isna()))
+    pairs = res.pairs[in_main]
+    tests = res.tests[(res.tests["group_perturbation"] == main["perturbation"])
+                      & ((res.tests["group_sparsity"] == main["sparsity"]) if main["sparsity"] is not None
+                         else res.tests["group_sparsity"].isna())]
+    alpha = main["holm"]["alpha"]
+    out = [f"<p>Each cell: the tasks on which the row's method beats / ties / loses to the column's method. A win is "
+           f"a Holm-corrected paired t-test p &lt; {alpha} with a higher mean; Holm corrects over all method pairs "
+           "of one task.</p>"]
+    wtl = {}
     for r in pairs.itertuples():
-        ax.annotate(f"{r.method}/{r.task}", (r.stab_rank, r.perf_rank), fontsize=6, alpha=0.6)
-    title = "stability rank vs performance rank"
-    if rho.get("rho") is not None:
-        title += f"\nSpearman ρ = {rho['rho']:.3f}, p = {rho['p_value']:.2g} (n = {rho['n_pairs']})"
-    ax.set(xlabel="stability rank (1 = smallest std)", ylabel="performance rank (1 = best mean)", title=title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        wtl[(r.method_a, r.method_b)] = f"{r.wins}/{r.ties}/{r.losses}"
+        wtl[(r.method_b, r.method_a)] = f"{r.losses}/{r.ties}/{r.wins}"
+    out.append('<table id="pair-summary"><tr><th>wins/ties/losses</th>'
+               + "".join(f"<th>{_esc(m)}</th>" for m in methods) + "</tr>")
+    for a in methods:
+        out.append(f"<tr><th>{_esc(a)}</th>" + "".join(
+            f"<td>{wtl.get((a, b), '—' if a == b else '')}</td>" for b in methods) + "</tr>")
+    out.append("</table>")
+
+    def p(v):
+        return "" if v is None or pd.isna(v) else fmt_p(float(v)).removeprefix("p = ")
+
+    out.append(f'<details><summary>every paired test ({len(tests)})</summary><table id="paired-tests"><tr><th>task</th>'
+               "<th>a</th><th>b</th><th>n</th><th>mean a − b ×100</th><th>t-test p</th><th>Holm</th>"
+               "<th>Wilcoxon p</th><th>Holm</th></tr>")
+    out += [f"<tr><td>{_esc(r.task)}</td><td>{_esc(r.method_a)}</td><td>{_esc(r.method_b)}</td><td>{r.n}</td>"
+            f"<td>{100 * r.mean_diff:+.2f}</td><td>{p(r.t_p_value)}</td><td>{p(r.t_p_holm)}</td>"
+            f"<td>{p(r.wilcoxon_p_value)}</td><td>{p(r.wilcoxon_p_holm)}</td></tr>" for r in tests.itertuples()]
+    out.append("</table></details>")
+    return "".join(out)
 
 
-def _sparsity_figure(sweep: pd.DataFrame, path: Path) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for (method, task), part in sweep.groupby(["method", "task"]):
-        part = part.sort_values("sparsity")
-        for ax, col in zip(axes, ("test_score", "train_score")):
-            if f"{col}_mean" in part:
-                ax.errorbar(part["sparsity"], part[f"{col}_mean"], yerr=part[f"{col}_std"], label=f"{method}/{task}",
-                            marker="o", capsize=3)
-    for ax, name in zip(axes, ("test", "train")):
-        ax.set(xscale="log", xlabel="sparsity p", ylabel=f"{name} score (mean ± std)", title=f"{name} vs sparsity")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def _in_group(frame: pd.DataFrame, label: dict) -> pd.DataFrame:
+    sparsity = frame["sparsity"].isna() | (frame["sparsity"] == label["sparsity"] if label["sparsity"] is not None
+                                           else True)
+    perturbed = frame["perturbation"].notna() == (label["perturbation"] == "perturbed")
+    return frame[sparsity & perturbed]
 
 
-def _projection_figure(curves: pd.DataFrame, key: str, path: Path) -> str:
-    part = curves[curves["trial_key"] == key]
-    ev, pr = part[part["kind"] == "eval"].sort_values("step"), part[part["kind"] == "projection"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(ev["step"], ev["train_loss"], marker=".", label="train loss (mean since last evaluation)")
-    ax.scatter(pr["step"], pr["loss_before"], color="tab:orange", marker="v", label="loss before projection", zorder=3)
-    ax.scatter(pr["step"], pr["loss_after"], color="tab:red", marker="^", label="loss after projection", zorder=3)
-    first = part.iloc[0]
-    ax.set(xlabel="step", ylabel="training loss", title=f"{first['method']}/{first['task']} seed {first['seed']}: "
-                                                        "projection discontinuity")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return f"{first['method']}/{first['task']} seed {first['seed']} ({key})"
-
-
-def build_report(trials_path: Path, curves_path: Path | None, out: Path) -> Path:
-    out = Path(out)
+def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, analysis_dir: Path | None = None,
+                 spec_path: Path | None = None, mlflow_url: str = MLFLOW_UI) -> Path:
+    trials_path, out = Path(trials_path), Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    sweep_dir = trials_path.parent.parent if trials_path.parent.name == "export" else None
+    analysis_dir = analysis_dir or (sweep_dir / "analysis" if sweep_dir else trials_path.parent)
+    spec_path = spec_path or (sweep_dir / "spec.yaml" if sweep_dir else None)
     trials = pd.read_parquet(trials_path)
     curves = pd.read_parquet(curves_path) if curves_path and Path(curves_path).is_file() else None
-    table, summary, sweep, tests = analyze(trials)
-    main = summary["groups"][0]
-    main_table = table[(table["group_perturbation"] == main["perturbation"]) &
-                       ((table["group_sparsity"] == main["sparsity"]) if main["sparsity"] is not None
-                        else table["group_sparsity"].isna())]
-    parts = [f"<h1>PEFT sweep report: {html.escape(', '.join(map(str, trials['sweep'].dropna().unique())) or 'trials')}</h1>",
-             f"<p>{summary['n_finished']} of {summary['n_trials']} trials FINISHED. Test score = the original dev set; "
-             "mean ± std over seeds, ×100. Best three per column marked.</p>",
+    res = analyze(trials)
+    summary, main = res.summary, res.summary["groups"][0]
+    finished = _in_group(trials[trials["status"] == "FINISHED"], main)
+    main_table = res.table[(res.table["group_perturbation"] == main["perturbation"]) &
+                           ((res.table["group_sparsity"] == main["sparsity"]) if main["sparsity"] is not None
+                            else res.table["group_sparsity"].isna())]
+    methods = list(main_table[main_table["task"] == "AVG"].sort_values("mean", ascending=False)["method"])
+    test_base, dev_base = _baselines(finished, "test"), _baselines(finished, "dev")
+    n_per_cell = sorted(set(main_table.loc[main_table["task"] != "AVG", "n"].astype(int)))
+    sweeps = ", ".join(map(str, trials["sweep"].dropna().unique())) if "sweep" in trials else ""
+    models = ", ".join(map(str, trials["model"].dropna().unique())) if "model" in trials else "not recorded"
+    spec = spec_path.read_text() if spec_path and spec_path.is_file() else None
+
+    parts = [f"<h1>PEFT sweep report: {_esc(sweeps or 'trials')}</h1>",
+             '<section id="about"><h2>What the numbers are</h2><ul>'
+             f"<li>{summary['n_finished']} of {summary['n_trials']} trials FINISHED; model: {_esc(models)}.</li>"
+             f"<li>Each cell: mean ± std (ddof = 1) of the test score ×100 over its <b>n</b> seeds "
+             f"(n per cell here: {', '.join(map(str, n_per_cell))}), then the 95% bootstrap interval of the mean "
+             "in brackets. The test set is the task's original dev set (the paper's protocol).</li>"
+             "<li>AVG: the mean of the task means ± the mean of the task stds (the paper's AVG), not the std of "
+             "an average.</li>"
+             + ("<li>Shading marks the best three per column.</li>" if len(methods) > 3 else
+                "<li>No best-three shading: three methods or fewer compete.</li>")
+             + "<li>Red: below the task's majority-class score.</li>"
+             f"<li>Spec: {_esc(spec_path) if spec else NO_SPEC}; "
+             f"built {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC by {_esc(_code_version())}.</li>"
+             f"<li>Method names link to their MLflow runs at {_esc(mlflow_url)} "
+             "(start it with <code>mlflow ui --backend-store-uri …</code>).</li></ul>"
+             + (f"<details><summary>spec.yaml</summary><pre>{_esc(spec)}</pre></details>" if spec else "")
+             + "</section>",
              f"<h2>Table 1 (sparsity {main['sparsity']}, perturbation: {main['perturbation']})</h2>",
-             _table_html(main_table, main["best"])]
-    _rank_figure(main_table, main["spearman"], out / "ranks.png")
-    parts.append('<h2>Stability vs performance (Fig. 3b)</h2><figure><img src="ranks.png" alt="rank correlation">'
-                 "</figure>")
+             _table_html(main_table, main["best"], test_base, finished, mlflow_url)]
+    if not test_base:
+        parts.append(_missing("baseline", "trials.parquet has no majority_test_score column (the export adds it "
+                                          "from each trial's result), so the majority-class row is absent."))
+
+    parts.append("<h2>Which differences are real</h2>")
+    fr, nem = main["friedman"], main["nemenyi"]
+    if fr["statistic"] is not None:
+        parts.append(f'<p id="friedman">Friedman over {fr["n_blocks"]} tasks as blocks: χ² = {fr["statistic"]:.2f} '
+                     f'(df {fr["df"]}), {fmt_p(fr["p_value"])}. Over {main["friedman_task_seed"]["n_blocks"]} '
+                     f"(task, seed) blocks: "
+                     + (f'χ² = {main["friedman_task_seed"]["statistic"]:.2f}, '
+                        f'{fmt_p(main["friedman_task_seed"]["p_value"])} (blocks of one task are not independent).'
+                        if main["friedman_task_seed"]["statistic"] is not None else "not computable.") + "</p>")
+        figures.cd_figure(fr["average_ranks"], nem["p_values"], nem["cd"], nem["alpha"], methods, out / "cd.svg")
+        parts.append(_figure("cd", "cd.svg", f"Critical-difference diagram: average rank over tasks (1 = best); "
+                                             f"methods joined by a bar are not separated by Nemenyi's test at "
+                                             f"α = {nem['alpha']}; CD = {nem['cd']:.2f} ranks"))
+    else:
+        parts.append(_missing("cd", f"Friedman's test not computable: {fr['reason']}."))
+    parts.append(_pairs_html(res, main, methods))
+
+    parts.append("<h2>The seeds</h2>")
+    figures.seeds_figure(finished, methods, test_base, out / "seeds.svg")
+    parts.append(_figure("seeds", "seeds.svg", "Every seed's test score per method (box: quartiles)"))
+    seeds = res.seeds[(res.seeds["group_perturbation"] == main["perturbation"])
+                      & ((res.seeds["group_sparsity"] == main["sparsity"]) if main["sparsity"] is not None
+                         else res.seeds["group_sparsity"].isna())]
+    if len(seeds):
+        figures.seeds_enough_figure(seeds, main["seeds_enough"]["kendall_tau"], methods, out / "seeds_enough.svg")
+        parts.append(_figure("seeds-enough", "seeds_enough.svg", "Stability rank vs number of seeds used"))
+    else:
+        parts.append(_missing("seeds-enough", main["seeds_enough"].get("reason", "no data")))
+
+    parts.append("<h2>Learning curves</h2>")
+    if curves is not None and (curves["kind"] == "eval").any():
+        figures.curves_figure(curves, methods, dev_base, out / "curves.svg")
+        parts.append(_figure("curves", "curves.svg", "Dev score vs step, one line per trial"))
+    else:
+        parts.append(_missing("curves", "no curves.parquet with evaluation rows was given."))
+
+    parts.append("<h2>Stability vs performance (Fig. 3b)</h2>")
+    figures.rank_figure(main_table, main["spearman"], methods, out / "ranks.svg")
+    parts.append(_figure("ranks", "ranks.svg", "stability rank vs performance rank per (method, task)"))
+    parts.append("<h2>Sparsity sweep (Fig. 3a)</h2>")
     if trials["sparsity"].dropna().nunique() > 1:
-        _sparsity_figure(sweep, out / "sparsity.png")
-        parts.append('<h2>Sparsity sweep (Fig. 3a)</h2><figure><img src="sparsity.png" alt="sparsity"></figure>')
-    if curves is not None:
-        projected = curves[curves["kind"] == "projection"]["trial_key"].unique()
-        if len(projected):
-            label = _projection_figure(curves, projected[0], out / "projection.png")
-            parts.append(f"<h2>Projection discontinuity (Fig. 4): {html.escape(label)}</h2>"
-                         '<figure><img src="projection.png" alt="projection"></figure>')
+        figures.sparsity_figure(res.sparsity, test_base, out / "sparsity.svg")
+        parts.append(_figure("sparsity", "sparsity.svg", "score vs sparsity"))
+    else:
+        parts.append(_missing("sparsity", "the sweep has one sparsity; Fig. 3a needs several."))
+    parts.append("<h2>Projection discontinuity (Fig. 4)</h2>")
+    projected = curves[curves["kind"] == "projection"]["trial_key"].unique() if curves is not None else []
+    if len(projected):
+        label = figures.projection_figure(curves, projected[0], out / "projection.svg")
+        parts.append(_figure("projection", "projection.svg", f"projection discontinuity: {label}"))
+    else:
+        parts.append(_missing("projection", "no projections recorded; Fig. 4 needs diffprune or childprune trials "
+                                            "(and curves.parquet)."))
+
+    parts.append("<h2>Where the masks go</h2>")
+    masks_path = trials_path.parent / "masks.parquet"
+    if masks_path.is_file():
+        masks = pd.read_parquet(masks_path)
+        if main["sparsity"] is not None and "sparsity" in masks and (masks["sparsity"] == main["sparsity"]).any():
+            masks = masks[masks["sparsity"] == main["sparsity"]]
+        figures.anatomy_figure(masks, methods, out / "anatomy.svg")
+        parts.append(_figure("anatomy", "anatomy.svg", "share of the budget per module kind, mean over trials"))
+    else:
+        parts.append(_missing("anatomy", f"no masks.parquet beside {trials_path.name} (the export writes it for "
+                                         "sweeps of subset methods)."))
+    overlap_path = Path(analysis_dir) / "mask_overlap.csv"
+    if overlap_path.is_file():
+        figures.overlap_figure(pd.read_csv(overlap_path), methods, out / "overlap.svg")
+        parts.append(_figure("overlap", "overlap.svg", "mean Jaccard overlap between methods' masks"))
+    else:
+        parts.append(_missing("overlap", f"no mask_overlap.csv in {analysis_dir} (written by peft-sweep analyze)."))
+
     failed = trials[trials["status"] != "FINISHED"]
     parts.append(f"<h2>Failed or unfinished trials ({len(failed)})</h2>")
     if len(failed):
         parts.append('<table id="failed"><tr><th>trial</th><th>status</th><th>error</th></tr>' + "".join(
-            f"<tr><td>{html.escape(str(r.method))}/{html.escape(str(r.task))} s{r.seed} {r.trial_key}</td>"
-            f"<td>{r.status}</td><td><pre>{html.escape(str(r.error or '')[-1500:])}</pre></td></tr>"
+            f"<tr><td>{_esc(r.method)}/{_esc(r.task)} s{r.seed} {_esc(getattr(r, 'trial_key', ''))}</td>"
+            f"<td>{_esc(r.status)}</td><td><pre>{_esc(str(getattr(r, 'error', '') or '')[-1500:])}</pre></td></tr>"
             for r in failed.itertuples()) + "</table>")
-    parts.append(f"<h2>Summary</h2><pre>{html.escape(json.dumps({k: summary[k] for k in ('spearman', 'group')}, indent=1))}</pre>")
+    keys = ("spearman", "friedman", "group")
+    parts.append(f"<h2>Summary</h2><pre>{_esc(json.dumps({k: summary[k] for k in keys}, indent=1, ensure_ascii=False))}"
+                 "</pre>")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>PEFT sweep report</title><style>{CSS}</style>"
             f"{CHECK_IMAGES}</head><body>{''.join(parts)}</body></html>")
     index = out / "index.html"
     index.write_text(page)
-    table.to_csv(out / "table.csv", index=False)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    res.table.to_csv(out / "table.csv", index=False)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
     return index

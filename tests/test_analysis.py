@@ -1,12 +1,16 @@
-"""The analysis on a hand-made table whose per-seed scores have chosen means and stds."""
+"""The analysis on hand-made tables whose answers are known: chosen means and stds, a Friedman statistic
+computed by hand, a case where Holm changes a decision, a rank correlation whose within-task permutation
+p-value can be enumerated, and a seed subsample whose rankings can be listed."""
 import json
+import math
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
 
-from orchestrator.analysis import analyze, analyze_file
+from dashboards.analysis import analyze, bootstrap_ci, holm, nemenyi_cd
+from orchestrator.analysis import analyze_file
 
 MEANS = {("full", "CB"): 0.80, ("sam", "CB"): 0.85, ("lora", "CB"): 0.78, ("bitfit", "CB"): 0.80,
          ("full", "RTE"): 0.70, ("sam", "RTE"): 0.72, ("lora", "RTE"): 0.71, ("bitfit", "RTE"): 0.66}
@@ -65,7 +69,8 @@ def test_several_sparsities_and_perturbations_are_separate_groups():
               "test_score": 0.5 + s / 100, "train_score": 0.9} for s in range(3)]
     extra += [{"method": "sam", "task": "CB", "seed": 0, "sparsity": 0.005, "perturbation": k, "status": "FINISHED",
                "test_score": 0.6 + k / 100, "train_score": 0.9} for k in range(3)]
-    table, summary, sweep, tests = analyze(hand_made(extra))
+    res = analyze(hand_made(extra))
+    summary, sweep, tests = res.summary, res.sparsity, res.tests
     labels = [(g["sparsity"], g["perturbation"]) for g in summary["groups"]]
     assert labels == [(0.005, "none"), (0.005, "perturbed"), (0.05, "none")]
     assert summary["groups"][1]["splits"] == [0, 1, 2]
@@ -81,3 +86,149 @@ def test_several_sparsities_and_perturbations_are_separate_groups():
 def test_missing_columns_are_named():
     with pytest.raises(ValueError, match="lacks column"):
         analyze(pd.DataFrame({"method": ["x"]}))
+
+
+def trials_from(scores):
+    """{(method, task): [score per seed]} -> a FINISHED trials table at one sparsity."""
+    return pd.DataFrame([{"method": m, "task": t, "seed": s, "sparsity": 0.01, "perturbation": None,
+                          "status": "FINISHED", "test_score": v} for (m, t), vs in scores.items()
+                         for s, v in enumerate(vs)])
+
+
+# 3 tasks x 4 methods; ranks (1 = best) A: 1 2 3 4, B: 2 1 4 3, C: 1 3 2 4 -> rank sums 4, 6, 9, 11
+FRIEDMAN_TABLE = {"A": [0.9, 0.8, 0.7, 0.6], "B": [0.8, 0.9, 0.6, 0.7], "C": [0.9, 0.7, 0.8, 0.6]}
+
+
+def test_friedman_and_nemenyi_by_hand(tmp_path):
+    # two seeds per cell with the same offset for every method: per-task means are the table, and each
+    # (task, seed) block ranks the methods as its task does
+    scores = {(m, t): [v - 0.01, v + 0.01] for t, row in FRIEDMAN_TABLE.items() for m, v in zip("wxyz", row)}
+    path = tmp_path / "trials.parquet"
+    trials_from(scores).to_parquet(path)
+    analyze_file(path, tmp_path / "out")
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    fr = summary["friedman"]
+    # chi2_F = 12 / (N k (k+1)) * sum R_j^2 - 3 N (k+1) = 12/60 * (16+36+81+121) - 45 = 5.8, df 3
+    assert fr["statistic"] == pytest.approx(5.8) and fr["df"] == 3 and fr["n_blocks"] == 3
+    assert fr["p_value"] == pytest.approx(0.12176, abs=1e-4)  # chi2(3) upper tail at 5.8, from a table
+    assert fr["average_ranks"] == pytest.approx({"w": 4 / 3, "x": 2, "y": 3, "z": 11 / 3})
+    # six (task, seed) blocks, every rank sum doubled: 12/120 * 4 * 254 / 4 ... = 0.1 * 1016 - 90 = 11.6
+    assert summary["friedman_task_seed"]["statistic"] == pytest.approx(11.6)
+    assert summary["friedman_task_seed"]["n_blocks"] == 6
+    nem = summary["nemenyi"]
+    # Demšar (2006) Table 5a: q_0.05 = 2.569 for k = 4; CD = q sqrt(k(k+1)/(6N))
+    assert nem["cd"] == pytest.approx(2.569 * math.sqrt(20 / 18), abs=1e-3)
+    assert nemenyi_cd(10, 7) == pytest.approx(3.164 * math.sqrt(110 / 42), abs=1e-3)  # q_0.05 = 3.164, k = 10
+    # w and z differ by 7/3 ranks < CD: Nemenyi does not separate them, and its p says so
+    assert 7 / 3 < nem["cd"] and nem["p_values"]["w"]["z"] > 0.05
+    assert nem["p_values"]["w"]["z"] == nem["p_values"]["z"]["w"]
+
+
+def test_friedman_needs_three_methods_and_drops_incomplete_tasks():
+    scores = {("a", "A"): [0.5, 0.6], ("b", "A"): [0.4, 0.5], ("a", "B"): [0.5, 0.6], ("b", "B"): [0.7, 0.5]}
+    fr = analyze(trials_from(scores)).summary["friedman"]
+    assert fr["statistic"] is None and "needs ≥3 methods" in fr["reason"]
+    scores.update({("c", "A"): [0.1, 0.2], ("c", "B"): [0.3, 0.2], ("a", "C"): [0.1, 0.2], ("b", "C"): [0.2, 0.1]})
+    fr = analyze(trials_from(scores)).summary["friedman"]
+    assert fr["dropped_blocks"] == ["C"] and fr["n_blocks"] == 2  # C lacks method c
+
+
+def test_holm_by_hand():
+    # step-down: 0.01*3 = 0.03, max(0.03, 0.03*2) = 0.06, max(0.06, 0.04*1) = 0.06
+    assert holm([0.03, None, 0.01, 0.04]) == [pytest.approx(0.06), None, pytest.approx(0.03), pytest.approx(0.06)]
+
+
+def test_holm_changes_a_decision_and_pairs_count_it():
+    c1, c2 = np.array([0.50, 0.52, 0.48, 0.51]), np.array([0.60, 0.62, 0.58, 0.61])
+    scores = {("a", "T1"): c1 + [0.05, 0.08, 0.02, 0.06], ("b", "T1"): c1 + [0.03, 0.10, 0.00, 0.06],
+              ("c", "T1"): c1,
+              ("a", "T2"): c2 + [0.10, 0.11, 0.10, 0.12], ("b", "T2"): c2 + [0.00, 0.01, -0.01, 0.00],
+              ("c", "T2"): c2}
+    res = analyze(trials_from({k: list(v) for k, v in scores.items()}))
+    t1 = res.tests[res.tests["task"] == "T1"].set_index(["method_a", "method_b"])
+    raw = {pair: stats.ttest_rel(scores[(pair[0], "T1")], scores[(pair[1], "T1")]).pvalue
+           for pair in [("a", "b"), ("a", "c"), ("b", "c")]}
+    assert raw[("a", "c")] < 0.05 < raw[("b", "c")] < raw[("a", "b")]  # the fixture is the case we want
+    expected = {("a", "c"): 3 * raw[("a", "c")]}
+    expected[("b", "c")] = max(expected[("a", "c")], 2 * raw[("b", "c")])
+    expected[("a", "b")] = max(expected[("b", "c")], raw[("a", "b")])
+    for pair, p in expected.items():
+        assert t1.loc[pair, "t_p_value"] == pytest.approx(raw[pair])
+        assert t1.loc[pair, "t_p_holm"] == pytest.approx(p)
+    assert t1.loc[("a", "c"), "t_p_holm"] > 0.05  # significant raw, not after Holm
+    pairs = res.pairs.set_index(["method_a", "method_b"])
+    # a beats c on T2 only (T1 is a tie once corrected); a beats b on T2
+    assert pairs.loc[("a", "c"), ["wins", "ties", "losses"]].tolist() == [1, 1, 0]
+    assert pairs.loc[("a", "b"), ["wins", "ties", "losses"]].tolist() == [1, 1, 0]
+    assert res.summary["holm"]["pairs"][1]["wins"] == 1
+
+
+def test_bootstrap_intervals_known_answers():
+    # two seeds: resampled means are 0.6, 0.7, 0.8 with probabilities 1/4, 1/2, 1/4 -> 95% interval [0.6, 0.8];
+    # resampled stds are 0 (prob 1/2) or 0.1414 (prob 1/2) -> [0, 0.1414]
+    assert bootstrap_ci(np.array([0.6, 0.8])) == pytest.approx((0.6, 0.8))
+    assert bootstrap_ci(np.array([0.6, 0.8]), lambda x, axis: np.std(x, ddof=1, axis=axis)) == \
+        pytest.approx((0.0, 0.2 / math.sqrt(2)))
+    assert bootstrap_ci(np.array([0.6])) == (None, None)
+    table = analyze(hand_made()).table.set_index(["method", "task"])
+    row = table.loc[("sam", "CB")]  # seeds 0.84, 0.85, 0.86: min and max each drawn 3 times w.p. 1/27 > 2.5%
+    assert (row["mean_ci_low"], row["mean_ci_high"]) == pytest.approx((0.84, 0.86))
+    assert row["std_ci_low"] == pytest.approx(0.0) and row["std_ci_high"] <= 0.01 * math.sqrt(3) + 1e-12
+
+
+def test_spearman_permutation_within_tasks():
+    # two tasks, three methods, performance rank = stability rank in both: pooled rho = 1 and scipy's p ~ 0,
+    # but shuffling within tasks gives |rho| = 1 in 2 of the 3! * 3! = 36 arrangements: p = 2/36 = 0.056
+    scores = {}
+    for task in ("A", "B"):
+        for m, (mu, sd) in zip("xyz", [(0.9, 0.01), (0.8, 0.02), (0.7, 0.03)]):
+            scores[(m, task)] = [mu - sd, mu, mu + sd]
+    sp = analyze(trials_from(scores)).summary["spearman"]
+    assert sp["rho"] == pytest.approx(1.0) and sp["p_value"] < 0.01
+    assert sp["permutation_p_value"] == pytest.approx(2 / 36, abs=0.01)  # 9999 draws: s.e. 0.002
+    assert "within each task" in sp["permutation_p_value_is"]
+
+
+def test_seeds_enough_lists_every_subset():
+    # one task, three seeds. x: 0.5 0.5 0.9, y: 0.5 0.6 0.7. All seeds: std x 0.23 > y 0.10 -> y rank 1.
+    # Pairs {0,1}: x 0 < y 0.07 (x first), {0,2} and {1,2}: y first -> mean rank x 5/3, y 4/3; tau 1/3
+    res = analyze(trials_from({("x", "T"): [0.5, 0.5, 0.9], ("y", "T"): [0.5, 0.6, 0.7]}))
+    seeds = res.seeds.set_index(["n_seeds", "method"])
+    assert seeds.loc[(2, "x"), "mean_rank"] == pytest.approx(5 / 3)
+    assert seeds.loc[(2, "y"), "mean_rank"] == pytest.approx(4 / 3)
+    assert seeds.loc[(2, "x"), "n_subsets"] == 3 and seeds.loc[(3, "y"), "mean_rank"] == 1
+    assert res.summary["seeds_enough"]["kendall_tau"] == pytest.approx({"2": 1 / 3, "3": 1.0})
+    assert res.summary["seeds_enough"]["all_seed_ranks"] == {"x": 2.0, "y": 1.0}
+
+
+def test_analyze_writes_every_table(tmp_path):
+    path = tmp_path / "trials.parquet"
+    hand_made().to_parquet(path)
+    names = {p.name for p in analyze_file(path, tmp_path / "out")}
+    assert names == {"table.csv", "table.parquet", "summary.json", "sparsity.csv", "paired_tests.csv",
+                     "pair_summary.csv", "seeds_enough.csv"}
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert {"friedman", "nemenyi", "holm", "friedman_task_seed", "seeds_enough"} <= summary.keys()
+    assert "permutation_p_value" in summary["spearman"]
+    tests = pd.read_csv(tmp_path / "out" / "paired_tests.csv")
+    assert {"t_p_holm", "wilcoxon_p_holm"} <= set(tests.columns)
+
+
+def test_spearman_is_none_not_nan_when_ranks_are_constant(tmp_path):
+    scores = {(m, t): [v - 0.01, v + 0.01] for t, row in FRIEDMAN_TABLE.items() for m, v in zip("wxyz", row)}
+    sp = analyze(trials_from(scores)).summary["spearman"]  # every std is equal: stability ranks all tie
+    assert sp["rho"] is None and sp["permutation_p_value"] is None and "vary" in sp["reason"]
+
+
+def test_dashboards_import_nothing_upstream():
+    """Issue 12 item 5: the report and `peft-sweep analyze` share dashboards.analysis; dashboards itself never
+    imports orchestrator or training code."""
+    import ast
+    from pathlib import Path
+
+    for path in (Path(__file__).parents[1] / "dashboards").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            bad = [n for n in names if n.split(".")[0] in ("orchestrator", "trainables")]
+            assert not bad, f"{path.name} imports {bad}"

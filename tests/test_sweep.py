@@ -59,6 +59,6 @@ def test_sweep_lifecycle(tmp_path, tiny_model, data_dir):
     summary = json.loads((tmp_path / "an" / "summary.json").read_text())
     assert summary["n_finished"] == 4 and set(summary["best"]["CB"]) == {"sam", "bitfit"}
     cli("report", str(sweep_dir), "--out", str(tmp_path / "report"), check_rc=0)
-    assert (tmp_path / "report" / "index.html").is_file() and (tmp_path / "report" / "ranks.png").is_file()
+    assert (tmp_path / "report" / "index.html").is_file() and (tmp_path / "report" / "ranks.svg").is_file()
     # the local records agree with MLflow
     assert {k: r["status"] for k, r in records(sweep_dir).items()} == dict.fromkeys(statuses, "FINISHED")

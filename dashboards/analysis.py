@@ -1,0 +1,337 @@
+"""The analysis of a trials table, pure (DataFrames in, DataFrames and dicts out): the paper's statistics and the
+ones a reviewer asks for beyond it.
+
+The paper's: mean ± std per (method, task) with an AVG column, performance and stability ranks per task,
+Spearman's ρ between them over pooled (method, task) pairs, the sparsity sweep, paired tests across seeds.
+Beyond it: Friedman's test over tasks as blocks with Nemenyi's critical difference (Demšar, JMLR 2006;
+scikit-posthocs), Holm-corrected paired tests with wins/ties/losses per pair, bootstrap intervals over seeds, a
+permutation p-value for ρ that permutes within tasks, and how the stability ranking settles with more seeds.
+
+It lives in ``dashboards`` so that the report and ``peft-sweep analyze`` (``orchestrator.analysis``, which only
+reads and writes files) share it without ``dashboards`` importing ``orchestrator``.
+
+Groups: trials that differ in sparsity or in perturbation mode are analysed apart. A method without a
+sparsity (full, mixout, bitfit) joins every sparsity group. Perturbation mode is "none" (the standard
+split) or "perturbed" (all perturbation splits k pooled: the spread then covers data and seed)."""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scikit_posthocs as sp
+from scipy import stats
+from statsmodels.stats.multitest import multipletests
+
+ALPHA = 0.05
+N_BOOTSTRAP = 9999
+N_PERMUTATIONS = 9999
+MAX_SEED_SUBSETS = 200
+NEEDED = ["method", "task", "seed", "sparsity", "perturbation", "status", "test_score"]
+PAIRED_TEST = ("paired t-test over matching seeds (scipy.stats.ttest_rel): trials with the same seed share the "
+               "head initialisation and batch order, so differences are paired; with 5-10 seeds the t-test has "
+               "far more power than Wilcoxon's signed-rank test, whose two-sided p cannot go below 2/2^n. "
+               "Wilcoxon's p is given beside it for readers who distrust normality. Holm's correction "
+               "(statsmodels multipletests) is applied per task over all method pairs of that task, for each test "
+               f"separately; a pair 'wins' a task when its Holm-corrected t-test p < {ALPHA} and its mean "
+               "difference is positive.")
+
+
+@dataclass
+class Analysis:
+    """Everything ``analyze`` computes; each frame carries group_sparsity / group_perturbation columns."""
+    table: pd.DataFrame  # per (method, task) and AVG: n, mean, std, intervals, ranks
+    summary: dict[str, Any]  # JSON-ready: Spearman, Friedman, Nemenyi, Holm summary, seeds-enough, per group
+    sparsity: pd.DataFrame  # mean/std/count per (method, task, sparsity)
+    tests: pd.DataFrame  # paired tests per task and method pair, raw and Holm-corrected p
+    pairs: pd.DataFrame  # wins/ties/losses per method pair across tasks at the corrected level
+    seeds: pd.DataFrame  # stability rank of each method vs the number of seeds used
+
+
+def groups(df: pd.DataFrame) -> list[tuple[dict[str, Any], pd.DataFrame]]:
+    df = df.assign(perturbed=df["perturbation"].notna())
+    sparsities = sorted(df["sparsity"].dropna().unique()) or [None]
+    out = []
+    for p, perturbed in itertools.product(sparsities, sorted(df["perturbed"].unique())):
+        part = df[(df["perturbed"] == perturbed) & (df["sparsity"].isna() | (df["sparsity"] == p if p is not None
+                                                                             else True))]
+        if len(part):
+            label = {"sparsity": None if p is None else float(p), "perturbation": "perturbed" if perturbed else "none"}
+            if perturbed:
+                label["splits"] = sorted(int(k) for k in part["perturbation"].dropna().unique())
+            out.append((label, part))
+    return out
+
+
+def _std(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.std(x, ddof=1, axis=axis)
+
+
+def bootstrap_ci(values: np.ndarray, statistic=np.mean) -> tuple[float | None, float | None]:
+    """95% percentile-bootstrap interval over seeds (scipy.stats.bootstrap, seeded, so reruns agree).
+
+    Percentile rather than scipy's default BCa: BCa's jackknife acceleration is unstable with 3-10 points and is
+    NaN when resamples tie. With so few seeds every bootstrap interval is too narrow; read it as a lower bound
+    on the uncertainty."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return None, None
+    res = stats.bootstrap((values,), statistic, n_resamples=N_BOOTSTRAP, method="percentile",
+                          confidence_level=0.95, vectorized=True, rng=np.random.default_rng(0))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def method_task_table(df: pd.DataFrame) -> pd.DataFrame:
+    """n, mean, std (ddof=1) with bootstrap intervals, performance and stability rank per (method, task);
+    AVG rows added (mean of task means and of task stds, no interval)."""
+    rows = []
+    for (method, task), part in df.groupby(["method", "task"]):
+        x = part["test_score"].to_numpy(dtype=float)
+        m_lo, m_hi = bootstrap_ci(x, np.mean)
+        s_lo, s_hi = bootstrap_ci(x, _std)
+        rows.append({"method": method, "task": task, "n": len(x), "mean": x.mean(),
+                     "std": x.std(ddof=1) if len(x) > 1 else np.nan, "mean_ci_low": m_lo, "mean_ci_high": m_hi,
+                     "std_ci_low": s_lo, "std_ci_high": s_hi})
+    t = pd.DataFrame(rows)
+    t["perf_rank"] = t.groupby("task")["mean"].rank(ascending=False, method="average")
+    t["stab_rank"] = t.groupby("task")["std"].rank(ascending=True, method="average")
+    avg = t.groupby("method").agg(n=("n", "sum"), mean=("mean", "mean"), std=("std", "mean")).reset_index()
+    avg["task"] = "AVG"  # the paper's AVG column: mean of the task means and of the task stds
+    cols = ["method", "task", "n", "mean", "std", "mean_ci_low", "mean_ci_high", "std_ci_low", "std_ci_high",
+            "perf_rank", "stab_rank"]
+    return pd.concat([t, avg], ignore_index=True).reindex(columns=cols)
+
+
+def within_task_permutation_p(ranks_a: np.ndarray, ranks_b: np.ndarray, tasks: np.ndarray,
+                              n_permutations: int = N_PERMUTATIONS, seed: int = 0) -> float:
+    """Two-sided Monte-Carlo p-value of Spearman's ρ when ranks_a is shuffled only within each task.
+
+    scipy.stats.permutation_test cannot restrict its shuffles to blocks, hence numpy: pooled (method, task) pairs
+    are not independent (the ranks in one task are tied to each other), so only exchanges inside a task are
+    allowed under the null. The pooled ranks of a shuffled vector are a shuffle of the pooled ranks, so ρ of each
+    shuffle is the Pearson correlation of the pooled ranks. p = (1 + #{|ρ*| ≥ |ρ|}) / (1 + n_permutations)."""
+    ra, rb = stats.rankdata(ranks_a), stats.rankdata(ranks_b)
+    rho = np.corrcoef(ra, rb)[0, 1]
+    rng = np.random.default_rng(seed)
+    shuffled = np.tile(ra, (n_permutations, 1))
+    for task in np.unique(tasks):
+        idx = np.flatnonzero(tasks == task)
+        shuffled[:, idx] = rng.permuted(shuffled[:, idx], axis=1)
+    sa = shuffled - shuffled.mean(axis=1, keepdims=True)
+    sb = rb - rb.mean()
+    perm = (sa @ sb) / (np.linalg.norm(sa, axis=1) * np.linalg.norm(sb))
+    return float((1 + np.sum(np.abs(perm) >= abs(rho) - 1e-12)) / (1 + n_permutations))
+
+
+def spearman(table: pd.DataFrame) -> dict[str, Any]:
+    pairs = table[(table["task"] != "AVG") & table["std"].notna()]
+    if len(pairs) < 3 or pairs["stab_rank"].nunique() < 2 or pairs["perf_rank"].nunique() < 2:
+        return {"rho": None, "p_value": None, "permutation_p_value": None, "n_pairs": int(len(pairs)),
+                "reason": "needs ≥3 (method, task) pairs whose stability and performance ranks both vary"}
+    res = stats.spearmanr(pairs["stab_rank"], pairs["perf_rank"])
+    return {"rho": float(res.statistic), "p_value": float(res.pvalue),
+            "permutation_p_value": within_task_permutation_p(pairs["stab_rank"].to_numpy(),
+                                                              pairs["perf_rank"].to_numpy(), pairs["task"].to_numpy()),
+            "n_pairs": int(len(pairs)), "n_permutations": N_PERMUTATIONS,
+            "p_value_is": "scipy.stats.spearmanr's p, which treats the pooled pairs as independent (they are not)",
+            "permutation_p_value_is": "two-sided p from shuffling stability ranks within each task (pairs of "
+                                      "different tasks never exchanged); the one to trust"}
+
+
+def best_three(table: pd.DataFrame) -> dict[str, list[str]]:
+    out = {}
+    for task, part in table.groupby("task", sort=False):
+        out[task] = part.sort_values(["mean", "method"], ascending=[False, True])["method"].head(3).tolist()
+    return out
+
+
+def nemenyi_cd(k: int, n_blocks: int, alpha: float = ALPHA) -> float:
+    """Nemenyi's critical difference of average ranks (Demšar 2006, eq. 5): q_α √(k(k+1)/(6N)) with q_α the
+    studentized range quantile over √2 (q_0.05 = 2.569 for k = 4)."""
+    q = stats.studentized_range.ppf(1 - alpha, k, np.inf) / math.sqrt(2)
+    return float(q * math.sqrt(k * (k + 1) / (6 * n_blocks)))
+
+
+def _friedman_on(cells: pd.DataFrame, blocks: str) -> dict[str, Any]:
+    """Friedman's χ² (scipy, ties corrected) on a blocks × methods table; complete blocks only."""
+    complete = cells.dropna()
+    dropped = [str(b) for b in cells.index.difference(complete.index)]
+    k, n = complete.shape[1], complete.shape[0]
+    base = {"blocks": blocks, "n_blocks": int(n), "n_methods": int(k), "dropped_blocks": dropped}
+    if k < 3 or n < 2:
+        return {**base, "statistic": None, "p_value": None, "average_ranks": None,
+                "reason": f"needs ≥3 methods and ≥2 complete blocks, has {k} methods and {n} blocks"}
+    res = stats.friedmanchisquare(*(complete[m].to_numpy() for m in complete.columns))
+    ranks = complete.rank(axis=1, ascending=False, method="average").mean()  # 1 = best score
+    return {**base, "statistic": float(res.statistic), "p_value": float(res.pvalue), "df": int(k - 1),
+            "average_ranks": {str(m): float(r) for m, r in ranks.sort_values().items()}}
+
+
+def friedman(df: pd.DataFrame) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Friedman over methods with tasks as blocks (on per-task means) with Nemenyi's post-hoc, and Friedman
+    over (task, seed[, perturbation split]) blocks."""
+    cells = df.groupby(["task", "method"])["test_score"].mean().unstack("method")
+    main = _friedman_on(cells, "tasks (per-task mean over seeds)")
+    nemenyi: dict[str, Any] = {"alpha": ALPHA, "cd": None, "p_values": None}
+    if main["statistic"] is not None:
+        complete = cells.dropna()
+        p = sp.posthoc_nemenyi_friedman(complete.to_numpy())  # rank direction does not change |R_i - R_j|
+        p.index = p.columns = [str(c) for c in complete.columns]
+        nemenyi.update(cd=nemenyi_cd(complete.shape[1], complete.shape[0]),
+                       p_values={a: {b: float(p.loc[a, b]) for b in p.columns if b != a} for a in p.index})
+    per_seed = df.pivot_table(index=["task", "seed", df["perturbation"].fillna(-1).rename("split")],
+                              columns="method", values="test_score")
+    seed_blocks = _friedman_on(per_seed, "(task, seed, perturbation split) triples; blocks of one task are not "
+                                         "independent of each other, so read its p-value as optimistic")
+    return main, nemenyi, seed_blocks
+
+
+def holm(p_values: list[float | None]) -> list[float | None]:
+    """Holm's step-down corrected p-values (statsmodels); None (no test possible) stays None and is no member
+    of the family."""
+    idx = [i for i, p in enumerate(p_values) if p is not None and not pd.isna(p)]
+    out: list[float | None] = [None] * len(p_values)
+    if idx:
+        corrected = multipletests([p_values[i] for i in idx], alpha=ALPHA, method="holm")[1]
+        for i, c in zip(idx, corrected):
+            out[i] = float(c)
+    return out
+
+
+def paired_tests(df: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for task, part in df.groupby("task"):
+        wide = part.pivot_table(index=["seed", part["perturbation"].fillna(-1)], columns="method",
+                                values="test_score")
+        task_rows = []
+        for a, b in itertools.combinations(sorted(wide.columns), 2):
+            both = wide[[a, b]].dropna()
+            if len(both) < 2:
+                continue
+            diff = both[a] - both[b]
+            t = stats.ttest_rel(both[a], both[b]) if diff.std(ddof=1) > 0 else None
+            w = stats.wilcoxon(both[a], both[b]) if (diff != 0).sum() > 0 else None
+            task_rows.append({"task": task, "method_a": a, "method_b": b, "n": len(both),
+                              "mean_diff": float(diff.mean()),
+                              "t_p_value": None if t is None else float(t.pvalue),
+                              "wilcoxon_p_value": None if w is None else float(w.pvalue)})
+        for col in ("t_p_value", "wilcoxon_p_value"):
+            for r, c in zip(task_rows, holm([r[col] for r in task_rows])):
+                r[col.replace("p_value", "p_holm")] = c
+        rows.extend(task_rows)
+    return pd.DataFrame(rows, columns=["task", "method_a", "method_b", "n", "mean_diff", "t_p_value", "t_p_holm",
+                                       "wilcoxon_p_value", "wilcoxon_p_holm"])
+
+
+def pair_summary(tests: pd.DataFrame) -> pd.DataFrame:
+    """Per method pair across tasks: tasks where a beats b (Holm-corrected t-test p < α, positive mean
+    difference), where b beats a, and ties (no significant difference, or no test possible)."""
+    rows = []
+    for (a, b), part in tests.groupby(["method_a", "method_b"]):
+        sig = part["t_p_holm"].notna() & (part["t_p_holm"].astype(float) < ALPHA)
+        wins, losses = int((sig & (part["mean_diff"] > 0)).sum()), int((sig & (part["mean_diff"] < 0)).sum())
+        rows.append({"method_a": a, "method_b": b, "wins": wins, "ties": len(part) - wins - losses,
+                     "losses": losses, "n_tasks": len(part)})
+    return pd.DataFrame(rows, columns=["method_a", "method_b", "wins", "ties", "losses", "n_tasks"])
+
+
+def seeds_enough(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Stability rank of each method (rank of its AVG std, 1 = most stable) when only n of the seeds are used.
+
+    For each n from 2 to all seeds: every subset of n seeds (at most MAX_SEED_SUBSETS, drawn at random with a
+    fixed seed when there are more), std per (method, task) over those seeds, mean over tasks, rank among methods.
+    Reported per n: the mean rank and its 10th/90th percentiles over subsets, and Kendall's τ between the
+    subset's ranking and the all-seed ranking, averaged over subsets (1 = the ranking has settled)."""
+    reps = df.assign(rep=list(zip(df["seed"], df["perturbation"].fillna(-1))))
+    cube = reps.pivot_table(index=["method", "task"], columns="rep", values="test_score")
+    methods = sorted(cube.index.get_level_values("method").unique())
+    tasks = sorted(cube.index.get_level_values("task").unique())
+    cube = cube.reindex(pd.MultiIndex.from_product([methods, tasks]))
+    x = cube.to_numpy().reshape(len(methods), len(tasks), -1)  # method × task × replicate, NaN where missing
+    n_rep = x.shape[2]
+    cols = ["n_seeds", "method", "mean_rank", "rank_p10", "rank_p90", "n_subsets"]
+    if n_rep < 3 or len(methods) < 2:
+        return pd.DataFrame(columns=cols), {"n_seeds": int(n_rep), "kendall_tau": {},
+                                            "reason": "needs ≥3 seeds and ≥2 methods"}
+
+    def ranks(subsets: np.ndarray) -> np.ndarray:  # subsets: S × n indices → methods × S ranks
+        with warnings.catch_warnings():  # a cell with < 2 of the chosen seeds has no std: NaN, skipped
+            warnings.simplefilter("ignore", RuntimeWarning)
+            stds = np.nanstd(x[:, :, subsets], ddof=1, axis=-1)  # methods × tasks × S
+            avg = np.nanmean(stds, axis=1)  # methods × S
+        return stats.rankdata(avg, axis=0, method="average", nan_policy="omit")
+
+    full = ranks(np.arange(n_rep)[None, :])[:, 0]
+    rng = np.random.default_rng(0)
+    rows, taus = [], {}
+    for n in range(2, n_rep + 1):
+        if math.comb(n_rep, n) <= MAX_SEED_SUBSETS:
+            subsets = np.array(list(itertools.combinations(range(n_rep), n)))
+        else:
+            subsets = np.array([np.sort(rng.choice(n_rep, n, replace=False)) for _ in range(MAX_SEED_SUBSETS)])
+        r = ranks(subsets)
+        for i, m in enumerate(methods):
+            rows.append({"n_seeds": n, "method": m, "mean_rank": float(np.nanmean(r[i])),
+                         "rank_p10": float(np.nanpercentile(r[i], 10)), "rank_p90": float(np.nanpercentile(r[i], 90)),
+                         "n_subsets": len(subsets)})
+        tau = [stats.kendalltau(r[:, s], full).statistic for s in range(r.shape[1])]
+        taus[str(n)] = float(np.nanmean(tau)) if not np.all(np.isnan(tau)) else None
+    return pd.DataFrame(rows, columns=cols), {"n_seeds": int(n_rep), "kendall_tau": taus,
+                                              "all_seed_ranks": {m: float(v) for m, v in zip(methods, full)}}
+
+
+def _tag(frame: pd.DataFrame, label: dict[str, Any]) -> pd.DataFrame:
+    frame = frame.copy()
+    for k, v in label.items():
+        frame[f"group_{k}"] = json.dumps(v) if isinstance(v, list) else v
+    return frame
+
+
+def analyze(trials: pd.DataFrame) -> Analysis:
+    missing = [c for c in NEEDED if c not in trials.columns]
+    if missing:
+        raise ValueError(f"trials table lacks column(s) {missing}; needed: {NEEDED}")
+    df = trials[trials["status"] == "FINISHED"].copy()
+    if df.empty:
+        raise ValueError("no FINISHED trials to analyse")
+    tables, summary_groups, tests, pairs, seeds = [], [], [], [], []
+    for label, part in groups(df):
+        t = method_task_table(part)
+        pt = paired_tests(part)
+        ps = pair_summary(pt)
+        se, se_summary = seeds_enough(part)
+        fr, nem, fr_seed = friedman(part)
+        tables.append(_tag(t, label))
+        tests.append(_tag(pt, label))
+        pairs.append(_tag(ps, label))
+        seeds.append(_tag(se, label))
+        summary_groups.append({**label, "spearman": spearman(t), "best": best_three(t[t["task"] != "AVG"]),
+                               "friedman": fr, "friedman_task_seed": fr_seed, "nemenyi": nem,
+                               "holm": {"alpha": ALPHA, "family": "all method pairs of one task, per test",
+                                        "pairs": ps.to_dict("records")},
+                               "seeds_enough": se_summary, "n_trials": int(len(part))})
+    main = summary_groups[0]
+    summary = {**{k: main[k] for k in ("spearman", "best", "friedman", "friedman_task_seed", "nemenyi", "holm",
+                                       "seeds_enough")},
+               "group": {k: main[k] for k in ("sparsity", "perturbation", "splits", "n_trials") if k in main},
+               "groups": summary_groups, "n_finished": int(len(df)), "n_trials": int(len(trials)),
+               "paired_test": PAIRED_TEST,
+               "units": "scores as the task's metric in [0, 1] (the report shows ×100); ranks within each task "
+                        "(1 = best mean / smallest std, ties averaged); ρ over the pooled (method, task) pairs of "
+                        "all tasks, AVG excluded; intervals are 95% percentile bootstraps over seeds"}
+    return Analysis(pd.concat(tables, ignore_index=True), summary, sparsity_sweep(df),
+                    pd.concat(tests, ignore_index=True), pd.concat(pairs, ignore_index=True),
+                    pd.concat(seeds, ignore_index=True))
+
+
+def sparsity_sweep(df: pd.DataFrame) -> pd.DataFrame:
+    s = df[df["sparsity"].notna()]
+    cols = [c for c in ("test_score", "train_score") if c in s]
+    out = s.groupby(["method", "task", "sparsity"])[cols].agg(["mean", lambda x: x.std(ddof=1), "count"])
+    out.columns = [f"{c}_{'std' if f == '<lambda_0>' else f}" for c, f in out.columns]
+    return out.reset_index()
