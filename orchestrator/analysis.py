@@ -11,6 +11,8 @@ import pandas as pd
 
 from dashboards.analysis import analyze
 
+from .masks import write_overlap
+
 
 def analyze_file(trials_path: str | Path, out: str | Path) -> list[Path]:
     res = analyze(pd.read_parquet(trials_path))
@@ -24,4 +26,5 @@ def analyze_file(trials_path: str | Path, out: str | Path) -> list[Path]:
         paths.append(out / name)
     res.table.to_parquet(out / "table.parquet", index=False)
     (out / "summary.json").write_text(json.dumps(res.summary, indent=2, ensure_ascii=False))
-    return paths + [out / "table.parquet", out / "summary.json"]
+    overlap = write_overlap(Path(trials_path), out)  # when the export holds the trials' masks
+    return paths + [out / "table.parquet", out / "summary.json"] + ([overlap] if overlap else [])

@@ -86,3 +86,16 @@ def test_the_delta_rebuilds_the_scored_model_in_a_fresh_process(method, tiny_tri
     meta = json.loads((delta / "meta.json").read_text())
     assert meta["method"] == method and meta["base_hash"] == tr.base_hash
     assert meta["trainable_params"] == result["trainable_params"]
+
+
+def test_masked_adamw_keeps_indices_past_float32_precision():
+    from trainables.masking import MaskedAdamW
+
+    p = torch.nn.Parameter(torch.zeros(2**24 + 8))
+    idx = torch.tensor([3, 2**24 + 1, 2**24 + 7])  # 2**24 + 1 is not a float32
+    opt = MaskedAdamW([("w", p, idx)], lr=0.1)
+    p.grad = torch.ones_like(p)
+    opt.step()
+    again = MaskedAdamW([("w", p, torch.empty(0, dtype=torch.long))], lr=0.1)
+    again.load_state_dict(opt.state_dict())
+    assert again.state[p]["index"].tolist() == idx.tolist()

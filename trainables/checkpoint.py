@@ -101,15 +101,14 @@ class TrialState:
             tensors["cuda_rng"] = self.cuda_rng
         for prefix, part in (("now", self.trained), ("best", self.best), ("mask", self.mask),
                              ("best_mask", self.best_mask)):
-            # clone: a mask shares storage with MaskedAdamW's index, and safetensors refuses shared tensors
-            tensors.update({f"{prefix}/{k}": v.detach().cpu().clone() for k, v in (part or {}).items()})
+            tensors.update({f"{prefix}/{k}": compact(v) for k, v in (part or {}).items()})
         opt_meta = {}
         for prefix, sd in (("dense_opt", self.dense_opt), ("sparse_opt", self.sparse_opt)):
             if sd is None:
                 continue
             for i, st in sd["state"].items():
                 for k, v in st.items():
-                    tensors[f"{prefix}/{i}/{k}"] = v.detach().cpu().contiguous()
+                    tensors[f"{prefix}/{i}/{k}"] = compact(v)
             opt_meta[prefix] = sd["param_groups"]
         meta = {"format": FORMAT, "trial_key": self.trial_key, "base_hash": self.base_hash, "step": self.step,
                 "best_score": self.best_score, "best_step": self.best_step, "bad_evals": self.bad_evals,
@@ -149,6 +148,15 @@ class TrialState:
                    best_mask={k: v.long() for k, v in part("best_mask").items()} if has["best_mask"] else None,
                    dense_opt=optimizer("dense_opt"), sparse_opt=optimizer("sparse_opt"), rng=tensors["rng"],
                    cuda_rng=tensors.get("cuda_rng"), extra=meta.get("extra", {}))
+
+
+def compact(t: torch.Tensor) -> torch.Tensor:
+    """A CPU copy (a mask shares storage with MaskedAdamW's index; safetensors refuses shared tensors), with
+    flat indices as int32 where they fit: half the bytes. Readers cast indices back to int64."""
+    t = t.detach().cpu().clone()
+    if t.dtype == torch.int64 and (t.numel() == 0 or int(t.abs().max()) < 2**31):
+        t = t.to(torch.int32)
+    return t.contiguous()
 
 
 def write_folder(folder: str | Path, tensor_files: dict[str, dict[str, torch.Tensor]],

@@ -25,7 +25,7 @@ SAVED_MODEL, SAVED_META = "model.safetensors", "finetuned.json"
 def save_delta(folder: Path, dense: dict[str, torch.Tensor], masked: dict[str, torch.Tensor],
                mask: dict[str, torch.Tensor] | None, meta: dict[str, Any]) -> Path:
     values = ckpt.gather(dense, masked, mask)
-    values.update({f"mask/{n}": i.detach().cpu().clone() for n, i in (mask or {}).items()})
+    values.update({f"mask/{n}": ckpt.compact(i) for n, i in (mask or {}).items()})
     meta = {**meta, "format": ckpt.FORMAT, "has_mask": mask is not None,
             "mask_size": sum(int(i.numel()) for i in (mask or {}).values())}
     return ckpt.write_folder(folder, {ckpt.DELTA: values}, {ckpt.DELTA_META: meta})

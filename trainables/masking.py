@@ -133,9 +133,15 @@ class MaskedAdamW(torch.optim.Optimizer):
         return None
 
     def load_state_dict(self, state_dict) -> None:
+        # torch casts every state tensor to its parameter's dtype: a float32 index loses entries past 2**24
+        # (roberta-base's word embeddings have 38.6M), so the indices are set aside and put back exactly
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        indices = {i: state_dict["state"][i]["index"].long().clone() for i in saved_ids if i in state_dict["state"]}
         super().load_state_dict(state_dict)
-        for st in self.state.values():  # torch casts state to the parameter's dtype; an index must stay integer
-            st["index"] = st["index"].long()
+        for i, p in zip(saved_ids, params):
+            st = self.state[p]
+            st["index"] = indices[i].to(p.device)
             st["exp_avg"], st["exp_avg_sq"] = st["exp_avg"].float(), st["exp_avg_sq"].float()
 
     def selected(self) -> int:
