@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import time
@@ -23,7 +24,7 @@ from . import checkpoint as ckpt
 from .anatomy import anatomy, save_mask
 from .finetuned import DELTA_DIR, save_delta
 from .config import TrialConfig
-from .data import Encoded, build_splits, collate
+from .data import Encoded, Splits, build_splits, collate
 from .masking import MaskedAdamW, backbone_parameters, head_parameters
 from .methods import get_method
 from .methods.base import MethodContext
@@ -34,6 +35,7 @@ from .schedule import epoch_batches, lr_at
 from .tasks import get_task
 
 Report = Callable[[dict[str, Any], str | None], None]
+log = logging.getLogger(__name__)
 FINAL_DIR, RESULT_FILE = "final", "result.json"  # the finished trial: its result, mask and model delta
 
 
@@ -56,36 +58,25 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
-        cfg, tc = self.cfg, self.cfg.training
+        """Each phase returns one thing, in the order a resume needs them (torchtune's recipe layout)."""
+        cfg = self.cfg
         self.task = get_task(cfg.task)
-        self.device = pick_device()
-        if tc.precision == "bf16" and self.device.type != "cuda":
-            raise ValueError("training.precision 'bf16' needs a CUDA device; use 'auto' or 'fp32' on CPU")
-        use_bf16 = tc.precision == "bf16" or (tc.precision == "auto" and self.device.type == "cuda")
-        self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+        self.device, self.autocast = self._setup_device()
         model_path = resolve_model(cfg.model)
         tokenizer = load_tokenizer(model_path)
         self.pad_id = tokenizer.pad_token_id or 0
-        self.splits = build_splits(cfg.task, tokenizer, tc.max_seq_length, cfg.data, cfg.perturbation)
-        self.train_lengths = self.splits.train.lengths()
-        self.batches_per_epoch = math.ceil(len(self.splits.train) / tc.batch_size)
-        self._epoch, self._order = -1, []
-
-        torch.manual_seed(cfg.seed)
-        backbone, fresh = load_pretrained(model_path)
-        self.model = TaskModel(backbone, self.task.kind, self.task.num_labels, fresh)
+        self.splits = self._setup_data(tokenizer)
+        self.model = self._setup_model(model_path)
         self.theta0 = {n: p.detach().to("cpu", copy=True) for n, p in backbone_parameters(self.model).items()}
         self.base_hash = ckpt.base_hash(self.theta0)
-        self.method = get_method(cfg.method)(cfg.params(), cfg.sparsity, cfg.seed)
-        self.method.prepare(self.model)
-        self.model.to(self.device)
+        self.method = self._setup_method()
         self.ctx = MethodContext(self.theta0, self._extra_batches, self._loss, self.device)
         state = self._load_state()
         if state is None:
             self.method.select(self.model, self.ctx)
         else:
             self.method.load_state_dict({"mask": state.mask, "projections": state.projections}, self.model)
-        self._build_optimizers()
+        self.dense_opt, self.sparse_opt = self._setup_optimizers()
         self.ctx.probe_loss, self.ctx.forget = self.probe_loss, self._forget_dense_state
         if self.sparse_opt is not None:
             self.ctx.reselect = self.sparse_opt.set_index
@@ -98,29 +89,66 @@ class Trainer:
         if state is not None:
             self._restore(state)
             self.resumed_from = self.step
-        if tc.compile and self.device.type == "cuda":
-            self.forward = torch.compile(self.model)
-        else:
-            self.forward = self.model
+        compiled = cfg.training.compile and self.device.type == "cuda"
+        self.forward = torch.compile(self.model) if compiled else self.model
+        self._log_what_trains()
         self.timers["setup_s"] = time.perf_counter() - self.t_start
 
-    def _build_optimizers(self) -> None:
+    def _setup_device(self) -> tuple[torch.device, Callable[[], Any]]:
+        precision = self.cfg.training.precision
+        device = pick_device()
+        if precision == "bf16" and device.type != "cuda":
+            raise ValueError("training.precision 'bf16' needs a CUDA device; use 'auto' or 'fp32' on CPU")
+        if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+            return device, lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+        return device, contextlib.nullcontext
+
+    def _setup_data(self, tokenizer) -> Splits:
+        tc = self.cfg.training
+        splits = build_splits(self.cfg.task, tokenizer, tc.max_seq_length, self.cfg.data, self.cfg.perturbation)
+        self.train_lengths = splits.train.lengths()
+        self.batches_per_epoch = math.ceil(len(splits.train) / tc.batch_size)
+        self._epoch, self._order = -1, []
+        return splits
+
+    def _setup_model(self, model_path: str) -> TaskModel:
+        torch.manual_seed(self.cfg.seed)  # the head's (and fresh tensors') initialisation
+        backbone, fresh = load_pretrained(model_path)
+        return TaskModel(backbone, self.task.kind, self.task.num_labels, fresh)
+
+    def _setup_method(self):
+        method = get_method(self.cfg.method)(self.cfg.params(), self.cfg.sparsity, self.cfg.seed)
+        method.prepare(self.model)  # structure only; redone identically on resume
+        self.model.to(self.device)
+        return method
+
+    def _setup_optimizers(self) -> tuple[torch.optim.Optimizer, MaskedAdamW | None]:
         lr = self.cfg.effective_lr()
         wd = self.cfg.training.weight_decay
         head = head_parameters(self.model)
         dense = list(head.items()) + self.method.dense_parameters(self.model)
         fused = {"fused": True} if self.device.type == "cuda" else {}
-        self.dense_opt = torch.optim.AdamW(decay_groups(dense, wd), lr=lr, **fused)
+        dense_opt = torch.optim.AdamW(decay_groups(dense, wd), lr=lr, **fused)
         self.dense_params = [p for _, p in dense]
-        self.sparse_opt = None
+        sparse_opt = None
         if self.method.masked_optimizer:
             mask = self.method.mask
-            self.sparse_opt = MaskedAdamW([(n, p, mask.get(n, torch.empty(0, dtype=torch.long)))
-                                           for n, p in backbone_parameters(self.model).items()], lr=lr, weight_decay=wd)
+            sparse_opt = MaskedAdamW([(n, p, mask.get(n, torch.empty(0, dtype=torch.long)))
+                                      for n, p in backbone_parameters(self.model).items()], lr=lr, weight_decay=wd)
         self.base_lr = lr
         # the head (and the backbone's fresh tensors) always train, whatever the method froze
         for p in head.values():
             p.requires_grad_(True)
+        return dense_opt, sparse_opt
+
+    def _log_what_trains(self) -> None:
+        """Once per trial, at INFO (``train-one -v`` shows it): what trains, and how weight decay applies."""
+        decayed = sum(p.numel() for g in self.dense_opt.param_groups if g["weight_decay"] > 0 for p in g["params"])
+        dense = sum(p.numel() for g in self.dense_opt.param_groups for p in g["params"])
+        masked = self.sparse_opt.selected() if self.sparse_opt is not None else 0
+        log.info("trial %s (%s on %s): %d dense entries (%d decayed, %d not), %d masked entries, eligible m = %d, "
+                 "lr %g", self.cfg.key, self.cfg.label, self.cfg.task, dense, decayed, dense - decayed, masked,
+                 sum(t.numel() for t in self.theta0.values()), self.base_lr)
 
     @torch.no_grad()
     def _forget_dense_state(self, param: torch.Tensor, where: torch.Tensor) -> None:
@@ -262,26 +290,31 @@ class Trainer:
         self.model.train()
         t0 = time.perf_counter()
         while self.step < tc.max_steps:
+            # learning rate: linear warmup, then linear decay, set on every optimizer
             lr = lr_at(self.step, self.base_lr, tc.max_steps, tc.warmup_ratio)
             for opt in (self.dense_opt, self.sparse_opt):
                 if opt is not None:
                     for g in opt.param_groups:
                         g["lr"] = lr
+            # forward and backward (the method may add a penalty: DiffPruning's expected L0)
             batch = self._train_batch(self.step)
             with self.autocast():
                 loss = self.model.loss(self.forward(batch), batch["labels"])
                 extra = self.method.extra_loss(self.model)
             (loss if extra is None else loss + extra).backward()
+            # clip by the norm of what trains, step both optimizers, drop the gradients
             self._clip()
             self.dense_opt.step()
             if self.sparse_opt is not None:
                 self.sparse_opt.step()
             self.model.zero_grad(set_to_none=True)
             self.step += 1
-            self.loss_sum += loss.detach().float()
+            self.loss_sum += loss.detach().float()  # summed on the device: no host sync per step
             self.loss_n += 1
+            # the method's turn: projections and re-selections happen between steps
             self.method.after_step(self.step, self.model, self.ctx)
             self._maybe_fail()
+            # evaluate, early-stop, checkpoint
             if self.step % tc.eval_every == 0 or self.step == tc.max_steps:
                 self.timers["train_s"] += time.perf_counter() - t0
                 stop = self._evaluation_point(lr)

@@ -8,7 +8,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ..config import Strict
+from ..schema import Strict
 from ..masking import Scope, backbone_parameters, budget, select_top
 
 
