@@ -147,6 +147,18 @@ def init_ray(spec: SweepSpec) -> None:
             ray.init(num_cpus=spec.ray.num_cpus, num_gpus=spec.ray.num_gpus, include_dashboard=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise ClusterError(f"cannot reach the Ray cluster at {address!r}: {exc}") from None
+    if address:
+        _check_cluster_resources(spec, address)
+
+
+def _check_cluster_resources(spec: SweepSpec, address: str) -> None:
+    """A trial that asks for more than the whole cluster has would stay PENDING forever: refuse it now."""
+    have = ray.cluster_resources()
+    for kind, field in (("GPU", "gpu_per_trial"), ("CPU", "cpu_per_trial")):
+        want = getattr(spec.resources, field)
+        if want > have.get(kind, 0):
+            raise ClusterError(f"resources.{field} {want:g}: the Ray cluster at {address!r} has "
+                               f"{have.get(kind, 0):g} {kind}(s) in all, so no trial could start")
 
 
 def _experiments(root: Path) -> list[Path]:
