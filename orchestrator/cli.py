@@ -104,9 +104,11 @@ def _load_sweep(path: str):
 
     folder = Path(path)
     if not folder.exists():
-        raise SpecError(f"SWEEP_DIR {path!r}: no such folder; give the folder `peft-sweep run` printed, e.g. runs/<name>")
+        raise SpecError(f"SWEEP_DIR {path!r}: no such folder; give the folder `peft-sweep run` printed, "
+                        "e.g. runs/<name>")
     if not folder.is_dir():
-        raise SpecError(f"SWEEP_DIR {path!r} is a file; give the sweep folder that holds its spec.yaml, e.g. runs/<name>")
+        raise SpecError(f"SWEEP_DIR {path!r} is a file; give the sweep folder that holds its spec.yaml, "
+                        "e.g. runs/<name>")
     if not (folder / sweep.SPEC_FILE).is_file():
         inside = sorted(p.name for p in folder.iterdir() if (p / sweep.SPEC_FILE).is_file())
         if inside:

@@ -242,7 +242,8 @@ HUB_TIMEOUT_S = 5.0
 def _offline() -> bool:
     from huggingface_hub import constants
 
-    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_DATASETS_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    flag = os.environ.get("HF_DATASETS_OFFLINE", "").lower()
+    return bool(constants.HF_HUB_OFFLINE) or flag in ("1", "true", "yes", "on")
 
 
 def check_hub(name: str, timeout: float = HUB_TIMEOUT_S) -> None:

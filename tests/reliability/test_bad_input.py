@@ -397,6 +397,13 @@ def test_analyze_and_report_on_wrong_files(tmp_path, refused):
         assert needle in refused("analyze", "--trials", str(path), "--out", str(tmp_path / "a")), path
         assert needle in refused("report", "--trials", str(path), "--out", str(tmp_path / "r")), path
     assert not (tmp_path / "a").exists() and not (tmp_path / "r").exists()
+    from orchestrator.analysis import NEEDED
+
+    pq.write_table(pa.table({c: ["x"] for c in NEEDED}), tmp_path / "trials.parquet")
+    (tmp_path / "out.txt").write_text("x")
+    for cmd in ("analyze", "report"):
+        assert "--out" in refused(cmd, "--trials", str(tmp_path / "trials.parquet"), "--out", str(tmp_path / "out.txt"))
+    assert (tmp_path / "out.txt").read_text() == "x"
 
 
 def test_train_one_and_tasks_on_wrong_paths(tmp_path, tiny_model, refused):
@@ -447,3 +454,22 @@ def test_error_lines_are_capped(tmp_path, refused, monkeypatch):
     with pytest.raises(SpecError, match="x" * 1000):
         main(["validate", str(tmp_path / "s.yaml")])
 
+
+
+@pytest.mark.slow
+def test_gpu_per_trial_beyond_a_running_rays_gpus(tmp_path, tiny_model, data_dir):
+    """A Ray that is already up (a cluster, or one this process started) is checked right after connecting."""
+    import ray
+
+    from orchestrator.spec import ClusterError, load_spec
+    from orchestrator.tune_runner import init_ray
+
+    spec = load_spec(write_spec(tmp_path, tiny_model, data_dir, resources={"gpu_per_trial": 0.5}))
+    ray.init(num_cpus=1, num_gpus=0, include_dashboard=False)
+    try:
+        with pytest.raises(ClusterError, match=r"resources.gpu_per_trial 0.5: the Ray this process started has 0 "
+                                               r"GPU\(s\)"):
+            init_ray(spec)
+    finally:
+        ray.shutdown()
+    assert not (tmp_path / "runs").exists()
