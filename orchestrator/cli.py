@@ -18,12 +18,17 @@ EPILOG = """examples:
 """
 
 
+MAX_LINE = 300  # one line of error; PEFT_SWEEP_DEBUG=1 shows all of it
+
+
 def _cmd_tasks(args) -> int:
     from trainables.config import DataConfig
     from trainables.data import protocol_indices
     from trainables.tasks import TASKS, load_task
+    from .preflight import check_data
 
     cfg = DataConfig(dir=args.data_dir)
+    check_data(cfg, list(TASKS))
     rows = []
     for name, task in TASKS.items():
         train, dev = load_task(name, cfg.dir)
@@ -44,10 +49,12 @@ def _cmd_tasks(args) -> int:
 
 def _cmd_train_one(args) -> int:
     from trainables import TrialConfig, run_trial
+    from trainables.tasks import canonical_task
+    from .preflight import check_cache, check_data, check_model, check_writable_dir
     from .spec import SpecError, _first_error, apply_overrides
     from pydantic import ValidationError
 
-    base = {"task": args.task, "method": args.method, "seed": args.seed, "sparsity": args.sparsity,
+    base = {"task": canonical_task(args.task), "method": args.method, "seed": args.seed, "sparsity": args.sparsity,
             "perturbation": args.perturbation, "model": args.model, "data": {"dir": args.data_dir}}
     # --set takes the sweep spec's keys: methods.<m>.<param> goes to this trial's method_params
     data = apply_overrides({"training": {}, "methods": {}, "data": base.pop("data")}, args.set or [])
@@ -56,6 +63,11 @@ def _cmd_train_one(args) -> int:
         cfg = TrialConfig.model_validate({**base, **data, "method_params": method_params})
     except ValidationError as exc:
         raise SpecError(f"invalid trial: {_first_error(exc)}") from None
+    if args.checkpoint_dir:
+        check_writable_dir(Path(args.checkpoint_dir), "--checkpoint-dir")
+    check_cache(cfg.data)
+    check_model(cfg.model, cfg.training.max_seq_length)
+    check_data(cfg.data, [cfg.task])
 
     def report(metrics, path):
         if not metrics.get("done"):
@@ -68,15 +80,56 @@ def _cmd_train_one(args) -> int:
 
 
 def _load(args):
+    """The spec, checked against everything it names (paths, resources, model, data, store, cluster) without
+    starting or writing anything: what `validate` reports is what `run` would meet."""
+    import os
+
+    from . import sweep
+    from .preflight import check_ray_address, check_size, preflight
     from .spec import load_spec
 
-    return load_spec(args.config, args.set)
+    spec = load_spec(args.config, args.set)
+    check_size(spec, args.yes)
+    preflight(spec)
+    sweep.tracker_for(spec).check_reachable()
+    check_ray_address(spec.ray.address or os.environ.get("RAY_ADDRESS"))
+    return spec
+
+
+def _load_sweep(path: str):
+    """A sweep folder's spec, or one line saying what the path is instead (missing, a file, an empty folder,
+    the output folder above the sweeps, a folder of something else)."""
+    from . import sweep
+    from .spec import SpecError, load_spec
+
+    folder = Path(path)
+    if not folder.exists():
+        raise SpecError(f"SWEEP_DIR {path!r}: no such folder; give the folder `peft-sweep run` printed, "
+                        "e.g. runs/<name>")
+    if not folder.is_dir():
+        raise SpecError(f"SWEEP_DIR {path!r} is a file; give the sweep folder that holds its spec.yaml, "
+                        "e.g. runs/<name>")
+    if not (folder / sweep.SPEC_FILE).is_file():
+        inside = sorted(p.name for p in folder.iterdir() if (p / sweep.SPEC_FILE).is_file())
+        if inside:
+            raise SpecError(f"SWEEP_DIR {path!r} holds sweeps ({', '.join(inside[:3])}); give one of them, "
+                            f"e.g. {folder / inside[0]}")
+        what = "an empty folder" if not any(folder.iterdir()) else "a folder without spec.yaml"
+        raise SpecError(f"SWEEP_DIR {path!r} is {what}, not a sweep folder; give the folder `peft-sweep run` "
+                        "printed, e.g. runs/<name>")
+    spec = load_spec(folder / sweep.SPEC_FILE)
+    if spec.sweep_dir != folder.resolve():
+        if spec.name != folder.resolve().name:
+            raise SpecError(f"SWEEP_DIR {path!r} holds the spec of sweep {spec.name!r}, whose folder is "
+                            f"{str(spec.sweep_dir)!r}; give that folder")
+        # the same sweep, seen from another working directory (a relative output_dir) or moved: follow it
+        spec = spec.model_copy(update={"output_dir": str(folder.resolve().parent)})
+    return spec
 
 
 def _cmd_validate(args) -> int:
     spec = _load(args)
-    trials = spec.trials()
-    print(f"{args.config}: valid; {len(trials)} trials -> {spec.sweep_dir}")
+    print(f"{args.config}: valid; {len(spec.trials())} trials -> {spec.sweep_dir}")
     return 0
 
 
@@ -91,14 +144,14 @@ def _cmd_run(args) -> int:
 def _cmd_rerun_failed(args) -> int:
     from . import sweep
 
-    spec = sweep.load_sweep(args.sweep_dir)
+    spec = _load_sweep(args.sweep_dir)
     return 1 if sweep.run(spec, only_failed=True) else 0
 
 
 def _cmd_status(args) -> int:
     from . import sweep
 
-    table = sweep.status_table(sweep.load_sweep(args.sweep_dir))
+    table = sweep.status_table(_load_sweep(args.sweep_dir))
     if args.json:
         print(json.dumps(table, indent=2))
         return 0
@@ -113,7 +166,7 @@ def _cmd_status(args) -> int:
 def _cmd_sync(args) -> int:
     from . import sweep
 
-    spec = sweep.load_sweep(args.sweep_dir)
+    spec = _load_sweep(args.sweep_dir)
     tracker = sweep.tracker_for(spec)
     tracker.check()
     print(f"synced {sweep.sync(spec, tracker)} trial(s) into {spec.resolved_tracking_uri}")
@@ -123,8 +176,8 @@ def _cmd_sync(args) -> int:
 def _cmd_export(args) -> int:
     from . import export, sweep
 
-    spec = sweep.load_sweep(args.sweep_dir)
-    out = Path(args.out or spec.sweep_dir / "export")
+    spec = _load_sweep(args.sweep_dir)
+    out = _out_dir(args.out, "--out") if args.out else spec.sweep_dir / "export"
     paths = export.export(spec, out)
     for p in paths:
         print(p)
@@ -134,7 +187,7 @@ def _cmd_export(args) -> int:
 def _cmd_analyze(args) -> int:
     from . import analysis
 
-    for p in analysis.analyze_file(args.trials, args.out):
+    for p in analysis.analyze_file(_trials_file(args.trials, "--trials"), _out_dir(args.out, "--out")):
         print(p)
     return 0
 
@@ -143,17 +196,54 @@ def _cmd_report(args) -> int:
     from dashboards.report import build_report
     from . import export, sweep
 
+    from .spec import SpecError
+
+    if args.trials and args.sweep_dir:
+        raise SpecError("give SWEEP_DIR or --trials FILE.parquet, not both")
     if args.trials:
-        trials, curves = Path(args.trials), Path(args.curves) if args.curves else None
-        out = Path(args.out or Path(args.trials).parent / "report")
+        trials = _trials_file(args.trials, "--trials")
+        curves = _trials_file(args.curves, "--curves", needed=["trial_key", "step"]) if args.curves else None
+        out = _out_dir(args.out, "--out") if args.out else trials.parent / "report"
     elif args.sweep_dir:
-        spec = sweep.load_sweep(args.sweep_dir)
+        spec = _load_sweep(args.sweep_dir)
+        out = _out_dir(args.out, "--out") if args.out else spec.sweep_dir / "report"
         trials, curves = export.export(spec, spec.sweep_dir / "export")
-        out = Path(args.out or spec.sweep_dir / "report")
     else:
-        raise SystemExit("report: give SWEEP_DIR or --trials FILE.parquet")
+        raise SpecError("give SWEEP_DIR or --trials FILE.parquet")
     print(build_report(trials, curves, out))
     return 0
+
+
+def _out_dir(path: str, flag: str) -> Path:
+    from .preflight import check_writable_dir
+
+    check_writable_dir(Path(path), flag)
+    return Path(path)
+
+
+def _trials_file(path: str, flag: str, needed: list[str] | None = None) -> Path:
+    """A Parquet file with the columns the command reads (trials.parquet by default)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .analysis import NEEDED
+    from .spec import SpecError
+
+    file = Path(path)
+    hint = "e.g. SWEEP_DIR/export/trials.parquet from `peft-sweep export`" if needed is None else \
+        "e.g. SWEEP_DIR/export/curves.parquet"
+    if not file.exists():
+        raise SpecError(f"{flag} {path!r}: no such file; give a Parquet file, {hint}")
+    if file.is_dir():
+        raise SpecError(f"{flag} {path!r} is a folder; give a Parquet file, {hint}")
+    try:
+        names = pq.read_schema(file).names
+    except (pa.ArrowException, OSError) as exc:
+        raise SpecError(f"{flag} {path!r} is not a Parquet file ({str(exc).splitlines()[0][:80]}); {hint}") from None
+    missing = [c for c in (needed or NEEDED) if c not in names]
+    if missing:
+        raise SpecError(f"{flag} {path!r} lacks the columns {', '.join(missing)}; give a Parquet file, {hint}")
+    return file
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
                 help="override a setting, e.g. training.max_steps=200 or methods.sam.burnin=8 (repeatable)")
 
     s = sub.add_parser("train-one", help="run one trial without Ray; prints its result as JSON on the last line")
-    s.add_argument("--task", required=True, help="CoLA, STS-B, MRPC, RTE, CB, COPA or WSC")
+    s.add_argument("--task", required=True, help="CoLA, STS-B, MRPC, RTE, CB, COPA or WSC (any capitalisation)")
     s.add_argument("--method", required=True, help="full, random, mixout, bitfit, magprune, adapter, lora, "
                    "diffprune, childprune or sam")
     s.add_argument("--sparsity", type=float, help="share p of trainable backbone entries (methods that take one)")
@@ -187,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=text)
         s.add_argument("config", help="sweep spec YAML, e.g. configs/quickstart.yaml")
         s.add_argument("--set", **sets)
+        s.add_argument("--yes", action="store_true", help="accept a grid of more than 5000 trials")
         if name == "run":
             s.add_argument("--force", action="store_true", help="rerun trials that already FINISHED")
         s.set_defaults(fn=fn)
@@ -239,9 +330,13 @@ def _explain(args, exc: BaseException) -> int:
     from .tracking import TrackingError
 
     if not isinstance(exc, (SpecError, DataError, ModelError, TrackingError, ClusterError, FileNotFoundError,
+                            NotADirectoryError, IsADirectoryError, PermissionError,
                             ValueError)):  # ValueError: settings that validate only in context (budget too small)
         raise exc
-    print(f"peft-sweep {args.cmd}: error: {exc}", file=sys.stderr)
+    line = f"peft-sweep {args.cmd}: error: " + " ".join(str(exc).split())
+    if len(line) > MAX_LINE:
+        line = line[:MAX_LINE - 40].rstrip() + " ... (PEFT_SWEEP_DEBUG=1 shows all)"
+    print(line, file=sys.stderr)
     return 2
 
 

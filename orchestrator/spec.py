@@ -10,13 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, StrictInt, ValidationError, field_validator, model_validator
 
 from trainables.config import DataConfig, FaultConfig, Strict, TrainingConfig, TrialConfig
 from trainables.methods import METHODS, get_method
-from trainables.tasks import TASKS
+from trainables.tasks import canonical_task
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+MAX_SPEC_BYTES = 1_000_000  # a sweep spec is a few kB; anything near this is not one
+MAX_YAML_NODES = 100_000  # after expanding aliases: a few hundred bytes of nested aliases can make billions
+TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 
 
 class SpecError(ValueError):
@@ -29,10 +32,11 @@ class ClusterError(RuntimeError):
 
 class Grid(Strict):
     methods: list[str] = Field(min_length=1, description="method names, or names of entries in `variants`")
-    tasks: list[str] = Field(min_length=1)
-    seeds: list[int] = Field([0], min_length=1)
+    tasks: list[str] = Field(min_length=1, description="task names, any capitalisation (cb = CB)")
+    seeds: list[StrictInt] = Field([0], min_length=1)
     sparsities: list[float] = Field([0.005], min_length=1, description="used by methods that take a sparsity")
-    perturbations: list[int] | None = Field(None, description="perturbation splits k; None = the unperturbed split")
+    perturbations: list[StrictInt] | None = Field(None, description="perturbation splits k; None = the unperturbed "
+                                                  "split")
 
     @field_validator("methods")
     @classmethod
@@ -47,10 +51,7 @@ class Grid(Strict):
     @field_validator("tasks")
     @classmethod
     def _tasks(cls, v):
-        for t in v:
-            if t not in TASKS:
-                raise ValueError(f"unknown task {t!r}; valid tasks: {', '.join(TASKS)}")
-        return v
+        return [canonical_task(t) for t in v]
 
     @field_validator("seeds")
     @classmethod
@@ -71,6 +72,9 @@ class Grid(Strict):
     @field_validator("perturbations")
     @classmethod
     def _perturbations(cls, v):
+        if v == []:
+            raise ValueError("an empty list gives 0 trials; leave perturbations out for the unperturbed split, "
+                             "or list splits such as [0, 1, 2]")
         for k in v or []:
             if k < 0:
                 raise ValueError(f"perturbation split {k} is negative; splits are integers >= 0")
@@ -127,6 +131,18 @@ class SweepSpec(Strict):
                              "starting with a letter or digit")
         return v
 
+    @field_validator("tracking_uri")
+    @classmethod
+    def _tracking_uri(cls, v):
+        if v is None:
+            return v
+        scheme = v.split("://", 1)[0].split("+", 1)[0].lower() if "://" in v else v
+        if scheme not in TRACKING_SCHEMES:
+            raise ValueError(f"tracking_uri {v!r}: unsupported scheme; use sqlite:///PATH, http(s)://HOST:PORT "
+                             "(mlflow server), postgresql://, mysql://, mssql:// or databricks, or leave it out "
+                             "(sqlite in the sweep folder)")
+        return v
+
     @model_validator(mode="after")
     def _method_settings(self):
         for m, params in self.methods.items():
@@ -181,6 +197,13 @@ class SweepSpec(Strict):
     def resolved_tracking_uri(self) -> str:
         return self.tracking_uri or f"sqlite:///{self.sweep_dir / 'mlflow.db'}"
 
+    def size(self) -> int:
+        """How many trials the grid expands to, counted without building them (a 100,000-trial grid is
+        refused in a second, not after minutes of hashing)."""
+        per_method = len(self.grid.tasks) * len(self.grid.seeds) * len(self.grid.perturbations or [None])
+        return sum(per_method * (len(self.grid.sparsities) if get_method(self.base_method(m)).uses_sparsity else 1)
+                   for m in self.grid.methods)
+
     def trials(self) -> list[TrialConfig]:
         """The grid, expanded by the rules of each method: methods without a sparsity get one trial per
         (task, seed, perturbation) rather than one per sparsity."""
@@ -206,8 +229,9 @@ def _first_error(exc: ValidationError) -> str:
     parts = []
     for e in exc.errors():
         loc = ".".join(str(x) for x in e["loc"])
-        value = e.get("input")
-        shown = "" if e["type"] == "missing" else f" (got {value!r})"
+        value = repr(e.get("input"))
+        value = value if len(value) <= 80 else value[:77] + "..."
+        shown = "" if e["type"] == "missing" else f" (got {value})"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
@@ -215,9 +239,75 @@ def _first_error(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def parse_value(text: str) -> Any:
+class _SpecLoader(yaml.SafeLoader):
+    """The safe loader (plain values only: no python tags), refusing duplicate keys, which would silently
+    replace each other."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base constructor names it
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark,
+                    f"duplicate key {key!r} (the second would silently replace the first)", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(node, memo: dict[int, int], open_: set[int]) -> int:
+    """Nodes after expanding aliases (shared nodes counted at every use)."""
+    if id(node) in memo:
+        return memo[id(node)]
+    if id(node) in open_:
+        raise SpecError("a recursive alias (an anchor used inside itself)")
+    open_.add(id(node))
+    total = 1
+    if isinstance(node.value, list):
+        for item in node.value:
+            for child in (item if isinstance(item, tuple) else (item,)):
+                total += _expanded_size(child, memo, open_)
+                if total > MAX_YAML_NODES:
+                    raise SpecError(f"expands to more than {MAX_YAML_NODES} values through aliases "
+                                    "(an alias bomb?); write the values out")
+    open_.discard(id(node))
+    memo[id(node)] = total
+    return total
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """YAML text → plain data, or a one-line :class:`SpecError` naming ``where`` (file:line:column)."""
+    if len(text) > MAX_SPEC_BYTES:
+        raise SpecError(f"{where}: {len(text)} bytes; a sweep spec is at most {MAX_SPEC_BYTES}")
+    loader = _SpecLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, {}, set())
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark else where
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(f"{at}: malformed YAML ({problem})") from None
+    except SpecError as exc:
+        raise SpecError(f"{where}: {exc}") from None
+    except RecursionError:
+        raise SpecError(f"{where}: nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def parse_value(text: str, where: str = "--set") -> Any:
     """A --set value, typed as YAML types it ("3" → 3, "1e-3" → 0.001, "[a, b]" → list)."""
-    value = yaml.safe_load(text)
+    value = parse_yaml(text, where)
     if isinstance(value, str):
         try:
             return float(value) if re.fullmatch(r"[-+]?\d*\.?\d+[eE][-+]?\d+", value) else value
@@ -236,25 +326,33 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise SpecError(f"--set {item!r}: expected dotted.key=value")
         key, raw = item.split("=", 1)
         parts = key.strip().split(".")
+        if not all(parts):
+            raise SpecError(f"--set {item!r}: {key.strip()!r} is not a dotted key such as training.max_steps")
         node = data
         for p in parts[:-1]:
             if not isinstance(node.setdefault(p, {}), dict):
                 raise SpecError(f"--set {key}: {p!r} is not a section")
             node = node[p]
-        node[parts[-1]] = parse_value(raw)
+        node[parts[-1]] = parse_value(raw, f"--set {key.strip()}={raw}")
     return data
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
     path = Path(path)
+    if path.is_dir():
+        hint = f"; to resume that sweep give {path / 'spec.yaml'}" if (path / "spec.yaml").is_file() else ""
+        raise SpecError(f"{path}: is a folder, not a sweep spec YAML file such as configs/quickstart.yaml{hint}")
     if not path.is_file():
         raise SpecError(f"{path}: no such sweep spec")
+    if path.stat().st_size > MAX_SPEC_BYTES:
+        raise SpecError(f"{path}: {path.stat().st_size} bytes; a sweep spec is at most {MAX_SPEC_BYTES}")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise SpecError(f"{where}: malformed YAML ({getattr(exc, 'problem', None) or exc})") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not UTF-8 text; a sweep spec is a YAML file") from None
+    data = parse_yaml(text, str(path))
+    if data is None:
+        raise SpecError(f"{path}: empty file; a sweep spec needs at least name and grid (see configs/quickstart.yaml)")
     if not isinstance(data, dict):
         raise SpecError(f"{path}: a sweep spec is a YAML mapping, got {type(data).__name__}")
     return spec_from_dict(apply_overrides(data, overrides or []), str(path))

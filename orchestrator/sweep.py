@@ -13,7 +13,8 @@ from typing import Any
 import yaml
 
 from . import records
-from .spec import ClusterError, SpecError, SweepSpec, spec_from_dict
+from .preflight import check_ray_address, preflight, undo_on_error
+from .spec import SpecError, SweepSpec, spec_from_dict
 from .tracking import Tracker, TrackingError
 
 SPEC_FILE = "spec.yaml"
@@ -66,33 +67,6 @@ def sync(spec: SweepSpec, tracker: Tracker) -> int:
     return n
 
 
-def preflight(spec: SweepSpec) -> None:
-    """Read every task file and resolve the model before anything starts, so bad input fails in
-    seconds, with the file and line, and leaves nothing behind."""
-    from trainables.models import load_tokenizer, resolve_model
-    from trainables.tasks import load_task, resolve_data_dir
-
-    data_dir = resolve_data_dir(spec.data.dir)
-    if data_dir is not None:
-        for task in spec.grid.tasks:
-            load_task(task, data_dir)
-    load_tokenizer(resolve_model(spec.model))
-
-
-def check_ray_address(address: str | None) -> None:
-    """ray.init on an address where nobody listens can hang for minutes: knock first."""
-    import socket
-
-    if not address or address == "auto":
-        return
-    hostport = address.split("://", 1)[-1].rstrip("/")
-    host, _, port = hostport.rpartition(":")
-    try:
-        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
-    except (OSError, ValueError) as exc:
-        raise ClusterError(f"cannot reach the Ray cluster at {address!r}: {exc}") from None
-
-
 def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
     """Run what is left of the sweep. Returns the number of trials that ended in error."""
     import os
@@ -104,8 +78,9 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
     tracker = tracker_for(spec)
     tracker.check_reachable()
     check_ray_address(spec.ray.address or os.environ.get("RAY_ADDRESS"))
-    spec.sweep_dir.mkdir(parents=True, exist_ok=True)
-    tracker.check()
+    with undo_on_error(spec.sweep_dir):  # a store that refuses us leaves no empty sweep folder behind
+        spec.sweep_dir.mkdir(parents=True, exist_ok=True)
+        tracker.check()
     (spec.sweep_dir / SPEC_FILE).write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
     synced = sync(spec, tracker)
     if synced:

@@ -137,8 +137,8 @@ class SweepCallback(tune.Callback):
 def init_ray(spec: SweepSpec) -> None:
     # checkpoints at every evaluation are the point; Tune's warning about frequent snapshots is noise here
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if ray.is_initialized():
-        return
+    if ray.is_initialized():  # a Ray this process started itself (benchmarks, tests): check what it has
+        return _check_cluster_resources(spec, "the Ray this process started")
     address = spec.ray.address or os.environ.get("RAY_ADDRESS")
     try:
         if address:
@@ -147,6 +147,18 @@ def init_ray(spec: SweepSpec) -> None:
             ray.init(num_cpus=spec.ray.num_cpus, num_gpus=spec.ray.num_gpus, include_dashboard=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise ClusterError(f"cannot reach the Ray cluster at {address!r}: {exc}") from None
+    if address:
+        _check_cluster_resources(spec, f"the Ray cluster at {address!r}")
+
+
+def _check_cluster_resources(spec: SweepSpec, where: str) -> None:
+    """A trial that asks for more than the whole cluster has would stay PENDING forever: refuse it now."""
+    have = ray.cluster_resources()
+    for kind, field in (("GPU", "gpu_per_trial"), ("CPU", "cpu_per_trial")):
+        want = getattr(spec.resources, field)
+        if want > have.get(kind, 0):
+            raise ClusterError(f"resources.{field} {want:g}: {where} has "
+                               f"{have.get(kind, 0):g} {kind}(s) in all, so no trial could start")
 
 
 def _experiments(root: Path) -> list[Path]:

@@ -91,3 +91,47 @@ def test_grid_expansion_rules_and_stable_keys():
     assert [t.key for t in again.trials()] == keys  # where data lives and how often to checkpoint: same trials
     t = trials[0]
     assert trial_key(t.model_copy(update={"seed": 99})) != t.key
+
+
+def test_yaml_refuses_duplicate_keys_alias_bombs_and_python_tags(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text("name: t\ngrid: {methods: [sam], tasks: [CB]}\ngrid: {methods: [full], tasks: [RTE]}\n")
+    with pytest.raises(SpecError, match=r"s\.yaml:3:1: malformed YAML \(duplicate key 'grid'"):
+        load_spec(p)
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{n}: &{n} [{', '.join(['*' + prev] * 9)}]\n" for prev, n in zip("abcdefg", "bcdefgh"))
+    p.write_text(bomb + "name: *h\n")
+    with pytest.raises(SpecError, match="expands to more than 100000 values through aliases"):
+        load_spec(p)
+    p.write_text("name: &n t\ngrid: {methods: [sam], tasks: [CB]}\ntracking_uri: null\nmethods: {sam: {burnin: 2}}\n"
+                 "training: {<<: {max_steps: 10, eval_every: 5}, max_steps: 12}\n")  # anchors and merges are fine
+    assert load_spec(p).training.max_steps == 12 and load_spec(p).training.eval_every == 5
+    with pytest.raises(SpecError, match=r"--set name=!!python/name:os.system:1:1: malformed YAML"):
+        load_spec(p, ["name=!!python/name:os.system"])
+    with pytest.raises(SpecError, match=r"--set grid.seeds=\[0, 1:1:6: malformed YAML"):
+        load_spec(p, ["grid.seeds=[0, 1"])
+    with pytest.raises(SpecError, match="empty file"):
+        p.write_text("")
+        load_spec(p)
+
+
+@pytest.mark.parametrize("change,path,expect", [
+    ({"perturbations": []}, ("grid",), "grid.perturbations: an empty list gives 0 trials"),
+    ({"seeds": [True]}, ("grid",), "grid.seeds.0: Input should be a valid integer (got True)"),
+    ({"seeds": ["3"]}, ("grid",), "grid.seeds.0: Input should be a valid integer (got '3')"),
+    ({"perturbations": [0.5]}, ("grid",), "grid.perturbations.0: Input should be a valid integer"),
+    ({"tracking_uri": "ftp://host/x"}, (), "tracking_uri 'ftp://host/x': unsupported scheme"),
+    ({"tracking_uri": "/some/folder"}, (), "tracking_uri '/some/folder': unsupported scheme"),
+])
+def test_more_bad_values_fail_naming_the_field(change, path, expect):
+    assert expect in _bad(change, path=path)
+
+
+def test_task_names_in_any_capitalisation_and_a_cheap_trial_count():
+    spec = spec_from_dict({**BASE, "grid": {**BASE["grid"], "tasks": ["cb", "sts-b", "stsb", "CoLA"]}})
+    assert spec.grid.tasks == ["CB", "STS-B", "STS-B", "CoLA"]
+    assert spec.size() == 4 * 2 * 2  # sam: one sparsity; full: none
+    for uri in ("sqlite:///x.db", "http://h:5000", "postgresql+psycopg2://u@h/db", "databricks"):
+        assert spec_from_dict({**BASE, "tracking_uri": uri}).tracking_uri == uri
+    big = spec_from_dict({**BASE, "grid": {**BASE["grid"], "seeds": list(range(50_000)), "sparsities": [0.1, 0.2]}})
+    assert big.size() == 50_000 * 3

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -118,10 +119,20 @@ TASKS: dict[str, Task] = {t.name: t for t in [
 ]}
 
 
+def _fold(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", str(name).lower())
+
+
+def canonical_task(name: str) -> str:
+    """The task's own spelling for any capitalisation or punctuation of it (``cb`` -> ``CB``, ``stsb`` -> ``STS-B``)."""
+    for task in TASKS:
+        if _fold(task) == _fold(name):
+            return task
+    raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)} (any capitalisation)")
+
+
 def get_task(name: str) -> Task:
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}")
-    return TASKS[name]
+    return TASKS[canonical_task(name)]
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
@@ -130,6 +141,9 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
     if not value:
         return None
     path = Path(value).expanduser()
+    if path.is_file():
+        raise DataError(f"data dir {str(path)!r} is a file; give the folder that holds one sub-folder per task "
+                        f"(CB/, RTE/, ...) in data.dir, --data-dir or ${DATA_DIR_ENV}")
     if not path.is_dir():
         raise DataError(f"data dir {str(path)!r} does not exist (set data.dir, --data-dir or ${DATA_DIR_ENV})")
     return path.resolve()
@@ -145,6 +159,17 @@ def task_files(task: Task, data_dir: Path) -> list[Path]:
 
 
 def _read_file(task: Task, path: Path) -> list[dict[str, Any]]:
+    try:
+        records = _read_rows(task, path)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); give the original task file"
+                        ) from None
+    if not records:
+        raise DataError(f"{path}: no examples in the file; give the original {task.name} file")
+    return records
+
+
+def _read_rows(task: Task, path: Path) -> list[dict[str, Any]]:
     records = []
     if path.suffix == ".jsonl":
         with path.open(encoding="utf-8") as fh:
@@ -209,3 +234,34 @@ def load_task(name: str, data_dir: str | os.PathLike | None) -> tuple[list[dict]
         out.append([task.parse(_hub_row(task, dict(r)), f"{task.hub[0]}/{task.hub[1]}[{split}][{i}]", i)
                     for i, r in enumerate(ds[split])])
     return out[0], out[1]
+
+
+HUB_TIMEOUT_S = 5.0
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    flag = os.environ.get("HF_DATASETS_OFFLINE", "").lower()
+    return bool(constants.HF_HUB_OFFLINE) or flag in ("1", "true", "yes", "on")
+
+
+def check_hub(name: str, timeout: float = HUB_TIMEOUT_S) -> None:
+    """Try the Hub path of a task now, so that a machine with neither task files nor the Hub fails in
+    seconds before a sweep starts (not in every trial, after retries). Online: one metadata call with a short
+    timeout; in offline mode (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE): a load from the local datasets cache."""
+    task = get_task(name)
+    try:
+        if _offline():
+            import datasets
+
+            datasets.load_dataset(*task.hub)
+        else:
+            from huggingface_hub import HfApi
+
+            HfApi().dataset_info(task.hub[0], timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - whatever the reason, the Hub path cannot serve this task
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        raise DataError(f"task {task.name}: no data folder is set and the Hugging Face Hub dataset "
+                        f"{'/'.join(task.hub)} cannot be loaded ({reason}); set data.dir (or --data-dir) or "
+                        f"${DATA_DIR_ENV} to a folder of the original task files") from None

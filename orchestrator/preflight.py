@@ -1,0 +1,195 @@
+"""Preflight: the checks of a valid spec against the world (paths, resources, model, task data, the Hub, the
+cluster address), run before anything starts or is written.
+
+Each check reads only, runs in seconds, and fails with one line that names the field, the value and what
+would be valid; `validate` and `run` run the same checks, so `validate` saying "valid" means `run` starts.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Iterator
+
+from trainables.config import DataConfig
+from trainables.models import ModelError, load_tokenizer, resolve_model
+from trainables.tasks import DataError, check_hub, load_task, resolve_data_dir
+
+from .spec import ClusterError, SpecError, SweepSpec
+
+SWEEP_FILES = {"spec.yaml", "mlflow.db", "mlartifacts", "records", "tune", "export", "report", "analysis"}
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                   "tokenizer.model")
+MAX_TRIALS = 5000  # a bigger grid is more often a typo (seeds: range of 1000) than a plan: ask for --yes
+CONNECT_TIMEOUT_S = 5.0
+
+
+def preflight(spec: SweepSpec) -> None:
+    """Everything a run needs, cheapest first, before Ray or the tracking store is touched."""
+    check_paths(spec)
+    check_resources(spec)
+    check_cache(spec.data)
+    check_model(spec.model, spec.training.max_seq_length)
+    check_data(spec.data, spec.grid.tasks)
+
+
+def check_size(spec: SweepSpec, yes: bool) -> int:
+    n = spec.size()
+    if n > MAX_TRIALS and not yes:
+        raise SpecError(f"grid: {n} trials (methods x tasks x seeds x sparsities x perturbations) is over "
+                        f"{MAX_TRIALS}; check grid.seeds and friends, or pass --yes to run them all")
+    return n
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable_dir(path: Path, field: str) -> None:
+    """``path`` is (or can be made as) a folder we may write in; reads only."""
+    if path.exists() and not path.is_dir():
+        raise SpecError(f"{field} {str(path)!r} is a file, not a folder; give a folder path")
+    probe = _nearest_existing(path)
+    if not probe.is_dir():
+        raise SpecError(f"{field} {str(path)!r}: {str(probe)!r} is a file, so the folder cannot be made")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise SpecError(f"{field} {str(path)!r}: no permission to write in {str(probe)!r}")
+
+
+def check_paths(spec: SweepSpec) -> None:
+    """output_dir, the sweep folder, Tune's storage and a SQLite tracking file are (or can become) folders."""
+    check_writable_dir(Path(spec.output_dir).expanduser(), "output_dir")
+    sweep_dir = spec.sweep_dir
+    if sweep_dir.exists() and not sweep_dir.is_dir():
+        raise SpecError(f"name {spec.name!r}: {str(sweep_dir)!r} is a file; choose another name or output_dir")
+    if sweep_dir.is_dir() and not (sweep_dir / "spec.yaml").is_file():
+        others = sorted(p.name for p in sweep_dir.iterdir() if p.name not in SWEEP_FILES)
+        if others:
+            raise SpecError(f"name {spec.name!r}: {str(sweep_dir)!r} already holds other files ({', '.join(others[:3])}"
+                            f"{', ...' if len(others) > 3 else ''}) and is no sweep folder; choose another name "
+                            "or output_dir")
+    if spec.ray.storage_path and "://" not in spec.ray.storage_path:
+        check_writable_dir(Path(spec.ray.storage_path).expanduser(), "ray.storage_path")
+    uri = spec.resolved_tracking_uri
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        if db.is_dir():
+            raise SpecError(f"tracking_uri {uri!r} names a folder; give a file, e.g. sqlite:///{db / 'mlflow.db'}")
+        check_writable_dir(db.parent, "tracking_uri folder")
+
+
+def check_resources(spec: SweepSpec) -> None:
+    """A trial that asks for more than a local Ray has stays PENDING forever: refuse it now. (On a cluster
+    the check runs right after connecting, in tune_runner.)"""
+    ray = sys.modules.get("ray")  # not imported here: only a Ray this process already runs counts
+    if spec.ray.address or os.environ.get("RAY_ADDRESS") or (ray is not None and ray.is_initialized()):
+        return  # tune_runner checks the resources of a cluster (or an already started Ray) once connected
+    res = spec.resources
+    if res.gpu_per_trial > 0:
+        if spec.ray.num_gpus is not None:
+            gpus, source = spec.ray.num_gpus, f"ray.num_gpus is {spec.ray.num_gpus:g}"
+        else:
+            import torch
+
+            gpus = torch.cuda.device_count()
+            source = f"this machine has {gpus} GPU(s)"
+        if res.gpu_per_trial > gpus:
+            raise SpecError(f"resources.gpu_per_trial {res.gpu_per_trial:g}: {source}, so no trial could start; "
+                            "set gpu_per_trial: 0 (CPU), run on a GPU machine, or give ray.address of a GPU cluster")
+    cpus = spec.ray.num_cpus or os.cpu_count() or 1
+    if res.cpu_per_trial > cpus:
+        raise SpecError(f"resources.cpu_per_trial {res.cpu_per_trial:g}: the local Ray has {cpus} CPU(s) "
+                        f"({'ray.num_cpus' if spec.ray.num_cpus else 'this machine'}), so no trial could start; "
+                        f"use at most {cpus}")
+
+
+def check_cache(data: DataConfig) -> None:
+    from trainables.data import CACHE_ENV, cache_root
+
+    field = "data.cache_dir" if data.cache_dir else (f"${CACHE_ENV}" if os.environ.get(CACHE_ENV) else "cache dir")
+    check_writable_dir(cache_root(data), field)
+
+
+def check_model(model: str, max_seq_length: int | None = None) -> str:
+    """The model resolves, a local folder carries its tokenizer (transformers would otherwise build an empty
+    one and train on [UNK]s), and max_seq_length fits its position embeddings."""
+    path = resolve_model(model)
+    local = Path(path)
+    if local.is_dir() and not any((local / f).is_file() for f in TOKENIZER_FILES):
+        raise ModelError(f"model {model!r}: the folder has no tokenizer (none of {', '.join(TOKENIZER_FILES[:3])}, "
+                         "...); save the tokenizer next to config.json")
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load the config of model {model!r}: {str(exc).splitlines()[0]}") from None
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions and config.model_type in ("roberta", "xlm-roberta", "camembert", "longformer"):
+        positions -= 2  # these offset positions by padding_idx + 1
+    if positions and max_seq_length and max_seq_length > positions:
+        raise SpecError(f"training.max_seq_length {max_seq_length} is beyond the {positions} positions of model "
+                        f"{model!r}; use at most {positions}")
+    load_tokenizer(path)
+    return path
+
+
+def check_data(data: DataConfig, tasks: list[str]) -> None:
+    """Read every task file in full (a bad row fails here with file:line), or try the Hub when no folder is set."""
+    folder = resolve_data_dir(data.dir)
+    for task in tasks:
+        if folder is not None:
+            load_task(task, folder)
+        else:
+            check_hub(task)
+
+
+def check_ray_address(address: str | None) -> None:
+    """ray.init on an address where nobody listens, or where something that is not Ray listens, can hang for
+    minutes: knock (TCP), then complete a gRPC handshake with the GCS, each with a short timeout."""
+    import socket
+
+    if not address or address == "auto":
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except (OSError, ValueError) as exc:
+        raise ClusterError(f"cannot reach the Ray cluster at {address!r}: {exc}") from None
+    if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+        return  # the handshake below is plaintext; ray.init checks a TLS cluster
+    import grpc
+
+    channel = grpc.insecure_channel(f"{host or '127.0.0.1'}:{port}")
+    try:
+        grpc.channel_ready_future(channel).result(timeout=CONNECT_TIMEOUT_S)
+    except grpc.FutureTimeoutError:
+        raise ClusterError(f"cannot reach the Ray cluster at {address!r}: it accepts TCP but gives no gRPC "
+                           f"handshake within {CONNECT_TIMEOUT_S:g} s, so it is no Ray head (GCS) port; give the "
+                           "address `ray start --head` printed") from None
+    finally:
+        channel.close()
+
+
+@contextlib.contextmanager
+def undo_on_error(folder: Path) -> Iterator[None]:
+    """Remove ``folder`` (and the parents made for it) if the block fails: a refused run leaves nothing."""
+    top = folder
+    while not top.parent.exists() and top.parent != top:
+        top = top.parent
+    made = not top.exists()
+    try:
+        yield
+    except BaseException:
+        if made:
+            shutil.rmtree(top, ignore_errors=True)
+        raise
+
+
+__all__ = ["DataError", "check_data", "check_model", "check_paths", "check_ray_address", "check_resources",
+           "check_size", "preflight", "undo_on_error"]
