@@ -34,10 +34,17 @@ def test_sweep_lifecycle(tmp_path, tiny_model, data_dir):
     cli("rerun-failed", str(sweep_dir), check_rc=0)
     after = tracker(sweep_dir).trial_runs()
     assert {k: r.info.status for k, r in after.items()} == dict.fromkeys(statuses, "FINISHED")
-    assert {k: r.info.run_id for k, r in after.items()} == {k: v[0] for k, v in before.items()}  # same runs
     for k in statuses:
         if k not in failed:  # the others were not touched
-            assert after[k].info.end_time == before[k][1]
+            assert (after[k].info.run_id, after[k].info.end_time) == before[k]
+    # the rerun is attempt 2, a new run: no error of attempt 1 on it; attempt 1 is nested under it
+    live = after[failed[0]]
+    assert live.info.run_id != before[failed[0]][0] and live.data.tags["attempt"] == "2"
+    assert "error" not in live.data.tags
+    assert "error.txt" not in [a.path for a in tr.client.list_artifacts(live.info.run_id)]
+    old = tr.client.get_run(before[failed[0]][0])
+    assert old.data.tags["role"] == "superseded" and old.data.tags["mlflow.parentRunId"] == live.info.run_id
+    assert "injected fault" in old.data.tags["error"]
 
     again = cli("run", str(spec), check_rc=0)
     assert "nothing to run" in again.stdout and "4 already FINISHED" in again.stdout
