@@ -41,7 +41,7 @@ def statuses(spec: SweepSpec, tracker: Tracker | None = None) -> dict[str, str]:
     return out
 
 
-def sync(spec: SweepSpec, tracker: Tracker) -> int:
+def sync(spec: SweepSpec, tracker: Tracker, mend_parent: bool = True) -> int:
     """Fill MLflow from the local records: trials it missed or whose end it missed, and evaluations it
     missed (a record is marked ``synced: false`` whenever a call was skipped). Then mend a parent run left
     RUNNING by a driver that died. Returns how many trials were synced."""
@@ -65,7 +65,7 @@ def sync(spec: SweepSpec, tracker: Tracker) -> int:
             tracker.fail(key, rec.get("error") or "failed", trial)
         records.update(spec.sweep_dir, key, synced=True)
         n += 1
-    if not driver_alive(spec) and tracker.parent_status() == "RUNNING":
+    if mend_parent and not driver_alive(spec) and tracker.parent_status() == "RUNNING":
         close_sweep(spec, tracker, statuses(spec, tracker), quiet=True)
     return n
 
@@ -218,7 +218,7 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
     spec.sweep_dir.mkdir(parents=True, exist_ok=True)
     tracker.check()
     (spec.sweep_dir / SPEC_FILE).write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
-    synced = sync(spec, tracker)
+    synced = sync(spec, tracker, mend_parent=False)  # this driver is about to run the sweep
     if synced:
         print(f"synced {synced} trial(s) from local records into MLflow", flush=True)
     status = statuses(spec, tracker)
@@ -233,6 +233,8 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
           f"-> {spec.sweep_dir}", flush=True)
     if not pending:
         print("nothing to run", flush=True)
+        if tracker.parent_status() == "RUNNING":  # left so by a driver that died after the last trial
+            close_sweep(spec, tracker, status)
         return 0
     init_ray(spec)  # only now: a sweep with nothing left to run starts no Ray
     tracker.start_sweep(spec_params(spec), spec.sweep_dir / SPEC_FILE)

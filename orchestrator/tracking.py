@@ -128,6 +128,9 @@ class Tracker:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        import logging
+
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial ... tables"
         self.uri, self.sweep, self.sweep_dir = uri, sweep, Path(sweep_dir)
         self._run_ids: dict[str, str] = {}
         self._trials: dict[str, dict[str, Any]] = {}  # to create a run that an outage kept from starting

@@ -9,6 +9,7 @@ import collections
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -29,10 +30,27 @@ DONE_MARKER = "SWEEP_EXPERIMENT_DONE"
 QUIET_LOGGERS = ("ray.train", "ray.tune")  # per-checkpoint "Checkpoint successfully created" and such: INFO only
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the header of a remote traceback even when not on a terminal
+
+
+class _PlainTracebacks(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and not record.exc_text:
+            record.exc_text = ANSI.sub("", logging.Formatter().formatException(record.exc_info))
+        return True
+
+
 def _quiet_ray() -> None:
-    """Keep Ray's warnings and errors, drop its informational lines (in the driver and in each worker)."""
+    """Keep Ray's warnings and errors (without colour codes), drop its informational lines (in the driver
+    and in each worker)."""
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    controller = logging.getLogger("ray.tune.execution.tune_controller")  # logs "Trial task failed" + traceback
+    if not any(isinstance(f, _PlainTracebacks) for f in controller.filters):
+        controller.addFilter(_PlainTracebacks())
+
+
+_quiet_ray()  # at import too: a worker imports this module (to unpickle the trainable) before it restores
 
 
 def trainable(config: dict[str, Any]) -> None:
@@ -66,8 +84,8 @@ def trainable(config: dict[str, Any]) -> None:
 def _error_text(trial) -> str:
     path = getattr(trial, "error_file", None)
     if path and os.path.isfile(path):
-        return Path(path).read_text()
-    return str(getattr(trial, "error_msg", None) or "trial failed (no error text from Ray)")
+        return ANSI.sub("", Path(path).read_text())
+    return ANSI.sub("", str(getattr(trial, "error_msg", None) or "trial failed (no error text from Ray)"))
 
 
 class SweepCallback(tune.Callback):
@@ -170,17 +188,20 @@ def _duration(seconds: float) -> str:
 def init_ray(spec: SweepSpec) -> None:
     # checkpoints at every evaluation are the point; Tune's warning about frequent snapshots is noise here
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # results go to the records and MLflow; Tune's CSV/JSON/TensorBoard loggers only print a TensorBoard hint
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # Tune's newer console output prints a config table and a TensorBoard hint even at verbose=0; the
+    # older one is silent at 0 and leaves the console to our progress lines
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # "(trainable pid=...)" prefixes without colour codes
     _quiet_ray()
     if ray.is_initialized():
         return
     address = spec.ray.address or os.environ.get("RAY_ADDRESS")
     try:
         if address:
-            ray.init(address=address, log_to_driver=True)
+            ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
         else:
-            ray.init(num_cpus=spec.ray.num_cpus, num_gpus=spec.ray.num_gpus, include_dashboard=False)
+            ray.init(num_cpus=spec.ray.num_cpus, num_gpus=spec.ray.num_gpus, include_dashboard=False,
+                     logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise ClusterError(f"cannot reach the Ray cluster at {address!r}: {exc}") from None
 
