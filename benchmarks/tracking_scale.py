@@ -89,6 +89,8 @@ def measure(root: Path, n: int, uri: str, threads: int) -> dict:
     callback = SweepCallback(spec)
     fakes = [_trial(cfg) for cfg in trials]
     events = 50
+    for t in fakes[:events]:  # a live driver knows its running trials' runs from on_trial_start
+        callback.tracker.run_id(t.config["trial"]["trial_key"])
 
     def per_event():
         for i in range(events):

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from . import records
 from .spec import SweepSpec
-from .tracking import SERIES, Tracker, TrackingError, scalar_fields
+from .tracking import SERIES, Tracker, TrackingError, is_outage, scalar_fields
 
 COMPONENTS = ["accuracy", "f1", "macro_f1", "mcc", "pearson", "spearman"]
 TRIALS_SCHEMA = pa.schema(
@@ -112,7 +112,16 @@ def _curve_rows(row: dict, full: dict, run, tracker: Tracker | None) -> list[dic
 
 def collect(spec: SweepSpec, tracker: Tracker | None) -> tuple[list[dict], list[dict], dict[str, dict]]:
     """Rows of trials and curves, and each trial's full result (for exports of list-valued fields)."""
-    runs = tracker.trial_runs() if tracker is not None else {}
+    runs = {}
+    if tracker is not None:
+        try:
+            runs = tracker.trial_runs()
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            print(f"WARNING: tracking store unreachable ({type(exc).__name__}); exporting from the local records "
+                  "only", file=sys.stderr)
+            tracker = None
     recs = records.all_records(spec.sweep_dir)
     trials, curves, results = [], [], {}
     for key in sorted(set(runs) | set(recs)):

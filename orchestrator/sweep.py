@@ -154,11 +154,11 @@ def close_sweep(spec: SweepSpec, tracker: Tracker, final: dict[str, str], quiet:
             lines.append(f"report: {index}")
     except Exception as exc:  # noqa: BLE001 - the status must still be set; say what is missing
         lines.append(f"no analysis on the parent run: {type(exc).__name__}: {exc}")
-    tracker.end_sweep("FINISHED" if n_failed == 0 else "FAILED", metrics, tags, artifacts)
     lines.append(browse_hint(spec, tracker))
-    if not quiet:
+    if not quiet:  # the answer first: it stands even if the store fails now
         for line in lines:
             print(line, flush=True)
+    tracker.end_sweep("FINISHED" if n_failed == 0 else "FAILED", metrics, tags, artifacts)
     return lines
 
 
