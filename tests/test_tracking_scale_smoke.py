@@ -16,6 +16,6 @@ def test_tracking_scale_smoke():
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     sizes, growth = rows[:2], rows[2:]
-    assert [r["n"] for r in sizes] == [20, 60] and len(growth) == 1
+    assert [r["n"] for r in sizes] == [10, 30] and len(growth) == 1
     assert all(r["export_s"] > 0 and r["listing_s"] > 0 and r["callback_event_ms"] > 0 for r in sizes)
     assert set(growth[0]["growth"]) == {"listing_s", "status_s", "sync_s", "export_s", "callback_event_ms"}
