@@ -42,29 +42,140 @@ def statuses(spec: SweepSpec, tracker: Tracker | None = None) -> dict[str, str]:
     return out
 
 
-def sync(spec: SweepSpec, tracker: Tracker) -> int:
-    """Fill MLflow from local records that it missed. Returns how many trials were synced."""
+def sync(spec: SweepSpec, tracker: Tracker, mend_parent: bool = True) -> int:
+    """Fill MLflow from the local records: trials it missed or whose end it missed, and evaluations it
+    missed (a record is marked ``synced: false`` whenever a call was skipped). Then mend a parent run left
+    RUNNING by a driver that died. Returns how many trials were synced."""
     n = 0
     runs = tracker.trial_runs()
     for key, rec in records.all_records(spec.sweep_dir).items():
         status = rec.get("status")
         run = runs.get(key)
-        if status not in ("FINISHED", "FAILED") or (run is not None and run.info.status == status):
+        if status not in ("FINISHED", "FAILED"):
+            continue
+        same_attempt = run is not None and run.info.status == status
+        if same_attempt and rec.get("synced") is not False:
             continue
         trial = rec.get("trial") or {}
-        tracker.start_trial(key, trial)
+        if not same_attempt:
+            tracker.start_trial(key, trial)  # the RUNNING run of this attempt, or a new one
         if status == "FINISHED":
-            result = rec["result"]
-            logged = {m.step for m in tracker.history(tracker.run_id(key), "dev_score")}
-            for point in result.get("curve", []):
-                if int(point["step"]) not in logged:
-                    tracker.log_eval(key, point)
-            tracker.finish(key, result)
+            tracker.fill_curve(key, rec["result"].get("curve", []), trial)
+            tracker.finish(key, rec["result"], trial)
         else:
-            tracker.fail(key, rec.get("error") or "failed")
+            tracker.fail(key, rec.get("error") or "failed", trial)
         records.update(spec.sweep_dir, key, synced=True)
         n += 1
+    if mend_parent and not driver_alive(spec) and tracker.parent_status() == "RUNNING":
+        close_sweep(spec, tracker, statuses(spec, tracker), quiet=True)
     return n
+
+
+# ---------------------------------------------------------------------- the driver and the parent run
+def _driver_file(spec: SweepSpec) -> Path:
+    return spec.sweep_dir / "driver.json"
+
+
+def driver_alive(spec: SweepSpec) -> bool:
+    """A driver on this host whose process still exists (`sync` must not close a sweep that runs)."""
+    import json
+    import os
+    import socket
+
+    path = _driver_file(spec)
+    if not path.is_file():
+        return False
+    info = json.loads(path.read_text())
+    if info.get("host") != socket.gethostname():
+        return True  # another machine's driver: assume it lives
+    try:
+        os.kill(int(info["pid"]), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def spec_params(spec: SweepSpec) -> dict[str, Any]:
+    """The spec as the parent run's params: axes and training settings, flattened."""
+    data = spec.model_dump(mode="json", exclude={"fault", "output_dir", "tracking_uri", "ray"})
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict) and node:
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        elif node is not None and node != {}:
+            out[prefix.rstrip(".")] = node
+    walk(data, "")
+    return out
+
+
+def close_sweep(spec: SweepSpec, tracker: Tracker, final: dict[str, str], quiet: bool = False) -> list[str]:
+    """Put the sweep's answer on the parent run (analysis and report as artifacts, ρ, counts and each
+    task's best mean as metrics) and end it: FINISHED when every trial finished, else FAILED. Returns
+    the lines of the answer for the console."""
+    import json
+
+    import pandas as pd
+
+    from . import analysis, export
+
+    keys = [t.key for t in spec.trials()]
+    n_finished = sum(final.get(k) == "FINISHED" for k in keys)
+    n_failed = len(keys) - n_finished
+    metrics: dict[str, float] = {"n_finished": n_finished, "n_failed": n_failed}
+    tags: dict[str, Any] = {}
+    artifacts: dict[str, Path] = {}
+    lines: list[str] = []
+    try:
+        trials_path, curves_path = export.export(spec, spec.sweep_dir / "export", tracker)
+        df = pd.read_parquet(trials_path)
+        if (df["status"] == "FINISHED").any():
+            from dashboards.report import build_report
+
+            analysis.analyze_file(trials_path, spec.sweep_dir / "analysis")
+            index = build_report(trials_path, curves_path, spec.sweep_dir / "report")
+            artifacts = {"analysis": spec.sweep_dir / "analysis", "report": index.parent}
+            summary = json.loads((spec.sweep_dir / "analysis" / "summary.json").read_text())
+            for name, value in (("spearman_rho", summary["spearman"]["rho"]),
+                                ("spearman_p_value", summary["spearman"]["p_value"])):
+                if value is not None:
+                    metrics[name] = value
+            table = _main_table(pd.read_csv(spec.sweep_dir / "analysis" / "table.csv"), summary)
+            for task, part in table.groupby("task"):
+                best = part.sort_values(["mean", "method"], ascending=[False, True]).iloc[0]
+                metrics[f"best_mean.{task}"] = float(best["mean"])
+                tags[f"best_method.{task}"] = best["method"]
+            avg = table[table["task"] == "AVG"].sort_values(["mean", "method"], ascending=[False, True])
+            if len(avg):
+                b = avg.iloc[0]
+                std = "" if pd.isna(b["std"]) else f" ± {100 * b['std']:.1f}"
+                lines.append(f"best on average: {b['method']} {100 * b['mean']:.1f}{std} (test score ×100, mean "
+                             f"over tasks of the mean over seeds ± mean per-task std)")
+            lines.append(f"report: {index}")
+    except Exception as exc:  # noqa: BLE001 - the status must still be set; say what is missing
+        lines.append(f"no analysis on the parent run: {type(exc).__name__}: {exc}")
+    lines.append(browse_hint(spec, tracker))
+    if not quiet:  # the answer first: it stands even if the store fails now
+        for line in lines:
+            print(line, flush=True)
+    tracker.end_sweep("FINISHED" if n_failed == 0 else "FAILED", metrics, tags, artifacts)
+    return lines
+
+
+def _main_table(table, summary: dict[str, Any]):
+    """Rows of the analysis' main group (its first sparsity and perturbation mode), as the report shows."""
+    g = summary["group"]
+    rows = table["group_perturbation"] == g["perturbation"]
+    rows &= table["group_sparsity"].isna() if g["sparsity"] is None else table["group_sparsity"] == g["sparsity"]
+    return table[rows]
+
+
+def browse_hint(spec: SweepSpec, tracker: Tracker) -> str:
+    url = tracker.runs_url()
+    if tracker.uri.startswith(("http://", "https://")):
+        return f"browse in MLflow: {url}"
+    return f"browse in MLflow: mlflow ui --backend-store-uri {tracker.uri} --port 5000, then open {url}"
 
 
 def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
@@ -82,7 +193,7 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
         spec.sweep_dir.mkdir(parents=True, exist_ok=True)
         tracker.check()
     (spec.sweep_dir / SPEC_FILE).write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
-    synced = sync(spec, tracker)
+    synced = sync(spec, tracker, mend_parent=False)  # this driver is about to run the sweep
     if synced:
         print(f"synced {synced} trial(s) from local records into MLflow", flush=True)
     status = statuses(spec, tracker)
@@ -97,10 +208,25 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
           f"-> {spec.sweep_dir}", flush=True)
     if not pending:
         print("nothing to run", flush=True)
+        if tracker.parent_status() == "RUNNING":  # left so by a driver that died after the last trial
+            close_sweep(spec, tracker, status)
         return 0
     init_ray(spec)  # only now: a sweep with nothing left to run starts no Ray
-    tracker.client.update_run(tracker.parent_run_id, status="RUNNING")
-    counts = run_trials(spec, pending, restore=not (force or only_failed))
+    tracker.start_sweep(spec_params(spec), spec.sweep_dir / SPEC_FILE)
+    import json
+    import socket
+
+    _driver_file(spec).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    try:
+        counts = run_trials(spec, pending, restore=not (force or only_failed))
+    except BaseException:  # interrupted or crashed: the parent must not stay RUNNING
+        _driver_file(spec).unlink(missing_ok=True)
+        try:
+            tracker.end_sweep("KILLED")
+        except Exception:  # noqa: BLE001 - store down too: `sync` mends it later
+            pass
+        raise
+    _driver_file(spec).unlink(missing_ok=True)
     try:
         final = statuses(spec, tracker)
     except Exception as exc:  # noqa: BLE001 - the store went down during the sweep: the records know
@@ -113,11 +239,11 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
           f"(Tune: {counts})", flush=True)
     if failed:
         print(f"rerun the failed ones with: peft-sweep rerun-failed {spec.sweep_dir}", flush=True)
-    if not left:
-        try:
-            tracker.end_sweep()
-        except Exception:  # noqa: BLE001 - the records hold the outcome; sync will mend it
-            pass
+    try:
+        close_sweep(spec, tracker, final)
+    except Exception as exc:  # noqa: BLE001 - the records hold the outcome; sync will mend it
+        print(f"WARNING: could not close the sweep's parent run ({type(exc).__name__}: {exc}); run "
+              f"`peft-sweep sync {spec.sweep_dir}` when the store is back", file=sys.stderr, flush=True)
     return len(failed)
 
 

@@ -1,5 +1,11 @@
-"""Everything that knows MLflow: one experiment per sweep, a parent run per sweep, one child run per
-trial key (reused on retry, resume and rerun, never duplicated). Only the driver calls this."""
+"""Everything that knows MLflow: one experiment per sweep, a parent run per sweep, one live child run per
+trial key. Only the driver calls this.
+
+Attempts: a trial whose run is still RUNNING (a Tune retry, a resumed driver) keeps logging into that run.
+A key whose run already ended (``--force``, ``rerun-failed``, a rerun after an outage) gets a new run, the
+next attempt; the old run is tagged ``role=superseded`` and nested under the new one, so the live run never
+carries an old attempt's metric history, ``error`` tag or ``error.txt``, and the old attempt stays readable.
+"""
 from __future__ import annotations
 
 import json
@@ -9,12 +15,46 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-ROLE_TRIAL, ROLE_SWEEP = "trial", "sweep"
-COORDS = ("method", "task", "seed", "sparsity", "perturbation", "model")
+ROLE_TRIAL, ROLE_SWEEP, ROLE_SUPERSEDED = "trial", "sweep", "superseded"
+COORDS = ("method", "task", "seed", "sparsity", "perturbation", "model", "variant")
+SERIES = ("dev_score", "train_loss", "lr")  # logged per evaluation, with its step
+RESULT_TAG = "result"  # every scalar result field as JSON: `export` reads a sweep from one paged listing
+# MLflow 3's UI reads this experiment tag to pick its view (enum ExperimentKind in the UI bundle,
+# mlflow/server/js/build/static/js/main.*.js: CUSTOM_MODEL_DEVELOPMENT="custom_model_development")
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+# the tag alone did not make 3.17 open the training view; this fragment does
+RUNS_VIEW = "#/experiments/{id}/runs?workflowType=machine_learning"
+OUTAGE_CODES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "SERVICE_UNDER_MAINTENANCE",
+                "WORKSPACE_TEMPORARILY_UNAVAILABLE"}
+_SPLIT_COMPONENTS = ("accuracy", "f1", "macro_f1", "mcc", "pearson", "spearman")
 
 
 class TrackingError(RuntimeError):
     pass
+
+
+def is_outage(exc: BaseException) -> bool:
+    """True for errors that mean "the store cannot be reached or is failing", never for a bug in our code
+    (a TypeError is a TypeError even while the server is down)."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, OSError):
+        return True
+    try:
+        import requests
+
+        if isinstance(exc, requests.RequestException):
+            return True
+    except ImportError:  # pragma: no cover - mlflow depends on requests
+        pass
+    try:
+        from sqlalchemy.exc import DBAPIError, OperationalError
+
+        if isinstance(exc, (OperationalError, DBAPIError)):
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    return isinstance(exc, MlflowException) and exc.error_code in OUTAGE_CODES
 
 
 def git_commit() -> str:
@@ -25,6 +65,62 @@ def git_commit() -> str:
         return "unknown"
 
 
+def plain(value: Any) -> str:
+    """A param or tag value as a user would type it: 0.005, true, sam (not "0.005", not null)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(value, sort_keys=True)
+
+
+def is_metric(field: str) -> bool:
+    """What a user charts: scores and their parts, losses, costs (time, memory, parameters trained).
+    Counts and identifiers (best_step, eligible_params, split sizes) are tags instead."""
+    return (field.endswith("_score") or field.endswith("_s") or "loss" in field or "mem" in field
+            or any(field == f"{s}_{c}" for s in ("test", "dev", "train") for c in _SPLIT_COMPONENTS)
+            or (field.endswith("_params") and field != "eligible_params"))
+
+
+def metric_name(field: str) -> str:
+    return f"final_{field}" if field in SERIES else field  # the per-step series keeps the plain name
+
+
+def scalar_fields(result: dict[str, Any]) -> dict[str, Any]:
+    """Result fields that fit in a table cell (lists and dicts, e.g. the curve or a mask anatomy, do not)."""
+    return {k: v for k, v in result.items() if v is None or isinstance(v, (str, int, float, bool))}
+
+
+def trial_params(trial: dict[str, Any]) -> dict[str, str]:
+    """The settings a trial really used, defaults filled in: one effective learning rate, the data folder
+    actually read, the method's parameters. No None values (MLflow would show them as the text "null")."""
+    from trainables import TrialConfig
+    from trainables.tasks import resolve_data_dir
+
+    cfg = TrialConfig.model_validate({k: v for k, v in trial.items() if k != "trial_key"})
+    method_params = cfg.params().model_dump(mode="json")
+    out: dict[str, Any] = {c: trial.get(c) for c in COORDS}
+    out["lr"] = method_params.pop("lr", None) or cfg.training.lr
+    out.update({f"training.{k}": v for k, v in cfg.training.model_dump(mode="json").items() if k != "lr"})
+    out.update({f"method.{k}": v for k, v in method_params.items()})
+    out.update({f"data.{k}": v for k, v in cfg.data.model_dump(mode="json").items() if k not in ("dir", "cache_dir")})
+    data_dir = resolve_data_dir(cfg.data.dir)
+    out["data.source"] = str(data_dir) if data_dir is not None else "huggingface-hub"
+    return {k: plain(v) for k, v in out.items() if v is not None}
+
+
+def run_name(trial: dict[str, Any]) -> str:
+    """Every coordinate that can vary in a sweep, e.g. sam-CB-s0-p0.005-k1 (variant replaces the method)."""
+    parts = [str(trial.get("variant") or trial["method"]), str(trial["task"]), f"s{trial['seed']}"]
+    if trial.get("sparsity") is not None:
+        parts.append(f"p{plain(trial['sparsity'])}")
+    if trial.get("perturbation") is not None:
+        parts.append(f"k{trial['perturbation']}")
+    return "-".join(parts)
+
+
 class Tracker:
     def __init__(self, uri: str, sweep: str, sweep_dir: Path):
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -32,11 +128,17 @@ class Tracker:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        # else every run ended on a server prints two "View run/experiment at" lines (and costs a get_run)
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        import logging
+
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial ... tables"
         self.uri, self.sweep, self.sweep_dir = uri, sweep, Path(sweep_dir)
         self._run_ids: dict[str, str] = {}
+        self._trials: dict[str, dict[str, Any]] = {}  # to create a run that an outage kept from starting
 
     def __getstate__(self):  # Tune pickles callbacks with the experiment: no client inside
-        return {"uri": self.uri, "sweep": self.sweep, "sweep_dir": self.sweep_dir, "_run_ids": {}}
+        return {"uri": self.uri, "sweep": self.sweep, "sweep_dir": self.sweep_dir, "_run_ids": {}, "_trials": {}}
 
     @cached_property
     def client(self):
@@ -65,6 +167,8 @@ class Tracker:
         """Fail early, with the URI in the message, if the store cannot be reached."""
         try:
             self.experiment_id
+        except TrackingError:
+            raise
         except Exception as exc:  # noqa: BLE001 - any failure here means "unreachable"
             self.__dict__.pop("experiment_id", None)
             raise TrackingError(f"tracking store {self.uri!r} is unreachable: {type(exc).__name__}: "
@@ -73,11 +177,24 @@ class Tracker:
     @cached_property
     def experiment_id(self) -> str:
         exp = self.client.get_experiment_by_name(self.sweep)
+        if exp is not None and exp.lifecycle_stage == "deleted":
+            raise TrackingError(
+                f"the MLflow experiment {self.sweep!r} (id {exp.experiment_id}) in {self.uri} was deleted; restore it "
+                f"with `mlflow experiments restore --experiment-id {exp.experiment_id}` (MLFLOW_TRACKING_URI="
+                f"{self.uri}), or give the sweep another name (name: ...) to start a new experiment")
         if exp is not None:
+            if exp.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
+                self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
             return exp.experiment_id
         artifacts = (self.sweep_dir / "mlartifacts").resolve().as_uri() if "://" not in self.uri or \
             self.uri.startswith("sqlite") else None
-        return self.client.create_experiment(self.sweep, artifact_location=artifacts)
+        return self.client.create_experiment(self.sweep, artifact_location=artifacts,
+                                             tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
+
+    def runs_url(self) -> str:
+        """Where to browse the runs: the server's URL, or `mlflow ui`'s default one for a SQLite file."""
+        base = self.uri.rstrip("/") if self.uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+        return f"{base}/{RUNS_VIEW.format(id=self.experiment_id)}"
 
     def _search(self, filter_string: str) -> list:
         runs, token = [], None
@@ -89,6 +206,7 @@ class Tracker:
             if not token:
                 return runs
 
+    # ------------------------------------------------------------------ the sweep's parent run
     @cached_property
     def parent_run_id(self) -> str:
         found = self._search(f"tags.role = '{ROLE_SWEEP}'")
@@ -98,62 +216,150 @@ class Tracker:
                                      tags={"role": ROLE_SWEEP, "sweep": self.sweep, "git_commit": git_commit()})
         return run.info.run_id
 
+    def start_sweep(self, params: dict[str, Any], spec_file: Path | None = None) -> None:
+        """Mark the parent RUNNING and give it the spec as params (a param, once logged, cannot change: a
+        changed spec keeps the first values as params; spec.yaml, logged each time, has the current one)."""
+        from mlflow.entities import Param
+
+        run = self.client.get_run(self.parent_run_id)
+        new = [Param(k, plain(v)) for k, v in params.items() if v is not None and k not in run.data.params]
+        for i in range(0, len(new), 100):
+            self.client.log_batch(self.parent_run_id, params=new[i:i + 100])
+        if spec_file is not None:
+            self.client.log_artifact(self.parent_run_id, str(spec_file))
+        self.client.update_run(self.parent_run_id, status="RUNNING")
+
+    def parent_status(self) -> str:
+        return self.client.get_run(self.parent_run_id).info.status
+
+    def end_sweep(self, status: str = "FINISHED", metrics: dict[str, float] | None = None,
+                  tags: dict[str, Any] | None = None, artifacts: dict[str, Path] | None = None) -> None:
+        """The sweep's answer on the parent run: metrics, tags, artifact folders, then its final status."""
+        from mlflow.entities import Metric, RunTag
+
+        run_id = self.parent_run_id
+        ts = _now_ms()
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in (metrics or {}).items()],
+                              tags=[RunTag(k, plain(v)) for k, v in (tags or {}).items()])
+        for path, folder in (artifacts or {}).items():
+            if Path(folder).is_dir():
+                self.client.log_artifacts(run_id, str(folder), path)
+        self.client.set_terminated(run_id, status)
+
+    # ------------------------------------------------------------------ one child run per trial key
     def trial_runs(self) -> dict[str, Any]:
-        """trial_key -> the MLflow run of that key."""
+        """trial_key -> the live MLflow run of that key (one paged listing)."""
         return {r.data.tags["trial_key"]: r for r in self._search(f"tags.role = '{ROLE_TRIAL}'")}
 
     def statuses(self) -> dict[str, str]:
         return {k: r.info.status for k, r in self.trial_runs().items()}
 
+    def _live_run(self, key: str):
+        found = self._search(f"tags.role = '{ROLE_TRIAL}' and tags.trial_key = '{key}'")
+        return found[0] if found else None
+
     def run_id(self, key: str) -> str | None:
         if key not in self._run_ids:
-            found = self._search(f"tags.role = '{ROLE_TRIAL}' and tags.trial_key = '{key}'")
-            if found:
-                self._run_ids[key] = found[0].info.run_id
+            run = self._live_run(key)
+            if run is not None:
+                self._run_ids[key] = run.info.run_id
         return self._run_ids.get(key)
 
     def start_trial(self, key: str, trial: dict[str, Any], device: str = "") -> str:
-        """The child run of this key, created once; a retried or resumed trial gets the same run."""
-        run_id = self.run_id(key)
-        if run_id is None:
-            tags = {"role": ROLE_TRIAL, "trial_key": key, "sweep": self.sweep, "mlflow.parentRunId": self.parent_run_id,
-                    "git_commit": git_commit(), **{c: str(trial.get(c)) for c in COORDS}}
-            name = f"{trial['method']}-{trial['task']}-s{trial['seed']}-{key}"
-            run_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
-            self.client.log_batch(run_id, params=_params(trial))
-            self._run_ids[key] = run_id
+        """The run this attempt logs into: the key's run if it is still RUNNING (a retry or a resumed
+        driver), else a new run, the next attempt, with the ended one nested under it."""
+        from mlflow.entities import Param
+
+        self._trials[key] = trial
+        old = self._live_run(key)
+        if old is not None and old.info.status == "RUNNING":
+            run_id = old.info.run_id
         else:
-            self.client.update_run(run_id, status="RUNNING")
+            attempt = 1
+            if old is not None:  # retag first: a crash in between leaves no key with two live runs
+                attempt = int(old.data.tags.get("attempt", "1")) + 1
+                self.client.set_tag(old.info.run_id, "role", ROLE_SUPERSEDED)
+            tags = {"role": ROLE_TRIAL, "trial_key": key, "sweep": self.sweep, "mlflow.parentRunId": self.parent_run_id,
+                    "git_commit": git_commit(), "attempt": str(attempt),
+                    **{c: plain(trial[c]) for c in COORDS if trial.get(c) is not None}}
+            if old is not None:
+                tags["previous_run_id"] = old.info.run_id
+            run_id = self.client.create_run(self.experiment_id, run_name=run_name(trial), tags=tags).info.run_id
+            self.client.log_batch(run_id, params=[Param(k, v) for k, v in trial_params(trial).items()])
+            if old is not None:
+                self.client.set_tag(old.info.run_id, "mlflow.parentRunId", run_id)
+                self.client.set_tag(old.info.run_id, "superseded_by", run_id)
+        self._run_ids[key] = run_id
         if device:
             self.client.set_tag(run_id, "device", device)
         return run_id
 
-    def log_eval(self, key: str, point: dict[str, float]) -> None:
+    def _ensure(self, key: str, trial: dict[str, Any] | None) -> str:
+        """The key's run; created now if the store was down when the trial started."""
+        run_id = self.run_id(key)
+        if run_id is not None:
+            return run_id
+        trial = trial or self._trials.get(key)
+        if trial is None:
+            raise TrackingError(f"trial {key} has no MLflow run and no config to create one")
+        return self.start_trial(key, trial)
+
+    def log_eval(self, key: str, point: dict[str, float], trial: dict[str, Any] | None = None) -> None:
         from mlflow.entities import Metric
 
         step, ts = int(point["step"]), int(point.get("timestamp", 0) * 1000) or _now_ms()
-        metrics = [Metric(k, float(point[k]), ts, step) for k in ("dev_score", "train_loss", "lr") if k in point]
-        self.client.log_batch(self.run_id(key), metrics=metrics)
+        metrics = [Metric(k, float(point[k]), ts, step) for k in SERIES if point.get(k) is not None]
+        self.client.log_batch(self._ensure(key, trial), metrics=metrics)
 
-    def finish(self, key: str, result: dict[str, Any]) -> None:
-        from mlflow.entities import Metric
+    def fill_curve(self, key: str, curve: list[dict[str, Any]], trial: dict[str, Any] | None = None) -> int:
+        """Log the evaluations MLflow missed (an outage): only the steps it lacks. Returns how many."""
+        run_id = self._ensure(key, trial)
+        logged = {m.step for m in self.history(run_id, "dev_score")}
+        missing = [p for p in curve if int(p["step"]) not in logged]
+        for point in missing:
+            self.log_eval(key, point, trial)
+        return len(missing)
 
-        run_id = self.run_id(key)
+    def finish(self, key: str, result: dict[str, Any], trial: dict[str, Any] | None = None,
+               tags: dict[str, Any] | None = None) -> None:
+        """Final metrics (what a user charts), counts and identifiers as tags, every scalar field in the
+        ``result`` tag, result.json as an artifact. Logging it twice adds no second metric value."""
+        from mlflow.entities import Metric, RunTag
+
+        run_id = self._ensure(key, trial)
+        fields = scalar_fields(result)
+        have = self.client.get_run(run_id).data.metrics
         ts = _now_ms()
-        numeric = {k: float(v) for k, v in result.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in COORDS}
-        self.client.log_batch(run_id, metrics=[Metric(f"final_{k}", v, ts, 0) for k, v in numeric.items()])
+        metrics = [Metric(metric_name(k), float(v), ts, 0) for k, v in fields.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and is_metric(k)
+                   and have.get(metric_name(k)) != float(v)]
+        run_tags = {f"result.{k}": v for k, v in fields.items()
+                    if v is not None and k not in (*COORDS, "trial_key", "status") and not (
+                        isinstance(v, (int, float)) and not isinstance(v, bool) and is_metric(k))}
+        run_tags[RESULT_TAG] = json.dumps(fields, default=str)
+        if fields.get("device"):
+            run_tags["device"] = result.get("device_name") or fields["device"]
+        run_tags.update(tags or {})
+        self.client.log_batch(run_id, metrics=metrics, tags=[RunTag(k, plain(v)[:8000]) for k, v in run_tags.items()])
         self.client.log_dict(run_id, result, "result.json")
         self.client.set_terminated(run_id, "FINISHED")
 
-    def fail(self, key: str, error: str) -> None:
-        run_id = self.run_id(key)
+    def log_model(self, key: str, folder: Path, trial: dict[str, Any] | None = None) -> None:
+        """The trial's fine-tuned model as a delta (``model/delta.safetensors`` + ``model/meta.json``):
+        ``peft-sweep load RUN_ID`` rebuilds it."""
+        self.client.log_artifacts(self._ensure(key, trial), str(folder), "model")
+
+    def fail(self, key: str, error: str, trial: dict[str, Any] | None = None) -> None:
+        run_id = self._ensure(key, trial)
         self.client.set_tag(run_id, "error", error[-4000:])
         self.client.log_text(run_id, error, "error.txt")
         self.client.set_terminated(run_id, "FAILED")
 
     def result(self, run) -> dict[str, Any] | None:
-        """The result.json artifact of a finished run."""
+        """A run's scalar result fields: its ``result`` tag, or (runs logged before the tag existed) its
+        result.json artifact."""
+        if RESULT_TAG in run.data.tags:
+            return json.loads(run.data.tags[RESULT_TAG])
         try:
             import mlflow.artifacts
 
@@ -163,23 +369,6 @@ class Tracker:
 
     def history(self, run_id: str, metric: str) -> list:
         return self.client.get_metric_history(run_id, metric)
-
-    def end_sweep(self, status: str = "FINISHED") -> None:
-        self.client.set_terminated(self.parent_run_id, status)
-
-
-def _params(trial: dict[str, Any], prefix: str = "") -> list:
-    from mlflow.entities import Param
-
-    out = []
-    for k, v in trial.items():
-        if k == "fault":
-            continue
-        if isinstance(v, dict):
-            out.extend(_params(v, f"{prefix}{k}."))
-        else:
-            out.append(Param(f"{prefix}{k}", json.dumps(v) if not isinstance(v, str) else v))
-    return out
 
 
 def _now_ms() -> int:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -19,17 +21,45 @@ import ray
 from ray import tune
 
 from trainables import TrialConfig, run_trial
+from trainables.finetuned import DELTA_DIR
+from trainables.loop import RESULT_FILE
 
 from . import records
+from .masks import keep_mask
 from .spec import ClusterError, SweepSpec
-from .tracking import Tracker
+from .tracking import Tracker, is_outage
 
 DONE_MARKER = "SWEEP_EXPERIMENT_DONE"
+QUIET_LOGGERS = ("ray.train", "ray.tune")  # per-checkpoint "Checkpoint successfully created" and such: INFO only
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the header of a remote traceback even when not on a terminal
+
+
+class _PlainTracebacks(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and not record.exc_text:
+            record.exc_text = ANSI.sub("", logging.Formatter().formatException(record.exc_info))
+        return True
+
+
+def _quiet_ray() -> None:
+    """Keep Ray's warnings and errors (without colour codes), drop its informational lines (in the driver
+    and in each worker)."""
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    controller = logging.getLogger("ray.tune.execution.tune_controller")  # logs "Trial task failed" + traceback
+    if not any(isinstance(f, _PlainTracebacks) for f in controller.filters):
+        controller.addFilter(_PlainTracebacks())
+
+
+_quiet_ray()  # at import too: a worker imports this module (to unpickle the trainable) before it restores
 
 
 def trainable(config: dict[str, Any]) -> None:
     """A Tune function trainable around the Ray-free ``run_trial``; resumes from Tune's checkpoint."""
-    cfg = TrialConfig.model_validate(config["trial"])
+    _quiet_ray()
+    cfg = TrialConfig.model_validate(_trial_config(config["trial"]))
     work = Path(tempfile.mkdtemp(prefix=f"trial-{cfg.key}-"))
     try:
         resume = None
@@ -57,44 +87,58 @@ def trainable(config: dict[str, Any]) -> None:
 def _error_text(trial) -> str:
     path = getattr(trial, "error_file", None)
     if path and os.path.isfile(path):
-        return Path(path).read_text()
-    return str(getattr(trial, "error_msg", None) or "trial failed (no error text from Ray)")
+        return ANSI.sub("", Path(path).read_text())
+    return ANSI.sub("", str(getattr(trial, "error_msg", None) or "trial failed (no error text from Ray)"))
 
 
 class SweepCallback(tune.Callback):
-    """Driver-side writer of records and MLflow, and the console progress line."""
+    """Driver-side writer of records and MLflow, and the console progress line. Cheap per event: the
+    trial key travels in the config, nothing is re-validated."""
+
+    retry_after_s = 30.0  # how long a store that failed is left alone
 
     def __init__(self, spec: SweepSpec):
         self.sweep_dir = spec.sweep_dir
         self.tracker = Tracker(spec.resolved_tracking_uri, spec.name, self.sweep_dir)
         self.warned = False
         self.down_until = 0.0
+        self.started = time.time()
+        self.ended_here = 0  # trials that ended in this driver: the base of the ETA
 
-    def _mlflow(self, key: str, fn, *args) -> None:
+    def _mlflow(self, key: str, fn, *args, **kwargs) -> None:
         """Call MLflow; if the store is down, mark the record unsynced and leave the store alone for a
-        while (every failed call would otherwise stall Tune's event loop through the client's retries)."""
+        while (every failed call would otherwise stall Tune's event loop through the client's retries).
+        Only an outage is taken for one: a bug in our code raises as it would without MLflow."""
         if time.time() < self.down_until:
             records.update(self.sweep_dir, key, synced=False)
             return
         try:
-            fn(*args)
-        except Exception as exc:  # noqa: BLE001 - the store being down must not stop the sweep
-            self.down_until = time.time() + 30
+            fn(*args, **kwargs)
+        except Exception as exc:
             records.update(self.sweep_dir, key, synced=False)
+            if not is_outage(exc):
+                if type(exc).__module__.startswith("mlflow"):  # the store answered "no": say so, go on
+                    print(f"ERROR: MLflow refused a call for trial {key}: {exc}; the local record keeps it, "
+                          f"`peft-sweep sync {self.sweep_dir}` retries", file=sys.stderr, flush=True)
+                    return
+                raise
+            self.down_until = time.time() + self.retry_after_s
             if not self.warned:
                 print(f"WARNING: tracking store unreachable ({type(exc).__name__}: {exc}); trials go on and are "
                       f"kept in {self.sweep_dir / 'records'}; run `peft-sweep sync {self.sweep_dir}` later",
                       file=sys.stderr, flush=True)
                 self.warned = True
 
-    @staticmethod
-    def _progress(trials, what: str, completing=None) -> None:
+    def _progress(self, trials, what: str, completing=None) -> None:
         """Counts come from Tune's own trial states (so they are right after a restore too); a trial
         being completed is still RUNNING when ``on_trial_complete`` is called."""
         status = collections.Counter("TERMINATED" if t is completing else t.status for t in trials)
-        left = status["PENDING"] + status["PAUSED"]
+        queued = status["PENDING"] + status["PAUSED"]
+        elapsed = time.time() - self.started
+        left = queued + status["RUNNING"]
+        eta = f"ETA {_duration(elapsed / self.ended_here * left)}" if self.ended_here and left else "ETA ?"
         print(f"[{time.strftime('%H:%M:%S')}] done {status['TERMINATED']}/{len(trials)} | running {status['RUNNING']} | "
-              f"failed {status['ERROR']} | left {left} | {what}", flush=True)
+              f"failed {status['ERROR']} | queued {queued} | elapsed {_duration(elapsed)} {eta} | {what}", flush=True)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         cfg = trial.config["trial"]
@@ -106,45 +150,76 @@ class SweepCallback(tune.Callback):
         key = _key(trial)
         if result.get("final"):
             return
-        self._mlflow(key, self.tracker.log_eval, key, {**result, "timestamp": time.time()})
-        self._progress(trials, f"{key} {trial.config['trial']['method']}/{trial.config['trial']['task']} "
+        cfg = trial.config["trial"]
+        self._mlflow(key, self.tracker.log_eval, key, {**result, "timestamp": time.time()}, cfg)
+        self._progress(trials, f"{key} {cfg.get('variant') or cfg['method']}/{cfg['task']} "
                        f"step {result.get('step')} dev {result.get('dev_score', float('nan')):.4f}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         key = _key(trial)
         last = trial.last_result or {}
         if "result_json" not in last:  # ended without a final report: treat as an error
-            return self._failed(trials, key, "trial ended without a final result")
+            return self._failed(trials, trial, "trial ended without a final result")
         result = json.loads(last["result_json"])
         records.update(self.sweep_dir, key, status="FINISHED", result=result, error=None)
-        self._mlflow(key, self.tracker.finish, key, result)
-        self._progress(trials, f"{key} {result['method']}/{result['task']} seed {result['seed']} FINISHED "
-                       f"test {result['test_score']:.4f}", completing=trial)
+        node = {"ray_node": last["node_ip"]} if last.get("node_ip") else {}
+        self._mlflow(key, self.tracker.finish, key, result, trial.config["trial"], node)
+        self._keep_final(trial, key)
+        self.ended_here += 1
+        self._progress(trials, f"{key} {result.get('variant') or result['method']}/{result['task']} seed "
+                       f"{result['seed']} FINISHED test {result['test_score']:.4f}", completing=trial)
+
+    def _keep_final(self, trial, key: str) -> None:
+        """The trial's last checkpoint is its final folder (result, mask, model delta): keep the mask beside
+        the records and log the delta to MLflow. Through Tune's checkpoint, so cloud storage works too."""
+        checkpoint = trial.checkpoint
+        if checkpoint is None:
+            return
+        with tempfile.TemporaryDirectory(prefix=f"final-{key}-") as tmp:
+            final = Path(checkpoint.to_directory(tmp))
+            if not (final / RESULT_FILE).is_file():
+                return  # not a final folder (a trial restored from an older checkpoint format)
+            keep_mask(self.sweep_dir, key, final)
+            if (final / DELTA_DIR).is_dir():
+                self._mlflow(key, self.tracker.log_model, key, final / DELTA_DIR, trial.config["trial"])
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        key = _key(trial)
-        self._progress(trials, f"{key} failed, retrying from its last checkpoint")
+        self._progress(trials, f"{_key(trial)} failed, retrying from its last checkpoint")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._failed(trials, _key(trial), _error_text(trial))
+        self._failed(trials, trial, _error_text(trial))
 
-    def _failed(self, trials, key: str, error: str) -> None:
+    def _failed(self, trials, trial, error: str) -> None:
+        key = _key(trial)
         records.update(self.sweep_dir, key, status="FAILED", error=error)
-        self._mlflow(key, self.tracker.fail, key, error)
+        self._mlflow(key, self.tracker.fail, key, error, trial.config["trial"])
+        self.ended_here += 1
         self._progress(trials, f"{key} FAILED: {error.strip().splitlines()[-1] if error.strip() else error}")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
+        f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def init_ray(spec: SweepSpec) -> None:
     # checkpoints at every evaluation are the point; Tune's warning about frequent snapshots is noise here
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune's newer console output prints a config table and a TensorBoard hint even at verbose=0; the
+    # older one is silent at 0 and leaves the console to our progress lines
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # "(trainable pid=...)" prefixes without colour codes
+    _quiet_ray()
     if ray.is_initialized():  # a Ray this process started itself (benchmarks, tests): check what it has
         return _check_cluster_resources(spec, "the Ray this process started")
     address = spec.ray.address or os.environ.get("RAY_ADDRESS")
     try:
         if address:
-            ray.init(address=address, log_to_driver=True)
+            ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
         else:
-            ray.init(num_cpus=spec.ray.num_cpus, num_gpus=spec.ray.num_gpus, include_dashboard=False)
+            ray.init(num_cpus=spec.ray.num_cpus, num_gpus=spec.ray.num_gpus, include_dashboard=False,
+                     logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise ClusterError(f"cannot reach the Ray cluster at {address!r}: {exc}") from None
     if address:
@@ -193,7 +268,7 @@ def run_trials(spec: SweepSpec, trials: list[TrialConfig], restore: bool) -> dic
     callback = SweepCallback(spec)
     tuner = tune.Tuner(
         wrapped,
-        param_space={"trial": tune.grid_search([t.model_dump(mode="json") for t in trials])},
+        param_space={"trial": tune.grid_search([{**t.model_dump(mode="json"), "trial_key": t.key} for t in trials])},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=spec.resources.max_concurrent,
             trial_name_creator=lambda t: _trial_name(t.config["trial"]),
@@ -212,12 +287,21 @@ def run_trials(spec: SweepSpec, trials: list[TrialConfig], restore: bool) -> dic
     return results
 
 
+def _trial_config(trial: dict[str, Any]) -> dict[str, Any]:
+    """The TrialConfig fields of a Tune config (the key rides along so callbacks need not rehash)."""
+    return {k: v for k, v in trial.items() if k != "trial_key"}
+
+
+def _key_of(trial: dict[str, Any]) -> str:
+    return trial.get("trial_key") or TrialConfig.model_validate(_trial_config(trial)).key  # older experiments
+
+
 def _key(trial) -> str:
-    return TrialConfig.model_validate(trial.config["trial"]).key
+    return _key_of(trial.config["trial"])
 
 
 def _trial_name(trial: dict[str, Any]) -> str:
-    return f"{trial['method']}-{trial['task']}-s{trial['seed']}-{TrialConfig.model_validate(trial).key}"
+    return f"{trial['method']}-{trial['task']}-s{trial['seed']}-{_key_of(trial)}"
 
 
 def _count(grid, results: dict[str, int]) -> None:

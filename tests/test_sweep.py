@@ -17,7 +17,14 @@ def test_sweep_lifecycle(tmp_path, tiny_model, data_dir):
     sweep_dir = tmp_path / "runs" / "t"
     first = cli("run", str(spec), check_rc=1)
     assert "3/4 FINISHED, 1 FAILED" in first.stdout
+    console = first.stdout + first.stderr  # our progress lines and errors, not Ray's informational noise
+    for noise in ("Checkpoint successfully created", "TensorBoard", "deduplicates logs", "\x1b[",
+                  "Creating initial MLflow database tables", "Started a local Ray instance"):
+        assert noise not in console, noise
+    assert "elapsed" in console and "queued" in console
     tr = tracker(sweep_dir)
+    parent = tr.client.get_run(tr.parent_run_id)
+    assert parent.info.status == "FAILED" and parent.data.metrics["n_failed"] == 1  # ended with a failure
     runs = tr.trial_runs()
     assert len(runs) == 4 and len(tr._search("tags.role = 'sweep'")) == 1
     statuses = {k: r.info.status for k, r in runs.items()}
@@ -34,10 +41,26 @@ def test_sweep_lifecycle(tmp_path, tiny_model, data_dir):
     cli("rerun-failed", str(sweep_dir), check_rc=0)
     after = tracker(sweep_dir).trial_runs()
     assert {k: r.info.status for k, r in after.items()} == dict.fromkeys(statuses, "FINISHED")
-    assert {k: r.info.run_id for k, r in after.items()} == {k: v[0] for k, v in before.items()}  # same runs
     for k in statuses:
         if k not in failed:  # the others were not touched
-            assert after[k].info.end_time == before[k][1]
+            assert (after[k].info.run_id, after[k].info.end_time) == before[k]
+    # the rerun is attempt 2, a new run: no error of attempt 1 on it; attempt 1 is nested under it
+    live = after[failed[0]]
+    assert live.info.run_id != before[failed[0]][0] and live.data.tags["attempt"] == "2"
+    assert "error" not in live.data.tags
+    assert "error.txt" not in [a.path for a in tr.client.list_artifacts(live.info.run_id)]
+    old = tr.client.get_run(before[failed[0]][0])
+    assert old.data.tags["role"] == "superseded" and old.data.tags["mlflow.parentRunId"] == live.info.run_id
+    assert "injected fault" in old.data.tags["error"]
+
+    parent = tr.client.get_run(tr.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["n_finished"] == 4
+    answer = first.stdout.splitlines()  # the three-line answer at the end of the first run
+    best = [line for line in answer if line.startswith("best on average: ")]
+    assert len(best) == 1 and " ± " in best[0]
+    assert any(line == f"report: {sweep_dir / 'report' / 'index.html'}" for line in answer)
+    assert any(line.startswith("browse in MLflow: mlflow ui --backend-store-uri sqlite:///") and line.endswith(
+        f"#/experiments/{tr.experiment_id}/runs?workflowType=machine_learning") for line in answer)
 
     again = cli("run", str(spec), check_rc=0)
     assert "nothing to run" in again.stdout and "4 already FINISHED" in again.stdout

@@ -1,0 +1,196 @@
+"""The tracking layer against a real MLflow on SQLite, without Ray: what a run looks like, attempts that
+never mix, sync of missed evaluations, the parent run's answer, export from the store and the records."""
+import json
+
+import pandas as pd
+import pytest
+
+from orchestrator import export, records, sweep
+from orchestrator.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING, Tracker, TrackingError
+from tests.tracking_fixtures import fake_result, make_spec, record_finished, trial_dict
+
+
+def _steps(tr, run_id, metric="dev_score"):
+    return sorted(m.step for m in tr.history(run_id, metric))
+
+
+def _sam(spec):
+    return next(t for t in spec.trials() if t.method == "sam")
+
+
+def test_run_name_params_metrics_and_experiment_kind(tmp_path, data_dir, monkeypatch):
+    monkeypatch.setenv("PEFT_SWEEP_DATA_DIR", str(data_dir))
+    spec = make_spec(tmp_path)  # data.dir unset: the folder comes from the environment
+    tr = sweep.tracker_for(spec)
+    cfg = _sam(spec)
+    run_id = tr.start_trial(cfg.key, trial_dict(cfg))
+    tr.finish(cfg.key, fake_result(cfg))
+    run = tr.client.get_run(run_id)
+    assert run.info.run_name == f"sam-{cfg.task}-s{cfg.seed}-p0.005"
+    params = run.data.params
+    assert params["lr"] == "0.01" and "training.lr" not in params and "method.lr" not in params  # one lr
+    assert params["method.burnin"] != "" and params["sparsity"] == "0.005"  # defaults filled, plain values
+    assert params["data.source"] == str(data_dir.resolve())
+    assert "null" not in params.values() and "perturbation" not in params
+    metrics = set(run.data.metrics)
+    assert {"test_score", "final_dev_score", "test_accuracy", "majority_test_score", "wall_s", "train_s",
+            "changed_params"} <= metrics
+    assert not metrics & {"best_step", "eligible_params", "n_train", "steps", "final_best_step"}
+    assert run.data.tags["result.best_step"] == "9" and run.data.tags["result.n_train"] == "200"
+    assert run.data.tags["device"] == "cpu"
+    assert tr.client.get_experiment(tr.experiment_id).tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING
+    assert tr.runs_url().endswith(f"#/experiments/{tr.experiment_id}/runs?workflowType=machine_learning")
+
+
+def test_rerun_of_failed_and_forced_keys_is_a_new_clean_attempt(tmp_path, data_dir):
+    spec = make_spec(tmp_path, data_dir)
+    tr = sweep.tracker_for(spec)
+    cfg = _sam(spec)
+    first = tr.start_trial(cfg.key, trial_dict(cfg))
+    for step in (3, 6):
+        tr.log_eval(cfg.key, {"step": step, "dev_score": 0.1, "train_loss": 1.0, "lr": 1e-3})
+    tr.fail(cfg.key, "Traceback ...\nRuntimeError: boom")
+
+    tr = sweep.tracker_for(spec)  # rerun-failed: a new driver
+    second = tr.start_trial(cfg.key, trial_dict(cfg))
+    for step in (3, 6, 9):
+        tr.log_eval(cfg.key, {"step": step, "dev_score": 0.5, "train_loss": 0.5, "lr": 1e-3})
+    tr.finish(cfg.key, fake_result(cfg))
+    live = tr.trial_runs()[cfg.key]
+    assert live.info.run_id == second != first and live.info.status == "FINISHED"
+    assert "error" not in live.data.tags and live.data.tags["attempt"] == "2"
+    assert "error.txt" not in [a.path for a in tr.client.list_artifacts(second)]
+    assert _steps(tr, second) == [3, 6, 9]  # one value per step
+    old = tr.client.get_run(first)
+    assert old.data.tags["role"] == "superseded" and old.data.tags["mlflow.parentRunId"] == second
+    assert old.data.tags["superseded_by"] == second and "boom" in old.data.tags["error"]
+
+    tr = sweep.tracker_for(spec)  # --force: the finished key runs again
+    third = tr.start_trial(cfg.key, trial_dict(cfg))
+    for step in (3, 6, 9):
+        tr.log_eval(cfg.key, {"step": step, "dev_score": 0.6, "train_loss": 0.4, "lr": 1e-3})
+    tr.finish(cfg.key, fake_result(cfg, score=0.7))
+    tr.finish(cfg.key, fake_result(cfg, score=0.7))  # e.g. a sync after a finish that half-failed
+    assert third not in (first, second) and _steps(tr, third) == [3, 6, 9]
+    assert [m.value for m in tr.history(third, "test_score")] == [0.7]
+    assert len(tr._search("tags.role = 'trial'")) == 1 and tr.run_id(cfg.key) == third
+
+
+def test_a_retry_in_the_same_attempt_keeps_its_run(tmp_path, data_dir):
+    spec = make_spec(tmp_path, data_dir)
+    tr = sweep.tracker_for(spec)
+    cfg = _sam(spec)
+    run_id = tr.start_trial(cfg.key, trial_dict(cfg))
+    assert sweep.tracker_for(spec).start_trial(cfg.key, trial_dict(cfg)) == run_id  # still RUNNING: same run
+
+
+def test_sync_fills_evaluations_missed_during_an_outage(tmp_path, data_dir):
+    spec = make_spec(tmp_path, data_dir)
+    tr = sweep.tracker_for(spec)
+    cfg = _sam(spec)
+    result = fake_result(cfg)
+    tr.start_trial(cfg.key, trial_dict(cfg))
+    tr.log_eval(cfg.key, result["curve"][0])  # steps 6 and 9 were lost while the store was down
+    tr.finish(cfg.key, result)
+    record_finished(spec, cfg, result, synced=False)
+    assert sweep.sync(spec, sweep.tracker_for(spec)) == 1
+    tr = sweep.tracker_for(spec)
+    assert _steps(tr, tr.run_id(cfg.key)) == [3, 6, 9]
+    assert [m.value for m in tr.history(tr.run_id(cfg.key), "test_score")] == [result["test_score"]]
+    assert records.read(spec.sweep_dir, cfg.key)["synced"] is True
+    assert sweep.sync(spec, tr) == 0
+
+
+def _finish_all(spec, fail: int = 0):
+    tr = sweep.tracker_for(spec)
+    for i, cfg in enumerate(spec.trials()):
+        tr.start_trial(cfg.key, trial_dict(cfg))
+        if i < fail:
+            tr.fail(cfg.key, "RuntimeError: boom")
+            records.update(spec.sweep_dir, cfg.key, status="FAILED", trial=trial_dict(cfg), error="boom")
+        else:
+            result = fake_result(cfg)
+            tr.finish(cfg.key, result)
+            record_finished(spec, cfg, result)
+    return tr
+
+
+@pytest.mark.parametrize("fail", [0, 1])
+def test_sync_closes_a_parent_left_running_with_the_analysis(tmp_path, data_dir, fail):
+    spec = make_spec(tmp_path, data_dir)
+    tr = _finish_all(spec, fail)
+    tr.start_sweep(sweep.spec_params(spec))  # a driver that died: the parent says RUNNING
+    assert tr.parent_status() == "RUNNING"
+    sweep.sync(spec, tr)
+    parent = tr.client.get_run(tr.parent_run_id)
+    assert parent.info.status == ("FAILED" if fail else "FINISHED")
+    assert parent.data.params["grid.methods"] == '["sam", "bitfit"]' and parent.data.params["training.max_steps"] == "9"
+    m = parent.data.metrics
+    assert m["n_finished"] == len(spec.trials()) - fail and m["n_failed"] == fail
+    assert {"spearman_rho", "spearman_p_value", "best_mean.CB", "best_mean.RTE"} <= set(m)
+    assert parent.data.tags["best_method.CB"] in ("sam", "bitfit")
+    arts = {a.path for folder in ("analysis", "report") for a in tr.client.list_artifacts(tr.parent_run_id, folder)}
+    assert {"analysis/table.csv", "analysis/summary.json", "report/index.html", "report/ranks.png"} <= arts
+    summary = json.loads((spec.sweep_dir / "analysis" / "summary.json").read_text())
+    assert m["spearman_rho"] == pytest.approx(summary["spearman"]["rho"])
+
+
+def test_parent_of_a_live_driver_is_left_alone(tmp_path, data_dir):
+    import os
+    import socket
+
+    spec = make_spec(tmp_path, data_dir)
+    tr = _finish_all(spec)
+    tr.start_sweep({})
+    (spec.sweep_dir / "driver.json").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    sweep.sync(spec, tr)
+    assert tr.parent_status() == "RUNNING"
+
+
+def test_deleted_experiment_says_how_to_restore(tmp_path, data_dir):
+    spec = make_spec(tmp_path, data_dir)
+    tr = sweep.tracker_for(spec)
+    tr.client.delete_experiment(tr.experiment_id)
+    with pytest.raises(TrackingError, match=r"was deleted; restore it with `mlflow experiments restore "
+                                            rf"--experiment-id {tr.experiment_id}`.*another name"):
+        sweep.tracker_for(spec).check()
+
+
+def test_export_joins_store_and_records_and_keeps_every_scalar_field(tmp_path, data_dir):
+    spec = make_spec(tmp_path, data_dir)
+    tr = sweep.tracker_for(spec)
+    in_store, only_local, failed = spec.trials()[:3]
+    result = fake_result(in_store, variant="sam-global", head_params=1538, changed_outside_mask=0,
+                         mask_anatomy=[{"layer": 0, "kind": "query", "count": 3}])
+    tr.start_trial(in_store.key, trial_dict(in_store))
+    tr.finish(in_store.key, result)
+    record_finished(spec, in_store, result)
+    record_finished(spec, only_local, fake_result(only_local), synced=False)  # the store was down
+    tr.start_trial(failed.key, trial_dict(failed))
+    tr.log_eval(failed.key, {"step": 3, "dev_score": 0.2, "train_loss": 2.0, "lr": 1e-3})
+    tr.fail(failed.key, "RuntimeError: boom")
+
+    trials_path, curves_path = export.export(spec, tmp_path / "out")
+    df = pd.read_parquet(trials_path).set_index("trial_key")
+    assert df.loc[in_store.key, "source"] == "mlflow" and df.loc[only_local.key, "source"] == "records"
+    assert df.loc[in_store.key, "method"] == "sam-global" and df.loc[in_store.key, "base_method"] == "sam"
+    assert df.loc[only_local.key, "method"] == only_local.method
+    assert df.loc[in_store.key, "head_params"] == 1538 and "mask_anatomy" not in df.columns
+    for field in ("majority_test_score", "majority_dev_score", "device", "added_params", "resumed_from_step",
+                  "n_train", "n_dev", "n_test", "setup_s", "train_s", "eval_s", "checkpoint_s"):
+        assert field in df.columns, field
+    assert df.loc[only_local.key, "majority_test_score"] == 0.45 and df.loc[in_store.key, "n_train"] == 200
+    assert df.loc[failed.key, "status"] == "FAILED" and "boom" in df.loc[failed.key, "error"]
+    curves = pd.read_parquet(curves_path)
+    assert curves.groupby("trial_key")["step"].apply(list).to_dict() == {
+        in_store.key: [3, 6, 9], only_local.key: [3, 6, 9], failed.key: [3]}
+
+
+def test_programming_error_in_tracking_is_not_an_outage():
+    from orchestrator.tracking import is_outage
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    assert is_outage(ConnectionError("refused")) and is_outage(MlflowException("API request failed"))
+    assert not is_outage(TypeError("bad argument")) and not is_outage(KeyError("trial_key"))
+    assert not is_outage(MlflowException("bad param", error_code=INVALID_PARAMETER_VALUE))
