@@ -214,6 +214,32 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _cmd_load(args) -> int:
+    """A finished trial's model (base + its delta) as a ready folder: from an MLflow run or a local folder."""
+    import re
+    import tempfile
+
+    from trainables import load_finetuned, save_finetuned
+
+    from .spec import SpecError
+
+    out = _out_dir(args.out, "--out")
+    with tempfile.TemporaryDirectory(prefix="peft-sweep-load-") as tmp:
+        source = Path(args.source)
+        if not source.exists():
+            if not re.fullmatch(r"[0-9a-f]{32}", args.source):
+                raise SpecError(f"load {args.source!r}: neither a folder nor an MLflow run id (32 hex characters)")
+            if not args.tracking_uri:
+                raise SpecError("load RUN_ID needs --tracking-uri (e.g. sqlite:///runs/NAME/mlflow.db or "
+                                "http://MLFLOW:5000)")
+            from .tracking import download_model
+
+            source = download_model(args.tracking_uri, args.source, Path(tmp))
+        net, tokenizer, meta = load_finetuned(source, model=args.model)
+        print(save_finetuned(net, tokenizer, meta, out))
+    return 0
+
+
 def _out_dir(path: str, flag: str) -> Path:
     from .preflight import check_writable_dir
 
@@ -293,6 +319,14 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "export":
             s.add_argument("--out", help="folder for the Parquet files (default SWEEP_DIR/export)")
         s.set_defaults(fn=fn)
+
+    s = sub.add_parser("load", help="rebuild a finished trial's fine-tuned model (base + delta) into a folder")
+    s.add_argument("source", help="an MLflow run id of a finished trial, or a folder holding its model/ delta")
+    s.add_argument("--tracking-uri", help="where the run is (with RUN_ID), e.g. sqlite:///runs/NAME/mlflow.db")
+    s.add_argument("--out", required=True, help="folder for the model, its tokenizer and finetuned.json")
+    s.add_argument("--model", help="where to find the base model, if not where it was trained from "
+                   "(checked by hash)")
+    s.set_defaults(fn=_cmd_load)
 
     s = sub.add_parser("analyze", help="mean/std, ranks, Spearman rho from a trials Parquet file")
     s.add_argument("--trials", required=True)

@@ -371,6 +371,22 @@ class Tracker:
         return self.client.get_metric_history(run_id, metric)
 
 
+def download_model(uri: str, run_id: str, dst: Path) -> Path:
+    """A trial run's ``model/`` artifact (its delta) into ``dst``; a clear error when the run has none."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        client.get_run(run_id)
+    except MlflowException as exc:
+        raise TrackingError(f"no MLflow run {run_id!r} at {uri} ({str(exc).splitlines()[0][:120]})") from None
+    if not any(f.path == "model" for f in client.list_artifacts(run_id)):
+        raise TrackingError(f"run {run_id} has no model/ artifact: it is not a finished trial of this tool "
+                            "(the parent run, a failed trial, or logged before model deltas existed)")
+    return Path(client.download_artifacts(run_id, "model", str(dst)))
+
+
 def _now_ms() -> int:
     import time
 

@@ -99,3 +99,26 @@ def test_masked_adamw_keeps_indices_past_float32_precision():
     again = MaskedAdamW([("w", p, torch.empty(0, dtype=torch.long))], lr=0.1)
     again.load_state_dict(opt.state_dict())
     assert again.state[p]["index"].tolist() == idx.tolist()
+
+
+def test_peft_sweep_load_rebuilds_a_run_from_mlflow(tiny_trial, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.cli import main
+    from trainables import load_finetuned
+
+    tr = Trainer(tiny_trial("sam", method_params=METHOD_CASES["sam"], training={"max_steps": 4}),
+                 checkpoint_dir=str(tmp_path / "trial"))
+    tr.run()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    run = client.create_run(client.create_experiment("load-test", artifact_location=str(tmp_path / "art")))
+    client.log_artifacts(run.info.run_id, str(tmp_path / "trial" / FINAL_DIR / "model"), "model")
+    assert main(["load", run.info.run_id, "--tracking-uri", uri, "--out", str(tmp_path / "out")]) == 0
+    net, _, meta = load_finetuned(tmp_path / "out")
+    test = tr.splits.test
+    batch = collate(test, list(range(len(test))), tr.pad_id, torch.device("cpu"))
+    with torch.inference_mode():
+        assert torch.equal(net(batch), tr.model.eval()(batch))
+    assert meta["method"] == "sam"
+    assert main(["load", "0" * 32, "--tracking-uri", uri, "--out", str(tmp_path / "x")]) == 2
