@@ -79,9 +79,10 @@ def _cmd_train_one(args) -> int:
     return 0
 
 
-def _load(args):
-    """The spec, checked against everything it names (paths, resources, model, data, store, cluster) without
-    starting or writing anything: what `validate` reports is what `run` would meet."""
+def _load(args, check_world: bool):
+    """The spec; with ``check_world``, also checked against everything it names (paths, resources, model,
+    data, store, cluster) without starting or writing anything: the checks `sweep.run` makes before it writes,
+    so what `validate` reports is what `run` would meet."""
     import os
 
     from . import sweep
@@ -90,9 +91,10 @@ def _load(args):
 
     spec = load_spec(args.config, args.set)
     check_size(spec, args.yes)
-    preflight(spec)
-    sweep.tracker_for(spec).check_reachable()
-    check_ray_address(spec.ray.address or os.environ.get("RAY_ADDRESS"))
+    if check_world:
+        preflight(spec)
+        sweep.tracker_for(spec).check_reachable()
+        check_ray_address(spec.ray.address or os.environ.get("RAY_ADDRESS"))
     return spec
 
 
@@ -128,7 +130,7 @@ def _load_sweep(path: str):
 
 
 def _cmd_validate(args) -> int:
-    spec = _load(args)
+    spec = _load(args, check_world=True)
     print(f"{args.config}: valid; {len(spec.trials())} trials -> {spec.sweep_dir}")
     return 0
 
@@ -136,7 +138,7 @@ def _cmd_validate(args) -> int:
 def _cmd_run(args) -> int:
     from . import sweep
 
-    spec = _load(args)
+    spec = _load(args, check_world=False)  # sweep.run makes the same checks before it writes anything
     failed = sweep.run(spec, force=args.force)
     return 1 if failed else 0
 
