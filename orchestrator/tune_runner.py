@@ -137,8 +137,9 @@ class SweepCallback(tune.Callback):
         elapsed = time.time() - self.started
         left = queued + status["RUNNING"]
         eta = f"ETA {_duration(elapsed / self.ended_here * left)}" if self.ended_here and left else "ETA ?"
-        print(f"[{time.strftime('%H:%M:%S')}] done {status['TERMINATED']}/{len(trials)} | running {status['RUNNING']} | "
-              f"failed {status['ERROR']} | queued {queued} | elapsed {_duration(elapsed)} {eta} | {what}", flush=True)
+        print(f"[{time.strftime('%H:%M:%S')}] done {status['TERMINATED']}/{len(trials)} | running "
+              f"{status['RUNNING']} | failed {status['ERROR']} | queued {queued} | elapsed {_duration(elapsed)} {eta} "
+              f"| {what}", flush=True)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         cfg = trial.config["trial"]

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from orchestrator import export, records, sweep
-from orchestrator.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING, Tracker, TrackingError
+from orchestrator.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING, TrackingError
 from tests.tracking_fixtures import fake_result, make_spec, record_finished, trial_dict
 
 
