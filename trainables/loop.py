@@ -48,6 +48,11 @@ def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def device_name(device: torch.device) -> str:
+    """The GPU's name (what a cost comparison needs), or "cpu"."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
 class Trainer:
     def __init__(self, cfg: TrialConfig, report: Report | None = None, checkpoint_dir: str | None = None,
                  resume_dir: str | None = None):
@@ -379,7 +384,10 @@ class Trainer:
                     "changed_params": changed + added, "added_params": added,
                     "head_params": sum(p.numel() for p in head_parameters(self.model).values()),
                     "changed_outside_mask": outside if self.method.mask is not None else None,
-                    "device": str(self.device), "n_train": len(self.splits.train),
+                    "device": str(self.device), "device_name": device_name(self.device),
+                    "peak_gpu_mem_mb": (torch.cuda.max_memory_allocated(self.device) / 2**20
+                                        if self.device.type == "cuda" else None),
+                    "n_train": len(self.splits.train),
                     "n_dev": len(self.splits.dev), "n_test": len(self.splits.test),
                     "projections": [p.as_dict() for p in self.method.projections], "curve": self.curve})
         out["wall_s"] = time.perf_counter() - self.t_start
