@@ -49,6 +49,7 @@ def _cmd_tasks(args) -> int:
 
 def _cmd_train_one(args) -> int:
     from trainables import TrialConfig, run_trial
+    from trainables.loop import EvalPoint
     from trainables.tasks import canonical_task
     from .preflight import check_cache, check_data, check_model, check_writable_dir
     from .spec import SpecError, _first_error, apply_overrides
@@ -69,10 +70,10 @@ def _cmd_train_one(args) -> int:
     check_model(cfg.model, cfg.training.max_seq_length)
     check_data(cfg.data, [cfg.task])
 
-    def report(metrics, path):
-        if not metrics.get("done"):
-            print(f"step {metrics['step']:>6}  dev {metrics['dev_score']:.4f}  train_loss {metrics['train_loss']:.4f}"
-                  f"  best {metrics['best_dev_score']:.4f}", file=sys.stderr, flush=True)
+    def report(event):
+        if isinstance(event, EvalPoint):
+            print(f"step {event.step:>6}  dev {event.dev_score:.4f}  train_loss {event.train_loss:.4f}"
+                  f"  best {event.best_dev_score:.4f}", file=sys.stderr, flush=True)
 
     result = run_trial(cfg, report, checkpoint_dir=args.checkpoint_dir)
     print(json.dumps(result))

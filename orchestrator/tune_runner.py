@@ -22,7 +22,7 @@ from ray import tune
 
 from trainables import TrialConfig, run_trial
 from trainables.finetuned import DELTA_DIR
-from trainables.loop import RESULT_FILE
+from trainables.loop import RESULT_FILE, EvalPoint, TrialEnd
 
 from . import records
 from .masks import keep_mask
@@ -67,12 +67,14 @@ def trainable(config: dict[str, Any]) -> None:
         if checkpoint is not None:
             resume = checkpoint.to_directory(str(work / "resume"))
 
-        def report(metrics: dict[str, Any], path: str | None) -> None:
-            final = bool(metrics.pop("done"))
-            flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) or v is None}
-            flat["final"] = final
-            if final:
-                flat["result_json"] = json.dumps(metrics, default=str)
+        def report(event: EvalPoint | TrialEnd) -> None:
+            # Tune's results are flat scalars: the whole result crosses as one JSON string, once, at the end
+            if isinstance(event, TrialEnd):
+                scalars = {k: v for k, v in event.result.items() if isinstance(v, (int, float, str)) or v is None}
+                flat = {**scalars, "final": True, "result_json": json.dumps(event.result, default=str)}
+                path = event.final_dir
+            else:
+                flat, path = {**event.metrics(), "final": False}, event.checkpoint
             if path:
                 tune.report(flat, checkpoint=tune.Checkpoint.from_directory(path))
                 shutil.rmtree(path, ignore_errors=True)  # Tune has its copy now

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.cases import METHOD_CASES
 from trainables.loop import Trainer
 from trainables.masking import backbone_parameters, budget
 from trainables.methods.diffprune import _gates
@@ -167,28 +168,24 @@ def test_copa_asks_jiants_questions(data_dir, tmp_path):
     assert any("what happened as a result?" in t for t in texts)
 
 
-CASES = {  # method -> settings that make a 12-step trial on the tiny model exercise it
-    "full": {}, "random": {}, "mixout": {}, "bitfit": {}, "magprune": {"scope": "per_tensor"}, "adapter": {},
-    "lora": {}, "diffprune": {"burnin": 4, "reproject_every": 4}, "childprune": {"reselect_every": 4,
-                                                                              "fisher_batches": 2},
-    "sam": {"burnin": 2},
-}
-
-
-@pytest.mark.parametrize("method", sorted(CASES))
+@pytest.mark.parametrize("method", sorted(METHOD_CASES))
 def test_mask_anatomy_sums_to_the_budget_and_the_mask_is_saved(method, tiny_trial, tmp_path):
     from trainables import run_trial
     from trainables.anatomy import KINDS, MASK_FILE, load_mask
     from trainables.loop import FINAL_DIR, RESULT_FILE
 
-    reports = []
-    r = run_trial(tiny_trial(method, method_params=CASES[method], training={"max_steps": 8}),
-                  lambda m, path: reports.append((m, path)), checkpoint_dir=str(tmp_path))
+    from trainables.loop import EvalPoint, TrialEnd
+
+    events = []
+    r = run_trial(tiny_trial(method, method_params=METHOD_CASES[method], training={"max_steps": 8}), events.append,
+                  checkpoint_dir=str(tmp_path))
+    assert all(isinstance(e, EvalPoint) for e in events[:-1]) and isinstance(events[-1], TrialEnd)
+    assert events[-1].result == r
     rows = r["mask_anatomy"]
     assert sum(row["count"] for row in rows) == r["trainable_params"] > 0
     assert all(row["kind"] in KINDS and row["kind"] != "other" for row in rows), rows
     final = tmp_path / FINAL_DIR
-    assert reports[-1][1] == str(final) and (final / RESULT_FILE).is_file()
+    assert events[-1].final_dir == str(final) and (final / RESULT_FILE).is_file()
     if r["changed_outside_mask"] is None:  # dense methods have no mask to store
         assert method in ("full", "mixout", "bitfit", "adapter", "lora") and not (final / MASK_FILE).exists()
         return
@@ -196,7 +193,7 @@ def test_mask_anatomy_sums_to_the_budget_and_the_mask_is_saved(method, tiny_tria
     mask = load_mask(final / MASK_FILE)
     assert sum(t.numel() for t in mask.values()) == r["trainable_params"]
     # a trial restarted after it finished reports the stored result instead of training again
-    again = run_trial(tiny_trial(method, method_params=CASES[method], training={"max_steps": 8}),
+    again = run_trial(tiny_trial(method, method_params=METHOD_CASES[method], training={"max_steps": 8}),
                       resume_dir=str(final))
     assert again == json.loads((final / RESULT_FILE).read_text())
 

@@ -1,8 +1,8 @@
 """The one training loop every method shares: setup → train → result, runnable with or without Ray.
 
-``Trainer(cfg, report, checkpoint_dir, resume_dir).run()`` trains one trial. ``report(metrics, path)``
-is called at every evaluation (``path`` is a checkpoint folder when one was written) and once at the
-end with ``done=True``. Errors: ``DataError`` / ``ModelError`` / ``ValueError`` for bad input, before
+``Trainer(cfg, report, checkpoint_dir, resume_dir).run()`` trains one trial. ``report(event)`` gets an
+:class:`EvalPoint` at every evaluation (with the checkpoint folder when one was written) and one
+:class:`TrialEnd` with the result (and the final folder: result, mask, model delta). Errors: ``DataError`` / ``ModelError`` / ``ValueError`` for bad input, before
 any training step.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,7 +35,31 @@ from .models import TaskModel, load_pretrained, load_tokenizer, resolve_model
 from .schedule import epoch_batches, lr_at
 from .tasks import get_task
 
-Report = Callable[[dict[str, Any], str | None], None]
+
+
+@dataclass(frozen=True)
+class EvalPoint:
+    """One evaluation: what a curve plots, and the checkpoint written there (whoever keeps it may delete it)."""
+    step: int
+    dev_score: float
+    train_loss: float
+    lr: float
+    best_dev_score: float
+    checkpoint: str | None = None
+
+    def metrics(self) -> dict[str, float]:
+        return {"step": self.step, "dev_score": self.dev_score, "train_loss": self.train_loss, "lr": self.lr,
+                "best_dev_score": self.best_dev_score}
+
+
+@dataclass(frozen=True)
+class TrialEnd:
+    """The trial's result (every field, lists included) and its final folder, if checkpoints are kept."""
+    result: dict[str, Any]
+    final_dir: str | None = None
+
+
+Report = Callable[[EvalPoint | TrialEnd], None]
 log = logging.getLogger(__name__)
 FINAL_DIR, RESULT_FILE = "final", "result.json"  # the finished trial: its result, mask and model delta
 
@@ -56,7 +81,7 @@ def device_name(device: torch.device) -> str:
 class Trainer:
     def __init__(self, cfg: TrialConfig, report: Report | None = None, checkpoint_dir: str | None = None,
                  resume_dir: str | None = None):
-        self.cfg, self.report = cfg, report or (lambda metrics, path: None)
+        self.cfg, self.report = cfg, report or (lambda event: None)
         self.checkpoint_dir, self.resume_dir = checkpoint_dir, resume_dir
         self.t_start = time.perf_counter()
         self.timers = {"setup_s": 0.0, "train_s": 0.0, "eval_s": 0.0, "checkpoint_s": 0.0}
@@ -346,7 +371,7 @@ class Trainer:
         self.curve.append(point)
         n_eval = len(self.curve)
         path = self._save_state() if tc.checkpoint_every and n_eval % tc.checkpoint_every == 0 else None
-        self.report({**point, "best_dev_score": self.best_score, "done": False}, path)
+        self.report(EvalPoint(**point, best_dev_score=self.best_score, checkpoint=path))
         return self.bad_evals >= tc.patience and self.step >= tc.min_steps
 
     # ------------------------------------------------------------------ result
@@ -421,12 +446,12 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         if self.resume_dir and (Path(self.resume_dir) / RESULT_FILE).is_file():  # finished before a restart
             result = json.loads((Path(self.resume_dir) / RESULT_FILE).read_text())
-            self.report({**result, "done": True}, self.resume_dir)
+            self.report(TrialEnd(result, self.resume_dir))
             return result
         self.setup()
         self.train()
         result = self.result()
-        self.report({**result, "done": True}, self._save_final(result))
+        self.report(TrialEnd(result, self._save_final(result)))
         return result
 
 
