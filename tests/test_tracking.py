@@ -130,7 +130,7 @@ def test_sync_closes_a_parent_left_running_with_the_analysis(tmp_path, data_dir,
     assert {"spearman_rho", "spearman_p_value", "best_mean.CB", "best_mean.RTE"} <= set(m)
     assert parent.data.tags["best_method.CB"] in ("sam", "bitfit")
     arts = {a.path for folder in ("analysis", "report") for a in tr.client.list_artifacts(tr.parent_run_id, folder)}
-    assert {"analysis/table.csv", "analysis/summary.json", "report/index.html", "report/ranks.png"} <= arts
+    assert {"analysis/table.csv", "analysis/summary.json", "report/index.html", "report/ranks.svg"} <= arts
     summary = json.loads((spec.sweep_dir / "analysis" / "summary.json").read_text())
     assert m["spearman_rho"] == pytest.approx(summary["spearman"]["rho"])
 
