@@ -10,6 +10,8 @@
 #   bash ../shared/device/bundle.sh .devbundle --with-model --with-data      # here, once
 # the suite then unpacks it itself (model to /tmp/minilm-l6, data to /tmp/data).
 # Each step has its own time limit; a step that fails or runs out is recorded under "errors", the rest go on.
+# The packing step drives a real sweep (orchestrator.sweep), which tracks in MLflow on SQLite: the GPU machine
+# needs mlflow too (bundle.sh --with-mlflow; not verified there: SQLAlchemy/Alembic may also be missing).
 set -uo pipefail
 out=${1:?usage: gpu_suite.sh OUT_DIR [--smoke]}
 smoke=0
@@ -24,6 +26,7 @@ if ! "$py" -c 'import ray' 2>/dev/null; then
   bash .devbundle/unpack.sh >&2 && export PYTHONPATH=/tmp/site:$root
 fi
 export PYTHONPATH=${PYTHONPATH:-$root}
+"$py" -c 'import mlflow' 2>/dev/null || echo "warning: no mlflow here: the packing step will fail (bundle.sh --with-mlflow)" >&2
 model=minilm-l6
 if ! "$py" -c 'from trainables.models import resolve_model; resolve_model("minilm-l6")' 2>/dev/null; then
   model=/tmp/minilm-l6  # the bundle's copy
