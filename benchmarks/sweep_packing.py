@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main() -> None:
@@ -25,15 +26,15 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=8, help="trials per setting (seeds of SAM on CB)")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--model", default="minilm-l6")
+    p.add_argument("--model", default="minilm-l6", help="alias or model folder")
     p.add_argument("--data-dir", default=os.environ.get("PEFT_SWEEP_DATA_DIR", "../shared/data"))
     p.add_argument("--smoke", action="store_true")
     args = p.parse_args()
     if args.smoke:
         args.fractions, args.trials, args.steps, args.batch_size = "1,0.5", 2, 4, 4
-        from tests.conftest import make_tiny_model
+        from trial_throughput import model_folder
 
-        args.model = str(make_tiny_model(Path(tempfile.mkdtemp()) / "tiny"))
+        args.model = model_folder("tiny", Path(tempfile.mkdtemp()))
     import ray
     import torch
 

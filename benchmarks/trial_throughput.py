@@ -8,6 +8,7 @@ trial's wall time spent outside training steps.
   python benchmarks/trial_throughput.py --model minilm-l6 --batch-size 32 --seq-len 128 --steps 100
   python benchmarks/trial_throughput.py --model roberta-base-shape ...      # random init, RoBERTa-base shapes
   python benchmarks/trial_throughput.py --smoke                             # CPU, tiny, seconds (CI)
+  python benchmarks/trial_throughput.py --model /tmp/minilm-l6 --profile    # a model folder; profile full/sam steps
 """
 from __future__ import annotations
 
@@ -31,9 +32,13 @@ from trainables.loop import Trainer  # noqa: E402
 from trainables.models import TaskModel, load_backbone, resolve_model  # noqa: E402
 
 
-def model_folder(name: str, tmp: Path) -> str:
-    """A model path: the embedded MiniLM, a random-init model of RoBERTa-base's or a tiny shape."""
-    if name == "minilm-l6":
+SHAPES = ("roberta-base-shape", "tiny")
+
+
+def model_folder(name: str, tmp: Path, tokenizer_from: str = "minilm-l6") -> str:
+    """A model path: the embedded MiniLM or any model folder as is, or a random-init model of RoBERTa-base's
+    or a tiny shape (with the tokenizer of ``tokenizer_from``)."""
+    if name not in SHAPES:
         return resolve_model(name)
     import shutil
 
@@ -45,7 +50,7 @@ def model_folder(name: str, tmp: Path) -> str:
                            vocab_size=30522)}[name]
     folder = tmp / name
     BertModel(BertConfig(max_position_embeddings=514, **shapes)).save_pretrained(folder)
-    src = Path(resolve_model("minilm-l6"))
+    src = Path(resolve_model(tokenizer_from))
     for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
         shutil.copy(src / f, folder / f)
     return str(folder)
@@ -92,6 +97,19 @@ def peak(device) -> dict:
     return {"peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None}
 
 
+def profile_step(tr: Trainer, device) -> str:
+    """torch.profiler's top-ops table of one more training step of ``tr``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    tr.cfg.training.max_steps = tr.step + 1
+    with profile(activities=acts) as prof:
+        tr.train()
+        sync(device)
+    key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=15)
+
+
 def ours(path: str, method: str, args, device, data_dir: str) -> dict:
     params = {"full": {}, "sam": {"burnin": 4}, "lora": {}, "random": {}, "bitfit": {}}[method]
     cfg = TrialConfig(task="CB", method=method, model=path, sparsity=0.005 if method not in ("full", "bitfit") else None,
@@ -113,7 +131,10 @@ def ours(path: str, method: str, args, device, data_dir: str) -> dict:
     tr.cfg.training.max_steps = args.warmup + args.steps
     tr.train()
     sync(device)
-    return {"samples_per_s": args.steps * args.batch_size / (time.perf_counter() - t0), **peak(device)}
+    out = {"samples_per_s": args.steps * args.batch_size / (time.perf_counter() - t0), **peak(device)}
+    if args.profile and method in ("full", "sam"):
+        out["profile"] = profile_step(tr, device)
+    return out
 
 
 def overhead_on_cb(path: str, args, data_dir: str) -> dict:
@@ -131,23 +152,30 @@ def overhead_on_cb(path: str, args, data_dir: str) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="minilm-l6", choices=["minilm-l6", "roberta-base-shape", "tiny"])
+    p.add_argument("--model", default="minilm-l6",
+                   help="minilm-l6, a model folder, or a random-init shape: " + ", ".join(SHAPES))
+    p.add_argument("--tokenizer-from", default="minilm-l6", help="model (alias or folder) whose tokenizer the "
+                   "random-init shapes use")
+    p.add_argument("--profile", action="store_true", help="add torch.profiler's top-ops table of one full and "
+                   "one sam step to their lines")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--methods", default="full,sam,lora")
-    p.add_argument("--cb-steps", type=int, default=300, help="length of the real CB trial for the overhead share")
+    p.add_argument("--cb-steps", type=int, default=300, help="length of the real CB trial for the overhead share "
+                   "(0: skip it)")
     p.add_argument("--data-dir", default=os.environ.get("PEFT_SWEEP_DATA_DIR", "../shared/data"))
     p.add_argument("--smoke", action="store_true", help="tiny CPU settings for CI: checks the script runs")
     args = p.parse_args()
     if args.smoke:
-        args.model, args.batch_size, args.seq_len, args.steps, args.warmup, args.cb_steps = "tiny", 4, 16, 3, 1, 4
+        args.model, args.batch_size, args.seq_len, args.steps, args.warmup = "tiny", 4, 16, 3, 1
+        args.cb_steps = min(args.cb_steps, 4)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     base_info = {"model": args.model, "batch_size": args.batch_size, "seq_len": args.seq_len, "device": str(device),
                  "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None}
     with tempfile.TemporaryDirectory() as tmp:
-        path = model_folder(args.model, Path(tmp))
+        path = model_folder(args.model, Path(tmp), args.tokenizer_from)
         base = plain_loop(path, args, device)
         print(json.dumps({**base_info, "case": "plain_pytorch", **base, "ratio": 1.0}), flush=True)
         for method in args.methods.split(","):
@@ -155,8 +183,9 @@ def main() -> None:
             mem_ratio = (r["peak_mem_gib"] / base["peak_mem_gib"]) if r["peak_mem_gib"] and base["peak_mem_gib"] else None
             print(json.dumps({**base_info, "case": f"ours_{method}", **r,
                               "ratio": r["samples_per_s"] / base["samples_per_s"], "mem_ratio": mem_ratio}), flush=True)
-        print(json.dumps({**base_info, "case": "cb_trial_overhead", **overhead_on_cb(path, args, args.data_dir)}),
-              flush=True)
+        if args.cb_steps:
+            print(json.dumps({**base_info, "case": "cb_trial_overhead", **overhead_on_cb(path, args, args.data_dir)}),
+                  flush=True)
 
 
 if __name__ == "__main__":

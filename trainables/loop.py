@@ -62,6 +62,7 @@ class TrialEnd:
 Report = Callable[[EvalPoint | TrialEnd], None]
 log = logging.getLogger(__name__)
 FINAL_DIR, RESULT_FILE = "final", "result.json"  # the finished trial: its result, mask and model delta
+PAD_MULTIPLE = 8  # batch widths rounded up to a multiple of 8: few shapes for torch.compile, tensor-core friendly
 
 
 class InjectedFault(RuntimeError):
@@ -136,9 +137,11 @@ class Trainer:
     def _setup_data(self, tokenizer) -> Splits:
         tc = self.cfg.training
         splits = build_splits(self.cfg.task, tokenizer, tc.max_seq_length, self.cfg.data, self.cfg.perturbation)
+        # each split goes to the device once: batches are then indexed and padded there (no copy per step)
+        splits = Splits(splits.train.to(self.device), splits.dev.to(self.device), splits.test.to(self.device))
         self.train_lengths = splits.train.lengths()
         self.batches_per_epoch = math.ceil(len(splits.train) / tc.batch_size)
-        self._epoch, self._order = -1, []
+        self._epoch, self._order, self._order_dev = -1, [], []
         return splits
 
     def _setup_model(self, model_path: str) -> TaskModel:
@@ -195,7 +198,7 @@ class Trainer:
         bs = self.cfg.training.batch_size
         for _ in range(n):
             idx = rng.choice(len(self.splits.train), size=min(bs, len(self.splits.train)), replace=False)
-            yield collate(self.splits.train, np.sort(idx), self.pad_id, self.device)
+            yield collate(self.splits.train, np.sort(idx), self.pad_id, self.device, PAD_MULTIPLE)
 
     def _loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         with self.autocast():
@@ -206,7 +209,11 @@ class Trainer:
         if epoch != self._epoch:
             self._epoch, self._order = epoch, epoch_batches(self.train_lengths, self.cfg.training.batch_size,
                                                              self.cfg.seed, epoch)
-        return collate(self.splits.train, self._order[pos], self.pad_id, self.device)
+            # the epoch's batch indices go to the device in one copy, not one per step
+            flat = torch.as_tensor(np.concatenate(self._order).astype(np.int64)).to(self.splits.train.device)
+            self._order_dev = list(flat.split([len(b) for b in self._order]))
+        return collate(self.splits.train, self._order[pos], self.pad_id, self.device, PAD_MULTIPLE,
+                       index=self._order_dev[pos])
 
     def probe_loss(self) -> float:
         """Training loss on one fixed batch, in eval mode: the before/after of a projection."""
@@ -224,16 +231,17 @@ class Trainer:
         was = self.model.training
         self.model.eval()
         order = np.argsort(data.lengths(), kind="stable")  # similar lengths together: little padding
-        preds = torch.empty(len(data), dtype=torch.float32)
+        order_dev = torch.as_tensor(order).to(data.device)
+        preds = torch.empty(len(data), dtype=torch.float32, device=self.device)  # one copy back, at the end
         bs = self.cfg.training.eval_batch_size
         for i in range(0, len(order), bs):
-            idx = order[i:i + bs]
             with self.autocast():
-                logits = self.forward(collate(data, idx, self.pad_id, self.device))
-            preds[torch.as_tensor(idx)] = TaskModel.predictions(self.task.kind, logits).float().cpu()
+                logits = self.forward(collate(data, order[i:i + bs], self.pad_id, self.device, PAD_MULTIPLE,
+                                              index=order_dev[i:i + bs]))
+            preds[order_dev[i:i + bs].to(self.device)] = TaskModel.predictions(self.task.kind, logits).float()
         self.model.train(was)
         self.timers["eval_s"] += time.perf_counter() - t0
-        return compute_metrics(self.task.metric, preds.numpy(), data.labels.numpy())
+        return compute_metrics(self.task.metric, preds.cpu().numpy(), data.labels.cpu().numpy())
 
     # ------------------------------------------------------------------ checkpoint
     def _dense_named(self) -> dict[str, torch.Tensor]:
@@ -400,7 +408,7 @@ class Trainer:
         for split, comps in scores.items():
             out.update({f"{split}_{k}": v for k, v in comps.items() if k != "score"})
         out.update({f"majority_{split}_score": majority_score(self.task.metric,
-                                                              getattr(self.splits, split).labels.numpy())
+                                                              getattr(self.splits, split).labels.cpu().numpy())
                     for split in ("dev", "test")})
         out.update({"steps": self.step, "best_step": self.best_step, "resumed_from_step": self.resumed_from,
                     "eligible_params": eligible,

@@ -110,26 +110,39 @@ class MaskedAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        """One AdamW step over the selected entries, in ~3 launches per tensor (gather gradient, gather
+        value, scatter value) plus a few multi-tensor ``torch._foreach_*`` launches per group, instead of
+        ~10 per tensor. Same arithmetic, in the same order, as the per-tensor loop it replaces."""
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
+            params, grads, avgs, avg_sqs, bc1, bc2 = [], [], [], [], [], []
             for p in group["params"]:
-                if p.grad is None:
-                    continue
                 st = self.state[p]
-                idx = st["index"]
-                if idx.numel() == 0:
+                if p.grad is None or st["index"].numel() == 0:
                     continue
-                st["step"] += 1
+                st["step"] += 1  # a CPU tensor: no device sync
                 t = float(st["step"])
-                g = p.grad.reshape(-1).index_select(0, idx).float()
-                st["exp_avg"].mul_(beta1).add_(g, alpha=1 - beta1)
-                st["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                denom = (st["exp_avg_sq"] / (1 - beta2 ** t)).sqrt_().add_(group["eps"])
-                flat = p.view(-1)
-                val = flat.index_select(0, idx).float()
-                val.mul_(1 - group["lr"] * group["weight_decay"])
-                val.addcdiv_(st["exp_avg"], denom, value=-group["lr"] / (1 - beta1 ** t))
-                flat.index_copy_(0, idx, val.to(p.dtype))
+                params.append(p)
+                grads.append(p.grad.reshape(-1).index_select(0, st["index"]).float())
+                avgs.append(st["exp_avg"])
+                avg_sqs.append(st["exp_avg_sq"])
+                bc1.append(-group["lr"] / (1 - beta1 ** t))
+                bc2.append(1 - beta2 ** t)
+            if not params:
+                continue
+            torch._foreach_mul_(avgs, beta1)
+            torch._foreach_add_(avgs, grads, alpha=1 - beta1)
+            torch._foreach_mul_(avg_sqs, beta2)
+            torch._foreach_addcmul_(avg_sqs, grads, grads, value=1 - beta2)
+            denom = torch._foreach_div(avg_sqs, bc2)
+            torch._foreach_sqrt_(denom)
+            torch._foreach_add_(denom, group["eps"])
+            vals = [p.view(-1).index_select(0, self.state[p]["index"]).float() for p in params]
+            if group["weight_decay"]:
+                torch._foreach_mul_(vals, 1 - group["lr"] * group["weight_decay"])
+            torch._foreach_addcdiv_(vals, avgs, denom, bc1)
+            for p, v in zip(params, vals):
+                p.view(-1).index_copy_(0, self.state[p]["index"], v.to(p.dtype))
         return None
 
     def load_state_dict(self, state_dict) -> None:

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Issue 19's GPU measurements in one go (~8 min on one H100/H200): trial throughput against a plain PyTorch
+# loop (MiniLM-L6 and a RoBERTa-base-shaped random-init model), the optimizer step alone, and trial packing
+# through Ray Tune. Prints one JSON line per figure and writes OUT_DIR/<date>-<gpu or cpu>.json with the exact
+# commands, torch/GPU info, every figure, the ratios the issue's goals name and torch.profiler tables.
+#
+# usage: bash benchmarks/gpu_suite.sh OUT_DIR [--smoke]
+#   --smoke   CPU, tiny settings, about a minute: checks the suite end to end (CI)
+# On a GPU machine without Ray, bring the bundle along (see ../shared/device/README.md):
+#   bash ../shared/device/bundle.sh .devbundle --with-model --with-data      # here, once
+# the suite then unpacks it itself (model to /tmp/minilm-l6, data to /tmp/data).
+# Each step has its own time limit; a step that fails or runs out is recorded under "errors", the rest go on.
+# The packing step drives a real sweep (orchestrator.sweep), which tracks in MLflow on SQLite: the GPU machine
+# needs mlflow too (bundle.sh --with-mlflow; not verified there: SQLAlchemy/Alembic may also be missing).
+set -uo pipefail
+out=${1:?usage: gpu_suite.sh OUT_DIR [--smoke]}
+smoke=0
+case ${2:-} in --smoke) smoke=1;; "") ;; *) echo "unknown option ${2}; valid: --smoke" >&2; exit 2;; esac
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+py=${PYTHON:-python3}
+if ! "$py" -c 'import ray' 2>/dev/null; then
+  if [ ! -f .devbundle/unpack.sh ]; then
+    echo "Ray is missing and there is no .devbundle/ to unpack (build it with ../shared/device/bundle.sh)" >&2; exit 2
+  fi
+  bash .devbundle/unpack.sh >&2 && export PYTHONPATH=/tmp/site:$root
+fi
+export PYTHONPATH=${PYTHONPATH:-$root}
+"$py" -c 'import mlflow' 2>/dev/null || echo "warning: no mlflow here: the packing step will fail (bundle.sh --with-mlflow)" >&2
+model=minilm-l6
+if ! "$py" -c 'from trainables.models import resolve_model; resolve_model("minilm-l6")' 2>/dev/null; then
+  model=/tmp/minilm-l6  # the bundle's copy
+fi
+data=${PEFT_SWEEP_DATA_DIR:-}
+if [ -z "$data" ]; then for d in ../shared/data /tmp/data; do [ -d "$d" ] && data=$(cd "$d" && pwd) && break; done; fi
+export PEFT_SWEEP_DATA_DIR=${data:?no task data: set PEFT_SWEEP_DATA_DIR}
+logs=$(mktemp -d); trap 'rm -rf "$logs"' EXIT
+mkdir -p "$out"
+
+tt=(benchmarks/trial_throughput.py --data-dir "$data" --tokenizer-from "$model")
+if ((smoke)); then
+  steps=(
+    "240 minilm   ${tt[*]} --model $model --smoke --methods full,sam,random,lora --profile"
+    "240 roberta  ${tt[*]} --model roberta-base-shape --smoke --methods full,sam,lora --cb-steps 0"
+    "90  optim    benchmarks/optimizer_step.py --smoke"
+    "300 packing  benchmarks/sweep_packing.py --smoke --data-dir $data"
+  )
+else
+  steps=(
+    "150 minilm   ${tt[*]} --model $model --batch-size 32 --seq-len 128 --steps 50 --warmup 10 --methods full,sam,random,lora --cb-steps 300 --profile"
+    "150 roberta  ${tt[*]} --model roberta-base-shape --batch-size 32 --seq-len 128 --steps 30 --warmup 5 --methods full,sam,lora --cb-steps 0"
+    "30  optim    benchmarks/optimizer_step.py --model $model --steps 100"
+    "150 packing  benchmarks/sweep_packing.py --model $model --data-dir $data --fractions 1,0.25,0.125 --trials 8 --steps 100"
+  )
+fi
+: > "$logs/commands"
+for s in "${steps[@]}"; do
+  read -r limit name cmd <<< "$s"
+  echo "$name	$limit	$py $cmd" >> "$logs/commands"
+  # shellcheck disable=SC2086
+  timeout -k 10 "$limit" "$py" $cmd > "$logs/$name.out" 2> "$logs/$name.err"
+  echo $? > "$logs/$name.rc"
+  grep '^{' "$logs/$name.out" | "$py" -c 'import json,sys; [print(json.dumps({k: v for k, v in json.loads(l).items() if k != "profile"})) for l in sys.stdin]'
+done
+"$py" benchmarks/suite_results.py "$logs" "$out" $( ((smoke)) && echo --smoke )
