@@ -48,7 +48,7 @@ def anatomy_rows(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in results:
         base = {"trial_key": r["trial_key"], "method": r.get("variant") or r["method"], "task": r["task"],
                 "seed": r.get("seed"), "sparsity": r.get("sparsity"), "perturbation": r.get("perturbation")}
-        rows += [{**base, "layer": a["layer"], "kind": a["kind"], "count": int(a["count"])}
+        rows += [{**base, "layer": str(a["layer"]), "kind": a["kind"], "count": int(a["count"])}
                  for a in r.get("mask_anatomy") or []]
     return rows
 

@@ -3,6 +3,7 @@ never mix, sync of missed evaluations, the parent run's answer, export from the 
 import json
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from orchestrator import export, records, sweep
@@ -161,7 +162,7 @@ def test_export_joins_store_and_records_and_keeps_every_scalar_field(tmp_path, d
     tr = sweep.tracker_for(spec)
     in_store, only_local, failed = spec.trials()[:3]
     result = fake_result(in_store, variant="sam-global", head_params=1538, changed_outside_mask=0,
-                         mask_anatomy=[{"layer": 0, "kind": "query", "count": 3}])
+                         mask_anatomy=[{"layer": "0", "kind": "attn.q", "count": 3}])
     tr.start_trial(in_store.key, trial_dict(in_store))
     tr.finish(in_store.key, result)
     record_finished(spec, in_store, result)
@@ -176,6 +177,10 @@ def test_export_joins_store_and_records_and_keeps_every_scalar_field(tmp_path, d
     assert df.loc[in_store.key, "method"] == "sam-global" and df.loc[in_store.key, "base_method"] == "sam"
     assert df.loc[only_local.key, "method"] == only_local.method
     assert df.loc[in_store.key, "head_params"] == 1538 and "mask_anatomy" not in df.columns
+    anatomy = pq.read_table(tmp_path / "out" / "masks.parquet")
+    assert anatomy.to_pylist() == [{"trial_key": in_store.key, "method": "sam-global", "task": in_store.task,
+                                           "seed": in_store.seed, "sparsity": in_store.sparsity,
+                                           "perturbation": None, "layer": "0", "kind": "attn.q", "count": 3}]
     for field in ("majority_test_score", "majority_dev_score", "device", "added_params", "resumed_from_step",
                   "n_train", "n_dev", "n_test", "setup_s", "train_s", "eval_s", "checkpoint_s"):
         assert field in df.columns, field
