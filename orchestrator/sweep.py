@@ -188,7 +188,10 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
     preflight(spec)
     tracker = tracker_for(spec)
     tracker.check_reachable()
-    check_ray_address(spec.ray.address or os.environ.get("RAY_ADDRESS"))
+    address = spec.ray.address or os.environ.get("RAY_ADDRESS")
+    check_ray_address(address)
+    if address:  # connect now: a cluster without the GPUs a trial asks for is refused before anything is written
+        init_ray(spec)
     with undo_on_error(spec.sweep_dir):  # a store that refuses us leaves no empty sweep folder behind
         spec.sweep_dir.mkdir(parents=True, exist_ok=True)
         tracker.check()

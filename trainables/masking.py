@@ -27,7 +27,7 @@ def budget(m: int, sparsity: float) -> int:
 def canonical_name(name: str) -> str | None:
     """The pretrained parameter's own name, seen through peft's and torch's wrappers; None for a
     parameter that a method added (LoRA factors, gate parameters)."""
-    if "lora_" in name or ".parametrizations." in name and not name.endswith(".original"):
+    if "lora_" in name or (".parametrizations." in name and not name.endswith(".original")):
         return None
     name = name.replace(".base_layer.", ".")
     if ".parametrizations." in name:  # X.parametrizations.weight.original -> X.weight

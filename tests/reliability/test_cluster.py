@@ -87,3 +87,14 @@ def test_sweep_survives_losing_the_worker_node(cluster, tmp_path, tiny_model, da
     assert driver.returncode == 0, out[-5000:]
     assert "6/6 FINISHED" in out
     assert "retrying from its last checkpoint" in out  # the worker's trial moved to the head node
+
+
+def test_more_gpus_than_the_cluster_has_is_refused_before_anything_is_written(cluster, tmp_path, tiny_model,
+                                                                             data_dir):
+    spec = write_spec(tmp_path, tiny_model, data_dir, resources__gpu_per_trial=4,
+                      ray={"address": f"127.0.0.1:{cluster['gcs']}"})
+    out = subprocess.run([sys.executable, "-m", "orchestrator", "run", str(spec)], cwd=ROOT, capture_output=True,
+                         text=True, env=cluster["env"], timeout=300)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "resources.gpu_per_trial 4" in out.stderr and "3 GPU(s) in all" in out.stderr
+    assert not (tmp_path / "runs" / "t").exists()
