@@ -255,7 +255,7 @@ def _trials_file(path: str, flag: str, needed: list[str] | None = None) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .analysis import NEEDED
+    from dashboards.analysis import NEEDED
     from .spec import SpecError
 
     file = Path(path)

@@ -397,7 +397,7 @@ def test_analyze_and_report_on_wrong_files(tmp_path, refused):
         assert needle in refused("analyze", "--trials", str(path), "--out", str(tmp_path / "a")), path
         assert needle in refused("report", "--trials", str(path), "--out", str(tmp_path / "r")), path
     assert not (tmp_path / "a").exists() and not (tmp_path / "r").exists()
-    from orchestrator.analysis import NEEDED
+    from dashboards.analysis import NEEDED
 
     pq.write_table(pa.table({c: ["x"] for c in NEEDED}), tmp_path / "trials.parquet")
     (tmp_path / "out.txt").write_text("x")
@@ -422,7 +422,8 @@ def test_train_one_and_tasks_on_wrong_paths(tmp_path, tiny_model, refused):
 
 # ---- loading untrusted state ------------------------------------------------------------------------------
 
-def test_checkpoints_are_loaded_without_unpickling_code(tmp_path, tiny_trial):
+def test_checkpoints_are_loaded_without_unpickling_code(tmp_path, tiny_trial, capfd):
+    """Checkpoints are safetensors + JSON: a pickle where a checkpoint should be is never unpickled."""
     from trainables import run_trial
 
     class Evil:
@@ -431,8 +432,9 @@ def test_checkpoints_are_loaded_without_unpickling_code(tmp_path, tiny_trial):
 
     (tmp_path / "ck").mkdir()
     torch.save({"model": Evil()}, tmp_path / "ck" / "state.pt")
-    with pytest.raises(Exception, match="Weights only load failed|Unsupported global"):
+    with pytest.raises(FileNotFoundError, match="expected state.json and state.safetensors"):
         run_trial(tiny_trial("sam", method_params={"burnin": 1}), resume_dir=str(tmp_path / "ck"))
+    assert "code ran" not in capfd.readouterr().out
 
 
 def test_trial_keys_cannot_escape_the_records_folder(tmp_path):
