@@ -43,7 +43,7 @@ def make_spec(root: Path, n: int, uri: str):
 
 
 def _trial(cfg) -> SimpleNamespace:
-    return SimpleNamespace(config={"trial": trial_dict(cfg)}, status="TERMINATED", last_result={})
+    return SimpleNamespace(config={"trial": trial_dict(cfg)}, status="TERMINATED", last_result={}, checkpoint=None)
 
 
 def fill(spec, trials, threads: int) -> float:

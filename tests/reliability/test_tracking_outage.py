@@ -97,7 +97,8 @@ def test_trial_started_while_store_down_gets_its_run_when_store_is_back(tmp_path
     db, artifacts = tmp_path / "mlflow.db", tmp_path / "artifacts"
     spec = make_spec(tmp_path, data_dir, tracking_uri=f"http://127.0.0.1:{port}")
     cfg = spec.trials()[0]
-    trial = SimpleNamespace(config={"trial": trial_dict(cfg)}, status="RUNNING", last_result={})
+    trial = SimpleNamespace(config={"trial": trial_dict(cfg)}, status="RUNNING", last_result={},
+                            checkpoint=None)  # a Tune Trial's last checkpoint: none here
     callback = SweepCallback(spec)
     callback.on_trial_start(0, [trial], trial)  # the store is down (no server yet): no run
     assert callback.down_until > 0 and recs.read(spec.sweep_dir, cfg.key)["synced"] is False
@@ -117,7 +118,7 @@ def test_trial_started_while_store_down_gets_its_run_when_store_is_back(tmp_path
         assert sorted(m.step for m in tr.history(run.info.run_id, "dev_score")) == [3, 6]
 
         broken = SimpleNamespace(config={"trial": {**trial_dict(spec.trials()[1]), "method": "no-such-method"}},
-                                 status="RUNNING", last_result={})
+                                 status="RUNNING", last_result={}, checkpoint=None)
         with pytest.raises(ValidationError):
             callback.on_trial_start(0, [broken], broken)
         assert callback.down_until == 0  # a bug is not an outage
