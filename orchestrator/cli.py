@@ -177,7 +177,7 @@ def _cmd_sync(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from . import export, sweep
+    from . import export
 
     spec = _load_sweep(args.sweep_dir)
     out = _out_dir(args.out, "--out") if args.out else spec.sweep_dir / "export"
@@ -197,7 +197,7 @@ def _cmd_analyze(args) -> int:
 
 def _cmd_report(args) -> int:
     from dashboards.report import build_report
-    from . import export, sweep
+    from . import export
 
     from .spec import SpecError
 

@@ -1,7 +1,7 @@
 """What every method provides to the one training loop, and the registry that names them."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterator
 
 import torch
