@@ -1,50 +1,22 @@
 """An MLflow server stopped in the middle of a sweep: trials still finish; `sync` fills MLflow later,
 logging nothing twice."""
 import json
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from orchestrator.sweep import tracker_for
 from tests.sweeps import free_port, cli, records, spawn, tracker, write_spec
+from tests.tracking_fixtures import start_server, stop_server
 
 pytestmark = pytest.mark.slow
-MLFLOW = str(Path(sys.executable).with_name("mlflow"))
 
-
-
-def _server(db: Path, artifacts: Path, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([MLFLOW, "server", "--backend-store-uri", f"sqlite:///{db}", "--artifacts-destination",
-                             str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    import urllib.request
-
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-            return proc
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    raise AssertionError("mlflow server did not start")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    import os
-    import signal
-
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
 
 
 def test_store_down_mid_sweep_then_sync(tmp_path, tiny_model, data_dir):
     port = free_port()
     db, artifacts = tmp_path / "mlflow.db", tmp_path / "artifacts"
-    server = _server(db, artifacts, port)
+    server = start_server(db, artifacts, port)
     spec = write_spec(tmp_path, tiny_model, data_dir, tracking_uri=f"http://127.0.0.1:{port}",
                       training__max_steps=9, resources={"max_concurrent": 1})
     sweep_dir = tmp_path / "runs" / "t"
@@ -54,7 +26,7 @@ def test_store_down_mid_sweep_then_sync(tmp_path, tiny_model, data_dir):
         while sum(r.get("status") == "FINISHED" for r in records(sweep_dir).values()) < 1:
             assert time.time() < deadline and proc.poll() is None
             time.sleep(0.3)
-        _stop(server)
+        stop_server(server)
         out, _ = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
@@ -65,7 +37,7 @@ def test_store_down_mid_sweep_then_sync(tmp_path, tiny_model, data_dir):
     assert len(recs) == 4 and {r["status"] for r in recs.values()} == {"FINISHED"}
     assert any(r.get("synced") is False for r in recs.values())
 
-    server = _server(db, artifacts, port)
+    server = start_server(db, artifacts, port)
     try:
         cli("sync", str(sweep_dir), check_rc=0)
         cli("sync", str(sweep_dir), check_rc=0)  # a second sync finds nothing to do
@@ -79,7 +51,7 @@ def test_store_down_mid_sweep_then_sync(tmp_path, tiny_model, data_dir):
             assert "test_score" in run.data.metrics
         assert all(r.get("synced") for r in records(sweep_dir).values())
     finally:
-        _stop(server)
+        stop_server(server)
 
 
 def test_trial_started_while_store_down_gets_its_run_when_store_is_back(tmp_path, data_dir):
@@ -91,7 +63,7 @@ def test_trial_started_while_store_down_gets_its_run_when_store_is_back(tmp_path
 
     from orchestrator import records as recs
     from orchestrator.tune_runner import SweepCallback
-    from tests.tracking_fixtures import fake_result, make_spec, start_server, stop_server, trial_dict
+    from tests.tracking_fixtures import fake_result, make_spec, stop_server, trial_dict
 
     port = free_port()
     db, artifacts = tmp_path / "mlflow.db", tmp_path / "artifacts"
