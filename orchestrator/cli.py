@@ -10,6 +10,9 @@ from pathlib import Path
 EPILOG = """examples:
   peft-sweep run configs/quickstart.yaml            run (or resume) a sweep; finished trials are skipped
   peft-sweep status runs/quickstart                 counts per status and per (method, task)
+  peft-sweep status runs/quickstart --watch         live progress: trials per hour and ETA
+  peft-sweep list runs                              the sweeps under runs/ and whether a driver runs each
+  peft-sweep stop runs/quickstart                   stop a sweep; `run` resumes it from the last checkpoints
   peft-sweep rerun-failed runs/quickstart           rerun only the trials that ended in error
   peft-sweep export runs/quickstart                 trials.parquet + curves.parquet from MLflow
   peft-sweep analyze --trials runs/quickstart/export/trials.parquet --out runs/quickstart/analysis
@@ -154,6 +157,10 @@ def _cmd_rerun_failed(args) -> int:
 def _cmd_status(args) -> int:
     from . import sweep
 
+    if args.watch:
+        from . import control
+
+        return control.watch(_load_sweep(args.sweep_dir), args.interval)
     table = sweep.status_table(_load_sweep(args.sweep_dir))
     if args.json:
         print(json.dumps(table, indent=2))
@@ -164,6 +171,30 @@ def _cmd_status(args) -> int:
     for key, err in table["errors"].items():
         print(f"  FAILED {key}: {err}")
     return 0
+
+
+def _cmd_list(args) -> int:
+    from . import control
+
+    rows = control.list_sweeps(Path(args.output_dir))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no sweeps in {args.output_dir}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['sweep']:24} unreadable: {r['error']}")
+            continue
+        counts = ", ".join(f"{s} {r[s]}" for s in ("FINISHED", "FAILED", "RUNNING", "STOPPED", "PENDING") if r.get(s))
+        print(f"{r['sweep']:24} {r['total']:>5} trials  {counts:48} started {r['started']}  driver {r['driver']}")
+    return 0
+
+
+def _cmd_stop(args) -> int:
+    from . import control
+
+    return control.stop(Path(args.sweep_dir), args.timeout)
 
 
 def _cmd_sync(args) -> int:
@@ -319,9 +350,23 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("sweep_dir", help="the sweep folder, <output_dir>/<name>")
         if name == "status":
             s.add_argument("--json", action="store_true")
+            s.add_argument("--watch", action="store_true", help="a live view (done/running/failed, trials per "
+                           "hour, ETA) until no driver runs the sweep")
+            s.add_argument("--interval", type=float, default=5.0, help="seconds between updates with --watch")
         if name == "export":
             s.add_argument("--out", help="folder for the Parquet files (default SWEEP_DIR/export)")
         s.set_defaults(fn=fn)
+
+    s = sub.add_parser("list", help="the sweeps in a folder: trials per status, start time, driver alive")
+    s.add_argument("output_dir", nargs="?", default="runs", help="a spec's output_dir (default ./runs)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=_cmd_list)
+
+    s = sub.add_parser("stop", help="stop a running sweep cleanly: running trials stay resumable, nothing is "
+                       "left RUNNING in MLflow")
+    s.add_argument("sweep_dir", help="the sweep folder, <output_dir>/<name>")
+    s.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the driver (default 300)")
+    s.set_defaults(fn=_cmd_stop)
 
     s = sub.add_parser("load", help="rebuild a finished trial's fine-tuned model (base + delta) into a folder")
     s.add_argument("source", help="an MLflow run id of a finished trial, or a folder holding its model/ delta")

@@ -47,3 +47,8 @@ def all_records(sweep_dir: Path) -> dict[str, dict[str, Any]]:
     if not folder.is_dir():
         return {}
     return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
+
+
+def written_at(sweep_dir: Path, key: str) -> float:
+    """When the key's record was last written (its status changed), as a Unix time."""
+    return _path(sweep_dir, key).stat().st_mtime

@@ -12,12 +12,13 @@ from typing import Any
 
 import yaml
 
-from . import records
+from . import driver, identity, records
 from .preflight import check_ray_address, preflight, undo_on_error
 from .spec import SpecError, SweepSpec, spec_from_dict
 from .tracking import Tracker, TrackingError
 
 SPEC_FILE = "spec.yaml"
+IDENTITY_FILE = "identity.json"
 
 
 def tracker_for(spec: SweepSpec) -> Tracker:
@@ -66,35 +67,12 @@ def sync(spec: SweepSpec, tracker: Tracker, mend_parent: bool = True) -> int:
             tracker.fail(key, rec.get("error") or "failed", trial)
         records.update(spec.sweep_dir, key, synced=True)
         n += 1
-    if mend_parent and not driver_alive(spec) and tracker.parent_status() == "RUNNING":
+    if mend_parent and not driver.alive(spec.sweep_dir) and tracker.parent_status() == "RUNNING":
         close_sweep(spec, tracker, statuses(spec, tracker), quiet=True)
     return n
 
 
-# ---------------------------------------------------------------------- the driver and the parent run
-def _driver_file(spec: SweepSpec) -> Path:
-    return spec.sweep_dir / "driver.json"
-
-
-def driver_alive(spec: SweepSpec) -> bool:
-    """A driver on this host whose process still exists (`sync` must not close a sweep that runs)."""
-    import json
-    import os
-    import socket
-
-    path = _driver_file(spec)
-    if not path.is_file():
-        return False
-    info = json.loads(path.read_text())
-    if info.get("host") != socket.gethostname():
-        return True  # another machine's driver: assume it lives
-    try:
-        os.kill(int(info["pid"]), 0)
-    except (OSError, ValueError):
-        return False
-    return True
-
-
+# ---------------------------------------------------------------------- the parent run
 def spec_params(spec: SweepSpec) -> dict[str, Any]:
     """The spec as the parent run's params: axes and training settings, flattened."""
     data = spec.model_dump(mode="json", exclude={"fault", "output_dir", "tracking_uri", "ray"})
@@ -186,6 +164,8 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
 
     trials = spec.trials()
     preflight(spec)
+    previous = load_sweep(spec.sweep_dir) if (spec.sweep_dir / SPEC_FILE).is_file() else None
+    identity.check_rerun(previous, spec, force)
     tracker = tracker_for(spec)
     tracker.check_reachable()
     address = spec.ray.address or os.environ.get("RAY_ADDRESS")
@@ -196,6 +176,7 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
         spec.sweep_dir.mkdir(parents=True, exist_ok=True)
         tracker.check()
     (spec.sweep_dir / SPEC_FILE).write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    _record_identity(spec)
     synced = sync(spec, tracker, mend_parent=False)  # this driver is about to run the sweep
     if synced:
         print(f"synced {synced} trial(s) from local records into MLflow", flush=True)
@@ -216,20 +197,19 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
         return 0
     init_ray(spec)  # only now: a sweep with nothing left to run starts no Ray
     tracker.start_sweep(spec_params(spec), spec.sweep_dir / SPEC_FILE)
-    import json
-    import socket
-
-    _driver_file(spec).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    driver.register(spec.sweep_dir)
     try:
         counts = run_trials(spec, pending, restore=not (force or only_failed))
     except BaseException:  # interrupted or crashed: the parent must not stay RUNNING
-        _driver_file(spec).unlink(missing_ok=True)
+        driver.unregister(spec.sweep_dir)
         try:
             tracker.end_sweep("KILLED")
         except Exception:  # noqa: BLE001 - store down too: `sync` mends it later
             pass
         raise
-    _driver_file(spec).unlink(missing_ok=True)
+    if counts.get("STOPPED"):
+        return _stopped(spec, tracker, counts)
+    driver.unregister(spec.sweep_dir)
     try:
         final = statuses(spec, tracker)
     except Exception as exc:  # noqa: BLE001 - the store went down during the sweep: the records know
@@ -248,6 +228,45 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
         print(f"WARNING: could not close the sweep's parent run ({type(exc).__name__}: {exc}); run "
               f"`peft-sweep sync {spec.sweep_dir}` when the store is back", file=sys.stderr, flush=True)
     return len(failed)
+
+
+def _record_identity(spec: SweepSpec) -> None:
+    """SWEEP_DIR/identity.json: the spec's fingerprint and the code version of every run of the sweep. Code
+    that changed since the last run is said once here; each MLflow run carries its own code_version tag."""
+    import json
+    import time
+
+    path = spec.sweep_dir / IDENTITY_FILE
+    known = json.loads(path.read_text()) if path.is_file() else {"runs": []}
+    version = identity.code_version()
+    last = known["runs"][-1]["code_version"] if known["runs"] else None
+    if last is not None and last != version:
+        print(f"note: the code changed since this sweep last ran ({last} -> {version}); trials that finished "
+              "keep their results, new ones run with this code (MLflow tag code_version tells them apart)",
+              flush=True)
+    known["fingerprint"] = identity.fingerprint(spec)
+    known["runs"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "code_version": version})
+    path.write_text(json.dumps(known, indent=1))
+
+
+def _stopped(spec: SweepSpec, tracker: Tracker, counts: dict[str, int]) -> int:
+    """Tune stopped with trials left (`peft-sweep stop`, Ctrl-C): leave them resumable, their runs KILLED."""
+    stopped = [k for k, r in records.all_records(spec.sweep_dir).items() if r.get("status") == "RUNNING"]
+    for key in stopped:
+        records.update(spec.sweep_dir, key, status="STOPPED")
+        try:
+            tracker.stop_trial(key)
+        except Exception:  # noqa: BLE001 - store down: the record says STOPPED, `sync` has nothing to mend
+            records.update(spec.sweep_dir, key, synced=False)
+    try:
+        tracker.end_sweep("KILLED")
+    except Exception:  # noqa: BLE001
+        pass
+    driver.unregister(spec.sweep_dir)
+    print(f"sweep {spec.name}: stopped; {counts['FINISHED']} FINISHED, {counts['ERROR']} FAILED, "
+          f"{counts['STOPPED']} left resumable from their last checkpoints; resume with: peft-sweep run "
+          f"{spec.sweep_dir / SPEC_FILE}", flush=True)
+    return 0
 
 
 def status_table(spec: SweepSpec) -> dict[str, Any]:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from .identity import code_version
+
 ROLE_TRIAL, ROLE_SWEEP, ROLE_SUPERSEDED = "trial", "sweep", "superseded"
+TAG_STOPPED = "stopped"  # on a KILLED run of a trial that `peft-sweep stop` left resumable
 COORDS = ("method", "task", "seed", "sparsity", "perturbation", "model", "variant")
 SERIES = ("dev_score", "train_loss", "lr")  # logged per evaluation, with its step
 RESULT_TAG = "result"  # every scalar result field as JSON: `export` reads a sweep from one paged listing
@@ -55,14 +57,6 @@ def is_outage(exc: BaseException) -> bool:
     except ImportError:  # pragma: no cover
         pass
     return isinstance(exc, MlflowException) and exc.error_code in OUTAGE_CODES
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def plain(value: Any) -> str:
@@ -213,7 +207,7 @@ class Tracker:
         if found:
             return found[0].info.run_id
         run = self.client.create_run(self.experiment_id, run_name=self.sweep,
-                                     tags={"role": ROLE_SWEEP, "sweep": self.sweep, "git_commit": git_commit()})
+                                     tags={"role": ROLE_SWEEP, "sweep": self.sweep, "code_version": code_version()})
         return run.info.run_id
 
     def start_sweep(self, params: dict[str, Any], spec_file: Path | None = None) -> None:
@@ -272,15 +266,18 @@ class Tracker:
 
         self._trials[key] = trial
         old = self._live_run(key)
-        if old is not None and old.info.status == "RUNNING":
-            run_id = old.info.run_id
+        if old is not None and (old.info.status == "RUNNING" or old.data.tags.get(TAG_STOPPED) == "true"):
+            run_id = old.info.run_id  # a retry, a resumed driver, or a trial `peft-sweep stop` left resumable
+            if old.info.status != "RUNNING":
+                self.client.update_run(run_id, status="RUNNING")
+                self.client.delete_tag(run_id, TAG_STOPPED)
         else:
             attempt = 1
             if old is not None:  # retag first: a crash in between leaves no key with two live runs
                 attempt = int(old.data.tags.get("attempt", "1")) + 1
                 self.client.set_tag(old.info.run_id, "role", ROLE_SUPERSEDED)
             tags = {"role": ROLE_TRIAL, "trial_key": key, "sweep": self.sweep, "mlflow.parentRunId": self.parent_run_id,
-                    "git_commit": git_commit(), "attempt": str(attempt),
+                    "code_version": code_version(), "attempt": str(attempt),
                     **{c: plain(trial[c]) for c in COORDS if trial.get(c) is not None}}
             if old is not None:
                 tags["previous_run_id"] = old.info.run_id
@@ -348,6 +345,13 @@ class Tracker:
         """The trial's fine-tuned model as a delta (``model/delta.safetensors`` + ``model/meta.json``):
         ``peft-sweep load RUN_ID`` rebuilds it."""
         self.client.log_artifacts(self._ensure(key, trial), str(folder), "model")
+
+    def stop_trial(self, key: str) -> None:
+        """A trial stopped by `peft-sweep stop`: KILLED, not stuck in RUNNING, and reopened when it resumes."""
+        run_id = self.run_id(key)
+        if run_id is not None:
+            self.client.set_tag(run_id, TAG_STOPPED, "true")
+            self.client.set_terminated(run_id, "KILLED")
 
     def fail(self, key: str, error: str, trial: dict[str, Any] | None = None) -> None:
         run_id = self._ensure(key, trial)

@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -24,12 +25,12 @@ from trainables import TrialConfig, run_trial
 from trainables.finetuned import DELTA_DIR
 from trainables.loop import RESULT_FILE, EvalPoint, TrialEnd
 
-from . import records
+from . import driver, records
 from .masks import keep_mask
 from .spec import ClusterError, SweepSpec
+from .storage import ExperimentStore, tune_root
 from .tracking import Tracker, is_outage
 
-DONE_MARKER = "SWEEP_EXPERIMENT_DONE"
 QUIET_LOGGERS = ("ray.train", "ray.tune")  # per-checkpoint "Checkpoint successfully created" and such: INFO only
 
 
@@ -192,6 +193,19 @@ class SweepCallback(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         self._failed(trials, trial, _error_text(trial))
 
+    def on_step_begin(self, iteration, trials, **info):
+        """`peft-sweep stop` asked (a file in the sweep folder, polled once a second): stop as Ctrl-C does,
+        through Tune's own handler (SIGUSR1), which saves the experiment and leaves running trials resumable."""
+        now = time.time()
+        if now - getattr(self, "stop_checked", 0.0) < 1.0 or getattr(self, "stop_sent", False):
+            return
+        self.stop_checked = now
+        if driver.stop_requested(self.sweep_dir):
+            self.stop_sent = True
+            print(f"[{time.strftime('%H:%M:%S')}] stop requested: stopping the running trials at their last "
+                  "checkpoint", flush=True)
+            os.kill(os.getpid(), signal.SIGUSR1)
+
     def _failed(self, trials, trial, error: str) -> None:
         key = _key(trial)
         records.update(self.sweep_dir, key, status="FAILED", error=error)
@@ -239,35 +253,25 @@ def _check_cluster_resources(spec: SweepSpec, where: str) -> None:
                                f"{have.get(kind, 0):g} {kind}(s) in all, so no trial could start")
 
 
-def _experiments(root: Path) -> list[Path]:
-    return sorted(p for p in root.glob("exp-*") if p.is_dir()) if root.is_dir() else []
-
-
 def run_trials(spec: SweepSpec, trials: list[TrialConfig], restore: bool) -> dict[str, int]:
     """Run ``trials`` as one Tune experiment, or finish the last unfinished experiment first when
-    ``restore`` (a driver that died). Returns counts of what Tune ended with."""
+    ``restore`` (a driver that died or was stopped). Returns counts of what Tune ended with."""
     init_ray(spec)
-    storage = spec.ray.storage_path or str(spec.sweep_dir / "tune")
-    local_root = Path(storage) if "://" not in storage else None
+    store = ExperimentStore(tune_root(spec.ray.storage_path, spec.name, spec.sweep_dir))
     wrapped = tune.with_resources(trainable, {"cpu": spec.resources.cpu_per_trial,
                                               "gpu": spec.resources.gpu_per_trial})
-    last = _experiments(local_root)[-1] if local_root and _experiments(local_root) else None
-    results = {"FINISHED": 0, "ERROR": 0}
-    if restore and last is not None and not (last / DONE_MARKER).exists() and tune.Tuner.can_restore(str(last)):
-        restored_keys = set(json.loads((last / "trial_keys.json").read_text()))
-        print(f"resuming the interrupted experiment {last.name} ({len(restored_keys)} trials)", flush=True)
-        grid = tune.Tuner.restore(str(last), wrapped, resume_unfinished=True, resume_errored=False,
-                                  restart_errored=False).fit()
-        (last / DONE_MARKER).touch()
-        _count(grid, results)
+    results = {"FINISHED": 0, "ERROR": 0, "STOPPED": 0}
+    last = store.unfinished() if restore else None
+    if last is not None and tune.Tuner.can_restore(store.uri(last)):
+        restored_keys = store.keys(last)
+        print(f"resuming the interrupted experiment {last} ({len(restored_keys)} trials)", flush=True)
+        grid = tune.Tuner.restore(store.uri(last), wrapped, resume_unfinished=True, resume_errored=False,
+                                  restart_errored=False).fit()  # with the experiment's own (pickled) callback
         trials = [t for t in trials if t.key not in restored_keys]
-        if not trials:
+        if _end(store, last, grid, results) or not trials:
             return results
-    n = len(_experiments(local_root)) + 1 if local_root else int(time.time())
-    name = f"exp-{n:03d}"
-    if local_root:
-        (local_root / name).mkdir(parents=True, exist_ok=True)
-        (local_root / name / "trial_keys.json").write_text(json.dumps(sorted(t.key for t in trials)))
+    name = store.next_name()
+    store.write_keys(name, [t.key for t in trials])
     callback = SweepCallback(spec)
     tuner = tune.Tuner(
         wrapped,
@@ -278,16 +282,30 @@ def run_trials(spec: SweepSpec, trials: list[TrialConfig], restore: bool) -> dic
             trial_dirname_creator=lambda t: _trial_name(t.config["trial"]),
         ),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage, callbacks=[callback], verbose=0,
+            name=name, storage_path=store.root, callbacks=[callback], verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
-    grid = tuner.fit()
-    if local_root:
-        (local_root / name / DONE_MARKER).touch()
-    _count(grid, results)
+    _end(store, name, tuner.fit(), results)
     return results
+
+
+def _end(store: ExperimentStore, name: str, grid, results: dict[str, int]) -> bool:
+    """Count how the experiment's trials ended. One stopped with trials left unfinished (``peft-sweep stop``)
+    is not marked done, so the next run resumes it. Returns whether it was stopped so."""
+    stopped = 0
+    for r in grid:
+        if r.error:
+            results["ERROR"] += 1
+        elif (r.metrics or {}).get("final"):
+            results["FINISHED"] += 1
+        else:
+            stopped += 1
+    results["STOPPED"] += stopped
+    if not stopped:
+        store.mark_done(name)
+    return bool(stopped)
 
 
 def _trial_config(trial: dict[str, Any]) -> dict[str, Any]:
@@ -307,6 +325,3 @@ def _trial_name(trial: dict[str, Any]) -> str:
     return f"{trial['method']}-{trial['task']}-s{trial['seed']}-{_key_of(trial)}"
 
 
-def _count(grid, results: dict[str, int]) -> None:
-    for r in grid:
-        results["ERROR" if r.error else "FINISHED"] += 1

@@ -6,7 +6,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator import export, records, sweep
+from orchestrator import driver, export, records, sweep
 from orchestrator.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING, TrackingError
 from tests.tracking_fixtures import fake_result, make_spec, record_finished, trial_dict
 
@@ -137,13 +137,10 @@ def test_sync_closes_a_parent_left_running_with_the_analysis(tmp_path, data_dir,
 
 
 def test_parent_of_a_live_driver_is_left_alone(tmp_path, data_dir):
-    import os
-    import socket
-
     spec = make_spec(tmp_path, data_dir)
     tr = _finish_all(spec)
     tr.start_sweep({})
-    (spec.sweep_dir / "driver.json").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    driver.register(spec.sweep_dir)
     sweep.sync(spec, tr)
     assert tr.parent_status() == "RUNNING"
 

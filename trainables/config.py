@@ -49,6 +49,7 @@ class FaultConfig(Strict):
     fail_at_step: int | None = Field(None, ge=1)
     fail_times: int = Field(1, ge=1, description="how many attempts fail before one is let through")
     marker_dir: str | None = None
+    step_delay_s: float = Field(0.0, ge=0, description="sleep after every step: a window on a running trial")
 
 
 class TrialConfig(Strict):

@@ -314,6 +314,8 @@ class Trainer:
 
     def _maybe_fail(self) -> None:
         f = self.cfg.fault
+        if f.step_delay_s:
+            time.sleep(f.step_delay_s)
         if f.fail_at_step is None or self.step != f.fail_at_step:
             return
         marker_dir = Path(f.marker_dir or ".")

@@ -1,0 +1,150 @@
+"""Commands over sweeps while they run: list the sweeps of a folder, stop one cleanly, watch one.
+
+All three read the sweep folders (spec, local records, driver file), not MLflow: the driver writes a trial's
+record before anything else, so it is the freshest view, and it works while the store is down.
+"""
+from __future__ import annotations
+
+import collections
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import driver, records
+from .spec import SpecError, SweepSpec
+from .sweep import SPEC_FILE, load_sweep, sync, tracker_for
+
+ENDED = ("FINISHED", "FAILED")
+
+
+@dataclass
+class Progress:
+    """Where a sweep stands, from its folder."""
+    total: int
+    counts: dict[str, int]  # FINISHED / FAILED / RUNNING / STOPPED / PENDING
+    started: float | None  # when the current (or last) driver started
+    driver_alive: bool
+    per_hour: float | None  # trials ended per hour since the driver started
+    eta_s: float | None
+
+    @property
+    def ended(self) -> int:
+        return sum(self.counts.get(s, 0) for s in ENDED)
+
+    def line(self) -> str:
+        c = self.counts
+        rate = f"{self.per_hour:.1f} trials/h" if self.per_hour else "rate ?"
+        eta = _duration(self.eta_s) if self.eta_s is not None else "?"
+        return (f"done {c.get('FINISHED', 0)}/{self.total} | running {c.get('RUNNING', 0)} | failed "
+                f"{c.get('FAILED', 0)} | waiting {c.get('PENDING', 0) + c.get('STOPPED', 0)} | {rate} | ETA {eta} | "
+                f"driver {'alive' if self.driver_alive else 'not running'}")
+
+
+def progress(spec: SweepSpec) -> Progress:
+    keys = [t.key for t in spec.trials()]
+    recs = records.all_records(spec.sweep_dir)
+    counts = collections.Counter((recs.get(k) or {}).get("status", "PENDING") for k in keys)
+    info = driver.info(spec.sweep_dir) or {}
+    alive = driver.alive(spec.sweep_dir)
+    started = info.get("started")
+    per_hour = eta = None
+    if alive and started:
+        # trials that ended since this driver started: their record was last written after it
+        ended_here = sum(1 for k in keys if (recs.get(k) or {}).get("status") in ENDED
+                         and records.written_at(spec.sweep_dir, k) >= started)
+        elapsed = time.time() - started
+        if ended_here and elapsed > 0:
+            per_hour = ended_here / elapsed * 3600
+            eta = (len(keys) - sum(counts.get(s, 0) for s in ENDED)) / per_hour * 3600
+    return Progress(len(keys), dict(counts), started, alive, per_hour, eta)
+
+
+def list_sweeps(output_dir: Path) -> list[dict[str, Any]]:
+    """The sweep folders directly under ``output_dir``, with where each stands."""
+    if not output_dir.is_dir():
+        raise SpecError(f"{str(output_dir)!r} is not a folder; give an output_dir of a sweep spec (default ./runs)")
+    rows = []
+    for folder in sorted(p for p in output_dir.iterdir() if (p / SPEC_FILE).is_file()):
+        try:
+            p = progress(load_sweep(folder))
+        except Exception as exc:  # noqa: BLE001 - one unreadable sweep must not hide the others
+            rows.append({"sweep": folder.name, "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        started = p.started or (folder / SPEC_FILE).stat().st_mtime
+        rows.append({"sweep": folder.name, "path": str(folder), "total": p.total, **p.counts,
+                     "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(started)),
+                     "driver": "alive" if p.driver_alive else "-"})
+    return rows
+
+
+def stop(sweep_dir: Path, timeout_s: float) -> int:
+    """Ask the sweep's driver to stop, wait for it, and leave nothing RUNNING in MLflow. Returns 0 when the
+    sweep is stopped, 1 when the driver did not stop within ``timeout_s``."""
+    spec = load_sweep(sweep_dir)
+    if not driver.alive(spec.sweep_dir):
+        n = leave_resumable(spec)
+        print(f"no driver is running {spec.sweep_dir}; {n} trial(s) it left RUNNING are now STOPPED (resumable)",
+              flush=True)
+        return 0
+    where = (driver.info(spec.sweep_dir) or {}).get("host", "?")
+    driver.request_stop(spec.sweep_dir)
+    print(f"asked the driver on {where} to stop; waiting up to {timeout_s:g} s", flush=True)
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if not driver.alive(spec.sweep_dir):
+            break
+        time.sleep(1.0)
+    else:
+        print(f"the driver has not stopped within {timeout_s:g} s; it stops at its next Tune step (a trial's "
+              f"setup can delay it); check with `peft-sweep status {spec.sweep_dir}`", file=sys.stderr, flush=True)
+        return 1
+    leave_resumable(spec)  # a driver killed while stopping leaves RUNNING records behind
+    p = progress(spec)
+    print(f"stopped: {p.line()}; resume with: peft-sweep run {spec.sweep_dir / SPEC_FILE}", flush=True)
+    return 0
+
+
+def leave_resumable(spec: SweepSpec) -> int:
+    """Records and MLflow runs a dead driver left RUNNING become STOPPED/KILLED (the next run resumes them);
+    the parent run is ended too. Returns how many trials that touched."""
+    left = [k for k, r in records.all_records(spec.sweep_dir).items() if r.get("status") == "RUNNING"]
+    tracker = tracker_for(spec)
+    for key in left:
+        records.update(spec.sweep_dir, key, status="STOPPED")
+        tracker.stop_trial(key)
+    sync(spec, tracker, mend_parent=False)
+    if tracker.parent_status() == "RUNNING":
+        tracker.end_sweep("KILLED")
+    driver.clear_stop(spec.sweep_dir)
+    return len(left)
+
+
+def watch(spec: SweepSpec, interval_s: float) -> int:
+    """A live view until no driver runs the sweep: a rich progress bar on a terminal, else a line per
+    interval (logs, CI)."""
+    if not sys.stdout.isatty():
+        while True:
+            p = progress(spec)
+            print(f"[{time.strftime('%H:%M:%S')}] {p.line()}", flush=True)
+            if not p.driver_alive:
+                return 0
+            time.sleep(interval_s)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn
+
+    with Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+             refresh_per_second=2) as bar:
+        task = bar.add_task(spec.name, total=None, info="")
+        while True:
+            p = progress(spec)
+            bar.update(task, total=p.total, completed=p.ended, info=p.line().split(" | ", 1)[1])
+            if not p.driver_alive:
+                return 0
+            time.sleep(interval_s)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
+        f"{seconds // 60}m{seconds % 60:02d}s"

@@ -1,0 +1,93 @@
+"""A sweep's identity: its name plus a fingerprint of what changes results, and the code that ran it.
+
+Rerunning a sweep name with a changed spec would mix trials of two experiments in one table, so it is
+refused, naming what changed, unless the change only grows the grid (then only the new trials run) or the
+user passes ``--force`` (or picks a new name). Where results do not depend on a field (paths, Ray and
+resources, retries, the tracking store) it may change freely.
+
+Code may change between runs of one sweep (a bug fix mid-study): that is allowed, announced on the console,
+and every MLflow run carries the ``code_version`` it ran with, so a table can be split by it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from .spec import SpecError, SweepSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE_PACKAGES = ("orchestrator", "trainables", "dashboards")
+# fields that do not change a trial's result: where things are, how they are scheduled and tracked
+RESULT_FREE = {"name", "output_dir", "tracking_uri", "ray", "resources", "max_failures", "fault", "grid"}
+RESULT_FREE_DATA = {"dir", "cache_dir"}  # where the (same) task files and token cache are
+AXES = ("methods", "tasks", "seeds", "sparsities", "perturbations")
+
+
+def result_fields(spec: SweepSpec) -> dict[str, Any]:
+    data = spec.model_dump(mode="json", exclude=RESULT_FREE)
+    data["data"] = {k: v for k, v in data["data"].items() if k not in RESULT_FREE_DATA}
+    return data
+
+
+def fingerprint(spec: SweepSpec) -> str:
+    """A short hash of everything in the spec that changes results (the grid aside: it may grow)."""
+    return hashlib.sha256(json.dumps(result_fields(spec), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict) and node:
+        return {k: v for key, sub in node.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): node}
+
+
+def changes(old: SweepSpec, new: SweepSpec) -> list[str]:
+    """What ``new`` changes of ``old`` that would mix experiments: result fields, and grid values dropped."""
+    before, after = _flat(result_fields(old)), _flat(result_fields(new))
+    out = [f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in sorted(set(before) | set(after))
+           if before.get(k) != after.get(k)]
+    for axis in AXES:
+        dropped = [v for v in (getattr(old.grid, axis) or [None]) if v not in (getattr(new.grid, axis) or [None])]
+        if dropped:
+            out.append(f"grid.{axis} drops {', '.join(map(str, dropped))}")
+    return out
+
+
+def check_rerun(old: SweepSpec | None, new: SweepSpec, force: bool) -> None:
+    """Refuse a rerun of a sweep name whose spec changed other than by growing the grid."""
+    if old is None or force:
+        return
+    found = changes(old, new)
+    if found:
+        shown = "; ".join(found[:4]) + (f"; and {len(found) - 4} more" if len(found) > 4 else "")
+        raise SpecError(f"sweep {new.name!r} in {str(new.sweep_dir)!r} was run with another spec ({shown}); give "
+                        "it a new name, or pass --force to run this spec there (all its trials rerun)")
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """The git commit (with ``-dirty`` for uncommitted changes), or, where there is no .git (a ``ray job
+    submit`` working dir excludes it), the package version plus a hash of the source files."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=ROOT)
+        if head.returncode == 0 and head.stdout.strip():
+            dirty = subprocess.run(["git", "status", "--porcelain", "--", *SOURCE_PACKAGES], capture_output=True,
+                                   text=True, timeout=10, cwd=ROOT).stdout.strip()
+            return f"git:{head.stdout.strip()[:12]}{'-dirty' if dirty else ''}"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        release = version("peft-sweep")
+    except PackageNotFoundError:
+        release = "0"
+    digest = hashlib.sha256()
+    for pkg in SOURCE_PACKAGES:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            digest.update(str(path.relative_to(ROOT)).encode())
+            digest.update(path.read_bytes())
+    return f"{release}+src.{digest.hexdigest()[:12]}"

@@ -1,0 +1,76 @@
+"""Where a sweep's Tune experiments live, on any filesystem Tune itself writes to.
+
+Layout: ``<root>/exp-NNN/`` per Tune experiment, where ``root`` is ``<ray.storage_path>/<sweep name>`` (one
+namespace per sweep, so sweeps sharing a storage path never restore each other) or ``SWEEP_DIR/tune``. Beside
+Tune's own state each experiment holds ``trial_keys.json`` (which trials it runs) and, once it ended, a done
+marker. Everything goes through pyarrow's filesystems, as Tune's storage does, so ``s3://``/``gs://`` roots
+restore exactly as local ones (an S3-compatible endpoint is taken from ``AWS_ENDPOINT_URL``, as pyarrow does).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+DONE_MARKER = "SWEEP_EXPERIMENT_DONE"
+KEYS_FILE = "trial_keys.json"
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def tune_root(storage_path: str | None, sweep_name: str, sweep_dir: Path) -> str:
+    """The sweep's namespace under the storage root, as a URI or an absolute path."""
+    if not storage_path:
+        return str(sweep_dir / "tune")
+    if is_uri(storage_path):
+        return f"{storage_path.rstrip('/')}/{sweep_name}"
+    return str(Path(storage_path).expanduser().resolve() / sweep_name)
+
+
+class ExperimentStore:
+    """The experiments of one sweep under its Tune root."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self.fs, self.path = pafs.FileSystem.from_uri(root if is_uri(root) else str(Path(root).resolve()))
+
+    def uri(self, name: str) -> str:
+        return f"{self.root.rstrip('/')}/{name}"
+
+    def experiments(self) -> list[str]:
+        """Names of the experiments, oldest first."""
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
+        return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("exp-"))
+
+    def next_name(self) -> str:
+        return f"exp-{len(self.experiments()) + 1:03d}"
+
+    def _file(self, name: str, file: str) -> str:
+        return f"{self.path.rstrip('/')}/{name}/{file}"
+
+    def write_keys(self, name: str, keys: list[str]) -> None:
+        self.fs.create_dir(f"{self.path.rstrip('/')}/{name}", recursive=True)
+        with self.fs.open_output_stream(self._file(name, KEYS_FILE)) as out:
+            out.write(json.dumps(sorted(keys)).encode())
+
+    def keys(self, name: str) -> set[str]:
+        with self.fs.open_input_stream(self._file(name, KEYS_FILE)) as f:
+            return set(json.loads(f.read().decode()))
+
+    def is_done(self, name: str) -> bool:
+        return self.fs.get_file_info(self._file(name, DONE_MARKER)).type != pafs.FileType.NotFound
+
+    def mark_done(self, name: str) -> None:
+        with self.fs.open_output_stream(self._file(name, DONE_MARKER)) as out:
+            out.write(b"")
+
+    def unfinished(self) -> str | None:
+        """The last experiment if a driver died (or was stopped) before it ended, else None."""
+        names = self.experiments()
+        if not names or self.is_done(names[-1]):
+            return None
+        info = self.fs.get_file_info(self._file(names[-1], KEYS_FILE))
+        return names[-1] if info.type != pafs.FileType.NotFound else None

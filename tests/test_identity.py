@@ -1,0 +1,55 @@
+"""A sweep's identity: a changed spec is refused unless it only grows the grid; the code version without git."""
+import shutil
+
+import pytest
+import yaml
+
+from orchestrator import identity
+from orchestrator.spec import SpecError, spec_from_dict
+from tests.sweeps import write_spec
+
+
+def _spec(tmp_path, tiny_model, data_dir, **overrides):
+    path = write_spec(tmp_path, tiny_model, data_dir, **overrides)
+    return spec_from_dict(yaml.safe_load(path.read_text()), str(path))
+
+
+def test_result_changes_are_named_and_growth_or_paths_are_not(tmp_path, tiny_model, data_dir):
+    base = _spec(tmp_path, tiny_model, data_dir)
+    assert identity.changes(base, base) == []
+    grown = _spec(tmp_path, tiny_model, data_dir, grid={"methods": ["sam", "bitfit", "lora"], "tasks": ["CB", "RTE"],
+                                                        "seeds": [0, 1, 2]})
+    assert identity.changes(base, grown) == []
+    moved = _spec(tmp_path, tiny_model, data_dir, output_dir=str(tmp_path / "elsewhere"), max_failures=5,
+                  resources={"max_concurrent": 1}, ray={"num_cpus": 1}, data={"dir": str(tmp_path / "copy")})
+    assert identity.changes(base, moved) == [] and identity.fingerprint(moved) == identity.fingerprint(base)
+    changed = _spec(tmp_path, tiny_model, data_dir, training__max_steps=7, methods={"sam": {"burnin": 3, "lr": 1e-2},
+                                                                                    "bitfit": {"lr": 1e-2}})
+    assert identity.changes(base, changed) == ["methods.sam.burnin: 2 -> 3", "training.max_steps: 6 -> 7"]
+    assert identity.fingerprint(changed) != identity.fingerprint(base)
+    shrunk = _spec(tmp_path, tiny_model, data_dir, grid={"methods": ["sam"], "tasks": ["CB"], "seeds": [0, 1]})
+    assert identity.changes(base, shrunk) == ["grid.methods drops bitfit"]
+
+
+def test_rerun_with_a_changed_spec_is_refused_before_anything_runs(tmp_path, tiny_model, data_dir):
+    from orchestrator import sweep
+
+    first = _spec(tmp_path, tiny_model, data_dir)
+    first.sweep_dir.mkdir(parents=True)
+    (first.sweep_dir / sweep.SPEC_FILE).write_text(yaml.safe_dump(first.model_dump(mode="json")))  # as `run` leaves it
+    changed = _spec(tmp_path, tiny_model, data_dir, training__lr=3e-3)
+    with pytest.raises(SpecError, match=r"was run with another spec \(training.lr: None -> 0.003\).*new name.*--force"):
+        sweep.run(changed)
+    assert sorted(p.name for p in first.sweep_dir.iterdir()) == ["spec.yaml"]  # nothing written, no Ray started
+    identity.check_rerun(first, changed, force=True)  # --force takes it
+
+
+def test_code_version_without_git_hashes_the_source(tmp_path, monkeypatch):
+    assert identity.code_version.__wrapped__().startswith("git:")  # this checkout has .git
+    for pkg in identity.SOURCE_PACKAGES:
+        shutil.copytree(identity.ROOT / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(identity, "ROOT", tmp_path)  # a copy without .git, as `ray job submit` ships it
+    first = identity.code_version.__wrapped__()
+    assert "+src." in first and not first.startswith("git:")
+    (tmp_path / "trainables" / "loop.py").write_text((tmp_path / "trainables" / "loop.py").read_text() + "\n# x\n")
+    assert identity.code_version.__wrapped__() != first
