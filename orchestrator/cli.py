@@ -90,15 +90,17 @@ def _load(args, check_world: bool):
     import os
 
     from . import sweep
-    from .preflight import check_ray_address, check_size, preflight
+    from .preflight import check_cluster_paths, check_ray_address, check_size, preflight
     from .spec import load_spec
 
     spec = load_spec(args.config, args.set)
     check_size(spec, args.yes)
     if check_world:
+        address = spec.ray.address or os.environ.get("RAY_ADDRESS")
+        check_cluster_paths(spec, address)
         preflight(spec)
         sweep.tracker_for(spec).check_reachable()
-        check_ray_address(spec.ray.address or os.environ.get("RAY_ADDRESS"))
+        check_ray_address(address)
     return spec
 
 

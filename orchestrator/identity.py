@@ -79,15 +79,23 @@ def code_version() -> str:
             return f"git:{head.stdout.strip()[:12]}{'-dirty' if dirty else ''}"
     except (OSError, subprocess.SubprocessError):
         pass
+    return f"{release()}+src.{source_digest()}"
+
+
+def release() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        release = version("peft-sweep")
+        return version("peft-sweep")
     except PackageNotFoundError:
-        release = "0"
+        return "0"
+
+
+def source_digest() -> str:
+    """A hash of this project's source files: equal on every node that runs the same code."""
     digest = hashlib.sha256()
     for pkg in SOURCE_PACKAGES:
         for path in sorted((ROOT / pkg).rglob("*.py")):
             digest.update(str(path.relative_to(ROOT)).encode())
             digest.update(path.read_bytes())
-    return f"{release}+src.{digest.hexdigest()[:12]}"
+    return digest.hexdigest()[:12]

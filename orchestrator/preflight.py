@@ -177,6 +177,71 @@ def check_ray_address(address: str | None) -> None:
         channel.close()
 
 
+def check_cluster_paths(spec: SweepSpec, address: str | None) -> None:
+    """With a cluster, a relative path resolves wherever the driver happens to run; under `ray job submit`
+    that is the job's temporary working dir, deleted with the job, and the sweep's records with it."""
+    if not address:
+        return
+    uri = spec.tracking_uri or ""
+    sqlite = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
+    for field, value in (("output_dir", spec.output_dir), ("ray.storage_path", spec.ray.storage_path),
+                         ("tracking_uri", sqlite)):
+        if value and "://" not in value and not Path(value).expanduser().is_absolute():
+            raise SpecError(f"{field} {value!r} is relative, and the sweep runs on the Ray cluster at {address!r}: "
+                            "under `ray job submit` it would land in the job's temporary working dir and be lost; "
+                            "give an absolute path on storage that outlives the job (e.g. NFS), or a URI")
+
+
+PACKAGES = ("ray", "torch", "transformers", "peft")
+
+
+def node_versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    from .identity import release, source_digest
+
+    return {**{p: version(p) for p in PACKAGES}, "peft-sweep": f"{release()}+src.{source_digest()}"}
+
+
+def node_lacks(spec: SweepSpec) -> list[str]:
+    """What the node this runs on lacks for the sweep (run there as a Ray task): the data folder and task files,
+    a writable token cache, the model. Reads only; seconds."""
+    from trainables.tasks import get_task, task_files
+
+    lacks = []
+    try:
+        folder = resolve_data_dir(spec.data.dir)
+        for task in spec.grid.tasks if folder is not None else []:
+            task_files(get_task(task), folder)
+    except DataError as exc:
+        lacks.append(str(exc))
+    try:
+        check_cache(spec.data)
+    except SpecError as exc:
+        lacks.append(str(exc))
+    try:
+        check_model(spec.model)
+    except (ModelError, SpecError, OSError) as exc:
+        lacks.append(str(exc).splitlines()[0])
+    return lacks
+
+
+def node_report(spec: SweepSpec) -> dict[str, object]:
+    import socket
+
+    return {"host": socket.gethostname(), "versions": node_versions(), "lacks": node_lacks(spec)}
+
+
+def nodes_problems(reports: dict[str, dict], driver: dict[str, str]) -> list[str]:
+    """One line per node and problem: what it lacks, and each package version that differs from the driver's."""
+    lines = []
+    for node, rep in sorted(reports.items()):
+        lines += [f"{node}: {lack}" for lack in rep["lacks"]]
+        lines += [f"{node}: {pkg} {rep['versions'].get(pkg)} (driver: {want})" for pkg, want in driver.items()
+                  if rep["versions"].get(pkg) != want]
+    return lines
+
+
 @contextlib.contextmanager
 def undo_on_error(folder: Path) -> Iterator[None]:
     """Remove ``folder`` (and the parents made for it) if the block fails: a refused run leaves nothing."""
@@ -192,5 +257,6 @@ def undo_on_error(folder: Path) -> Iterator[None]:
         raise
 
 
-__all__ = ["DataError", "check_data", "check_model", "check_paths", "check_ray_address", "check_resources",
+__all__ = ["DataError", "check_cluster_paths", "check_data", "check_model", "check_paths", "check_ray_address",
+           "check_resources", "node_report", "node_versions", "nodes_problems",
            "check_size", "preflight", "undo_on_error"]

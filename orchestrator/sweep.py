@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from . import driver, identity, records
-from .preflight import check_ray_address, preflight, undo_on_error
+from .preflight import check_cluster_paths, check_ray_address, preflight, undo_on_error
 from .spec import SpecError, SweepSpec, spec_from_dict
 from .tracking import Tracker, TrackingError
 
@@ -163,12 +163,13 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
     from .tune_runner import init_ray, run_trials  # Ray is imported only when a sweep really runs
 
     trials = spec.trials()
+    address = spec.ray.address or os.environ.get("RAY_ADDRESS")
+    check_cluster_paths(spec, address)
     preflight(spec)
     previous = load_sweep(spec.sweep_dir) if (spec.sweep_dir / SPEC_FILE).is_file() else None
     identity.check_rerun(previous, spec, force)
     tracker = tracker_for(spec)
     tracker.check_reachable()
-    address = spec.ray.address or os.environ.get("RAY_ADDRESS")
     check_ray_address(address)
     if address:  # connect now: a cluster without the GPUs a trial asks for is refused before anything is written
         init_ray(spec)

@@ -27,6 +27,7 @@ from trainables.loop import RESULT_FILE, EvalPoint, TrialEnd
 
 from . import driver, records
 from .masks import keep_mask
+from .preflight import node_report, node_versions, nodes_problems
 from .spec import ClusterError, SweepSpec
 from .storage import ExperimentStore, tune_root
 from .tracking import Tracker, is_outage
@@ -241,6 +242,7 @@ def init_ray(spec: SweepSpec) -> None:
         raise ClusterError(f"cannot reach the Ray cluster at {address!r}: {exc}") from None
     if address:
         _check_cluster_resources(spec, f"the Ray cluster at {address!r}")
+        _check_nodes(spec, f"the Ray cluster at {address!r}")
 
 
 def _check_cluster_resources(spec: SweepSpec, where: str) -> None:
@@ -251,6 +253,43 @@ def _check_cluster_resources(spec: SweepSpec, where: str) -> None:
         if want > have.get(kind, 0):
             raise ClusterError(f"resources.{field} {want:g}: {where} has "
                                f"{have.get(kind, 0):g} {kind}(s) in all, so no trial could start")
+
+
+NODE_CHECK_TIMEOUT_S = 180.0
+
+
+def _check_nodes(spec: SweepSpec, where: str) -> None:
+    """A one-shot task on every alive node: it has the data, the token cache and the model, and runs the
+    driver's versions of ray, torch, transformers, peft and this project. Else nothing starts, and a table
+    says what each node lacks (a trial would otherwise fail there, hours in)."""
+    from ray.exceptions import GetTimeoutError
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    probe = ray.remote(num_cpus=0, max_retries=0)(node_report)
+    refs = {f"node {n['NodeManagerAddress']} ({n['NodeID'][:8]})": probe.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(spec) for n in nodes}
+    try:
+        reports = dict(zip(refs, ray.get(list(refs.values()), timeout=NODE_CHECK_TIMEOUT_S)))
+    except GetTimeoutError:
+        raise ClusterError(f"the preflight task did not return from every node of {where} within "
+                           f"{NODE_CHECK_TIMEOUT_S:g} s; are all nodes healthy (`ray status`)?") from None
+    problems = nodes_problems(reports, node_versions())
+    if problems:
+        print(f"preflight on {len(nodes)} node(s) of {where}:", file=sys.stderr)
+        for line in problems:
+            print(f"  {line}", file=sys.stderr)
+        raise ClusterError(f"{len(problems)} problem(s) on the nodes of {where} (listed above); nothing was started")
+    if len(nodes) > 1:
+        storage = spec.ray.storage_path
+        if not storage or "://" not in storage:
+            print(f"WARNING: Tune storage {storage or str(spec.sweep_dir / 'tune')!r} is a local path and the "
+                  f"cluster has {len(nodes)} nodes: it must be a folder every node mounts (NFS), or set "
+                  "ray.storage_path to a URI (s3://, gs://)", file=sys.stderr, flush=True)
+        if spec.resolved_tracking_uri.startswith("sqlite"):
+            print("WARNING: MLflow on SQLite with a multi-node cluster: the driver alone writes it, which works, "
+                  "but only this machine can browse it; an `mlflow server` (README, cluster section) lets "
+                  "everyone see the sweep", file=sys.stderr, flush=True)
 
 
 def run_trials(spec: SweepSpec, trials: list[TrialConfig], restore: bool) -> dict[str, int]:

@@ -1,6 +1,9 @@
-"""A real two-node local Ray cluster: `ray job submit` runs a sweep; losing the worker node mid-sweep
-does not lose the sweep."""
+"""A real two-node local Ray cluster, started once for this module: `ray job submit` runs a sweep; every node
+is checked before anything starts; sweeps sharing an S3 root (moto's server) resume only their own trials
+after the driver dies; `peft-sweep stop`/`list`/`status --watch` on a running sweep; losing the worker node
+mid-sweep does not lose the sweep (last: it takes the node away)."""
 import json
+import logging
 import os
 import shutil
 import signal
@@ -12,28 +15,34 @@ from pathlib import Path
 
 import pytest
 
-from tests.sweeps import free_port, ROOT, records, write_spec
+from tests.sweeps import ROOT, cli, free_port, records, spawn, tracker, write_spec
 
 pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).with_name("ray"))
+BUCKET = "sweeps"
 
 
-
-@pytest.fixture
-def cluster(tmp_path):
-    gcs, dash = free_port(), free_port()
-    # Ray 2.60 turns token auth on at `ray start --head`; every node and client must then ask for it
-    env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "token"}
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    gcs, dash, s3_port = free_port(), free_port(), free_port()
+    # Ray 2.60 turns token auth on at `ray start --head`; every node and client must then ask for it. The nodes'
+    # workers find the test's S3 endpoint (started later, on s3_port) the way pyarrow reads it, from the env
+    s3_env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}", "AWS_ACCESS_KEY_ID": "test",
+              "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "token", **s3_env}
     subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=60)
     subprocess.run([RAY, "start", "--head", f"--port={gcs}", f"--dashboard-port={dash}", "--num-cpus=2",
                     "--num-gpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1"],
                    check=True, capture_output=True, env=env, timeout=180)
     # the second node blocks in the foreground, so the test can stop it alone (a lost node). Its own temp dir:
-    # two nodes on one machine sharing one would garbage-collect each other's runtime-env files (the job's cwd)
+    # two nodes on one machine sharing one would garbage-collect each other's runtime-env files (the job's cwd).
+    # Its env points the data folder somewhere that does not exist: a node that lacks the data (what the
+    # per-node preflight must catch when a spec leaves data.dir to the environment)
     worker_tmp = tempfile.mkdtemp(prefix="rw", dir="/tmp")
+    no_data = str(tmp_path_factory.mktemp("worker") / "no-data-here")
     worker = subprocess.Popen([RAY, "start", f"--address=127.0.0.1:{gcs}", "--num-cpus=1", "--num-gpus=1", "--block",
-                               f"--temp-dir={worker_tmp}"],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                               f"--temp-dir={worker_tmp}"], env={**env, "PEFT_SWEEP_DATA_DIR": no_data},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline:
         out = subprocess.run([RAY, "status", f"--address=127.0.0.1:{gcs}"], capture_output=True, text=True, env=env)
@@ -42,11 +51,38 @@ def cluster(tmp_path):
         time.sleep(2)
     else:
         pytest.fail("the second node did not join:\n" + out.stdout)
-    yield {"gcs": gcs, "dashboard": f"http://127.0.0.1:{dash}", "worker": worker, "env": env}
+    yield {"gcs": gcs, "address": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dash}", "worker": worker,
+           "env": env, "s3_env": s3_env, "no_data": no_data}
     if worker.poll() is None:
         os.killpg(worker.pid, signal.SIGTERM)
     subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
     shutil.rmtree(worker_tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def on_cluster(cluster, monkeypatch):
+    """Drivers started by the test (subprocesses or in-process CLI calls) reach the cluster."""
+    for k, v in cluster["env"].items():
+        if k.startswith(("RAY_AUTH", "AWS_")):
+            monkeypatch.setenv(k, v)
+    monkeypatch.setenv("RAY_ADDRESS", "")
+    return cluster
+
+
+@pytest.fixture
+def s3(cluster, on_cluster):
+    """An S3-compatible endpoint (moto) in this process, where the cluster's nodes expect it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    port = int(cluster["s3_env"]["AWS_ENDPOINT_URL"].rsplit(":", 1)[1])
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    client = boto3.client("s3", endpoint_url=cluster["s3_env"]["AWS_ENDPOINT_URL"])
+    client.create_bucket(Bucket=BUCKET)
+    yield client
+    server.stop()
 
 
 def _submit(cluster, spec: Path, extra_env: dict) -> subprocess.CompletedProcess:
@@ -68,6 +104,175 @@ def test_ray_job_submit_on_a_two_node_cluster(cluster, tmp_path, tiny_model, dat
     assert {r["status"] for r in records(tmp_path / "runs" / "t").values()} == {"FINISHED"}
 
 
+def test_more_gpus_than_the_cluster_has_is_refused_before_anything_is_written(cluster, tmp_path, tiny_model,
+                                                                             data_dir):
+    spec = write_spec(tmp_path, tiny_model, data_dir, resources__gpu_per_trial=4,
+                      ray={"address": f"127.0.0.1:{cluster['gcs']}"})
+    out = subprocess.run([sys.executable, "-m", "orchestrator", "run", str(spec)], cwd=ROOT, capture_output=True,
+                         text=True, env=cluster["env"], timeout=300)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "resources.gpu_per_trial 4" in out.stderr and "3 GPU(s) in all" in out.stderr
+    assert not (tmp_path / "runs" / "t").exists()
+
+
+def test_a_node_that_lacks_the_data_is_refused_with_a_table_before_anything_starts(on_cluster, tmp_path,
+                                                                                      tiny_model, data_dir):
+    spec = write_spec(tmp_path, tiny_model, data_dir, data={"dir": None}, ray={"address": on_cluster["address"]})
+    env = {**on_cluster["env"], "PEFT_SWEEP_DATA_DIR": str(data_dir)}  # the driver (and head node) have the data
+    out = subprocess.run([sys.executable, "-m", "orchestrator", "run", str(spec)], cwd=ROOT, capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert out.returncode == 2, out.stdout[-3000:] + out.stderr[-3000:]
+    table = [line for line in out.stderr.splitlines() if line.startswith("  node ")]
+    assert len(table) == 1 and on_cluster["no_data"] in table[0] and "does not exist" in table[0], out.stderr
+    assert "1 problem(s) on the nodes of the Ray cluster" in out.stderr.splitlines()[-1]
+    assert not (tmp_path / "runs" / "t").exists()
+
+
+def test_relative_paths_are_refused_with_a_cluster_address(on_cluster, tmp_path, tiny_model, data_dir,
+                                                           monkeypatch, capsys):
+    from orchestrator.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    spec = write_spec(tmp_path, tiny_model, data_dir, output_dir="runs", ray={"address": on_cluster["address"]})
+    assert main(["run", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert "output_dir 'runs' is relative" in err and "absolute path" in err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.fixture
+def spawned():
+    """``spawn`` whose process group is killed at teardown if the test left it running."""
+    procs = []
+
+    def start(*args: str):
+        procs.append(spawn(*args))
+        return procs[-1]
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _objects(client, prefix: str) -> list[str]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+def _wait_for(predicate, proc, what: str, timeout=300):
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        assert proc.poll() is None, f"the sweep ended before {what}:\n" + proc.stdout.read()[-3000:]
+        time.sleep(0.3)
+    raise AssertionError(f"{what}: not reached")
+
+
+def _running_with_checkpoint(sweep_dir, has_checkpoint) -> str | None:
+    running = [k for k, r in records(sweep_dir).items() if r.get("status") == "RUNNING"]
+    return next((k for k in running if has_checkpoint(k)), None)
+
+
+def _state_knows_a_checkpoint(client, prefix: str, key: str) -> bool:
+    """Tune's saved experiment state in the bucket holds a checkpoint of trial ``key`` (what a restore uses)."""
+    states = sorted(o for o in _objects(client, prefix) if o.rsplit("/", 1)[-1].startswith("experiment_state"))
+    if not states:
+        return False
+    state = json.loads(client.get_object(Bucket=BUCKET, Key=states[-1])["Body"].read())
+    for _, run_metadata in state["trial_data"]:
+        last = json.loads(run_metadata).get("last_result") or {}
+        if (last.get("config") or {}).get("trial", {}).get("trial_key") == key and last.get("checkpoint_dir_name"):
+            return True
+    return False
+
+
+def test_sweeps_sharing_an_s3_root_resume_only_their_own(s3, on_cluster, spawned, tmp_path, tiny_model,
+                                                         data_dir):
+    root = f"s3://{BUCKET}/tune"
+    common = {"training__max_steps": 24, "training__eval_every": 3, "resources": {"max_concurrent": 1},
+              "ray": {"address": on_cluster["address"], "storage_path": root}}
+    grid = {"methods": ["sam"], "tasks": ["CB"], "seeds": [0, 1]}
+    spec_a = write_spec(tmp_path / "a", tiny_model, data_dir, name="a", grid=grid, fault={"step_delay_s": 0.25},
+                        **common)
+    spec_b = write_spec(tmp_path / "b", tiny_model, data_dir, name="b", grid={**grid, "seeds": [0]}, **common)
+    dir_a = tmp_path / "a" / "runs" / "a"
+    saved = lambda k: _state_knows_a_checkpoint(s3, "tune/a/exp-001/", k)  # noqa: E731
+    proc = spawned("run", str(spec_a))
+    _wait_for(lambda: any(r.get("status") == "FINISHED" for r in records(dir_a).values())
+              and _running_with_checkpoint(dir_a, saved), proc, "a finished trial and a checkpointed one")
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its Ray, as a lost head node would
+    proc.wait()
+    before = records(dir_a)
+    interrupted = [k for k, r in before.items() if r.get("status") == "RUNNING"]
+    finished = {k: r["result"] for k, r in before.items() if r.get("status") == "FINISHED"}
+    assert len(interrupted) == 1 and len(finished) == 1
+
+    out_b = cli("run", str(spec_b), check_rc=0).stdout  # same storage root while A is interrupted
+    assert "resuming" not in out_b and "1/1 FINISHED" in out_b
+    assert {o.split("/")[2] for o in _objects(s3, "tune/b/")} - {""} == {"exp-001"}  # its own namespace
+
+    write_spec(tmp_path / "a", tiny_model, data_dir, name="a", grid=grid, **common)  # no delay now (not a result field)
+    out_a = cli("run", str(spec_a), check_rc=0).stdout
+    assert "resuming the interrupted experiment exp-001" in out_a and "2/2 FINISHED" in out_a
+    after = records(dir_a)
+    assert after[interrupted[0]]["result"]["resumed_from_step"] > 0, after[interrupted[0]]["result"]
+    for key, result in finished.items():
+        assert after[key]["result"] == result  # nothing ran twice
+    runs = tracker(dir_a).trial_runs()
+    assert len(runs) == 2 and {r.data.tags["attempt"] for r in runs.values()} == {"1"}
+    assert {r.info.status for r in runs.values()} == {"FINISHED"}
+
+
+def test_stop_leaves_trials_resumable_and_nothing_running(on_cluster, spawned, capsys, tmp_path, tiny_model,
+                                                          data_dir):
+    from orchestrator.cli import main
+
+    spec = write_spec(tmp_path, tiny_model, data_dir, training__max_steps=60, training__eval_every=3,
+                      resources={"max_concurrent": 1}, fault={"step_delay_s": 0.3},
+                      ray={"address": on_cluster["address"]},
+                      grid={"methods": ["sam"], "tasks": ["CB"], "seeds": [0, 1]})
+    sweep_dir = tmp_path / "runs" / "t"
+    ckpt = lambda k: any(k in str(p) for p in (sweep_dir / "tune").rglob("checkpoint_*"))  # noqa: E731
+    proc = spawned("run", str(spec))
+    _wait_for(lambda: _running_with_checkpoint(sweep_dir, ckpt), proc, "a checkpointed running trial")
+
+    watch = spawned("status", str(sweep_dir), "--watch", "--interval", "0.5")  # a line per interval off a terminal
+    first = watch.stdout.readline()
+    assert "running 1 |" in first and "driver alive" in first, first
+    # in this process (no interpreter start-up): the trial must still be running when the stop arrives
+    assert main(["list", str(tmp_path / "runs"), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(r["sweep"], r["total"], r["driver"], r.get("RUNNING")) for r in listed] == [("t", 2, "alive", 1)]
+    assert main(["stop", str(sweep_dir), "--timeout", "120"]) == 0
+    out = capsys.readouterr().out
+    assert "stopped:" in out and "resume with: peft-sweep run" in out
+    assert proc.wait(timeout=60) == 0
+    assert "left resumable from their last checkpoints" in proc.stdout.read()
+    watched = watch.communicate(timeout=60)[0]
+    assert watch.returncode == 0 and "driver not running" in watched.splitlines()[-1]
+
+    statuses = {k: r["status"] for k, r in records(sweep_dir).items()}
+    stopped = [k for k, s in statuses.items() if s == "STOPPED"]
+    assert stopped and set(statuses.values()) <= {"FINISHED", "STOPPED"}
+    tr = tracker(sweep_dir)
+    runs = tr.trial_runs()
+    assert "RUNNING" not in {r.info.status for r in runs.values()} and tr.parent_status() == "KILLED"
+    assert {runs[k].info.status for k in stopped} == {"KILLED"}
+    stopped_run = {k: runs[k].info.run_id for k in stopped}
+
+    write_spec(tmp_path, tiny_model, data_dir, training__max_steps=60, training__eval_every=3,
+               resources={"max_concurrent": 1}, grid={"methods": ["sam"], "tasks": ["CB"], "seeds": [0, 1]},
+               ray={"address": on_cluster["address"]})
+    out = cli("run", str(spec), check_rc=0).stdout
+    assert "resuming the interrupted experiment exp-001" in out and "2/2 FINISHED" in out
+    after = records(sweep_dir)
+    runs = tracker(sweep_dir).trial_runs()
+    for key, run_id in stopped_run.items():
+        assert after[key]["result"]["resumed_from_step"] > 0
+        assert runs[key].info.run_id == run_id and runs[key].info.status == "FINISHED"  # reopened, not a new run
+
+
 def test_sweep_survives_losing_the_worker_node(cluster, tmp_path, tiny_model, data_dir):
     # one CPU per trial: three run at once, so one runs on the worker node when it goes; trials long enough
     # (120 steps, a checkpoint every 3) that it is still running then
@@ -87,14 +292,3 @@ def test_sweep_survives_losing_the_worker_node(cluster, tmp_path, tiny_model, da
     assert driver.returncode == 0, out[-5000:]
     assert "6/6 FINISHED" in out
     assert "retrying from its last checkpoint" in out  # the worker's trial moved to the head node
-
-
-def test_more_gpus_than_the_cluster_has_is_refused_before_anything_is_written(cluster, tmp_path, tiny_model,
-                                                                             data_dir):
-    spec = write_spec(tmp_path, tiny_model, data_dir, resources__gpu_per_trial=4,
-                      ray={"address": f"127.0.0.1:{cluster['gcs']}"})
-    out = subprocess.run([sys.executable, "-m", "orchestrator", "run", str(spec)], cwd=ROOT, capture_output=True,
-                         text=True, env=cluster["env"], timeout=300)
-    assert out.returncode == 2, out.stderr[-3000:]
-    assert "resources.gpu_per_trial 4" in out.stderr and "3 GPU(s) in all" in out.stderr
-    assert not (tmp_path / "runs" / "t").exists()
