@@ -54,7 +54,7 @@ def fill(spec, trials, threads: int) -> float:
             callback.on_trial_start(0, [], t)
             result = fake_result(cfg)
             for p in result["curve"]:
-                callback.tracker.log_eval(cfg.key, p, t.config["trial"])
+                callback.mlflow.tracker.log_eval(cfg.key, p, t.config["trial"])
             t.last_result = {"result_json": json.dumps(result)}
             callback.on_trial_complete(0, [], t)
 
@@ -90,7 +90,7 @@ def measure(root: Path, n: int, uri: str, threads: int) -> dict:
     fakes = [_trial(cfg) for cfg in trials]
     events = 50
     for t in fakes[:events]:  # a live driver knows its running trials' runs from on_trial_start
-        callback.tracker.run_id(t.config["trial"]["trial_key"])
+        callback.mlflow.tracker.run_id(t.config["trial"]["trial_key"])
 
     def per_event():
         for i in range(events):

@@ -73,16 +73,16 @@ def test_trial_started_while_store_down_gets_its_run_when_store_is_back(tmp_path
                             checkpoint=None)  # a Tune Trial's last checkpoint: none here
     callback = SweepCallback(spec)
     callback.on_trial_start(0, [trial], trial)  # the store is down (no server yet): no run
-    assert callback.down_until > 0 and recs.read(spec.sweep_dir, cfg.key)["synced"] is False
+    assert callback.mlflow.down_until > 0 and recs.read(spec.sweep_dir, cfg.key)["synced"] is False
     server = start_server(db, artifacts, port)
     try:
-        callback.down_until = 0  # the back-off is over
+        callback.mlflow.down_until = 0  # the back-off is over
         for step in (3, 6):
             callback.on_trial_result(0, [trial], trial, {"step": step, "dev_score": 0.5, "train_loss": 1.0, "lr": 1e-3})
         result = fake_result(cfg, steps=(3, 6))
         trial.last_result = {"result_json": json.dumps(result), "node_ip": "127.0.0.1"}
         callback.on_trial_complete(0, [trial], trial)
-        assert callback.down_until == 0
+        assert callback.mlflow.down_until == 0
         tr = tracker_for(spec)
         run = tr.trial_runs()[cfg.key]
         assert run.info.status == "FINISHED" and run.data.params["task"] == cfg.task
@@ -93,6 +93,6 @@ def test_trial_started_while_store_down_gets_its_run_when_store_is_back(tmp_path
                                  status="RUNNING", last_result={}, checkpoint=None)
         with pytest.raises(ValidationError):
             callback.on_trial_start(0, [broken], broken)
-        assert callback.down_until == 0  # a bug is not an outage
+        assert callback.mlflow.down_until == 0  # a bug is not an outage
     finally:
         stop_server(server)
