@@ -26,11 +26,11 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.mlflow_server import free_port, start_server, stop_server  # noqa: E402
+from benchmarks.synthetic_trials import fake_result, trial_dict  # noqa: E402
 from orchestrator import export, sweep  # noqa: E402
 from orchestrator.spec import spec_from_dict  # noqa: E402
 from orchestrator.tune_runner import SweepCallback  # noqa: E402
-from tests.sweeps import free_port  # noqa: E402
-from tests.tracking_fixtures import fake_result, start_server, stop_server, trial_dict  # noqa: E402
 
 METHODS, TASKS = ["sam", "bitfit"], ["CB", "RTE", "COPA", "WSC", "MRPC"]
 

@@ -29,8 +29,6 @@ def test_benchmark_smoke(script, cases, key):
 
 def test_benchmarks_do_not_import_tests():
     for path in (ROOT / "benchmarks").glob("*.py"):
-        if path.name in ("tracking_scale.py",):  # its MLflow server fixtures live in tests/ (see the report)
-            continue
         assert "from tests" not in path.read_text() and "import tests" not in path.read_text(), path.name
 
 

@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.mlflow_server import free_port
+from benchmarks.synthetic_trials import fake_result, trial_dict
 from orchestrator import records, sweep
 from orchestrator.breaker import GuardedTracker
 from orchestrator.progress import Progress, duration
 from orchestrator.records import SweepRecords
 from orchestrator.tracking import Tracker
-from tests.sweeps import free_port
-from tests.tracking_fixtures import fake_result, make_spec, trial_dict
+from tests.tracking_fixtures import make_spec
 
 
 class Clock:

@@ -8,7 +8,8 @@ import pytest
 
 from orchestrator import export, records, sweep
 from orchestrator.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING, TrackingError
-from tests.tracking_fixtures import fake_result, make_spec, record_finished, trial_dict
+from benchmarks.synthetic_trials import fake_result, trial_dict
+from tests.tracking_fixtures import make_spec, record_finished
 
 
 def _steps(tr, run_id, metric="dev_score"):

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.sweeps import free_port, ROOT, records, write_spec
+from benchmarks.mlflow_server import free_port
+from tests.sweeps import ROOT, records, write_spec
 
 pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).with_name("ray"))

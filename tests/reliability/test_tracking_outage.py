@@ -6,8 +6,8 @@ import time
 import pytest
 
 from orchestrator.sweep import tracker_for
-from tests.sweeps import free_port, cli, records, spawn, tracker, write_spec
-from tests.tracking_fixtures import start_server, stop_server
+from benchmarks.mlflow_server import free_port, start_server, stop_server
+from tests.sweeps import cli, records, spawn, tracker, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -63,7 +63,8 @@ def test_trial_started_while_store_down_gets_its_run_when_store_is_back(tmp_path
 
     from orchestrator import records as recs
     from orchestrator.tune_runner import SweepCallback
-    from tests.tracking_fixtures import fake_result, make_spec, stop_server, trial_dict
+    from benchmarks.synthetic_trials import fake_result, trial_dict
+    from tests.tracking_fixtures import make_spec
 
     port = free_port()
     db, artifacts = tmp_path / "mlflow.db", tmp_path / "artifacts"
