@@ -43,7 +43,7 @@ def test_store_down_mid_sweep_then_sync(tmp_path, tiny_model, data_dir):
         cli("sync", str(sweep_dir), check_rc=0)  # a second sync finds nothing to do
         tr = tracker(sweep_dir)
         runs = tr.trial_runs()
-        assert len(tr._search("tags.role = 'trial'")) == 4
+        assert len(tr.search("tags.role = 'trial'")) == 4
         assert {r.info.status for r in runs.values()} == {"FINISHED"}
         for run in runs.values():
             steps = [m.step for m in tr.history(run.info.run_id, "dev_score")]
