@@ -152,3 +152,28 @@ def test_no_file_imports_a_private_name_of_another_module():
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno}: .{node.attr} (defined in "
                              f"{', '.join(sorted(defined[node.attr]))})")
     assert not found, "private names used across modules:\n" + "\n".join(found)
+
+
+def _external_roots(path: Path) -> set[str]:
+    roots = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            roots |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def test_arrows_point_one_way_and_ray_and_mlflow_have_one_home():
+    """README's Layout: trainables never imports orchestrator; dashboards imports neither; Ray only in
+    orchestrator/tune_runner.py, MLflow only in orchestrator/tracking.py (inside the three packages)."""
+    graph = import_graph(top_level_only=False)
+    upward = [f"{a} -> {b}" for a, targets in graph.items() for b in targets
+              if a.split(".")[0] == "trainables" and b.split(".")[0] == "orchestrator"
+              or a.split(".")[0] == "dashboards" and b.split(".")[0] in ("orchestrator", "trainables")]
+    assert not upward, upward
+    homes = {"ray": "orchestrator.tune_runner", "mlflow": "orchestrator.tracking"}
+    stray = [f"{name} imports {lib}" for name, path in project_modules().items()
+             if name.split(".")[0] in ("orchestrator", "trainables", "dashboards")
+             for lib, home in homes.items() if lib in _external_roots(path) and name != home]
+    assert not stray, stray
