@@ -150,8 +150,8 @@ def test_duration(seconds, text):
     assert duration(seconds) == text
 
 
-def test_callback_is_a_thin_dispatcher():
-    """Ray stays in tune_runner; the writers it dispatches to import neither Ray nor MLflow at import."""
+def test_the_writers_load_neither_ray_nor_mlflow():
+    """Ray stays in tune_runner; the writers SweepCallback dispatches to load neither (MLflow only on a call)."""
     import subprocess
     import sys
 
