@@ -26,11 +26,11 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.mlflow_server import free_port, start_server, stop_server  # noqa: E402
+from benchmarks.synthetic_trials import fake_result, trial_dict  # noqa: E402
 from orchestrator import export, sweep  # noqa: E402
 from orchestrator.spec import spec_from_dict  # noqa: E402
 from orchestrator.tune_runner import SweepCallback  # noqa: E402
-from tests.sweeps import free_port  # noqa: E402
-from tests.tracking_fixtures import fake_result, start_server, stop_server, trial_dict  # noqa: E402
 
 METHODS, TASKS = ["sam", "bitfit"], ["CB", "RTE", "COPA", "WSC", "MRPC"]
 
@@ -54,7 +54,7 @@ def fill(spec, trials, threads: int) -> float:
             callback.on_trial_start(0, [], t)
             result = fake_result(cfg)
             for p in result["curve"]:
-                callback.tracker.log_eval(cfg.key, p, t.config["trial"])
+                callback.mlflow.tracker.log_eval(cfg.key, p, t.config["trial"])
             t.last_result = {"result_json": json.dumps(result)}
             callback.on_trial_complete(0, [], t)
 
@@ -90,7 +90,7 @@ def measure(root: Path, n: int, uri: str, threads: int) -> dict:
     fakes = [_trial(cfg) for cfg in trials]
     events = 50
     for t in fakes[:events]:  # a live driver knows its running trials' runs from on_trial_start
-        callback.tracker.run_id(t.config["trial"]["trial_key"])
+        callback.mlflow.tracker.run_id(t.config["trial"]["trial_key"])
 
     def per_event():
         for i in range(events):

@@ -55,7 +55,7 @@ def _cmd_train_one(args) -> int:
     from trainables.loop import EvalPoint
     from trainables.tasks import canonical_task
     from .preflight import check_cache, check_data, check_model, check_writable_dir
-    from .spec import SpecError, _first_error, apply_overrides
+    from .spec import SpecError, first_error, apply_overrides
     from pydantic import ValidationError
 
     base = {"task": canonical_task(args.task), "method": args.method, "seed": args.seed, "sparsity": args.sparsity,
@@ -66,7 +66,7 @@ def _cmd_train_one(args) -> int:
     try:
         cfg = TrialConfig.model_validate({**base, **data, "method_params": method_params})
     except ValidationError as exc:
-        raise SpecError(f"invalid trial: {_first_error(exc)}") from None
+        raise SpecError(f"invalid trial: {first_error(exc)}") from None
     if args.checkpoint_dir:
         check_writable_dir(Path(args.checkpoint_dir), "--checkpoint-dir")
     check_cache(cfg.data)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import driver, records
+from .progress import duration
 from .spec import SpecError, SweepSpec
 from .sweep import SPEC_FILE, load_sweep, sync, tracker_for
 
@@ -36,7 +37,7 @@ class Progress:
     def line(self) -> str:
         c = self.counts
         rate = f"{self.per_hour:.1f} trials/h" if self.per_hour else "rate ?"
-        eta = _duration(self.eta_s) if self.eta_s is not None else "?"
+        eta = duration(self.eta_s) if self.eta_s is not None else "?"
         return (f"done {c.get('FINISHED', 0)}/{self.total} | running {c.get('RUNNING', 0)} | failed "
                 f"{c.get('FAILED', 0)} | waiting {c.get('PENDING', 0) + c.get('STOPPED', 0)} | {rate} | ETA {eta} | "
                 f"driver {'alive' if self.driver_alive else 'not running'}")
@@ -143,8 +144,3 @@ def watch(spec: SweepSpec, interval_s: float) -> int:
                 return 0
             time.sleep(interval_s)
 
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
-        f"{seconds // 60}m{seconds % 60:02d}s"

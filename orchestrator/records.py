@@ -52,3 +52,23 @@ def all_records(sweep_dir: Path) -> dict[str, dict[str, Any]]:
 def written_at(sweep_dir: Path, key: str) -> float:
     """When the key's record was last written (its status changed), as a Unix time."""
     return _path(sweep_dir, key).stat().st_mtime
+
+
+class SweepRecords:
+    """The local record of each trial key, one method per trial event."""
+
+    def __init__(self, sweep_dir: Path):
+        self.sweep_dir = Path(sweep_dir)
+
+    def started(self, key: str, trial: dict[str, Any]) -> None:
+        update(self.sweep_dir, key, status="RUNNING", trial=trial, synced=True)
+
+    def finished(self, key: str, result: dict[str, Any]) -> None:
+        update(self.sweep_dir, key, status="FINISHED", result=result, error=None)
+
+    def failed(self, key: str, error: str) -> None:
+        update(self.sweep_dir, key, status="FAILED", error=error)
+
+    def unsynced(self, key: str) -> None:
+        """MLflow missed something of this trial: ``sync`` must look at it."""
+        update(self.sweep_dir, key, synced=False)

@@ -151,7 +151,7 @@ class SweepSpec(Strict):
             try:
                 get_method(m).Params.model_validate(params)
             except ValidationError as exc:
-                raise ValueError(f"methods.{m}: {_first_error(exc)}") from None
+                raise ValueError(f"methods.{m}: {first_error(exc)}") from None
         return self
 
     @model_validator(mode="after")
@@ -167,7 +167,7 @@ class SweepSpec(Strict):
             try:
                 get_method(base).Params.model_validate(self.method_settings(name))
             except ValidationError as exc:
-                raise ValueError(f"{where}: {_first_error(exc)}") from None
+                raise ValueError(f"{where}: {first_error(exc)}") from None
         for m in self.grid.methods:
             if m not in METHODS and m not in self.variants:
                 raise ValueError(f"grid.methods: unknown method {m!r}; valid methods: {', '.join(METHODS)}"
@@ -225,7 +225,7 @@ class SweepSpec(Strict):
         return list(out.values())
 
 
-def _first_error(exc: ValidationError) -> str:
+def first_error(exc: ValidationError) -> str:
     parts = []
     for e in exc.errors():
         loc = ".".join(str(x) for x in e["loc"])
@@ -362,4 +362,4 @@ def spec_from_dict(data: dict[str, Any], source: str = "spec") -> SweepSpec:
     try:
         return SweepSpec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(f"{source}: invalid sweep spec: {_first_error(exc)}") from None
+        raise SpecError(f"{source}: invalid sweep spec: {first_error(exc)}") from None

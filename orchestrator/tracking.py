@@ -190,7 +190,7 @@ class Tracker:
         base = self.uri.rstrip("/") if self.uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
         return f"{base}/{RUNS_VIEW.format(id=self.experiment_id)}"
 
-    def _search(self, filter_string: str) -> list:
+    def search(self, filter_string: str) -> list:
         runs, token = [], None
         while True:
             page = self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=1000,
@@ -203,7 +203,7 @@ class Tracker:
     # ------------------------------------------------------------------ the sweep's parent run
     @cached_property
     def parent_run_id(self) -> str:
-        found = self._search(f"tags.role = '{ROLE_SWEEP}'")
+        found = self.search(f"tags.role = '{ROLE_SWEEP}'")
         if found:
             return found[0].info.run_id
         run = self.client.create_run(self.experiment_id, run_name=self.sweep,
@@ -243,13 +243,13 @@ class Tracker:
     # ------------------------------------------------------------------ one child run per trial key
     def trial_runs(self) -> dict[str, Any]:
         """trial_key -> the live MLflow run of that key (one paged listing)."""
-        return {r.data.tags["trial_key"]: r for r in self._search(f"tags.role = '{ROLE_TRIAL}'")}
+        return {r.data.tags["trial_key"]: r for r in self.search(f"tags.role = '{ROLE_TRIAL}'")}
 
     def statuses(self) -> dict[str, str]:
         return {k: r.info.status for k, r in self.trial_runs().items()}
 
     def _live_run(self, key: str):
-        found = self._search(f"tags.role = '{ROLE_TRIAL}' and tags.trial_key = '{key}'")
+        found = self.search(f"tags.role = '{ROLE_TRIAL}' and tags.trial_key = '{key}'")
         return found[0] if found else None
 
     def run_id(self, key: str) -> str | None:

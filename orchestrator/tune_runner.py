@@ -1,11 +1,11 @@
 """Everything that knows Ray: the Tune trainable, the driver-side callback, and run / resume.
 
-One Tune trial per trial key. The callback runs in the driver only: it writes the local record first
-and then MLflow, so workers never touch the tracking store.
+One Tune trial per trial key. The callback runs in the driver only and dispatches to Ray-free writers
+(``records``, ``breaker``, ``progress``): the local record first and then MLflow, so workers never touch
+the tracking store.
 """
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import os
@@ -25,12 +25,15 @@ from trainables import TrialConfig, run_trial
 from trainables.finetuned import DELTA_DIR
 from trainables.loop import RESULT_FILE, EvalPoint, TrialEnd
 
-from . import driver, records
+from . import driver
+from .breaker import GuardedTracker
 from .masks import keep_mask
 from .preflight import node_report, node_versions, nodes_problems
+from .progress import Progress
+from .records import SweepRecords
 from .spec import ClusterError, SweepSpec
 from .storage import ExperimentStore, tune_root
-from .tracking import Tracker, is_outage
+from .tracking import Tracker
 
 QUIET_LOGGERS = ("ray.train", "ray.tune")  # per-checkpoint "Checkpoint successfully created" and such: INFO only
 
@@ -96,69 +99,35 @@ def _error_text(trial) -> str:
 
 
 class SweepCallback(tune.Callback):
-    """Driver-side writer of records and MLflow, and the console progress line. Cheap per event: the
-    trial key travels in the config, nothing is re-validated."""
-
-    retry_after_s = 30.0  # how long a store that failed is left alone
+    """Dispatches Tune's driver-side hooks to the three Ray-free writers: the local record first, then
+    MLflow behind its outage breaker, then the console line. Cheap per event: the trial key travels in
+    the config, nothing is re-validated."""
 
     def __init__(self, spec: SweepSpec):
         self.sweep_dir = spec.sweep_dir
-        self.tracker = Tracker(spec.resolved_tracking_uri, spec.name, self.sweep_dir)
-        self.warned = False
-        self.down_until = 0.0
-        self.started = time.time()
-        self.ended_here = 0  # trials that ended in this driver: the base of the ETA
+        self.records = SweepRecords(self.sweep_dir)
+        self.mlflow = GuardedTracker(Tracker(spec.resolved_tracking_uri, spec.name, self.sweep_dir), self.records)
+        self.progress = Progress()
 
-    def _mlflow(self, key: str, fn, *args, **kwargs) -> None:
-        """Call MLflow; if the store is down, mark the record unsynced and leave the store alone for a
-        while (every failed call would otherwise stall Tune's event loop through the client's retries).
-        Only an outage is taken for one: a bug in our code raises as it would without MLflow."""
-        if time.time() < self.down_until:
-            records.update(self.sweep_dir, key, synced=False)
-            return
-        try:
-            fn(*args, **kwargs)
-        except Exception as exc:
-            records.update(self.sweep_dir, key, synced=False)
-            if not is_outage(exc):
-                if type(exc).__module__.startswith("mlflow"):  # the store answered "no": say so, go on
-                    print(f"ERROR: MLflow refused a call for trial {key}: {exc}; the local record keeps it, "
-                          f"`peft-sweep sync {self.sweep_dir}` retries", file=sys.stderr, flush=True)
-                    return
-                raise
-            self.down_until = time.time() + self.retry_after_s
-            if not self.warned:
-                print(f"WARNING: tracking store unreachable ({type(exc).__name__}: {exc}); trials go on and are "
-                      f"kept in {self.sweep_dir / 'records'}; run `peft-sweep sync {self.sweep_dir}` later",
-                      file=sys.stderr, flush=True)
-                self.warned = True
-
-    def _progress(self, trials, what: str, completing=None) -> None:
+    def _show(self, trials, what: str, completing=None) -> None:
         """Counts come from Tune's own trial states (so they are right after a restore too); a trial
         being completed is still RUNNING when ``on_trial_complete`` is called."""
-        status = collections.Counter("TERMINATED" if t is completing else t.status for t in trials)
-        queued = status["PENDING"] + status["PAUSED"]
-        elapsed = time.time() - self.started
-        left = queued + status["RUNNING"]
-        eta = f"ETA {_duration(elapsed / self.ended_here * left)}" if self.ended_here and left else "ETA ?"
-        print(f"[{time.strftime('%H:%M:%S')}] done {status['TERMINATED']}/{len(trials)} | running "
-              f"{status['RUNNING']} | failed {status['ERROR']} | queued {queued} | elapsed {_duration(elapsed)} {eta} "
-              f"| {what}", flush=True)
+        self.progress.show(["TERMINATED" if t is completing else t.status for t in trials], what)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         cfg = trial.config["trial"]
         key = _key(trial)
-        records.update(self.sweep_dir, key, status="RUNNING", trial=cfg, synced=True)
-        self._mlflow(key, self.tracker.start_trial, key, cfg)
+        self.records.started(key, cfg)
+        self.mlflow.start_trial(key, cfg)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         key = _key(trial)
         if result.get("final"):
             return
         cfg = trial.config["trial"]
-        self._mlflow(key, self.tracker.log_eval, key, {**result, "timestamp": time.time()}, cfg)
-        self._progress(trials, f"{key} {cfg.get('variant') or cfg['method']}/{cfg['task']} "
-                       f"step {result.get('step')} dev {result.get('dev_score', float('nan')):.4f}")
+        self.mlflow.log_eval(key, {**result, "timestamp": time.time()}, cfg)
+        self._show(trials, f"{key} {cfg.get('variant') or cfg['method']}/{cfg['task']} "
+                   f"step {result.get('step')} dev {result.get('dev_score', float('nan')):.4f}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         key = _key(trial)
@@ -166,13 +135,13 @@ class SweepCallback(tune.Callback):
         if "result_json" not in last:  # ended without a final report: treat as an error
             return self._failed(trials, trial, "trial ended without a final result")
         result = json.loads(last["result_json"])
-        records.update(self.sweep_dir, key, status="FINISHED", result=result, error=None)
+        self.records.finished(key, result)
         node = {"ray_node": last["node_ip"]} if last.get("node_ip") else {}
-        self._mlflow(key, self.tracker.finish, key, result, trial.config["trial"], node)
+        self.mlflow.finish(key, result, trial.config["trial"], node)
         self._keep_final(trial, key)
-        self.ended_here += 1
-        self._progress(trials, f"{key} {result.get('variant') or result['method']}/{result['task']} seed "
-                       f"{result['seed']} FINISHED test {result['test_score']:.4f}", completing=trial)
+        self.progress.trial_ended()
+        self._show(trials, f"{key} {result.get('variant') or result['method']}/{result['task']} seed "
+                   f"{result['seed']} FINISHED test {result['test_score']:.4f}", completing=trial)
 
     def _keep_final(self, trial, key: str) -> None:
         """The trial's last checkpoint is its final folder (result, mask, model delta): keep the mask beside
@@ -186,10 +155,10 @@ class SweepCallback(tune.Callback):
                 return  # not a final folder (a trial restored from an older checkpoint format)
             keep_mask(self.sweep_dir, key, final)
             if (final / DELTA_DIR).is_dir():
-                self._mlflow(key, self.tracker.log_model, key, final / DELTA_DIR, trial.config["trial"])
+                self.mlflow.log_model(key, final / DELTA_DIR, trial.config["trial"])
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        self._progress(trials, f"{_key(trial)} failed, retrying from its last checkpoint")
+        self._show(trials, f"{_key(trial)} failed, retrying from its last checkpoint")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._failed(trials, trial, _error_text(trial))
@@ -209,16 +178,10 @@ class SweepCallback(tune.Callback):
 
     def _failed(self, trials, trial, error: str) -> None:
         key = _key(trial)
-        records.update(self.sweep_dir, key, status="FAILED", error=error)
-        self._mlflow(key, self.tracker.fail, key, error, trial.config["trial"])
-        self.ended_here += 1
-        self._progress(trials, f"{key} FAILED: {error.strip().splitlines()[-1] if error.strip() else error}")
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
-        f"{seconds // 60}m{seconds % 60:02d}s"
+        self.records.failed(key, error)
+        self.mlflow.fail(key, error, trial.config["trial"])
+        self.progress.trial_ended()
+        self._show(trials, f"{key} FAILED: {error.strip().splitlines()[-1] if error.strip() else error}")
 
 
 def init_ray(spec: SweepSpec) -> None:

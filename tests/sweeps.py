@@ -12,14 +12,6 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def write_spec(folder: Path, tiny_model: str, data_dir: Path, **overrides) -> Path:
     spec = {"name": "t", "model": tiny_model, "data": {"dir": str(data_dir)}, "output_dir": str(folder / "runs"),
             "grid": {"methods": ["sam", "bitfit"], "tasks": ["CB"], "seeds": [0, 1]},

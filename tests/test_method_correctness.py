@@ -9,7 +9,7 @@ import torch
 from tests.cases import METHOD_CASES
 from trainables.loop import Trainer
 from trainables.masking import backbone_parameters, budget
-from trainables.methods.diffprune import _gates
+from trainables.methods.diffprune import gated_diffs
 
 
 class FallingDev(Trainer):
@@ -37,7 +37,7 @@ def _decay_of(opt, param) -> float:
 def test_diffprune_never_decays_its_gates(tiny_trial):
     tr = Trainer(tiny_trial("diffprune", method_params={"burnin": 4}, training={"weight_decay": 0.1}))
     tr.setup()
-    gates = _gates(tr.model)
+    gates = gated_diffs(tr.model)
     assert gates
     for g in gates.values():
         assert _decay_of(tr.dense_opt, g.log_alpha) == 0.0
@@ -51,7 +51,7 @@ def test_diffprune_dropped_entries_return_to_theta0_and_hold_no_state(tiny_trial
     tr.setup()
     tr.train()
     assert len(tr.method.projections) == 3  # steps 4, 8, 12; two more steps after the last one
-    for name, g in _gates(tr.model).items():
+    for name, g in gated_diffs(tr.model).items():
         dropped = ~g.mask
         assert int((g.w.detach()[dropped] != 0).sum()) == 0, name
         for p in (g.w, g.log_alpha):

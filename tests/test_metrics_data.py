@@ -18,13 +18,25 @@ def test_major_metrics_and_components():
     m = compute_metrics("acc_f1", p, y)
     assert m["score"] == pytest.approx(((p == y).mean() + f1_score(y, p)) / 2) and set(m) == {"accuracy", "f1", "score"}
     y3, p3 = rng.integers(0, 3, 60), rng.integers(0, 3, 60)
-    m = compute_metrics("acc_macro_f1", p3, y3)
+    m = compute_metrics("acc_macro_f1", p3, y3, num_classes=3)
     assert m["score"] == pytest.approx(((p3 == y3).mean() + f1_score(y3, p3, average="macro")) / 2)
     a, b = rng.normal(size=50), rng.normal(size=50)
     m = compute_metrics("pearson_spearman", a, b)
     assert m["score"] == pytest.approx((stats.pearsonr(a, b)[0] + stats.spearmanr(a, b)[0]) / 2)
     assert compute_metrics("accuracy", p, y)["score"] == pytest.approx((p == y).mean())
     assert majority_score("accuracy", np.array([0, 0, 1])) == pytest.approx(2 / 3)
+
+
+def test_macro_f1_averages_over_the_tasks_classes():
+    """A split without some class still averages over every class of the task (the count comes from the
+    task table), as jiant does: F1 of an absent, never-predicted class counts as 0."""
+    y, p = np.array([0, 0, 1, 1]), np.array([0, 0, 1, 1])  # perfect, but class 2 never occurs
+    assert compute_metrics("acc_macro_f1", p, y, num_classes=2)["macro_f1"] == pytest.approx(1.0)
+    assert compute_metrics("acc_macro_f1", p, y, num_classes=3)["macro_f1"] == pytest.approx(2 / 3)
+    y5, p5 = np.array([0, 1, 2, 3, 4]), np.array([0, 1, 2, 3, 4])
+    assert compute_metrics("acc_macro_f1", p5, y5, num_classes=5)["macro_f1"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="give num_classes"):
+        compute_metrics("acc_macro_f1", p, y)
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ def test_sweep_lifecycle(tmp_path, tiny_model, data_dir):
     parent = tr.client.get_run(tr.parent_run_id)
     assert parent.info.status == "FAILED" and parent.data.metrics["n_failed"] == 1  # ended with a failure
     runs = tr.trial_runs()
-    assert len(runs) == 4 and len(tr._search("tags.role = 'sweep'")) == 1
+    assert len(runs) == 4 and len(tr.search("tags.role = 'sweep'")) == 1
     statuses = {k: r.info.status for k, r in runs.items()}
     failed = [k for k, s in statuses.items() if s == "FAILED"]
     assert sorted(statuses.values()) == ["FAILED", "FINISHED", "FINISHED", "FINISHED"]

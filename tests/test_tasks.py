@@ -79,26 +79,62 @@ def test_missing_file_and_unknown_task(tmp_path, data_dir):
         load_task("CB", tmp_path / "nowhere")
 
 
-def test_hub_path_with_the_hub_call_faked(monkeypatch):
-    """No hub here: fake datasets.load_dataset and check the mapping onto our records."""
+HUB_ROWS = {  # one row per task as the Hub serves it (column names of nyu-mll/glue and aps/super_glue)
+    "cola": {"sentence": "The book was read .", "label": 1, "idx": 0},
+    "stsb": {"sentence1": "a", "sentence2": "b", "label": 3.2, "idx": 0},
+    "mrpc": {"sentence1": "a", "sentence2": "b", "label": 1, "idx": 0},
+    "rte": {"sentence1": "a", "sentence2": "b", "label": 1, "idx": 0},
+    "cb": {"premise": "p", "hypothesis": "h", "label": 2, "idx": 0},
+    "copa": {"premise": "p", "choice1": "c1", "choice2": "c2", "question": "effect", "label": 1, "idx": 0},
+    "wsc.fixed": {"text": "Mark told Pete he lied .", "span1_index": 0, "span2_index": 3, "span1_text": "Mark",
+                  "span2_text": "he", "label": 1, "idx": 0},
+}
+FROM_HUB = {
+    "CoLA": {"text_a": "The book was read .", "label": 1},
+    "STS-B": {"text_a": "a", "text_b": "b", "label": 3.2},
+    "MRPC": {"text_a": "a", "text_b": "b", "label": 1},
+    "RTE": {"text_a": "a", "text_b": "b", "label": 1},
+    "CB": {"text_a": "p", "text_b": "h", "label": 2},
+    "COPA": {"premise": "p", "question": "effect", "choices": ["c1", "c2"], "label": 1},
+    "WSC": {"words": "Mark told Pete he lied .".split(), "span1": [0, 1], "span2": [3, 4], "label": 1},
+}
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_hub_path_with_the_hub_call_faked(task, monkeypatch):
+    """No hub here: fake datasets.load_dataset and check each task row's mapping onto our records."""
     import datasets
 
     calls = []
 
     def fake_load_dataset(name, config):
         calls.append((name, config))
-        rows = {"cb": [{"premise": "p", "hypothesis": "h", "label": 2, "idx": 0}],
-                "wsc.fixed": [{"text": "Mark told Pete he lied .", "span1_index": 0, "span2_index": 3,
-                               "span1_text": "Mark", "span2_text": "he", "label": 1, "idx": 0}]}[config]
-        return {"train": rows, "validation": rows}
+        return {"train": [HUB_ROWS[config]], "validation": [HUB_ROWS[config]]}
 
     monkeypatch.delenv("PEFT_SWEEP_DATA_DIR", raising=False)
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    train, dev = load_task("CB", None)
-    assert train == [{"text_a": "p", "text_b": "h", "label": 2}] and dev == train
-    train, _ = load_task("WSC", None)
-    assert train[0]["span1"] == [0, 1] and train[0]["span2"] == [3, 4] and train[0]["label"] == 1
-    assert calls == [("aps/super_glue", "cb"), ("aps/super_glue", "wsc.fixed")]
+    train, dev = load_task(task, None)
+    assert train == [FROM_HUB[task]] and dev == train
+    assert calls == [TASKS[task].hub]
+
+
+def test_every_task_is_one_row_of_the_table():
+    """Task knowledge lives in the table: no code outside it asks which task it has."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted((root / "trainables").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                names = [n for n in (node.left, *node.comparators)
+                         if isinstance(n, ast.Attribute) and n.attr == "name"
+                         or isinstance(n, ast.Name) and n.id in ("task_name", "name")]
+                texts = [c.value for n in (node.left, *node.comparators)
+                         for c in ([n] if isinstance(n, ast.Constant) else getattr(n, "elts", []))
+                         if isinstance(c, ast.Constant) and c.value in TASKS]
+                assert not (names and texts), f"{path.name}:{node.lineno} branches on the task's name"
+    assert TASKS["COPA"].questions == {"cause": "What was the cause of this?", "effect": "What happened as a result?"}
 
 
 def test_split_is_fixed_by_split_seed_and_perturbations_differ():

@@ -8,7 +8,8 @@ import pytest
 
 from orchestrator import driver, export, records, sweep
 from orchestrator.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING, TrackingError
-from tests.tracking_fixtures import fake_result, make_spec, record_finished, trial_dict
+from benchmarks.synthetic_trials import fake_result, trial_dict
+from tests.tracking_fixtures import make_spec, record_finished
 
 
 def _steps(tr, run_id, metric="dev_score"):
@@ -74,7 +75,7 @@ def test_rerun_of_failed_and_forced_keys_is_a_new_clean_attempt(tmp_path, data_d
     tr.finish(cfg.key, fake_result(cfg, score=0.7))  # e.g. a sync after a finish that half-failed
     assert third not in (first, second) and _steps(tr, third) == [3, 6, 9]
     assert [m.value for m in tr.history(third, "test_score")] == [0.7]
-    assert len(tr._search("tags.role = 'trial'")) == 1 and tr.run_id(cfg.key) == third
+    assert len(tr.search("tags.role = 'trial'")) == 1 and tr.run_id(cfg.key) == third
 
 
 def test_a_retry_in_the_same_attempt_keeps_its_run(tmp_path, data_dir):

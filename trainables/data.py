@@ -18,8 +18,7 @@ from .config import DataConfig
 from .tasks import Task, get_task, load_task, resolve_data_dir, task_files
 
 CACHE_ENV = "PEFT_SWEEP_CACHE_DIR"
-CACHE_FORMAT = 2  # 2: COPA questions as jiant writes them
-COPA_QUESTION = {"cause": "What was the cause of this?", "effect": "What happened as a result?"}  # jiant's text
+CACHE_FORMAT = 2  # 2: COPA questions as jiant writes them (Task.questions)
 
 
 @dataclass
@@ -109,7 +108,7 @@ def _encode(task: Task, records: list[dict], tokenizer, max_len: int) -> Encoded
         seqs = [[x] for x in enc["input_ids"]]
         tts = [[x] for x in enc["token_type_ids"]] if "token_type_ids" in enc else None
     elif task.kind == "multiple_choice":
-        firsts = [f"{r['premise']} {COPA_QUESTION[r['question']]}" for r in records for _ in r["choices"]]
+        firsts = [f"{r['premise']} {task.questions[r['question']]}" for r in records for _ in r["choices"]]
         seconds = [c for r in records for c in r["choices"]]
         enc = tokenizer(firsts, seconds, truncation=True, max_length=max_len)
         n = len(records[0]["choices"]) if records else 2

@@ -241,7 +241,7 @@ class Trainer:
             preds[order_dev[i:i + bs].to(self.device)] = TaskModel.predictions(self.task.kind, logits).float()
         self.model.train(was)
         self.timers["eval_s"] += time.perf_counter() - t0
-        return compute_metrics(self.task.metric, preds.cpu().numpy(), data.labels.cpu().numpy())
+        return compute_metrics(self.task.metric, preds.cpu().numpy(), data.labels.cpu().numpy(), self.task.num_labels)
 
     # ------------------------------------------------------------------ checkpoint
     def _dense_named(self) -> dict[str, torch.Tensor]:
@@ -410,7 +410,8 @@ class Trainer:
         for split, comps in scores.items():
             out.update({f"{split}_{k}": v for k, v in comps.items() if k != "score"})
         out.update({f"majority_{split}_score": majority_score(self.task.metric,
-                                                              getattr(self.splits, split).labels.cpu().numpy())
+                                                              getattr(self.splits, split).labels.cpu().numpy(),
+                                                              self.task.num_labels)
                     for split in ("dev", "test")})
         out.update({"steps": self.step, "best_step": self.best_step, "resumed_from_step": self.resumed_from,
                     "eligible_params": eligible,

@@ -15,8 +15,10 @@ def _pearson_spearman(preds: np.ndarray, labels: np.ndarray) -> dict[str, float]
     return {"pearson": pearson, "spearman": spearman, "score": (pearson + spearman) / 2}
 
 
-def compute_metrics(metric: str, preds: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """``preds`` are class indices (or real values for regression). Returns components and ``score``."""
+def compute_metrics(metric: str, preds: np.ndarray, labels: np.ndarray, num_classes: int | None = None
+                    ) -> dict[str, float]:
+    """``preds`` are class indices (or real values for regression). Returns components and ``score``.
+    ``num_classes``: the task's class count (``Task.num_labels``), which macro-F1 averages over."""
     if metric == "pearson_spearman":
         return _pearson_spearman(np.asarray(preds, dtype=float), np.asarray(labels, dtype=float))
     acc = float(accuracy_score(labels, preds))
@@ -30,15 +32,18 @@ def compute_metrics(metric: str, preds: np.ndarray, labels: np.ndarray) -> dict[
         return {"accuracy": acc, "f1": f1, "score": (acc + f1) / 2}
     if metric == "acc_macro_f1":
         # Over all classes of the task (CB has 3), present in this split or not, as jiant does.
-        f1 = float(f1_score(labels, preds, average="macro", labels=[0, 1, 2], zero_division=0))
+        if not num_classes:
+            raise ValueError("metric 'acc_macro_f1' averages over the task's classes: give num_classes "
+                             "(the task's num_labels)")
+        f1 = float(f1_score(labels, preds, average="macro", labels=list(range(num_classes)), zero_division=0))
         return {"accuracy": acc, "macro_f1": f1, "score": (acc + f1) / 2}
     raise ValueError(f"unknown metric {metric!r}")
 
 
-def majority_score(metric: str, labels: np.ndarray) -> float:
+def majority_score(metric: str, labels: np.ndarray, num_classes: int | None = None) -> float:
     """The score of always predicting the most common label: the floor a trained model must beat."""
     labels = np.asarray(labels)
     if metric == "pearson_spearman":
         return 0.0
     values, counts = np.unique(labels, return_counts=True)
-    return compute_metrics(metric, np.full_like(labels, values[np.argmax(counts)]), labels)["score"]
+    return compute_metrics(metric, np.full_like(labels, values[np.argmax(counts)]), labels, num_classes)["score"]

@@ -9,7 +9,7 @@ import csv
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,8 +20,13 @@ class DataError(ValueError):
     """A task file is missing or malformed; the message names the file, the line and what was expected."""
 
 
+def _hub_as_is(task: Task, row: dict[str, Any]) -> dict[str, Any]:
+    return row
+
+
 @dataclass(frozen=True)
 class Task:
+    """One row of the task table: everything that differs between tasks, so adding a task adds a row."""
     name: str
     kind: str  # "classification" | "regression" | "multiple_choice" | "span_pair"
     metric: str  # name of the major metric
@@ -29,6 +34,11 @@ class Task:
     files: tuple[str, str]  # original (train, dev) file names in the local folder
     hub: tuple[str, str]  # (dataset id, config) on the Hugging Face Hub
     parse: Callable[[dict[str, str] | list[str] | dict[str, Any], str, int], dict[str, Any]]
+    # a Hub row onto the column names of the original files, so that ``parse`` serves both sources
+    from_hub: Callable[[Task, dict[str, Any]], dict[str, Any] | list[str]] = _hub_as_is
+    header: bool = True  # a TSV file opens with a header line (CoLA's do not)
+    # multiple choice: the text each ``question`` value stands for, appended to the premise (COPA: jiant's)
+    questions: dict[str, str] = field(default_factory=dict)
 
     @property
     def num_labels(self) -> int:
@@ -84,8 +94,8 @@ def _cb(row, where, _):
 
 def _copa(row, where, _):
     question = _need(row, "question", where)
-    if question not in ("cause", "effect"):
-        raise DataError(f"{where}: question {question!r} is not 'cause' or 'effect'")
+    if question not in TASKS["COPA"].questions:
+        raise DataError(f"{where}: question {question!r} is not {' or '.join(map(repr, TASKS['COPA'].questions))}")
     return {"premise": _need(row, "premise", where), "question": question,
             "choices": [_need(row, "choice1", where), _need(row, "choice2", where)],
             "label": _label_index(TASKS["COPA"].labels, _need(row, "label", where), where)}
@@ -105,17 +115,46 @@ def _wsc(row, where, _):
             "label": _label_index(TASKS["WSC"].labels, _need(row, "label", where), where)}
 
 
+# ---- Hub rows onto the original files' columns: (task, row) -> what ``parse`` reads -------------
+
+def _hub_cola(task, row):
+    return ["hub", str(row["label"]), "", row["sentence"]]
+
+
+def _hub_mrpc(task, row):
+    return {"#1 String": row["sentence1"], "#2 String": row["sentence2"], "Quality": str(row["label"])}
+
+
+def _hub_stsb(task, row):
+    return {"sentence1": row["sentence1"], "sentence2": row["sentence2"], "score": str(row["label"])}
+
+
+def _hub_label_name(task, row):  # the Hub has the class index, the files the class name
+    return {**row, "label": task.labels[row["label"]]}
+
+
+def _hub_wsc(task, row):
+    return {"text": row["text"], "label": bool(row["label"]),
+            "target": {k: row[k] for k in ("span1_index", "span2_index", "span1_text", "span2_text")}}
+
+
+COPA_QUESTIONS = {"cause": "What was the cause of this?", "effect": "What happened as a result?"}  # jiant's text
+
 TASKS: dict[str, Task] = {t.name: t for t in [
-    Task("CoLA", "classification", "mcc", ("0", "1"), ("train.tsv", "dev.tsv"), ("nyu-mll/glue", "cola"), _cola),
-    Task("STS-B", "regression", "pearson_spearman", (), ("train.tsv", "dev.tsv"), ("nyu-mll/glue", "stsb"), _stsb),
-    Task("MRPC", "classification", "acc_f1", ("0", "1"), ("train.tsv", "dev.tsv"), ("nyu-mll/glue", "mrpc"), _mrpc),
+    Task("CoLA", "classification", "mcc", ("0", "1"), ("train.tsv", "dev.tsv"), ("nyu-mll/glue", "cola"), _cola,
+         from_hub=_hub_cola, header=False),
+    Task("STS-B", "regression", "pearson_spearman", (), ("train.tsv", "dev.tsv"), ("nyu-mll/glue", "stsb"), _stsb,
+         from_hub=_hub_stsb),
+    Task("MRPC", "classification", "acc_f1", ("0", "1"), ("train.tsv", "dev.tsv"), ("nyu-mll/glue", "mrpc"), _mrpc,
+         from_hub=_hub_mrpc),
     Task("RTE", "classification", "accuracy", ("entailment", "not_entailment"), ("train.tsv", "dev.tsv"),
-         ("nyu-mll/glue", "rte"), _rte),
+         ("nyu-mll/glue", "rte"), _rte, from_hub=_hub_label_name),
     Task("CB", "classification", "acc_macro_f1", ("entailment", "contradiction", "neutral"),
-         ("train.jsonl", "val.jsonl"), ("aps/super_glue", "cb"), _cb),
-    Task("COPA", "multiple_choice", "accuracy", (0, 1), ("train.jsonl", "val.jsonl"), ("aps/super_glue", "copa"), _copa),
+         ("train.jsonl", "val.jsonl"), ("aps/super_glue", "cb"), _cb, from_hub=_hub_label_name),
+    Task("COPA", "multiple_choice", "accuracy", (0, 1), ("train.jsonl", "val.jsonl"), ("aps/super_glue", "copa"), _copa,
+         questions=COPA_QUESTIONS),
     Task("WSC", "span_pair", "accuracy", (False, True), ("train.jsonl", "val.jsonl"), ("aps/super_glue", "wsc.fixed"),
-         _wsc),
+         _wsc, from_hub=_hub_wsc),
 ]}
 
 
@@ -188,7 +227,7 @@ def _read_rows(task: Task, path: Path) -> list[dict[str, Any]]:
     # TSV: quoting disabled (unbalanced quotes in STS-B/RTE); utf-8-sig strips MRPC's byte-order mark.
     with path.open(encoding="utf-8-sig", newline="") as fh:
         reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
-        if task.name == "CoLA":  # CoLA's train/dev files have no header
+        if not task.header:
             for lineno, row in enumerate(reader, 1):
                 records.append(task.parse(row, f"{path}:{lineno}", lineno))
             return records
@@ -203,22 +242,6 @@ def _read_rows(task: Task, path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def _hub_row(task: Task, row: dict[str, Any]) -> dict[str, Any] | list[str]:
-    """Map a Hub row onto the column names of the original files, so one parser serves both."""
-    if task.name == "CoLA":
-        return ["hub", str(row["label"]), "", row["sentence"]]
-    if task.name == "MRPC":
-        return {"#1 String": row["sentence1"], "#2 String": row["sentence2"], "Quality": str(row["label"])}
-    if task.name == "STS-B":
-        return {"sentence1": row["sentence1"], "sentence2": row["sentence2"], "score": str(row["label"])}
-    if task.name in ("RTE", "CB"):
-        return {**row, "label": task.labels[row["label"]]}
-    if task.name == "WSC":
-        return {"text": row["text"], "label": bool(row["label"]),
-                "target": {k: row[k] for k in ("span1_index", "span2_index", "span1_text", "span2_text")}}
-    return row
-
-
 def load_task(name: str, data_dir: str | os.PathLike | None) -> tuple[list[dict], list[dict]]:
     """(original train, original dev) records, from the local folder if one is given, else the Hub."""
     task = get_task(name)
@@ -231,7 +254,7 @@ def load_task(name: str, data_dir: str | os.PathLike | None) -> tuple[list[dict]
     ds = datasets.load_dataset(*task.hub)
     out = []
     for split in ("train", "validation"):
-        out.append([task.parse(_hub_row(task, dict(r)), f"{task.hub[0]}/{task.hub[1]}[{split}][{i}]", i)
+        out.append([task.parse(task.from_hub(task, dict(r)), f"{task.hub[0]}/{task.hub[1]}[{split}][{i}]", i)
                     for i, r in enumerate(ds[split])])
     return out[0], out[1]
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.sweeps import ROOT, cli, free_port, records, spawn, tracker, write_spec
+from benchmarks.mlflow_server import free_port
+from tests.sweeps import ROOT, cli, records, spawn, tracker, write_spec
 
 pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).with_name("ray"))

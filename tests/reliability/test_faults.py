@@ -63,7 +63,7 @@ def test_driver_sigkilled_then_rerun_finishes_exactly_once(point, tmp_path, tiny
     assert "4/4 FINISHED" in out.stdout
     runs = tracker(sweep_dir).trial_runs()
     assert len(runs) == 4 and {r.info.status for r in runs.values()} == {"FINISHED"}
-    assert len(tracker(sweep_dir)._search("tags.role = 'trial'")) == 4  # one child run per key, no duplicates
+    assert len(tracker(sweep_dir).search("tags.role = 'trial'")) == 4  # one child run per key, no duplicates
     cli("export", str(sweep_dir), check_rc=0)
     trials = pd.read_parquet(sweep_dir / "export" / "trials.parquet")
     assert len(trials) == trials["trial_key"].nunique() == 4

@@ -6,8 +6,8 @@ import time
 import pytest
 
 from orchestrator.sweep import tracker_for
-from tests.sweeps import free_port, cli, records, spawn, tracker, write_spec
-from tests.tracking_fixtures import start_server, stop_server
+from benchmarks.mlflow_server import free_port, start_server, stop_server
+from tests.sweeps import cli, records, spawn, tracker, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +43,7 @@ def test_store_down_mid_sweep_then_sync(tmp_path, tiny_model, data_dir):
         cli("sync", str(sweep_dir), check_rc=0)  # a second sync finds nothing to do
         tr = tracker(sweep_dir)
         runs = tr.trial_runs()
-        assert len(tr._search("tags.role = 'trial'")) == 4
+        assert len(tr.search("tags.role = 'trial'")) == 4
         assert {r.info.status for r in runs.values()} == {"FINISHED"}
         for run in runs.values():
             steps = [m.step for m in tr.history(run.info.run_id, "dev_score")]
@@ -63,7 +63,8 @@ def test_trial_started_while_store_down_gets_its_run_when_store_is_back(tmp_path
 
     from orchestrator import records as recs
     from orchestrator.tune_runner import SweepCallback
-    from tests.tracking_fixtures import fake_result, make_spec, stop_server, trial_dict
+    from benchmarks.synthetic_trials import fake_result, trial_dict
+    from tests.tracking_fixtures import make_spec
 
     port = free_port()
     db, artifacts = tmp_path / "mlflow.db", tmp_path / "artifacts"
@@ -73,16 +74,16 @@ def test_trial_started_while_store_down_gets_its_run_when_store_is_back(tmp_path
                             checkpoint=None)  # a Tune Trial's last checkpoint: none here
     callback = SweepCallback(spec)
     callback.on_trial_start(0, [trial], trial)  # the store is down (no server yet): no run
-    assert callback.down_until > 0 and recs.read(spec.sweep_dir, cfg.key)["synced"] is False
+    assert callback.mlflow.down_until > 0 and recs.read(spec.sweep_dir, cfg.key)["synced"] is False
     server = start_server(db, artifacts, port)
     try:
-        callback.down_until = 0  # the back-off is over
+        callback.mlflow.down_until = 0  # the back-off is over
         for step in (3, 6):
             callback.on_trial_result(0, [trial], trial, {"step": step, "dev_score": 0.5, "train_loss": 1.0, "lr": 1e-3})
         result = fake_result(cfg, steps=(3, 6))
         trial.last_result = {"result_json": json.dumps(result), "node_ip": "127.0.0.1"}
         callback.on_trial_complete(0, [trial], trial)
-        assert callback.down_until == 0
+        assert callback.mlflow.down_until == 0
         tr = tracker_for(spec)
         run = tr.trial_runs()[cfg.key]
         assert run.info.status == "FINISHED" and run.data.params["task"] == cfg.task
@@ -93,6 +94,6 @@ def test_trial_started_while_store_down_gets_its_run_when_store_is_back(tmp_path
                                  status="RUNNING", last_result={}, checkpoint=None)
         with pytest.raises(ValidationError):
             callback.on_trial_start(0, [broken], broken)
-        assert callback.down_until == 0  # a bug is not an outage
+        assert callback.mlflow.down_until == 0  # a bug is not an outage
     finally:
         stop_server(server)

@@ -7,7 +7,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from . import register
+from .registry import register
 from .base import DenseSubsetMethod, MethodParams
 from ..masking import backbone_parameters, budget
 

@@ -1,5 +1,5 @@
 """BitFit: only the backbone's bias terms train."""
-from . import register
+from .registry import register
 from .base import DenseSubsetMethod
 from ..masking import backbone_parameters
 

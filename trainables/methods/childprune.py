@@ -4,7 +4,7 @@ back to θ0 (so at most ⌊m·p⌋ entries differ from θ0 at any time): the pap
 import torch
 from pydantic import Field
 
-from . import register
+from .registry import register
 from .base import MaskMethod, MaskParams, Projection, accumulate_gradients, set_mask_grad
 from ..masking import backbone_parameters, select_top
 

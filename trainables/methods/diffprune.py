@@ -10,7 +10,7 @@ from pydantic import Field
 from torch import nn
 from torch.nn.utils import parametrize
 
-from . import register
+from .registry import register
 from .base import MaskMethod, MaskParams, Projection
 from ..masking import backbone_parameters, select_top
 
@@ -49,7 +49,7 @@ class GatedDiff(nn.Module):
         return torch.sigmoid(self.log_alpha - BETA * math.log(-GAMMA / ZETA)).sum()
 
 
-def _gates(model) -> dict[str, GatedDiff]:
+def gated_diffs(model) -> dict[str, GatedDiff]:
     out = {}
     for name, module in model.backbone.named_modules():
         if parametrize.is_parametrized(module):
@@ -98,7 +98,7 @@ class DiffPrune(MaskMethod):
         """Gates follow the mask: open where selected after a projection, everywhere before the first."""
         self.mask = mask
         with torch.no_grad():
-            for n, g in _gates(model).items():
+            for n, g in gated_diffs(model).items():
                 keep = torch.ones(g.mask.numel(), dtype=torch.bool, device=g.mask.device)
                 if mask is not None:
                     keep.fill_(False)
@@ -108,7 +108,7 @@ class DiffPrune(MaskMethod):
         self._gate_grads(model)
 
     def dense_parameters(self, model):
-        return [(f"{n}.{pn}", p) for n, g in _gates(model).items() for pn, p in g.named_parameters()]
+        return [(f"{n}.{pn}", p) for n, g in gated_diffs(model).items() for pn, p in g.named_parameters()]
 
     def trainable_entries(self, model):
         if self.mask is None:  # before the first projection every entry trains
@@ -118,10 +118,10 @@ class DiffPrune(MaskMethod):
     def extra_loss(self, model):
         if self.mask is not None or self.params.l0_weight == 0:
             return None
-        return self.params.l0_weight * sum(g.expected_l0() for g in _gates(model).values())
+        return self.params.l0_weight * sum(g.expected_l0() for g in gated_diffs(model).values())
 
     def project(self, model, step: int, ctx) -> None:
-        gates = _gates(model)
+        gates = gated_diffs(model)
         before = ctx.probe_loss()
         new = select_top({n: g.log_alpha for n, g in gates.items()}, self.k_budget, self.params.scope)
         flipped = 0
@@ -147,7 +147,7 @@ class DiffPrune(MaskMethod):
             self.project(model, step, ctx)
 
     def finalize(self, model):
-        if not all(bool(g.projected) for g in _gates(model).values()):
+        if not all(bool(g.projected) for g in gated_diffs(model).values()):
             raise RuntimeError("diffprune: the scored state was never projected onto the budget")
         was_training = model.training
         model.eval()

@@ -1,5 +1,5 @@
 """Full fine-tuning: every backbone entry trains."""
-from . import register
+from .registry import register
 from .base import Method
 from ..masking import backbone_parameters
 

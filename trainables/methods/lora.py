@@ -5,7 +5,7 @@ import re
 from pydantic import Field
 from torch import nn
 
-from . import register
+from .registry import register
 from .base import DenseSubsetMethod, MethodParams
 from ..masking import backbone_parameters, budget
 

@@ -1,5 +1,5 @@
 """Magnitude pruning as selection: the ⌊m·p⌋ entries largest in |θ0|."""
-from . import register
+from .registry import register
 from .base import MaskMethod
 from ..masking import backbone_parameters
 

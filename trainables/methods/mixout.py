@@ -6,7 +6,7 @@ from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 
-from . import register
+from .registry import register
 from .base import Method, MethodParams
 from ..masking import backbone_parameters
 

@@ -1,7 +1,7 @@
 """Random: ⌊m·p⌋ entries chosen uniformly at random, seeded by the trial seed."""
 import torch
 
-from . import register
+from .registry import register
 from .base import MaskMethod
 from ..masking import backbone_parameters
 

@@ -2,7 +2,7 @@
 ``burnin`` batches with no update; score each entry by (Σg)²; train the fixed top ⌊m·p⌋."""
 from pydantic import Field
 
-from . import register
+from .registry import register
 from .base import MaskMethod, MaskParams, accumulate_gradients
 
 

@@ -1,0 +1,45 @@
+"""Start and stop a real `mlflow server` on SQLite (as on a cluster), for benchmarks and tests alike.
+
+It lives here, not in tests/, because benchmarks must not import tests; tests import it from here.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+MLFLOW = str(Path(sys.executable).with_name("mlflow"))  # the venv's own CLI, not whatever is on PATH
+START_TIMEOUT_S = 90.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(db: Path, artifacts: Path, port: int) -> subprocess.Popen:
+    """An `mlflow server` on ``sqlite:///db`` at 127.0.0.1:``port``, returned once /health answers."""
+    proc = subprocess.Popen([MLFLOW, "server", "--backend-store-uri", f"sqlite:///{db}", "--artifacts-destination",
+                             str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + START_TIMEOUT_S
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            return proc
+        except OSError:
+            time.sleep(0.3)
+    stop_server(proc)
+    raise RuntimeError(f"mlflow server on port {port} did not answer /health within {START_TIMEOUT_S:g} s")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    """Kill the server and its workers (its own process group), as an outage would."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()

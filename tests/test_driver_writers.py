@@ -1,0 +1,162 @@
+"""The driver's Ray-free writers that ``SweepCallback`` dispatches to: the MLflow writer with its outage
+breaker (against a real SQLite store and a real refused connection) and the console progress line."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from benchmarks.mlflow_server import free_port
+from benchmarks.synthetic_trials import fake_result, trial_dict
+from orchestrator import records, sweep
+from orchestrator.breaker import GuardedTracker
+from orchestrator.progress import Progress, duration
+from orchestrator.records import SweepRecords
+from orchestrator.tracking import Tracker
+from tests.tracking_fixtures import make_spec
+
+
+class Clock:
+    """Time that moves only when the test says so."""
+
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    """One SQLite store for the module (creating one costs seconds); each test uses its own trial keys."""
+    return f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+
+
+@pytest.fixture
+def spec(tmp_path, data_dir, store):
+    return make_spec(tmp_path, data_dir, tracking_uri=store)
+
+
+def _guarded(spec, uri: str | None = None, clock=None) -> GuardedTracker:
+    tracker = Tracker(uri, spec.name, spec.sweep_dir) if uri else sweep.tracker_for(spec)
+    return GuardedTracker(tracker, SweepRecords(spec.sweep_dir), clock or Clock())
+
+
+def _down_store(spec, monkeypatch) -> str:
+    """A server URI where nothing listens: a real refused connection, without the client's retries."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    return f"http://127.0.0.1:{free_port()}"
+
+
+def test_outage_opens_the_breaker_marks_the_record_and_warns_once(spec, monkeypatch, capsys):
+    clock = Clock()
+    guarded = _guarded(spec, _down_store(spec, monkeypatch), clock)
+    cfg = spec.trials()[0]
+    SweepRecords(spec.sweep_dir).started(cfg.key, trial_dict(cfg))
+    guarded.start_trial(cfg.key, trial_dict(cfg))  # does not raise: trials go on
+    assert guarded.down_until == clock.now + GuardedTracker.retry_after_s
+    assert records.read(spec.sweep_dir, cfg.key)["synced"] is False
+    assert records.read(spec.sweep_dir, cfg.key)["status"] == "RUNNING"  # the record keeps the trial
+    err = capsys.readouterr().err
+    assert err.count("WARNING: tracking store unreachable") == 1 and "peft-sweep sync" in err
+
+    clock.now = guarded.down_until + 1  # the window is over: the next call tries again, fails again
+    guarded.fail(cfg.key, "boom", trial_dict(cfg))
+    assert guarded.down_until == clock.now + GuardedTracker.retry_after_s
+    assert "WARNING" not in capsys.readouterr().err  # one warning per driver
+
+
+def test_open_breaker_leaves_the_store_alone_until_the_window_ends(spec, monkeypatch):
+    clock = Clock()
+    guarded = _guarded(spec, _down_store(spec, monkeypatch), clock)
+    first, second = spec.trials()[1:3]
+    guarded.start_trial(first.key, trial_dict(first))
+    assert guarded.down_until > clock.now
+    guarded.tracker = sweep.tracker_for(spec)  # the store is back, but the window is still open
+    guarded.start_trial(second.key, trial_dict(second))
+    assert second.key not in guarded.tracker.trial_runs()  # not called
+    assert records.read(spec.sweep_dir, second.key)["synced"] is False
+
+    clock.now = guarded.down_until  # the window is over
+    guarded.start_trial(second.key, trial_dict(second))
+    guarded.finish(second.key, fake_result(second), trial_dict(second), {"ray_node": "10.0.0.1"})
+    run = guarded.tracker.trial_runs()[second.key]
+    assert run.info.status == "FINISHED" and run.data.tags["ray_node"] == "10.0.0.1"
+
+
+def test_a_bug_is_raised_never_taken_for_an_outage(spec, capsys):
+    guarded = _guarded(spec)
+    cfg = spec.trials()[3]
+    guarded.start_trial(cfg.key, trial_dict(cfg))
+    with pytest.raises(TypeError):
+        guarded.log_eval(cfg.key, {"step": None, "dev_score": 0.5}, trial_dict(cfg))  # int(None) in our code
+    assert guarded.down_until == 0 and not guarded.warned
+    assert records.read(spec.sweep_dir, cfg.key)["synced"] is False  # sync still looks at it
+    assert "WARNING" not in capsys.readouterr().err
+
+
+def test_store_refusing_a_call_is_reported_and_skipped(spec, capsys):
+    guarded = _guarded(spec)
+    cfg = spec.trials()[4]
+    guarded.start_trial(cfg.key, trial_dict(cfg))
+    tracker = guarded.tracker
+    tracker.client.delete_run(tracker.run_id(cfg.key))  # a deleted run refuses new metrics
+    guarded.log_eval(cfg.key, {"step": 3, "dev_score": 0.5, "train_loss": 1.0, "lr": 1e-3}, trial_dict(cfg))
+    err = capsys.readouterr().err
+    assert f"ERROR: MLflow refused a call for trial {cfg.key}" in err and "peft-sweep sync" in err
+    assert guarded.down_until == 0  # the store answered: it is not down
+    assert records.read(spec.sweep_dir, cfg.key)["synced"] is False
+
+
+def test_records_follow_the_trial_events(tmp_path):
+    local = SweepRecords(tmp_path)
+    key = "0123456789ab"
+    local.started(key, {"method": "sam"})
+    assert records.read(tmp_path, key) == {"trial_key": key, "status": "RUNNING", "trial": {"method": "sam"},
+                                           "synced": True}
+    local.unsynced(key)
+    local.failed(key, "boom")
+    assert records.read(tmp_path, key)["status"] == "FAILED" and records.read(tmp_path, key)["synced"] is False
+    local.finished(key, {"test_score": 0.5})
+    rec = records.read(tmp_path, key)
+    assert rec["status"] == "FINISHED" and rec["error"] is None and rec["result"] == {"test_score": 0.5}
+
+
+def test_progress_line_counts_and_eta():
+    clock = Clock(1000.0)
+    progress = Progress(clock)
+    statuses = ["TERMINATED", "TERMINATED", "RUNNING", "PENDING", "PENDING", "PAUSED", "ERROR"]
+    clock.now = 1100.0
+    assert progress.line(statuses, "x").endswith(
+        "done 2/7 | running 1 | failed 1 | queued 3 | elapsed 1m40s ETA ? | x")  # nothing ended here yet
+    progress.trial_ended()
+    progress.trial_ended()
+    # 100 s for 2 trials that ended here; 4 left (3 queued + 1 running): 200 s
+    assert "| elapsed 1m40s ETA 3m20s | 72.0 trials/h | x" in progress.line(statuses, "x")
+    assert "ETA ?" in progress.line(["TERMINATED", "ERROR"], "x")  # nothing left
+
+
+def test_progress_show_prints_the_line(capsys):
+    clock = Clock()
+    Progress(clock).show(["RUNNING"], "a1b2 sam/CB step 3 dev 0.5000")
+    out = capsys.readouterr().out
+    assert out.endswith("done 0/1 | running 1 | failed 0 | queued 0 | elapsed 0m00s ETA ? "
+                        "| a1b2 sam/CB step 3 dev 0.5000\n")
+
+
+@pytest.mark.parametrize("seconds,text", [(0, "0m00s"), (59.9, "0m59s"), (187, "3m07s"), (3599, "59m59s"),
+                                          (3600, "1h00m"), (3725, "1h02m"), (90061, "25h01m")])
+def test_duration(seconds, text):
+    assert duration(seconds) == text
+
+
+def test_the_writers_load_neither_ray_nor_mlflow():
+    """Ray stays in tune_runner; the writers SweepCallback dispatches to load neither (MLflow only on a call)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import orchestrator.breaker, orchestrator.progress, orchestrator.records; "
+            "print(sorted(m for m in ('ray', 'mlflow') if m in sys.modules))")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True)
+    assert out.stdout.strip() == "[]"
