@@ -122,3 +122,27 @@ def test_peft_sweep_load_rebuilds_a_run_from_mlflow(tiny_trial, tmp_path):
         assert torch.equal(net(batch), tr.model.eval()(batch))
     assert meta["method"] == "sam"
     assert main(["load", "0" * 32, "--tracking-uri", uri, "--out", str(tmp_path / "x")]) == 2
+
+
+GATE = (".w", ".log_alpha")  # DiffPruning's tensors per backbone tensor
+
+
+@pytest.mark.parametrize("reproject", [None, 2])
+def test_a_diffprune_checkpoint_after_projection_holds_the_mask_entries(reproject, tiny_trial, tmp_path):
+    params = {"lr": 1e-2, "burnin": 2, "reproject_every": reproject}
+    run_trial(tiny_trial("diffprune", method_params=params, training={"max_steps": 4}), checkpoint_dir=str(tmp_path))
+    tensors = load_file(str(tmp_path / "step-0000004" / TENSORS))
+    full = _checkpoint(tiny_trial, "full", tmp_path / "full")
+    k = sum(v.numel() for key, v in tensors.items() if key.startswith("mask/"))
+    for part in ("now", "best"):
+        gates = {key: v for key, v in tensors.items() if key.startswith(f"{part}/") and key.endswith(GATE)}
+        assert gates and all(key.startswith(f"{part}/sparse/") for key in gates if key.endswith(".w"))
+        assert sum(v.numel() for key, v in gates.items() if key.endswith(".w")) == k
+    head = sum(v.numel() for key, v in tensors.items()
+               if key.startswith("now/dense/") and not key.endswith(GATE))
+    moments = sum(v.numel() for key, v in tensors.items() if key.endswith(("/exp_avg", "/exp_avg_sq")))
+    assert moments == 2 * (2 * k + head)  # w's and log_alpha's at the mask's k entries, the head's whole
+    ratio = (tmp_path / "step-0000004" / TENSORS).stat().st_size / (full / TENSORS).stat().st_size
+    # a re-projection ranks every entry by its gate: those outside the mask keep theirs, m floats (full: 4m)
+    assert ratio < (0.05 if reproject is None else 0.3), ratio
+    print(f"diffprune reproject={reproject}: {ratio:.4f} of full's checkpoint bytes")

@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 from trainables import run_trial
 from tests.cases import METHOD_CASES
@@ -72,3 +73,22 @@ def test_train_one_rejects_bad_input_with_named_values(tiny_model, data_dir, cap
     assert "training.max_stepz: unknown key" in capsys.readouterr().err
     assert main(["train-one", "--task", "CB", "--method", "full", "--model", "./no/such/model"]) == 2
     assert "model path './no/such/model' does not exist" in capsys.readouterr().err
+
+
+# (re-projection after a resume: METHOD_CASES' diffprune in the test above)
+@pytest.mark.parametrize("params", [{"burnin": 6}, {"burnin": 2}], ids=["before-projection", "after-projection"])
+def test_diffprune_resumes_bit_exactly_before_and_after_its_first_projection(params, tiny_trial, tmp_path):
+    """Its checkpoint is dense during burn-in and holds the mask's entries after a projection (issue 13)."""
+    from safetensors.torch import load_file
+
+    from trainables.finetuned import DELTA_DIR
+    from trainables.loop import FINAL_DIR
+
+    cfg = tiny_trial("diffprune", method_params={"lr": 1e-2, **params})
+    whole = run_trial(cfg, checkpoint_dir=str(tmp_path / "a"))
+    resumed = run_trial(cfg, checkpoint_dir=str(tmp_path / "b"), resume_dir=str(tmp_path / "a" / "step-0000004"))
+    assert resumed["resumed_from_step"] == 4
+    assert _scores(resumed) == _scores(whole) and resumed["projections"] == whole["projections"]
+    deltas = [load_file(str(tmp_path / run / FINAL_DIR / DELTA_DIR / "delta.safetensors")) for run in "ab"]
+    assert deltas[0].keys() == deltas[1].keys()
+    assert all(torch.equal(deltas[0][k], deltas[1][k]) for k in deltas[0])

@@ -5,6 +5,8 @@ import json
 import pandas as pd
 import pytest
 
+from orchestrator.masks import mask_path
+from orchestrator.tracking import download_model
 from tests.sweeps import cli, records, tracker, write_spec
 
 pytestmark = pytest.mark.slow
@@ -55,6 +57,13 @@ def test_sweep_lifecycle(tmp_path, tiny_model, data_dir):
 
     parent = tr.client.get_run(tr.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.metrics["n_finished"] == 4
+    # every finished trial (the rerun too) logged its model delta; a mask method's mask lies in the sweep folder
+    for key, run in after.items():
+        logged = {a.path for a in tr.client.list_artifacts(run.info.run_id, "model")}
+        assert {"model/delta.safetensors", "model/meta.json"} <= logged, (key, logged)
+        meta = json.loads((download_model(tr.uri, run.info.run_id, tmp_path / "dl" / key) / "meta.json").read_text())
+        assert (meta["trial_key"], meta["method"]) == (key, run.data.tags["method"])
+        assert mask_path(sweep_dir, key).is_file() == (run.data.tags["method"] == "sam"), key
     answer = first.stdout.splitlines()  # the three-line answer at the end of the first run
     best = [line for line in answer if line.startswith("best on average: ")]
     assert len(best) == 1 and " ± " in best[0]

@@ -73,6 +73,39 @@ def scatter(values: dict[str, torch.Tensor], dense: dict[str, torch.Tensor], mas
             p.view(-1)[idx.to(p.device)] = values[f"sparse/{name}"].to(p.device, p.dtype)
 
 
+# --- optimizer moments of entry-trained tensors ------------------------------------------------------------
+MOMENTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+
+def gather_moments(state_dict: dict[str, Any], names: list[str],
+                   index: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """A torch optimizer's state_dict with the moments of ``index``'s tensors at their flat entries only
+    (``names``: the optimizer's parameters in state_dict order). Elsewhere they are zero: nothing trains there."""
+    state = {}
+    for i, st in state_dict["state"].items():
+        idx = index.get(names[i])
+        state[i] = {k: v.detach().reshape(-1)[idx.to(v.device)] if idx is not None and k in MOMENTS else v
+                    for k, v in st.items()}
+    return {"state": state, "param_groups": state_dict["param_groups"]}
+
+
+def scatter_moments(state_dict: dict[str, Any], names: list[str], index: dict[str, torch.Tensor],
+                    params: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """:func:`gather_moments` undone: whole moments, zero outside the entries, for ``load_state_dict``."""
+    state = {}
+    for i, st in state_dict["state"].items():
+        idx = index.get(names[i])
+        state[i] = {}
+        for k, v in st.items():
+            if idx is not None and k in MOMENTS:
+                like = params[names[i]]
+                whole = torch.zeros(like.numel(), dtype=v.dtype)
+                whole[idx] = v
+                v = whole.view(like.shape)
+            state[i][k] = v
+    return {"state": state, "param_groups": state_dict["param_groups"]}
+
+
 # --- the whole trial state -----------------------------------------------------------------------------------
 @dataclass
 class TrialState:

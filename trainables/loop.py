@@ -249,11 +249,32 @@ class Trainer:
         return {**head_parameters(self.model), **dict(self.method.dense_parameters(self.model))}
 
     def _sparse_mask(self, mask: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
-        # masked tensors train in place (MaskedAdamW); DiffPruning's mask selects gates, which train whole
+        # masked tensors train in place (MaskedAdamW); DiffPruning's mask selects gate entries (entry_trained)
         return mask if self.sparse_opt is not None else None
 
-    def _trained(self) -> dict[str, torch.Tensor]:
-        return ckpt.gather(self._dense_named(), backbone_parameters(self.model), self._sparse_mask(self.method.mask))
+    def _layout(self, mask: dict[str, torch.Tensor] | None, resumable: bool) -> tuple[dict, dict, dict, dict]:
+        """(dense, masked, index, base) for ckpt.gather/scatter: what trains whole, and what trains only at flat
+        entries (the mask's backbone entries under MaskedAdamW; a method's entry-trained tensors, such as
+        DiffPruning's gates after its first projection) with what those hold elsewhere (θ0; zero). A resumable
+        state keeps the method's ``whole_values`` whole; the best state needs only what is scored."""
+        dense = self._dense_named()
+        index = dict(self._sparse_mask(mask) or {})
+        masked = dict(backbone_parameters(self.model)) if index else {}
+        base = dict(self.theta0)
+        whole = self.method.whole_values(self.model) if resumable else set()
+        for name, idx in self.method.entry_trained(self.model, mask).items():
+            if name not in whole:
+                masked[name], index[name], base[name] = dense.pop(name), idx, torch.zeros(())
+        return dense, masked, index, base
+
+    def _trained(self, resumable: bool) -> dict[str, torch.Tensor]:
+        dense, masked, index, _ = self._layout(self.method.mask, resumable)
+        return ckpt.gather(dense, masked, index or None)
+
+    def _dense_opt_names(self) -> list[str]:
+        """The dense optimizer's parameters by name, in its state_dict order."""
+        names = {id(p): n for n, p in self._dense_named().items()}
+        return [names[id(p)] for g in self.dense_opt.param_groups for p in g["params"]]
 
     def _load_state(self) -> ckpt.TrialState | None:
         if not self.resume_dir:
@@ -266,9 +287,11 @@ class Trainer:
         return state
 
     def _restore(self, s: ckpt.TrialState) -> None:
-        ckpt.scatter(s.trained, self._dense_named(), backbone_parameters(self.model), self._sparse_mask(s.mask),
-                     self.theta0)
-        self.dense_opt.load_state_dict(s.dense_opt)
+        dense, masked, index, base = self._layout(s.mask, resumable=True)
+        ckpt.scatter(s.trained, dense, masked, index or None, base)
+        self.dense_opt.load_state_dict(ckpt.scatter_moments(s.dense_opt, self._dense_opt_names(),
+                                                            self.method.entry_trained(self.model, s.mask),
+                                                            self._dense_named()))
         if self.sparse_opt is not None:
             self.sparse_opt.load_state_dict(s.sparse_opt)
         self.step, self.best_score, self.best_step, self.bad_evals = s.step, s.best_score, s.best_step, s.bad_evals
@@ -284,9 +307,10 @@ class Trainer:
         state = ckpt.TrialState(
             trial_key=self.cfg.key, base_hash=self.base_hash, step=self.step, best_score=self.best_score,
             best_step=self.best_step, bad_evals=self.bad_evals, curve=self.curve,
-            projections=[p.as_dict() for p in self.method.projections], trained=self._trained(),
+            projections=[p.as_dict() for p in self.method.projections], trained=self._trained(resumable=True),
             mask=self.method.mask, best=self.best_state, best_mask=self.best_mask,
-            dense_opt=self.dense_opt.state_dict(),
+            dense_opt=ckpt.gather_moments(self.dense_opt.state_dict(), self._dense_opt_names(),
+                                          self.method.entry_trained(self.model, self.method.mask)),
             sparse_opt=None if self.sparse_opt is None else self.sparse_opt.state_dict(), rng=torch.get_rng_state(),
             cuda_rng=torch.cuda.get_rng_state() if self.device.type == "cuda" else None)
         folder = state.save(Path(self.checkpoint_dir) / f"step-{self.step:07d}")
@@ -373,7 +397,7 @@ class Trainer:
             pass  # a model that breaks the budget (DiffPruning before its projection) is never the best
         elif dev > self.best_score:
             self.best_score, self.best_step, self.bad_evals = dev, self.step, 0
-            self.best_state = self._trained()
+            self.best_state = self._trained(resumable=False)
             self.best_mask = None if self.method.mask is None else {n: i.clone() for n, i in self.method.mask.items()}
         else:
             self.bad_evals += 1
@@ -388,8 +412,8 @@ class Trainer:
     def result(self) -> dict[str, Any]:
         cfg = self.cfg
         self.method.use_mask(self.model, self.best_mask)  # what we report is the mask of the model we score
-        ckpt.scatter(self.best_state, self._dense_named(), backbone_parameters(self.model),
-                     self._sparse_mask(self.best_mask), self.theta0)
+        dense, masked, index, base = self._layout(self.best_mask, resumable=False)
+        ckpt.scatter(self.best_state, dense, masked, index or None, base)
         self.method.finalize(self.model)
         scores = {split: self.evaluate(getattr(self.splits, split)) for split in ("dev", "test", "train")}
         eligible = sum(t.numel() for t in self.theta0.values())

@@ -84,6 +84,17 @@ class Method:
         """Trained in full by the dense AdamW (the head is added by the loop)."""
         return []
 
+    def entry_trained(self, model: nn.Module, mask: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        """Tensors of ``dense_parameters`` that, under ``mask``, train only at some flat entries (name -> flat
+        indices): elsewhere their optimizer moments are zero and their values zero or of no further use
+        (:meth:`whole_values` names those that are). A checkpoint stores values and moments at the entries only."""
+        return {}
+
+    def whole_values(self, model: nn.Module) -> set[str]:
+        """Of :meth:`entry_trained`'s tensors, those whose values outside the entries still matter to go on
+        (frozen, not trained: their moments stay at the entries); a resumable checkpoint keeps them whole."""
+        return set()
+
     def added_parameters(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
         """Parameters the method added to the model (LoRA factors, adapters): trained, not part of θ0."""
         return []
