@@ -116,13 +116,13 @@ class DiffPrune(MaskMethod):
         # log_alpha train at the mask's entries only: w is zero elsewhere, and every moment is zero elsewhere.
         if mask is None:
             return {}
-        return {f"{n}.{pn}": mask[n] for n in _gates(model) for pn in ("w", "log_alpha")}
+        return {f"{n}.{pn}": mask[n] for n in gated_diffs(model) for pn in ("w", "log_alpha")}
 
     def whole_values(self, model):
         # A re-projection ranks every entry by log_alpha, those outside the mask at the value they froze at when
         # they left it: to go on exactly, a checkpoint keeps them (values only, no moments). Without
         # re-projection they are never read again.
-        return {f"{n}.log_alpha" for n in _gates(model)} if self.params.reproject_every else set()
+        return {f"{n}.log_alpha" for n in gated_diffs(model)} if self.params.reproject_every else set()
 
     def trainable_entries(self, model):
         if self.mask is None:  # before the first projection every entry trains
