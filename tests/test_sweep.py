@@ -73,6 +73,8 @@ def test_sweep_lifecycle(tmp_path, tiny_model, data_dir):
 
     again = cli("run", str(spec), check_rc=0)
     assert "nothing to run" in again.stdout and "4 already FINISHED" in again.stdout
+    changed = cli("run", str(spec), "--set", "training.max_steps=7", check_rc=2)  # would mix two experiments
+    assert "training.max_steps: 6 -> 7" in changed.stderr and "--force" in changed.stderr
 
     cli("export", str(sweep_dir), check_rc=0)
     trials = pd.read_parquet(sweep_dir / "export" / "trials.parquet")
@@ -94,3 +96,10 @@ def test_sweep_lifecycle(tmp_path, tiny_model, data_dir):
     assert (tmp_path / "report" / "index.html").is_file() and (tmp_path / "report" / "ranks.svg").is_file()
     # the local records agree with MLflow
     assert {k: r["status"] for k, r in records(sweep_dir).items()} == dict.fromkeys(statuses, "FINISHED")
+
+    # last (it grows the sweep the checks above count): a grown grid runs only its new trials
+    grown = cli("run", str(spec), "--set", "grid.seeds=[0, 1, 2]", check_rc=0)  # growth: only the new trials run
+    assert "6 trials, 4 already FINISHED, 2 to run" in grown.stdout and "6/6 FINISHED" in grown.stdout
+    identity = json.loads((sweep_dir / "identity.json").read_text())
+    assert len(identity["runs"]) == 4 and identity["runs"][-1]["code_version"] == \
+        tr.client.get_run(tr.parent_run_id).data.tags["code_version"]

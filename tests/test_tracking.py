@@ -5,6 +5,7 @@ import json
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from orchestrator import driver, export, records, sweep
 from orchestrator.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING, TrackingError
@@ -197,3 +198,23 @@ def test_programming_error_in_tracking_is_not_an_outage():
     assert is_outage(ConnectionError("refused")) and is_outage(MlflowException("API request failed"))
     assert not is_outage(TypeError("bad argument")) and not is_outage(KeyError("trial_key"))
     assert not is_outage(MlflowException("bad param", error_code=INVALID_PARAMETER_VALUE))
+
+
+def test_stop_with_no_driver_left_marks_its_running_trials_and_they_resume_into_the_same_run(tmp_path, data_dir):
+    from orchestrator import control
+
+    spec = make_spec(tmp_path, data_dir)
+    tr = sweep.tracker_for(spec)
+    tr.start_sweep({})
+    cfg = _sam(spec)
+    run_id = tr.start_trial(cfg.key, trial_dict(cfg))
+    records.update(spec.sweep_dir, cfg.key, status="RUNNING", trial=trial_dict(cfg), synced=True)
+    (spec.sweep_dir / sweep.SPEC_FILE).write_text(yaml.safe_dump(spec.model_dump(mode="json")))  # as `run` leaves it
+    assert control.stop(spec.sweep_dir, timeout_s=5) == 0  # the driver that ran it was killed
+    run = tr.client.get_run(run_id)
+    assert run.info.status == "KILLED" and run.data.tags["stopped"] == "true" and tr.parent_status() == "KILLED"
+    assert records.read(spec.sweep_dir, cfg.key)["status"] == "STOPPED"
+    assert sweep.statuses(spec, tr)[cfg.key] != "FINISHED"  # so the next run resumes it
+    again = sweep.tracker_for(spec).start_trial(cfg.key, trial_dict(cfg))  # the resumed trial
+    run = tr.client.get_run(again)
+    assert again == run_id and run.info.status == "RUNNING" and "stopped" not in run.data.tags
