@@ -5,6 +5,7 @@ path; none computes statistics. Methods keep one colour across figures (the orde
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -35,7 +36,9 @@ def colours(methods: list[str]) -> dict[str, tuple]:
 
 
 def _save(fig, path: Path) -> None:
-    fig.tight_layout()
+    with warnings.catch_warnings():  # a crowded figure keeps its default margins: fine, and no console noise
+        warnings.filterwarnings("ignore", message="Tight layout not applied")
+        fig.tight_layout()
     fig.savefig(path, format="svg")
     plt.close(fig)
 

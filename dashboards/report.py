@@ -268,8 +268,13 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
         parts.append(_missing("anatomy", f"no masks.parquet beside {trials_path.name} (the export writes it for "
                                          "sweeps of subset methods)."))
     overlap_path = Path(analysis_dir) / "mask_overlap.csv"
-    if overlap_path.is_file():
-        figures.overlap_figure(pd.read_csv(overlap_path), methods, out / "overlap.svg")
+    overlap = pd.read_csv(overlap_path) if overlap_path.is_file() else None
+    masked = set(overlap["method_a"]) | set(overlap["method_b"]) if overlap is not None else set()
+    if overlap is not None and len(masked) < 2:
+        parts.append(_missing("overlap", "the overlap compares the masks of two methods; this sweep has masks of "
+                                         f"{', '.join(sorted(masked)) or 'no method'} only."))
+    elif overlap is not None:
+        figures.overlap_figure(overlap, methods, out / "overlap.svg")
         parts.append(_figure("overlap", "overlap.svg", "mean Jaccard overlap between methods' masks"))
     else:
         parts.append(_missing("overlap", f"no mask_overlap.csv in {analysis_dir} (written by peft-sweep analyze)."))
