@@ -258,8 +258,11 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
 
     parts.append("<h2>Where the masks go</h2>")
     masks_path = trials_path.parent / "masks.parquet"
-    if masks_path.is_file():
-        masks = pd.read_parquet(masks_path)
+    masks = pd.read_parquet(masks_path) if masks_path.is_file() else None
+    if masks is not None and masks.empty:
+        parts.append(_missing("anatomy", "no finished trial in this sweep kept a mask (the methods that select "
+                                         "entries do)."))
+    elif masks is not None:
         if main["sparsity"] is not None and "sparsity" in masks and (masks["sparsity"] == main["sparsity"]).any():
             masks = masks[masks["sparsity"] == main["sparsity"]]
         figures.anatomy_figure(masks, methods, out / "anatomy.svg")

@@ -18,16 +18,39 @@ DRIVER_FILE = "driver.json"
 STOP_FILE = "STOP"
 
 
+HEARTBEAT_S = 30.0  # the driver rewrites its file this often while Tune runs
+STALE_S = 300.0  # a driver on another host whose file is older than this is taken for dead
+
+
 def register(sweep_dir: Path) -> None:
-    info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
-            "ray_job": os.environ.get("RAY_JOB_SUBMISSION_ID") or os.environ.get("RAY_SUBMISSION_ID")}
-    (sweep_dir / DRIVER_FILE).write_text(json.dumps(info))
+    now = time.time()
+    _write(sweep_dir, {"pid": os.getpid(), "host": socket.gethostname(), "started": now, "beat": now,
+                       "ray_job": os.environ.get("RAY_JOB_SUBMISSION_ID")})
     clear_stop(sweep_dir)  # a stop asked of an earlier driver is not meant for this one
 
 
+def beat(sweep_dir: Path) -> None:
+    """Say this driver still lives (hosts that cannot see its process read the time)."""
+    found = info(sweep_dir)
+    if found is not None and _is_mine(found):
+        _write(sweep_dir, {**found, "beat": time.time()})
+
+
 def unregister(sweep_dir: Path) -> None:
-    (sweep_dir / DRIVER_FILE).unlink(missing_ok=True)
-    clear_stop(sweep_dir)
+    found = info(sweep_dir)
+    if found is None or _is_mine(found):  # never remove another driver's file
+        (sweep_dir / DRIVER_FILE).unlink(missing_ok=True)
+        clear_stop(sweep_dir)
+
+
+def _is_mine(found: dict[str, Any]) -> bool:
+    return found.get("pid") == os.getpid() and found.get("host") == socket.gethostname()
+
+
+def _write(sweep_dir: Path, data: dict[str, Any]) -> None:
+    tmp = sweep_dir / f".{DRIVER_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, sweep_dir / DRIVER_FILE)
 
 
 def info(sweep_dir: Path) -> dict[str, Any] | None:
@@ -39,17 +62,25 @@ def info(sweep_dir: Path) -> dict[str, Any] | None:
 
 
 def alive(sweep_dir: Path) -> bool:
-    """A driver whose process still exists; one on another host is assumed alive (we cannot look)."""
+    """A driver whose process still exists; on another host, one whose heartbeat is recent."""
     found = info(sweep_dir)
     if found is None:
         return False
     if found.get("host") != socket.gethostname():
-        return True
+        return time.time() - float(found.get("beat") or found.get("started") or 0) < STALE_S
     try:
         os.kill(int(found["pid"]), 0)
+    except PermissionError:
+        return True  # it exists, as another user's process
     except (OSError, ValueError, KeyError):
         return False
     return True
+
+
+def describe(sweep_dir: Path) -> str:
+    found = info(sweep_dir) or {}
+    return f"pid {found.get('pid')} on {found.get('host')}" + (f", Ray job {found['ray_job']}"
+                                                               if found.get("ray_job") else "")
 
 
 def request_stop(sweep_dir: Path) -> None:

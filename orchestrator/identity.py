@@ -22,7 +22,8 @@ from .spec import SpecError, SweepSpec
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE_PACKAGES = ("orchestrator", "trainables", "dashboards")
 # fields that do not change a trial's result: where things are, how they are scheduled and tracked
-RESULT_FREE = {"name", "output_dir", "tracking_uri", "ray", "resources", "max_failures", "fault", "grid"}
+RESULT_FREE = {"name", "output_dir", "tracking_uri", "ray", "resources", "max_failures", "fault", "grid",
+               "methods", "variants"}  # methods/variants: compared per grid row, with defaults filled in
 RESULT_FREE_DATA = {"dir", "cache_dir"}  # where the (same) task files and token cache are
 AXES = ("methods", "tasks", "seeds", "sparsities", "perturbations")
 
@@ -33,9 +34,20 @@ def result_fields(spec: SweepSpec) -> dict[str, Any]:
     return data
 
 
+def row_settings(spec: SweepSpec, row: str) -> dict[str, Any]:
+    """A grid row's method and its settings with every default filled in (so writing a default out changes
+    nothing, and adding a new row's settings does not touch the rows already run)."""
+    from trainables.methods import get_method
+
+    base = spec.base_method(row)
+    params = get_method(base).Params.model_validate(spec.method_settings(row)).model_dump(mode="json")
+    return {"method": base, **params}
+
+
 def fingerprint(spec: SweepSpec) -> str:
     """A short hash of everything in the spec that changes results (the grid aside: it may grow)."""
-    return hashlib.sha256(json.dumps(result_fields(spec), sort_keys=True).encode()).hexdigest()[:12]
+    rows = {m: row_settings(spec, m) for m in spec.grid.methods}
+    return hashlib.sha256(json.dumps([result_fields(spec), rows], sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -47,6 +59,9 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
 def changes(old: SweepSpec, new: SweepSpec) -> list[str]:
     """What ``new`` changes of ``old`` that would mix experiments: result fields, and grid values dropped."""
     before, after = _flat(result_fields(old)), _flat(result_fields(new))
+    for row in set(old.grid.methods) & set(new.grid.methods):  # rows only one spec has: growth or a drop below
+        before.update(_flat(row_settings(old, row), f"methods.{row}."))
+        after.update(_flat(row_settings(new, row), f"methods.{row}."))
     out = [f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in sorted(set(before) | set(after))
            if before.get(k) != after.get(k)]
     for axis in AXES:

@@ -196,11 +196,19 @@ PACKAGES = ("ray", "torch", "transformers", "peft")
 
 
 def node_versions() -> dict[str, str]:
-    from importlib.metadata import version
+    """Release versions without local tags (a CPU build's torch 2.x+cpu runs the same code as 2.x+cu124), and
+    this project as the hash of its source (a node may run it from the job's working dir, uninstalled)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    from .identity import release, source_digest
+    from .identity import source_digest
 
-    return {**{p: version(p) for p in PACKAGES}, "peft-sweep": f"{release()}+src.{source_digest()}"}
+    out = {}
+    for pkg in PACKAGES:
+        try:
+            out[pkg] = version(pkg).split("+", 1)[0]
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return {**out, "peft-sweep source": source_digest()}
 
 
 def node_lacks(spec: SweepSpec) -> list[str]:
@@ -227,9 +235,13 @@ def node_lacks(spec: SweepSpec) -> list[str]:
 
 
 def node_report(spec: SweepSpec) -> dict[str, object]:
+    """Run on each node; never raises, so one broken node becomes a line of the table, not a traceback."""
     import socket
 
-    return {"host": socket.gethostname(), "versions": node_versions(), "lacks": node_lacks(spec)}
+    try:
+        return {"host": socket.gethostname(), "versions": node_versions(), "lacks": node_lacks(spec)}
+    except Exception as exc:  # noqa: BLE001 - whatever breaks here would break a trial on that node
+        return {"host": socket.gethostname(), "versions": {}, "lacks": [f"{type(exc).__name__}: {exc}"]}
 
 
 def nodes_problems(reports: dict[str, dict], driver: dict[str, str]) -> list[str]:
@@ -238,7 +250,7 @@ def nodes_problems(reports: dict[str, dict], driver: dict[str, str]) -> list[str
     for node, rep in sorted(reports.items()):
         lines += [f"{node}: {lack}" for lack in rep["lacks"]]
         lines += [f"{node}: {pkg} {rep['versions'].get(pkg)} (driver: {want})" for pkg, want in driver.items()
-                  if rep["versions"].get(pkg) != want]
+                  if rep["versions"] and rep["versions"].get(pkg) != want]
     return lines
 
 

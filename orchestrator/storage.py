@@ -46,7 +46,8 @@ class ExperimentStore:
         return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("exp-"))
 
     def next_name(self) -> str:
-        return f"exp-{len(self.experiments()) + 1:03d}"
+        numbers = [int(n[4:]) for n in self.experiments() if n[4:].isdigit()]
+        return f"exp-{max(numbers, default=0) + 1:03d}"
 
     def _file(self, name: str, file: str) -> str:
         return f"{self.path.rstrip('/')}/{name}/{file}"
@@ -67,10 +68,7 @@ class ExperimentStore:
         with self.fs.open_output_stream(self._file(name, DONE_MARKER)) as out:
             out.write(b"")
 
-    def unfinished(self) -> str | None:
-        """The last experiment if a driver died (or was stopped) before it ended, else None."""
-        names = self.experiments()
-        if not names or self.is_done(names[-1]):
-            return None
-        info = self.fs.get_file_info(self._file(names[-1], KEYS_FILE))
-        return names[-1] if info.type != pafs.FileType.NotFound else None
+    def unfinished(self) -> list[str]:
+        """Experiments a driver left before they ended (it died or was stopped), oldest first."""
+        return [n for n in self.experiments() if not self.is_done(n)
+                and self.fs.get_file_info(self._file(n, KEYS_FILE)).type != pafs.FileType.NotFound]

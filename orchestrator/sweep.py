@@ -52,6 +52,10 @@ def sync(spec: SweepSpec, tracker: Tracker, mend_parent: bool = True) -> int:
     for key, rec in records.all_records(spec.sweep_dir).items():
         status = rec.get("status")
         run = runs.get(key)
+        if status == "STOPPED" and rec.get("synced") is False and run is not None:
+            tracker.stop_trial(key)  # the stop happened while the store was down: no run left RUNNING
+            records.update(spec.sweep_dir, key, synced=True)
+            continue
         if status not in ("FINISHED", "FAILED"):
             continue
         same_attempt = run is not None and run.info.status == status
@@ -166,6 +170,9 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
     address = spec.ray.address or os.environ.get("RAY_ADDRESS")
     check_cluster_paths(spec, address)
     preflight(spec)
+    if driver.alive(spec.sweep_dir):
+        raise SpecError(f"sweep {spec.name!r} is running ({driver.describe(spec.sweep_dir)}); two drivers would run "
+                        f"its trials twice: wait, or `peft-sweep stop {spec.sweep_dir}` first")
     previous = load_sweep(spec.sweep_dir) if (spec.sweep_dir / SPEC_FILE).is_file() else None
     identity.check_rerun(previous, spec, force)
     tracker = tracker_for(spec)
@@ -200,7 +207,7 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
     tracker.start_sweep(spec_params(spec), spec.sweep_dir / SPEC_FILE)
     driver.register(spec.sweep_dir)
     try:
-        counts = run_trials(spec, pending, restore=not (force or only_failed))
+        counts = run_trials(spec, pending, restore=not (force or only_failed), supersede=force)
     except BaseException:  # interrupted or crashed: the parent must not stay RUNNING
         driver.unregister(spec.sweep_dir)
         try:

@@ -25,7 +25,7 @@ from trainables import TrialConfig, run_trial
 from trainables.finetuned import DELTA_DIR
 from trainables.loop import RESULT_FILE, EvalPoint, TrialEnd
 
-from . import driver
+from . import driver, records
 from .breaker import GuardedTracker
 from .masks import keep_mask
 from .preflight import node_report, node_versions, nodes_problems
@@ -170,6 +170,9 @@ class SweepCallback(tune.Callback):
         if now - getattr(self, "stop_checked", 0.0) < 1.0 or getattr(self, "stop_sent", False):
             return
         self.stop_checked = now
+        if now - getattr(self, "beat_at", 0.0) > driver.HEARTBEAT_S:
+            self.beat_at = now
+            driver.beat(self.sweep_dir)
         if driver.stop_requested(self.sweep_dir):
             self.stop_sent = True
             print(f"[{time.strftime('%H:%M:%S')}] stop requested: stopping the running trials at their last "
@@ -209,13 +212,16 @@ def init_ray(spec: SweepSpec) -> None:
 
 
 def _check_cluster_resources(spec: SweepSpec, where: str) -> None:
-    """A trial that asks for more than the whole cluster has would stay PENDING forever: refuse it now."""
-    have = ray.cluster_resources()
+    """A trial runs on one node: one that asks for more than the largest node has would stay PENDING
+    forever, even when the cluster has enough in all. Refuse it now."""
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
     for kind, field in (("GPU", "gpu_per_trial"), ("CPU", "cpu_per_trial")):
         want = getattr(spec.resources, field)
-        if want > have.get(kind, 0):
-            raise ClusterError(f"resources.{field} {want:g}: {where} has "
-                               f"{have.get(kind, 0):g} {kind}(s) in all, so no trial could start")
+        most = max((n.get(kind, 0) for n in nodes), default=0)
+        if want > most:
+            total = sum(n.get(kind, 0) for n in nodes)
+            raise ClusterError(f"resources.{field} {want:g}: the largest node of {where} has {most:g} {kind}(s) "
+                               f"({total:g} on {len(nodes)} node(s) in all), so no trial could start")
 
 
 NODE_CHECK_TIMEOUT_S = 180.0
@@ -232,11 +238,15 @@ def _check_nodes(spec: SweepSpec, where: str) -> None:
     probe = ray.remote(num_cpus=0, max_retries=0)(node_report)
     refs = {f"node {n['NodeManagerAddress']} ({n['NodeID'][:8]})": probe.options(
         scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(spec) for n in nodes}
-    try:
-        reports = dict(zip(refs, ray.get(list(refs.values()), timeout=NODE_CHECK_TIMEOUT_S)))
-    except GetTimeoutError:
-        raise ClusterError(f"the preflight task did not return from every node of {where} within "
-                           f"{NODE_CHECK_TIMEOUT_S:g} s; are all nodes healthy (`ray status`)?") from None
+    reports = {}
+    for node, ref in refs.items():
+        try:
+            reports[node] = ray.get(ref, timeout=NODE_CHECK_TIMEOUT_S)
+        except GetTimeoutError:
+            raise ClusterError(f"the preflight task did not return from {node} of {where} within "
+                               f"{NODE_CHECK_TIMEOUT_S:g} s; are all nodes healthy (`ray status`)?") from None
+        except ray.exceptions.RayError as exc:  # the task could not even start there (no package, no env)
+            reports[node] = {"versions": {}, "lacks": [str(exc).strip().splitlines()[-1][:200]]}
     problems = nodes_problems(reports, node_versions())
     if problems:
         print(f"preflight on {len(nodes)} node(s) of {where}:", file=sys.stderr)
@@ -255,23 +265,30 @@ def _check_nodes(spec: SweepSpec, where: str) -> None:
                   "everyone see the sweep", file=sys.stderr, flush=True)
 
 
-def run_trials(spec: SweepSpec, trials: list[TrialConfig], restore: bool) -> dict[str, int]:
-    """Run ``trials`` as one Tune experiment, or finish the last unfinished experiment first when
-    ``restore`` (a driver that died or was stopped). Returns counts of what Tune ended with."""
+def run_trials(spec: SweepSpec, trials: list[TrialConfig], restore: bool, supersede: bool = False) -> dict[str, int]:
+    """Run ``trials`` as one Tune experiment. With ``restore``, first finish every experiment a driver left
+    unfinished (it died or was stopped); with ``supersede`` (``--force``: everything reruns) mark those done
+    instead, so no later run resumes them. Returns counts of what Tune ended with."""
     init_ray(spec)
     store = ExperimentStore(tune_root(spec.ray.storage_path, spec.name, spec.sweep_dir))
     wrapped = tune.with_resources(trainable, {"cpu": spec.resources.cpu_per_trial,
                                               "gpu": spec.resources.gpu_per_trial})
     results = {"FINISHED": 0, "ERROR": 0, "STOPPED": 0}
-    last = store.unfinished() if restore else None
-    if last is not None and tune.Tuner.can_restore(store.uri(last)):
+    for last in store.unfinished():
+        if supersede:
+            store.mark_done(last)
+            continue
+        if not restore or not tune.Tuner.can_restore(store.uri(last)):
+            continue  # left for a plain `run` (rerun-failed does not resume stopped trials)
         restored_keys = store.keys(last)
         print(f"resuming the interrupted experiment {last} ({len(restored_keys)} trials)", flush=True)
         grid = tune.Tuner.restore(store.uri(last), wrapped, resume_unfinished=True, resume_errored=False,
                                   restart_errored=False).fit()  # with the experiment's own (pickled) callback
         trials = [t for t in trials if t.key not in restored_keys]
-        if _end(store, last, grid, results) or not trials:
+        if _end(spec, store, last, grid, results):
             return results
+    if not trials:
+        return results
     name = store.next_name()
     store.write_keys(name, [t.key for t in trials])
     callback = SweepCallback(spec)
@@ -289,19 +306,23 @@ def run_trials(spec: SweepSpec, trials: list[TrialConfig], restore: bool) -> dic
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
-    _end(store, name, tuner.fit(), results)
+    _end(spec, store, name, tuner.fit(), results)
     return results
 
 
-def _end(store: ExperimentStore, name: str, grid, results: dict[str, int]) -> bool:
-    """Count how the experiment's trials ended. One stopped with trials left unfinished (``peft-sweep stop``)
-    is not marked done, so the next run resumes it. Returns whether it was stopped so."""
+def _end(spec: SweepSpec, store: ExperimentStore, name: str, grid, results: dict[str, int]) -> bool:
+    """Count how the experiment's trials ended. One stopped with trials left unfinished (``peft-sweep stop``,
+    Ctrl-C) is not marked done, so the next run resumes it. Returns whether it was stopped so. A trial is
+    unfinished when Tune has no error and no final result for it and the driver recorded no end for it."""
+    ended = {k: r.get("status") for k, r in records.all_records(spec.sweep_dir).items()}
     stopped = 0
     for r in grid:
         if r.error:
             results["ERROR"] += 1
         elif (r.metrics or {}).get("final"):
             results["FINISHED"] += 1
+        elif ended.get((r.config or {}).get("trial", {}).get("trial_key")) in ("FINISHED", "FAILED"):
+            results["FINISHED" if ended[r.config["trial"]["trial_key"]] == "FINISHED" else "ERROR"] += 1
         else:
             stopped += 1
     results["STOPPED"] += stopped

@@ -469,8 +469,8 @@ def test_gpu_per_trial_beyond_a_running_rays_gpus(tmp_path, tiny_model, data_dir
     spec = load_spec(write_spec(tmp_path, tiny_model, data_dir, resources={"gpu_per_trial": 0.5}))
     ray.init(num_cpus=1, num_gpus=0, include_dashboard=False)
     try:
-        with pytest.raises(ClusterError, match=r"resources.gpu_per_trial 0.5: the Ray this process started has 0 "
-                                               r"GPU\(s\)"):
+        with pytest.raises(ClusterError, match=r"resources.gpu_per_trial 0.5: the largest node of the Ray this "
+                                               r"process started has 0 GPU\(s\)"):
             init_ray(spec)
     finally:
         ray.shutdown()

@@ -107,12 +107,13 @@ def test_ray_job_submit_on_a_two_node_cluster(cluster, tmp_path, tiny_model, dat
 
 def test_more_gpus_than_the_cluster_has_is_refused_before_anything_is_written(cluster, tmp_path, tiny_model,
                                                                              data_dir):
-    spec = write_spec(tmp_path, tiny_model, data_dir, resources__gpu_per_trial=4,
+    # 3 GPUs in all, 2 on the largest node: a trial asking for 3 could never start, though the sum would allow it
+    spec = write_spec(tmp_path, tiny_model, data_dir, resources__gpu_per_trial=3,
                       ray={"address": f"127.0.0.1:{cluster['gcs']}"})
     out = subprocess.run([sys.executable, "-m", "orchestrator", "run", str(spec)], cwd=ROOT, capture_output=True,
                          text=True, env=cluster["env"], timeout=300)
     assert out.returncode == 2, out.stderr[-3000:]
-    assert "resources.gpu_per_trial 4" in out.stderr and "3 GPU(s) in all" in out.stderr
+    assert "resources.gpu_per_trial 3" in out.stderr and "the largest node" in out.stderr and "2 GPU(s)" in out.stderr
     assert not (tmp_path / "runs" / "t").exists()
 
 
