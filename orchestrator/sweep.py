@@ -193,6 +193,7 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
         pending = [t for t in trials if status.get(t.key) == "FAILED"]
     elif force:
         pending = trials
+        tracker.forget_stops()  # everything starts over: a stopped trial's run is not reopened
     else:
         pending = [t for t in trials if status.get(t.key) != "FINISHED"]
     done = sum(status.get(t.key) == "FINISHED" for t in trials)

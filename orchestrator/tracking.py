@@ -353,6 +353,14 @@ class Tracker:
             self.client.set_tag(run_id, TAG_STOPPED, "true")
             self.client.set_terminated(run_id, "KILLED")
 
+    def forget_stops(self) -> int:
+        """`run --force` starts stopped trials over: their KILLED runs become ended attempts (the rerun is
+        attempt N+1), no longer runs to reopen. Returns how many."""
+        found = self.search(f"tags.role = '{ROLE_TRIAL}' and tags.{TAG_STOPPED} = 'true'")
+        for run in found:
+            self.client.delete_tag(run.info.run_id, TAG_STOPPED)
+        return len(found)
+
     def fail(self, key: str, error: str, trial: dict[str, Any] | None = None) -> None:
         run_id = self._ensure(key, trial)
         self.client.set_tag(run_id, "error", error[-4000:])

@@ -218,3 +218,15 @@ def test_stop_with_no_driver_left_marks_its_running_trials_and_they_resume_into_
     again = sweep.tracker_for(spec).start_trial(cfg.key, trial_dict(cfg))  # the resumed trial
     run = tr.client.get_run(again)
     assert again == run_id and run.info.status == "RUNNING" and "stopped" not in run.data.tags
+
+
+def test_force_after_a_stop_starts_a_new_attempt_instead_of_reopening(tmp_path, data_dir):
+    spec = make_spec(tmp_path, data_dir)
+    tr = sweep.tracker_for(spec)
+    cfg = _sam(spec)
+    run_id = tr.start_trial(cfg.key, trial_dict(cfg))
+    tr.stop_trial(cfg.key)
+    assert tr.forget_stops() == 1  # what `run --force` does first
+    again = sweep.tracker_for(spec).start_trial(cfg.key, trial_dict(cfg))
+    run = tr.client.get_run(again)
+    assert again != run_id and run.data.tags["attempt"] == "2" and run.data.tags["previous_run_id"] == run_id
