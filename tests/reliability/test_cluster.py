@@ -23,41 +23,57 @@ RAY = str(Path(sys.executable).with_name("ray"))
 BUCKET = "sweeps"
 
 
+def _start_two_nodes(env: dict, no_data: str) -> dict:
+    """A head and a second node that blocks in the foreground (so a test can stop it alone: a lost node), each
+    in its own session: a Ray an earlier test started in this process made it a process-group leader whose
+    cleanup may signal that group. The second node has its own temp dir (two nodes on one machine sharing one
+    garbage-collect each other's runtime-env files) and an env whose data folder does not exist: a node that
+    lacks the data, for the per-node preflight to catch when a spec leaves data.dir to the environment."""
+    gcs, dash = free_port(), free_port()
+    subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=60)
+    subprocess.run([RAY, "start", "--head", f"--port={gcs}", f"--dashboard-port={dash}", "--num-cpus=2",
+                    "--num-gpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1"],
+                   check=True, capture_output=True, env=env, timeout=180, start_new_session=True)
+    worker_tmp = tempfile.mkdtemp(prefix="rw", dir="/tmp")
+    worker = subprocess.Popen([RAY, "start", f"--address=127.0.0.1:{gcs}", "--num-cpus=1", "--num-gpus=1", "--block",
+                               f"--temp-dir={worker_tmp}"], env={**env, "PEFT_SWEEP_DATA_DIR": no_data},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        out = subprocess.run([RAY, "status", f"--address=127.0.0.1:{gcs}"], capture_output=True, text=True, env=env)
+        if out.stdout.count("node_") >= 2:
+            time.sleep(3)  # and both still there a moment later
+            again = subprocess.run([RAY, "status", f"--address=127.0.0.1:{gcs}"], capture_output=True, text=True,
+                                   env=env)
+            if again.stdout.count("node_") >= 2:
+                return {"gcs": gcs, "address": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dash}",
+                        "worker": worker, "worker_tmp": worker_tmp}
+        time.sleep(2)
+    if worker.poll() is None:
+        os.killpg(worker.pid, signal.SIGTERM)
+    shutil.rmtree(worker_tmp, ignore_errors=True)
+    raise RuntimeError("the second node did not join:\n" + out.stdout + out.stderr[-2000:])
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    gcs, dash, s3_port = free_port(), free_port(), free_port()
+    s3_port = free_port()
     # Ray 2.60 turns token auth on at `ray start --head`; every node and client must then ask for it. The nodes'
     # workers find the test's S3 endpoint (started later, on s3_port) the way pyarrow reads it, from the env
     s3_env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}", "AWS_ACCESS_KEY_ID": "test",
               "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
     env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "token", **s3_env}
-    subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=60)
-    subprocess.run([RAY, "start", "--head", f"--port={gcs}", f"--dashboard-port={dash}", "--num-cpus=2",
-                    "--num-gpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1"],
-                   check=True, capture_output=True, env=env, timeout=180)
-    # the second node blocks in the foreground, so the test can stop it alone (a lost node). Its own temp dir:
-    # two nodes on one machine sharing one would garbage-collect each other's runtime-env files (the job's cwd).
-    # Its env points the data folder somewhere that does not exist: a node that lacks the data (what the
-    # per-node preflight must catch when a spec leaves data.dir to the environment)
-    worker_tmp = tempfile.mkdtemp(prefix="rw", dir="/tmp")
     no_data = str(tmp_path_factory.mktemp("worker") / "no-data-here")
-    worker = subprocess.Popen([RAY, "start", f"--address=127.0.0.1:{gcs}", "--num-cpus=1", "--num-gpus=1", "--block",
-                               f"--temp-dir={worker_tmp}"], env={**env, "PEFT_SWEEP_DATA_DIR": no_data},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        out = subprocess.run([RAY, "status", f"--address=127.0.0.1:{gcs}"], capture_output=True, text=True, env=env)
-        if out.stdout.count("node_") >= 2:
-            break
-        time.sleep(2)
-    else:
-        pytest.fail("the second node did not join:\n" + out.stdout)
-    yield {"gcs": gcs, "address": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dash}", "worker": worker,
-           "env": env, "s3_env": s3_env, "no_data": no_data}
-    if worker.poll() is None:
-        os.killpg(worker.pid, signal.SIGTERM)
+    try:
+        nodes = _start_two_nodes(env, no_data)
+    except RuntimeError as first:  # a start-up that lost a process: once more, then say what happened
+        print(f"cluster start failed once ({first}); retrying", file=sys.stderr)
+        nodes = _start_two_nodes(env, no_data)
+    yield {**nodes, "env": env, "s3_env": s3_env, "no_data": no_data}
+    if nodes["worker"].poll() is None:
+        os.killpg(nodes["worker"].pid, signal.SIGTERM)
     subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
-    shutil.rmtree(worker_tmp, ignore_errors=True)
+    shutil.rmtree(nodes["worker_tmp"], ignore_errors=True)
 
 
 @pytest.fixture
