@@ -13,21 +13,22 @@ from pathlib import Path
 from typing import Any
 
 from . import driver, records
-from .progress import duration
+from .progress import duration, rate_per_hour
 from .spec import SpecError, SweepSpec
-from .sweep import SPEC_FILE, load_sweep, sync, tracker_for
+from .sweep import SPEC_FILE, load_sweep, mark_stopped, sync, tracker_for
 
 ENDED = ("FINISHED", "FAILED")
 
 
 @dataclass
-class Progress:
+class SweepProgress:
     """Where a sweep stands, from its folder."""
     total: int
     counts: dict[str, int]  # FINISHED / FAILED / RUNNING / STOPPED / PENDING
     started: float | None  # when the current (or last) driver started
     driver_alive: bool
-    per_hour: float | None  # trials ended per hour since the driver started
+    ended_here: int  # trials that ended since the driver started
+    elapsed_s: float  # since the driver started
     eta_s: float | None
 
     @property
@@ -36,30 +37,29 @@ class Progress:
 
     def line(self) -> str:
         c = self.counts
-        rate = f"{self.per_hour:.1f} trials/h" if self.per_hour else "rate ?"
+        rate = rate_per_hour(self.ended_here, self.elapsed_s) if self.ended_here else "rate ?"
         eta = duration(self.eta_s) if self.eta_s is not None else "?"
         return (f"done {c.get('FINISHED', 0)}/{self.total} | running {c.get('RUNNING', 0)} | failed "
                 f"{c.get('FAILED', 0)} | waiting {c.get('PENDING', 0) + c.get('STOPPED', 0)} | {rate} | ETA {eta} | "
                 f"driver {'alive' if self.driver_alive else 'not running'}")
 
 
-def progress(spec: SweepSpec) -> Progress:
+def progress(spec: SweepSpec) -> SweepProgress:
     keys = [t.key for t in spec.trials()]
     recs = records.all_records(spec.sweep_dir)
     counts = collections.Counter((recs.get(k) or {}).get("status", "PENDING") for k in keys)
     info = driver.info(spec.sweep_dir) or {}
     alive = driver.alive(spec.sweep_dir)
     started = info.get("started")
-    per_hour = eta = None
+    ended_here, elapsed, eta = 0, 0.0, None
     if alive and started:
         # trials that ended since this driver started: their record was last written after it
         ended_here = sum(1 for k in keys if (recs.get(k) or {}).get("status") in ENDED
                          and records.written_at(spec.sweep_dir, k) >= started)
         elapsed = time.time() - started
         if ended_here and elapsed > 0:
-            per_hour = ended_here / elapsed * 3600
-            eta = (len(keys) - sum(counts.get(s, 0) for s in ENDED)) / per_hour * 3600
-    return Progress(len(keys), dict(counts), started, alive, per_hour, eta)
+            eta = (len(keys) - sum(counts.get(s, 0) for s in ENDED)) * elapsed / ended_here
+    return SweepProgress(len(keys), dict(counts), started, alive, ended_here, elapsed, eta)
 
 
 def list_sweeps(output_dir: Path) -> list[dict[str, Any]]:
@@ -108,18 +108,13 @@ def stop(sweep_dir: Path, timeout_s: float) -> int:
 
 
 def leave_resumable(spec: SweepSpec) -> int:
-    """Records and MLflow runs a dead driver left RUNNING become STOPPED/KILLED (the next run resumes them);
-    the parent run is ended too. Returns how many trials that touched."""
-    left = [k for k, r in records.all_records(spec.sweep_dir).items() if r.get("status") == "RUNNING"]
+    """What a dead driver left RUNNING becomes STOPPED/KILLED (the next run resumes it), and MLflow gets what
+    the records hold that it missed. Returns how many trials were left RUNNING."""
     tracker = tracker_for(spec)
-    for key in left:
-        records.update(spec.sweep_dir, key, status="STOPPED")
-        tracker.stop_trial(key)
+    n = mark_stopped(spec, tracker)
     sync(spec, tracker, mend_parent=False)
-    if tracker.parent_status() == "RUNNING":
-        tracker.end_sweep("KILLED")
     driver.clear_stop(spec.sweep_dir)
-    return len(left)
+    return n
 
 
 def watch(spec: SweepSpec, interval_s: float) -> int:

@@ -258,19 +258,28 @@ def _record_identity(spec: SweepSpec) -> None:
     path.write_text(json.dumps(known, indent=1))
 
 
-def _stopped(spec: SweepSpec, tracker: Tracker, counts: dict[str, int]) -> int:
-    """Tune stopped with trials left (`peft-sweep stop`, Ctrl-C): leave them resumable, their runs KILLED."""
-    stopped = [k for k, r in records.all_records(spec.sweep_dir).items() if r.get("status") == "RUNNING"]
-    for key in stopped:
+def mark_stopped(spec: SweepSpec, tracker: Tracker) -> int:
+    """Trials a driver left RUNNING (it stopped, or died) become STOPPED, resumable, with their MLflow runs
+    KILLED and the parent run ended KILLED. A store that is down leaves the records unsynced for `sync`.
+    Returns how many trials that touched."""
+    left = [k for k, r in records.all_records(spec.sweep_dir).items() if r.get("status") == "RUNNING"]
+    for key in left:
         records.update(spec.sweep_dir, key, status="STOPPED")
         try:
             tracker.stop_trial(key)
-        except Exception:  # noqa: BLE001 - store down: the record says STOPPED, `sync` has nothing to mend
+        except Exception:  # noqa: BLE001 - store down: the record says STOPPED and unsynced, `sync` mends it
             records.update(spec.sweep_dir, key, synced=False)
     try:
-        tracker.end_sweep("KILLED")
-    except Exception:  # noqa: BLE001
+        if tracker.parent_status() == "RUNNING":
+            tracker.end_sweep("KILLED")
+    except Exception:  # noqa: BLE001 - store down: `sync` closes the parent later
         pass
+    return len(left)
+
+
+def _stopped(spec: SweepSpec, tracker: Tracker, counts: dict[str, int]) -> int:
+    """Tune stopped with trials left (`peft-sweep stop`, Ctrl-C): leave them resumable, their runs KILLED."""
+    mark_stopped(spec, tracker)
     driver.unregister(spec.sweep_dir)
     print(f"sweep {spec.name}: stopped; {counts['FINISHED']} FINISHED, {counts['ERROR']} FAILED, "
           f"{counts['STOPPED']} left resumable from their last checkpoints; resume with: peft-sweep run "
