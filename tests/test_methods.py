@@ -181,3 +181,18 @@ def test_registry_refuses_a_duplicate_name():
 
     with pytest.raises(ValueError, match="already registered"):
         register(Again)
+
+
+@pytest.mark.parametrize("method,param", [("lora", "rank"), ("adapter", "bottleneck")])
+def test_an_explicit_size_above_the_budget_is_refused(method, param, tiny_model):
+    """A rank or bottleneck the user sets must stay within ⌊m·p⌋: a trial labelled p must train at most p."""
+    from trainables.methods.adapter import bottleneck_for_budget
+    from trainables.methods.lora import rank_for_budget
+
+    cls, size_for_budget = get_method(method), {"lora": rank_for_budget, "adapter": bottleneck_for_budget}[method]
+    model = TaskModel(load_backbone(tiny_model), "classification", 3)
+    fits = size_for_budget(model.backbone, budget(sum(p.numel() for p in backbone_parameters(model).values()), 0.05))
+    ok = cls(cls.Params(**{param: fits}), 0.05, 0)
+    ok.prepare(model)  # the largest size within the budget is accepted
+    with pytest.raises(ValueError, match=rf"{param} {fits + 1}.*⌊m·p⌋.*{param} ≤ {fits}"):
+        cls(cls.Params(**{param: fits + 1}), 0.05, 0).prepare(TaskModel(load_backbone(tiny_model), "classification", 3))

@@ -15,7 +15,7 @@ FFN_OUTPUT = re.compile(r"(^|\.)layer\.\d+\.output\.dense$")
 
 
 class AdapterParams(MethodParams):
-    bottleneck: int | None = Field(None, gt=0, description="adapter width; default: the largest within ⌊m·p⌋")
+    bottleneck: int | None = Field(None, gt=0, description="adapter width, at most the largest within ⌊m·p⌋ (the default)")
 
 
 class Adapter(nn.Module):
@@ -38,8 +38,15 @@ def ffn_outputs(backbone: nn.Module) -> list[tuple[str, nn.Linear]]:
     return found
 
 
+def adapter_entries(backbone: nn.Module, r: int) -> int:
+    """L·(2·d·r + r + d): down and up projections with their biases, one adapter per layer."""
+    layers = ffn_outputs(backbone)
+    d = layers[0][1].out_features
+    return len(layers) * (2 * d * r + r + d)
+
+
 def bottleneck_for_budget(backbone: nn.Module, k: int) -> int:
-    """Largest r with L·(2·d·r + r + d) ≤ k."""
+    """Largest r with adapter_entries(r) ≤ k."""
     layers = ffn_outputs(backbone)
     d = layers[0][1].out_features
     r = (k // len(layers) - d) // (2 * d + 1)
@@ -58,7 +65,13 @@ class AdapterMethod(DenseSubsetMethod):
 
     def prepare(self, model):
         eligible = sum(p.numel() for p in backbone_parameters(model).values())
-        r = self.params.bottleneck or bottleneck_for_budget(model.backbone, budget(eligible, self.sparsity))
+        k = budget(eligible, self.sparsity)
+        r = self.params.bottleneck or bottleneck_for_budget(model.backbone, k)
+        if adapter_entries(model.backbone, r) > k:
+            raise ValueError(f"adapter: bottleneck {r} trains {adapter_entries(model.backbone, r)} entries, above this "
+                             f"trial's budget ⌊m·p⌋ = {k} (p = {self.sparsity}); set bottleneck ≤ "
+                             f"{bottleneck_for_budget(model.backbone, k)}, raise the sparsity, or leave bottleneck "
+                             f"unset for the largest that fits")
         layers = ffn_outputs(model.backbone)
         model.adapters = nn.ModuleDict({n.replace(".", "_"): Adapter(m.out_features, r) for n, m in layers})
         for n, m in layers:

@@ -13,7 +13,7 @@ TARGETS = r".*layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\
 
 
 class LoraParams(MethodParams):
-    rank: int | None = Field(None, gt=0, description="LoRA rank; default: the largest within ⌊m·p⌋")
+    rank: int | None = Field(None, gt=0, description="LoRA rank, at most the largest within ⌊m·p⌋ (the default)")
     alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / rank)")
     dropout: float = Field(0.0, ge=0, lt=1)
 
@@ -26,12 +26,17 @@ def target_layers(backbone: nn.Module) -> list[nn.Linear]:
     return found
 
 
+def per_rank(backbone: nn.Module) -> int:
+    """Entries one rank adds: Σ (in + out) over the target layers."""
+    return sum(m.in_features + m.out_features for m in target_layers(backbone))
+
+
 def rank_for_budget(backbone: nn.Module, k: int) -> int:
-    """Largest r with Σ r·(in + out) over the target layers ≤ k."""
-    per_rank = sum(m.in_features + m.out_features for m in target_layers(backbone))
-    if k // per_rank < 1:
-        raise ValueError(f"lora: a budget of {k} entries is below one rank ({per_rank}); raise the sparsity")
-    return k // per_rank
+    """Largest r with r·per_rank ≤ k."""
+    one = per_rank(backbone)
+    if k // one < 1:
+        raise ValueError(f"lora: a budget of {k} entries is below one rank ({one}); raise the sparsity")
+    return k // one
 
 
 @register
@@ -45,8 +50,12 @@ class Lora(DenseSubsetMethod):
         from peft import LoraConfig, inject_adapter_in_model
 
         eligible = sum(p.numel() for p in backbone_parameters(model).values())
-        r = self.params.rank or rank_for_budget(model.backbone, budget(eligible, self.sparsity))
-        target_layers(model.backbone)
+        k = budget(eligible, self.sparsity)
+        r = self.params.rank or rank_for_budget(model.backbone, k)
+        if r * per_rank(model.backbone) > k:
+            raise ValueError(f"lora: rank {r} trains {r * per_rank(model.backbone)} entries, above this trial's "
+                             f"budget ⌊m·p⌋ = {k} (p = {self.sparsity}); set rank ≤ {rank_for_budget(model.backbone, k)}, "
+                             f"raise the sparsity, or leave rank unset for the largest that fits")
         config = LoraConfig(r=r, lora_alpha=self.params.alpha, lora_dropout=self.params.dropout,
                             target_modules=TARGETS, init_lora_weights=True)
         model.backbone = inject_adapter_in_model(config, model.backbone)
