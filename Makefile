@@ -3,7 +3,15 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DATA ?= $(abspath ../shared/data)
-export PEFT_SWEEP_DATA_DIR ?= $(DATA)
+# the data folder: DATA given to make wins, then $$PEFT_SWEEP_DATA_DIR, then ../shared/data if it exists;
+# with none of them the loader reads the tasks from the Hugging Face Hub
+ifeq ($(origin DATA),command line)
+export PEFT_SWEEP_DATA_DIR := $(abspath $(DATA))
+else ifeq ($(PEFT_SWEEP_DATA_DIR),)
+ifneq ($(wildcard $(DATA)),)
+export PEFT_SWEEP_DATA_DIR := $(DATA)
+endif
+endif
 
 .PHONY: demo test test-fast setup clean
 

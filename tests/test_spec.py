@@ -1,4 +1,5 @@
 """Sweep specs: every shipped file validates; every kind of bad value fails naming the field."""
+import re
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ def test_every_shipped_config_validates_and_opens_with_its_command(path):
     assert spec.trials()
     head = path.read_text().splitlines()[:5]
     assert head[0].startswith("# Run") and any("Cost" in line for line in head)
+    stated = [int(n) for n in re.findall(r"(\d+)(?: [\w-]+)? trials", " ".join(head))]
+    assert len(spec.trials()) in stated, f"the header states {stated} trials; the spec has {len(spec.trials())}"
 
 
 def test_paper_grids_have_the_papers_sizes():
