@@ -165,7 +165,8 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
     analysis_dir = analysis_dir or (sweep_dir / "analysis" if sweep_dir else trials_path.parent)
     spec_path = spec_path or (sweep_dir / "spec.yaml" if sweep_dir else None)
     trials = pd.read_parquet(trials_path)
-    curves = pd.read_parquet(curves_path) if curves_path and Path(curves_path).is_file() else None
+    curves_path = curves_path or trials_path.parent / "curves.parquet"  # beside the trials, as masks.parquet
+    curves = pd.read_parquet(curves_path) if Path(curves_path).is_file() else None
     res = analyze(trials)
     summary, main = res.summary, res.summary["groups"][0]
     finished = _in_group(trials[trials["status"] == "FINISHED"], main)
@@ -236,11 +237,16 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
         figures.curves_figure(curves, methods, dev_base, out / "curves.svg")
         parts.append(_figure("curves", "curves.svg", "Dev score vs step, one line per trial"))
     else:
-        parts.append(_missing("curves", "no curves.parquet with evaluation rows was given."))
+        parts.append(_missing("curves", "no curves.parquet with evaluation rows (from --curves, or beside the trials "
+                                        "file)."))
 
     parts.append("<h2>Stability vs performance (Fig. 3b)</h2>")
-    figures.rank_figure(main_table, main["spearman"], methods, out / "ranks.svg")
-    parts.append(_figure("ranks", "ranks.svg", "stability rank vs performance rank per (method, task)"))
+    if main_table.loc[main_table["task"] != "AVG", "std"].notna().any():
+        figures.rank_figure(main_table, main["spearman"], methods, out / "ranks.svg")
+        parts.append(_figure("ranks", "ranks.svg", "stability rank vs performance rank per (method, task)"))
+    else:
+        parts.append(_missing("ranks", "a stability rank is the rank of a std over seeds, so Fig. 3b needs ≥2 seeds "
+                                       f"per (method, task); this sweep has n = {', '.join(map(str, n_per_cell))}."))
     parts.append("<h2>Sparsity sweep (Fig. 3a)</h2>")
     if trials["sparsity"].dropna().nunique() > 1:
         figures.sparsity_figure(res.sparsity, test_base, out / "sparsity.svg")
@@ -259,6 +265,7 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
     parts.append("<h2>Where the masks go</h2>")
     masks_path = trials_path.parent / "masks.parquet"
     masks = pd.read_parquet(masks_path) if masks_path.is_file() else None
+    kept_masks = sorted(masks["method"].unique()) if masks is not None and "method" in masks else []
     if masks is not None and masks.empty:
         parts.append(_missing("anatomy", "no finished trial in this sweep kept a mask (the methods that select "
                                          "entries do)."))
@@ -274,8 +281,10 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
     overlap = pd.read_csv(overlap_path) if overlap_path.is_file() else None
     masked = set(overlap["method_a"]) | set(overlap["method_b"]) if overlap is not None else set()
     if overlap is not None and len(masked) < 2:
-        parts.append(_missing("overlap", "the overlap compares the masks of two methods; this sweep has masks of "
-                                         f"{', '.join(sorted(masked)) or 'no method'} only."))
+        kept = ", ".join(sorted(masked | set(kept_masks)))
+        parts.append(_missing("overlap", "the overlap compares the masks of two methods; "
+                                         + (f"this sweep has masks of {kept} only." if kept else
+                                            "no trial of this sweep kept a mask.")))
     elif overlap is not None:
         figures.overlap_figure(overlap, methods, out / "overlap.svg")
         parts.append(_figure("overlap", "overlap.svg", "mean Jaccard overlap between methods' masks"))

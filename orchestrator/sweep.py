@@ -131,9 +131,7 @@ def close_sweep(spec: SweepSpec, tracker: Tracker, final: dict[str, str], quiet:
             avg = table[table["task"] == "AVG"].sort_values(["mean", "method"], ascending=[False, True])
             if len(avg):
                 b = avg.iloc[0]
-                std = "" if pd.isna(b["std"]) else f" ± {100 * b['std']:.1f}"
-                lines.append(f"best on average: {b['method']} {100 * b['mean']:.1f}{std} (test score ×100, mean "
-                             f"over tasks of the mean over seeds ± mean per-task std)")
+                lines.append(best_on_average(b["method"], b["mean"], None if pd.isna(b["std"]) else b["std"]))
             lines.append(f"report: {index}")
     except Exception as exc:  # noqa: BLE001 - the status must still be set; say what is missing
         lines.append(f"no analysis on the parent run: {type(exc).__name__}: {exc}")
@@ -143,6 +141,14 @@ def close_sweep(spec: SweepSpec, tracker: Tracker, final: dict[str, str], quiet:
             print(line, flush=True)
     tracker.end_sweep("FINISHED" if n_failed == 0 else "FAILED", metrics, tags, artifacts)
     return lines
+
+
+def best_on_average(method: str, mean: float, std: float | None) -> str:
+    """The answer's first line; the ± and its meaning only where a std exists (two seeds or more)."""
+    what = "test score ×100, mean over tasks of the mean over seeds"
+    if std is None:
+        return f"best on average: {method} {100 * mean:.1f} ({what}; one seed per cell, so no std)"
+    return f"best on average: {method} {100 * mean:.1f} ± {100 * std:.1f} ({what} ± mean per-task std)"
 
 
 def _main_table(table, summary: dict[str, Any]):

@@ -94,6 +94,7 @@ def test_missing_inputs_are_explained(tmp_path):
     trials = pd.read_parquet(export / "trials.parquet").drop(columns=["majority_test_score"])
     trials = trials[trials["sparsity"].isna() | (trials["sparsity"] == 0.005)]
     trials.to_parquet(export / "trials.parquet")
+    (export / "curves.parquet").unlink()
     page = build_report(export / "trials.parquet", None, tmp_path / "report").read_text()
     for fig in ("baseline", "curves", "sparsity", "projection", "anatomy", "overlap"):
         assert f'id="missing-{fig}"' in page, fig
@@ -172,3 +173,24 @@ def test_pair_matrix_reads_from_both_sides(tmp_path):
     rows = {r[0]: r[1:] for r in (re.findall(r"<t[hd]>(.*?)</t[hd]>", r) for r in re.findall(r"<tr>(.*?)</tr>", pairs))}
     order = rows["wins/ties/losses"]
     assert rows["a"][order.index("c")] == "1/1/0" and rows["c"][order.index("a")] == "0/1/1"
+
+
+def test_one_seed_sweep_reads_its_neighbours_and_notes_what_it_cannot_draw(tmp_path):
+    """One seed per cell (a first look at a sweep): no std, so no Fig. 3b but a note saying why; the masks
+    note names the method that kept masks; curves.parquet beside the trials file is read like masks.parquet."""
+    trials = pd.DataFrame([{"method": m, "task": "CB", "seed": 0, "sparsity": 0.01 if m == "sam" else None,
+                            "perturbation": None, "status": "FINISHED", "test_score": 0.55 + (m == "sam") / 20,
+                            "train_score": 0.9, "trial_key": f"{i:012x}"} for i, m in enumerate(("sam", "bitfit"))])
+    folder = tmp_path / "export"
+    folder.mkdir()
+    trials.to_parquet(folder / "trials.parquet")
+    _curves(trials).to_parquet(folder / "curves.parquet")
+    _masks(trials).to_parquet(folder / "masks.parquet")
+    (tmp_path / "analysis").mkdir()
+    pd.DataFrame(columns=["task", "seed", "method_a", "method_b", "jaccard", "n_a", "n_b", "intersection"]) \
+        .to_csv(tmp_path / "analysis" / "mask_overlap.csv", index=False)
+    index = build_report(folder / "trials.parquet", None, tmp_path / "report")
+    page = index.read_text()
+    assert 'id="missing-ranks"' in page and "needs ≥2 seeds" in page and not (index.parent / "ranks.svg").exists()
+    assert 'id="missing-overlap"' in page and "masks of sam only" in page
+    assert '<figure id="fig-curves">' in page  # found beside trials.parquet

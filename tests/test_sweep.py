@@ -103,3 +103,11 @@ def test_sweep_lifecycle(tmp_path, tiny_model, data_dir):
     identity = json.loads((sweep_dir / "identity.json").read_text())
     assert len(identity["runs"]) == 4 and identity["runs"][-1]["code_version"] == \
         tr.client.get_run(tr.parent_run_id).data.tags["code_version"]
+
+
+def test_the_answer_line_says_plus_minus_only_with_a_std():
+    from orchestrator.sweep import best_on_average
+
+    assert best_on_average("sam", 0.597, 0.035).startswith("best on average: sam 59.7 ± 3.5 (")
+    one_seed = best_on_average("sam", 0.546, None)
+    assert "±" not in one_seed and one_seed.startswith("best on average: sam 54.6 (") and "no std" in one_seed
