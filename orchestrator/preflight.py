@@ -99,8 +99,11 @@ def check_resources(spec: SweepSpec) -> None:
             gpus = torch.cuda.device_count()
             source = f"this machine has {gpus} GPU(s)"
         if res.gpu_per_trial > gpus:
+            hint = "" if spec.ray.num_gpus is not None else \
+                "; to only validate a GPU spec here: --set ray.num_gpus=1 (logical GPUs)"
             raise SpecError(f"resources.gpu_per_trial {res.gpu_per_trial:g}: {source}, so no trial could start; "
-                            "set gpu_per_trial: 0 (CPU), run on a GPU machine, or give ray.address of a GPU cluster")
+                            "set gpu_per_trial: 0 (CPU), run on a GPU machine, or give ray.address of a GPU "
+                            f"cluster{hint}")
     cpus = spec.ray.num_cpus or os.cpu_count() or 1
     if res.cpu_per_trial > cpus:
         raise SpecError(f"resources.cpu_per_trial {res.cpu_per_trial:g}: the local Ray has {cpus} CPU(s) "
@@ -128,7 +131,12 @@ def check_model(model: str, max_seq_length: int | None = None) -> str:
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load the config of model {model!r}: {str(exc).splitlines()[0]}") from None
+        cause = str(exc).splitlines()[0]
+        if local.is_dir():
+            raise ModelError(f"cannot load the config of model {model!r}: {cause}") from None
+        raise ModelError(f"cannot load model {model!r} from the Hugging Face Hub; without Hub access give a local "
+                         f"folder (model: /path/to/{model.split('/')[-1]}) or set HF_HUB_OFFLINE=1 (local HF cache "
+                         f"only, no retries): {cause}") from None
     positions = getattr(config, "max_position_embeddings", None)
     if positions and config.model_type in ("roberta", "xlm-roberta", "camembert", "longformer"):
         positions -= 2  # these offset positions by padding_idx + 1

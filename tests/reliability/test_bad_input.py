@@ -95,6 +95,12 @@ def test_no_data_folder_and_no_hub_fails_in_preflight(tmp_path, tiny_model):
     assert time.time() - start < 60
 
 
+def test_a_hub_model_without_the_hub_says_what_to_give_instead(tmp_path, tiny_model, data_dir):
+    spec = write_spec(tmp_path, "roberta-base", data_dir)
+    _expect_refusal(tmp_path, spec, "model 'roberta-base'", "Hub", "model: /path/to/roberta-base", "HF_HUB_OFFLINE=1",
+                    cmd="validate", env={"HF_HUB_OFFLINE": "1"})
+
+
 def test_no_data_folder_in_offline_mode(tmp_path, tiny_model):
     spec = write_spec(tmp_path, tiny_model, tmp_path, data={})
     _expect_refusal(tmp_path, spec, "task CB", "PEFT_SWEEP_DATA_DIR", cmd="validate",
@@ -158,7 +164,8 @@ def test_unreachable_ray_address(tmp_path, tiny_model, data_dir, refuse_spec):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_gpu_per_trial_on_a_machine_without_gpus(tmp_path, tiny_model, data_dir):
     spec = write_spec(tmp_path, tiny_model, data_dir, resources={"gpu_per_trial": 0.25})
-    _expect_refusal(tmp_path, spec, "resources.gpu_per_trial 0.25", "0 GPU(s)", "gpu_per_trial: 0")
+    _expect_refusal(tmp_path, spec, "resources.gpu_per_trial 0.25", "0 GPU(s)", "gpu_per_trial: 0",
+                     "--set ray.num_gpus=1")
 
 
 def test_gpu_per_trial_beyond_the_logical_gpus(tmp_path, tiny_model, data_dir, refuse_spec):
