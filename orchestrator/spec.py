@@ -169,10 +169,10 @@ class SweepSpec(Strict):
                                  f"not a method's ({', '.join(METHODS)})")
             if "method" not in setting:
                 slips = [k for k, v in setting.items() if isinstance(k, str) and ":" in k and v is None]
-                hint = f"; {slips[0]!r} is one key: write {slips[0].replace(':', ': ', 1)!r}, with a space " \
-                       "after the colon" if slips else ""
-                raise ValueError(f"{where}: no 'method' key (got keys {', '.join(map(repr, setting))}); a variant "
-                                 f"is {{method: <one of {', '.join(METHODS)}>, <its settings>}}{hint}")
+                hint = f"{slips[0]!r} is one key: write {slips[0].replace(':', ': ', 1)!r}, with a space after " \
+                       "the colon" if slips else f"a variant is {{method: M, <its settings>}}; valid methods: " \
+                                                 f"{', '.join(METHODS)}"
+                raise ValueError(f"{where}: no 'method' key (got keys {', '.join(map(repr, setting))}); {hint}")
             base = setting["method"]
             if base not in METHODS:
                 raise ValueError(f"{where}.method: {base!r} is not a method; valid methods: {', '.join(METHODS)}")
