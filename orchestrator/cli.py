@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 EPILOG = """examples:
@@ -14,7 +15,7 @@ EPILOG = """examples:
   peft-sweep list runs                              the sweeps under runs/ and whether a driver runs each
   peft-sweep stop runs/quickstart                   stop a sweep; `run` resumes it from the last checkpoints
   peft-sweep rerun-failed runs/quickstart           rerun only the trials that ended in error
-  peft-sweep export runs/quickstart                 trials.parquet + curves.parquet from MLflow
+  peft-sweep export runs/quickstart                 trials, curves and masks .parquet from MLflow
   peft-sweep analyze --trials runs/quickstart/export/trials.parquet --out runs/quickstart/analysis
   peft-sweep report runs/quickstart --out runs/quickstart/report
   peft-sweep train-one --task CB --method sam --sparsity 0.005 --set training.max_steps=100
@@ -22,6 +23,7 @@ EPILOG = """examples:
 
 
 MAX_LINE = 300  # one line of error; PEFT_SWEEP_DEBUG=1 shows all of it
+WATCH_INTERVAL = 5.0  # seconds between updates of `status --watch`
 
 
 def _cmd_tasks(args) -> int:
@@ -50,23 +52,41 @@ def _cmd_tasks(args) -> int:
     return 0
 
 
-def _cmd_train_one(args) -> int:
-    from trainables import TrialConfig, run_trial
-    from trainables.loop import EvalPoint
+def train_one_config(args):
+    """The one trial's TrialConfig from train-one's options: the sweep spec's defaults (its sparsity too),
+    refusing a --set that would do nothing."""
+    from trainables import TrialConfig
     from trainables.tasks import canonical_task
-    from .preflight import check_cache, check_data, check_model, check_writable_dir
-    from .spec import SpecError, first_error, apply_overrides
+    from trainables.methods import METHODS, get_method
+    from .spec import DEFAULT_SPARSITY, SpecError, first_error, apply_overrides
     from pydantic import ValidationError
 
-    base = {"task": canonical_task(args.task), "method": args.method, "seed": args.seed, "sparsity": args.sparsity,
+    sparsity = args.sparsity
+    if sparsity is None and args.method in METHODS and get_method(args.method).uses_sparsity:
+        sparsity = DEFAULT_SPARSITY  # as a sweep spec's grid.sparsities
+    base = {"task": canonical_task(args.task), "method": args.method, "seed": args.seed, "sparsity": sparsity,
             "perturbation": args.perturbation, "model": args.model, "data": {"dir": args.data_dir}}
     # --set takes the sweep spec's keys: methods.<m>.<param> goes to this trial's method_params
     data = apply_overrides({"training": {}, "methods": {}, "data": base.pop("data")}, args.set or [])
-    method_params = data.pop("methods").get(args.method, {})
+    methods = data.pop("methods")
+    others = [m for m in methods if m != args.method]
+    if others:
+        raise SpecError(f"--set methods.{others[0]}.*: this trial runs --method {args.method}, so settings of "
+                        f"{', '.join(others)} would do nothing; set methods.{args.method}.<param>")
+    method_params = methods.get(args.method, {})
     try:
         cfg = TrialConfig.model_validate({**base, **data, "method_params": method_params})
     except ValidationError as exc:
         raise SpecError(f"invalid trial: {first_error(exc)}") from None
+    return cfg
+
+
+def _cmd_train_one(args) -> int:
+    from trainables import run_trial
+    from trainables.loop import EvalPoint
+    from .preflight import check_cache, check_data, check_model, check_writable_dir
+
+    cfg = train_one_config(args)
     if args.checkpoint_dir:
         check_writable_dir(Path(args.checkpoint_dir), "--checkpoint-dir")
     check_cache(cfg.data)
@@ -85,22 +105,16 @@ def _cmd_train_one(args) -> int:
 
 def _load(args, check_world: bool):
     """The spec; with ``check_world``, also checked against everything it names (paths, resources, model,
-    data, store, cluster) without starting or writing anything: the checks `sweep.run` makes before it writes,
-    so what `validate` reports is what `run` would meet."""
-    import os
-
+    data, store, cluster, a driver already running it, a changed spec under its name) without starting or
+    writing anything: ``sweep.check_before_run``, the checks `sweep.run` makes before it writes."""
     from . import sweep
-    from .preflight import check_cluster_paths, check_ray_address, check_size, preflight
+    from .preflight import check_size
     from .spec import load_spec
 
     spec = load_spec(args.config, args.set)
     check_size(spec, args.yes)
     if check_world:
-        address = spec.ray.address or os.environ.get("RAY_ADDRESS")
-        check_cluster_paths(spec, address)
-        preflight(spec)
-        sweep.tracker_for(spec).check_reachable()
-        check_ray_address(address)
+        sweep.check_before_run(spec, args.force)
     return spec
 
 
@@ -125,7 +139,7 @@ def _load_sweep(path: str):
         what = "an empty folder" if not any(folder.iterdir()) else "a folder without spec.yaml"
         raise SpecError(f"SWEEP_DIR {path!r} is {what}, not a sweep folder; give the folder `peft-sweep run` "
                         "printed, e.g. runs/<name>")
-    spec = load_spec(folder / sweep.SPEC_FILE)
+    spec = load_spec(folder / sweep.SPEC_FILE, saved=True)
     if spec.sweep_dir != folder.resolve():
         if spec.name != folder.resolve().name:
             raise SpecError(f"SWEEP_DIR {path!r} holds the spec of sweep {spec.name!r}, whose folder is "
@@ -136,8 +150,16 @@ def _load_sweep(path: str):
 
 
 def _cmd_validate(args) -> int:
+    from . import sweep
+
     spec = _load(args, check_world=True)
-    print(f"{args.config}: valid; {len(spec.trials())} trials -> {spec.sweep_dir}")
+    trials = spec.trials()
+    if (spec.sweep_dir / sweep.SPEC_FILE).is_file():  # an existing sweep: what `run` would do (local records)
+        done, pending = sweep.plan(trials, sweep.statuses(spec), args.force)
+        print(f"{args.config}: valid; {len(trials)} trials, {done} already FINISHED, {len(pending)} to run "
+              f"-> {spec.sweep_dir}")
+    else:
+        print(f"{args.config}: valid; {len(trials)} trials -> {spec.sweep_dir}")
     return 0
 
 
@@ -158,11 +180,16 @@ def _cmd_rerun_failed(args) -> int:
 
 def _cmd_status(args) -> int:
     from . import sweep
+    from .spec import SpecError
 
+    if args.interval is not None and not args.watch:
+        raise SpecError(f"--interval {args.interval:g} is for the live view; add --watch, or leave --interval out")
+    if args.interval is not None and not args.interval > 0:
+        raise SpecError(f"--interval {args.interval:g}: seconds between updates must be > 0, e.g. 5")
     if args.watch:
         from . import control
 
-        return control.watch(_load_sweep(args.sweep_dir), args.interval)
+        return control.watch(_load_sweep(args.sweep_dir), args.interval or WATCH_INTERVAL)
     table = sweep.status_table(_load_sweep(args.sweep_dir))
     if args.json:
         print(json.dumps(table, indent=2))
@@ -308,69 +335,123 @@ def _trials_file(path: str, flag: str, needed: list[str] | None = None) -> Path:
     return file
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Descriptions as written; an option's default shown where it has a real one (not None, False or [])."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default == [] \
+                or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from trainables.config import TrainingConfig
+    from .spec import DEFAULT_SPARSITY
+
+    max_steps = TrainingConfig.model_fields["max_steps"].default
     p = argparse.ArgumentParser(prog="peft-sweep", description="Ray Tune sweeps of parameter-efficient "
                                 "fine-tuning methods (Fu et al. 2023), tracked in MLflow, exported as Parquet.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
+
+    def command(name: str, text: str, description: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=f"{text}.\n\n{textwrap.fill(description, 100)}",
+                              formatter_class=_HelpFormatter)
+
     sets = dict(action="append", metavar="dotted.key=value", default=[],
                 help="override a setting, e.g. training.max_steps=200 or methods.sam.burnin=8 (repeatable)")
+    sweep_dir = "the sweep folder, <output_dir>/<name> (the path `peft-sweep run` printed)"
 
-    s = sub.add_parser("train-one", help="run one trial without Ray; prints its result as JSON on the last line")
+    s = command("train-one", "run one trial without Ray; prints its result as JSON on the last line",
+                f"Trains, evaluates and tests one (task, method, seed, sparsity) on this machine, with the sweep "
+                f"spec's defaults: {max_steps} training steps unless --set training.max_steps=N (on a CPU that "
+                "is tens of minutes). Nothing is tracked in MLflow.")
     s.add_argument("--task", required=True, help="CoLA, STS-B, MRPC, RTE, CB, COPA or WSC (any capitalisation)")
     s.add_argument("--method", required=True, help="full, random, mixout, bitfit, magprune, adapter, lora, "
                    "diffprune, childprune or sam")
-    s.add_argument("--sparsity", type=float, help="share p of trainable backbone entries (methods that take one)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--sparsity", type=float, help="share p of trainable backbone entries, for the methods that "
+                   f"take one (default: {DEFAULT_SPARSITY}, as in a sweep spec); the others take none")
+    s.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and the method")
     s.add_argument("--perturbation", type=int, help="perturbation split k (drops a seeded 10%% of train)")
     s.add_argument("--model", default="minilm-l6", help="Hub id, local folder, or the alias minilm-l6 (embedded)")
-    s.add_argument("--data-dir", help=f"folder of the original task files (else ${'PEFT_SWEEP_DATA_DIR'}, else the Hub)")
+    s.add_argument("--data-dir", help="folder of the original task files (default: $PEFT_SWEEP_DATA_DIR, "
+                   "else the Hugging Face Hub)")
     s.add_argument("--checkpoint-dir", help="write a checkpoint at each evaluation here")
-    s.add_argument("--set", **sets)
+    s.add_argument("--set", **{**sets, "help": f"override a setting as in a sweep spec, e.g. training.max_steps=100 "
+                                               f"(default {max_steps}) or methods.<--method>.lr=1e-3 (repeatable)"})
     s.set_defaults(fn=_cmd_train_one)
 
-    s = sub.add_parser("tasks", help="the seven tasks with metric, labels and split sizes under the protocol")
-    s.add_argument("--data-dir")
-    s.add_argument("--json", action="store_true")
+    s = command("tasks", "the seven tasks with metric, labels and split sizes under the protocol",
+                "Reads the task files and prints each task's train/dev/test sizes as trials use them (dev split "
+                "off train, the original dev set as test) and the perturbed train size.")
+    s.add_argument("--data-dir", help="folder of the original task files (default: $PEFT_SWEEP_DATA_DIR, "
+                   "else the Hugging Face Hub)")
+    s.add_argument("--json", action="store_true", help="print the table as JSON")
     s.set_defaults(fn=_cmd_tasks)
 
-    for name, fn, text in [("validate", _cmd_validate, "check a sweep spec and count its trials; starts nothing"),
-                           ("run", _cmd_run, "run a sweep; resumes an interrupted one and skips FINISHED trials")]:
-        s = sub.add_parser(name, help=text)
+    for name, fn, text, description in [
+            ("validate", _cmd_validate, "check a sweep spec and count its trials; starts nothing",
+             "Makes every check `run` makes before it starts anything (spec, paths, resources, model, data, "
+             "tracking store, cluster, a driver already running the sweep, a changed spec under an existing "
+             "sweep's name) and writes nothing. For an existing sweep it says what `run` would do: how many "
+             "trials already FINISHED and how many it would run."),
+            ("run", _cmd_run, "run a sweep; resumes an interrupted one and skips FINISHED trials",
+             "Writes the sweep folder <output_dir>/<name> and runs every trial of the grid that has not "
+             "FINISHED, resuming interrupted ones from their last checkpoint. Refuses to start while another "
+             "driver runs the sweep, and refuses a spec that changes the results of an existing sweep of the "
+             "same name (growing the grid is fine) unless --force is given or the spec gets a new name.")]:
+        s = command(name, text, description)
         s.add_argument("config", help="sweep spec YAML, e.g. configs/quickstart.yaml")
         s.add_argument("--set", **sets)
         s.add_argument("--yes", action="store_true", help="accept a grid of more than 5000 trials")
-        if name == "run":
-            s.add_argument("--force", action="store_true", help="rerun trials that already FINISHED")
+        s.add_argument("--force", action="store_true",
+                       help="run this spec under the name of an existing sweep even if it changed the results' "
+                            "settings, and rerun all its trials, FINISHED ones included"
+                            + (" (validate: check as `run --force` would)" if name == "validate" else ""))
         s.set_defaults(fn=fn)
 
-    for name, fn, text in [("rerun-failed", _cmd_rerun_failed, "rerun only the trials that ended in error"),
-                           ("status", _cmd_status, "counts per status and per (method, task)"),
-                           ("sync", _cmd_sync, "fill MLflow from the local trial records (after an outage)"),
-                           ("export", _cmd_export, "write trials.parquet and curves.parquet from MLflow")]:
-        s = sub.add_parser(name, help=text)
-        s.add_argument("sweep_dir", help="the sweep folder, <output_dir>/<name>")
+    for name, fn, text, description in [
+            ("rerun-failed", _cmd_rerun_failed, "rerun only the trials that ended in error",
+             "Runs the sweep's FAILED trials again, with the sweep folder's saved spec; FINISHED "
+             "and not yet run trials are left alone."),
+            ("status", _cmd_status, "counts per status and per (method, task)",
+             "Reads the local trial records and MLflow; the errors of FAILED trials are listed. With --watch, a "
+             "live view from the sweep folder until no driver runs the sweep."),
+            ("sync", _cmd_sync, "fill MLflow from the local trial records (after an outage)",
+             "Trials the tracking store missed while it was down (ends, evaluations, stops) are written to it "
+             "from the sweep folder's records; a parent run left RUNNING by a dead driver is closed."),
+            ("export", _cmd_export, "write trials.parquet, curves.parquet and masks.parquet from MLflow",
+             "One row per trial (trials.parquet), one per evaluation (curves.parquet) and one per saved mask "
+             "(masks.parquet, with the masks/ files), read from the tracking store.")]:
+        s = command(name, text, description)
+        s.add_argument("sweep_dir", help=sweep_dir)
         if name == "status":
-            s.add_argument("--json", action="store_true")
-            s.add_argument("--watch", action="store_true", help="a live view (done/running/failed, trials per "
-                           "hour, ETA) until no driver runs the sweep")
-            s.add_argument("--interval", type=float, default=5.0, help="seconds between updates with --watch")
+            s.add_argument("--json", action="store_true", help="print the counts and errors as JSON")
+            s.add_argument("--watch", action="store_true", help="a live view (done/running/failed/queued, "
+                           "trials per hour, ETA) until no driver runs the sweep")
+            s.add_argument("--interval", type=float, help=f"seconds between updates, with --watch "
+                           f"(default: {WATCH_INTERVAL:g})")
         if name == "export":
-            s.add_argument("--out", help="folder for the Parquet files (default SWEEP_DIR/export)")
+            s.add_argument("--out", help="folder for the Parquet files (default: SWEEP_DIR/export)")
         s.set_defaults(fn=fn)
 
-    s = sub.add_parser("list", help="the sweeps in a folder: trials per status, start time, driver alive")
-    s.add_argument("output_dir", nargs="?", default="runs", help="a spec's output_dir (default ./runs)")
-    s.add_argument("--json", action="store_true")
+    s = command("list", "the sweeps in a folder: trials per status, start time, driver alive",
+                "One line per sweep folder directly under OUTPUT_DIR, read from the folders (not MLflow).")
+    s.add_argument("output_dir", nargs="?", default="runs", help="a spec's output_dir")
+    s.add_argument("--json", action="store_true", help="print the rows as JSON")
     s.set_defaults(fn=_cmd_list)
 
-    s = sub.add_parser("stop", help="stop a running sweep cleanly: running trials stay resumable, nothing is "
-                       "left RUNNING in MLflow")
-    s.add_argument("sweep_dir", help="the sweep folder, <output_dir>/<name>")
-    s.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the driver (default 300)")
+    s = command("stop", "stop a running sweep cleanly: running trials stay resumable, nothing is left RUNNING "
+                "in MLflow", "Asks the sweep's driver to stop and waits for it; `peft-sweep run` with the same "
+                "spec resumes the stopped trials from their last checkpoints.")
+    s.add_argument("sweep_dir", help=sweep_dir)
+    s.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the driver")
     s.set_defaults(fn=_cmd_stop)
 
-    s = sub.add_parser("load", help="rebuild a finished trial's fine-tuned model (base + delta) into a folder")
+    s = command("load", "rebuild a finished trial's fine-tuned model (base + delta) into a folder",
+                "The folder holds the model, its tokenizer and finetuned.json (the trial's settings and scores), "
+                "loadable with transformers.")
     s.add_argument("source", help="an MLflow run id of a finished trial, or a folder holding its model/ delta")
     s.add_argument("--tracking-uri", help="where the run is (with RUN_ID), e.g. sqlite:///runs/NAME/mlflow.db")
     s.add_argument("--out", required=True, help="folder for the model, its tokenizer and finetuned.json")
@@ -378,16 +459,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "(checked by hash)")
     s.set_defaults(fn=_cmd_load)
 
-    s = sub.add_parser("analyze", help="mean/std, ranks, Spearman rho from a trials Parquet file")
-    s.add_argument("--trials", required=True)
-    s.add_argument("--out", required=True)
+    s = command("analyze", "mean/std, ranks, Spearman rho from a trials Parquet file",
+                "Writes table.csv, the rank tables and summary.json (the paper's stability analysis) into --out.")
+    s.add_argument("--trials", required=True, help="a trials.parquet from `peft-sweep export`")
+    s.add_argument("--out", required=True, help="folder for the analysis files")
     s.set_defaults(fn=_cmd_analyze)
 
-    s = sub.add_parser("report", help="static HTML report (tables and figures) of a sweep or a trials file")
-    s.add_argument("sweep_dir", nargs="?")
+    s = command("report", "static HTML report (tables and figures) of a sweep or a trials file",
+                "From a sweep folder (exported afresh into SWEEP_DIR/export first) or from --trials (with the "
+                "masks.parquet beside it and, if given, --curves).")
+    s.add_argument("sweep_dir", nargs="?", help=f"{sweep_dir}; or give --trials")
     s.add_argument("--trials", help="trials.parquet instead of a sweep folder")
     s.add_argument("--curves", help="curves.parquet to go with --trials")
-    s.add_argument("--out")
+    s.add_argument("--out", help="folder for the report (default: SWEEP_DIR/report, or report/ beside --trials)")
     s.set_defaults(fn=_cmd_report)
     return p
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import driver, records
-from .progress import duration, rate_per_hour
+from .progress import counts as count_line, pace
 from .spec import SpecError, SweepSpec
 from .sweep import SPEC_FILE, load_sweep, mark_stopped, sync, tracker_for
 
@@ -29,7 +29,6 @@ class SweepProgress:
     driver_alive: bool
     ended_here: int  # trials that ended since the driver started
     elapsed_s: float  # since the driver started
-    eta_s: float | None
 
     @property
     def ended(self) -> int:
@@ -37,29 +36,27 @@ class SweepProgress:
 
     def line(self) -> str:
         c = self.counts
-        rate = rate_per_hour(self.ended_here, self.elapsed_s) if self.ended_here else "rate ?"
-        eta = duration(self.eta_s) if self.eta_s is not None else "?"
-        return (f"done {c.get('FINISHED', 0)}/{self.total} | running {c.get('RUNNING', 0)} | failed "
-                f"{c.get('FAILED', 0)} | waiting {c.get('PENDING', 0) + c.get('STOPPED', 0)} | {rate} | ETA {eta} | "
-                f"driver {'alive' if self.driver_alive else 'not running'}")
+        shown = count_line(c.get("FINISHED", 0), self.total, c.get("RUNNING", 0), c.get("FAILED", 0),
+                           c.get("PENDING", 0) + c.get("STOPPED", 0))
+        if self.driver_alive:  # rate and ETA belong to a running driver
+            shown += f" | {pace(self.ended_here, self.elapsed_s, self.total - self.ended)}"
+        return f"{shown} | driver {'alive' if self.driver_alive else 'not running'}"
 
 
 def progress(spec: SweepSpec) -> SweepProgress:
     keys = [t.key for t in spec.trials()]
     recs = records.all_records(spec.sweep_dir)
-    counts = collections.Counter((recs.get(k) or {}).get("status", "PENDING") for k in keys)
+    found = collections.Counter((recs.get(k) or {}).get("status", "PENDING") for k in keys)
     info = driver.info(spec.sweep_dir) or {}
     alive = driver.alive(spec.sweep_dir)
     started = info.get("started")
-    ended_here, elapsed, eta = 0, 0.0, None
+    ended_here, elapsed = 0, 0.0
     if alive and started:
         # trials that ended since this driver started: their record was last written after it
         ended_here = sum(1 for k in keys if (recs.get(k) or {}).get("status") in ENDED
                          and records.written_at(spec.sweep_dir, k) >= started)
         elapsed = time.time() - started
-        if ended_here and elapsed > 0:
-            eta = (len(keys) - sum(counts.get(s, 0) for s in ENDED)) * elapsed / ended_here
-    return SweepProgress(len(keys), dict(counts), started, alive, ended_here, elapsed, eta)
+    return SweepProgress(len(keys), dict(found), started, alive, ended_here, elapsed)
 
 
 def list_sweeps(output_dir: Path) -> list[dict[str, Any]]:

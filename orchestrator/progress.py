@@ -23,6 +23,21 @@ def rate_per_hour(ended: int, elapsed_s: float) -> str:
     return f"{ended / max(elapsed_s, 1e-9) * 3600:.1f} trials/h"
 
 
+def counts(done: int, total: int, running: int, failed: int, queued: int) -> str:
+    """The counts, in the same words on the driver's line and in `status --watch`."""
+    return f"done {done}/{total} | running {running} | failed {failed} | queued {queued}"
+
+
+def pace(ended_here: int, elapsed_s: float, left: int) -> str:
+    """Elapsed time, rate and ETA from the trials that ended under this driver: "rate ? | ETA ?" only while
+    none has ended yet; no ETA once nothing is left."""
+    out = f"elapsed {duration(elapsed_s)}"
+    if not ended_here:
+        return f"{out} | rate ? | ETA ?" if left else out
+    out += f" | {rate_per_hour(ended_here, elapsed_s)}"
+    return f"{out} | ETA {duration(elapsed_s / ended_here * left)}" if left else out
+
+
 class Progress:
     """One line per trial event: done / running / failed / queued, elapsed time, ETA, and what happened."""
 
@@ -37,15 +52,11 @@ class Progress:
     def line(self, statuses: Iterable[str], what: str) -> str:
         """``statuses``: Tune's status of every trial (PENDING, PAUSED, RUNNING, TERMINATED, ERROR)."""
         status = collections.Counter(statuses)
-        total = sum(status.values())
         queued = status["PENDING"] + status["PAUSED"]
         elapsed = self.clock() - self.started
-        left = queued + status["RUNNING"]
-        eta = f"ETA {duration(elapsed / self.ended_here * left)}" if self.ended_here and left else "ETA ?"
-        rate = f"{rate_per_hour(self.ended_here, elapsed)} | " if self.ended_here else ""
-        return (f"[{time.strftime('%H:%M:%S', time.localtime(self.clock()))}] done {status['TERMINATED']}/{total} "
-                f"| running {status['RUNNING']} | failed {status['ERROR']} | queued {queued} "
-                f"| elapsed {duration(elapsed)} {eta} | {rate}{what}")
+        return (f"[{time.strftime('%H:%M:%S', time.localtime(self.clock()))}] "
+                f"{counts(status['TERMINATED'], sum(status.values()), status['RUNNING'], status['ERROR'], queued)} "
+                f"| {pace(self.ended_here, elapsed, queued + status['RUNNING'])} | {what}")
 
     def show(self, statuses: Iterable[str], what: str) -> None:
         print(self.line(statuses, what), flush=True)

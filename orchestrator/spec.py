@@ -4,13 +4,15 @@ Validation has no side effects: nothing is started or written until a spec has p
 """
 from __future__ import annotations
 
+import difflib
 import itertools
 import re
+import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, StrictInt, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, StrictInt, ValidationError, ValidationInfo, field_validator, model_validator
 
 from trainables.config import DataConfig, FaultConfig, Strict, TrainingConfig, TrialConfig
 from trainables.methods import METHODS, get_method
@@ -19,6 +21,7 @@ from trainables.tasks import canonical_task
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 MAX_SPEC_BYTES = 1_000_000  # a sweep spec is a few kB; anything near this is not one
 MAX_YAML_NODES = 100_000  # after expanding aliases: a few hundred bytes of nested aliases can make billions
+DEFAULT_SPARSITY = 0.005  # the paper's p; the grid's default and train-one's
 TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 
 
@@ -34,7 +37,7 @@ class Grid(Strict):
     methods: list[str] = Field(min_length=1, description="method names, or names of entries in `variants`")
     tasks: list[str] = Field(min_length=1, description="task names, any capitalisation (cb = CB)")
     seeds: list[StrictInt] = Field([0], min_length=1)
-    sparsities: list[float] = Field([0.005], min_length=1, description="used by methods that take a sparsity")
+    sparsities: list[float] = Field([DEFAULT_SPARSITY], min_length=1, description="used by methods that take a sparsity")
     perturbations: list[StrictInt] | None = Field(None, description="perturbation splits k; None = the unperturbed "
                                                   "split")
 
@@ -55,10 +58,13 @@ class Grid(Strict):
 
     @field_validator("seeds")
     @classmethod
-    def _seeds(cls, v):
+    def _seeds(cls, v, info: ValidationInfo):
         for s in v:
             if s < 0:
                 raise ValueError(f"seed {s} is negative; seeds are integers >= 0")
+        twice = sorted({s for s in v if v.count(s) > 1})
+        if twice and not _saved(info):
+            raise ValueError(f"seeds {v} name seed(s) {', '.join(map(str, twice))} twice; list each seed once")
         return v
 
     @field_validator("sparsities")
@@ -151,33 +157,60 @@ class SweepSpec(Strict):
             try:
                 get_method(m).Params.model_validate(params)
             except ValidationError as exc:
-                raise ValueError(f"methods.{m}: {first_error(exc)}") from None
+                raise ValueError(f"methods.{m}: {first_error(exc, get_method(m).Params)}") from None
         return self
 
     @model_validator(mode="after")
-    def _variants(self):
+    def _variants(self, info: ValidationInfo):
         for name, setting in self.variants.items():
             where = f"variants.{name}"
             if not NAME.match(name) or name in METHODS:
                 raise ValueError(f"{where}: a variant needs its own name (letters, digits, '.', '_', '-'), "
                                  f"not a method's ({', '.join(METHODS)})")
-            base = setting.get("method")
+            if "method" not in setting:
+                slips = [k for k, v in setting.items() if isinstance(k, str) and ":" in k and v is None]
+                hint = f"{slips[0]!r} is one key: write {slips[0].replace(':', ': ', 1)!r}, with a space after " \
+                       "the colon" if slips else f"a variant is {{method: M, <its settings>}}; valid methods: " \
+                                                 f"{', '.join(METHODS)}"
+                raise ValueError(f"{where}: no 'method' key (got keys {', '.join(map(repr, setting))}); {hint}")
+            base = setting["method"]
             if base not in METHODS:
                 raise ValueError(f"{where}.method: {base!r} is not a method; valid methods: {', '.join(METHODS)}")
             try:
                 get_method(base).Params.model_validate(self.method_settings(name))
             except ValidationError as exc:
-                raise ValueError(f"{where}: {first_error(exc)}") from None
+                raise ValueError(f"{where}: {first_error(exc, get_method(base).Params)}") from None
+        unknown = [m for m in self.grid.methods if m not in METHODS and m not in self.variants]
+        if unknown:
+            close = {m: difflib.get_close_matches(m.lower(), [*METHODS, *self.variants], n=1, cutoff=0.6)
+                     for m in unknown}
+            named = ", ".join(f"{m!r}" + (f" (did you mean {close[m][0]!r}?)" if close[m] else "") for m in unknown)
+            raise ValueError(f"grid.methods: unknown method{'s' if len(unknown) > 1 else ''} {named}; valid methods: "
+                             f"{', '.join(METHODS)}"
+                             f"{' and the variants ' + ', '.join(self.variants) if self.variants else ''}")
         for m in self.grid.methods:
-            if m not in METHODS and m not in self.variants:
-                raise ValueError(f"grid.methods: unknown method {m!r}; valid methods: {', '.join(METHODS)}"
-                                 f"{' and the variants ' + ', '.join(self.variants) if self.variants else ''}")
             method = get_method(self.base_method(m))
             try:
                 method.check_training(method.Params.model_validate(self.method_settings(m)), self.training)
             except ValueError as exc:
                 raise ValueError(str(exc)) from None
+        if not _saved(info):
+            self._check_intent()
         return self
+
+    def _check_intent(self) -> None:
+        """Settings that would silently do nothing are refused (a sweep folder's saved spec is not re-judged:
+        older versions accepted these)."""
+        unused = [v for v in self.variants if v not in self.grid.methods]
+        if unused:
+            raise ValueError(f"variants {', '.join(unused)}: defined but not in grid.methods "
+                             f"({', '.join(self.grid.methods)}); add them there, or remove them")
+        if not any(get_method(self.base_method(m)).uses_sparsity for m in self.grid.methods) and \
+                self.grid.sparsities != [DEFAULT_SPARSITY]:
+            takers = [m for m in METHODS if get_method(m).uses_sparsity]
+            raise ValueError(f"grid.sparsities {self.grid.sparsities}: no method in grid.methods "
+                             f"({', '.join(self.grid.methods)}) takes a sparsity; leave sparsities out, or add a "
+                             f"method that takes one ({', '.join(takers)})")
 
     def base_method(self, name: str) -> str:
         """The registered method behind a grid entry (itself, or a variant's ``method``)."""
@@ -225,16 +258,57 @@ class SweepSpec(Strict):
         return list(out.values())
 
 
-def first_error(exc: ValidationError) -> str:
+def _saved(info: ValidationInfo) -> bool:
+    """Whether the spec being validated is a sweep folder's saved spec (``spec_from_dict(..., saved=True)``)."""
+    return bool(info.context and info.context.get("saved"))
+
+
+def _model_at(model: type[BaseModel] | None, path: tuple) -> type[BaseModel] | None:
+    """The settings model that holds the field at ``path`` (walking nested models, Optional and dict values)."""
+    for part in path:
+        if model is None:
+            return None
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return None
+        model = _inner_model(field.annotation)
+    return model
+
+
+def _inner_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):  # X | None
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _unknown_key(key: Any, model: type[BaseModel] | None) -> str:
+    """'unknown key', with the valid keys and the closest one when the model is known."""
+    msg = "unknown key"
+    if isinstance(key, str) and ":" in key:
+        msg += f" (write {key.replace(':', ': ', 1)!r}, with a space after the colon)"
+    if model is None:
+        return msg
+    valid = list(model.model_fields)
+    close = difflib.get_close_matches(str(key).split(":")[0], valid, n=1, cutoff=0.6)
+    return f"{msg}{f'; did you mean {close[0]!r}?' if close else ''}; valid keys: {', '.join(valid)}"
+
+
+def first_error(exc: ValidationError, model: type[BaseModel] | None = None) -> str:
+    """Each error as ``field: message (got value)``; a model-level check's message names its own values,
+    so the whole input is not repeated after it. ``model``: the model validated, to list the valid keys."""
     parts = []
     for e in exc.errors():
         loc = ".".join(str(x) for x in e["loc"])
         value = repr(e.get("input"))
         value = value if len(value) <= 80 else value[:77] + "..."
-        shown = "" if e["type"] == "missing" else f" (got {value})"
+        shown = "" if e["type"] == "missing" or not e["loc"] else f" (got {value})"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = _unknown_key(e["loc"][-1], _model_at(model, e["loc"][:-1]))
         parts.append(f"{loc}: {msg}{shown}" if loc else f"{msg}{shown}")
     return "; ".join(parts)
 
@@ -337,7 +411,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
+def load_spec(path: str | Path, overrides: list[str] | None = None, saved: bool = False) -> SweepSpec:
+    """A spec file (with ``--set`` overrides); ``saved``: a sweep folder's spec.yaml (see spec_from_dict)."""
     path = Path(path)
     if path.is_dir():
         hint = f"; to resume that sweep give {path / 'spec.yaml'}" if (path / "spec.yaml").is_file() else ""
@@ -355,11 +430,13 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec
         raise SpecError(f"{path}: empty file; a sweep spec needs at least name and grid (see configs/quickstart.yaml)")
     if not isinstance(data, dict):
         raise SpecError(f"{path}: a sweep spec is a YAML mapping, got {type(data).__name__}")
-    return spec_from_dict(apply_overrides(data, overrides or []), str(path))
+    return spec_from_dict(apply_overrides(data, overrides or []), str(path), saved=saved)
 
 
-def spec_from_dict(data: dict[str, Any], source: str = "spec") -> SweepSpec:
+def spec_from_dict(data: dict[str, Any], source: str = "spec", saved: bool = False) -> SweepSpec:
+    """``saved``: a sweep folder's spec.yaml, written by a run; settings that do nothing (duplicate seeds, unused
+    variants or sparsities) are refused only in a spec being written, so an older sweep folder still opens."""
     try:
-        return SweepSpec.model_validate(data)
+        return SweepSpec.model_validate(data, context={"saved": saved})
     except ValidationError as exc:
-        raise SpecError(f"{source}: invalid sweep spec: {first_error(exc)}") from None
+        raise SpecError(f"{source}: invalid sweep spec: {first_error(exc, SweepSpec)}") from None

@@ -30,7 +30,7 @@ def load_sweep(sweep_dir: str | Path) -> SweepSpec:
     if not path.is_file():
         raise SpecError(f"{sweep_dir}: not a sweep folder (no {SPEC_FILE}); give the folder that "
                         "`peft-sweep run` printed, e.g. runs/<name>")
-    return spec_from_dict(yaml.safe_load(path.read_text()), str(path))
+    return spec_from_dict(yaml.safe_load(path.read_text()), str(path), saved=True)
 
 
 def statuses(spec: SweepSpec, tracker: Tracker | None = None) -> dict[str, str]:
@@ -166,13 +166,12 @@ def browse_hint(spec: SweepSpec, tracker: Tracker) -> str:
     return f"browse in MLflow: mlflow ui --backend-store-uri {tracker.uri} --port 5000, then open {url}"
 
 
-def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
-    """Run what is left of the sweep. Returns the number of trials that ended in error."""
+def check_before_run(spec: SweepSpec, force: bool = False) -> Tracker:
+    """Everything `run` checks before it writes or starts anything (paths, resources, model, data, no other
+    driver, the sweep's identity, store, cluster). `validate` calls it too, so what it reports is what `run`
+    would meet. Returns the (unwritten) tracker."""
     import os
 
-    from .tune_runner import init_ray, run_trials  # Ray is imported only when a sweep really runs
-
-    trials = spec.trials()
     address = spec.ray.address or os.environ.get("RAY_ADDRESS")
     check_cluster_paths(spec, address)
     preflight(spec)
@@ -184,6 +183,30 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
     tracker = tracker_for(spec)
     tracker.check_reachable()
     check_ray_address(address)
+    return tracker
+
+
+def plan(trials: list, status: dict[str, str], force: bool = False,
+         only_failed: bool = False) -> tuple[int, list]:
+    """How many of ``trials`` already FINISHED, and the trials a run would start."""
+    if only_failed:
+        pending = [t for t in trials if status.get(t.key) == "FAILED"]
+    elif force:
+        pending = list(trials)
+    else:
+        pending = [t for t in trials if status.get(t.key) != "FINISHED"]
+    return sum(status.get(t.key) == "FINISHED" for t in trials), pending
+
+
+def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
+    """Run what is left of the sweep. Returns the number of trials that ended in error."""
+    import os
+
+    from .tune_runner import init_ray, run_trials  # Ray is imported only when a sweep really runs
+
+    trials = spec.trials()
+    tracker = check_before_run(spec, force)
+    address = spec.ray.address or os.environ.get("RAY_ADDRESS")
     if address:  # connect now: a cluster without the GPUs a trial asks for is refused before anything is written
         init_ray(spec)
     with undo_on_error(spec.sweep_dir):  # a store that refuses us leaves no empty sweep folder behind
@@ -195,14 +218,9 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
     if synced:
         print(f"synced {synced} trial(s) from local records into MLflow", flush=True)
     status = statuses(spec, tracker)
-    if only_failed:
-        pending = [t for t in trials if status.get(t.key) == "FAILED"]
-    elif force:
-        pending = trials
+    done, pending = plan(trials, status, force, only_failed)
+    if force and not only_failed:
         tracker.forget_stops()  # everything starts over: a stopped trial's run is not reopened
-    else:
-        pending = [t for t in trials if status.get(t.key) != "FINISHED"]
-    done = sum(status.get(t.key) == "FINISHED" for t in trials)
     print(f"sweep {spec.name}: {len(trials)} trials, {done} already FINISHED, {len(pending)} to run "
           f"-> {spec.sweep_dir}", flush=True)
     if not pending:

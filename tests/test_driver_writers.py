@@ -128,19 +128,19 @@ def test_progress_line_counts_and_eta():
     statuses = ["TERMINATED", "TERMINATED", "RUNNING", "PENDING", "PENDING", "PAUSED", "ERROR"]
     clock.now = 1100.0
     assert progress.line(statuses, "x").endswith(
-        "done 2/7 | running 1 | failed 1 | queued 3 | elapsed 1m40s ETA ? | x")  # nothing ended here yet
+        "done 2/7 | running 1 | failed 1 | queued 3 | elapsed 1m40s | rate ? | ETA ? | x")  # nothing ended here yet
     progress.trial_ended()
     progress.trial_ended()
     # 100 s for 2 trials that ended here; 4 left (3 queued + 1 running): 200 s
-    assert "| elapsed 1m40s ETA 3m20s | 72.0 trials/h | x" in progress.line(statuses, "x")
-    assert "ETA ?" in progress.line(["TERMINATED", "ERROR"], "x")  # nothing left
+    assert "| elapsed 1m40s | 72.0 trials/h | ETA 3m20s | x" in progress.line(statuses, "x")
+    assert "ETA" not in progress.line(["TERMINATED", "ERROR"], "x")  # nothing left
 
 
 def test_progress_show_prints_the_line(capsys):
     clock = Clock()
     Progress(clock).show(["RUNNING"], "a1b2 sam/CB step 3 dev 0.5000")
     out = capsys.readouterr().out
-    assert out.endswith("done 0/1 | running 1 | failed 0 | queued 0 | elapsed 0m00s ETA ? "
+    assert out.endswith("done 0/1 | running 1 | failed 0 | queued 0 | elapsed 0m00s | rate ? | ETA ? "
                         "| a1b2 sam/CB step 3 dev 0.5000\n")
 
 
@@ -160,3 +160,22 @@ def test_the_writers_load_neither_ray_nor_mlflow():
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_driver_line_and_watch_view_use_the_same_words(tmp_path):
+    from orchestrator.control import SweepProgress
+
+    clock = Clock(1000.0)
+    progress = Progress(clock)
+    clock.now = 1100.0
+    driver_line = progress.line(["TERMINATED", "RUNNING", "PENDING"], "x")
+    watch_line = SweepProgress(3, {"FINISHED": 1, "RUNNING": 1, "PENDING": 1}, 1000.0, True, 0, 100.0).line()
+    for line in (driver_line, watch_line):
+        assert "done 1/3 | running 1 | failed 0 | queued 1 | elapsed 1m40s | rate ? | ETA ?" in line, line
+    progress.trial_ended()
+    done = progress.line(["TERMINATED", "TERMINATED"], "x")
+    watched = SweepProgress(2, {"FINISHED": 2}, 1000.0, True, 1, 100.0).line()
+    for line in (done, watched):  # all ended: a rate, and no "ETA ?"
+        assert "| elapsed 1m40s | 36.0 trials/h |" in line and "ETA" not in line, line
+    ended = SweepProgress(2, {"FINISHED": 2}, 1000.0, False, 0, 0.0).line()
+    assert ended == "done 2/2 | running 0 | failed 0 | queued 0 | driver not running"

@@ -138,3 +138,37 @@ def test_task_names_in_any_capitalisation_and_a_cheap_trial_count():
         assert spec_from_dict({**BASE, "tracking_uri": uri}).tracking_uri == uri
     big = spec_from_dict({**BASE, "grid": {**BASE["grid"], "seeds": list(range(50_000)), "sparsities": [0.1, 0.2]}})
     assert big.size() == 50_000 * 3
+
+
+@pytest.mark.parametrize("change,path,expect", [
+    ({"trainig": {"max_steps": 10}}, (), "trainig: unknown key; did you mean 'training'?; valid keys: name, model"),
+    ({"max_stepz": 3}, ("training",), "training.max_stepz: unknown key; did you mean 'max_steps'?; valid keys: "),
+    ({"sam": {"burn_in": 8}}, ("methods",), "methods.sam: burn_in: unknown key; did you mean 'burnin'?; valid keys"),
+    ({"methods": ["sam", "Lora", "prefix"]}, ("grid",),
+     "unknown methods 'Lora' (did you mean 'lora'?), 'prefix'; valid methods: full"),
+    ({"seeds": [0, 0, 1]}, ("grid",), "grid.seeds: seeds [0, 0, 1] name seed(s) 0 twice"),
+    ({"methods": ["full"], "sparsities": [0.01]}, ("grid",),
+     "grid.sparsities [0.01]: no method in grid.methods (full) takes a sparsity"),
+    ({"samg": {"method": "sam", "scope": "global"}}, ("variants",),
+     "variants samg: defined but not in grid.methods (sam, full)"),
+    ({"samg": {"method:sam": None, "scope": "global"}}, ("variants",),
+     "variants.samg: no 'method' key (got keys 'method:sam', 'scope')"),
+])
+def test_spec_errors_name_the_valid_choices(change, path, expect):
+    message = _bad(change, path=path)
+    assert expect in message
+    assert message.count("(got") <= 1 and "(got {'name'" not in message  # no dump of the whole spec
+
+
+def test_model_level_errors_do_not_repeat_the_whole_input():
+    message = _bad({"sam": {"scope": "perTensor"}}, path=("methods",))
+    assert message.endswith("methods.sam: scope: Input should be 'global' or 'per_tensor' (got 'perTensor')")
+    message = _bad({"samg": {"method:sam": None, "scope": "global"}}, path=("variants",))
+    assert "write 'method: sam', with a space after the colon" in message
+
+
+def test_a_saved_spec_is_not_rejudged_for_settings_that_do_nothing():
+    data = {**BASE, "grid": {**BASE["grid"], "seeds": [0, 0]}, "variants": {"samg": {"method": "sam"}}}
+    with pytest.raises(SpecError):
+        spec_from_dict(data)
+    assert spec_from_dict(data, saved=True).grid.seeds == [0, 0]  # an older sweep folder still opens

@@ -1,0 +1,115 @@
+"""The CLI's own checks and texts, in-process and without Ray: `validate` meets what `run` would meet,
+options that would do nothing are refused, train-one's defaults, and the help texts."""
+import argparse
+
+import pytest
+import yaml
+
+from orchestrator import driver, records, sweep
+from orchestrator.cli import train_one_config, build_parser, main
+from orchestrator.spec import DEFAULT_SPARSITY, Grid, load_spec
+from tests.sweeps import write_spec
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """``cli(*argv)`` -> (exit code, stdout, stderr) of ``main(argv)``."""
+    monkeypatch.setenv("RAY_ADDRESS", "")
+
+    def call(*argv: str):
+        rc = main(list(argv))
+        out = capsys.readouterr()
+        return rc, out.out, out.err
+    return call
+
+
+@pytest.fixture
+def ran(tmp_path, tiny_model, data_dir):
+    """A spec whose sweep folder exists as `run` leaves it (its spec.yaml), with one trial FINISHED."""
+    path = write_spec(tmp_path, tiny_model, data_dir)
+    spec = load_spec(path)
+    spec.sweep_dir.mkdir(parents=True)
+    (spec.sweep_dir / sweep.SPEC_FILE).write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    records.SweepRecords(spec.sweep_dir).finished(spec.trials()[0].key, {"test_score": 0.5})
+    return path, spec
+
+
+def test_validate_refuses_a_changed_spec_as_run_does(ran, cli):
+    path, spec = ran
+    rc, _, err = cli("validate", str(path), "--set", "training.max_steps=7")
+    assert rc == 2 and "was run with another spec (training.max_steps: 6 -> 7)" in err and "--force" in err
+    rc, out, _ = cli("validate", str(path), "--set", "training.max_steps=7", "--force")
+    assert rc == 0 and "4 trials, 0 already FINISHED, 4 to run" in out  # --force reruns them all
+    assert sorted(p.name for p in spec.sweep_dir.iterdir()) == ["records", "spec.yaml"]  # nothing written
+
+
+def test_validate_says_what_run_would_do_for_an_existing_sweep(ran, cli, tmp_path, tiny_model, data_dir):
+    path, spec = ran
+    rc, out, _ = cli("validate", str(path))
+    assert rc == 0 and f"valid; 4 trials, 1 already FINISHED, 3 to run -> {spec.sweep_dir}" in out
+    grown = write_spec(tmp_path, tiny_model, data_dir, grid__seeds=[0, 1, 2])  # growing the grid is fine
+    rc, out, _ = cli("validate", str(grown))
+    assert rc == 0 and "6 trials, 1 already FINISHED, 5 to run" in out
+
+
+def test_validate_refuses_while_a_driver_runs_the_sweep(ran, cli):
+    path, spec = ran
+    driver.register(spec.sweep_dir)  # this process, alive
+    try:
+        rc, _, err = cli("validate", str(path))
+    finally:
+        driver.unregister(spec.sweep_dir)
+    assert rc == 2 and "sweep 't' is running" in err and "two drivers" in err
+
+
+def _train_one(*argv: str):
+    return train_one_config(build_parser().parse_args(["train-one", "--task", "cb", *argv]))
+
+
+def test_train_one_uses_the_spec_default_sparsity():
+    assert _train_one("--method", "sam").sparsity == DEFAULT_SPARSITY == Grid.model_fields["sparsities"].default[0]
+    assert _train_one("--method", "sam", "--sparsity", "0.01").sparsity == 0.01
+    assert _train_one("--method", "bitfit").sparsity is None  # takes none
+    help_text = _subcommands()["train-one"].format_help()
+    assert f"(default: {DEFAULT_SPARSITY}" in help_text and "2000 training steps" in help_text
+
+
+def test_train_one_refuses_settings_of_another_method(cli):
+    rc, _, err = cli("train-one", "--task", "CB", "--method", "sam", "--sparsity", "0.01",
+                     "--set", "methods.lora.rank=4")
+    assert rc == 2 and "--set methods.lora.*" in err and "--method sam" in err and "methods.sam.<param>" in err
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--interval", "5"], "--interval 5 is for the live view; add --watch"),
+    (["--watch", "--interval", "0"], "--interval 0: seconds between updates must be > 0"),
+    (["--watch", "--interval", "-3"], "--interval -3: seconds between updates must be > 0"),
+])
+def test_status_interval_needs_watch_and_a_positive_value(ran, cli, argv, needle):
+    _, spec = ran
+    rc, out, err = cli("status", str(spec.sweep_dir), *argv)
+    assert rc == 2 and needle in err and not out
+
+
+def _subcommands() -> dict[str, argparse.ArgumentParser]:
+    return build_parser()._subparsers._group_actions[0].choices
+
+
+@pytest.mark.parametrize("name", sorted(_subcommands()))
+def test_every_subcommand_and_option_has_help(name):
+    parser = _subcommands()[name]
+    assert parser.description and len(parser.description) > 60, name  # says what the command does
+    for action in parser._actions:
+        assert action.help, f"{name} {action.option_strings or action.dest}: no help text"
+        if action.default not in (None, False, [], argparse.SUPPRESS) and action.option_strings:
+            options = parser.format_help().split("options:", 1)[1]
+            shown = options.split(f"  {action.option_strings[-1]} ", 1)[1].split("\n  -", 1)[0]
+            assert "default" in shown, f"{name} {action.option_strings}: default not shown"
+
+
+def test_run_help_says_it_resumes_and_refuses_a_changed_spec():
+    text = " ".join(_subcommands()["run"].format_help().split())
+    assert "resum" in text and "skips FINISHED" in text and "unless --force" in text
+    assert "run this spec under the name of an existing sweep" in text  # --force's main use
+    status = " ".join(_subcommands()["status"].format_help().split())
+    assert "(default: 5)" in status
