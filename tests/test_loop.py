@@ -53,7 +53,7 @@ def test_train_one_cli_prints_the_result_json(tiny_model, data_dir, capsys):
 
     rc = main(["train-one", "--task", "CB", "--method", "sam", "--sparsity", "0.01", "--model", tiny_model,
                "--data-dir", str(data_dir), "--set", "training.max_steps=4", "--set", "training.eval_every=2",
-               "--set", "methods.sam.burnin=2", "--set", "methods.lora.rank=3"])
+               "--set", "methods.sam.burnin=2"])
     assert rc == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for field in ("trial_key", "method", "task", "seed", "sparsity", "perturbation", "status", "metric", "test_score",
