@@ -83,8 +83,8 @@ def stop(sweep_dir: Path, timeout_s: float) -> int:
     spec = load_sweep(sweep_dir)
     if not driver.alive(spec.sweep_dir):
         n = leave_resumable(spec)
-        print(f"no driver is running {spec.sweep_dir}; {n} trial(s) it left RUNNING are now STOPPED (resumable)",
-              flush=True)
+        print(f"no driver is running {spec.sweep_dir}; " + (f"{n} trial(s) it left RUNNING are now STOPPED "
+              "(resumable)" if n else "nothing to stop (no trial was left RUNNING)"), flush=True)
         return 0
     where = (driver.info(spec.sweep_dir) or {}).get("host", "?")
     driver.request_stop(spec.sweep_dir)

@@ -200,7 +200,8 @@ def test_programming_error_in_tracking_is_not_an_outage():
     assert not is_outage(MlflowException("bad param", error_code=INVALID_PARAMETER_VALUE))
 
 
-def test_stop_with_no_driver_left_marks_its_running_trials_and_they_resume_into_the_same_run(tmp_path, data_dir):
+def test_stop_with_no_driver_left_marks_its_running_trials_and_they_resume_into_the_same_run(tmp_path, data_dir,
+                                                                                            capsys):
     from orchestrator import control
 
     spec = make_spec(tmp_path, data_dir)
@@ -211,6 +212,9 @@ def test_stop_with_no_driver_left_marks_its_running_trials_and_they_resume_into_
     records.update(spec.sweep_dir, cfg.key, status="RUNNING", trial=trial_dict(cfg), synced=True)
     (spec.sweep_dir / sweep.SPEC_FILE).write_text(yaml.safe_dump(spec.model_dump(mode="json")))  # as `run` leaves it
     assert control.stop(spec.sweep_dir, timeout_s=5) == 0  # the driver that ran it was killed
+    assert "1 trial(s) it left RUNNING are now STOPPED" in capsys.readouterr().out
+    assert control.stop(spec.sweep_dir, timeout_s=5) == 0  # again: nothing is left RUNNING
+    assert "nothing to stop (no trial was left RUNNING)" in capsys.readouterr().out
     run = tr.client.get_run(run_id)
     assert run.info.status == "KILLED" and run.data.tags["stopped"] == "true" and tr.parent_status() == "KILLED"
     assert records.read(spec.sweep_dir, cfg.key)["status"] == "STOPPED"
