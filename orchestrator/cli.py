@@ -256,6 +256,7 @@ def _cmd_load(args) -> int:
     import tempfile
 
     from trainables import load_finetuned, save_finetuned
+    from trainables.finetuned import check_out, read_meta
 
     from .spec import SpecError
 
@@ -271,8 +272,9 @@ def _cmd_load(args) -> int:
             from .tracking import download_model
 
             source = download_model(args.tracking_uri, args.source, Path(tmp))
+        check_out(out, read_meta(source)[2].get("trial_key"), args.force)  # before the base model is loaded
         net, tokenizer, meta = load_finetuned(source, model=args.model)
-        print(save_finetuned(net, tokenizer, meta, out))
+        print(save_finetuned(net, tokenizer, meta, out, force=args.force))
     return 0
 
 
@@ -376,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="folder for the model, its tokenizer and finetuned.json")
     s.add_argument("--model", help="where to find the base model, if not where it was trained from "
                    "(checked by hash)")
+    s.add_argument("--force", action="store_true", help="write into --out even if it holds another model or files")
     s.set_defaults(fn=_cmd_load)
 
     s = sub.add_parser("analyze", help="mean/std, ranks, Spearman rho from a trials Parquet file")
