@@ -18,7 +18,7 @@ from .spec import SpecError, SweepSpec, spec_from_dict
 from .tracking import Tracker, TrackingError
 
 SPEC_FILE = "spec.yaml"
-IDENTITY_FILE = "identity.json"
+IDENTITY_FILE = identity.IDENTITY_FILE
 
 
 def tracker_for(spec: SweepSpec) -> Tracker:
@@ -166,6 +166,7 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
 
     from .tune_runner import init_ray, run_trials  # Ray is imported only when a sweep really runs
 
+    spec = identity.with_data_folder(spec)  # spec.yaml and every trial name the folder, not the shell's variable
     trials = spec.trials()
     address = spec.ray.address or os.environ.get("RAY_ADDRESS")
     check_cluster_paths(spec, address)
@@ -175,6 +176,7 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
                         f"its trials twice: wait, or `peft-sweep stop {spec.sweep_dir}` first")
     previous = load_sweep(spec.sweep_dir) if (spec.sweep_dir / SPEC_FILE).is_file() else None
     identity.check_rerun(previous, spec, force)
+    note = identity.unrecorded_data_note(previous, spec)
     tracker = tracker_for(spec)
     tracker.check_reachable()
     check_ray_address(address)
@@ -183,6 +185,8 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
     with undo_on_error(spec.sweep_dir):  # a store that refuses us leaves no empty sweep folder behind
         spec.sweep_dir.mkdir(parents=True, exist_ok=True)
         tracker.check()
+    if note:
+        print(note, flush=True)
     (spec.sweep_dir / SPEC_FILE).write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
     _record_identity(spec)
     synced = sync(spec, tracker, mend_parent=False)  # this driver is about to run the sweep
@@ -254,6 +258,7 @@ def _record_identity(spec: SweepSpec) -> None:
               "keep their results, new ones run with this code (MLflow tag code_version tells them apart)",
               flush=True)
     known["fingerprint"] = identity.fingerprint(spec)
+    known["data"] = identity.data_folder(spec) or identity.HUB  # spec.yaml's data.dir is null for the Hub
     known["runs"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "code_version": version})
     path.write_text(json.dumps(known, indent=1))
 
