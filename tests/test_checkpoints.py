@@ -173,6 +173,6 @@ def test_load_records_the_lr_used_and_keeps_another_trials_model(tiny_trial, tmp
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "a.txt").write_text("mine")
     assert main(["load", str(folders["sam"] / FINAL_DIR), "--out", str(tmp_path / "notes")]) == 2
-    assert "1 entries that are not a fine-tuned model (a.txt)" in capsys.readouterr().err
+    assert "holds files that are not a fine-tuned model (a.txt)" in capsys.readouterr().err
     assert main(["load", str(folders["sam"] / FINAL_DIR), "--out", str(out), "--force"]) == 0
     assert json.loads((out / "finetuned.json").read_text())["method"] == "sam"

@@ -54,7 +54,7 @@ def check_out(out: str | Path, trial_key: str | None, force: bool = False) -> No
                 f"seed {meta.get('seed')}, trial {meta.get('trial_key')})" if meta else f"an unreadable {SAVED_META}")
     else:
         names = sorted(p.name for p in out.iterdir())
-        what = f"{len(names)} entries that are not a fine-tuned model ({', '.join(names[:3])}{', ...' * (len(names) > 3)})"
+        what = f"files that are not a fine-tuned model ({', '.join(names[:3])}{', ...' * (len(names) > 3)})"
     raise OutputInUse(f"--out {str(out)!r} already holds {what}; give another --out (an empty or new folder), or "
                       f"pass --force to write trial {trial_key}'s model there anyway")
 
