@@ -114,7 +114,10 @@ def _load(args, check_world: bool):
     spec = load_spec(args.config, args.set)
     check_size(spec, args.yes)
     if check_world:
-        sweep.check_before_run(spec, args.force)
+        checked = sweep.check_before_run(spec, args.force)
+        if checked.note:
+            print(checked.note, flush=True)
+        spec = checked.spec  # with the data folder `run` would record
     return spec
 
 
@@ -283,6 +286,7 @@ def _cmd_load(args) -> int:
     import tempfile
 
     from trainables import load_finetuned, save_finetuned
+    from trainables.finetuned import check_out, read_meta
 
     from .spec import SpecError
 
@@ -298,8 +302,9 @@ def _cmd_load(args) -> int:
             from .tracking import download_model
 
             source = download_model(args.tracking_uri, args.source, Path(tmp))
+        check_out(out, read_meta(source)[2].get("trial_key"), args.force)  # before the base model is loaded
         net, tokenizer, meta = load_finetuned(source, model=args.model)
-        print(save_finetuned(net, tokenizer, meta, out))
+        print(save_finetuned(net, tokenizer, meta, out, force=args.force))
     return 0
 
 
@@ -457,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="folder for the model, its tokenizer and finetuned.json")
     s.add_argument("--model", help="where to find the base model, if not where it was trained from "
                    "(checked by hash)")
+    s.add_argument("--force", action="store_true", help="write into --out even if it holds another model or files")
     s.set_defaults(fn=_cmd_load)
 
     s = command("analyze", "mean/std, ranks, Spearman rho from a trials Parquet file",

@@ -6,9 +6,10 @@ fields) joined with the local records, so trials that finished while the store w
 too; the ``source`` column says where each row's data came from ("mlflow" or "records"). Curves come
 from the local records when they hold the trial's result, else from the run's metric history.
 
-Columns: a fixed set first, then every other scalar result field as it comes (a new field reaches the
-Parquet file without a change here); list- or dict-valued fields (curve, projections, mask anatomy) do
-not fit a cell and are left to their own files.
+Columns: a fixed set first (coordinates, the learning rate used, scores, costs, and the ``code_version`` and
+``attempt`` of each trial's run, so a table can be split by them), then every other scalar result field as
+it comes (a new field reaches the Parquet file without a change here); list- or dict-valued fields (curve,
+projections, mask anatomy) do not fit a cell and are left to their own files.
 """
 from __future__ import annotations
 
@@ -28,13 +29,14 @@ COMPONENTS = ["accuracy", "f1", "macro_f1", "mcc", "pearson", "spearman"]
 TRIALS_SCHEMA = pa.schema(
     [("sweep", pa.string()), ("trial_key", pa.string()), ("method", pa.string()), ("base_method", pa.string()),
      ("variant", pa.string()), ("task", pa.string()), ("seed", pa.int64()), ("sparsity", pa.float64()),
-     ("perturbation", pa.int64()), ("model", pa.string()),
+     ("perturbation", pa.int64()), ("model", pa.string()), ("lr", pa.float64()),
      ("status", pa.string()), ("metric", pa.string()), ("test_score", pa.float64()), ("dev_score", pa.float64()),
      ("train_score", pa.float64())]
     + [(f"{split}_{c}", pa.float64()) for split in ("test", "dev", "train") for c in COMPONENTS]
     + [("steps", pa.int64()), ("best_step", pa.int64()), ("wall_s", pa.float64()), ("eligible_params", pa.int64()),
        ("trainable_params", pa.int64()), ("changed_params", pa.int64()), ("n_projections", pa.int64()),
-       ("error", pa.string()), ("mlflow_run_id", pa.string()), ("source", pa.string())])
+       ("error", pa.string()), ("code_version", pa.string()), ("attempt", pa.int64()), ("mlflow_run_id", pa.string()),
+       ("source", pa.string())])
 CURVES_SCHEMA = pa.schema(
     [("trial_key", pa.string()), ("method", pa.string()), ("task", pa.string()), ("seed", pa.int64()),
      ("kind", pa.string()), ("step", pa.int64()), ("dev_score", pa.float64()), ("train_loss", pa.float64()),
@@ -88,10 +90,28 @@ def _row(spec: SweepSpec, key: str, run, rec: dict[str, Any] | None, tracker: Tr
                sparsity=_opt_float(coord["sparsity"]), perturbation=_opt_int(coord["perturbation"]),
                model=coord["model"], status=status, source=source,
                error=None if status == "FINISHED" else (tags.get("error") or rec.get("error")),
-               mlflow_run_id=run.info.run_id if run is not None else None)
+               mlflow_run_id=run.info.run_id if run is not None else None, lr=_lr(result, trial, run),
+               code_version=tags.get("code_version") or rec.get("code_version"), attempt=_opt_int(tags.get("attempt")))
     if "projections" in full:
         row["n_projections"] = len(full["projections"])
     return row, full
+
+
+def _lr(result: dict[str, Any], trial: dict[str, Any], run) -> float | None:
+    """The learning rate the trial used: its result's (trials run since results carry it), else resolved
+    from its config like the trial resolved it, else the run's ``lr`` param."""
+    if result.get("lr") is not None:
+        return float(result["lr"])
+    if trial:
+        from pydantic import ValidationError
+
+        from trainables import TrialConfig
+
+        try:
+            return TrialConfig.model_validate({k: v for k, v in trial.items() if k != "trial_key"}).effective_lr()
+        except ValidationError:  # a record of an older config format: the run's param says it
+            pass
+    return _opt_float(run.data.params.get("lr")) if run is not None else None
 
 
 def _curve_rows(row: dict, full: dict, run, tracker: Tracker | None) -> list[dict]:

@@ -3,7 +3,8 @@
 Rerunning a sweep name with a changed spec would mix trials of two experiments in one table, so it is
 refused, naming what changed, unless the change only grows the grid (then only the new trials run) or the
 user passes ``--force`` (or picks a new name). Where results do not depend on a field (paths, Ray and
-resources, retries, the tracking store) it may change freely.
+resources, retries, the tracking store) it may change freely. The data folder is a path, but other files (or the
+Hub) give other results: the folder read is recorded when a sweep is written and a switch is refused.
 
 Code may change between runs of one sweep (a bug fix mid-study): that is allowed, announced on the console,
 and every MLflow run carries the ``code_version`` it ran with, so a table can be split by it.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 from functools import lru_cache
 from pathlib import Path
@@ -24,8 +26,10 @@ SOURCE_PACKAGES = ("orchestrator", "trainables", "dashboards")
 # fields that do not change a trial's result: where things are, how they are scheduled and tracked
 RESULT_FREE = {"name", "output_dir", "tracking_uri", "ray", "resources", "max_failures", "fault", "grid",
                "methods", "variants"}  # methods/variants: compared per grid row, with defaults filled in
-RESULT_FREE_DATA = {"dir", "cache_dir"}  # where the (same) task files and token cache are
+RESULT_FREE_DATA = {"dir", "cache_dir"}  # not in the fingerprint: data.dir is compared resolved (recorded_data)
 AXES = ("methods", "tasks", "seeds", "sparsities", "perturbations")
+IDENTITY_FILE = "identity.json"
+HUB = "huggingface-hub"  # the data source when no folder is set (as MLflow's data.source param says)
 
 
 def result_fields(spec: SweepSpec) -> dict[str, Any]:
@@ -50,6 +54,49 @@ def fingerprint(spec: SweepSpec) -> str:
     return hashlib.sha256(json.dumps([result_fields(spec), rows], sort_keys=True).encode()).hexdigest()[:12]
 
 
+def data_folder(spec: SweepSpec) -> str | None:
+    """The data folder the spec reads, as an absolute path: data.dir, else $PEFT_SWEEP_DATA_DIR; None: the Hub.
+    (Whether it exists is preflight's check, with its own message.)"""
+    from trainables.tasks import DATA_DIR_ENV
+
+    value = spec.data.dir or os.environ.get(DATA_DIR_ENV)
+    return str(Path(value).expanduser().resolve()) if value else None
+
+
+def with_data_folder(spec: SweepSpec) -> SweepSpec:
+    """The spec with data.dir taken from $PEFT_SWEEP_DATA_DIR when it sets none, as the sweep folder keeps it: a
+    resume, ``rerun-failed`` or a Ray worker without the variable reads the same files as the first run. (The
+    value as given, like a data.dir written in the spec: a relative one may mean each node's working dir.)"""
+    from trainables.tasks import DATA_DIR_ENV
+
+    value = os.environ.get(DATA_DIR_ENV)
+    if spec.data.dir or not value:
+        return spec
+    return spec.model_copy(update={"data": spec.data.model_copy(update={"dir": str(Path(value).expanduser())})})
+
+
+def recorded_data(spec: SweepSpec) -> str | None:
+    """Where a sweep already run read its data: the folder its spec.yaml names, else the source identity.json
+    recorded (the Hub); None when neither says (a sweep folder written before the source was recorded)."""
+    if spec.data.dir:
+        return data_folder(spec)
+    path = spec.sweep_dir / IDENTITY_FILE
+    try:
+        return json.loads(path.read_text()).get("data") if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+def unrecorded_data_note(old: SweepSpec | None, new: SweepSpec) -> str | None:
+    """The note for a sweep folder that does not say which data it read: this run cannot check it."""
+    if old is None or recorded_data(old) is not None:
+        return None
+    return (f"note: {old.sweep_dir / 'spec.yaml'} does not say which data the sweep read (data.dir: null, written "
+            f"before the folder was recorded: it was $PEFT_SWEEP_DATA_DIR of that shell, or the Hub); this run reads "
+            f"{data_folder(new) or 'the Hugging Face Hub'} and records it. If the earlier trials read other files, "
+            "stop and set data.dir to their folder")
+
+
 def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(node, dict) and node:
         return {k: v for key, sub in node.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
@@ -62,6 +109,9 @@ def changes(old: SweepSpec, new: SweepSpec) -> list[str]:
     for row in set(old.grid.methods) & set(new.grid.methods):  # rows only one spec has: growth or a drop below
         before.update(_flat(row_settings(old, row), f"methods.{row}."))
         after.update(_flat(row_settings(new, row), f"methods.{row}."))
+    recorded = recorded_data(old)
+    if recorded is not None:  # the same files, or another folder or the Hub (unknown for old sweep folders)
+        before["data.dir"], after["data.dir"] = recorded, data_folder(new) or HUB
     out = [f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in sorted(set(before) | set(after))
            if before.get(k) != after.get(k)]
     for axis in AXES:

@@ -61,7 +61,9 @@ class SweepRecords:
         self.sweep_dir = Path(sweep_dir)
 
     def started(self, key: str, trial: dict[str, Any]) -> None:
-        update(self.sweep_dir, key, status="RUNNING", trial=trial, synced=True)
+        from .identity import code_version  # the driver's code, as on the trial's MLflow run
+
+        update(self.sweep_dir, key, status="RUNNING", trial=trial, synced=True, code_version=code_version())
 
     def finished(self, key: str, result: dict[str, Any]) -> None:
         update(self.sweep_dir, key, status="FINISHED", result=result, error=None)

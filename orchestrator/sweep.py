@@ -8,7 +8,7 @@ from __future__ import annotations
 import collections
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -18,7 +18,7 @@ from .spec import SpecError, SweepSpec, spec_from_dict
 from .tracking import Tracker, TrackingError
 
 SPEC_FILE = "spec.yaml"
-IDENTITY_FILE = "identity.json"
+IDENTITY_FILE = identity.IDENTITY_FILE
 
 
 def tracker_for(spec: SweepSpec) -> Tracker:
@@ -166,12 +166,20 @@ def browse_hint(spec: SweepSpec, tracker: Tracker) -> str:
     return f"browse in MLflow: mlflow ui --backend-store-uri {tracker.uri} --port 5000, then open {url}"
 
 
-def check_before_run(spec: SweepSpec, force: bool = False) -> Tracker:
+class Checked(NamedTuple):
+    """What `run` goes on with once every check passed."""
+    spec: SweepSpec  # with the data folder it will read written in
+    tracker: Tracker  # not written to yet
+    note: str | None  # to print once the sweep folder is written (an old folder that did not record its data)
+
+
+def check_before_run(spec: SweepSpec, force: bool = False) -> Checked:
     """Everything `run` checks before it writes or starts anything (paths, resources, model, data, no other
-    driver, the sweep's identity, store, cluster). `validate` calls it too, so what it reports is what `run`
-    would meet. Returns the (unwritten) tracker."""
+    driver, the sweep's identity with the data folder it reads, store, cluster). `validate` calls it too, so what
+    it reports is what `run` would meet."""
     import os
 
+    spec = identity.with_data_folder(spec)  # spec.yaml and every trial name the folder, not the shell's variable
     address = spec.ray.address or os.environ.get("RAY_ADDRESS")
     check_cluster_paths(spec, address)
     preflight(spec)
@@ -180,10 +188,11 @@ def check_before_run(spec: SweepSpec, force: bool = False) -> Tracker:
                         f"its trials twice: wait, or `peft-sweep stop {spec.sweep_dir}` first")
     previous = load_sweep(spec.sweep_dir) if (spec.sweep_dir / SPEC_FILE).is_file() else None
     identity.check_rerun(previous, spec, force)
+    note = identity.unrecorded_data_note(previous, spec)
     tracker = tracker_for(spec)
     tracker.check_reachable()
     check_ray_address(address)
-    return tracker
+    return Checked(spec, tracker, note)
 
 
 def plan(trials: list, status: dict[str, str], force: bool = False,
@@ -204,14 +213,16 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
 
     from .tune_runner import init_ray, run_trials  # Ray is imported only when a sweep really runs
 
+    spec, tracker, note = check_before_run(spec, force)
     trials = spec.trials()
-    tracker = check_before_run(spec, force)
     address = spec.ray.address or os.environ.get("RAY_ADDRESS")
     if address:  # connect now: a cluster without the GPUs a trial asks for is refused before anything is written
         init_ray(spec)
     with undo_on_error(spec.sweep_dir):  # a store that refuses us leaves no empty sweep folder behind
         spec.sweep_dir.mkdir(parents=True, exist_ok=True)
         tracker.check()
+    if note:
+        print(note, flush=True)
     (spec.sweep_dir / SPEC_FILE).write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
     _record_identity(spec)
     synced = sync(spec, tracker, mend_parent=False)  # this driver is about to run the sweep
@@ -278,6 +289,7 @@ def _record_identity(spec: SweepSpec) -> None:
               "keep their results, new ones run with this code (MLflow tag code_version tells them apart)",
               flush=True)
     known["fingerprint"] = identity.fingerprint(spec)
+    known["data"] = identity.data_folder(spec) or identity.HUB  # spec.yaml's data.dir is null for the Hub
     known["runs"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "code_version": version})
     path.write_text(json.dumps(known, indent=1))
 

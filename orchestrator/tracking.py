@@ -96,7 +96,8 @@ def trial_params(trial: dict[str, Any]) -> dict[str, str]:
     cfg = TrialConfig.model_validate({k: v for k, v in trial.items() if k != "trial_key"})
     method_params = cfg.params().model_dump(mode="json")
     out: dict[str, Any] = {c: trial.get(c) for c in COORDS}
-    out["lr"] = method_params.pop("lr", None) or cfg.training.lr
+    method_params.pop("lr", None)
+    out["lr"] = cfg.effective_lr()  # methods.<m>.lr, else training.lr, else the method's default_lr
     out.update({f"training.{k}": v for k, v in cfg.training.model_dump(mode="json").items() if k != "lr"})
     out.update({f"method.{k}": v for k, v in method_params.items()})
     out.update({f"data.{k}": v for k, v in cfg.data.model_dump(mode="json").items() if k not in ("dir", "cache_dir")})

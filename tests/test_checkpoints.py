@@ -146,3 +146,33 @@ def test_a_diffprune_checkpoint_after_projection_holds_the_mask_entries(reprojec
     # a re-projection ranks every entry by its gate: those outside the mask keep theirs, m floats (full: 4m)
     assert ratio < (0.05 if reproject is None else 0.3), ratio
     print(f"diffprune reproject={reproject}: {ratio:.4f} of full's checkpoint bytes")
+
+
+def test_load_records_the_lr_used_and_keeps_another_trials_model(tiny_trial, tmp_path, capsys):
+    """A method's default lr is filled in (not "lr": null); --out holding another model is refused."""
+    from orchestrator.cli import main
+    from trainables.methods import get_method
+
+    folders = {}
+    for method in ("bitfit", "sam"):  # no lr set anywhere: each method's default
+        folders[method] = tmp_path / method
+        result = run_trial(tiny_trial(method, method_params={"burnin": 1} if method == "sam" else {},
+                                      training={"max_steps": 2, "eval_every": 2}),
+                           checkpoint_dir=str(folders[method]))
+        assert result["lr"] == get_method(method).default_lr
+    out = tmp_path / "out"
+    assert main(["load", str(folders["bitfit"] / FINAL_DIR), "--out", str(out)]) == 0
+    meta = json.loads((out / "finetuned.json").read_text())
+    assert meta["method_params"]["lr"] == get_method("bitfit").default_lr
+    assert main(["load", str(folders["bitfit"] / FINAL_DIR), "--out", str(out)]) == 0  # the same trial again
+    capsys.readouterr()
+    assert main(["load", str(folders["sam"] / FINAL_DIR), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert str(out) in err and f"bitfit on CB, seed 0, trial {meta['trial_key']}" in err and "--force" in err
+    assert json.loads((out / "finetuned.json").read_text())["method"] == "bitfit"  # untouched
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("mine")
+    assert main(["load", str(folders["sam"] / FINAL_DIR), "--out", str(tmp_path / "notes")]) == 2
+    assert "holds files that are not a fine-tuned model (a.txt)" in capsys.readouterr().err
+    assert main(["load", str(folders["sam"] / FINAL_DIR), "--out", str(out), "--force"]) == 0
+    assert json.loads((out / "finetuned.json").read_text())["method"] == "sam"

@@ -21,8 +21,10 @@ def test_result_changes_are_named_and_growth_or_paths_are_not(tmp_path, tiny_mod
                                                         "seeds": [0, 1, 2]})
     assert identity.changes(base, grown) == []
     moved = _spec(tmp_path, tiny_model, data_dir, output_dir=str(tmp_path / "elsewhere"), max_failures=5,
-                  resources={"max_concurrent": 1}, ray={"num_cpus": 1}, data={"dir": str(tmp_path / "copy")})
+                  resources={"max_concurrent": 1}, ray={"num_cpus": 1}, data={"dir": str(data_dir), "cache_dir": "c"})
     assert identity.changes(base, moved) == [] and identity.fingerprint(moved) == identity.fingerprint(base)
+    copied = _spec(tmp_path, tiny_model, data_dir, data={"dir": str(tmp_path / "copy")})  # other files, maybe
+    assert identity.changes(base, copied) == [f"data.dir: {str(data_dir.resolve())!r} -> {str(tmp_path / 'copy')!r}"]
     changed = _spec(tmp_path, tiny_model, data_dir, training__max_steps=7, methods={"sam": {"burnin": 3, "lr": 1e-2},
                                                                                     "bitfit": {"lr": 1e-2}})
     assert identity.changes(base, changed) == ["methods.sam.burnin: 2 -> 3", "training.max_steps: 6 -> 7"]
@@ -55,6 +57,46 @@ def test_rerun_with_a_changed_spec_is_refused_before_anything_runs(tmp_path, tin
         sweep.run(changed)
     assert sorted(p.name for p in first.sweep_dir.iterdir()) == ["spec.yaml"]  # nothing written, no Ray started
     identity.check_rerun(first, changed, force=True)  # --force takes it
+
+
+def test_the_data_folder_from_the_environment_is_recorded_and_a_switch_is_refused(tmp_path, tiny_model, data_dir,
+                                                                                   monkeypatch):
+    from benchmarks.synthetic_trials import fake_result
+    from orchestrator import sweep
+    from tests.tracking_fixtures import record_finished
+
+    folder = str(data_dir.resolve())
+    monkeypatch.setenv("PEFT_SWEEP_DATA_DIR", folder)
+    spec = _spec(tmp_path, tiny_model, data_dir, data={"dir": None}, grid={"methods": ["bitfit"], "tasks": ["CB"],
+                                                                           "seeds": [0]})
+    for cfg in spec.trials():
+        record_finished(spec, cfg, fake_result(cfg))  # all FINISHED: `run` writes the sweep folder, starts no Ray
+    assert sweep.run(spec) == 0
+    monkeypatch.delenv("PEFT_SWEEP_DATA_DIR")  # a later shell without the variable
+    saved = sweep.load_sweep(spec.sweep_dir)
+    assert saved.data.dir == folder and identity.data_folder(saved) == folder  # resume, rerun-failed: same files
+    assert identity.changes(saved, saved) == [] and identity.unrecorded_data_note(saved, saved) is None
+    with pytest.raises(SpecError, match=rf"data.dir: '{folder}' -> 'huggingface-hub'.*--force"):
+        identity.check_rerun(saved, spec, force=False)  # the original spec now reads the Hub: refused
+    monkeypatch.setenv("PEFT_SWEEP_DATA_DIR", str(tmp_path))
+    assert identity.changes(saved, spec) == [f"data.dir: {folder!r} -> {str(tmp_path.resolve())!r}"]
+
+
+def test_a_sweep_folder_that_did_not_record_its_data_keeps_working_and_the_hub_is_recorded(tmp_path, tiny_model,
+                                                                                          data_dir, monkeypatch):
+    from orchestrator import sweep
+
+    old = _spec(tmp_path, tiny_model, data_dir, data={"dir": None})
+    old.sweep_dir.mkdir(parents=True)
+    (old.sweep_dir / sweep.SPEC_FILE).write_text(yaml.safe_dump(old.model_dump(mode="json")))  # as before: null
+    monkeypatch.setenv("PEFT_SWEEP_DATA_DIR", str(data_dir))
+    previous, new = sweep.load_sweep(old.sweep_dir), identity.with_data_folder(old)
+    assert new.data.dir == str(data_dir)  # as the variable gave it
+    identity.check_rerun(previous, new, force=False)  # unknown: taken as what was read then, not refused
+    assert str(data_dir.resolve()) in identity.unrecorded_data_note(previous, new)
+    (old.sweep_dir / identity.IDENTITY_FILE).write_text('{"data": "huggingface-hub", "runs": []}')  # a Hub sweep
+    assert identity.unrecorded_data_note(previous, new) is None
+    assert identity.changes(previous, new) == [f"data.dir: 'huggingface-hub' -> {str(data_dir.resolve())!r}"]
 
 
 def test_code_version_without_git_hashes_the_source(tmp_path, monkeypatch):

@@ -234,3 +234,32 @@ def test_force_after_a_stop_starts_a_new_attempt_instead_of_reopening(tmp_path, 
     again = sweep.tracker_for(spec).start_trial(cfg.key, trial_dict(cfg))
     run = tr.client.get_run(again)
     assert again != run_id and run.data.tags["attempt"] == "2" and run.data.tags["previous_run_id"] == run_id
+
+
+def test_the_learning_rate_used_is_a_param_and_a_column_with_the_code_version_and_attempt(tmp_path, data_dir):
+    from orchestrator.identity import code_version
+    from trainables.methods import get_method
+
+    spec = make_spec(tmp_path, data_dir)  # sam sets its lr; bitfit sets none and no training.lr: its default
+    tr = sweep.tracker_for(spec)
+    sam = _sam(spec)
+    bitfit, only_local = [t for t in spec.trials() if t.method == "bitfit"][:2]
+    default = get_method("bitfit").default_lr
+    for cfg in (sam, bitfit):
+        tr.start_trial(cfg.key, trial_dict(cfg))
+        tr.finish(cfg.key, fake_result(cfg))
+    assert tr.client.get_run(tr.run_id(bitfit.key)).data.params["lr"] == repr(default)
+    tr.fail(bitfit.key, "RuntimeError: boom")  # make the next attempt a new run
+    tr = sweep.tracker_for(spec)
+    tr.start_trial(bitfit.key, trial_dict(bitfit))
+    tr.finish(bitfit.key, fake_result(bitfit))
+    record_finished(spec, only_local, fake_result(only_local), synced=False)  # the store was down
+
+    df = pd.read_parquet(export.export(spec, tmp_path / "out")[0]).set_index("trial_key")
+    assert df.loc[sam.key, "lr"] == 1e-2 and df.loc[bitfit.key, "lr"] == default
+    assert df.loc[only_local.key, "lr"] == default  # no run: resolved from the record's config
+    assert df.loc[sam.key, "attempt"] == 1 and df.loc[bitfit.key, "attempt"] == 2
+    assert (df.loc[[sam.key, bitfit.key], "code_version"] == code_version()).all()
+    schema = pq.read_schema(tmp_path / "out" / "trials.parquet")
+    assert (str(schema.field("lr").type), str(schema.field("attempt").type),
+            str(schema.field("code_version").type)) == ("double", "int64", "string")

@@ -31,11 +31,37 @@ def save_delta(folder: Path, dense: dict[str, torch.Tensor], masked: dict[str, t
     return ckpt.write_folder(folder, {ckpt.DELTA: values}, {ckpt.DELTA_META: meta})
 
 
-def load_finetuned(folder: str | Path, model: str | None = None) -> tuple[TaskModel, Any, dict[str, Any]]:
-    """(model in eval mode, tokenizer, meta) from a delta folder (or a folder :func:`save_finetuned` wrote).
-    ``model`` overrides where the base model is found (same weights, checked by hash)."""
-    from .methods import get_method
+class OutputInUse(ValueError):
+    """The folder given for a model already holds something else."""
 
+
+def check_out(out: str | Path, trial_key: str | None, force: bool = False) -> None:
+    """Refuse to write trial ``trial_key``'s model into a folder that holds anything but that trial's model:
+    another trial's model (or other files) would be overwritten or mixed with it. Reloading the same trial
+    into its folder may overwrite; ``force`` writes anyway."""
+    out = Path(out)
+    if force or not out.is_dir() or not any(out.iterdir()):
+        return
+    held = out / SAVED_META
+    if held.is_file():
+        try:
+            meta = json.loads(held.read_text())
+        except (OSError, ValueError):
+            meta = {}
+        if meta.get("trial_key") == trial_key:
+            return
+        what = (f"the model of another trial ({meta.get('variant') or meta.get('method')} on {meta.get('task')}, "
+                f"seed {meta.get('seed')}, trial {meta.get('trial_key')})" if meta else f"an unreadable {SAVED_META}")
+    else:
+        names = sorted(p.name for p in out.iterdir())
+        what = f"files that are not a fine-tuned model ({', '.join(names[:3])}{', ...' * (len(names) > 3)})"
+    raise OutputInUse(f"--out {str(out)!r} already holds {what}; give another --out (an empty or new folder), or "
+                      f"pass --force to write trial {trial_key}'s model there anyway")
+
+
+def read_meta(folder: str | Path) -> tuple[Path, bool, dict[str, Any]]:
+    """(the folder that holds the model, whether it is a saved ready folder, its meta) from a delta folder, an
+    artifact folder holding ``model/``, or a folder :func:`save_finetuned` wrote."""
     folder = Path(folder)
     if (folder / DELTA_DIR / ckpt.DELTA_META).is_file():  # an artifact folder that holds model/
         folder = folder / DELTA_DIR
@@ -44,7 +70,15 @@ def load_finetuned(folder: str | Path, model: str | None = None) -> tuple[TaskMo
     if not meta_file.is_file():
         raise FileNotFoundError(f"{folder}: no fine-tuned model here (expected {ckpt.DELTA_META} and {ckpt.DELTA}, "
                                 f"or {SAVED_META})")
-    meta = json.loads(meta_file.read_text())
+    return folder, saved, json.loads(meta_file.read_text())
+
+
+def load_finetuned(folder: str | Path, model: str | None = None) -> tuple[TaskModel, Any, dict[str, Any]]:
+    """(model in eval mode, tokenizer, meta) from a delta folder (or a folder :func:`save_finetuned` wrote).
+    ``model`` overrides where the base model is found (same weights, checked by hash)."""
+    from .methods import get_method
+
+    folder, saved, meta = read_meta(folder)
     path = resolve_model(model or meta["model"])
     tokenizer = load_tokenizer(str(folder) if saved else path)
     torch.manual_seed(meta["seed"])
@@ -67,10 +101,12 @@ def load_finetuned(folder: str | Path, model: str | None = None) -> tuple[TaskMo
     return net.eval(), tokenizer, meta
 
 
-def save_finetuned(net: TaskModel, tokenizer, meta: dict[str, Any], out: str | Path) -> Path:
-    """A ready-to-use folder: the whole model's weights, the backbone's config, the tokenizer and the meta."""
+def save_finetuned(net: TaskModel, tokenizer, meta: dict[str, Any], out: str | Path, force: bool = False) -> Path:
+    """A ready-to-use folder: the whole model's weights, the backbone's config, the tokenizer and the meta.
+    A folder that holds another model is refused (:func:`check_out`) unless ``force``."""
     from safetensors.torch import save_file
 
+    check_out(out, meta.get("trial_key"), force)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}

@@ -428,7 +428,7 @@ class Trainer:
         added = sum(p.numel() for _, p in self.method.added_parameters(self.model))
         out = {"trial_key": cfg.key, "method": cfg.method, "variant": cfg.label, "task": cfg.task, "seed": cfg.seed,
                "sparsity": cfg.sparsity, "perturbation": cfg.perturbation, "model": cfg.model,
-               "status": "FINISHED", "metric": self.task.metric,
+               "lr": self.base_lr, "status": "FINISHED", "metric": self.task.metric,
                "test_score": scores["test"]["score"], "dev_score": scores["dev"]["score"],
                "train_score": scores["train"]["score"]}
         for split, comps in scores.items():
@@ -473,7 +473,8 @@ class Trainer:
     def _delta_meta(self, result: dict[str, Any]) -> dict[str, Any]:
         cfg = self.cfg
         return {"model": cfg.model, "base_hash": self.base_hash, "method": cfg.method, "variant": cfg.label,
-                "method_params": cfg.params().model_dump(mode="json"), "sparsity": cfg.sparsity, "seed": cfg.seed,
+                "method_params": {**cfg.params().model_dump(mode="json"), "lr": cfg.effective_lr()},  # the rate used
+                "sparsity": cfg.sparsity, "seed": cfg.seed,
                 "task": cfg.task, "kind": self.task.kind, "num_labels": self.task.num_labels,
                 "max_seq_length": cfg.training.max_seq_length, "trial_key": cfg.key,
                 "trainable_params": result["trainable_params"], "test_score": result["test_score"]}
