@@ -9,6 +9,7 @@ import pytest
 from benchmarks.mlflow_server import free_port
 from benchmarks.synthetic_trials import fake_result, trial_dict
 from orchestrator import records, sweep
+from orchestrator.identity import code_version
 from orchestrator.breaker import GuardedTracker
 from orchestrator.progress import Progress, duration
 from orchestrator.records import SweepRecords
@@ -113,7 +114,7 @@ def test_records_follow_the_trial_events(tmp_path):
     key = "0123456789ab"
     local.started(key, {"method": "sam"})
     assert records.read(tmp_path, key) == {"trial_key": key, "status": "RUNNING", "trial": {"method": "sam"},
-                                           "synced": True}
+                                           "synced": True, "code_version": code_version()}  # the driver's code
     local.unsynced(key)
     local.failed(key, "boom")
     assert records.read(tmp_path, key)["status"] == "FAILED" and records.read(tmp_path, key)["synced"] is False
