@@ -138,6 +138,15 @@ def test_holm_by_hand():
     assert holm([0.03, None, 0.01, 0.04]) == [pytest.approx(0.06), None, pytest.approx(0.03), pytest.approx(0.06)]
 
 
+def test_holm_agrees_with_statsmodels():
+    from statsmodels.stats.multitest import multipletests
+
+    rng = np.random.default_rng(0)
+    for m in (1, 2, 5, 28):
+        raw = list(rng.uniform(0, 0.2, m) ** 2) + [0.0, 1.0, 0.5, 0.5]  # ties, the bounds, clipping at 1
+        assert holm(raw) == pytest.approx(list(multipletests(raw, method="holm")[1]), abs=1e-15)
+
+
 def test_holm_changes_a_decision_and_pairs_count_it():
     c1, c2 = np.array([0.50, 0.52, 0.48, 0.51]), np.array([0.60, 0.62, 0.58, 0.61])
     scores = {("a", "T1"): c1 + [0.05, 0.08, 0.02, 0.06], ("b", "T1"): c1 + [0.03, 0.10, 0.00, 0.06],
