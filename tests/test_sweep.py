@@ -12,7 +12,15 @@ from tests.sweeps import cli, records, tracker, write_spec
 pytestmark = pytest.mark.slow
 
 
-def test_sweep_lifecycle(tmp_path, tiny_model, data_dir):
+def here(capsys, *argv: str) -> str:
+    """The CLI in this process, for the commands that start no Ray (a subprocess would import torch again)."""
+    from orchestrator.cli import main
+
+    assert main(list(argv)) == 0
+    return capsys.readouterr().out
+
+
+def test_sweep_lifecycle(tmp_path, tiny_model, data_dir, capsys):
     spec = write_spec(tmp_path, tiny_model, data_dir,
                       fault={"fail_at_step": 4, "fail_times": 2, "marker_dir": str(tmp_path / "markers"),
                              "match": {"method": "bitfit", "seed": 1}})
@@ -35,7 +43,7 @@ def test_sweep_lifecycle(tmp_path, tiny_model, data_dir):
     assert "injected fault at step 4" in runs[failed[0]].data.tags["error"]
     assert all(r.data.tags["mlflow.parentRunId"] == tr.parent_run_id for r in runs.values())
 
-    status = json.loads(cli("status", str(sweep_dir), "--json", check_rc=0).stdout)
+    status = json.loads(here(capsys, "status", str(sweep_dir), "--json"))
     assert status["per_status"] == {"FINISHED": 3, "FAILED": 1}
     assert "injected fault" in status["errors"][failed[0]]
 
@@ -76,7 +84,7 @@ def test_sweep_lifecycle(tmp_path, tiny_model, data_dir):
     changed = cli("run", str(spec), "--set", "training.max_steps=7", check_rc=2)  # would mix two experiments
     assert "training.max_steps: 6 -> 7" in changed.stderr and "--force" in changed.stderr
 
-    cli("export", str(sweep_dir), check_rc=0)
+    here(capsys, "export", str(sweep_dir))
     trials = pd.read_parquet(sweep_dir / "export" / "trials.parquet")
     assert sorted(trials["trial_key"]) == sorted(statuses) and set(trials["status"]) == {"FINISHED"}
     assert trials["test_score"].notna().all() and (trials["trainable_params"] > 0).all()
@@ -89,10 +97,10 @@ def test_sweep_lifecycle(tmp_path, tiny_model, data_dir):
     path = sweep_dir / "export" / "trials.parquet"
     assert duckdb.sql(f"select count(*) from '{path}'").fetchall()[0][0] == 4
 
-    cli("analyze", "--trials", str(sweep_dir / "export" / "trials.parquet"), "--out", str(tmp_path / "an"), check_rc=0)
+    here(capsys, "analyze", "--trials", str(sweep_dir / "export" / "trials.parquet"), "--out", str(tmp_path / "an"))
     summary = json.loads((tmp_path / "an" / "summary.json").read_text())
     assert summary["n_finished"] == 4 and set(summary["best"]["CB"]) == {"sam", "bitfit"}
-    cli("report", str(sweep_dir), "--out", str(tmp_path / "report"), check_rc=0)
+    here(capsys, "report", str(sweep_dir), "--out", str(tmp_path / "report"))
     assert (tmp_path / "report" / "index.html").is_file() and (tmp_path / "report" / "ranks.svg").is_file()
     # the local records agree with MLflow
     assert {k: r["status"] for k, r in records(sweep_dir).items()} == dict.fromkeys(statuses, "FINISHED")

@@ -134,22 +134,6 @@ def test_more_gpus_than_the_cluster_has_is_refused_before_anything_is_written(cl
     assert not (tmp_path / "runs" / "t").exists()
 
 
-def test_every_node_reads_the_data_folder_the_driver_recorded(on_cluster, tmp_path, tiny_model, data_dir):
-    """The second node's own $PEFT_SWEEP_DATA_DIR names no folder. A spec that leaves data.dir to the driver's
-    variable records the driver's folder in spec.yaml, and every trial reads that folder, on either node (three
-    trials of one GPU each on 2 + 1 GPUs: one runs on the second node), so none fails and none reads the Hub."""
-    spec = write_spec(tmp_path, tiny_model, data_dir, data={"dir": None}, ray={"address": on_cluster["address"]},
-                      grid={"methods": ["bitfit"], "tasks": ["CB"], "seeds": [0, 1, 2]},
-                      resources={"gpu_per_trial": 1, "cpu_per_trial": 1})
-    env = {**on_cluster["env"], "PEFT_SWEEP_DATA_DIR": str(data_dir)}  # the driver (and head node) have the data
-    out = subprocess.run([sys.executable, "-m", "orchestrator", "run", str(spec)], cwd=ROOT, capture_output=True,
-                         text=True, env=env, timeout=600)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    sweep_dir = tmp_path / "runs" / "t"
-    assert {r["status"] for r in records(sweep_dir).values()} == {"FINISHED"} and len(records(sweep_dir)) == 3
-    assert yaml.safe_load((sweep_dir / "spec.yaml").read_text())["data"]["dir"] == str(data_dir)
-
-
 def test_relative_paths_are_refused_with_a_cluster_address(on_cluster, tmp_path, tiny_model, data_dir,
                                                            monkeypatch, capsys):
     from orchestrator.cli import main
@@ -297,11 +281,14 @@ def test_stop_leaves_trials_resumable_and_nothing_running(on_cluster, spawned, c
 
 def test_sweep_survives_losing_the_worker_node(cluster, tmp_path, tiny_model, data_dir):
     # one CPU per trial: three run at once, so one runs on the worker node when it goes; trials long enough
-    # (120 steps, a checkpoint every 3) that it is still running then
+    # (120 steps, a checkpoint every 3) that it is still running then. The spec leaves data.dir to the driver's
+    # $PEFT_SWEEP_DATA_DIR; the worker node's own variable names no folder: its trial reads the folder the
+    # driver recorded in spec.yaml, so it runs until the node goes
     spec = write_spec(tmp_path, tiny_model, data_dir, training__max_steps=120, training__eval_every=3,
                       grid={"methods": ["sam", "bitfit", "full"], "tasks": ["CB"], "seeds": [0, 1]},
-                      max_failures=3, ray={"num_cpus": None})
-    env = {**cluster["env"], "RAY_ADDRESS": f"127.0.0.1:{cluster['gcs']}", "PYTHONUNBUFFERED": "1"}
+                      max_failures=3, ray={"num_cpus": None}, data={"dir": None})
+    env = {**cluster["env"], "RAY_ADDRESS": f"127.0.0.1:{cluster['gcs']}", "PYTHONUNBUFFERED": "1",
+           "PEFT_SWEEP_DATA_DIR": str(data_dir)}
     driver = subprocess.Popen([sys.executable, "-m", "orchestrator", "run", str(spec)], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     sweep_dir = tmp_path / "runs" / "t"
@@ -314,3 +301,5 @@ def test_sweep_survives_losing_the_worker_node(cluster, tmp_path, tiny_model, da
     assert driver.returncode == 0, out[-5000:]
     assert "6/6 FINISHED" in out
     assert "retrying from its last checkpoint" in out  # the worker's trial moved to the head node
+    assert cluster["no_data"] not in out  # no trial read the worker's own (missing) data folder
+    assert yaml.safe_load((sweep_dir / "spec.yaml").read_text())["data"]["dir"] == str(data_dir)

@@ -6,6 +6,7 @@ import time
 import pandas as pd
 import pytest
 
+from orchestrator.cli import main
 from tests.sweeps import cli, records, spawn, tracker, write_spec
 
 pytestmark = pytest.mark.slow
@@ -21,7 +22,7 @@ def test_crashed_trial_is_retried_from_its_last_checkpoint(tmp_path, tiny_model,
     assert rec["status"] == "FINISHED" and rec["result"]["resumed_from_step"] == 3  # not from scratch
 
 
-def test_trial_past_max_failures_ends_errored_with_its_error(tmp_path, tiny_model, data_dir):
+def test_trial_past_max_failures_ends_errored_with_its_error(tmp_path, tiny_model, data_dir, capsys):
     spec = write_spec(tmp_path, tiny_model, data_dir, grid={"methods": ["sam"], "tasks": ["CB"], "seeds": [0]},
                       max_failures=1,
                       fault={"fail_at_step": 2, "fail_times": 5, "marker_dir": str(tmp_path / "m"), "match": {}})
@@ -30,7 +31,9 @@ def test_trial_past_max_failures_ends_errored_with_its_error(tmp_path, tiny_mode
     sweep_dir = tmp_path / "runs" / "t"
     (run,) = tracker(sweep_dir).trial_runs().values()
     assert run.info.status == "FAILED" and "InjectedFault" in run.data.tags["error"]
-    assert "injected fault at step 2" in cli("status", str(sweep_dir), check_rc=0).stdout
+    capsys.readouterr()
+    assert main(["status", str(sweep_dir)]) == 0  # in this process: status starts no Ray
+    assert "injected fault at step 2" in capsys.readouterr().out
 
 
 def _wait_for(predicate, proc, timeout=300):
@@ -45,7 +48,9 @@ def _wait_for(predicate, proc, timeout=300):
 
 @pytest.mark.parametrize("point", ["before_any_finished", "last_trial_running"])  # with one finished: test_cluster (S3)
 def test_driver_sigkilled_then_rerun_finishes_exactly_once(point, tmp_path, tiny_model, data_dir):
-    spec = write_spec(tmp_path, tiny_model, data_dir, training__max_steps=9, resources={"max_concurrent": 1})
+    # one trial at a time where the kill point needs it (3 finished and the last running), else two
+    spec = write_spec(tmp_path, tiny_model, data_dir, training__max_steps=9,
+                      resources={"max_concurrent": 1 if point == "last_trial_running" else 2})
     sweep_dir = tmp_path / "runs" / "t"
     n_finished = lambda: sum(r.get("status") == "FINISHED" for r in records(sweep_dir).values())  # noqa: E731
     n_running = lambda: sum(r.get("status") == "RUNNING" for r in records(sweep_dir).values())  # noqa: E731
@@ -62,7 +67,7 @@ def test_driver_sigkilled_then_rerun_finishes_exactly_once(point, tmp_path, tiny
     runs = tracker(sweep_dir).trial_runs()
     assert len(runs) == 4 and {r.info.status for r in runs.values()} == {"FINISHED"}
     assert len(tracker(sweep_dir).search("tags.role = 'trial'")) == 4  # one child run per key, no duplicates
-    cli("export", str(sweep_dir), check_rc=0)
+    assert main(["export", str(sweep_dir)]) == 0
     trials = pd.read_parquet(sweep_dir / "export" / "trials.parquet")
     assert len(trials) == trials["trial_key"].nunique() == 4
 
@@ -70,8 +75,9 @@ def test_driver_sigkilled_then_rerun_finishes_exactly_once(point, tmp_path, tiny
 def test_same_sweep_twice_gives_identical_scores(tmp_path, tiny_model, data_dir):
     scores = []
     for name in ("a", "b"):
-        spec = write_spec(tmp_path / name, tiny_model, data_dir)
+        spec = write_spec(tmp_path / name, tiny_model, data_dir,
+                          grid={"methods": ["sam", "bitfit"], "tasks": ["CB"], "seeds": [0]})  # one wave of two
         cli("run", str(spec), check_rc=0)
         recs = records(tmp_path / name / "runs" / "t")
         scores.append({k: (r["result"]["test_score"], r["result"]["dev_score"]) for k, r in recs.items()})
-    assert scores[0] == scores[1] and len(scores[0]) == 4
+    assert scores[0] == scores[1] and len(scores[0]) == 2
