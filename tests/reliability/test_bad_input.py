@@ -482,3 +482,25 @@ def test_gpu_per_trial_beyond_a_running_rays_gpus(tmp_path, tiny_model, data_dir
     finally:
         ray.shutdown()
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_node_report_lists_what_the_node_lacks_and_versions_that_differ(tmp_path, tiny_model, data_dir,
+                                                                           monkeypatch):
+    """What the per-node preflight task returns and the table lines made from it, here without a cluster (the
+    two-node test's nodes share one disk, so none of them can lack a folder)."""
+    from orchestrator.preflight import node_report, node_versions, nodes_problems
+    from orchestrator.spec import load_spec
+
+    spec = load_spec(write_spec(tmp_path, tiny_model, data_dir))
+    missing = tmp_path / "not-on-this-node"
+    spec = spec.model_copy(update={"data": spec.data.model_copy(update={"dir": str(missing)})})
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("PEFT_SWEEP_CACHE_DIR", str(tmp_path / "a-file" / "cache"))  # cannot be made here
+    report = node_report(spec)
+    assert len(report["lacks"]) == 2, report
+    assert str(missing) in report["lacks"][0] and "a-file" in report["lacks"][1]
+    driver = node_versions()
+    other = {"versions": {**driver, "torch": "0.0"}, "lacks": []}
+    lines = nodes_problems({"node A": report, "node B": other, "node C": {"versions": driver, "lacks": []}}, driver)
+    assert lines == [f"node A: {report['lacks'][0]}", f"node A: {report['lacks'][1]}",
+                     f"node B: torch 0.0 (driver: {driver['torch']})"]
