@@ -5,7 +5,6 @@ Validation has no side effects: nothing is started or written until a spec has p
 from __future__ import annotations
 
 import collections
-
 import difflib
 import itertools
 import re

@@ -18,7 +18,6 @@ from .spec import SpecError, SweepSpec, spec_from_dict
 from .tracking import Tracker, TrackingError
 
 SPEC_FILE = "spec.yaml"
-IDENTITY_FILE = identity.IDENTITY_FILE
 
 
 def tracker_for(spec: SweepSpec) -> Tracker:
@@ -280,7 +279,7 @@ def _record_identity(spec: SweepSpec) -> None:
     import json
     import time
 
-    path = spec.sweep_dir / IDENTITY_FILE
+    path = spec.sweep_dir / identity.IDENTITY_FILE
     known = json.loads(path.read_text()) if path.is_file() else {"runs": []}
     version = identity.code_version()
     last = known["runs"][-1]["code_version"] if known["runs"] else None
