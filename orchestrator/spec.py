@@ -92,6 +92,8 @@ class Resources(Strict):
     gpu_per_trial: float = Field(0.0, ge=0, description="0 (CPU), a fraction in (0, 1] to pack trials, or whole GPUs")
     cpu_per_trial: float = Field(1.0, gt=0)
     max_concurrent: int | None = Field(None, gt=0, description="cap on trials running at once")
+    reuse_workers: bool = Field(True, description="a worker process runs trial after trial (imports, CUDA start "
+                                                  "and model code once per worker); false: a fresh process per trial")
 
     @field_validator("gpu_per_trial")
     @classmethod

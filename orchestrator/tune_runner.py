@@ -297,6 +297,7 @@ def run_trials(spec: SweepSpec, trials: list[TrialConfig], restore: bool, supers
         param_space={"trial": tune.grid_search([{**t.model_dump(mode="json"), "trial_key": t.key} for t in trials])},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=spec.resources.max_concurrent,
+            reuse_actors=spec.resources.reuse_workers,  # Tune's default is a new process per trial
             trial_name_creator=lambda t: _trial_name(t.config["trial"]),
             trial_dirname_creator=lambda t: _trial_name(t.config["trial"]),
         ),

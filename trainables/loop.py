@@ -8,6 +8,7 @@ any training step.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import math
@@ -121,6 +122,8 @@ class Trainer:
             self._restore(state)
             self.resumed_from = self.step
         compiled = cfg.training.compile and self.device.type == "cuda"
+        if compiled:  # a reused worker would pile one compiled graph per trial up to Dynamo's recompile limit
+            torch._dynamo.reset()
         self.forward = torch.compile(self.model) if compiled else self.model
         self._log_what_trains()
         self.timers["setup_s"] = time.perf_counter() - self.t_start
@@ -130,6 +133,8 @@ class Trainer:
         device = pick_device()
         if precision == "bf16" and device.type != "cuda":
             raise ValueError("training.precision 'bf16' needs a CUDA device; use 'auto' or 'fp32' on CPU")
+        if device.type == "cuda":  # a reused worker process: this trial's peak, not the worker's
+            torch.cuda.reset_peak_memory_stats(device)
         if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
             return device, lambda: torch.autocast("cuda", dtype=torch.bfloat16)
         return device, contextlib.nullcontext
@@ -496,4 +501,16 @@ def run_trial(cfg: TrialConfig | dict, report: Report | None = None, checkpoint_
     """Run one trial to the end and return its result (the Ray-free entry point)."""
     if isinstance(cfg, dict):
         cfg = TrialConfig.model_validate(cfg)
-    return Trainer(cfg, report, checkpoint_dir, resume_dir).run()
+    try:
+        return Trainer(cfg, report, checkpoint_dir, resume_dir).run()
+    finally:
+        release_memory()
+
+
+def release_memory() -> None:
+    """Free what the trial held before the process runs the next one (a reused Ray worker, a loop of
+    trials): the trainer's closures form reference cycles, and CUDA's cache would keep its blocks from the
+    other trials packed on the same GPU."""
+    gc.collect()
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()

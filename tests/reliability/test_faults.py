@@ -1,4 +1,5 @@
-"""Fault injection on real sweeps: a crashing trial, a SIGKILLed driver, determinism across sweeps."""
+"""Fault injection on real sweeps: a crashing trial, a SIGKILLed driver, a reused worker scores as fresh processes do."""
+import json
 import os
 import signal
 import time
@@ -72,12 +73,24 @@ def test_driver_sigkilled_then_rerun_finishes_exactly_once(point, tmp_path, tiny
     assert len(trials) == trials["trial_key"].nunique() == 4
 
 
-def test_same_sweep_twice_gives_identical_scores(tmp_path, tiny_model, data_dir):
-    scores = []
-    for name in ("a", "b"):
-        spec = write_spec(tmp_path / name, tiny_model, data_dir,
-                          grid={"methods": ["sam", "bitfit"], "tasks": ["CB"], "seeds": [0]})  # one wave of two
+def _worker_pids(sweep_dir) -> dict[str, int]:
+    """Each trial's worker process, from Tune's own result rows (Tune adds ``pid`` to every report)."""
+    rows = {p.parent.name: json.loads(p.read_text().splitlines()[-1]) for p in sweep_dir.glob("tune/*/*/result.json")}
+    return {name: row["pid"] for name, row in rows.items()}
+
+
+def test_a_reused_worker_gives_the_scores_of_fresh_processes(tmp_path, tiny_model, data_dir):
+    """Trial after trial in one worker (the default) scores exactly as a fresh process per trial: nothing
+    leaks from one trial to the next. Also the determinism check: two sweeps, the same scores."""
+    scores, pids = [], []
+    for name, resources in (("reused", {"max_concurrent": 1}), ("fresh", {"reuse_workers": False})):
+        spec = write_spec(tmp_path / name, tiny_model, data_dir, resources=resources,
+                          grid={"methods": ["sam", "bitfit"], "tasks": ["CB"], "seeds": [0]})
         cli("run", str(spec), check_rc=0)
         recs = records(tmp_path / name / "runs" / "t")
         scores.append({k: (r["result"]["test_score"], r["result"]["dev_score"]) for k, r in recs.items()})
+        pids.append(_worker_pids(tmp_path / name / "runs" / "t"))
     assert scores[0] == scores[1] and len(scores[0]) == 2
+    assert len(pids[0]) == len(pids[1]) == 2
+    assert len(set(pids[0].values())) == 1, pids[0]  # one worker ran both trials
+    assert len(set(pids[1].values())) == 2, pids[1]
