@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from dashboards.analysis import analyze
+from dashboards.analysis import Analysis, analyze
 
 from .masks import write_overlap
 
 
-def analyze_file(trials_path: str | Path, out: str | Path) -> list[Path]:
-    res = analyze(pd.read_parquet(trials_path))
+def analyze_file(trials_path: str | Path, out: str | Path, result: Analysis | None = None) -> list[Path]:
+    """Writes ``result`` (the analysis of ``trials_path``, computed here when not given) into ``out``."""
+    res = result or analyze(pd.read_parquet(trials_path))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     frames = {"table.csv": res.table, "sparsity.csv": res.sparsity, "paired_tests.csv": res.tests,

@@ -16,7 +16,7 @@ EPILOG = """examples:
   peft-sweep stop runs/quickstart                   stop a sweep; `run` resumes it from the last checkpoints
   peft-sweep rerun-failed runs/quickstart           rerun only the trials that ended in error
   peft-sweep export runs/quickstart                 trials, curves and masks .parquet from MLflow
-  peft-sweep analyze --trials runs/quickstart/export/trials.parquet --out runs/quickstart/analysis
+  peft-sweep analyze --trials runs/quickstart/export/trials.parquet
   peft-sweep report runs/quickstart --out runs/quickstart/report
   peft-sweep train-one --task CB --method sam --sparsity 0.005 --set training.max_steps=100
 """
@@ -251,9 +251,11 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_analyze(args) -> int:
+    from dashboards.report import analysis_dir_of
     from . import analysis
 
-    for p in analysis.analyze_file(_trials_file(args.trials, "--trials"), _out_dir(args.out, "--out")):
+    trials = _trials_file(args.trials, "--trials")
+    for p in analysis.analyze_file(trials, _out_dir(args.out or str(analysis_dir_of(trials)), "--out")):
         print(p)
     return 0
 
@@ -468,7 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = command("analyze", "mean/std, ranks, Spearman rho from a trials Parquet file",
                 "Writes table.csv, the rank tables and summary.json (the paper's stability analysis) into --out.")
     s.add_argument("--trials", required=True, help="a trials.parquet from `peft-sweep export`")
-    s.add_argument("--out", required=True, help="folder for the analysis files")
+    s.add_argument("--out", help="folder for the analysis files (default: SWEEP_DIR/analysis for a sweep's "
+                   "export/trials.parquet, else the trials file's folder: where `report` looks for them)")
     s.set_defaults(fn=_cmd_analyze)
 
     s = command("report", "static HTML report (tables and figures) of a sweep or a trials file",

@@ -112,10 +112,12 @@ def close_sweep(spec: SweepSpec, tracker: Tracker, final: dict[str, str], quiet:
         trials_path, curves_path = export.export(spec, spec.sweep_dir / "export", tracker)
         df = pd.read_parquet(trials_path)
         if (df["status"] == "FINISHED").any():
+            from dashboards.analysis import analyze
             from dashboards.report import build_report
 
-            analysis.analyze_file(trials_path, spec.sweep_dir / "analysis")
-            index = build_report(trials_path, curves_path, spec.sweep_dir / "report")
+            result = analyze(df)  # once, for the analysis files and the report
+            analysis.analyze_file(trials_path, spec.sweep_dir / "analysis", result)
+            index = build_report(trials_path, curves_path, spec.sweep_dir / "report", analysis=result)
             artifacts = {"analysis": spec.sweep_dir / "analysis", "report": index.parent}
             summary = json.loads((spec.sweep_dir / "analysis" / "summary.json").read_text())
             for name, value in (("spearman_rho", summary["spearman"]["rho"]),

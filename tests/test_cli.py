@@ -113,3 +113,16 @@ def test_run_help_says_it_resumes_and_refuses_a_changed_spec():
     assert "run this spec under the name of an existing sweep" in text  # --force's main use
     status = " ".join(_subcommands()["status"].format_help().split())
     assert "(default: 5)" in status
+
+
+def test_analyze_writes_where_the_report_reads_by_default(tmp_path, cli):
+    from tests.test_analysis import hand_made
+
+    export = tmp_path / "sweep" / "export"
+    export.mkdir(parents=True)
+    hand_made().to_parquet(export / "trials.parquet")
+    rc, out, _ = cli("analyze", "--trials", str(export / "trials.parquet"))
+    assert rc == 0 and str(tmp_path / "sweep" / "analysis" / "summary.json") in out  # SWEEP_DIR/analysis
+    hand_made().to_parquet(tmp_path / "trials.parquet")  # a trials file outside a sweep: beside it
+    rc, out, _ = cli("analyze", "--trials", str(tmp_path / "trials.parquet"))
+    assert rc == 0 and (tmp_path / "table.csv").is_file() and (tmp_path / "summary.json").is_file()
