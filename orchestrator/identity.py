@@ -57,9 +57,7 @@ def fingerprint(spec: SweepSpec) -> str:
 def data_folder(spec: SweepSpec) -> str | None:
     """The data folder the spec reads, as an absolute path: data.dir, else $PEFT_SWEEP_DATA_DIR; None: the Hub.
     (Whether it exists is preflight's check, with its own message.)"""
-    from trainables.tasks import DATA_DIR_ENV
-
-    value = spec.data.dir or os.environ.get(DATA_DIR_ENV)
+    value = with_data_folder(spec).data.dir
     return str(Path(value).expanduser().resolve()) if value else None
 
 

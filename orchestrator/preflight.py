@@ -87,7 +87,7 @@ def check_resources(spec: SweepSpec) -> None:
     """A trial that asks for more than a local Ray has stays PENDING forever: refuse it now. (On a cluster
     the check runs right after connecting, in tune_runner.)"""
     ray = sys.modules.get("ray")  # not imported here: only a Ray this process already runs counts
-    if spec.ray.address or os.environ.get("RAY_ADDRESS") or (ray is not None and ray.is_initialized()):
+    if spec.ray_address or (ray is not None and ray.is_initialized()):
         return  # tune_runner checks the resources of a cluster (or an already started Ray) once connected
     res = spec.resources
     if res.gpu_per_trial > 0:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import difflib
 import itertools
+import os
 import re
 import typing
 from pathlib import Path
@@ -232,6 +233,11 @@ class SweepSpec(Strict):
     @property
     def resolved_tracking_uri(self) -> str:
         return self.tracking_uri or f"sqlite:///{self.sweep_dir / 'mlflow.db'}"
+
+    @property
+    def ray_address(self) -> str | None:
+        """The cluster to join: ray.address, else $RAY_ADDRESS; None: a local Ray of its own."""
+        return self.ray.address or os.environ.get("RAY_ADDRESS") or None
 
     def size(self) -> int:
         """How many trials the grid expands to, counted without building them (a 100,000-trial grid is

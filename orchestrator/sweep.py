@@ -178,10 +178,8 @@ def check_before_run(spec: SweepSpec, force: bool = False) -> Checked:
     """Everything `run` checks before it writes or starts anything (paths, resources, model, data, no other
     driver, the sweep's identity with the data folder it reads, store, cluster). `validate` calls it too, so what
     it reports is what `run` would meet."""
-    import os
-
     spec = identity.with_data_folder(spec)  # spec.yaml and every trial name the folder, not the shell's variable
-    address = spec.ray.address or os.environ.get("RAY_ADDRESS")
+    address = spec.ray_address
     check_cluster_paths(spec, address)
     preflight(spec)
     if driver.alive(spec.sweep_dir):
@@ -210,14 +208,11 @@ def plan(trials: list, status: dict[str, str], force: bool = False,
 
 def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
     """Run what is left of the sweep. Returns the number of trials that ended in error."""
-    import os
-
     from .tune_runner import init_ray, run_trials  # Ray is imported only when a sweep really runs
 
     spec, tracker, note = check_before_run(spec, force)
     trials = spec.trials()
-    address = spec.ray.address or os.environ.get("RAY_ADDRESS")
-    if address:  # connect now: a cluster without the GPUs a trial asks for is refused before anything is written
+    if spec.ray_address:  # connect now: a cluster without the GPUs a trial asks for is refused before any write
         init_ray(spec)
     with undo_on_error(spec.sweep_dir):  # a store that refuses us leaves no empty sweep folder behind
         spec.sweep_dir.mkdir(parents=True, exist_ok=True)

@@ -197,7 +197,7 @@ def init_ray(spec: SweepSpec) -> None:
     _quiet_ray()
     if ray.is_initialized():  # a Ray this process started itself (benchmarks, tests): check what it has
         return _check_cluster_resources(spec, "the Ray this process started")
-    address = spec.ray.address or os.environ.get("RAY_ADDRESS")
+    address = spec.ray_address
     try:
         if address:
             ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
