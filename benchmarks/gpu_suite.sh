@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 19's GPU measurements in one go (~8 min on one H100/H200): trial throughput against a plain PyTorch
 # loop (MiniLM-L6 and a RoBERTa-base-shaped random-init model), the optimizer step alone, and trial packing
-# through Ray Tune. Prints one JSON line per figure and writes OUT_DIR/<date>-<gpu or cpu>.json with the exact
+# through Ray Tune (and what a fresh process per trial costs against reused workers). Prints one JSON line per
+# figure and writes OUT_DIR/<date>-<gpu or cpu>.json with the exact
 # commands, torch/GPU info, every figure, the ratios the issue's goals name and torch.profiler tables.
 #
 # usage: bash benchmarks/gpu_suite.sh OUT_DIR [--smoke]
@@ -43,14 +44,14 @@ if ((smoke)); then
     "240 minilm   ${tt[*]} --model $model --smoke --methods full,sam,random,lora --profile"
     "240 roberta  ${tt[*]} --model roberta-base-shape --smoke --methods full,sam,lora --cb-steps 0"
     "90  optim    benchmarks/optimizer_step.py --smoke"
-    "300 packing  benchmarks/sweep_packing.py --smoke --data-dir $data"
+    "300 packing  benchmarks/sweep_packing.py --smoke --fresh-workers --data-dir $data"
   )
 else
   steps=(
     "150 minilm   ${tt[*]} --model $model --batch-size 32 --seq-len 128 --steps 50 --warmup 10 --methods full,sam,random,lora --cb-steps 300 --profile"
     "150 roberta  ${tt[*]} --model roberta-base-shape --batch-size 32 --seq-len 128 --steps 30 --warmup 5 --methods full,sam,lora --cb-steps 0"
     "30  optim    benchmarks/optimizer_step.py --model $model --steps 100"
-    "150 packing  benchmarks/sweep_packing.py --model $model --data-dir $data --fractions 1,0.25,0.125 --trials 8 --steps 100"
+    "240 packing  benchmarks/sweep_packing.py --model $model --data-dir $data --fractions 1,0.25,0.125 --trials 8 --steps 100 --fresh-workers"
   )
 fi
 : > "$logs/commands"

@@ -20,7 +20,7 @@ GOALS = {"minilm-l6.full_vs_plain": 0.9, "minilm-l6.sam_vs_full": 1.0, "minilm-l
          "roberta-base-shape.full_vs_plain": 0.9, "roberta-base-shape.sam_vs_full": 1.0,
          "roberta-base-shape.lora_vs_full": 1.0, "roberta-base-shape.sam_peak_mem_vs_full": 0.75,
          "packing.best_vs_one_trial_per_gpu": 4.0, "cb_trial.outside_training_share": 0.15,
-         "optimizer.masked_vs_dense_adamw": None}
+         "optimizer.masked_vs_dense_adamw": None, "packing.fresh_vs_reused_workers_wall": None}
 STEP_MODEL = {"minilm": "minilm-l6", "roberta": "roberta-base-shape"}
 
 
@@ -65,7 +65,10 @@ def collect(logs: Path, smoke: bool) -> dict:
             ratios["optimizer.masked_vs_dense_adamw"] = ratio(masked.get("ms_per_step"), dense.get("ms_per_step"))
         elif name == "packing":
             figures["packing"] = out
-            ratios["packing.best_vs_one_trial_per_gpu"] = max((r["ratio_to_whole_gpu"] for r in out), default=None)
+            ratios["packing.best_vs_one_trial_per_gpu"] = max((r["ratio_to_whole_gpu"] for r in out
+                                                               if r.get("reuse_workers", True)), default=None)
+            ratios["packing.fresh_vs_reused_workers_wall"] = next(
+                (r["fresh_vs_reused_wall"] for r in out if "fresh_vs_reused_wall" in r), None)
     for k in GOALS:
         ratios.setdefault(k, None)
     cuda = torch.cuda.is_available()

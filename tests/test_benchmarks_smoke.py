@@ -45,7 +45,9 @@ def test_gpu_suite_smoke_writes_every_figure(tmp_path):
     assert {"plain_pytorch", "ours_full", "ours_sam", "ours_random", "ours_lora", "cb_trial_overhead"} <= \
         set(res["figures"]["minilm-l6"])
     assert {"plain_pytorch", "ours_full", "ours_sam", "ours_lora"} <= set(res["figures"]["roberta-base-shape"])
-    assert len(res["figures"]["packing"]) == 2 and len(res["figures"]["optimizer"]) == 2
+    assert [(r["gpu_per_trial"], r["reuse_workers"]) for r in res["figures"]["packing"]] == \
+        [(1.0, True), (0.5, True), (1.0, False)]  # the whole-GPU setting again with a fresh process per trial
+    assert len(res["figures"]["optimizer"]) == 2
     assert set(res["profiles"]) == {"minilm-l6.full", "minilm-l6.sam"}
     assert all("Name" in t and "aten::" in t for t in res["profiles"].values())
     printed = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
