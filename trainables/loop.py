@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import json
 import logging
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +66,7 @@ Report = Callable[[EvalPoint | TrialEnd], None]
 log = logging.getLogger(__name__)
 FINAL_DIR, RESULT_FILE = "final", "result.json"  # the finished trial: its result, mask and model delta
 PAD_MULTIPLE = 8  # batch widths rounded up to a multiple of 8: few shapes for torch.compile, tensor-core friendly
+_STARTED_IN_PROCESS = itertools.count()  # a reused Ray worker runs trial after trial: its first pays the imports
 
 
 class InjectedFault(RuntimeError):
@@ -87,6 +90,7 @@ class Trainer:
         self.checkpoint_dir, self.resume_dir = checkpoint_dir, resume_dir
         self.t_start = time.perf_counter()
         self.timers = {"setup_s": 0.0, "train_s": 0.0, "eval_s": 0.0, "checkpoint_s": 0.0}
+        self.process_trial = next(_STARTED_IN_PROCESS)  # 0: its setup_s / wall_s include the process's start-up
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -455,6 +459,7 @@ class Trainer:
                     "n_train": len(self.splits.train),
                     "n_dev": len(self.splits.dev), "n_test": len(self.splits.test),
                     "projections": [p.as_dict() for p in self.method.projections], "curve": self.curve})
+        out["process_trial"] = self.process_trial
         out["wall_s"] = time.perf_counter() - self.t_start
         out.update({k: round(v, 3) for k, v in self.timers.items()})
         return out
@@ -487,6 +492,9 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         if self.resume_dir and (Path(self.resume_dir) / RESULT_FILE).is_file():  # finished before a restart
             result = json.loads((Path(self.resume_dir) / RESULT_FILE).read_text())
+            if result.get("trial_key") != self.cfg.key:
+                raise ckpt.CheckpointError(f"final result in {self.resume_dir} belongs to trial "
+                                           f"{result.get('trial_key')}, not {self.cfg.key}")
             self.report(TrialEnd(result, self.resume_dir))
             return result
         self.setup()
@@ -511,6 +519,8 @@ def release_memory() -> None:
     """Free what the trial held before the process runs the next one (a reused Ray worker, a loop of
     trials): the trainer's closures form reference cycles, and CUDA's cache would keep its blocks from the
     other trials packed on the same GPU."""
+    if "torch._dynamo" in sys.modules:  # a compiled trial's graphs, guards and their tensors
+        torch._dynamo.reset()
     gc.collect()
     if torch.cuda.is_initialized():
         torch.cuda.empty_cache()
