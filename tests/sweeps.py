@@ -33,11 +33,20 @@ def write_spec(folder: Path, tiny_model: str, data_dir: Path, **overrides) -> Pa
 
 def cli(*args: str, timeout: int = 600, check_rc: int | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": ""}
-    proc = subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:  # say where it stood (pytest's repr of the output is cut short)
+        out, err = (_text(exc.stdout), _text(exc.stderr))
+        raise AssertionError(f"`{' '.join(args[:2])}` still running after {timeout} s\nSTDOUT (last part)\n"
+                             f"{out[-6000:]}\nSTDERR (last part)\n{err[-4000:]}") from None
     if check_rc is not None:
         assert proc.returncode == check_rc, f"rc {proc.returncode}\nSTDOUT\n{proc.stdout[-4000:]}\nSTDERR\n{proc.stderr[-4000:]}"
     return proc
+
+
+def _text(output: bytes | str | None) -> str:
+    return output.decode(errors="replace") if isinstance(output, bytes) else output or ""
 
 
 def spawn(*args: str) -> subprocess.Popen:
