@@ -30,11 +30,16 @@ demo: setup
 	$(BIN)/peft-sweep export runs/quickstart
 	$(BIN)/peft-sweep report runs/quickstart --out runs/quickstart/report
 
+# tests run in TEST_WORKERS processes (pytest-xdist); the two-node cluster module keeps to one of them.
+# Most of a sweep test is waiting (Ray and interpreters starting), so two share the 2-core CI machine well
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+
 test: setup
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -19,26 +19,48 @@ import yaml
 from benchmarks.mlflow_server import free_port
 from tests.sweeps import ROOT, cli, records, spawn, tracker, write_spec
 
-pytestmark = pytest.mark.slow
+# one xdist worker runs the whole module (one cluster for all); the tests of other modules run beside it
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cluster")]
 RAY = str(Path(sys.executable).with_name("ray"))
 BUCKET = "sweeps"
 
 
+def _kill_session(sid: int) -> None:
+    """Every process of session ``sid``: a node's daemons and workers stay in the session its `ray start` began.
+    (`ray stop` would stop every Ray on the machine, the local Rays of tests running beside this module too.)"""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getsid(int(entry)) == sid:
+                    os.kill(int(entry), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
 def _start_two_nodes(env: dict, no_data: str) -> dict:
     """A head and a second node that blocks in the foreground (so a test can stop it alone: a lost node), each
-    in its own session: a Ray an earlier test started in this process made it a process-group leader whose
-    cleanup may signal that group. The second node has its own temp dir (two nodes on one machine sharing one
-    garbage-collect each other's runtime-env files) and an env whose data folder does not exist: trials that
-    read their node's variable instead of the folder the driver recorded would fail there."""
+    in its own session (a Ray an earlier test started in this process made it a process-group leader whose
+    cleanup may signal that group; and a session is what teardown kills) and with its own temp dir: two nodes
+    on one machine sharing one garbage-collect each other's runtime-env files, and a head in the default
+    /tmp/ray would be the cluster a plain ray.init() of another test joins. The second node's env names a data
+    folder that does not exist: trials that read their node's variable instead of the folder the driver
+    recorded would fail there."""
     gcs, dash = free_port(), free_port()
-    subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=60)
-    subprocess.run([RAY, "start", "--head", f"--port={gcs}", f"--dashboard-port={dash}", "--num-cpus=2",
-                    "--num-gpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1"],
-                   check=True, capture_output=True, env=env, timeout=180, start_new_session=True)
-    worker_tmp = tempfile.mkdtemp(prefix="rw", dir="/tmp")
+    head_tmp, worker_tmp = (tempfile.mkdtemp(prefix=p, dir="/tmp") for p in ("rh", "rw"))
+    head = subprocess.Popen([RAY, "start", "--head", f"--port={gcs}", f"--dashboard-port={dash}", "--num-cpus=2",
+                             "--num-gpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                             f"--ray-client-server-port={free_port()}", f"--temp-dir={head_tmp}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    started = head.communicate(timeout=180)[0]
+    if head.returncode != 0:
+        _kill_session(head.pid)
+        raise RuntimeError(f"ray start --head failed:\n{started[-2000:]}")
     worker = subprocess.Popen([RAY, "start", f"--address=127.0.0.1:{gcs}", "--num-cpus=1", "--num-gpus=1", "--block",
                                f"--temp-dir={worker_tmp}"], env={**env, "PEFT_SWEEP_DATA_DIR": no_data},
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    nodes = {"gcs": gcs, "address": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dash}", "worker": worker,
+             "sessions": [head.pid, worker.pid], "temp_dirs": [head_tmp, worker_tmp]}
     deadline = time.time() + 90
     while time.time() < deadline:
         out = subprocess.run([RAY, "status", f"--address=127.0.0.1:{gcs}"], capture_output=True, text=True, env=env)
@@ -47,13 +69,17 @@ def _start_two_nodes(env: dict, no_data: str) -> dict:
             again = subprocess.run([RAY, "status", f"--address=127.0.0.1:{gcs}"], capture_output=True, text=True,
                                    env=env)
             if again.stdout.count("node_") >= 2:
-                return {"gcs": gcs, "address": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dash}",
-                        "worker": worker, "worker_tmp": worker_tmp}
+                return nodes
         time.sleep(2)
-    if worker.poll() is None:
-        os.killpg(worker.pid, signal.SIGTERM)
-    shutil.rmtree(worker_tmp, ignore_errors=True)
+    _stop_nodes(nodes)
     raise RuntimeError("the second node did not join:\n" + out.stdout + out.stderr[-2000:])
+
+
+def _stop_nodes(nodes: dict) -> None:
+    for sid in nodes["sessions"]:
+        _kill_session(sid)
+    for folder in nodes["temp_dirs"]:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -71,10 +97,7 @@ def cluster(tmp_path_factory):
         print(f"cluster start failed once ({first}); retrying", file=sys.stderr)
         nodes = _start_two_nodes(env, no_data)
     yield {**nodes, "env": env, "s3_env": s3_env, "no_data": no_data}
-    if nodes["worker"].poll() is None:
-        os.killpg(nodes["worker"].pid, signal.SIGTERM)
-    subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
-    shutil.rmtree(nodes["worker_tmp"], ignore_errors=True)
+    _stop_nodes(nodes)
 
 
 @pytest.fixture
