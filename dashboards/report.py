@@ -157,18 +157,24 @@ def _in_group(frame: pd.DataFrame, label: dict) -> pd.DataFrame:
     return frame[sparsity & perturbed]
 
 
+def sweep_dir_of(trials_path: Path) -> Path | None:
+    """The sweep folder of a file in SWEEP_DIR/export; None for a trials file elsewhere."""
+    trials_path = Path(trials_path)
+    return trials_path.parent.parent if trials_path.parent.name == "export" else None
+
+
 def analysis_dir_of(trials_path: Path) -> Path:
     """Where the analysis of a trials file lives: SWEEP_DIR/analysis for an export, else beside the file
     (``peft-sweep analyze`` writes there by default, the report reads there)."""
-    trials_path = Path(trials_path)
-    return trials_path.parent.parent / "analysis" if trials_path.parent.name == "export" else trials_path.parent
+    sweep_dir = sweep_dir_of(trials_path)
+    return sweep_dir / "analysis" if sweep_dir else Path(trials_path).parent
 
 
 def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, analysis_dir: Path | None = None,
                  spec_path: Path | None = None, mlflow_url: str = MLFLOW_UI, analysis: Analysis | None = None) -> Path:
     trials_path, out = Path(trials_path), Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    sweep_dir = trials_path.parent.parent if trials_path.parent.name == "export" else None
+    sweep_dir = sweep_dir_of(trials_path)
     analysis_dir = analysis_dir or analysis_dir_of(trials_path)
     spec_path = spec_path or (sweep_dir / "spec.yaml" if sweep_dir else None)
     trials = pd.read_parquet(trials_path)

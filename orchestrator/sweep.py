@@ -95,8 +95,6 @@ def close_sweep(spec: SweepSpec, tracker: Tracker, final: dict[str, str], quiet:
     """Put the sweep's answer on the parent run (analysis and report as artifacts, ρ, counts and each
     task's best mean as metrics) and end it: FINISHED when every trial finished, else FAILED. Returns
     the lines of the answer for the console."""
-    import json
-
     import pandas as pd
 
     from . import analysis, export
@@ -119,12 +117,12 @@ def close_sweep(spec: SweepSpec, tracker: Tracker, final: dict[str, str], quiet:
             analysis.analyze_file(trials_path, spec.sweep_dir / "analysis", result)
             index = build_report(trials_path, curves_path, spec.sweep_dir / "report", analysis=result)
             artifacts = {"analysis": spec.sweep_dir / "analysis", "report": index.parent}
-            summary = json.loads((spec.sweep_dir / "analysis" / "summary.json").read_text())
+            summary = result.summary
             for name, value in (("spearman_rho", summary["spearman"]["rho"]),
                                 ("spearman_p_value", summary["spearman"]["p_value"])):
                 if value is not None:
                     metrics[name] = value
-            table = _main_table(pd.read_csv(spec.sweep_dir / "analysis" / "table.csv"), summary)
+            table = _main_table(result.table, summary)
             for task, part in table.groupby("task"):
                 best = part.sort_values(["mean", "method"], ascending=[False, True]).iloc[0]
                 metrics[f"best_mean.{task}"] = float(best["mean"])

@@ -126,8 +126,6 @@ class Trainer:
             self._restore(state)
             self.resumed_from = self.step
         compiled = cfg.training.compile and self.device.type == "cuda"
-        if compiled:  # a reused worker would pile one compiled graph per trial up to Dynamo's recompile limit
-            torch._dynamo.reset()
         self.forward = torch.compile(self.model) if compiled else self.model
         self._log_what_trains()
         self.timers["setup_s"] = time.perf_counter() - self.t_start
@@ -519,8 +517,8 @@ def release_memory() -> None:
     """Free what the trial held before the process runs the next one (a reused Ray worker, a loop of
     trials): the trainer's closures form reference cycles, and CUDA's cache would keep its blocks from the
     other trials packed on the same GPU."""
-    if "torch._dynamo" in sys.modules:  # a compiled trial's graphs, guards and their tensors
-        torch._dynamo.reset()
+    if "torch._dynamo" in sys.modules:  # a compiled trial's graphs and guards (else a reused worker piles them
+        torch._dynamo.reset()           # up to Dynamo's recompile limit, then runs uncompiled)
     gc.collect()
     if torch.cuda.is_initialized():
         torch.cuda.empty_cache()
