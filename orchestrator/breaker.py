@@ -29,8 +29,8 @@ class GuardedTracker:
         self.down_until = 0.0
         self.warned = False
 
-    def start_trial(self, key: str, trial: dict[str, Any]) -> None:
-        self._call(key, self.tracker.start_trial, key, trial)
+    def start_trial(self, key: str, trial: dict[str, Any], over: bool = False) -> None:
+        self._call(key, self.tracker.start_trial, key, trial, "", over)
 
     def log_eval(self, key: str, point: dict[str, Any], trial: dict[str, Any]) -> None:
         self._call(key, self.tracker.log_eval, key, point, trial)

@@ -125,7 +125,7 @@ def _load_sweep(path: str):
     """A sweep folder's spec, or one line saying what the path is instead (missing, a file, an empty folder,
     the output folder above the sweeps, a folder of something else)."""
     from . import sweep
-    from .spec import SpecError, load_spec
+    from .spec import SpecError
 
     folder = Path(path)
     if not folder.exists():
@@ -142,14 +142,7 @@ def _load_sweep(path: str):
         what = "an empty folder" if not any(folder.iterdir()) else "a folder without spec.yaml"
         raise SpecError(f"SWEEP_DIR {path!r} is {what}, not a sweep folder; give the folder `peft-sweep run` "
                         "printed, e.g. runs/<name>")
-    spec = load_spec(folder / sweep.SPEC_FILE, saved=True)
-    if spec.sweep_dir != folder.resolve():
-        if spec.name != folder.resolve().name:
-            raise SpecError(f"SWEEP_DIR {path!r} holds the spec of sweep {spec.name!r}, whose folder is "
-                            f"{str(spec.sweep_dir)!r}; give that folder")
-        # the same sweep, seen from another working directory (a relative output_dir) or moved: follow it
-        spec = spec.model_copy(update={"output_dir": str(folder.resolve().parent)})
-    return spec
+    return sweep.load_sweep(folder)  # follows a folder seen from elsewhere or moved
 
 
 def _cmd_validate(args) -> int:
@@ -230,11 +223,13 @@ def _cmd_stop(args) -> int:
 
 
 def _cmd_sync(args) -> int:
-    from . import sweep
+    from . import driver, sweep
 
     spec = _load_sweep(args.sweep_dir)
     tracker = sweep.tracker_for(spec)
     tracker.check()
+    if not driver.alive(spec.sweep_dir):  # a driver elsewhere may see the folder under its own path
+        tracker.follow_move()
     print(f"synced {sweep.sync(spec, tracker)} trial(s) into {spec.resolved_tracking_uri}")
     return 0
 

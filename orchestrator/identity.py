@@ -27,6 +27,7 @@ SOURCE_PACKAGES = ("orchestrator", "trainables", "dashboards")
 RESULT_FREE = {"name", "output_dir", "tracking_uri", "ray", "resources", "max_failures", "fault", "grid",
                "methods", "variants"}  # methods/variants: compared per grid row, with defaults filled in
 RESULT_FREE_DATA = {"dir", "cache_dir"}  # not in the fingerprint: data.dir is compared resolved (recorded_data)
+RESULT_FREE_TRAINING = {"checkpoint_every"}  # how often a trial saves, not what it learns (as in its trial key)
 AXES = ("methods", "tasks", "seeds", "sparsities", "perturbations")
 IDENTITY_FILE = "identity.json"
 HUB = "huggingface-hub"  # the data source when no folder is set (as MLflow's data.source param says)
@@ -35,6 +36,7 @@ HUB = "huggingface-hub"  # the data source when no folder is set (as MLflow's da
 def result_fields(spec: SweepSpec) -> dict[str, Any]:
     data = spec.model_dump(mode="json", exclude=RESULT_FREE)
     data["data"] = {k: v for k, v in data["data"].items() if k not in RESULT_FREE_DATA}
+    data["training"] = {k: v for k, v in data["training"].items() if k not in RESULT_FREE_TRAINING}
     return data
 
 
@@ -85,6 +87,69 @@ def recorded_data(spec: SweepSpec) -> str | None:
         return None
 
 
+def data_files(spec: SweepSpec) -> dict[str, str]:
+    """Each grid task's original files as the sweep reads them: task -> sha256 ({} when it reads the Hub)."""
+    from trainables.data import source_fingerprint
+    from trainables.tasks import get_task
+
+    folder = data_folder(spec)
+    return {} if folder is None else {t: source_fingerprint(get_task(t), Path(folder)) for t in spec.grid.tasks}
+
+
+def recorded_files(sweep_dir: Path) -> dict[str, str] | None:
+    """The hashes of the task files a sweep ran on, from its identity.json (None: a folder that did not record
+    them)."""
+    try:
+        return json.loads((sweep_dir / IDENTITY_FILE).read_text()).get("data_files")
+    except (OSError, ValueError):
+        return None
+
+
+def other_files(old: SweepSpec, new: SweepSpec) -> list[str] | None:
+    """The tasks whose files under ``new``'s data folder are not those the sweep ran on ([] = all the same);
+    None when that cannot be told (the Hub on either side, or no hashes recorded)."""
+    from trainables.tasks import DataError
+
+    recorded = recorded_files(old.sweep_dir)
+    if not recorded or data_folder(new) is None:
+        return None
+    try:
+        now = data_files(new.model_copy(update={"grid": new.grid.model_copy(update={"tasks": sorted(recorded)})}))
+    except (DataError, OSError):  # a task's files are missing there (preflight names them)
+        return sorted(recorded)
+    return sorted(t for t, h in recorded.items() if now.get(t) != h)
+
+
+def data_change(old: SweepSpec, new: SweepSpec) -> str | None:
+    """How the data a rerun would read differs from what the sweep ran on; None for the same files, also in a
+    folder that moved (another machine), and where it cannot be told (see unrecorded_data_note)."""
+    recorded = recorded_data(old)
+    if recorded is None:
+        return None
+    now = data_folder(new) or HUB
+    other = other_files(old, new)
+    if other == []:
+        return None
+    if other:  # the tasks first: the one-line error may cut the paths short
+        where = f"{recorded!r} -> {now!r}" if now != recorded else f"edited in place in {now!r}"
+        return f"data.dir: other files for {', '.join(other)} than the sweep ran on ({where})"
+    if now == recorded:
+        return None
+    unsure = "" if HUB in (now, recorded) else " (this sweep folder recorded no hashes of its task files to compare)"
+    return f"data.dir: {recorded!r} -> {now!r}{unsure}"
+
+
+def moved_data_note(old: SweepSpec | None, new: SweepSpec) -> str | None:
+    """The line a run prints when the data folder moved but holds the same task files (another machine)."""
+    if old is None:
+        return None
+    before, now = recorded_data(old), data_folder(new)
+    if before in (None, HUB) or now is None or before == now or other_files(old, new) != []:
+        return None
+    return (f"note: the data folder moved ({before} -> {now}); its task files are the ones the sweep ran on "
+            f"(sha256 of {', '.join(sorted(recorded_files(old.sweep_dir) or {}))}), so the sweep goes on with them")
+
+
 def unrecorded_data_note(old: SweepSpec | None, new: SweepSpec) -> str | None:
     """The note for a sweep folder that does not say which data it read: this run cannot check it."""
     if old is None or recorded_data(old) is not None:
@@ -107,11 +172,11 @@ def changes(old: SweepSpec, new: SweepSpec) -> list[str]:
     for row in set(old.grid.methods) & set(new.grid.methods):  # rows only one spec has: growth or a drop below
         before.update(_flat(row_settings(old, row), f"methods.{row}."))
         after.update(_flat(row_settings(new, row), f"methods.{row}."))
-    recorded = recorded_data(old)
-    if recorded is not None:  # the same files, or another folder or the Hub (unknown for old sweep folders)
-        before["data.dir"], after["data.dir"] = recorded, data_folder(new) or HUB
     out = [f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in sorted(set(before) | set(after))
            if before.get(k) != after.get(k)]
+    data = data_change(old, new)
+    if data:
+        out.append(data)
     for axis in AXES:
         dropped = [v for v in (getattr(old.grid, axis) or [None]) if v not in (getattr(new.grid, axis) or [None])]
         if dropped:

@@ -14,7 +14,7 @@ import yaml
 
 from . import driver, identity, records
 from .preflight import check_cluster_paths, check_ray_address, preflight, undo_on_error
-from .spec import SpecError, SweepSpec, spec_from_dict
+from .spec import SpecError, SweepSpec, load_spec
 from .tracking import Tracker, TrackingError
 
 SPEC_FILE = "spec.yaml"
@@ -25,11 +25,21 @@ def tracker_for(spec: SweepSpec) -> Tracker:
 
 
 def load_sweep(sweep_dir: str | Path) -> SweepSpec:
-    path = Path(sweep_dir) / SPEC_FILE
+    """The spec of the sweep in ``sweep_dir``, with the folder where it is now: a folder seen from another working
+    directory (a relative output_dir) or moved (another machine) is followed, so nothing reads or writes the
+    folder its spec.yaml was written in."""
+    folder = Path(sweep_dir).expanduser().resolve()
+    path = folder / SPEC_FILE
     if not path.is_file():
         raise SpecError(f"{sweep_dir}: not a sweep folder (no {SPEC_FILE}); give the folder that "
                         "`peft-sweep run` printed, e.g. runs/<name>")
-    return spec_from_dict(yaml.safe_load(path.read_text()), str(path), saved=True)
+    spec = load_spec(path, saved=True)
+    if spec.sweep_dir != folder:
+        if spec.name != folder.name:
+            raise SpecError(f"SWEEP_DIR {str(sweep_dir)!r} holds the spec of sweep {spec.name!r}, whose folder is "
+                            f"{str(spec.sweep_dir)!r}; give that folder, or name the folder {spec.name!r}")
+        spec = spec.model_copy(update={"output_dir": str(folder.parent)})
+    return spec
 
 
 def statuses(spec: SweepSpec, tracker: Tracker | None = None) -> dict[str, str]:
@@ -62,7 +72,7 @@ def sync(spec: SweepSpec, tracker: Tracker, mend_parent: bool = True) -> int:
             continue
         trial = rec.get("trial") or {}
         if not same_attempt:
-            tracker.start_trial(key, trial)  # the RUNNING run of this attempt, or a new one
+            tracker.start_trial(key, trial, version=rec.get("code_version"))  # this attempt's run, or a new one
         if status == "FINISHED":
             tracker.fill_curve(key, rec["result"].get("curve", []), trial)
             tracker.finish(key, rec["result"], trial)
@@ -169,7 +179,7 @@ class Checked(NamedTuple):
     """What `run` goes on with once every check passed."""
     spec: SweepSpec  # with the data folder it will read written in
     tracker: Tracker  # not written to yet
-    note: str | None  # to print once the sweep folder is written (an old folder that did not record its data)
+    note: str | None  # to print once the sweep folder is written (its data unrecorded, or moved)
 
 
 def check_before_run(spec: SweepSpec, force: bool = False) -> Checked:
@@ -185,7 +195,7 @@ def check_before_run(spec: SweepSpec, force: bool = False) -> Checked:
                         f"its trials twice: wait, or `peft-sweep stop {spec.sweep_dir}` first")
     previous = load_sweep(spec.sweep_dir) if (spec.sweep_dir / SPEC_FILE).is_file() else None
     identity.check_rerun(previous, spec, force)
-    note = identity.unrecorded_data_note(previous, spec)
+    note = identity.unrecorded_data_note(previous, spec) or identity.moved_data_note(previous, spec)
     tracker = tracker_for(spec)
     tracker.check_reachable()
     check_ray_address(address)
@@ -215,6 +225,11 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
     with undo_on_error(spec.sweep_dir):  # a store that refuses us leaves no empty sweep folder behind
         spec.sweep_dir.mkdir(parents=True, exist_ok=True)
         tracker.check()
+    moved_from = tracker.follow_move()
+    if moved_from:
+        print(f"note: this sweep folder moved here from {moved_from}: its MLflow store's artifact paths now point "
+              f"into {spec.sweep_dir / 'mlartifacts'} (earlier trials' model deltas are there only if that folder "
+              "was copied too)", flush=True)
     if note:
         print(note, flush=True)
     (spec.sweep_dir / SPEC_FILE).write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
@@ -284,6 +299,8 @@ def _record_identity(spec: SweepSpec) -> None:
               flush=True)
     known["fingerprint"] = identity.fingerprint(spec)
     known["data"] = identity.data_folder(spec) or identity.HUB  # spec.yaml's data.dir is null for the Hub
+    files = identity.data_files(spec)  # compared when the folder moves (another machine): same files, same data
+    known["data_files"] = {**(known.get("data_files") or {}), **files} if files else {}
     known["runs"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "code_version": version})
     path.write_text(json.dumps(known, indent=1))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import closing
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,31 @@ class Tracker:
         return self.client.create_experiment(self.sweep, artifact_location=artifacts,
                                              tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
 
+    def follow_move(self) -> str | None:
+        """Point the artifact paths of the sweep folder's own SQLite store at the folder where it is now; returns
+        the folder they named before, or None if nothing moved. MLflow fixes an experiment's artifact root and each
+        run's artifact URI when it creates them and has no API to move them (mlflow/mlflow#3144, #8226), so a sweep
+        folder moved to another path or machine would write new artifacts (model deltas, the report) to the old
+        path, outside the folder. Only the writers call this (`run`, `sync` with no driver alive): the same folder
+        mounted at another path elsewhere must not repoint a store a running driver uses."""
+        import sqlite3
+
+        if not self.uri.startswith("sqlite:///"):
+            return None
+        db = Path(self.uri.removeprefix("sqlite:///"))
+        if db.resolve() != (self.sweep_dir / "mlflow.db").resolve():
+            return None  # a store of the user's choosing: its paths are theirs
+        exp = self.client.get_experiment(self.experiment_id)
+        old, new = exp.artifact_location, (self.sweep_dir / "mlartifacts").resolve().as_uri()
+        if old == new or not old.startswith("file://") or not old.endswith("/mlartifacts"):
+            return None
+        with closing(sqlite3.connect(db)) as con, con:
+            con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (new, int(exp.experiment_id)))
+            for table, column in (("runs", "artifact_uri"), ("logged_models", "artifact_location")):
+                con.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) WHERE experiment_id = ? "
+                            f"AND substr({column}, 1, ?) = ?", (new, len(old) + 1, int(exp.experiment_id), len(old), old))
+        return old.removeprefix("file://").removesuffix("/mlartifacts")
+
     def runs_url(self) -> str:
         """Where to browse the runs: the server's URL, or `mlflow ui`'s default one for a SQLite file."""
         base = self.uri.rstrip("/") if self.uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
@@ -260,25 +286,35 @@ class Tracker:
                 self._run_ids[key] = run.info.run_id
         return self._run_ids.get(key)
 
-    def start_trial(self, key: str, trial: dict[str, Any], device: str = "") -> str:
+    def start_trial(self, key: str, trial: dict[str, Any], device: str = "", over: bool = False,
+                    version: str | None = None) -> str:
         """The run this attempt logs into: the key's run if it is still RUNNING (a retry or a resumed
-        driver), else a new run, the next attempt, with the ended one nested under it."""
+        driver) or was stopped to resume, else a new run, the next attempt, with the ended one nested under it.
+        ``over``: the trial starts over from step 0 (its checkpoints are not there to resume): a new attempt in
+        any case, so no run holds two histories of the same steps. ``version``: the code the trial ran with, where
+        it is not this driver's (a run rebuilt from its record)."""
         from mlflow.entities import Param
 
         self._trials[key] = trial
         old = self._live_run(key)
-        if old is not None and (old.info.status == "RUNNING" or old.data.tags.get(TAG_STOPPED) == "true"):
+        resumable = old is not None and (old.info.status == "RUNNING" or old.data.tags.get(TAG_STOPPED) == "true")
+        if resumable and not over:
             run_id = old.info.run_id  # a retry, a resumed driver, or a trial `peft-sweep stop` left resumable
             if old.info.status != "RUNNING":
                 self.client.update_run(run_id, status="RUNNING")
                 self.client.delete_tag(run_id, TAG_STOPPED)
         else:
             attempt = 1
+            if resumable:  # an attempt that did not finish, and will not be reopened
+                if old.data.tags.get(TAG_STOPPED):
+                    self.client.delete_tag(old.info.run_id, TAG_STOPPED)
+                if old.info.status == "RUNNING":
+                    self.client.set_terminated(old.info.run_id, "KILLED")
             if old is not None:  # retag first: a crash in between leaves no key with two live runs
                 attempt = int(old.data.tags.get("attempt", "1")) + 1
                 self.client.set_tag(old.info.run_id, "role", ROLE_SUPERSEDED)
             tags = {"role": ROLE_TRIAL, "trial_key": key, "sweep": self.sweep, "mlflow.parentRunId": self.parent_run_id,
-                    "code_version": code_version(), "attempt": str(attempt),
+                    "code_version": version or code_version(), "attempt": str(attempt),
                     **{c: plain(trial[c]) for c in COORDS if trial.get(c) is not None}}
             if old is not None:
                 tags["previous_run_id"] = old.info.run_id

@@ -61,10 +61,11 @@ def _quiet_ray() -> None:
 _quiet_ray()  # at import too: a worker imports this module (to unpickle the trainable) before it restores
 
 
-def trainable(config: dict[str, Any]) -> None:
-    """A Tune function trainable around the Ray-free ``run_trial``; resumes from Tune's checkpoint."""
+def trainable(config: dict[str, Any], data: dict[str, Any] | None = None) -> None:
+    """A Tune function trainable around the Ray-free ``run_trial``; resumes from Tune's checkpoint. ``data``: where
+    this driver's spec reads the task files (see ``_here``)."""
     _quiet_ray()
-    cfg = TrialConfig.model_validate(_trial_config(config["trial"]))
+    cfg = TrialConfig.model_validate(_here(config["trial"], data))
     work = Path(tempfile.mkdtemp(prefix=f"trial-{cfg.key}-"))
     try:
         resume = None
@@ -98,16 +99,47 @@ def _error_text(trial) -> str:
     return ANSI.sub("", str(getattr(trial, "error_msg", None) or "trial failed (no error text from Ray)"))
 
 
+def _data_paths(spec: SweepSpec) -> dict[str, Any]:
+    return {"dir": spec.data.dir, "cache_dir": spec.data.cache_dir}
+
+
+def _here(trial: dict[str, Any], data: dict[str, Any] | None) -> dict[str, Any]:
+    """A trial's config with this driver's data paths. A restored experiment gives its trials the configs they were
+    started with, whose paths may name another machine's folders (a sweep folder moved: `run` has checked that the
+    task files are the same)."""
+    config = _trial_config(trial)
+    return config if data is None else {**config, "data": {**config.get("data", {}), **data}}
+
+
+_RESTORING: list[SweepSpec] = []  # the spec of the driver restoring an experiment, while it does (see __setstate__)
+
+
 class SweepCallback(tune.Callback):
     """Dispatches Tune's driver-side hooks to the three Ray-free writers: the local record first, then
     MLflow behind its outage breaker, then the console line. Cheap per event: the trial key travels in
     the config, nothing is re-validated."""
 
-    def __init__(self, spec: SweepSpec):
+    def __init__(self, spec: SweepSpec, restored: bool = False):
+        self.spec = spec
+        self.restored = restored  # a restored experiment resumes its trials from their checkpoints
+        self.begun: set[str] = set()  # keys this driver started (a Tune retry of one resumes within the experiment)
         self.sweep_dir = spec.sweep_dir
         self.records = SweepRecords(self.sweep_dir)
         self.mlflow = GuardedTracker(Tracker(spec.resolved_tracking_uri, spec.name, self.sweep_dir), self.records)
         self.progress = Progress()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"spec": self.spec}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Tune restores an experiment with the callback it pickled, holding the spec of the driver that started
+        it. The driver restoring it writes where its own spec says: the sweep folder may have moved since (another
+        machine) and the tracking URI may have changed (both are free to)."""
+        self.__init__(_RESTORING[-1] if _RESTORING else state["spec"], restored=True)
+
+    def _trial(self, trial) -> dict[str, Any]:
+        """The trial's config as it runs now: with this driver's data paths, as the trainable gets them."""
+        return {**_here(trial.config["trial"], _data_paths(self.spec)), "trial_key": _key(trial)}
 
     def _show(self, trials, what: str, completing=None) -> None:
         """Counts come from Tune's own trial states (so they are right after a restore too); a trial
@@ -115,16 +147,18 @@ class SweepCallback(tune.Callback):
         self.progress.show(["TERMINATED" if t is completing else t.status for t in trials], what)
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        cfg = trial.config["trial"]
+        cfg = self._trial(trial)
         key = _key(trial)
+        over = not self.restored and key not in self.begun  # a new experiment's trials start from step 0
+        self.begun.add(key)
         self.records.started(key, cfg)
-        self.mlflow.start_trial(key, cfg)
+        self.mlflow.start_trial(key, cfg, over)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         key = _key(trial)
         if result.get("final"):
             return
-        cfg = trial.config["trial"]
+        cfg = self._trial(trial)
         self.mlflow.log_eval(key, {**result, "timestamp": time.time()}, cfg)
         self._show(trials, f"{key} {cfg.get('variant') or cfg['method']}/{cfg['task']} "
                    f"step {result.get('step')} dev {result.get('dev_score', float('nan')):.4f}")
@@ -137,7 +171,7 @@ class SweepCallback(tune.Callback):
         result = json.loads(last["result_json"])
         self.records.finished(key, result)
         node = {"ray_node": last["node_ip"]} if last.get("node_ip") else {}
-        self.mlflow.finish(key, result, trial.config["trial"], node)
+        self.mlflow.finish(key, result, self._trial(trial), node)
         self._keep_final(trial, key)
         self.progress.trial_ended()
         self._show(trials, f"{key} {result.get('variant') or result['method']}/{result['task']} seed "
@@ -155,7 +189,7 @@ class SweepCallback(tune.Callback):
                 return  # not a final folder (a trial restored from an older checkpoint format)
             keep_mask(self.sweep_dir, key, final)
             if (final / DELTA_DIR).is_dir():
-                self.mlflow.log_model(key, final / DELTA_DIR, trial.config["trial"])
+                self.mlflow.log_model(key, final / DELTA_DIR, self._trial(trial))
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         self._show(trials, f"{_key(trial)} failed, retrying from its last checkpoint")
@@ -182,7 +216,7 @@ class SweepCallback(tune.Callback):
     def _failed(self, trials, trial, error: str) -> None:
         key = _key(trial)
         self.records.failed(key, error)
-        self.mlflow.fail(key, error, trial.config["trial"])
+        self.mlflow.fail(key, error, self._trial(trial))
         self.progress.trial_ended()
         self._show(trials, f"{key} FAILED: {error.strip().splitlines()[-1] if error.strip() else error}")
 
@@ -271,8 +305,8 @@ def run_trials(spec: SweepSpec, trials: list[TrialConfig], restore: bool, supers
     instead, so no later run resumes them. Returns counts of what Tune ended with."""
     init_ray(spec)
     store = ExperimentStore(tune_root(spec.ray.storage_path, spec.name, spec.sweep_dir))
-    wrapped = tune.with_resources(trainable, {"cpu": spec.resources.cpu_per_trial,
-                                              "gpu": spec.resources.gpu_per_trial})
+    wrapped = tune.with_resources(tune.with_parameters(trainable, data=_data_paths(spec)),
+                                  {"cpu": spec.resources.cpu_per_trial, "gpu": spec.resources.gpu_per_trial})
     results = {"FINISHED": 0, "ERROR": 0, "STOPPED": 0}
     for last in store.unfinished():
         if supersede:
@@ -282,8 +316,12 @@ def run_trials(spec: SweepSpec, trials: list[TrialConfig], restore: bool, supers
             continue  # left for a plain `run` (rerun-failed does not resume stopped trials)
         restored_keys = store.keys(last)
         print(f"resuming the interrupted experiment {last} ({len(restored_keys)} trials)", flush=True)
-        grid = tune.Tuner.restore(store.uri(last), wrapped, resume_unfinished=True, resume_errored=False,
-                                  restart_errored=False).fit()  # with the experiment's own (pickled) callback
+        _RESTORING.append(spec)  # the experiment's own (pickled) callback writes where this spec says
+        try:
+            grid = tune.Tuner.restore(store.uri(last), wrapped, resume_unfinished=True, resume_errored=False,
+                                      restart_errored=False).fit()
+        finally:
+            _RESTORING.pop()
         trials = [t for t in trials if t.key not in restored_keys]
         if _end(spec, store, last, grid, results):
             return results

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -64,3 +65,14 @@ def tracker(sweep_dir: Path):
 def records(sweep_dir: Path) -> dict[str, dict]:
     folder = sweep_dir / "records"
     return {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")} if folder.is_dir() else {}
+
+
+def wait_for(predicate, proc, timeout=300):
+    """Poll until ``predicate()`` holds while the spawned sweep ``proc`` still runs (a kill point)."""
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        assert proc.poll() is None, "the sweep ended before the kill point:\n" + proc.stdout.read()[-3000:]
+        time.sleep(0.5)
+    raise AssertionError("kill point not reached")

@@ -23,8 +23,11 @@ def test_result_changes_are_named_and_growth_or_paths_are_not(tmp_path, tiny_mod
     moved = _spec(tmp_path, tiny_model, data_dir, output_dir=str(tmp_path / "elsewhere"), max_failures=5,
                   resources={"max_concurrent": 1}, ray={"num_cpus": 1}, data={"dir": str(data_dir), "cache_dir": "c"})
     assert identity.changes(base, moved) == [] and identity.fingerprint(moved) == identity.fingerprint(base)
+    saving = _spec(tmp_path, tiny_model, data_dir, training__checkpoint_every=5)  # how often, not what is learnt
+    assert identity.changes(base, saving) == [] and identity.fingerprint(saving) == identity.fingerprint(base)
     copied = _spec(tmp_path, tiny_model, data_dir, data={"dir": str(tmp_path / "copy")})  # other files, maybe
-    assert identity.changes(base, copied) == [f"data.dir: {str(data_dir.resolve())!r} -> {str(tmp_path / 'copy')!r}"]
+    assert identity.changes(base, copied) == [f"data.dir: {str(data_dir.resolve())!r} -> {str(tmp_path / 'copy')!r}"
+                                              " (this sweep folder recorded no hashes of its task files to compare)"]
     changed = _spec(tmp_path, tiny_model, data_dir, training__max_steps=7, methods={"sam": {"burnin": 3, "lr": 1e-2},
                                                                                     "bitfit": {"lr": 1e-2}})
     assert identity.changes(base, changed) == ["methods.sam.burnin: 2 -> 3", "training.max_steps: 6 -> 7"]
@@ -78,8 +81,38 @@ def test_the_data_folder_from_the_environment_is_recorded_and_a_switch_is_refuse
     assert identity.changes(saved, saved) == [] and identity.unrecorded_data_note(saved, saved) is None
     with pytest.raises(SpecError, match=rf"data.dir: '{folder}' -> 'huggingface-hub'.*--force"):
         identity.check_rerun(saved, spec, force=False)  # the original spec now reads the Hub: refused
-    monkeypatch.setenv("PEFT_SWEEP_DATA_DIR", str(tmp_path))
-    assert identity.changes(saved, spec) == [f"data.dir: {folder!r} -> {str(tmp_path.resolve())!r}"]
+    monkeypatch.setenv("PEFT_SWEEP_DATA_DIR", str(tmp_path))  # a folder without the task files
+    assert identity.changes(saved, spec) == [f"data.dir: other files for CB than the sweep ran on ({folder!r} -> "
+                                             f"{str(tmp_path.resolve())!r})"]
+
+
+def test_a_moved_data_folder_with_the_same_files_is_the_same_data_and_changed_files_are_named(tmp_path, tiny_model,
+                                                                                             data_dir):
+    from benchmarks.synthetic_trials import fake_result
+    from orchestrator import sweep
+    from tests.tracking_fixtures import record_finished
+
+    first, other = tmp_path / "first", tmp_path / "other"
+    shutil.copytree(data_dir / "CB", first / "CB")
+    shutil.copytree(data_dir / "CB", other / "CB")  # another machine's copy
+    spec = _spec(tmp_path, tiny_model, first, grid={"methods": ["bitfit"], "tasks": ["CB"], "seeds": [0]})
+    for cfg in spec.trials():
+        record_finished(spec, cfg, fake_result(cfg))
+    assert sweep.run(spec) == 0  # records the data folder and its files' hashes
+    saved = sweep.load_sweep(spec.sweep_dir)
+    moved = _spec(tmp_path / "b", tiny_model, other, output_dir=str(tmp_path / "runs"))
+    assert identity.changes(saved, moved) == []
+    note = identity.moved_data_note(saved, moved)
+    assert str(first) in note and str(other) in note and "CB" in note
+
+    for folder in (other, first):  # one label changed: in the other folder, then in the recorded one itself
+        train = folder / "CB" / "train.jsonl"
+        train.write_text(train.read_text().replace("contradiction", "neutral", 1))
+    assert identity.changes(saved, moved) == [f"data.dir: other files for CB than the sweep ran on ({str(first)!r} "
+                                              f"-> {str(other)!r})"]
+    assert identity.moved_data_note(saved, moved) is None
+    assert identity.changes(saved, saved) == [f"data.dir: other files for CB than the sweep ran on (edited in place "
+                                              f"in {str(first)!r})"]
 
 
 def test_a_sweep_folder_that_did_not_record_its_data_keeps_working_and_the_hub_is_recorded(tmp_path, tiny_model,

@@ -104,6 +104,20 @@ def test_sync_fills_evaluations_missed_during_an_outage(tmp_path, data_dir):
     assert sweep.sync(spec, tr) == 0
 
 
+def test_a_store_rebuilt_from_the_records_keeps_what_each_trial_ran_with(tmp_path, data_dir):
+    spec = make_spec(tmp_path, data_dir)
+    for cfg in spec.trials():  # finished under an older commit; this store never saw them (another machine)
+        record_finished(spec, cfg, fake_result(cfg))
+        records.update(spec.sweep_dir, cfg.key, code_version="git:0123456789ab")
+    tr = sweep.tracker_for(spec)
+    assert sweep.sync(spec, tr) == len(spec.trials())
+    runs = tr.trial_runs()
+    assert len(runs) == len(spec.trials()) and {r.info.status for r in runs.values()} == {"FINISHED"}
+    assert {r.data.tags["code_version"] for r in runs.values()} == {"git:0123456789ab"}
+    cfg = _sam(spec)
+    assert _steps(tr, runs[cfg.key].info.run_id) == [3, 6, 9]
+
+
 def _finish_all(spec, fail: int = 0):
     tr = sweep.tracker_for(spec)
     for i, cfg in enumerate(spec.trials()):

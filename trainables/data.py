@@ -85,7 +85,9 @@ def _tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(f"{type(tokenizer).__name__}|{blob}".encode()).hexdigest()
 
 
-def _source_fingerprint(task: Task, data_dir: Path | None) -> str:
+def source_fingerprint(task: Task, data_dir: Path | None) -> str:
+    """What a task's examples are: the sha256 of its original files (the token cache's key; a sweep's identity
+    compares it when its data folder moves), or its Hub dataset."""
     if data_dir is None:
         return "hub:" + "/".join(task.hub)
     h = hashlib.sha256()
@@ -140,7 +142,7 @@ def load_encoded(task_name: str, tokenizer, max_len: int, cfg: DataConfig) -> tu
     """(original train, original dev) tokenised; built once and then read from the cache."""
     task = get_task(task_name)
     data_dir = resolve_data_dir(cfg.dir)
-    key = hashlib.sha256("|".join([str(CACHE_FORMAT), task.name, _source_fingerprint(task, data_dir),
+    key = hashlib.sha256("|".join([str(CACHE_FORMAT), task.name, source_fingerprint(task, data_dir),
                                     _tokenizer_fingerprint(tokenizer), str(max_len)]).encode()).hexdigest()[:20]
     path = cache_root(cfg) / f"{task.name}-{key}.pt"
     if path.is_file():

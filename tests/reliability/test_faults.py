@@ -2,13 +2,12 @@
 import json
 import os
 import signal
-import time
 
 import pandas as pd
 import pytest
 
 from orchestrator.cli import main
-from tests.sweeps import cli, records, spawn, tracker, write_spec
+from tests.sweeps import cli, records, spawn, tracker, wait_for, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -37,16 +36,6 @@ def test_trial_past_max_failures_ends_errored_with_its_error(tmp_path, tiny_mode
     assert "injected fault at step 2" in capsys.readouterr().out
 
 
-def _wait_for(predicate, proc, timeout=300):
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return
-        assert proc.poll() is None, "the sweep ended before the kill point:\n" + proc.stdout.read()[-3000:]
-        time.sleep(0.5)
-    raise AssertionError("kill point not reached")
-
-
 @pytest.mark.parametrize("point", ["before_any_finished", "last_trial_running"])  # with one finished: test_cluster (S3)
 def test_driver_sigkilled_then_rerun_finishes_exactly_once(point, tmp_path, tiny_model, data_dir):
     # one trial at a time where the kill point needs it (3 finished and the last running), else two
@@ -57,9 +46,9 @@ def test_driver_sigkilled_then_rerun_finishes_exactly_once(point, tmp_path, tiny
     n_running = lambda: sum(r.get("status") == "RUNNING" for r in records(sweep_dir).values())  # noqa: E731
     proc = spawn("run", str(spec))
     if point == "before_any_finished":
-        _wait_for(lambda: n_running() >= 1, proc)
+        wait_for(lambda: n_running() >= 1, proc)
     else:
-        _wait_for(lambda: n_finished() == 3 and n_running() == 1, proc)
+        wait_for(lambda: n_finished() == 3 and n_running() == 1, proc)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, as a lost head node would
     proc.wait()
     assert n_finished() < 4
