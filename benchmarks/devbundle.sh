@@ -5,21 +5,21 @@ set -euo pipefail
 
 usage() {
   cat <<'EOF'
-usage: bash benchmarks/devbundle.sh build  [DIR]    # here, once (a minute or two); DIR defaults to .devbundle
-       bash benchmarks/devbundle.sh unpack [DIR]    # on the GPU machine, before anything else (~1 min)
+usage: bash benchmarks/devbundle.sh build  [DIR]    # here, once (~4 min on 2 cores); DIR defaults to .devbundle
+       bash benchmarks/devbundle.sh unpack [DIR]    # on the GPU machine, before anything else
        bash benchmarks/devbundle.sh mlflow DIR      # only DIR/mlflow.tar.xz (what devbundle_check.sh uses)
 
 The GPU machine (Python 3.12, x86-64, no network) has torch, transformers, peft, pandas, pyarrow, scipy,
 statsmodels, scikit-learn, but not Ray, MLflow or MLflow's SQLite store (SQLAlchemy, Alembic, Mako).
 
-build    runs ../shared/device/bundle.sh DIR --with-model --with-data (Ray stripped, ~22 MB; MiniLM-L6 in bf16,
-         ~32 MB; the task data, ~1.5 MB; Ray's missing needs incl. pydantic as wheels in DIR/whl), then adds
-         DIR/mlflow.tar.xz: mlflow-skinny with what its SQLite tracking store imports (SQLAlchemy, Alembic, Mako,
-         sqlparse, OpenTelemetry; FastAPI/Starlette, which `import mlflow` needs; cryptography and
-         cffi, which the SQLite store's model-registry tables import) and scikit-posthocs (a sweep's end analyses with it), each pinned to the
-         version installed in the project's venv, so that an mlflow.db written on either side has the schema
-         the other expects. It leaves out what a SQLite store never imports (databricks-sdk, google-auth, pyasn1,
-         greenlet, uvicorn; benchmarks/devbundle_check.sh proves it on CPU).
+build    runs ../shared/device/bundle.sh DIR --with-model --with-data (Ray stripped, ~19 MB; MiniLM-L6 in bf16,
+         ~33 MB; the task data, ~1.4 MB; Ray's missing needs incl. pydantic as wheels in DIR/whl), then adds
+         DIR/mlflow.tar.xz: mlflow-skinny and what its SQLite tracking store imports (SQLAlchemy, Alembic, Mako,
+         sqlparse, OpenTelemetry, cryptography and cffi; FastAPI and Starlette, which `import mlflow` needs) and
+         scikit-posthocs (a sweep's end analyses with it), each pinned to the version installed in the project's
+         venv, so that an mlflow.db written on either side has the schema the other expects. It leaves out what
+         a SQLite store never imports: databricks-sdk (an empty `databricks` namespace folder stands in, for one
+         find_spec probe), google-auth, pyasn1, greenlet, uvicorn; benchmarks/devbundle_check.sh shows it on CPU.
          bundle.sh's --with-mlflow is not used: it lacks SQLAlchemy/Alembic/Mako and its wheels are too big.
 unpack   runs DIR/unpack.sh (Ray, wheels, model to /tmp/minilm-l6, data to /tmp/data) and extracts
          DIR/mlflow.tar.xz into /tmp/site; then:  export PYTHONPATH=/tmp/site:REPO
