@@ -13,7 +13,8 @@
 # This machine has no Python 3.12, so the tree is built for 3.11 through the same code path
 # (DEVBUNDLE_PYTHON_VERSION=3.11): same versions and files, but for cffi's compiled backend (cp311 here;
 # cryptography is abi3, SQLAlchemy goes without its optional .so). Not in CI. Takes 2-3 min (122-183 s
-# measured) with the venv made already, on 2 shared CPU cores; a first run installs the venv from the local index first (a few minutes more).
+# measured) with the venv made already, on 2 shared CPU cores; a first run installs the venv from the local
+# index first (a few minutes more).
 #
 # usage: bash benchmarks/devbundle_check.sh [WORK_DIR]     (default /tmp/devbundle-check)
 #   CHECK_VENV             the venv to use or make (default /tmp/devbundle-check-venv)
