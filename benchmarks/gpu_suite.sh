@@ -7,12 +7,13 @@
 #
 # usage: bash benchmarks/gpu_suite.sh OUT_DIR [--smoke]
 #   --smoke   CPU, tiny settings, about a minute: checks the suite end to end (CI)
-# On a GPU machine without Ray, bring the bundle along (see ../shared/device/README.md):
-#   bash ../shared/device/bundle.sh .devbundle --with-model --with-data      # here, once
-# the suite then unpacks it itself (model to /tmp/minilm-l6, data to /tmp/data).
+# On a GPU machine without Ray or MLflow, bring the bundle along (bash benchmarks/devbundle.sh --help):
+#   bash benchmarks/devbundle.sh build      # here, once: .devbundle/ (Ray, MiniLM-L6, task data, MLflow + SQLite store)
+# the suite then unpacks it itself (bash benchmarks/devbundle.sh unpack: model to /tmp/minilm-l6, data to /tmp/data).
 # Each step has its own time limit; a step that fails or runs out is recorded under "errors", the rest go on.
-# The packing step drives a real sweep (orchestrator.sweep), which tracks in MLflow on SQLite: the GPU machine
-# needs mlflow too (bundle.sh --with-mlflow; not verified there: SQLAlchemy/Alembic may also be missing).
+# The packing step drives a real sweep (orchestrator.sweep), which tracks in MLflow on SQLite: the bundle's MLflow
+# part was checked on CPU in a venv without the MLflow stack (benchmarks/devbundle_check.sh, Python 3.11), not yet
+# on the GPU machine.
 set -uo pipefail
 out=${1:?usage: gpu_suite.sh OUT_DIR [--smoke]}
 smoke=0
@@ -20,14 +21,14 @@ case ${2:-} in --smoke) smoke=1;; "") ;; *) echo "unknown option ${2}; valid: --
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 py=${PYTHON:-python3}
-if ! "$py" -c 'import ray' 2>/dev/null; then
+if ! "$py" -c 'import ray, mlflow' 2>/dev/null; then
   if [ ! -f .devbundle/unpack.sh ]; then
-    echo "Ray is missing and there is no .devbundle/ to unpack (build it with ../shared/device/bundle.sh)" >&2; exit 2
+    echo "Ray or MLflow is missing and there is no .devbundle/ to unpack (build it with: bash benchmarks/devbundle.sh build)" >&2
+    exit 2
   fi
-  bash .devbundle/unpack.sh >&2 && export PYTHONPATH=/tmp/site:$root
+  bash benchmarks/devbundle.sh unpack >&2 && export PYTHONPATH=/tmp/site:$root
 fi
 export PYTHONPATH=${PYTHONPATH:-$root}
-"$py" -c 'import mlflow' 2>/dev/null || echo "warning: no mlflow here: the packing step will fail (bundle.sh --with-mlflow)" >&2
 model=minilm-l6
 if ! "$py" -c 'from trainables.models import resolve_model; resolve_model("minilm-l6")' 2>/dev/null; then
   model=/tmp/minilm-l6  # the bundle's copy

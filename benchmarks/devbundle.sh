@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# What a GPU machine without package access needs to run this project's sweeps, built here and unpacked there.
+# Run `bash benchmarks/devbundle.sh --help` for the verbs, the size limits and why the MLflow part exists.
+set -euo pipefail
+
+usage() {
+  cat <<'EOF'
+usage: bash benchmarks/devbundle.sh build  [DIR]    # here, once (~4 min on 2 cores); DIR defaults to .devbundle
+       bash benchmarks/devbundle.sh unpack [DIR]    # on the GPU machine, before anything else
+       bash benchmarks/devbundle.sh mlflow DIR      # only DIR/mlflow.tar.xz (what devbundle_check.sh uses)
+
+The GPU machine (Python 3.12, x86-64, no network) has torch, transformers, peft, pandas, pyarrow, scipy,
+statsmodels, scikit-learn, but not Ray, MLflow or MLflow's SQLite store (SQLAlchemy, Alembic, Mako).
+
+build    runs ../shared/device/bundle.sh DIR --with-model --with-data (Ray stripped, ~19 MB; MiniLM-L6 in bf16,
+         ~33 MB; the task data, ~1.4 MB; Ray's missing needs incl. pydantic as wheels in DIR/whl), then adds
+         DIR/mlflow.tar.xz: mlflow-skinny and what its SQLite tracking store imports (SQLAlchemy, Alembic, Mako,
+         sqlparse, OpenTelemetry, cryptography and cffi; FastAPI and Starlette, which `import mlflow` needs) and
+         scikit-posthocs (a sweep's end analyses with it), each pinned to the version installed in the project's
+         venv, so that an mlflow.db written on either side has the schema the other expects. It leaves out what
+         a SQLite store never imports: databricks-sdk (an empty `databricks` namespace folder stands in, for one
+         find_spec probe), google-auth, pyasn1, greenlet, uvicorn; benchmarks/devbundle_check.sh shows it on CPU.
+         bundle.sh's --with-mlflow is not used: it lacks SQLAlchemy/Alembic/Mako and its wheels are too big.
+unpack   runs DIR/unpack.sh (Ray, wheels, model to /tmp/minilm-l6, data to /tmp/data) and extracts
+         DIR/mlflow.tar.xz into /tmp/site; then:  export PYTHONPATH=/tmp/site:REPO
+mlflow   builds only DIR/mlflow.tar.xz (for devbundle_check.sh, with DEVBUNDLE_PYTHON_VERSION=3.11 on a machine
+         that has no Python 3.12).
+
+Size: a device call carries the working tree and the carried paths, at most 64 MiB in all. build fails (exit 1)
+when the bundle plus the repository's tracked files come to more than 62 MiB, leaving room for a sweep's state
+(spec, mlflow.db, records) to travel with it.
+
+Environment:
+  DEVBUNDLE_PIN_PYTHON      the python whose installed versions are pinned (default REPO/.venv/bin/python)
+  DEVBUNDLE_PYTHON_VERSION  the target Python of the wheels (default 3.12, the GPU machine's; 3.11 only for
+                            the CPU check)
+  DEVBUNDLE_SHARED          the shared folder holding device/bundle.sh and data/ (default REPO/../shared)
+EOF
+}
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+verb=${1:-}
+case $verb in
+  -h|--help|help) usage; exit 0;;
+  build|unpack) dir=${2:-.devbundle};;
+  mlflow) dir=${2:?usage: devbundle.sh mlflow DIR};;
+  *) echo "unknown verb '${verb}'; valid: build, unpack, mlflow, --help" >&2; exit 2;;
+esac
+limit_mib=62
+# mlflow-skinny holds every file of mlflow-tracing (checked for 3.17.2), so that one is not packed.
+pkgs=(mlflow-skinny sqlalchemy alembic mako sqlparse cachetools python-dotenv importlib-metadata
+      opentelemetry-api opentelemetry-proto opentelemetry-sdk opentelemetry-semantic-conventions
+      gitpython gitdb smmap fastapi starlette cryptography cffi pycparser scikit-posthocs)
+
+pins() {  # NAME==VERSION for each of pkgs, as installed in the pinning python
+  local py=${DEVBUNDLE_PIN_PYTHON:-$root/.venv/bin/python}
+  [ -x "$py" ] || { echo "no python at $py to read versions from: set DEVBUNDLE_PIN_PYTHON" >&2; exit 2; }
+  "$py" - "$@" <<'PY'
+import sys
+from importlib.metadata import PackageNotFoundError, version
+missing = []
+for name in sys.argv[1:]:
+    try:
+        print(f"{name}=={version(name)}")
+    except PackageNotFoundError:
+        missing.append(name)
+if missing:
+    sys.exit(f"not installed in {sys.executable}, so no version to pin: {', '.join(missing)}")
+PY
+}
+
+build_mlflow() {  # DIR/mlflow.tar.xz: the packages' wheels unpacked (no __pycache__) as one tar.xz
+  local out=$1 pyver=${DEVBUNDLE_PYTHON_VERSION:-3.12}
+  local -a spec
+  spec=($(pins "${pkgs[@]}")) || exit 1
+  tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$pyver" --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    -d "$tmp/w" "${spec[@]}"
+  mkdir "$tmp/site"
+  for w in "$tmp"/w/*.whl; do (cd "$tmp/site" && python3 -m zipfile -e "$w" .); done
+  find "$tmp/site" -name __pycache__ -type d -prune -exec rm -rf {} +
+  # SQLAlchemy's compiled speedups (8 .so, 1.8 MB of the xz) are optional: each has its pure-Python source
+  # beside it, which SQLAlchemy falls back to. Without them the tree's only compiled code is cryptography's
+  # abi3 module (the same wheel for 3.11 and 3.12) and cffi's backend: the CPU check runs the GPU machine's files
+  # but for that one cffi module.
+  find "$tmp/site/sqlalchemy" -name '*.so' -delete
+  find "$tmp/site" -name '*.so' -exec strip --strip-unneeded {} \;
+  # `import mlflow` runs importlib.util.find_spec("databricks.agents") (mlflow/genai/scorers/validation.py),
+  # which raises unless some `databricks` package exists: an empty namespace folder makes it answer None,
+  # without databricks-sdk (and google-auth, pyasn1 that it needs), which a SQLite store never imports.
+  mkdir -p "$tmp/site/databricks"
+  mkdir -p "$out"
+  tar -C "$tmp/site" -cf - . | xz -T0 -9 > "$out/mlflow.tar.xz"
+  echo "mlflow.tar.xz ($pyver): ${spec[*]}"
+}
+
+size_report() {  # bytes by part, the total with the tracked tree; fails above the limit
+  local out=$1 part total=0 n tracked
+  for part in ray.tar.xz minilm-l6 data.tar.xz whl mlflow.tar.xz unpack.sh; do
+    n=$(find "$out/$part" -type f -printf '%s\n' 2>/dev/null | awk '{s+=$1} END {print s+0}')
+    printf '%-14s %10d bytes  %6.2f MiB\n' "$part" "$n" "$(awk -v n="$n" 'BEGIN {print n/1048576}')"
+  done
+  total=$(find "$out" -type f -printf '%s\n' | awk '{s+=$1} END {print s+0}')
+  tracked=$(git -C "$root" ls-files -z | (cd "$root" && xargs -0 stat -c %s 2>/dev/null) | awk '{s+=$1} END {print s+0}')
+  printf '%-14s %10d bytes  %6.2f MiB\n' "bundle" "$total" "$(awk -v n="$total" 'BEGIN {print n/1048576}')"
+  printf '%-14s %10d bytes  %6.2f MiB\n' "tracked tree" "$tracked" "$(awk -v n="$tracked" 'BEGIN {print n/1048576}')"
+  n=$((total + tracked))
+  printf '%-14s %10d bytes  %6.2f MiB (limit %d MiB of the 64 MiB a device call carries)\n' "together" "$n" \
+    "$(awk -v n="$n" 'BEGIN {print n/1048576}')" "$limit_mib"
+  if ((n > limit_mib * 1048576)); then
+    echo "the bundle and the tracked tree come to $n bytes, over $limit_mib MiB: no room left for a sweep's" \
+         "state in a device call's 64 MiB" >&2
+    exit 1
+  fi
+}
+
+case $verb in
+  build)
+    cd "$root"
+    pin_py=${DEVBUNDLE_PIN_PYTHON:-$root/.venv/bin/python}
+    export DEVBUNDLE_PIN_PYTHON=$pin_py
+    # bundle.sh runs `python3` for Ray's version and the model's bf16 copy: let that be the pinning venv's
+    shared=${DEVBUNDLE_SHARED:-$root/../shared}
+    [ -f "$shared/device/bundle.sh" ] \
+      || { echo "no $shared/device/bundle.sh (set DEVBUNDLE_SHARED to the shared folder)" >&2; exit 2; }
+    # bundle.sh's xz refuses to overwrite, and stale wheels in whl/ would be installed beside new ones
+    rm -rf "${dir:?}"/{ray.tar.xz,minilm-l6,data.tar.xz,whl,mlflow.tar.xz,unpack.sh}
+    RAY_VERSION=$(pins ray | cut -d= -f3) PATH="$(dirname "$pin_py"):$PATH" \
+      bash "$shared/device/bundle.sh" "$dir" --with-model --with-data
+    ls "$dir"/whl/pydantic-*.whl "$dir"/whl/pydantic_core-*-cp312-*.whl >/dev/null \
+      || { echo "bundle.sh no longer brings pydantic/pydantic-core for cp312: add them to pkgs here" >&2; exit 1; }
+    build_mlflow "$dir"
+    size_report "$dir";;
+  mlflow)
+    build_mlflow "$dir";;
+  unpack)
+    [ -f "$dir/unpack.sh" ] && [ -f "$dir/mlflow.tar.xz" ] \
+      || { echo "no bundle in $dir (build it with: bash benchmarks/devbundle.sh build $dir)" >&2; exit 2; }
+    bash "$dir/unpack.sh" "$(cd "$dir" && pwd)"
+    tar -C /tmp/site -xJf "$dir/mlflow.tar.xz"
+    echo "unpacked MLflow and its SQLite store into /tmp/site; now: export PYTHONPATH=/tmp/site:$root";;
+esac
