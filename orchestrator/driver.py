@@ -1,5 +1,5 @@
-"""The driver of a sweep, as seen from its folder: who runs it (``driver.json``) and a request to stop it
-(``STOP``).
+"""The driver of a sweep, as seen from its folder: who runs it (``driver.json``), a request to stop it
+(``STOP``), and what happens when it is terminated (SIGTERM: ``ray job stop``, a scheduler).
 
 A stop is asked for with a file rather than a signal so that it reaches a driver on any host that sees the
 sweep folder, including one started by ``ray job submit``; the driver's Tune callback polls for it and then
@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 DRIVER_FILE = "driver.json"
 STOP_FILE = "STOP"
+TERMINATED_LOG = "terminated.log"  # what the stop started on SIGTERM printed
 
 
 HEARTBEAT_S = 30.0  # the driver rewrites its file this often while Tune runs
@@ -93,3 +98,23 @@ def stop_requested(sweep_dir: Path) -> bool:
 
 def clear_stop(sweep_dir: Path) -> None:
     (sweep_dir / STOP_FILE).unlink(missing_ok=True)
+
+
+def leave_resumable_when_terminated(sweep_dir: Path):
+    """On SIGTERM, start ``peft-sweep stop`` in a session of its own, then die of the signal as before; returns the
+    handler it replaced (None off the main thread, where no handler can be set). ``ray job stop`` sends SIGTERM and
+    a SIGKILL 3 s later (Ray's RAY_JOB_STOP_WAIT_TIME_S), too soon for Tune to stop its trials and for MLflow
+    calls that the signal may have cut in half to finish. The stop outlives the driver, waits for it to be gone
+    and marks what it left RUNNING as after any driver death: records STOPPED, MLflow runs and the parent KILLED;
+    the next `run` resumes."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def on_sigterm(signum, frame) -> None:
+        with open(sweep_dir / TERMINATED_LOG, "ab") as log:
+            subprocess.Popen([sys.executable, "-m", "orchestrator", "stop", str(sweep_dir), "--timeout", "120"],
+                             start_new_session=True, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    return signal.signal(signal.SIGTERM, on_sigterm)

@@ -20,7 +20,7 @@ from trainables.tasks import DataError, check_hub, load_task, resolve_data_dir
 from .spec import ClusterError, SpecError, SweepSpec
 
 SWEEP_FILES = {"spec.yaml", "identity.json", "driver.json", "STOP", "mlflow.db", "mlartifacts", "records", "tune", "masks",
-               "export", "report", "analysis"}
+               "export", "report", "analysis", "terminated.log"}
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
                    "tokenizer.model")
 MAX_TRIALS = 5000  # a bigger grid is more often a typo (seeds: range of 1000) than a plan: ask for --yes

@@ -6,6 +6,7 @@ FINISHED if either says so (so an MLflow outage never makes a finished trial run
 from __future__ import annotations
 
 import collections
+import signal
 import sys
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -251,6 +252,7 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
     init_ray(spec)  # only now: a sweep with nothing left to run starts no Ray
     tracker.start_sweep(spec_params(spec), spec.sweep_dir / SPEC_FILE)
     driver.register(spec.sweep_dir)
+    before = driver.leave_resumable_when_terminated(spec.sweep_dir)  # `ray job stop`: nothing left RUNNING
     try:
         counts = run_trials(spec, pending, restore=not (force or only_failed), supersede=force)
     except BaseException:  # interrupted or crashed: the parent must not stay RUNNING
@@ -260,6 +262,9 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
         except Exception:  # noqa: BLE001 - store down too: `sync` mends it later
             pass
         raise
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
     if counts.get("STOPPED"):
         return _stopped(spec, tracker, counts)
     driver.unregister(spec.sweep_dir)

@@ -2,6 +2,7 @@
 import json
 import os
 import signal
+import time
 
 import pandas as pd
 import pytest
@@ -87,3 +88,29 @@ def test_a_reused_worker_gives_the_results_of_fresh_processes(tmp_path, tiny_mod
     assert len(pids[0]) == len(pids[1]) == 4
     assert len(set(pids[0].values())) == 1, pids[0]  # one worker ran all four
     assert len(set(pids[1].values())) == 4, pids[1]
+
+
+def test_sigterm_as_ray_job_stop_sends_it_leaves_nothing_running_and_the_sweep_resumes(tmp_path, tiny_model,
+                                                                                       data_dir):
+    spec = write_spec(tmp_path, tiny_model, data_dir, training__max_steps=9, resources={"max_concurrent": 1})
+    sweep_dir = tmp_path / "runs" / "t"
+    statuses = lambda: [r.get("status") for r in records(sweep_dir).values()]  # noqa: E731
+    proc = spawn("run", str(spec))
+    wait_for(lambda: statuses().count("FINISHED") >= 1 and statuses().count("RUNNING") == 1, proc)
+    os.killpg(proc.pid, signal.SIGTERM)  # `ray job stop`: SIGTERM to the driver and its children ...
+    time.sleep(3)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # ... and SIGKILL 3 s later (RAY_JOB_STOP_WAIT_TIME_S)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+    t = tracker(sweep_dir)
+    deadline = time.time() + 120  # the stop the driver started on SIGTERM marks what it left
+    while time.time() < deadline and ("RUNNING" in statuses() or t.parent_status() == "RUNNING"):
+        time.sleep(1)
+    log = (sweep_dir / "terminated.log").read_text()
+    assert "RUNNING" not in statuses() and "STOPPED" in statuses(), log
+    assert "RUNNING" not in {r.info.status for r in t.trial_runs().values()} and t.parent_status() == "KILLED", log
+    out = cli("run", str(spec), check_rc=0)
+    assert "4/4 FINISHED" in out.stdout
+    assert len(tracker(sweep_dir).search("tags.role = 'trial'")) == 4
