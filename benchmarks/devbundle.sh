@@ -28,7 +28,7 @@ mlflow   builds only DIR/mlflow.tar.xz (for devbundle_check.sh, with DEVBUNDLE_P
 
 Size: a device call carries the working tree and the carried paths, at most 64 MiB in all. build fails (exit 1)
 when the bundle plus the repository's tracked files come to more than 62 MiB, leaving room for a sweep's state
-(spec, mlflow.db, records) to travel with it.
+(spec, identity, records) to travel with it.
 
 Environment:
   DEVBUNDLE_PIN_PYTHON      the python whose installed versions are pinned (default REPO/.venv/bin/python)

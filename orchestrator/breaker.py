@@ -30,6 +30,7 @@ class GuardedTracker:
         self.warned = False
 
     def start_trial(self, key: str, trial: dict[str, Any], over: bool = False) -> None:
+        self.tracker.pending_starts[key] = over  # kept if the call is skipped or fails: the next call starts it
         self._call(key, self.tracker.start_trial, key, trial, "", over)
 
     def log_eval(self, key: str, point: dict[str, Any], trial: dict[str, Any]) -> None:

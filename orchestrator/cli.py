@@ -111,7 +111,7 @@ def _load(args, check_world: bool):
     from .preflight import check_size
     from .spec import load_spec
 
-    spec = load_spec(args.config, args.set)
+    spec = sweep.follow_folder(load_spec(args.config, args.set), Path(args.config), args.set or [])
     check_size(spec, args.yes)
     if check_world:
         checked = sweep.check_before_run(spec, args.force)

@@ -86,18 +86,22 @@ def stop(sweep_dir: Path, timeout_s: float) -> int:
         print(f"no driver is running {spec.sweep_dir}; " + (f"{n} trial(s) it left RUNNING are now STOPPED "
               "(resumable)" if n else "nothing to stop (no trial was left RUNNING)"), flush=True)
         return 0
-    where = (driver.info(spec.sweep_dir) or {}).get("host", "?")
+    first = driver.info(spec.sweep_dir) or {}
     driver.request_stop(spec.sweep_dir)
-    print(f"asked the driver on {where} to stop; waiting up to {timeout_s:g} s", flush=True)
+    print(f"asked the driver on {first.get('host', '?')} to stop; waiting up to {timeout_s:g} s", flush=True)
     deadline = time.time() + timeout_s
     while time.time() < deadline:
-        if not driver.alive(spec.sweep_dir):
+        if not driver.alive(spec.sweep_dir) or not driver.same(driver.info(spec.sweep_dir), first):
             break
         time.sleep(1.0)
     else:
         print(f"the driver has not stopped within {timeout_s:g} s; it stops at its next Tune step (a trial's "
               f"setup can delay it); check with `peft-sweep status {spec.sweep_dir}`", file=sys.stderr, flush=True)
         return 1
+    if driver.alive(spec.sweep_dir):  # another driver took the sweep over meanwhile: what runs is its own
+        print(f"the driver stopped and another one runs {spec.sweep_dir} now ({driver.describe(spec.sweep_dir)}); "
+              "nothing to mark", flush=True)
+        return 0
     leave_resumable(spec)  # a driver killed while stopping leaves RUNNING records behind
     p = progress(spec)
     print(f"stopped: {p.line()}; resume with: peft-sweep run {spec.sweep_dir / SPEC_FILE}", flush=True)

@@ -15,8 +15,9 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 DRIVER_FILE = "driver.json"
 STOP_FILE = "STOP"
@@ -82,6 +83,12 @@ def alive(sweep_dir: Path) -> bool:
     return True
 
 
+def same(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    """Whether two readings of driver.json are the same driver (its heartbeat rewrites the file)."""
+    keys = ("pid", "host", "started")
+    return bool(a) and bool(b) and all(a.get(k) == b.get(k) for k in keys)
+
+
 def describe(sweep_dir: Path) -> str:
     found = info(sweep_dir) or {}
     return f"pid {found.get('pid')} on {found.get('host')}" + (f", Ray job {found['ray_job']}"
@@ -100,21 +107,29 @@ def clear_stop(sweep_dir: Path) -> None:
     (sweep_dir / STOP_FILE).unlink(missing_ok=True)
 
 
-def leave_resumable_when_terminated(sweep_dir: Path):
-    """On SIGTERM, start ``peft-sweep stop`` in a session of its own, then die of the signal as before; returns the
-    handler it replaced (None off the main thread, where no handler can be set). ``ray job stop`` sends SIGTERM and
-    a SIGKILL 3 s later (Ray's RAY_JOB_STOP_WAIT_TIME_S), too soon for Tune to stop its trials and for MLflow
-    calls that the signal may have cut in half to finish. The stop outlives the driver, waits for it to be gone
-    and marks what it left RUNNING as after any driver death: records STOPPED, MLflow runs and the parent KILLED;
-    the next `run` resumes."""
+@contextmanager
+def leave_resumable_when_terminated(sweep_dir: Path) -> Iterator[None]:
+    """While it runs, SIGTERM starts ``peft-sweep stop`` in a session of its own and the driver then dies of the
+    signal as before. ``ray job stop`` sends SIGTERM and a SIGKILL 3 s later (Ray's RAY_JOB_STOP_WAIT_TIME_S), too
+    soon for Tune to stop its trials and for MLflow calls that the signal may have cut in half to finish. The stop
+    outlives the driver, waits for it to be gone and marks what it left RUNNING as after any driver death: records
+    STOPPED, MLflow runs and the parent KILLED; the next `run` resumes. (Off the main thread no handler can be set,
+    and nothing changes.)"""
     if threading.current_thread() is not threading.main_thread():
-        return None
+        yield
+        return
 
     def on_sigterm(signum, frame) -> None:
-        with open(sweep_dir / TERMINATED_LOG, "ab") as log:
-            subprocess.Popen([sys.executable, "-m", "orchestrator", "stop", str(sweep_dir), "--timeout", "120"],
-                             start_new_session=True, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
+        try:
+            with open(sweep_dir / TERMINATED_LOG, "ab") as log:
+                subprocess.Popen([sys.executable, "-m", "orchestrator", "stop", str(sweep_dir), "--timeout", "120"],
+                                 start_new_session=True, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        finally:  # die of the signal whatever happened above: that is what was asked
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
 
-    return signal.signal(signal.SIGTERM, on_sigterm)
+    before = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)

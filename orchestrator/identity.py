@@ -89,11 +89,24 @@ def recorded_data(spec: SweepSpec) -> str | None:
 
 def data_files(spec: SweepSpec) -> dict[str, str]:
     """Each grid task's original files as the sweep reads them: task -> sha256 ({} when it reads the Hub)."""
+    folder = data_folder(spec)
+    return {} if folder is None else {t: task_hash(t, folder) for t in spec.grid.tasks}
+
+
+def task_hash(task: str, folder: str) -> str:
+    """The sha256 of a task's files in ``folder``, read once per process while they stay the same size and age."""
+    from trainables.tasks import get_task, task_files
+
+    paths = task_files(get_task(task), Path(folder))
+    return _hash(task, folder, tuple((p.stat().st_size, p.stat().st_mtime_ns) for p in paths))
+
+
+@lru_cache(maxsize=64)
+def _hash(task: str, folder: str, stamp: tuple) -> str:
     from trainables.data import source_fingerprint
     from trainables.tasks import get_task
 
-    folder = data_folder(spec)
-    return {} if folder is None else {t: source_fingerprint(get_task(t), Path(folder)) for t in spec.grid.tasks}
+    return source_fingerprint(get_task(task), Path(folder))
 
 
 def recorded_files(sweep_dir: Path) -> dict[str, str] | None:
@@ -108,16 +121,19 @@ def recorded_files(sweep_dir: Path) -> dict[str, str] | None:
 def other_files(old: SweepSpec, new: SweepSpec) -> list[str] | None:
     """The tasks whose files under ``new``'s data folder are not those the sweep ran on ([] = all the same);
     None when that cannot be told (the Hub on either side, or no hashes recorded)."""
+    recorded, folder = recorded_files(old.sweep_dir), data_folder(new)
+    if not recorded or folder is None:
+        return None
+    return sorted(t for t, h in recorded.items() if _hash_or_none(t, folder) != h)
+
+
+def _hash_or_none(task: str, folder: str) -> str | None:
     from trainables.tasks import DataError
 
-    recorded = recorded_files(old.sweep_dir)
-    if not recorded or data_folder(new) is None:
-        return None
     try:
-        now = data_files(new.model_copy(update={"grid": new.grid.model_copy(update={"tasks": sorted(recorded)})}))
-    except (DataError, OSError):  # a task's files are missing there (preflight names them)
-        return sorted(recorded)
-    return sorted(t for t, h in recorded.items() if now.get(t) != h)
+        return task_hash(task, folder)
+    except (DataError, OSError):  # the task's files are missing there (preflight names them)
+        return None
 
 
 def data_change(old: SweepSpec, new: SweepSpec) -> str | None:

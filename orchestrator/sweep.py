@@ -6,7 +6,6 @@ FINISHED if either says so (so an MLflow outage never makes a finished trial run
 from __future__ import annotations
 
 import collections
-import signal
 import sys
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -41,6 +40,16 @@ def load_sweep(sweep_dir: str | Path) -> SweepSpec:
                             f"{str(spec.sweep_dir)!r}; give that folder, or name the folder {spec.name!r}")
         spec = spec.model_copy(update={"output_dir": str(folder.parent)})
     return spec
+
+
+def follow_folder(spec: SweepSpec, config: Path, overrides: list[str]) -> SweepSpec:
+    """`run SWEEP_DIR/spec.yaml` (the command `stop` prints) means the sweep in that folder, also after the folder
+    moved: its spec.yaml still names the old output_dir. An output_dir given with --set wins."""
+    folder = config.expanduser().resolve().parent
+    in_sweep = config.name == SPEC_FILE and folder.name == spec.name and (folder / identity.IDENTITY_FILE).is_file()
+    if not in_sweep or any(o.startswith("output_dir=") for o in overrides):
+        return spec
+    return spec.model_copy(update={"output_dir": str(folder.parent)})
 
 
 def statuses(spec: SweepSpec, tracker: Tracker | None = None) -> dict[str, str]:
@@ -252,9 +261,9 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
     init_ray(spec)  # only now: a sweep with nothing left to run starts no Ray
     tracker.start_sweep(spec_params(spec), spec.sweep_dir / SPEC_FILE)
     driver.register(spec.sweep_dir)
-    before = driver.leave_resumable_when_terminated(spec.sweep_dir)  # `ray job stop`: nothing left RUNNING
     try:
-        counts = run_trials(spec, pending, restore=not (force or only_failed), supersede=force)
+        with driver.leave_resumable_when_terminated(spec.sweep_dir):  # `ray job stop`: nothing left RUNNING
+            counts = run_trials(spec, pending, restore=not (force or only_failed), supersede=force)
     except BaseException:  # interrupted or crashed: the parent must not stay RUNNING
         driver.unregister(spec.sweep_dir)
         try:
@@ -262,9 +271,6 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
         except Exception:  # noqa: BLE001 - store down too: `sync` mends it later
             pass
         raise
-    finally:
-        if before is not None:
-            signal.signal(signal.SIGTERM, before)
     if counts.get("STOPPED"):
         return _stopped(spec, tracker, counts)
     driver.unregister(spec.sweep_dir)

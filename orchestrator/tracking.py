@@ -132,9 +132,11 @@ class Tracker:
         self.uri, self.sweep, self.sweep_dir = uri, sweep, Path(sweep_dir)
         self._run_ids: dict[str, str] = {}
         self._trials: dict[str, dict[str, Any]] = {}  # to create a run that an outage kept from starting
+        self.pending_starts: dict[str, bool] = {}  # starts the store missed: key -> whether it starts over
 
     def __getstate__(self):  # Tune pickles callbacks with the experiment: no client inside
-        return {"uri": self.uri, "sweep": self.sweep, "sweep_dir": self.sweep_dir, "_run_ids": {}, "_trials": {}}
+        return {"uri": self.uri, "sweep": self.sweep, "sweep_dir": self.sweep_dir, "_run_ids": {}, "_trials": {},
+                "pending_starts": {}}
 
     @cached_property
     def client(self):
@@ -205,11 +207,18 @@ class Tracker:
         old, new = exp.artifact_location, (self.sweep_dir / "mlartifacts").resolve().as_uri()
         if old == new or not old.startswith("file://") or not old.endswith("/mlartifacts"):
             return None
-        with closing(sqlite3.connect(db)) as con, con:
-            con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (new, int(exp.experiment_id)))
-            for table, column in (("runs", "artifact_uri"), ("logged_models", "artifact_location")):
-                con.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) WHERE experiment_id = ? "
-                            f"AND substr({column}, 1, ?) = ?", (new, len(old) + 1, int(exp.experiment_id), len(old), old))
+        # what this project logs holds its paths in these columns (run artifacts; logged models' for completeness);
+        # it logs no traces, datasets or registered models, whose tables keep URIs of their own
+        try:
+            with closing(sqlite3.connect(db, timeout=30)) as con, con:
+                con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+                            (new, int(exp.experiment_id)))
+                for table, column in (("runs", "artifact_uri"), ("logged_models", "artifact_location")):
+                    con.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) WHERE experiment_id = ? "
+                                f"AND substr({column}, 1, ?) = ?",
+                                (new, len(old) + 1, int(exp.experiment_id), len(old), old))
+        except sqlite3.Error as exc:
+            raise TrackingError(f"{db}: could not point its artifact paths from {old} to {new}: {exc}") from None
         return old.removeprefix("file://").removesuffix("/mlartifacts")
 
     def runs_url(self) -> str:
@@ -324,19 +333,21 @@ class Tracker:
                 self.client.set_tag(old.info.run_id, "mlflow.parentRunId", run_id)
                 self.client.set_tag(old.info.run_id, "superseded_by", run_id)
         self._run_ids[key] = run_id
+        self.pending_starts.pop(key, None)
         if device:
             self.client.set_tag(run_id, "device", device)
         return run_id
 
     def _ensure(self, key: str, trial: dict[str, Any] | None) -> str:
-        """The key's run; created now if the store was down when the trial started."""
-        run_id = self.run_id(key)
+        """The key's run; created now if the store was down when the trial started (then as that start meant:
+        a trial that starts over gets a new attempt, not the key's old run)."""
+        run_id = None if key in self.pending_starts else self.run_id(key)
         if run_id is not None:
             return run_id
         trial = trial or self._trials.get(key)
         if trial is None:
             raise TrackingError(f"trial {key} has no MLflow run and no config to create one")
-        return self.start_trial(key, trial)
+        return self.start_trial(key, trial, over=self.pending_starts.get(key, False))
 
     def log_eval(self, key: str, point: dict[str, float], trial: dict[str, Any] | None = None) -> None:
         from mlflow.entities import Metric

@@ -20,6 +20,7 @@ from typing import Any
 
 import ray
 from ray import tune
+from ray.tune.search import BasicVariantGenerator
 
 from trainables import TrialConfig, run_trial
 from trainables.finetuned import DELTA_DIR
@@ -111,6 +112,20 @@ def _here(trial: dict[str, Any], data: dict[str, Any] | None) -> dict[str, Any]:
     return config if data is None else {**config, "data": {**config.get("data", {}), **data}}
 
 
+class GridSearch(BasicVariantGenerator):
+    """Tune's grid generator, made safe to restore. With a concurrency limit it creates trials as others finish
+    and remembers the live ones; the experiment waits for it to be done. A restore can bring back its state from
+    before the experiment state it is restored with (the two are separate files, synced to cloud storage one after
+    the other): it then waits for a trial that already ended, and the experiment never ends (seen with an S3 root:
+    every trial FINISHED, the driver stepping forever). So a restored grid creates nothing more: the restored
+    experiment finishes the trials it holds, and `run_trials` runs the grid's other keys in a new experiment."""
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        super().set_state(state)
+        self._live_trials = set()
+        self.set_finished()
+
+
 _RESTORING: list[SweepSpec] = []  # the spec of the driver restoring an experiment, while it does (see __setstate__)
 
 
@@ -121,8 +136,8 @@ class SweepCallback(tune.Callback):
 
     def __init__(self, spec: SweepSpec, restored: bool = False):
         self.spec = spec
-        self.restored = restored  # a restored experiment resumes its trials from their checkpoints
-        self.begun: set[str] = set()  # keys this driver started (a Tune retry of one resumes within the experiment)
+        self.restored = restored
+        self.replays: set[str] = set()  # keys a restored experiment runs again though they FINISHED (see below)
         self.sweep_dir = spec.sweep_dir
         self.records = SweepRecords(self.sweep_dir)
         self.mlflow = GuardedTracker(Tracker(spec.resolved_tracking_uri, spec.name, self.sweep_dir), self.records)
@@ -149,14 +164,18 @@ class SweepCallback(tune.Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         cfg = self._trial(trial)
         key = _key(trial)
-        over = not self.restored and key not in self.begun  # a new experiment's trials start from step 0
-        self.begun.add(key)
+        if self.restored and (records.read(self.sweep_dir, key) or {}).get("status") == "FINISHED":
+            # the driver died after recording the trial's end but before Tune's last snapshot said so: Tune runs
+            # it again; the recorded result and its MLflow run stand, and what the replay reports is dropped
+            self.replays.add(key)
+            return
+        over = trial.checkpoint is None  # from step 0 (new, retried before its first checkpoint, lost its own)
         self.records.started(key, cfg)
         self.mlflow.start_trial(key, cfg, over)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         key = _key(trial)
-        if result.get("final"):
+        if result.get("final") or key in self.replays:
             return
         cfg = self._trial(trial)
         self.mlflow.log_eval(key, {**result, "timestamp": time.time()}, cfg)
@@ -165,6 +184,8 @@ class SweepCallback(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         key = _key(trial)
+        if key in self.replays:
+            return self._replayed(trials, trial, key)
         last = trial.last_result or {}
         if "result_json" not in last:  # ended without a final report: treat as an error
             return self._failed(trials, trial, "trial ended without a final result")
@@ -213,8 +234,14 @@ class SweepCallback(tune.Callback):
                   "checkpoint", flush=True)
             os.kill(os.getpid(), signal.SIGUSR1)
 
+    def _replayed(self, trials, trial, key: str) -> None:
+        self.progress.trial_ended()
+        self._show(trials, f"{key} had FINISHED under an earlier driver: its recorded result stands", completing=trial)
+
     def _failed(self, trials, trial, error: str) -> None:
         key = _key(trial)
+        if key in self.replays:
+            return self._replayed(trials, trial, key)
         self.records.failed(key, error)
         self.mlflow.fail(key, error, self._trial(trial))
         self.progress.trial_ended()
@@ -322,9 +349,11 @@ def run_trials(spec: SweepSpec, trials: list[TrialConfig], restore: bool, supers
                                       restart_errored=False).fit()
         finally:
             _RESTORING.pop()
-        trials = [t for t in trials if t.key not in restored_keys]
         if _end(spec, store, last, grid, results):
             return results
+        # its keys that Tune never created (a grid is generated as trials finish; see GridSearch) run anew below
+        ended = {k for k, r in records.all_records(spec.sweep_dir).items() if r.get("status") in ("FINISHED", "FAILED")}
+        trials = [t for t in trials if t.key not in restored_keys or t.key not in ended]
     if not trials:
         return results
     name = store.next_name()
@@ -334,7 +363,7 @@ def run_trials(spec: SweepSpec, trials: list[TrialConfig], restore: bool, supers
         wrapped,
         param_space={"trial": tune.grid_search([{**t.model_dump(mode="json"), "trial_key": t.key} for t in trials])},
         tune_config=tune.TuneConfig(
-            max_concurrent_trials=spec.resources.max_concurrent,
+            search_alg=GridSearch(max_concurrent=spec.resources.max_concurrent or 0),
             reuse_actors=spec.resources.reuse_workers,  # Tune's default is a new process per trial
             trial_name_creator=lambda t: _trial_name(t.config["trial"]),
             trial_dirname_creator=lambda t: _trial_name(t.config["trial"]),

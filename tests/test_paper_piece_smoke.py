@@ -39,7 +39,9 @@ def test_a_sweep_run_in_pieces_on_two_machines_finishes_each_trial_once(tmp_path
             shutil.rmtree(machine)  # the machine is given back
         return json.loads((out / "piece.json").read_text())
 
-    first = piece(1, "--stop-after", "1")
+    assert subprocess.run(["bash", "results/paper-small/run_piece.sh", str(tmp_path / "out0")], cwd=ROOT,
+                          env={**os.environ, "STATE": str(state)}, capture_output=True, text=True).returncode == 2
+    first = piece(1, "--first", "--stop-after", "1")  # without --first a missing state is refused (above)
     assert 1 <= first["finished_in_this_piece"] < 4, first
     with tarfile.open(state) as tar:
         assert sorted({n.split("/")[0] for n in tar.getnames()}) == ["identity.json", "records", "spec.yaml"]

@@ -119,3 +119,27 @@ def test_the_answer_line_says_plus_minus_only_with_a_std():
     assert best_on_average("sam", 0.597, 0.035).startswith("best on average: sam 59.7 ± 3.5 (")
     one_seed = best_on_average("sam", 0.546, None)
     assert "±" not in one_seed and one_seed.startswith("best on average: sam 54.6 (") and "no std" in one_seed
+
+
+def test_a_restored_grid_waits_for_no_trial_that_ended_before_the_restore():
+    """Tune restores the grid generator from a state file that can be older than the experiment state it comes
+    with (they sync to cloud storage one after the other). With a concurrency limit Tune's own generator then
+    waits, forever, for a trial that had ended: the driver stepped on after every trial FINISHED (seen on S3)."""
+    from ray import tune
+    from ray.tune.search import BasicVariantGenerator
+
+    from orchestrator.tune_runner import GridSearch
+
+    def f(config):
+        pass
+
+    grid = GridSearch(max_concurrent=1)
+    grid.add_configurations({"e": {"run": f, "config": {"x": tune.grid_search([1, 2, 3])}}})
+    assert grid.next_trial() is not None and grid.next_trial() is None  # one live trial: the limit holds
+    state = grid.get_state()  # the first trial still live, two to create
+    plain = BasicVariantGenerator(max_concurrent=1)
+    plain.set_state(state)
+    assert not plain.is_finished() and plain.next_trial() is None  # Tune's: waits for a trial it will never see end
+    restored = GridSearch(max_concurrent=1)
+    restored.set_state(state)
+    assert restored.is_finished() and restored.next_trial() is None  # the rest run in a new experiment

@@ -7,6 +7,8 @@
 # usage: bash results/paper-small/run_piece.sh OUT_DIR [--minutes M] [--stop-after N] [-- EXTRA_RUN_ARGS...]
 #   --minutes M       stop the sweep after M minutes (default 6: a device call may run 10, unpacking included)
 #   --stop-after N    stop it once N more trials have FINISHED (a piece that measures; the CPU smoke test)
+#   --first           the first piece: there is no state yet (without it, a missing STATE is an error, so that a
+#                     wrong path never starts the sweep over)
 # writes:
 #   OUT_DIR/state.tar.xz   spec.yaml, identity.json and records/ (each trial's outcome, curve and costs): copy it
 #                          to STATE and commit; the next piece, on any machine, starts from it
@@ -21,25 +23,35 @@
 # in /tmp/minilm-l6 and the data from /tmp/data. EXTRA_RUN_ARGS go to `peft-sweep run` (the CPU smoke test passes
 # a tiny model and grid); STATE, SPEC and WORK (where the sweep folder is made) may be set in the environment.
 set -uo pipefail
-out=${1:?usage: run_piece.sh OUT_DIR [--minutes M] [-- EXTRA_RUN_ARGS...]}
+out=${1:?usage: run_piece.sh OUT_DIR [--minutes M] [--stop-after N] [-- EXTRA_RUN_ARGS...]}
 shift
 minutes=6
 stop_after=0
+first=0
 while [ $# -gt 0 ]; do
   case $1 in
     --minutes) minutes=${2:?--minutes needs a number}; shift 2;;
     --stop-after) stop_after=${2:?--stop-after needs a number of trials}; shift 2;;
+    --first) first=1; shift;;
     --) shift; break;;
-    *) echo "unknown option $1; valid: --minutes M, --stop-after N, then -- and arguments for peft-sweep run" >&2
+    *) echo "unknown option $1; valid: --minutes M, --stop-after N, --first, then -- and arguments for peft-sweep run" >&2
        exit 2;;
   esac
 done
+[[ $minutes =~ ^[0-9]+([.][0-9]+)?$ ]] || { echo "--minutes $minutes: give a number of minutes, e.g. 6 or 2.5" >&2; exit 2; }
+[[ $stop_after =~ ^[0-9]+$ ]] || { echo "--stop-after $stop_after: give a whole number of trials" >&2; exit 2; }
+absolute() { case $1 in /*) echo "$1";; *) echo "$PWD/$1";; esac; }  # paths as the caller meant them
+out=$(absolute "$out")
+state=$(absolute "${STATE:-}")
+spec=$(absolute "${SPEC:-}")
+work=$(absolute "${WORK:-/tmp/paper-small-runs}")
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
+[ -n "${STATE:-}" ] || state=$root/results/paper-small/sweep/state.tar.xz
+if ((first)) && [ -f "$state" ]; then echo "--first, but $state exists: the sweep has begun" >&2; exit 2; fi
+if ! ((first)) && [ ! -f "$state" ]; then echo "no sweep state at $state (pass --first for the first piece)" >&2; exit 2; fi
+[ -n "${SPEC:-}" ] || spec=$root/configs/paper/small.yaml
 py=${PYTHON:-python3}
-state=${STATE:-results/paper-small/sweep/state.tar.xz}
-spec=${SPEC:-configs/paper/small.yaml}
-work=${WORK:-/tmp/paper-small-runs}
 if ! "$py" -c 'import ray, mlflow' 2>/dev/null; then
   bash benchmarks/devbundle.sh unpack >&2 || exit 2
   export PYTHONPATH=/tmp/site:$root
@@ -60,27 +72,39 @@ print(load_spec(sys.argv[1], [v for i, v in enumerate(argv) if i and argv[i - 1]
 PY
 ) || exit 2
 sweep=$work/$name
+rm -rf "$sweep"  # a warm machine keeps /tmp: start from the committed state only
 mkdir -p "$out" "$sweep"
-if [ -f "$state" ]; then tar -C "$sweep" -xJf "$state" && echo "starting from $state" >&2 || exit 2; fi
+if [ -f "$state" ]; then
+  tar -C "$sweep" -xJf "$state" || { echo "$state: not a readable state archive" >&2; exit 2; }
+  echo "starting from $state" >&2
+fi
 finished() { grep -l '"status": "FINISHED"' "$sweep"/records/*.json 2>/dev/null | xargs -r -n1 basename; }
 finished_before=$(finished | tr '\n' ' ')
 n_before=$(finished | wc -l)
+seconds=$("$py" -c 'import sys; print(round(float(sys.argv[1]) * 60))' "$minutes")
 
 setsid "$py" -m orchestrator run "$spec" --yes "${args[@]}" "$@" > "$out/piece.log" 2>&1 &
 pid=$!
+# whatever ends this script, the driver does not outlive it: SIGTERM lets it leave its trials resumable
+trap 'kill -0 "$pid" 2>/dev/null && { kill -TERM -- "-$pid"; sleep 5; kill -KILL -- "-$pid"; } 2>/dev/null' EXIT
 started=$(date +%s)
-deadline=$(( started + $("$py" -c 'import sys; print(round(float(sys.argv[1]) * 60))' "$minutes") ))
+deadline=$(( started + seconds ))
 enough() { [ "$stop_after" -gt 0 ] && [ $(( $(finished | wc -l) - n_before )) -ge "$stop_after" ]; }
 while kill -0 "$pid" 2>/dev/null && [ "$(date +%s)" -lt "$deadline" ] && ! enough; do sleep 2; done
 if kill -0 "$pid" 2>/dev/null; then
   echo "stopping the sweep: $( enough && echo "$stop_after more trial(s) finished" || echo "$minutes min are up")" >&2
-  "$py" -m orchestrator stop "$sweep" --timeout 90 >&2 || { kill -INT -- "-$pid"; sleep 20; kill -KILL -- "-$pid"; }
+  "$py" -m orchestrator stop "$sweep" --timeout 90 >&2 || { kill -TERM -- "-$pid"; sleep 20; kill -KILL -- "-$pid"; }
 fi
 wait "$pid"; rc=$?
+trap - EXIT
 "$py" -m orchestrator stop "$sweep" >/dev/null 2>&1  # a driver killed above leaves its trials RUNNING: mark them
 echo "peft-sweep run ended with rc $rc after $(( $(date +%s) - started )) s" >&2
+if [ ! -f "$sweep/identity.json" ] || [ ! -d "$sweep/records" ]; then
+  echo "no sweep state to pack in $sweep (see $out/piece.log); nothing to commit" >&2; exit 3
+fi
 "$py" -m orchestrator export "$sweep" >&2 && cp "$sweep"/export/{trials,curves}.parquet "$out"/
 tar -C "$sweep" -cf - spec.yaml identity.json records | xz -T0 -9 > "$out/state.tar.xz"
+[ "${PIPESTATUS[0]}${PIPESTATUS[1]}" = 00 ] || { echo "packing the state failed" >&2; rm -f "$out/state.tar.xz"; exit 3; }
 "$py" - "$sweep" "$rc" "$(( $(date +%s) - started ))" $finished_before > "$out/piece.json" <<'PY'
 import json, sys, statistics
 from pathlib import Path
@@ -94,9 +118,9 @@ def stat(field):
     vals = [r[field] for r in mine if isinstance(r.get(field), (int, float))]
     return {"mean": statistics.fmean(vals), "max": max(vals)} if vals else None
 print(json.dumps({"rc": rc, "piece_wall_s": wall, "per_status": per_status, "finished_in_this_piece": len(mine),
-                  "device": sorted({r.get("device_name") or r.get("device") for r in mine}),
+                  "device": sorted({str(r.get("device_name") or r.get("device")) for r in mine}),
                   **{f: stat(f) for f in ("steps", "best_step", "wall_s", "setup_s", "train_s", "eval_s", "checkpoint_s")}},
                  indent=1))
 PY
 cat "$out/piece.json"
-ls -la "$out" >&2
+exit "$rc"

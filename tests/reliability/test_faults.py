@@ -114,3 +114,31 @@ def test_sigterm_as_ray_job_stop_sends_it_leaves_nothing_running_and_the_sweep_r
     out = cli("run", str(spec), check_rc=0)
     assert "4/4 FINISHED" in out.stdout
     assert len(tracker(sweep_dir).search("tags.role = 'trial'")) == 4
+
+
+def test_a_restored_trial_without_a_checkpoint_starts_over_as_a_new_attempt(tmp_path, tiny_model, data_dir):
+    spec = write_spec(tmp_path, tiny_model, data_dir, training__max_steps=60, training__checkpoint_every=0,
+                      resources={"max_concurrent": 1})
+    sweep_dir = tmp_path / "runs" / "t"
+
+    def last_one_evaluated() -> bool:  # three finished, the fourth logged an evaluation (and has no checkpoint)
+        recs = records(sweep_dir)
+        running = [k for k, r in recs.items() if r.get("status") == "RUNNING"]
+        if sum(r.get("status") == "FINISHED" for r in recs.values()) != 3 or len(running) != 1:
+            return False
+        t = tracker(sweep_dir)
+        run_id = t.run_id(running[0])
+        return bool(run_id and t.history(run_id, "dev_score"))
+
+    proc = spawn("run", str(spec))
+    wait_for(last_one_evaluated, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    out = cli("run", str(spec), check_rc=0)
+    assert "resuming the interrupted experiment" in out.stdout and "4/4 FINISHED" in out.stdout
+    t = tracker(sweep_dir)
+    for run in t.trial_runs().values():  # the restarted trial's steps are logged once, in its new attempt
+        steps = [m.step for m in t.history(run.info.run_id, "dev_score")]
+        assert steps == sorted(set(steps)), (run.info.run_name, steps)
+    (old,) = t.search("tags.role = 'superseded'")
+    assert old.info.status == "KILLED" and t.trial_runs()[old.data.tags["trial_key"]].data.tags["attempt"] == "2"

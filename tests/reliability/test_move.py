@@ -53,6 +53,8 @@ def test_a_sweep_folder_moved_without_checkpoints_grows_and_tracks_where_it_is(t
 
     status = json.loads(cli("status", str(moved), "--json", check_rc=0).stdout)
     assert status["per_status"] == {"FINISHED": 3, "RUNNING": 1}, status
+    plan = cli("validate", str(moved / "spec.yaml"), "--set", f"data.dir={b / 'data'}", check_rc=0)  # as `stop` says
+    assert f"3 already FINISHED, 1 to run -> {moved.resolve()}" in plan.stdout, plan.stdout
     out = cli("run", str(write_spec(b, tiny_model, b / "data", training__max_steps=9,
                                     grid={"methods": ["sam", "bitfit"], "tasks": ["CB"], "seeds": [0, 1, 2]})),
               check_rc=0)
