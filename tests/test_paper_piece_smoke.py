@@ -39,8 +39,9 @@ def test_a_sweep_run_in_pieces_on_two_machines_finishes_each_trial_once(tmp_path
             shutil.rmtree(machine)  # the machine is given back
         return json.loads((out / "piece.json").read_text())
 
-    assert subprocess.run(["bash", "results/paper-small/run_piece.sh", str(tmp_path / "out0")], cwd=ROOT,
-                          env={**os.environ, "STATE": str(state)}, capture_output=True, text=True).returncode == 2
+    refused = subprocess.run(["bash", "results/paper-small/run_piece.sh", str(tmp_path / "out0")], cwd=ROOT,
+                             env={**os.environ, "STATE": str(state)}, capture_output=True, text=True)
+    assert refused.returncode == 2 and "pass --first for the first piece" in refused.stderr, refused.stderr
     first = piece(1, "--first", "--stop-after", "1")  # without --first a missing state is refused (above)
     assert 1 <= first["finished_in_this_piece"] < 4, first
     with tarfile.open(state) as tar:
