@@ -76,3 +76,20 @@ def wait_for(predicate, proc, timeout=300):
         assert proc.poll() is None, "the sweep ended before the kill point:\n" + proc.stdout.read()[-3000:]
         time.sleep(0.5)
     raise AssertionError("kill point not reached")
+
+
+def state_knows_a_checkpoint(experiment_dir: Path, key: str) -> bool:
+    """Tune's newest saved experiment state in a local experiment folder holds a checkpoint of trial ``key``:
+    what a restore resumes from (a checkpoint folder on disk is not enough; the snapshot can lag behind it)."""
+    states = sorted(experiment_dir.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    if not states:
+        return False
+    try:
+        state = json.loads(states[-1].read_text())
+    except ValueError:  # being written
+        return False
+    for _, run_metadata in state["trial_data"]:
+        last = json.loads(run_metadata).get("last_result") or {}
+        if (last.get("config") or {}).get("trial", {}).get("trial_key") == key and last.get("checkpoint_dir_name"):
+            return True
+    return False

@@ -23,7 +23,8 @@ def test_a_sweep_run_in_pieces_on_two_machines_finishes_each_trial_once(tmp_path
     tiny = {"name": "piece-smoke", "model": tiny_model, "grid.methods": "[sam-global,bitfit]", "grid.tasks": "[CB]",
             "grid.seeds": "[0,1]", "training.max_steps": 60, "training.eval_every": 5, "training.batch_size": 8,
             "training.max_seq_length": 64, "methods.sam.burnin": 2, "resources.gpu_per_trial": 0,
-            "resources.max_concurrent": 1, "ray.num_cpus": 2}
+            "resources.max_concurrent": 1, "ray.num_cpus": 2,
+            "fault.step_delay_s": 0.1}  # a trial lasts 6 s or more: the stop lands before the last one ends
     extra = [a for k, v in tiny.items() for a in ("--set", f"{k}={v}")]
 
     def piece(n: int, *options: str) -> dict:

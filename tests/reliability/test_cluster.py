@@ -130,10 +130,15 @@ def _submit(cluster, spec: Path, extra_env: dict) -> subprocess.CompletedProcess
     runtime_env = {"excludes": [".venv", "runs", ".cache", ".git", "**/__pycache__"],
                    "env_vars": {"PEFT_SWEEP_DATA_DIR": os.environ["PEFT_SWEEP_DATA_DIR"],
                                 "PEFT_SWEEP_CACHE_DIR": os.environ["PEFT_SWEEP_CACHE_DIR"], **extra_env}}
-    return subprocess.run([RAY, "job", "submit", "--address", cluster["dashboard"], "--working-dir", str(ROOT),
-                           "--runtime-env-json", json.dumps(runtime_env), "--",
-                           sys.executable, "-m", "orchestrator", "run", str(spec)],
-                          capture_output=True, text=True, env=cluster["env"], timeout=900)
+    for _ in range(6):  # a loaded machine: the head's job agent may not be up yet, and Ray says to try again
+        out = subprocess.run([RAY, "job", "submit", "--address", cluster["dashboard"], "--working-dir", str(ROOT),
+                              "--runtime-env-json", json.dumps(runtime_env), "--",
+                              sys.executable, "-m", "orchestrator", "run", str(spec)],
+                             capture_output=True, text=True, env=cluster["env"], timeout=900)
+        if "No available agent to submit job" not in out.stderr:
+            return out
+        time.sleep(10)
+    return out
 
 
 def test_ray_job_submit_on_a_two_node_cluster(cluster, tmp_path, tiny_model, data_dir):

@@ -8,7 +8,7 @@ import signal
 import pandas as pd
 import pytest
 
-from tests.sweeps import cli, records, spawn, tracker, wait_for, write_spec
+from tests.sweeps import cli, records, spawn, state_knows_a_checkpoint, tracker, wait_for, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -27,12 +27,13 @@ def _artifact_uris(sweep_dir) -> set[str]:
 
 def _kill_when_the_last_one_checkpointed(spec, sweep_dir) -> None:
     """Run the 4-trial sweep one trial at a time; SIGKILL the driver and its Ray (a lost machine) once three
-    trials finished and the fourth wrote a checkpoint."""
+    trials finished and Tune's saved state knows a checkpoint of the fourth."""
     def ready() -> bool:
         recs = records(sweep_dir)
         running = [k for k, r in recs.items() if r.get("status") == "RUNNING"]
         finished = sum(r.get("status") == "FINISHED" for r in recs.values())
-        return finished == 3 and len(running) == 1 and any(sweep_dir.glob(f"tune/exp-*/*-{running[0]}/checkpoint_*"))
+        return finished == 3 and len(running) == 1 and state_knows_a_checkpoint(sweep_dir / "tune" / "exp-001",
+                                                                                 running[0])
 
     proc = spawn("run", str(spec))
     wait_for(ready, proc)
