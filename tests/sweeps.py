@@ -79,8 +79,9 @@ def wait_for(predicate, proc, timeout=300):
 
 
 def state_knows_a_checkpoint(experiment_dir: Path, key: str) -> bool:
-    """Tune's newest saved experiment state in a local experiment folder holds a checkpoint of trial ``key``:
-    what a restore resumes from (a checkpoint folder on disk is not enough; the snapshot can lag behind it)."""
+    """Tune's newest saved experiment state in a local experiment folder holds a checkpoint of trial ``key`` taken
+    before its end: what a restore resumes from (a checkpoint folder on disk is not enough, the snapshot can lag
+    behind it; and a final one would restore the trial as ended, resuming nothing)."""
     states = sorted(experiment_dir.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
     if not states:
         return False
@@ -90,6 +91,7 @@ def state_knows_a_checkpoint(experiment_dir: Path, key: str) -> bool:
         return False
     for _, run_metadata in state["trial_data"]:
         last = json.loads(run_metadata).get("last_result") or {}
-        if (last.get("config") or {}).get("trial", {}).get("trial_key") == key and last.get("checkpoint_dir_name"):
+        if (last.get("config") or {}).get("trial", {}).get("trial_key") == key and last.get("checkpoint_dir_name") \
+                and not last.get("final"):
             return True
     return False

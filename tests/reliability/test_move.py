@@ -43,7 +43,7 @@ def _kill_when_the_last_one_checkpointed(spec, sweep_dir) -> None:
 
 def test_a_sweep_folder_moved_without_checkpoints_grows_and_tracks_where_it_is(tmp_path, tiny_model, data_dir):
     a, b = _machine(tmp_path / "a", data_dir), _machine(tmp_path / "b", data_dir)
-    _kill_when_the_last_one_checkpointed(write_spec(a, tiny_model, a / "data", training__max_steps=9,
+    _kill_when_the_last_one_checkpointed(write_spec(a, tiny_model, a / "data", training__max_steps=30,
                                                     resources={"max_concurrent": 1}), a / "runs" / "t")
     moved = b / "runs" / "t"
     moved.mkdir(parents=True)
@@ -56,7 +56,7 @@ def test_a_sweep_folder_moved_without_checkpoints_grows_and_tracks_where_it_is(t
     assert status["per_status"] == {"FINISHED": 3, "RUNNING": 1}, status
     plan = cli("validate", str(moved / "spec.yaml"), "--set", f"data.dir={b / 'data'}", check_rc=0)  # as `stop` says
     assert f"3 already FINISHED, 1 to run -> {moved.resolve()}" in plan.stdout, plan.stdout
-    out = cli("run", str(write_spec(b, tiny_model, b / "data", training__max_steps=9,
+    out = cli("run", str(write_spec(b, tiny_model, b / "data", training__max_steps=30,
                                     grid={"methods": ["sam", "bitfit"], "tasks": ["CB"], "seeds": [0, 1, 2]})),
               check_rc=0)
     assert "3 already FINISHED, 3 to run" in out.stdout and "resuming" not in out.stdout
@@ -68,7 +68,7 @@ def test_a_sweep_folder_moved_without_checkpoints_grows_and_tracks_where_it_is(t
     assert len(runs) == 6 and {r.info.status for r in runs.values()} == {"FINISHED"}
     for run in runs.values():  # the killed trial started over: a new attempt, one history per run
         steps = [m.step for m in t.history(run.info.run_id, "dev_score")]
-        assert steps == sorted(set(steps)) == [3, 6, 9], (run.info.run_name, steps)
+        assert steps == sorted(set(steps)) == list(range(3, 31, 3)), (run.info.run_name, steps)
     (old,) = t.search("tags.role = 'superseded'")
     assert old.info.status == "KILLED" and runs[old.data.tags["trial_key"]].data.tags["attempt"] == "2"
     new = [r for k, r in runs.items() if r.data.params["seed"] == "2"]
@@ -81,7 +81,7 @@ def test_a_sweep_folder_moved_without_checkpoints_grows_and_tracks_where_it_is(t
     train = c / "data" / "CB" / "train.jsonl"
     lines = train.read_text().splitlines(keepends=True)
     train.write_text(lines[1] + lines[0] + "".join(lines[2:]))
-    spec_c = write_spec(c, tiny_model, c / "data", output_dir=str(b / "runs"), training__max_steps=9,
+    spec_c = write_spec(c, tiny_model, c / "data", output_dir=str(b / "runs"), training__max_steps=30,
                         grid={"methods": ["sam", "bitfit"], "tasks": ["CB"], "seeds": [0, 1, 2]})
     refused = cli("validate", str(spec_c), check_rc=2)
     assert "data.dir: other files for CB than the sweep ran on" in refused.stderr, refused.stderr
@@ -90,14 +90,14 @@ def test_a_sweep_folder_moved_without_checkpoints_grows_and_tracks_where_it_is(t
 def test_a_killed_sweep_moved_with_its_checkpoints_resumes_them_where_it_is(tmp_path, tiny_model, data_dir):
     a, b = _machine(tmp_path / "a", data_dir), _machine(tmp_path / "b", data_dir)
     old = a / "runs" / "t"
-    _kill_when_the_last_one_checkpointed(write_spec(a, tiny_model, a / "data", training__max_steps=9,
+    _kill_when_the_last_one_checkpointed(write_spec(a, tiny_model, a / "data", training__max_steps=30,
                                                     resources={"max_concurrent": 1}), old)
     (b / "runs").mkdir()
     shutil.copytree(old, b / "runs" / "t")  # everything, checkpoints included
     shutil.rmtree(a)
     moved = b / "runs" / "t"
 
-    out = cli("run", str(write_spec(b, tiny_model, b / "data", training__max_steps=9,
+    out = cli("run", str(write_spec(b, tiny_model, b / "data", training__max_steps=30,
                                     resources={"max_concurrent": 1})), check_rc=0)
     assert "resuming the interrupted experiment exp-001" in out.stdout and "4/4 FINISHED" in out.stdout
     assert not a.exists()  # the restored experiment's trials and callback wrote where the folder is now
