@@ -67,15 +67,15 @@ def records(sweep_dir: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")} if folder.is_dir() else {}
 
 
-def wait_for(predicate, proc, timeout=300):
+def wait_for(predicate, proc, what: str = "the kill point", timeout=300):
     """Poll until ``predicate()`` holds while the spawned sweep ``proc`` still runs (a kill point)."""
     end = time.time() + timeout
     while time.time() < end:
         if predicate():
             return
-        assert proc.poll() is None, "the sweep ended before the kill point:\n" + proc.stdout.read()[-3000:]
-        time.sleep(0.5)
-    raise AssertionError("kill point not reached")
+        assert proc.poll() is None, f"the sweep ended before {what}:\n" + proc.stdout.read()[-3000:]
+        time.sleep(0.3)
+    raise AssertionError(f"{what}: not reached")
 
 
 def state_knows_a_checkpoint(experiment_dir: Path, key: str) -> bool:
@@ -83,10 +83,13 @@ def state_knows_a_checkpoint(experiment_dir: Path, key: str) -> bool:
     before its end: what a restore resumes from (a checkpoint folder on disk is not enough, the snapshot can lag
     behind it; and a final one would restore the trial as ended, resuming nothing)."""
     states = sorted(experiment_dir.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
-    if not states:
-        return False
+    return bool(states) and state_text_knows_a_checkpoint(states[-1].read_text(), key)
+
+
+def state_text_knows_a_checkpoint(state_text: str, key: str) -> bool:
+    """The same test on the text of one saved experiment state, wherever it was read from (disk, a bucket)."""
     try:
-        state = json.loads(states[-1].read_text())
+        state = json.loads(state_text)
     except ValueError:  # being written
         return False
     for _, run_metadata in state["trial_data"]:

@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from benchmarks.mlflow_server import free_port
-from tests.sweeps import ROOT, cli, records, spawn, tracker, write_spec
+from tests.sweeps import (ROOT, cli, records, spawn, state_text_knows_a_checkpoint, tracker, wait_for,
+                          write_spec)
 
 # one xdist worker runs the whole module (one cluster for all); the tests of other modules run beside it
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cluster")]
@@ -193,32 +194,16 @@ def _objects(client, prefix: str) -> list[str]:
     return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
 
-def _wait_for(predicate, proc, what: str, timeout=300):
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return
-        assert proc.poll() is None, f"the sweep ended before {what}:\n" + proc.stdout.read()[-3000:]
-        time.sleep(0.3)
-    raise AssertionError(f"{what}: not reached")
-
-
 def _running_with_checkpoint(sweep_dir, has_checkpoint) -> str | None:
     running = [k for k, r in records(sweep_dir).items() if r.get("status") == "RUNNING"]
     return next((k for k in running if has_checkpoint(k)), None)
 
 
 def _state_knows_a_checkpoint(client, prefix: str, key: str) -> bool:
-    """Tune's saved experiment state in the bucket holds a checkpoint of trial ``key`` (what a restore uses)."""
+    """Tune's newest saved experiment state in the bucket holds a checkpoint of trial ``key`` (what a restore uses)."""
     states = sorted(o for o in _objects(client, prefix) if o.rsplit("/", 1)[-1].startswith("experiment_state"))
-    if not states:
-        return False
-    state = json.loads(client.get_object(Bucket=BUCKET, Key=states[-1])["Body"].read())
-    for _, run_metadata in state["trial_data"]:
-        last = json.loads(run_metadata).get("last_result") or {}
-        if (last.get("config") or {}).get("trial", {}).get("trial_key") == key and last.get("checkpoint_dir_name"):
-            return True
-    return False
+    return bool(states) and state_text_knows_a_checkpoint(
+        client.get_object(Bucket=BUCKET, Key=states[-1])["Body"].read().decode(), key)
 
 
 def test_sweeps_sharing_an_s3_root_resume_only_their_own(s3, on_cluster, spawned, tmp_path, tiny_model,
@@ -233,7 +218,7 @@ def test_sweeps_sharing_an_s3_root_resume_only_their_own(s3, on_cluster, spawned
     dir_a = tmp_path / "a" / "runs" / "a"
     saved = lambda k: _state_knows_a_checkpoint(s3, "tune/a/exp-001/", k)  # noqa: E731
     proc = spawned("run", str(spec_a))
-    _wait_for(lambda: any(r.get("status") == "FINISHED" for r in records(dir_a).values())
+    wait_for(lambda: any(r.get("status") == "FINISHED" for r in records(dir_a).values())
               and _running_with_checkpoint(dir_a, saved), proc, "a finished trial and a checkpointed one")
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and its Ray, as a lost head node would
     proc.wait()
@@ -269,7 +254,7 @@ def test_stop_leaves_trials_resumable_and_nothing_running(on_cluster, spawned, c
     sweep_dir = tmp_path / "runs" / "t"
     ckpt = lambda k: any(k in str(p) for p in (sweep_dir / "tune").rglob("checkpoint_*"))  # noqa: E731
     proc = spawned("run", str(spec))
-    _wait_for(lambda: _running_with_checkpoint(sweep_dir, ckpt), proc, "a checkpointed running trial")
+    wait_for(lambda: _running_with_checkpoint(sweep_dir, ckpt), proc, "a checkpointed running trial")
 
     watch = spawned("status", str(sweep_dir), "--watch", "--interval", "0.5")  # a line per interval off a terminal
     first = watch.stdout.readline()
