@@ -150,3 +150,59 @@ def test_masked_adamw_launches_three_kernels_per_tensor_not_ten():
     with count.mode:
         opt.step()
     assert count.n <= 3 * n + 10, count.n  # gather grad, gather value, scatter value; the rest multi-tensor
+
+
+class _Evaluation(Exception):
+    pass
+
+
+@pytest.fixture
+def on_meta_device(monkeypatch):
+    """Trials run their model, data, masks and optimizer state on the meta device, which holds no values: any
+    host sync in the training step (``.item()``, ``float()``, ``bool()`` of a device tensor) raises there. On a
+    GPU each such sync stalls the host until the queue drains, per call. The step stops at the first evaluation
+    (which reads its scores on the host by design); selections rank random scores on the host, as the real ones
+    rank scores copied there once per selection."""
+    import transformers.masking_utils
+
+    import trainables.loop
+    import trainables.masking
+    import trainables.methods.base
+    import trainables.methods.childprune
+    import trainables.methods.diffprune
+
+    real = trainables.masking.select_top
+
+    def select_top(scores, k, scope):
+        return real({n: torch.rand(s.shape) for n, s in scores.items()}, k, scope)
+
+    for module in (trainables.masking, trainables.methods.base, trainables.methods.childprune,
+                   trainables.methods.diffprune):
+        monkeypatch.setattr(module, "select_top", select_top)
+    monkeypatch.setattr(trainables.loop, "pick_device", lambda: torch.device("meta"))
+    # transformers' own check of the padding mask (one sync per forward, ours and a plain loop's alike)
+    monkeypatch.setattr(transformers.masking_utils, "_ignore_bidirectional_mask_sdpa", lambda *a, **k: False)
+
+    def evaluation(self, lr):
+        raise _Evaluation
+
+    monkeypatch.setattr(trainables.loop.Trainer, "_evaluation_point", evaluation)
+
+
+# selections and projections read a probe loss on the host (once each, by design): SAM's comes inside the six
+# steps, DiffPruning's and ChildPruning's re-selection after them
+STEP_PARAMS = {"sam": {"burnin": 2}, "diffprune": {"burnin": 10}, "childprune": {"reselect_every": 100}}
+
+
+@pytest.mark.parametrize("method", ["full", "random", "mixout", "bitfit", "magprune", "adapter", "lora",
+                                    "diffprune", "childprune", "sam"])
+def test_a_training_step_never_waits_for_the_device(method, on_meta_device, tiny_trial):
+    from trainables.loop import Trainer
+
+    trainer = Trainer(tiny_trial(method, method_params=STEP_PARAMS.get(method, {}),
+                                 training={"max_steps": 12, "eval_every": 6, "checkpoint_every": 0}))
+    trainer.setup()
+    assert trainer.device.type == "meta"
+    with pytest.raises(_Evaluation):  # six steps without a sync
+        trainer.train()
+    assert trainer.step == 6

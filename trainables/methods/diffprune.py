@@ -33,9 +33,16 @@ class GatedDiff(nn.Module):
         self.log_alpha = nn.Parameter(torch.full_like(like, alpha_init, dtype=torch.float32))
         self.register_buffer("mask", torch.ones_like(like, dtype=torch.bool))
         self.register_buffer("projected", torch.zeros((), dtype=torch.bool))
+        # read in every forward: a host bool, as a read of the device buffer would wait for the GPU each time
+        self.is_projected = False
+        self.register_load_state_dict_post_hook(lambda module, _: module.set_projected(bool(module.projected)))
+
+    def set_projected(self, flag: bool) -> None:
+        self.projected.fill_(flag)
+        self.is_projected = flag
 
     def gate(self) -> torch.Tensor:
-        if self.training and not bool(self.projected):
+        if self.training and not self.is_projected:
             u = torch.rand_like(self.log_alpha).clamp(1e-6, 1 - 1e-6)
             s = torch.sigmoid((u.log() - (-u).log1p() + self.log_alpha) / BETA)
         else:
@@ -104,7 +111,7 @@ class DiffPrune(MaskMethod):
                     keep.fill_(False)
                     keep[mask[n].to(keep.device)] = True
                 g.mask.copy_(keep.view_as(g.mask))
-                g.projected.fill_(mask is not None)
+                g.set_projected(mask is not None)
         self._gate_grads(model)
 
     def dense_parameters(self, model):
@@ -149,7 +156,7 @@ class DiffPrune(MaskMethod):
                 ctx.forget(g.w, ~keep)  # ...and hold no optimizer state, so a re-entry starts from θ0
                 ctx.forget(g.log_alpha, ~keep)
                 g.mask.copy_(keep)
-                g.projected.fill_(True)
+                g.set_projected(True)
         self.mask = new
         self.projections.append(Projection(step, flipped, before, ctx.probe_loss()))
 
@@ -161,7 +168,7 @@ class DiffPrune(MaskMethod):
             self.project(model, step, ctx)
 
     def finalize(self, model):
-        if not all(bool(g.projected) for g in gated_diffs(model).values()):
+        if not all(g.is_projected for g in gated_diffs(model).values()):
             raise RuntimeError("diffprune: the scored state was never projected onto the budget")
         was_training = model.training
         model.eval()
