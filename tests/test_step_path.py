@@ -206,3 +206,43 @@ def test_a_training_step_never_waits_for_the_device(method, on_meta_device, tiny
     with pytest.raises(_Evaluation):  # six steps without a sync
         trainer.train()
     assert trainer.step == 6
+
+
+class _CountDispatches(_CountKernels):
+    """Every aten call but views, 0-d host tensors included (a step counter held as a tensor costs dispatches)."""
+
+    def __init__(self):
+        super().__init__()
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        outer = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                if func.overloadpacket.__name__ != "view":
+                    outer.n += 1
+                return func(*args, **(kwargs or {}))
+
+        self.mode = Mode()
+
+
+@pytest.mark.parametrize("method", ["full", "sam"])
+def test_clipping_and_the_masked_step_dispatch_a_few_ops_per_masked_tensor_and_none_per_dense_one(method,
+                                                                                                    tiny_trial):
+    """A MiniLM step on a GPU is bound by the host's kernel launches: clipping used to run three ops per dense
+    tensor and four per masked one (its whole gradient scaled although only the selected entries train), and the
+    masked step gathered each gradient again. (The dense AdamW is one fused kernel on CUDA, not counted here.)"""
+    from trainables.loop import Trainer
+
+    trainer = Trainer(tiny_trial(method, method_params=STEP_PARAMS.get(method, {})))
+    trainer.setup()
+    batch = trainer._train_batch(0)
+    trainer.model.loss(trainer.forward(batch), batch["labels"]).backward()
+    masked = [p for p, st in trainer.sparse_opt.state.items() if st["index"].numel()] if trainer.sparse_opt else []
+    assert len(trainer.dense_params if method == "full" else masked) >= 20
+    count = _CountDispatches()
+    with count.mode:
+        trainer._clip()
+        if trainer.sparse_opt is not None:
+            trainer.sparse_opt.step()
+    assert count.n <= 3 * len(masked) + 40, (count.n, len(masked), len(trainer.dense_params))

@@ -104,26 +104,39 @@ class MaskedAdamW(torch.optim.Optimizer):
     def set_index(self, p: nn.Parameter, idx: torch.Tensor) -> None:
         """(Re)select the entries of ``p``; the moments start from zero for the new selection."""
         idx = idx.to(p.device, torch.long)
-        self.state[p] = {"index": idx, "step": torch.zeros((), dtype=torch.float32),
+        # the step count is a Python int here (a tensor only in state_dict): no dispatch per tensor per step
+        self.state[p] = {"index": idx, "step": 0,
                          "exp_avg": torch.zeros(idx.numel(), dtype=torch.float32, device=p.device),
                          "exp_avg_sq": torch.zeros(idx.numel(), dtype=torch.float32, device=p.device)}
+        self._gathered = None
+
+    @torch.no_grad()
+    def gather_grads(self) -> list[torch.Tensor]:
+        """Each masked tensor's gradient at its selected entries (float32): what clipping scales in place and the
+        next :meth:`step` uses, so each gradient is gathered once per step."""
+        self._gathered = {p: p.grad.reshape(-1).index_select(0, st["index"]).float()
+                          for p, st in self.state.items() if p.grad is not None and st["index"].numel()}
+        return list(self._gathered.values())
 
     @torch.no_grad()
     def step(self, closure=None):
         """One AdamW step over the selected entries, in ~3 launches per tensor (gather gradient, gather
         value, scatter value) plus a few multi-tensor ``torch._foreach_*`` launches per group, instead of
         ~10 per tensor. Same arithmetic, in the same order, as the per-tensor loop it replaces."""
+        if self._gathered is None:  # not clipped first
+            self.gather_grads()
+        gathered, self._gathered = self._gathered, None
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             params, grads, avgs, avg_sqs, bc1, bc2 = [], [], [], [], [], []
             for p in group["params"]:
-                st = self.state[p]
-                if p.grad is None or st["index"].numel() == 0:
+                if p not in gathered:
                     continue
-                st["step"] += 1  # a CPU tensor: no device sync
-                t = float(st["step"])
+                st = self.state[p]
+                st["step"] += 1
+                t = st["step"]
                 params.append(p)
-                grads.append(p.grad.reshape(-1).index_select(0, st["index"]).float())
+                grads.append(gathered[p])
                 avgs.append(st["exp_avg"])
                 avg_sqs.append(st["exp_avg_sq"])
                 bc1.append(-group["lr"] / (1 - beta1 ** t))
@@ -145,6 +158,11 @@ class MaskedAdamW(torch.optim.Optimizer):
                 p.view(-1).index_copy_(0, self.state[p]["index"], v.to(p.dtype))
         return None
 
+    def state_dict(self):
+        sd = super().state_dict()  # its per-parameter dicts are this optimizer's own: copied before the change
+        sd["state"] = {i: {**st, "step": torch.tensor(float(st["step"]))} for i, st in sd["state"].items()}
+        return sd
+
     def load_state_dict(self, state_dict) -> None:
         # torch casts every state tensor to its parameter's dtype: a float32 index loses entries past 2**24
         # (roberta-base's word embeddings have 38.6M), so the indices are set aside and put back exactly
@@ -156,6 +174,8 @@ class MaskedAdamW(torch.optim.Optimizer):
             st = self.state[p]
             st["index"] = indices[i].to(p.device)
             st["exp_avg"], st["exp_avg_sq"] = st["exp_avg"].float(), st["exp_avg_sq"].float()
+            st["step"] = int(st["step"])
+        self._gathered = None
 
     def selected(self) -> int:
         return sum(int(s["index"].numel()) for s in self.state.values())
