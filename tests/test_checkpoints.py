@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from tests.cases import METHOD_CASES
 from tests.sweeps import ROOT
 from trainables import run_trial
-from trainables.checkpoint import TENSORS, CheckpointError
+from trainables.checkpoint import META, TENSORS, CheckpointError
 from trainables.data import collate
 from trainables.loop import FINAL_DIR, Trainer
 from trainables.masking import budget
@@ -176,3 +176,18 @@ def test_load_records_the_lr_used_and_keeps_another_trials_model(tiny_trial, tmp
     assert "holds files that are not a fine-tuned model (a.txt)" in capsys.readouterr().err
     assert main(["load", str(folders["sam"] / FINAL_DIR), "--out", str(out), "--force"]) == 0
     assert json.loads((out / "finetuned.json").read_text())["method"] == "sam"
+
+
+def test_a_checkpoint_from_the_other_device_kind_resumes_with_this_devices_optimizer(tiny_trial, tmp_path):
+    """A GPU writes fused AdamW's groups (``fused: True``) into its checkpoints; torch's load_state_dict takes a
+    saved group's flags as they are, so a resume elsewhere ran the other device's kind of AdamW from then on."""
+    folder = _checkpoint(tiny_trial, "full", tmp_path / "full")
+    meta = json.loads((folder / META).read_text())
+    for group in meta["optimizers"]["dense_opt"]:
+        group["fused"] = True  # as a CUDA trial writes it
+    (folder / META).write_text(json.dumps(meta))
+    trainer = Trainer(tiny_trial("full", method_params=METHOD_CASES["full"], training={"max_steps": 4}),
+                      resume_dir=str(folder))
+    trainer.setup()
+    assert trainer.resumed_from == 4
+    assert {g["fused"] for g in trainer.dense_opt.param_groups} == {None}  # what AdamW is on this CPU

@@ -297,9 +297,12 @@ class Trainer:
     def _restore(self, s: ckpt.TrialState) -> None:
         dense, masked, index, base = self._layout(s.mask, resumable=True)
         ckpt.scatter(s.trained, dense, masked, index or None, base)
-        self.dense_opt.load_state_dict(ckpt.scatter_moments(s.dense_opt, self._dense_opt_names(),
-                                                            self.method.entry_trained(self.model, s.mask),
-                                                            self._dense_named()))
+        moments = ckpt.scatter_moments(s.dense_opt, self._dense_opt_names(),
+                                       self.method.entry_trained(self.model, s.mask), self._dense_named())
+        # AdamW's kind is this device's: a GPU's checkpoint says `fused`, which torch would keep on a CPU and back
+        moments["param_groups"] = [{**saved, "fused": own["fused"]}
+                                   for saved, own in zip(moments["param_groups"], self.dense_opt.param_groups)]
+        self.dense_opt.load_state_dict(moments)
         if self.sparse_opt is not None:
             self.sparse_opt.load_state_dict(s.sparse_opt)
         self.step, self.best_score, self.best_step, self.bad_evals = s.step, s.best_score, s.best_step, s.bad_evals
