@@ -47,7 +47,7 @@ def parse_steps(text: str) -> tuple[list[dict], dict[str, list[dict]], dict[str,
     bad: dict[str, list[str]] = {}
     current = None
     for line in text.splitlines():
-        if line.startswith("#start\t") or line.startswith("#skip\t"):
+        if line.startswith(("#start\t", "#skip\t")):
             kind, name, limit, cmd, *reason = line.split("\t")
             step = {"step": name, "time_limit_s": int(limit), "command": cmd, "rc": None, "wall_s": None}
             if kind == "#skip":
