@@ -110,22 +110,36 @@ def peak(device) -> dict:
     return {"peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None}
 
 
+class _Stop(Exception):
+    """Ends Trainer.train after the wanted step (see train_steps)."""
+
+
 def train_steps(tr: Trainer, n: int) -> None:
-    """``n`` more training steps of ``tr``: Trainer.train's own step code, but no evaluation point (dev
-    evaluation, best-state copy, checkpoint) anywhere, also not at ``max_steps``, which stays where the
-    config put it (the learning-rate schedule). Trainer.train calls ``_evaluation_point`` after each step when
-    ``eval_every`` is 1: here that only says whether to stop."""
-    if tr.cfg.training.eval_every != 1 or "_evaluation_point" not in vars(Trainer):
-        raise RuntimeError("train_steps needs eval_every 1 and Trainer._evaluation_point (trainables/loop.py)")
+    """``n`` more training steps of ``tr``: Trainer.train's own step code, with no evaluation point (dev
+    evaluation, best-state copy, checkpoint) and no timer or sync of its own between steps. ``max_steps`` stays
+    where the config put it (the learning-rate schedule), beyond the steps run here, and ``eval_every`` beyond it:
+    the loop is ended after step ``n`` from Trainer.train's per-step hook ``_maybe_fail`` (the test-only fault
+    switch, which has nothing to do here). Trainer.train has no ``steps=`` argument (trainables/loop.py)."""
+    tc = tr.cfg.training
+    if "_maybe_fail" not in vars(Trainer):
+        raise RuntimeError("train_steps needs Trainer._maybe_fail, called after every step (trainables/loop.py)")
     stop_at = tr.step + n
-    if stop_at >= tr.cfg.training.max_steps:
-        raise ValueError(f"{n} more steps from step {tr.step} reach max_steps {tr.cfg.training.max_steps}")
-    tr._evaluation_point = lambda lr: tr.step >= stop_at
-    tr.evaluate = _no_evaluation
+    if stop_at >= tc.max_steps or tc.eval_every <= tc.max_steps:
+        raise ValueError(f"{n} steps from step {tr.step}: max_steps ({tc.max_steps}) must lie beyond them and "
+                         f"eval_every ({tc.eval_every}) beyond max_steps")
+
+    def after_step() -> None:
+        if tr.step >= stop_at:
+            raise _Stop
+
+    tr._maybe_fail = after_step
+    tr.evaluate = tr._evaluation_point = _no_evaluation
     try:
         tr.train()
+    except _Stop:
+        pass
     finally:
-        del tr._evaluation_point, tr.evaluate
+        del tr._maybe_fail, tr.evaluate, tr._evaluation_point
     if tr.step != stop_at:
         raise RuntimeError(f"Trainer.train stopped at step {tr.step}, not {stop_at}")
 
@@ -163,7 +177,7 @@ def ours(path: str, method: str, args, device, data_dir: str) -> dict:
     n_steps = args.warmup + args.steps + 1  # + 1 profiled step
     cfg = TrialConfig(task="CB", method=method, model=path, sparsity=0.005 if method not in ("full", "bitfit") else None,
                       data={"dir": data_dir}, method_params=params,
-                      training={"batch_size": args.batch_size, "max_steps": n_steps + 1, "eval_every": 1,
+                      training={"batch_size": args.batch_size, "max_steps": n_steps + 1, "eval_every": n_steps + 2,
                                 "max_seq_length": args.seq_len, "checkpoint_every": 0})
     release_memory()  # the earlier cases' Trainers (reference cycles) and cached blocks: not in this peak
     tr = Trainer(cfg)
