@@ -8,6 +8,7 @@ usage() {
 usage: bash benchmarks/devbundle.sh build  [DIR]    # here, once (~4 min on 2 cores); DIR defaults to .devbundle
        bash benchmarks/devbundle.sh unpack [DIR]    # on the GPU machine, before anything else
        bash benchmarks/devbundle.sh mlflow DIR      # only DIR/mlflow.tar.xz (what devbundle_check.sh uses)
+       bash benchmarks/devbundle.sh check-wheels [DIR]   # DIR/whl: the pydantic pair matches (build runs it)
 
 The GPU machine (Python 3.12, x86-64, no network) has torch, transformers, peft, pandas, pyarrow, scipy,
 statsmodels, scikit-learn, but not Ray, MLflow or MLflow's SQLite store (SQLAlchemy, Alembic, Mako).
@@ -23,6 +24,9 @@ build    runs ../shared/device/bundle.sh DIR --with-model --with-data (Ray strip
          bundle.sh's --with-mlflow is not used: it lacks SQLAlchemy/Alembic/Mako and its wheels are too big.
 unpack   runs DIR/unpack.sh (Ray, wheels, model to /tmp/minilm-l6, data to /tmp/data) and extracts
          DIR/mlflow.tar.xz into /tmp/site; then:  export PYTHONPATH=/tmp/site:REPO
+check-wheels  checks DIR/whl (build does too): one wheel each of pydantic, pydantic-core, annotated-types,
+         typing-inspection, typing-extensions (build replaces bundle.sh's newest ones by the venv's versions),
+         and pydantic's "Requires-Dist: pydantic-core==X" is the pydantic-core shipped
 mlflow   builds only DIR/mlflow.tar.xz (for devbundle_check.sh, with DEVBUNDLE_PYTHON_VERSION=3.11 on a machine
          that has no Python 3.12).
 
@@ -43,8 +47,9 @@ verb=${1:-}
 case $verb in
   -h|--help|help) usage; exit 0;;
   build|unpack) dir=${2:-.devbundle};;
+  check-wheels) dir=${2:-.devbundle};;
   mlflow) dir=${2:?usage: devbundle.sh mlflow DIR};;
-  *) echo "unknown verb '${verb}'; valid: build, unpack, mlflow, --help" >&2; exit 2;;
+  *) echo "unknown verb '${verb}'; valid: build, unpack, mlflow, check-wheels, --help" >&2; exit 2;;
 esac
 limit_mib=62
 # mlflow-skinny holds every file of mlflow-tracing (checked for 3.17.2), so that one is not packed.
@@ -115,6 +120,50 @@ size_report() {  # bytes by part, the total with the tracked tree; fails above t
   fi
 }
 
+# Ray's pydantic and what it needs, which bundle.sh downloads at their newest: pinned to the venv instead (pydantic
+# pins pydantic-core exactly and refuses another at import; a pydantic-core release can precede the pydantic that
+# pins it), with typing-extensions (pydantic 2.14 needs >= 4.16; the GPU image's is older or unknown).
+pinned_whl=(pydantic pydantic-core annotated-types typing-inspection typing-extensions)
+
+pin_wheels() {  # replace DIR's wheels of pinned_whl by the pinned versions' (cp312 or the target Python)
+  local whl=$1 pyver=${DEVBUNDLE_PYTHON_VERSION:-3.12} n
+  local -a spec
+  spec=($(pins "${pinned_whl[@]}")) || exit 1
+  for n in "${pinned_whl[@]}"; do rm -f "$whl/${n//-/_}"-*.whl; done
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$pyver" --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    -d "$whl" "${spec[@]}"
+  echo "whl/ pinned: ${spec[*]}"
+}
+
+check_wheels() {  # DIR/whl: one wheel of each pinned package, and pydantic's exact pydantic-core pin is the one shipped
+  DEVBUNDLE_PINNED="${pinned_whl[*]}" python3 - "$1" <<'PY'
+import os, re, sys, zipfile
+from pathlib import Path
+whl = Path(sys.argv[1])
+wheels = {}
+for w in sorted(whl.glob("*.whl")):
+    name, version = w.name.split("-")[:2]
+    wheels.setdefault(re.sub(r"[-_.]+", "-", name).lower(), []).append((version, w))
+problems = []
+for name in os.environ["DEVBUNDLE_PINNED"].split():
+    if len(wheels.get(name, [])) != 1:
+        problems.append(f"{len(wheels.get(name, []))} wheels of {name} in {whl} (need exactly one)")
+if not problems:
+    (_, pyd), = wheels["pydantic"]
+    (core, _), = wheels["pydantic-core"]
+    with zipfile.ZipFile(pyd) as z:
+        meta = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+    pins = re.findall(r"^Requires-Dist: pydantic[-_]core\s*==\s*([^\s;,]+)", meta, flags=re.M | re.I)
+    if pins != [core]:
+        problems.append(f"{pyd.name} requires pydantic-core=={pins[0] if pins else '?'}, but the bundle ships "
+                        f"pydantic-core {core}: `import pydantic` would raise SystemError on the GPU machine")
+if problems:
+    sys.exit("bad wheel set: " + "; ".join(problems))
+print(f"wheels ok: pydantic {wheels['pydantic'][0][0]} with pydantic-core {wheels['pydantic-core'][0][0]}")
+PY
+}
+
 case $verb in
   build)
     cd "$root"
@@ -128,12 +177,14 @@ case $verb in
     rm -rf "${dir:?}"/{ray.tar.xz,minilm-l6,data.tar.xz,whl,mlflow.tar.xz,unpack.sh}
     RAY_VERSION=$(pins ray | cut -d= -f3) PATH="$(dirname "$pin_py"):$PATH" \
       bash "$shared/device/bundle.sh" "$dir" --with-model --with-data
-    ls "$dir"/whl/pydantic-*.whl "$dir"/whl/pydantic_core-*-cp312-*.whl >/dev/null \
-      || { echo "bundle.sh no longer brings pydantic/pydantic-core for cp312: add them to pkgs here" >&2; exit 1; }
+    pin_wheels "$dir/whl"
+    check_wheels "$dir/whl"
     build_mlflow "$dir"
     size_report "$dir";;
   mlflow)
     build_mlflow "$dir";;
+  check-wheels)
+    check_wheels "$dir/whl";;
   unpack)
     [ -f "$dir/unpack.sh" ] && [ -f "$dir/mlflow.tar.xz" ] \
       || { echo "no bundle in $dir (build it with: bash benchmarks/devbundle.sh build $dir)" >&2; exit 2; }

@@ -1,45 +1,83 @@
 #!/usr/bin/env bash
-# Issue 19's GPU measurements in one go (~8 min on one H100/H200): trial throughput against a plain PyTorch
+# Issue 19's GPU measurements in one go (under 9 min on one H100/H200): trial throughput against a plain PyTorch
 # loop (MiniLM-L6 and a RoBERTa-base-shaped random-init model), the optimizer step alone, and trial packing
 # through Ray Tune (and what a fresh process per trial costs against reused workers). Prints one JSON line per
-# figure and writes OUT_DIR/<date>-<gpu or cpu>.json with the exact
-# commands, torch/GPU info, every figure, the ratios the issue's goals name and torch.profiler tables.
+# figure and writes OUT_DIR/<date>-<gpu or cpu>.json with the exact commands, torch/GPU info, every figure, the
+# ratios the issue's goals name and torch.profiler tables.
 #
-# usage: bash benchmarks/gpu_suite.sh OUT_DIR [--smoke]
-#   --smoke   CPU, tiny settings, about a minute: checks the suite end to end (CI)
+# usage: bash benchmarks/gpu_suite.sh OUT_DIR [--smoke] [--only STEP,...] [--budget SECONDS]
+#   --smoke    CPU, tiny settings, a few minutes: checks the suite end to end (CI)
+#   --only     run only these steps (of minilm, roberta, optim, packing; in that order)
+#   --budget   start no step whose time limit would end later than this many seconds after the suite started
+#              (default 540: a device call is killed at 600 s, and what it wrote under OUT_DIR comes back)
 # On a GPU machine without Ray or MLflow, bring the bundle along (bash benchmarks/devbundle.sh --help):
 #   bash benchmarks/devbundle.sh build      # here, once: .devbundle/ (Ray, MiniLM-L6, task data, MLflow + SQLite store)
 # the suite then unpacks it itself (bash benchmarks/devbundle.sh unpack: model to /tmp/minilm-l6, data to /tmp/data).
-# Each step has its own time limit; a step that fails or runs out is recorded under "errors", the rest go on.
-# The packing step drives a real sweep (orchestrator.sweep), which tracks in MLflow on SQLite: the bundle's MLflow
-# part was checked on CPU in a venv without the MLflow stack (benchmarks/devbundle_check.sh, Python 3.11), not yet
-# on the GPU machine.
+# OUT_DIR holds three files, each written as the suite goes, so a call killed part-way still returns the steps done:
+#   suite.out   every step's stdout (its JSON lines), between "#start" and "#end" lines (rc, seconds)
+#   suite.log   the suite's own messages and every step's stderr, under a "### step" header each
+#   <date>-<gpu>.json   the results of the steps done so far, rewritten after every step (suite_results.py)
+# Each step has its own time limit; a step that fails, runs out or is left out for the budget is recorded under
+# "errors", the rest go on. The packing step drives a real sweep (orchestrator.sweep), which tracks in MLflow on
+# SQLite: the bundle's MLflow part was checked on CPU (benchmarks/devbundle_check.sh, Python 3.11), not yet on
+# the GPU machine.
 set -uo pipefail
-out=${1:?usage: gpu_suite.sh OUT_DIR [--smoke]}
-smoke=0
-case ${2:-} in --smoke) smoke=1;; "") ;; *) echo "unknown option ${2}; valid: --smoke" >&2; exit 2;; esac
+usage="usage: gpu_suite.sh OUT_DIR [--smoke] [--only STEP,...] [--budget SECONDS]"
+out=${1:?$usage}; shift
+smoke=0; only=""; budget=540
+while (($#)); do
+  case $1 in
+    --smoke) smoke=1;;
+    --only) only=${2:?$usage}; shift;;
+    --budget) budget=${2:?$usage}; shift;;
+    *) echo "unknown option $1; valid: --smoke, --only STEP,..., --budget SECONDS" >&2; exit 2;;
+  esac
+  shift
+done
+[[ $budget =~ ^[0-9]+$ ]] || { echo "--budget must be whole seconds, not '$budget'" >&2; exit 2; }
+for s in ${only//,/ }; do
+  case $s in minilm|roberta|optim|packing) ;; *) echo "unknown step '$s'; valid: minilm, roberta, optim, packing" >&2; exit 2;; esac
+done
+SECONDS=0  # the budget counts from here: unpack and imports included
+started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+mkdir -p "$out"; out=$(cd "$out" && pwd)
+log=$out/suite.log; steps_out=$out/suite.out
+: > "$log"; : > "$steps_out"
+say() { echo "$*" | tee -a "$log" >&2; }
+# Nothing here may reach for the network (there is none on the GPU machine): say so, and spare MLflow's telemetry.
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true
 py=${PYTHON:-python3}
-if ! "$py" -c 'import ray, mlflow' 2>/dev/null; then
+
+# The bundle brings Ray and MLflow (into /tmp/site), the model (/tmp/minilm-l6) and the task data (/tmp/data):
+# unpack it when any of the three is missing here, whichever.
+has_stack=0; "$py" -c 'import ray, mlflow' 2>/dev/null && has_stack=1
+has_model=0; "$py" -c 'from trainables.models import resolve_model; resolve_model("minilm-l6")' 2>/dev/null && has_model=1
+data=${PEFT_SWEEP_DATA_DIR:-}
+if [ -z "$data" ] && [ -d ../shared/data ]; then data=$(cd ../shared/data && pwd); fi
+if ! ((has_stack)) || { ! ((has_model)) && [ ! -d /tmp/minilm-l6 ]; } || { [ -z "$data" ] && [ ! -d /tmp/data ]; }; then
   if [ ! -f .devbundle/unpack.sh ]; then
-    echo "Ray or MLflow is missing and there is no .devbundle/ to unpack (build it with: bash benchmarks/devbundle.sh build)" >&2
+    say "Ray/MLflow, the model or the task data is missing and there is no .devbundle/ to unpack" \
+        "(build it with: bash benchmarks/devbundle.sh build)"
     exit 2
   fi
-  bash benchmarks/devbundle.sh unpack >&2 && export PYTHONPATH=/tmp/site:$root
+  say "### unpack .devbundle (at ${SECONDS}s)"
+  bash benchmarks/devbundle.sh unpack >> "$log" 2>&1 || { say "unpacking .devbundle failed (see $log)"; exit 2; }
+  say "unpacked at ${SECONDS}s"
 fi
-export PYTHONPATH=${PYTHONPATH:-$root}
-model=minilm-l6
-if ! "$py" -c 'from trainables.models import resolve_model; resolve_model("minilm-l6")' 2>/dev/null; then
-  model=/tmp/minilm-l6  # the bundle's copy
+if ((has_stack)); then
+  export PYTHONPATH=$root${PYTHONPATH:+:$PYTHONPATH}
+else  # the bundle's Ray and MLflow first, the repo (Ray workers import trainables from it), then the image's own
+  export PYTHONPATH=/tmp/site:$root${PYTHONPATH:+:$PYTHONPATH}
 fi
-data=${PEFT_SWEEP_DATA_DIR:-}
-if [ -z "$data" ]; then for d in ../shared/data /tmp/data; do [ -d "$d" ] && data=$(cd "$d" && pwd) && break; done; fi
+model=minilm-l6; ((has_model)) || model=/tmp/minilm-l6  # the bundle's copy
+[ -n "$data" ] || { [ -d /tmp/data ] && data=/tmp/data; }
 export PEFT_SWEEP_DATA_DIR=${data:?no task data: set PEFT_SWEEP_DATA_DIR}
-logs=$(mktemp -d); trap 'rm -rf "$logs"' EXIT
-mkdir -p "$out"
 
 tt=(benchmarks/trial_throughput.py --data-dir "$data" --tokenizer-from "$model")
+# "LIMIT NAME COMMAND": on the GPU the limits (130 + 110 + 30 + 200 s) leave ~70 s of the 540 s budget for the
+# unpack (~15 s), the checks above and suite_results.py after each step (a few seconds each).
 if ((smoke)); then
   steps=(
     "240 minilm   ${tt[*]} --model $model --smoke --methods full,sam,random,lora --profile"
@@ -49,19 +87,36 @@ if ((smoke)); then
   )
 else
   steps=(
-    "150 minilm   ${tt[*]} --model $model --batch-size 32 --seq-len 128 --steps 50 --warmup 10 --methods full,sam,random,lora --cb-steps 300 --profile"
-    "150 roberta  ${tt[*]} --model roberta-base-shape --batch-size 32 --seq-len 128 --steps 30 --warmup 5 --methods full,sam,lora --cb-steps 0"
+    "130 minilm   ${tt[*]} --model $model --batch-size 32 --seq-len 128 --steps 50 --warmup 10 --methods full,sam,random,lora --cb-steps 300 --profile"
+    "110 roberta  ${tt[*]} --model roberta-base-shape --batch-size 32 --seq-len 128 --steps 30 --warmup 5 --methods full,sam,lora --cb-steps 0"
     "30  optim    benchmarks/optimizer_step.py --model $model --steps 100"
-    "240 packing  benchmarks/sweep_packing.py --model $model --data-dir $data --fractions 1,0.25,0.125 --trials 8 --steps 100 --fresh-workers"
+    "200 packing  benchmarks/sweep_packing.py --model $model --data-dir $data --fractions 1,0.25,0.125 --trials 8 --steps 100 --fresh-workers --fresh-trials 3"
   )
 fi
-: > "$logs/commands"
+grace=10    # timeout's -k: a step that ignores SIGTERM is killed this much later
+reserve=20  # suite_results.py after the step
+results() { "$py" benchmarks/suite_results.py "$steps_out" "$out" --log "$log" --started "$started" \
+              $( ((smoke)) && echo --smoke ) "$@"; }
+stop=""
 for s in "${steps[@]}"; do
   read -r limit name cmd <<< "$s"
-  echo "$name	$limit	$py $cmd" >> "$logs/commands"
+  if [ -n "$only" ] && [[ ,$only, != *,$name,* ]]; then continue; fi
+  if [ -z "$stop" ] && ((SECONDS + limit + grace + reserve > budget)); then
+    stop="its limit of ${limit}s would end after the suite's budget of ${budget}s (at ${SECONDS}s)"
+  fi
+  if [ -n "$stop" ]; then  # no step starts after one was left out: the budget is spent
+    printf '#skip\t%s\t%s\t%s\t%s\n' "$name" "$limit" "$py $cmd" "$stop" >> "$steps_out"
+    say "### step $name: left out, $stop"
+    continue
+  fi
+  printf '#start\t%s\t%s\t%s\n' "$name" "$limit" "$py $cmd" >> "$steps_out"
+  say "### step $name (limit ${limit}s, at ${SECONDS}s): $py $cmd"
+  t=$SECONDS
   # shellcheck disable=SC2086
-  timeout -k 10 "$limit" "$py" $cmd > "$logs/$name.out" 2> "$logs/$name.err"
-  echo $? > "$logs/$name.rc"
-  grep '^{' "$logs/$name.out" | "$py" -c 'import json,sys; [print(json.dumps({k: v for k, v in json.loads(l).items() if k != "profile"})) for l in sys.stdin]'
+  timeout -k "$grace" "$limit" "$py" $cmd >> "$steps_out" 2>> "$log"
+  rc=$?
+  printf '#end\t%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - t))" >> "$steps_out"
+  say "### step $name: rc $rc after $((SECONDS - t))s (at ${SECONDS}s)"
+  results --print-step "$name"
 done
-"$py" benchmarks/suite_results.py "$logs" "$out" $( ((smoke)) && echo --smoke )
+results --final

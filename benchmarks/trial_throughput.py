@@ -1,6 +1,11 @@
 """Training throughput of our trainable against a plain PyTorch loop, measured in the same run.
 
-Prints one JSON line per case: samples/s, peak GPU memory, and the ratio to the plain loop. The plain
+Prints one JSON line per case: samples/s, peak GPU memory, and the ratio to the plain loop. Only training
+steps are timed (no dev evaluation, no best-state copy: see ``train_steps``), on synthetic fixed-length
+batches whose split lives on the device as a real trial's does; each case's Trainer is freed before the next
+case's peak memory is measured. peak_mem_gib is the timed steps' peak (stats reset after setup: model,
+optimizer state, mask and data are then allocated); peak_mem_incl_setup_gib also covers setup (SAM's burn-in),
+as a real trial's peak_gpu_mem_mb does. The plain
 loop is what a careful engineer writes by hand: same model, same batch, same precision, AdamW (fused
 on CUDA), no data loading at all (a fixed batch on the device). Also prints the share of a real CB
 trial's wall time spent outside training steps.
@@ -28,11 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trainables import TrialConfig  # noqa: E402
 from trainables.data import Encoded, Splits  # noqa: E402
-from trainables.loop import Trainer  # noqa: E402
+from trainables.loop import Trainer, release_memory  # noqa: E402
 from trainables.models import TaskModel, load_backbone, resolve_model  # noqa: E402
 
 
-SHAPES = ("roberta-base-shape", "tiny")
+SHAPES = ("roberta-base-shape", "tiny", "tiny-roberta-vocab")
+SMOKE_SHAPE = {"roberta-base-shape": "tiny-roberta-vocab"}  # --smoke: RoBERTa-base's vocabulary and positions
 
 
 def model_folder(name: str, tmp: Path, tokenizer_from: str = "minilm-l6") -> str:
@@ -47,7 +53,9 @@ def model_folder(name: str, tmp: Path, tokenizer_from: str = "minilm-l6") -> str
     shapes = {"roberta-base-shape": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                                          intermediate_size=3072, vocab_size=50265),
               "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                           vocab_size=30522)}[name]
+                           vocab_size=30522),
+              "tiny-roberta-vocab": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                         intermediate_size=64, vocab_size=50265)}[name]
     folder = tmp / name
     BertModel(BertConfig(max_position_embeddings=514, **shapes)).save_pretrained(folder)
     src = Path(resolve_model(tokenizer_from))
@@ -70,6 +78,9 @@ def sync(device):
 
 
 def plain_loop(path: str, args, device) -> dict:
+    release_memory()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     torch.manual_seed(0)
     model = TaskModel(load_backbone(path), "classification", 3).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, **({"fused": True} if device.type == "cuda" else {}))
@@ -77,8 +88,6 @@ def plain_loop(path: str, args, device) -> dict:
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     labels = torch.randint(0, 3, (args.batch_size,), device=device)
     amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
     for i in range(args.warmup + args.steps):
         if i == args.warmup:
             sync(device)
@@ -90,50 +99,104 @@ def plain_loop(path: str, args, device) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
     sync(device)
-    return {"samples_per_s": args.steps * args.batch_size / (time.perf_counter() - t0), **peak(device)}
+    out = {"samples_per_s": args.steps * args.batch_size / (time.perf_counter() - t0), **peak(device)}
+    out["peak_mem_incl_setup_gib"] = out["peak_mem_gib"]  # its setup is the model load: in the same window
+    del model, opt, loss
+    release_memory()
+    return out
 
 
 def peak(device) -> dict:
     return {"peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None}
 
 
+class _Stop(Exception):
+    """Ends Trainer.train after the wanted step (see train_steps)."""
+
+
+def train_steps(tr: Trainer, n: int) -> None:
+    """``n`` more training steps of ``tr``: Trainer.train's own step code, with no evaluation point (dev
+    evaluation, best-state copy, checkpoint) and no timer or sync of its own between steps. ``max_steps`` stays
+    where the config put it (the learning-rate schedule), beyond the steps run here, and ``eval_every`` beyond it:
+    the loop is ended after step ``n`` from Trainer.train's per-step hook ``_maybe_fail`` (the test-only fault
+    switch, which has nothing to do here). Trainer.train has no ``steps=`` argument (trainables/loop.py)."""
+    tc = tr.cfg.training
+    if "_maybe_fail" not in vars(Trainer):
+        raise RuntimeError("train_steps needs Trainer._maybe_fail, called after every step (trainables/loop.py)")
+    stop_at = tr.step + n
+    if stop_at >= tc.max_steps or tc.eval_every <= tc.max_steps:
+        raise ValueError(f"{n} steps from step {tr.step}: max_steps ({tc.max_steps}) must lie beyond them and "
+                         f"eval_every ({tc.eval_every}) beyond max_steps")
+
+    def after_step() -> None:
+        if tr.step >= stop_at:
+            raise _Stop
+
+    tr._maybe_fail = after_step
+    tr.evaluate = tr._evaluation_point = _no_evaluation
+    try:
+        tr.train()
+    except _Stop:
+        pass
+    finally:
+        del tr._maybe_fail, tr.evaluate, tr._evaluation_point
+    if tr.step != stop_at:
+        raise RuntimeError(f"Trainer.train stopped at step {tr.step}, not {stop_at}")
+
+
+def _no_evaluation(*_a, **_k):
+    raise RuntimeError("an evaluation inside the timed training steps")
+
+
 def profile_step(tr: Trainer, device) -> str:
-    """torch.profiler's top-ops table of one more training step of ``tr``."""
+    """torch.profiler's top-ops table of one more training step of ``tr`` (no evaluation in it)."""
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    tr.cfg.training.max_steps = tr.step + 1
     with profile(activities=acts) as prof:
-        tr.train()
+        train_steps(tr, 1)
         sync(device)
     key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
     return prof.key_averages().table(sort_by=key, row_limit=15)
 
 
-def ours(path: str, method: str, args, device, data_dir: str) -> dict:
-    params = {"full": {}, "sam": {"burnin": 4}, "lora": {}, "random": {}, "bitfit": {}}[method]
-    cfg = TrialConfig(task="CB", method=method, model=path, sparsity=0.005 if method not in ("full", "bitfit") else None,
-                      data={"dir": data_dir}, method_params=params,
-                      training={"batch_size": args.batch_size, "max_steps": args.warmup + args.steps,
-                                "eval_every": 10**6, "max_seq_length": args.seq_len, "checkpoint_every": 0})
-    tr = Trainer(cfg)
-    tr.setup()
-    data = synthetic(args.batch_size * 64, args.seq_len, 30000)
+def with_synthetic_train(tr: Trainer, args, device) -> None:
+    """Replace the trial's train split by fixed-length synthetic examples, moved to the device once as a real
+    trial's splits are (Trainer._setup_data): a step then indexes and pads on the device, no host copy."""
+    data = synthetic(args.batch_size * 64, args.seq_len, 30000).to(device)
     tr.splits = Splits(data, tr.splits.dev, tr.splits.test)
     tr.train_lengths = data.lengths()
     tr.batches_per_epoch = 64
+
+
+def ours(path: str, method: str, args, device, data_dir: str) -> dict:
+    """Our Trainer's training steps alone (timed: ``args.steps`` after ``args.warmup``). Peak memory: of the
+    training steps (reset after setup: model, optimizer state and mask are what is then allocated), and including
+    setup (SAM's burn-in, what a real trial's peak_gpu_mem_mb holds)."""
+    params = {"full": {}, "sam": {"burnin": 4}, "lora": {}, "random": {}, "bitfit": {}}[method]
+    n_steps = args.warmup + args.steps + 1  # + 1 profiled step
+    cfg = TrialConfig(task="CB", method=method, model=path, sparsity=0.005 if method not in ("full", "bitfit") else None,
+                      data={"dir": data_dir}, method_params=params,
+                      training={"batch_size": args.batch_size, "max_steps": n_steps + 1, "eval_every": n_steps + 2,
+                                "max_seq_length": args.seq_len, "checkpoint_every": 0})
+    release_memory()  # the earlier cases' Trainers (reference cycles) and cached blocks: not in this peak
+    tr = Trainer(cfg)
+    tr.setup()  # resets the peak memory stats first
+    setup_peak = peak(device)["peak_mem_gib"]
+    with_synthetic_train(tr, args, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    cfg.training.max_steps = args.warmup
-    tr.train()  # warm-up steps (allocator, kernels)
+    train_steps(tr, args.warmup)  # warm-up steps (allocator, kernels)
     sync(device)
     t0 = time.perf_counter()
-    tr.cfg.training.max_steps = args.warmup + args.steps
-    tr.train()
+    train_steps(tr, args.steps)
     sync(device)
     out = {"samples_per_s": args.steps * args.batch_size / (time.perf_counter() - t0), **peak(device)}
+    out["peak_mem_incl_setup_gib"] = max(setup_peak, out["peak_mem_gib"]) if setup_peak is not None else None
     if args.profile and method in ("full", "sam"):
         out["profile"] = profile_step(tr, device)
+    del tr
+    release_memory()
     return out
 
 
@@ -169,11 +232,14 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true", help="tiny CPU settings for CI: checks the script runs")
     args = p.parse_args()
     if args.smoke:
-        args.model, args.batch_size, args.seq_len, args.steps, args.warmup = "tiny", 4, 16, 3, 1
+        args.model = SMOKE_SHAPE.get(args.model, "tiny")
+        args.batch_size, args.seq_len, args.steps, args.warmup = 4, 16, 3, 1
         args.cb_steps = min(args.cb_steps, 4)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     base_info = {"model": args.model, "batch_size": args.batch_size, "seq_len": args.seq_len, "device": str(device),
-                 "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None}
+                 "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
+                 "peak_mem_scope": "peak_mem_gib: training steps (reset after setup); peak_mem_incl_setup_gib: "
+                                   "from setup's start, as a trial's peak_gpu_mem_mb"}
     with tempfile.TemporaryDirectory() as tmp:
         path = model_folder(args.model, Path(tmp), args.tokenizer_from)
         base = plain_loop(path, args, device)
