@@ -110,42 +110,18 @@ def peak(device) -> dict:
     return {"peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None}
 
 
-class _Stop(Exception):
-    """Ends Trainer.train after the wanted step (see train_steps)."""
-
-
 def train_steps(tr: Trainer, n: int) -> None:
-    """``n`` more training steps of ``tr``: Trainer.train's own step code, with no evaluation point (dev
-    evaluation, best-state copy, checkpoint) and no timer or sync of its own between steps. ``max_steps`` stays
-    where the config put it (the learning-rate schedule), beyond the steps run here, and ``eval_every`` beyond it:
-    the loop is ended after step ``n`` from Trainer.train's per-step hook ``_maybe_fail`` (the test-only fault
-    switch, which has nothing to do here). Trainer.train has no ``steps=`` argument (trainables/loop.py)."""
+    """``n`` more training steps of ``tr``: Trainer.train's own step code with no evaluation point (dev
+    evaluation, best-state copy, checkpoint) between them; ``max_steps`` stays where the config put it (the
+    learning-rate schedule), beyond the steps run here, and ``eval_every`` beyond those."""
     tc = tr.cfg.training
-    if "_maybe_fail" not in vars(Trainer):
-        raise RuntimeError("train_steps needs Trainer._maybe_fail, called after every step (trainables/loop.py)")
     stop_at = tr.step + n
-    if stop_at >= tc.max_steps or tc.eval_every <= tc.max_steps:
-        raise ValueError(f"{n} steps from step {tr.step}: max_steps ({tc.max_steps}) must lie beyond them and "
-                         f"eval_every ({tc.eval_every}) beyond max_steps")
-
-    def after_step() -> None:
-        if tr.step >= stop_at:
-            raise _Stop
-
-    tr._maybe_fail = after_step
-    tr.evaluate = tr._evaluation_point = _no_evaluation
-    try:
-        tr.train()
-    except _Stop:
-        pass
-    finally:
-        del tr._maybe_fail, tr.evaluate, tr._evaluation_point
+    if stop_at >= tc.max_steps or tc.eval_every <= stop_at:
+        raise ValueError(f"{n} steps from step {tr.step}: max_steps ({tc.max_steps}) and eval_every "
+                         f"({tc.eval_every}) must lie beyond them")
+    tr.train(until=stop_at)
     if tr.step != stop_at:
         raise RuntimeError(f"Trainer.train stopped at step {tr.step}, not {stop_at}")
-
-
-def _no_evaluation(*_a, **_k):
-    raise RuntimeError("an evaluation inside the timed training steps")
 
 
 def profile_step(tr: Trainer, device) -> str:

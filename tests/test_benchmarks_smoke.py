@@ -206,9 +206,9 @@ def test_trial_throughput_times_training_steps_only(tmp_path, data_dir, monkeypa
         monkeypatch.setattr(Trainer, name, spy)
     real_train = Trainer.train
 
-    def train(self):
+    def train(self, *a, **k):
         seen.append((self.splits.train.device == self.device, self.splits.train.host_lengths is not None))
-        return real_train(self)
+        return real_train(self, *a, **k)
 
     monkeypatch.setattr(Trainer, "train", train)
     path = tt.model_folder("tiny", tmp_path)

@@ -355,11 +355,14 @@ class Trainer:
             (marker_dir / f"{self.cfg.key}.fail-{done}").touch()
             raise InjectedFault(f"injected fault at step {self.step} (attempt {done + 1} of {f.fail_times} that fail)")
 
-    def train(self) -> None:
+    def train(self, until: int | None = None) -> None:
+        """Train to ``max_steps`` or early stopping; ``until``: stop after that step (a benchmark's timed steps),
+        the learning-rate schedule still running to ``max_steps``."""
         tc = self.cfg.training
+        end = tc.max_steps if until is None else min(until, tc.max_steps)
         self.model.train()
         t0 = time.perf_counter()
-        while self.step < tc.max_steps:
+        while self.step < end:
             # learning rate: linear warmup, then linear decay, set on every optimizer
             lr = lr_at(self.step, self.base_lr, tc.max_steps, tc.warmup_ratio)
             for opt in (self.dense_opt, self.sparse_opt):
