@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 EPILOG = """examples:
   peft-sweep run configs/quickstart.yaml            run (or resume) a sweep; finished trials are skipped
@@ -99,8 +101,20 @@ def _cmd_train_one(args) -> int:
                   f"  best {event.best_dev_score:.4f}", file=sys.stderr, flush=True)
 
     result = run_trial(cfg, report, checkpoint_dir=args.checkpoint_dir)
-    print(json.dumps(result))
+    print(strict_json(result))
     return 0
+
+
+def strict_json(value: Any) -> str:
+    """JSON that jq and JavaScript read: nan and infinities (a correlation of constant predictions) as null."""
+    def finite(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        return [finite(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+    return json.dumps(finite(value), allow_nan=False, default=str)
 
 
 def _load(args, check_world: bool):

@@ -1,12 +1,13 @@
 """The training loop: seeded determinism, resume equality, early stopping with best-state reload."""
 import json
+import math
 
 import pytest
 import torch
 
 from trainables import run_trial
 from tests.cases import METHOD_CASES
-from trainables.loop import InjectedFault
+from trainables.loop import InjectedFault, TrainingDiverged
 
 
 def _scores(r):
@@ -46,6 +47,33 @@ def test_early_stopping_reloads_the_best_state(tiny_trial):
     r = run_trial(cfg)
     assert r["steps"] == 12 and r["best_step"] == 4
     assert r["dev_score"] == pytest.approx(r["curve"][0]["dev_score"])
+
+
+def test_a_trial_that_diverges_after_an_evaluation_ends_with_its_best_state_at_once(tiny_trial):
+    """A nan loss leaves nan weights for good: every later evaluation would score the majority class and never
+    be the best, so the protocol's result is the best state before it; training stops there."""
+    cfg = tiny_trial("full", training={"max_steps": 400, "eval_every": 4, "patience": 50},
+                     fault={"nan_loss_at_step": 6})
+    r = run_trial(cfg)
+    assert (r["steps"], r["best_step"], r["diverged_at_step"]) == (8, 4, 8)
+    assert [p["step"] for p in r["curve"]] == [4]  # the diverged evaluation is not a point of the curve
+    assert all(math.isfinite(r[f"{s}_score"]) for s in ("dev", "test", "train"))
+    assert r["dev_score"] == pytest.approx(r["curve"][0]["dev_score"])
+    json.loads(json.dumps(r, allow_nan=False))  # valid JSON: no nan anywhere
+
+
+def test_a_trial_that_diverges_before_any_evaluation_fails_naming_the_step_and_lr(tiny_trial):
+    cfg = tiny_trial("bitfit", method_params={"lr": 0.5}, training={"max_steps": 40, "eval_every": 4},
+                     fault={"nan_loss_at_step": 2})
+    with pytest.raises(TrainingDiverged, match=r"nan or infinite by the evaluation at step 4, .*learning rate 0\.5"):
+        run_trial(cfg)
+
+
+def test_a_nan_learning_rate_typo_is_caught_not_scored(tiny_trial):
+    """lr 1e20 where 1e-2 was meant: the loss is nan from the second step; the trial used to end FINISHED with the
+    majority class's score, counted as a seed like any other."""
+    with pytest.raises(TrainingDiverged):
+        run_trial(tiny_trial("bitfit", method_params={"lr": 1e20}, training={"max_steps": 8, "eval_every": 4}))
 
 
 def test_train_one_cli_prints_the_result_json(tiny_model, data_dir, capsys):
@@ -92,3 +120,12 @@ def test_diffprune_resumes_bit_exactly_before_and_after_its_first_projection(par
     deltas = [load_file(str(tmp_path / run / FINAL_DIR / DELTA_DIR / "delta.safetensors")) for run in "ab"]
     assert deltas[0].keys() == deltas[1].keys()
     assert all(torch.equal(deltas[0][k], deltas[1][k]) for k in deltas[0])
+
+
+def test_train_one_prints_strict_json():
+    """STS-B's Pearson of constant predictions is nan: the line must still be JSON that jq and JavaScript read."""
+    from orchestrator.cli import strict_json
+
+    line = strict_json({"test_score": float("nan"), "curve": [{"train_loss": float("inf")}], "steps": 4})
+    assert json.loads(line, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}")) == {
+        "test_score": None, "curve": [{"train_loss": None}], "steps": 4}

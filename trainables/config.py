@@ -45,11 +45,13 @@ class TrainingConfig(Strict):
 
 
 class FaultConfig(Strict):
-    """Test-only fault switch: raise at a step, a limited number of times (counted in marker files)."""
+    """Test-only fault switch: raise at a step, a limited number of times (counted in marker files); delay
+    every step; diverge at a step."""
     fail_at_step: int | None = Field(None, ge=1)
     fail_times: int = Field(1, ge=1, description="how many attempts fail before one is let through")
     marker_dir: str | None = None
     step_delay_s: float = Field(0.0, ge=0, description="sleep after every step: a window on a running trial")
+    nan_loss_at_step: int | None = Field(None, ge=1, description="the loss of this step is nan: a divergence")
 
 
 class TrialConfig(Strict):

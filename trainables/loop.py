@@ -73,6 +73,10 @@ class InjectedFault(RuntimeError):
     """Raised by the test-only fault switch (``fault.fail_at_step``)."""
 
 
+class TrainingDiverged(RuntimeError):
+    """The training loss went nan or infinite before any evaluation could be kept: there is no model to score."""
+
+
 def pick_device() -> torch.device:
     # Ray (or the user) narrows CUDA_VISIBLE_DEVICES to this trial's GPU; "cuda" is then that GPU.
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
@@ -122,6 +126,7 @@ class Trainer:
         self.curve: list[dict[str, float]] = []
         self.loss_sum, self.loss_n = torch.zeros((), device=self.device), 0
         self.resumed_from: int | None = None
+        self.diverged_at: int | None = None  # the evaluation step where the loss was found nan/inf
         if state is not None:
             self._restore(state)
             self.resumed_from = self.step
@@ -374,6 +379,8 @@ class Trainer:
             with self.autocast():
                 loss = self.model.loss(self.forward(batch), batch["labels"])
                 extra = self.method.extra_loss(self.model)
+            if self.cfg.fault.nan_loss_at_step == self.step + 1:
+                loss = loss * float("nan")
             (loss if extra is None else loss + extra).backward()
             # clip by the norm of what trains, step both optimizers, drop the gradients
             self._clip()
@@ -405,10 +412,17 @@ class Trainer:
 
     def _evaluation_point(self, lr: float) -> bool:
         tc = self.cfg.training
-        dev = self.evaluate(self.splits.dev)["score"]
         train_loss = float(self.loss_sum) / max(1, self.loss_n)
         self.loss_sum.zero_()
         self.loss_n = 0
+        if not math.isfinite(train_loss):
+            # nan/inf weights stay so: every later evaluation would score the majority class and never be the
+            # best, so the protocol's result is the best state so far, as a run to its patience would end
+            self.diverged_at = self.step
+            log.warning("trial %s: training loss %s by step %d (lr %g); ending with the best state so far",
+                        self.cfg.key, train_loss, self.step, lr)
+            return True
+        dev = self.evaluate(self.splits.dev)["score"]
         if not self.method.in_budget:
             pass  # a model that breaks the budget (DiffPruning before its projection) is never the best
         elif dev > self.best_score:
@@ -427,6 +441,11 @@ class Trainer:
     # ------------------------------------------------------------------ result
     def result(self) -> dict[str, Any]:
         cfg = self.cfg
+        if self.diverged_at is not None and self.best_state is None:
+            raise TrainingDiverged(
+                f"training diverged: the training loss was nan or infinite by the evaluation at step "
+                f"{self.diverged_at}, before any evaluation could be kept (learning rate {self.base_lr:g}: likely "
+                f"too high for {cfg.label})")
         self.method.use_mask(self.model, self.best_mask)  # what we report is the mask of the model we score
         dense, masked, index, base = self._layout(self.best_mask, resumable=False)
         ckpt.scatter(self.best_state, dense, masked, index or None, base)
@@ -454,6 +473,7 @@ class Trainer:
                                                               self.task.num_labels)
                     for split in ("dev", "test")})
         out.update({"steps": self.step, "best_step": self.best_step, "resumed_from_step": self.resumed_from,
+                    "diverged_at_step": self.diverged_at,
                     "eligible_params": eligible,
                     "trainable_params": self.method.trainable_count(self.model),
                     "mask_anatomy": anatomy(self.method.trainable_entries(self.model)),
