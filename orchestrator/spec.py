@@ -146,6 +146,9 @@ class SweepSpec(Strict):
     def _tracking_uri(cls, v):
         if v is None:
             return v
+        if v.lower().startswith("sqlite:") and (not v.startswith("sqlite:///") or v == "sqlite:///"):
+            raise ValueError(f"tracking_uri {v!r}: a SQLite URI is sqlite:///relative/path.db or "
+                             "sqlite:////absolute/path.db (three slashes, then the path)")
         scheme = v.split("://", 1)[0].split("+", 1)[0].lower() if "://" in v else v
         if scheme not in TRACKING_SCHEMES:
             raise ValueError(f"tracking_uri {v!r}: unsupported scheme; use sqlite:///PATH, http(s)://HOST:PORT "

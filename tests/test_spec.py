@@ -172,3 +172,9 @@ def test_a_saved_spec_is_not_rejudged_for_settings_that_do_nothing():
     with pytest.raises(SpecError):
         spec_from_dict(data)
     assert spec_from_dict(data, saved=True).grid.seeds == [0, 0]  # an older sweep folder still opens
+
+
+@pytest.mark.parametrize("uri", ["sqlite://runs/x.db", "sqlite:/runs/x.db", "sqlite:///"])
+def test_a_sqlite_uri_without_its_third_slash_is_refused_with_the_right_form(uri):
+    """sqlite://runs/x.db (two slashes) used to pass `validate` and fail only at `run`, as an "unreachable" store."""
+    assert "a SQLite URI is sqlite:///relative/path.db or sqlite:////absolute/path.db" in _bad({"tracking_uri": uri})
