@@ -432,19 +432,43 @@ class Tracker:
 
 
 def download_model(uri: str, run_id: str, dst: Path) -> Path:
-    """A trial run's ``model/`` artifact (its delta) into ``dst``; a clear error when the run has none."""
+    """A trial run's ``model/`` artifact (its delta) into ``dst``; a clear error when the run has none. A sweep
+    folder's own store read where the folder is now (moved, or mounted elsewhere) still names the artifact
+    folder where the run was logged: read-only, this looks in the folder beside the store instead of repointing
+    it (only writers repoint, `Tracker.follow_move`)."""
+    import mlflow.artifacts
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
     try:
-        client.get_run(run_id)
+        run = client.get_run(run_id)
     except MlflowException as exc:
         raise TrackingError(f"no MLflow run {run_id!r} at {uri} ({str(exc).splitlines()[0][:120]})") from None
+    recorded = run.info.artifact_uri
+    if recorded.startswith("file://") and not Path(recorded.removeprefix("file://")).exists():
+        here = _beside_store(uri, recorded)
+        if here is None:
+            raise TrackingError(f"run {run_id}'s artifacts are at {recorded.removeprefix('file://')}, which does not "
+                                f"exist here; if its sweep folder moved, read its store where it is now "
+                                f"(--tracking-uri sqlite:///NEW_DIR/mlflow.db)")
+        if not (here / "model").is_dir():
+            raise TrackingError(f"run {run_id} has no model/ artifact in {here}")
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=(here / "model").as_uri(), dst_path=str(dst)))
     if not any(f.path == "model" for f in client.list_artifacts(run_id)):
         raise TrackingError(f"run {run_id} has no model/ artifact: it is not a finished trial of this tool "
                             "(the parent run, a failed trial, or logged before model deltas existed)")
     return Path(client.download_artifacts(run_id, "model", str(dst)))
+
+
+def _beside_store(uri: str, recorded: str) -> Path | None:
+    """A run's artifact folder under the ``mlartifacts`` folder beside a SQLite store, where a moved sweep folder
+    holds it; None if there is none."""
+    _, sep, tail = recorded.partition("/mlartifacts/")
+    if not uri.startswith("sqlite:///") or not sep:
+        return None
+    here = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / tail
+    return here if here.is_dir() else None
 
 
 def _now_ms() -> int:

@@ -191,3 +191,29 @@ def test_a_checkpoint_from_the_other_device_kind_resumes_with_this_devices_optim
     trainer.setup()
     assert trainer.resumed_from == 4
     assert {g["fused"] for g in trainer.dense_opt.param_groups} == {None}  # what AdamW is on this CPU
+
+
+def test_load_reads_a_moved_sweep_folders_artifacts_where_they_are_now(tiny_trial, tmp_path, capsys):
+    """A sweep written on a cluster's /shared/runs is read on a laptop under another path: its store still names
+    the old artifact folder. `load` (read-only) used to call the run "not a finished trial of this tool"."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.cli import main
+
+    run_trial(tiny_trial("sam", method_params=METHOD_CASES["sam"], training={"max_steps": 4}),
+              checkpoint_dir=str(tmp_path / "trial"))
+    sweep = tmp_path / "shared" / "s"
+    sweep.mkdir(parents=True)
+    client = MlflowClient(tracking_uri=f"sqlite:///{sweep / 'mlflow.db'}")
+    run = client.create_run(client.create_experiment("s", artifact_location=(sweep / "mlartifacts").as_uri()))
+    client.log_artifacts(run.info.run_id, str(tmp_path / "trial" / FINAL_DIR / "model"), "model")
+    moved = tmp_path / "laptop" / "s"
+    moved.parent.mkdir()
+    shutil.move(sweep, moved)
+    uri = f"sqlite:///{moved / 'mlflow.db'}"
+    assert main(["load", run.info.run_id, "--tracking-uri", uri, "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "finetuned.json").is_file()
+    shutil.rmtree(moved / "mlartifacts")  # gone here and at the recorded path: say where it was looked for
+    assert main(["load", run.info.run_id, "--tracking-uri", uri, "--out", str(tmp_path / "out2")]) == 2
+    err = capsys.readouterr().err
+    assert f"{sweep / 'mlartifacts'}" in err and "does not exist" in err, err
