@@ -243,7 +243,10 @@ def _cmd_sync(args) -> int:
     tracker = sweep.tracker_for(spec)
     tracker.check()
     if not driver.alive(spec.sweep_dir):  # a driver elsewhere may see the folder under its own path
-        tracker.follow_move()
+        moved_from = tracker.follow_move()
+        if moved_from:
+            print(f"note: this sweep folder moved here from {moved_from}; its MLflow store's artifact paths now "
+                  f"point into {spec.sweep_dir}")
     print(f"synced {sweep.sync(spec, tracker)} trial(s) into {spec.resolved_tracking_uri}")
     return 0
 
@@ -466,8 +469,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_cmd_stop)
 
     s = command("load", "rebuild a finished trial's fine-tuned model (base + delta) into a folder",
-                "The folder holds the model, its tokenizer and finetuned.json (the trial's settings and scores), "
-                "loadable with transformers.")
+                "The folder holds the model, its tokenizer and finetuned.json (the trial's settings and scores); "
+                "load it in Python with trainables.load_finetuned(DIR), which returns (model, tokenizer, "
+                "settings). Its model.safetensors is this tool's model (backbone and task head), not a "
+                "transformers layout: AutoModel.from_pretrained would load it with fresh random weights.")
     s.add_argument("source", help="an MLflow run id of a finished trial, or a folder holding its model/ delta")
     s.add_argument("--tracking-uri", help="where the run is (with RUN_ID), e.g. sqlite:///runs/NAME/mlflow.db")
     s.add_argument("--out", required=True, help="folder for the model, its tokenizer and finetuned.json")
@@ -510,11 +515,15 @@ def main(argv: list[str] | None = None) -> int:
 def _explain(args, exc: BaseException) -> int:
     """Bad input (a spec, a data file, a model, an unreachable store or cluster) gets one line and exit 2;
     anything else is a bug and keeps its traceback."""
+    from trainables.loop import TrainingDiverged
     from trainables.models import ModelError
     from trainables.tasks import DataError
     from .spec import ClusterError, SpecError
     from .tracking import TrackingError
 
+    if isinstance(exc, TrainingDiverged):  # the trial ran and failed (exit 1), as a sweep's trial would
+        print(f"peft-sweep {args.cmd}: trial failed: {exc}", file=sys.stderr)
+        return 1
     if not isinstance(exc, (SpecError, DataError, ModelError, TrackingError, ClusterError, FileNotFoundError,
                             NotADirectoryError, IsADirectoryError, PermissionError,
                             ValueError)):  # ValueError: settings that validate only in context (budget too small)

@@ -69,11 +69,16 @@ def test_a_trial_that_diverges_before_any_evaluation_fails_naming_the_step_and_l
         run_trial(cfg)
 
 
-def test_a_nan_learning_rate_typo_is_caught_not_scored(tiny_trial):
+def test_a_nan_learning_rate_typo_is_caught_not_scored(tiny_model, data_dir, capsys):
     """lr 1e20 where 1e-2 was meant: the loss is nan from the second step; the trial used to end FINISHED with the
     majority class's score, counted as a seed like any other."""
-    with pytest.raises(TrainingDiverged):
-        run_trial(tiny_trial("bitfit", method_params={"lr": 1e20}, training={"max_steps": 8, "eval_every": 4}))
+    from orchestrator.cli import main
+
+    rc = main(["train-one", "--task", "CB", "--method", "bitfit", "--model", tiny_model, "--data-dir", str(data_dir),
+               "--set", "training.max_steps=8", "--set", "training.eval_every=4", "--set", "methods.bitfit.lr=1e20"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and err[-1].startswith("peft-sweep train-one: trial failed: training diverged"), err[-3:]
+    assert "Traceback" not in "\n".join(err)
 
 
 def test_train_one_cli_prints_the_result_json(tiny_model, data_dir, capsys):
