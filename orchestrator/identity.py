@@ -213,17 +213,24 @@ def check_rerun(old: SweepSpec | None, new: SweepSpec, force: bool) -> None:
 
 @lru_cache(maxsize=1)
 def code_version() -> str:
-    """The git commit (with ``-dirty`` for uncommitted changes), or, where there is no .git (a ``ray job
-    submit`` working dir excludes it), the package version plus a hash of the source files."""
+    """The package version plus a hash of the source files: the same for the same code however it is started (a
+    checkout, a ``ray job submit`` working dir, which has no .git), and unchanged by commits that touch no source
+    (tests, docs). The checkout's commit is recorded beside it (:func:`git_commit`)."""
+    return f"{release()}+src.{source_digest()}"
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """The checkout's commit (``-dirty`` with uncommitted source changes); None where there is no .git."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=ROOT)
         if head.returncode == 0 and head.stdout.strip():
             dirty = subprocess.run(["git", "status", "--porcelain", "--", *SOURCE_PACKAGES], capture_output=True,
                                    text=True, timeout=10, cwd=ROOT).stdout.strip()
-            return f"git:{head.stdout.strip()[:12]}{'-dirty' if dirty else ''}"
+            return f"{head.stdout.strip()[:12]}{'-dirty' if dirty else ''}"
     except (OSError, subprocess.SubprocessError):
         pass
-    return f"{release()}+src.{source_digest()}"
+    return None
 
 
 def release() -> str:

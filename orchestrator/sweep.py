@@ -312,7 +312,8 @@ def _record_identity(spec: SweepSpec) -> None:
     known["data"] = identity.data_folder(spec) or identity.HUB  # spec.yaml's data.dir is null for the Hub
     files = identity.data_files(spec)  # compared when the folder moves (another machine): same files, same data
     known["data_files"] = {**(known.get("data_files") or {}), **files} if files else {}
-    known["runs"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "code_version": version})
+    known["runs"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "code_version": version,
+                          "git_commit": identity.git_commit()})
     path.write_text(json.dumps(known, indent=1))
 
 

@@ -15,7 +15,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from .identity import code_version
+from .identity import code_version, git_commit
 
 ROLE_TRIAL, ROLE_SWEEP, ROLE_SUPERSEDED = "trial", "sweep", "superseded"
 TAG_STOPPED = "stopped"  # on a KILLED run of a trial that `peft-sweep stop` left resumable
@@ -243,7 +243,7 @@ class Tracker:
         if found:
             return found[0].info.run_id
         run = self.client.create_run(self.experiment_id, run_name=self.sweep,
-                                     tags={"role": ROLE_SWEEP, "sweep": self.sweep, "code_version": code_version()})
+                                     tags={"role": ROLE_SWEEP, "sweep": self.sweep})
         return run.info.run_id
 
     def start_sweep(self, params: dict[str, Any], spec_file: Path | None = None) -> None:
@@ -257,6 +257,9 @@ class Tracker:
             self.client.log_batch(self.parent_run_id, params=new[i:i + 100])
         if spec_file is not None:
             self.client.log_artifact(self.parent_run_id, str(spec_file))
+        # tags (unlike params) follow the latest run: its code; identity.json keeps every run's
+        self.client.set_tag(self.parent_run_id, "code_version", code_version())
+        self.client.set_tag(self.parent_run_id, "git_commit", git_commit() or "none (no .git)")
         self.client.update_run(self.parent_run_id, status="RUNNING")
 
     def parent_status(self) -> str:

@@ -132,13 +132,16 @@ def test_a_sweep_folder_that_did_not_record_its_data_keeps_working_and_the_hub_i
     assert identity.changes(previous, new) == [f"data.dir: 'huggingface-hub' -> {str(data_dir.resolve())!r}"]
 
 
-def test_code_version_without_git_hashes_the_source(tmp_path, monkeypatch):
-    if (identity.ROOT / ".git").exists():
-        assert identity.code_version.__wrapped__().startswith("git:")
+def test_code_version_is_the_source_however_it_is_started(tmp_path, monkeypatch):
+    """A `ray job submit` working dir has no .git: the same code must have the same version there as in the
+    checkout (it used to be git:COMMIT in one and a source hash in the other: a false "the code changed")."""
+    in_checkout = identity.code_version.__wrapped__()
     for pkg in identity.SOURCE_PACKAGES:
         shutil.copytree(identity.ROOT / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "README.md").write_text("docs and tests are not the code that runs")
     monkeypatch.setattr(identity, "ROOT", tmp_path)  # a copy without .git, as `ray job submit` ships it
     first = identity.code_version.__wrapped__()
-    assert "+src." in first and not first.startswith("git:")
+    assert first == in_checkout and "+src." in first
+    assert identity.git_commit.__wrapped__() is None
     (tmp_path / "trainables" / "loop.py").write_text((tmp_path / "trainables" / "loop.py").read_text() + "\n# x\n")
     assert identity.code_version.__wrapped__() != first
