@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import math
 import os
@@ -63,8 +64,16 @@ def train_one_config(args):
     from .spec import DEFAULT_SPARSITY, SpecError, first_error, apply_overrides
     from pydantic import ValidationError
 
+    if args.method not in METHODS:
+        close = difflib.get_close_matches(args.method.lower(), list(METHODS), n=1, cutoff=0.6)
+        raise SpecError(f"--method {args.method!r}: unknown method{f'; did you mean {close[0]!r}?' if close else ''}"
+                        f"; valid: {', '.join(METHODS)}")
+    unknown = [o.split("=", 1)[0] for o in args.set or [] if o.split(".", 1)[0] not in ("training", "methods", "data")]
+    if unknown:
+        raise SpecError(f"--set {unknown[0]}: unknown key; train-one takes training.<key> (e.g. "
+                        f"training.{unknown[0].split('.')[-1]}), methods.{args.method}.<param> or data.<key>")
     sparsity = args.sparsity
-    if sparsity is None and args.method in METHODS and get_method(args.method).uses_sparsity:
+    if sparsity is None and get_method(args.method).uses_sparsity:
         sparsity = DEFAULT_SPARSITY  # as a sweep spec's grid.sparsities
     base = {"task": canonical_task(args.task), "method": args.method, "seed": args.seed, "sparsity": sparsity,
             "perturbation": args.perturbation, "model": args.model, "data": {"dir": args.data_dir}}
@@ -77,9 +86,13 @@ def train_one_config(args):
                         f"{', '.join(others)} would do nothing; set methods.{args.method}.<param>")
     method_params = methods.get(args.method, {})
     try:
+        get_method(args.method).Params.model_validate(method_params)
+    except ValidationError as exc:  # named as in a spec, with its hint
+        raise SpecError(f"invalid trial: {first_error(exc, get_method(args.method).Params)}") from None
+    try:
         cfg = TrialConfig.model_validate({**base, **data, "method_params": method_params})
     except ValidationError as exc:
-        raise SpecError(f"invalid trial: {first_error(exc)}") from None
+        raise SpecError(f"invalid trial: {first_error(exc, TrialConfig)}") from None
     return cfg
 
 
@@ -215,7 +228,14 @@ def _cmd_status(args) -> int:
 def _cmd_list(args) -> int:
     from . import control
 
-    rows = control.list_sweeps(Path(args.output_dir))
+    from .spec import SpecError
+    from .sweep import SPEC_FILE
+
+    folder = Path(args.output_dir)
+    if (folder / SPEC_FILE).is_file():
+        raise SpecError(f"{folder} is a sweep folder, not a folder of sweeps: `peft-sweep status {folder}` shows it, "
+                        f"`peft-sweep list {folder.parent}` lists it beside the others")
+    rows = control.list_sweeps(folder)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

@@ -321,6 +321,8 @@ def first_error(exc: ValidationError, model: type[BaseModel] | None = None) -> s
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = _unknown_key(e["loc"][-1], _model_at(model, e["loc"][:-1]))
+        elif e["type"] == "list_type":  # --set grid.seeds=3: YAML's flow list is what it takes
+            msg += f"; write a list, e.g. [{e.get('input')}]"
         parts.append(f"{loc}: {msg}{shown}" if loc else f"{msg}{shown}")
     return "; ".join(parts)
 

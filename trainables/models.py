@@ -27,6 +27,9 @@ def resolve_model(name_or_path: str) -> str:
                              f"{EMBEDDED[name_or_path].replace('_', '-')} (pip install it)") from None
         return str(pkg.get_model_path())
     path = Path(name_or_path).expanduser()
+    if name_or_path.lower() in EMBEDDED and not path.exists():  # else a Hub lookup that retries for half a minute
+        raise ModelError(f"model {name_or_path!r}: did you mean {name_or_path.lower()!r}? (aliases are lower case: "
+                         f"{', '.join(sorted(EMBEDDED))})")
     if path.exists():
         if not (path / "config.json").is_file():
             raise ModelError(f"model folder {str(path)!r} has no config.json")

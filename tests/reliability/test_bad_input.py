@@ -265,7 +265,7 @@ def test_batch_size_zero(tmp_path, tiny_model, data_dir, refuse_spec):
 
 @pytest.mark.parametrize("seeds,needle", [([0.5], "grid.seeds.0: Input should be a valid integer (got 0.5)"),
                                           (["1"], "grid.seeds.0: Input should be a valid integer (got '1')"),
-                                          (5, "grid.seeds: Input should be a valid list (got 5)")])
+                                          (5, "grid.seeds: Input should be a valid list; write a list, e.g. [5] (got 5)")])
 def test_seeds_that_are_not_integers(tmp_path, tiny_model, data_dir, seeds, needle, refuse_spec):
     spec = write_spec(tmp_path, tiny_model, data_dir, grid__seeds=seeds)
     refuse_spec(spec, needle)
@@ -504,3 +504,28 @@ def test_a_node_report_lists_what_the_node_lacks_and_versions_that_differ(tmp_pa
     lines = nodes_problems({"node A": report, "node B": other, "node C": {"versions": driver, "lacks": []}}, driver)
     assert lines == [f"node A: {report['lacks'][0]}", f"node A: {report['lacks'][1]}",
                      f"node B: torch 0.0 (driver: {driver['torch']})"]
+
+
+def test_slips_a_researcher_types_get_the_hint_at_once(tmp_path, tiny_model, data_dir, refused):
+    """Each used to cost time or lack the hint: an alias in another case spent ~30 s retrying the Hub; train-one's
+    errors had no "did you mean"; a bare value where a list goes did not say how to write the list."""
+    import time
+
+    t0 = time.monotonic()
+    refused("validate", str(write_spec(tmp_path, tiny_model, data_dir)), "--set", "model=minilm-L6",
+            needles=("model 'minilm-L6'", "did you mean 'minilm-l6'"))
+    assert time.monotonic() - t0 < 10
+    one = ("train-one", "--task", "CB", "--model", tiny_model, "--data-dir", str(data_dir))
+    refused(*one, "--method", "Sam", needles=("--method 'Sam'", "did you mean 'sam'?"))
+    refused(*one, "--method", "sam", "--set", "methods.sam.burn_in=2",
+            needles=("burn_in: unknown key; did you mean 'burnin'?",))
+    refused(*one, "--method", "sam", "--set", "max_steps=1",
+            needles=("max_steps: unknown key", "training.max_steps"))
+    refused("validate", str(write_spec(tmp_path, tiny_model, data_dir)), "--set", "grid.seeds=3",
+            needles=("grid.seeds", "write a list, e.g. [3]"))
+
+
+def test_list_given_a_sweep_folder_says_what_to_run(tmp_path, refused):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "spec.yaml").write_text("name: s\n")
+    refused("list", str(tmp_path / "s"), needles=("is a sweep folder", f"peft-sweep list {tmp_path}"))
