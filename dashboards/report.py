@@ -2,8 +2,9 @@
 
 Processing comes from ``dashboards.analysis`` and drawing from ``dashboards.figures``; this module only lays out
 HTML. Optional inputs are looked for by the export's layout (``SWEEP_DIR/export/trials.parquet``): the sweep's
-``spec.yaml`` and ``analysis/mask_overlap.csv`` one folder up, ``masks.parquet`` beside the trials; a figure whose
-input is missing is replaced by a one-line note saying why."""
+``spec.yaml`` and ``analysis/mask_overlap.csv`` one folder up, ``masks.parquet`` and the mask files (``masks/``)
+beside the trials; a figure whose input is missing is replaced by a one-line note saying why. The MLflow store is
+not in the trials file: the caller passes its URI for the links to the runs."""
 from __future__ import annotations
 
 import datetime as dt
@@ -33,8 +34,8 @@ table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:
 th:first-child,td:first-child{text-align:left}.b1{font-weight:bold;background:#e6f2e6}.b2{background:#eef6ee}
 .b3{background:#f5faf5}figure{display:block;margin:1em 0}figure img{max-width:100%}
 pre{background:#f6f6f6;padding:8px;white-space:pre-wrap}.ci,.n{color:#666;font-size:80%}
-tr.baseline{font-style:italic;background:#fafafa}td.unfinished,tr.unfinished td{color:#b00020}.missing{color:#8a5a00}.below{color:#b00020}
-details{margin:.5em 0}"""
+tr.baseline{font-style:italic;background:#fafafa}.missing{color:#8a5a00}.below{color:#b00020}
+td.unfinished,tr.unfinished td{color:#b00020}details{margin:.5em 0}"""
 
 
 def _esc(x: Any) -> str:
@@ -122,10 +123,10 @@ def _unfinished_note(unfinished: dict[tuple[str, str], str], ranked: list[str]) 
     items = []
     for method in dict.fromkeys(m for m, _ in unfinished):
         cells = "; ".join(f"{_esc(t)}: {v}" for (m, t), v in unfinished.items() if m == method)
-        items.append(f"<b>{_esc(method)}</b> " + (f"({cells}), so its AVG covers its other tasks only"
-                                                   if method in ranked else f"on every task ({cells})"))
-    return ('<p class="missing" id="unfinished">No finished trial, so left out of the AVG, the ranking, the tests '
-            "and the figures: " + "; ".join(items) + ".</p>")
+        items.append(f"<b>{_esc(method)}</b> ({cells}): " + ("its AVG covers its other tasks only" if method in ranked
+                                                             else "not ranked, tested or drawn"))
+    return ('<p class="missing" id="unfinished">No finished trial, so missing from the analysis: '
+            + "; ".join(items) + ".</p>")
 
 
 def _group_caption(label: dict) -> str:
@@ -277,6 +278,8 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
     models = ", ".join(map(str, trials["model"].dropna().unique())) if "model" in trials else "not recorded"
     spec = spec_path.read_text() if spec_path and spec_path.is_file() else None
     mlflow_url, browse = mlflow_ui(tracking_uri)
+    if "mlflow_run_id" not in trials or trials["mlflow_run_id"].isna().all():
+        browse = "No MLflow run ids in this trials file, so no links to the runs."
 
     parts = [f"<h1>PEFT sweep report: {_esc(sweeps or 'trials')}</h1>",
              '<section id="about"><h2>What the numbers are</h2><ul>'

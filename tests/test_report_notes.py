@@ -12,7 +12,6 @@ from dashboards.report import build_report
 from orchestrator import sweep
 from orchestrator.cli import main
 from tests.test_analysis import hand_made
-from tests.test_report_browser import _sweep
 from tests.test_tracking import _finish_all
 from tests.tracking_fixtures import make_spec
 from trainables.anatomy import save_mask
@@ -23,8 +22,10 @@ def _hrefs(page: str) -> list[str]:
 
 
 def test_links_follow_the_tracking_store(tmp_path):
-    export = _sweep(tmp_path)
-    trials = export / "trials.parquet"
+    trials = tmp_path / "trials.parquet"
+    pd.DataFrame([{"method": m, "task": "CB", "seed": s, "sparsity": None, "perturbation": None, "status": "FINISHED",
+                   "test_score": 0.5 + s / 10 + (m == "sam") / 20, "mlflow_run_id": f"run{2 * i + s:04d}"}
+                  for i, m in enumerate(("sam", "bitfit")) for s in range(2)]).to_parquet(trials)
     server = build_report(trials, None, tmp_path / "r1", tracking_uri="http://mlflow.cluster:5792/").read_text()
     assert "http://mlflow.cluster:5792/#/runs/run0000" in _hrefs(server)
     assert all(h.startswith("http://mlflow.cluster:5792/#/runs/") for h in _hrefs(server))
@@ -38,6 +39,9 @@ def test_links_follow_the_tracking_store(tmp_path):
     unknown = build_report(trials, None, tmp_path / "r3").read_text()
     assert not _hrefs(unknown) and "<code>run0000</code>" in unknown  # the run ids, no guessed server
     assert "does not know the tracking store" in unknown and "peft-sweep report SWEEP_DIR" in unknown
+    pd.read_parquet(trials).drop(columns=["mlflow_run_id"]).to_parquet(trials)  # hand-made: no runs at all
+    none = build_report(trials, None, tmp_path / "r4", tracking_uri="http://mlflow.cluster:5792").read_text()
+    assert "No MLflow run ids in this trials file" in none and "tracking server" not in none
 
 
 def test_sweep_end_and_report_command_link_the_sweeps_own_store(tmp_path, data_dir, capsys):
@@ -67,7 +71,7 @@ def test_a_sweep_tracked_on_a_server_links_the_server(tmp_path, data_dir):
     port = free_port()
     server = start_server(tmp_path / "server.db", tmp_path / "artifacts", port)
     try:
-        spec = make_spec(tmp_path, data_dir, tracking_uri=f"http://127.0.0.1:{port}")
+        spec = make_spec(tmp_path, data_dir, tracking_uri=f"http://127.0.0.1:{port}", tasks=["CB"], seeds=[0, 1])
         tr = _finish_all(spec)
         sweep.close_sweep(spec, tr, sweep.statuses(spec, tr), quiet=True)
         run_ids = {r.info.run_id for r in tr.trial_runs().values()}
@@ -96,8 +100,9 @@ def test_a_method_or_cell_without_a_finished_trial_is_named_under_table_1(tmp_pa
     assert rows["full-hot"] == ["0 of 1 finished (1 FAILED)"] * 2 + ["not ranked"]
     assert rows["lora"][1] == "0 of 3 finished (2 FAILED, 1 STOPPED)"
     note = re.search(r'<p class="missing" id="unfinished">(.*?)</p>', page).group(1)
-    assert "<b>lora</b> (RTE: 0 of 3 finished (2 FAILED, 1 STOPPED)), so its AVG covers its other tasks" in note
-    assert "<b>full-hot</b> on every task (CB: 0 of 1 finished (1 FAILED); RTE: 0 of 1 finished" in note
+    assert "<b>lora</b> (RTE: 0 of 3 finished (2 FAILED, 1 STOPPED)): its AVG covers its other tasks only" in note
+    assert ("<b>full-hot</b> (CB: 0 of 1 finished (1 FAILED); RTE: 0 of 1 finished (1 FAILED)): not ranked, "
+            "tested or drawn") in note
     assert "<h2>Table 1: sparsity 0.005; the standard split</h2>" in page
 
 
@@ -109,7 +114,7 @@ def test_a_sweep_whose_only_variant_failed_says_so_and_its_caption_has_no_none(t
     trials.to_parquet(tmp_path / "trials.parquet")
     page = build_report(tmp_path / "trials.parquet", None, tmp_path / "report").read_text()
     assert _table_rows(page)["bitfit-hot"] == ["0 of 1 finished (1 FAILED)", "not ranked"]
-    assert 'id="unfinished"' in page and "<b>bitfit-hot</b> on every task" in page
+    assert 'id="unfinished"' in page and "<b>bitfit-hot</b> (CB: 0 of 1 finished (1 FAILED)): not ranked" in page
     caption = re.search(r"<h2>(Table 1.*?)</h2>", page).group(1)
     assert "None" not in caption and "no sparsity" in caption and "standard split" in caption
 
