@@ -104,7 +104,7 @@ def _runs_links(trials: pd.DataFrame, method: str, mlflow_url: str | None) -> st
 
 
 def unfinished_cells(trials: pd.DataFrame) -> dict[tuple[str, str], str]:
-    """``(method, task) -> "0 of N finished (k FAILED)"`` for each cell of the grid without a finished trial:
+    """``(method, task) -> "0 of N finished (k FAILED)"`` (HTML) for each cell of the grid without a finished trial:
     the analysis sees finished trials only, so such a cell (or a whole method) would vanish from Table 1."""
     out = {}
     for (method, task), part in trials.groupby(["method", "task"], sort=True):
@@ -112,7 +112,7 @@ def unfinished_cells(trials: pd.DataFrame) -> dict[tuple[str, str], str]:
             continue
         counts = part["status"].fillna("no status").value_counts().sort_index()
         out[(method, task)] = (f"0 of {len(part)} finished ("
-                               + ", ".join(f"{n} {s}" for s, n in counts.items()) + ")")
+                               + ", ".join(f"{n} {_esc(s)}" for s, n in counts.items()) + ")")  # HTML-safe
     return out
 
 
