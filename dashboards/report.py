@@ -2,13 +2,15 @@
 
 Processing comes from ``dashboards.analysis`` and drawing from ``dashboards.figures``; this module only lays out
 HTML. Optional inputs are looked for by the export's layout (``SWEEP_DIR/export/trials.parquet``): the sweep's
-``spec.yaml`` and ``analysis/mask_overlap.csv`` one folder up, ``masks.parquet`` beside the trials; a figure whose
-input is missing is replaced by a one-line note saying why."""
+``spec.yaml`` and ``analysis/mask_overlap.csv`` one folder up, ``masks.parquet`` and the mask files (``masks/``)
+beside the trials; a figure whose input is missing is replaced by a one-line note saying why. The MLflow store is
+not in the trials file: the caller passes its URI for the links to the runs."""
 from __future__ import annotations
 
 import datetime as dt
 import html
 import json
+import shlex
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -21,7 +23,8 @@ from .analysis import Analysis, analyze
 from .figures import fmt_p
 
 NO_SPEC = "not found (give SWEEP_DIR, or a trials.parquet inside SWEEP_DIR/export)"
-MLFLOW_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui --port 5000` serves a SQLite or file store
+MASKS_DIR = "masks"  # the export's copies of the stored masks, <trial_key>.safetensors beside trials.parquet
 # Lets a headless browser (and a curious reader) see that every figure loaded: <body data-images-loaded="true">
 CHECK_IMAGES = ("<script>window.addEventListener('load',()=>{const i=[...document.images];"
                 "document.body.dataset.imagesLoaded=String(i.length>0&&i.every(x=>x.complete&&x.naturalWidth>0));});"
@@ -32,7 +35,7 @@ th:first-child,td:first-child{text-align:left}.b1{font-weight:bold;background:#e
 .b3{background:#f5faf5}figure{display:block;margin:1em 0}figure img{max-width:100%}
 pre{background:#f6f6f6;padding:8px;white-space:pre-wrap}.ci,.n{color:#666;font-size:80%}
 tr.baseline{font-style:italic;background:#fafafa}.missing{color:#8a5a00}.below{color:#b00020}
-details{margin:.5em 0}"""
+td.unfinished,tr.unfinished td{color:#b00020}details{margin:.5em 0}"""
 
 
 def _esc(x: Any) -> str:
@@ -69,21 +72,77 @@ def _code_version() -> str:
     return f"peft-sweep {version}" + (f", git {commit}" if commit else "")
 
 
-def _runs_links(trials: pd.DataFrame, method: str, mlflow_url: str) -> str:
-    """One link per trial of the method to MLflow's run page (``#/runs/<id>`` opens it in its experiment)."""
+def mlflow_ui(tracking_uri: str | None) -> tuple[str | None, str]:
+    """Where the sweep's runs can be browsed, and the sentence that says so (HTML). A server (http/https) is its
+    own UI; any other store (SQLite, a folder) needs a local ``mlflow ui`` on it; None: the store is unknown (a
+    trials file given without its sweep), so there is nothing to link to."""
+    if tracking_uri is None:
+        return None, ("MLflow run ids are listed under each method name, not linked: this report was built from a "
+                      "trials file without its sweep, so it does not know the tracking store (build it with "
+                      "<code>peft-sweep report SWEEP_DIR</code> to link them).")
+    if tracking_uri.startswith(("http://", "https://")):
+        base = tracking_uri.rstrip("/")
+        return base, f"Method names link to their MLflow runs on the sweep's tracking server {_esc(base)}."
+    command = f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)} --port 5000"
+    return LOCAL_UI, (f"Method names link to their MLflow runs at {LOCAL_UI} (start it with "
+                      f"<code>{_esc(command)}</code>).")
+
+
+def _runs_links(trials: pd.DataFrame, method: str, mlflow_url: str | None) -> str:
+    """One link per trial of the method to MLflow's run page (``#/runs/<id>`` opens it in its experiment); the
+    bare run ids where the UI is unknown."""
     if "mlflow_run_id" not in trials:
         return ""
     runs = trials[(trials["method"] == method) & trials["mlflow_run_id"].notna()]
     if runs.empty:
         return ""
-    links = " ".join(f'<a href="{_esc(mlflow_url)}/#/runs/{_esc(r.mlflow_run_id)}">{_esc(r.task)} s{r.seed}</a>'
-                     for r in runs.sort_values(["task", "seed"]).itertuples())
+    links = " ".join(
+        f'<a href="{_esc(mlflow_url)}/#/runs/{_esc(r.mlflow_run_id)}">{_esc(r.task)} s{r.seed}</a>' if mlflow_url
+        else f"{_esc(r.task)} s{r.seed}: <code>{_esc(r.mlflow_run_id)}</code>"
+        for r in runs.sort_values(["task", "seed"]).itertuples())
     return f'<details class="runs"><summary>MLflow runs ({len(runs)})</summary>{links}</details>'
 
 
+def unfinished_cells(trials: pd.DataFrame) -> dict[tuple[str, str], str]:
+    """``(method, task) -> "0 of N finished (k FAILED)"`` (HTML) for each cell of the grid without a finished trial:
+    the analysis sees finished trials only, so such a cell (or a whole method) would vanish from Table 1."""
+    out = {}
+    for (method, task), part in trials.groupby(["method", "task"], sort=True):
+        if (part["status"] == "FINISHED").any():
+            continue
+        counts = part["status"].fillna("no status").value_counts().sort_index()
+        out[(method, task)] = (f"0 of {len(part)} finished ("
+                               + ", ".join(f"{n} {_esc(s)}" for s, n in counts.items()) + ")")  # HTML-safe
+    return out
+
+
+def _unfinished_note(unfinished: dict[tuple[str, str], str], ranked: list[str]) -> str:
+    """The sentence under Table 1 naming what it lacks, so a reader sees that a row or a cell is missing."""
+    if not unfinished:
+        return ""
+    items = []
+    for method in dict.fromkeys(m for m, _ in unfinished):
+        cells = "; ".join(f"{_esc(t)}: {v}" for (m, t), v in unfinished.items() if m == method)
+        items.append(f"<b>{_esc(method)}</b> ({cells}): " + ("its AVG covers its other tasks only" if method in ranked
+                                                             else "not ranked, tested or drawn"))
+    return ('<p class="missing" id="unfinished">No finished trial, so missing from the analysis: '
+            + "; ".join(items) + ".</p>")
+
+
+def _group_caption(label: dict) -> str:
+    """Table 1's group in words: its sparsity and its split (the analysis labels it with None and "none")."""
+    sparsity = (f"sparsity {label['sparsity']:g}" if label["sparsity"] is not None
+                else "no sparsity (no finished trial of a method that chooses a share of entries)")
+    split = ("the standard split" if label["perturbation"] == "none" else
+             "perturbed splits " + ", ".join(map(str, label.get("splits", []))) + " pooled")
+    return f"Table 1: {sparsity}; {split}"
+
+
 def _table_html(table: pd.DataFrame, best: dict[str, list[str]], baselines: dict[str, float],
-                trials: pd.DataFrame, mlflow_url: str) -> str:
-    tasks = [t for t in dict.fromkeys(table["task"]) if t != "AVG"] + ["AVG"]
+                trials: pd.DataFrame, mlflow_url: str | None, unfinished: dict[tuple[str, str], str]) -> str:
+    """``trials``: the group's trials, finished or not (for the links); ``unfinished``: cells without a finished
+    trial, shown as "0 of N finished" (a method with no finished trial at all gets a row of them, unranked)."""
+    tasks = [t for t in dict.fromkeys([*table["task"], *(t for _, t in sorted(unfinished))]) if t != "AVG"] + ["AVG"]
     methods = list(table[table["task"] == "AVG"].sort_values("mean", ascending=False)["method"])
     mark = len(methods) > 3  # "best three" means nothing with three methods or fewer
     cell = {(r.method, r.task): r for r in table.itertuples()}
@@ -96,7 +155,8 @@ def _table_html(table: pd.DataFrame, best: dict[str, list[str]], baselines: dict
             order = avg_best if t == "AVG" else best.get(t, [])
             cls = f' class="b{order.index(m) + 1}"' if mark and m in order else ""
             if r is None:
-                tds.append(f"<td{cls}></td>")
+                tds.append(f'<td class="unfinished">{unfinished[(m, t)]}</td>' if (m, t) in unfinished
+                           else f"<td{cls}></td>")
                 continue
             text = f"{100 * r.mean:.2f} ± {100 * r.std:.2f}" if pd.notna(r.std) else f"{100 * r.mean:.2f}"
             if t in baselines and r.mean < baselines[t]:
@@ -105,13 +165,16 @@ def _table_html(table: pd.DataFrame, best: dict[str, list[str]], baselines: dict
                   if pd.notna(r.mean_ci_low) else "<br>")
             tds.append(f'<td{cls}>{text}{ci} <span class="n">n={int(r.n)}</span></td>')
         rows.append(f"<tr><th>{_esc(m)}{_runs_links(trials, m, mlflow_url)}</th>{''.join(tds)}</tr>")
+    for m in dict.fromkeys(m for m, _ in unfinished if m not in methods):
+        tds = "".join(f"<td>{unfinished.get((m, t), '')}</td>" for t in tasks[:-1]) + "<td>not ranked</td>"
+        rows.append(f'<tr class="unfinished"><th>{_esc(m)}{_runs_links(trials, m, mlflow_url)}</th>{tds}</tr>')
     if baselines:
         base = [f"{100 * baselines[t]:.2f}" if t in baselines else "" for t in tasks[:-1]]
         avg = (f"{100 * sum(baselines[t] for t in tasks[:-1]) / (len(tasks) - 1):.2f}"
                if all(t in baselines for t in tasks[:-1]) else "")
         rows.append('<tr class="baseline" id="baseline-row"><th>majority class</th>'
                     + "".join(f"<td>{b}</td>" for b in base + [avg]) + "</tr>")
-    return '<table id="main-table">' + "".join(rows) + "</table>"
+    return '<table id="main-table">' + "".join(rows) + "</table>" + _unfinished_note(unfinished, methods)
 
 
 def _pairs_html(res: Analysis, main: dict, methods: list[str]) -> str:
@@ -157,6 +220,25 @@ def _in_group(frame: pd.DataFrame, label: dict) -> pd.DataFrame:
     return frame[sparsity & perturbed]
 
 
+def _why_no_overlap(trials: pd.DataFrame, trials_path: Path, overlap_path: Path, have_overlap: bool) -> str:
+    """Why the mask-overlap figure is not drawn, from the mask files themselves (the export copies each finished
+    trial's stored mask to MASKS_DIR beside the trials; only methods that choose their entries store one)."""
+    mask_dir = trials_path.parent / MASKS_DIR
+    keys = {p.stem for p in mask_dir.glob("*.safetensors")}
+    stored = sorted(set(trials.loc[trials["trial_key"].isin(keys), "method"])) if "trial_key" in trials else []
+    if not stored:
+        return (f"no mask files in {mask_dir}: only finished trials of methods that choose their entries store a "
+                "mask, and the overlap compares the masks of two such methods.")
+    if len(stored) == 1:
+        return (f"the overlap compares the masks of two methods; only {stored[0]} stored masks here "
+                f"({len(keys)} in {mask_dir}).")
+    if not have_overlap:
+        return (f"no {overlap_path.name} in {overlap_path.parent}; peft-sweep analyze --trials {trials_path} "
+                f"writes it from the masks of {', '.join(stored)} in {mask_dir}.")
+    return (f"{', '.join(stored)} stored masks, but no two of them share a (task, seed, sparsity, perturbation "
+            "split), and the overlap compares masks within one.")
+
+
 def sweep_dir_of(trials_path: Path) -> Path | None:
     """The sweep folder of a file in SWEEP_DIR/export; None for a trials file elsewhere."""
     trials_path = Path(trials_path)
@@ -171,7 +253,9 @@ def analysis_dir_of(trials_path: Path) -> Path:
 
 
 def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, analysis_dir: Path | None = None,
-                 spec_path: Path | None = None, mlflow_url: str = MLFLOW_UI, analysis: Analysis | None = None) -> Path:
+                 spec_path: Path | None = None, tracking_uri: str | None = None,
+                 analysis: Analysis | None = None) -> Path:
+    """``tracking_uri``: the sweep's MLflow store, for the links to its runs (None: not known, no links)."""
     trials_path, out = Path(trials_path), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sweep_dir = sweep_dir_of(trials_path)
@@ -182,7 +266,8 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
     curves = pd.read_parquet(curves_path) if Path(curves_path).is_file() else None
     res = analysis or analyze(trials)  # the caller's, when it has analysed these trials already
     summary, main = res.summary, res.summary["groups"][0]
-    finished = _in_group(trials[trials["status"] == "FINISHED"], main)
+    in_group = _in_group(trials, main)
+    finished = in_group[in_group["status"] == "FINISHED"]
     main_table = res.table[(res.table["group_perturbation"] == main["perturbation"]) &
                            ((res.table["group_sparsity"] == main["sparsity"]) if main["sparsity"] is not None
                             else res.table["group_sparsity"].isna())]
@@ -192,6 +277,9 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
     sweeps = ", ".join(map(str, trials["sweep"].dropna().unique())) if "sweep" in trials else ""
     models = ", ".join(map(str, trials["model"].dropna().unique())) if "model" in trials else "not recorded"
     spec = spec_path.read_text() if spec_path and spec_path.is_file() else None
+    mlflow_url, browse = mlflow_ui(tracking_uri)
+    if "mlflow_run_id" not in trials or trials["mlflow_run_id"].isna().all():
+        browse = "No MLflow run ids in this trials file, so no links to the runs."
 
     parts = [f"<h1>PEFT sweep report: {_esc(sweeps or 'trials')}</h1>",
              '<section id="about"><h2>What the numbers are</h2><ul>'
@@ -206,12 +294,11 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
              + "<li>Red: below the task's majority-class score.</li>"
              f"<li>Spec: {_esc(spec_path) if spec else NO_SPEC}; "
              f"built {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC by {_esc(_code_version())}.</li>"
-             f"<li>Method names link to their MLflow runs at {_esc(mlflow_url)} "
-             "(start it with <code>mlflow ui --backend-store-uri …</code>).</li></ul>"
+             f'<li id="mlflow">{browse}</li></ul>'
              + (f"<details><summary>spec.yaml</summary><pre>{_esc(spec)}</pre></details>" if spec else "")
              + "</section>",
-             f"<h2>Table 1 (sparsity {main['sparsity']}, perturbation: {main['perturbation']})</h2>",
-             _table_html(main_table, main["best"], test_base, finished, mlflow_url)]
+             f"<h2>{_esc(_group_caption(main))}</h2>",
+             _table_html(main_table, main["best"], test_base, in_group, mlflow_url, unfinished_cells(in_group))]
     if not test_base:
         parts.append(_missing("baseline", "trials.parquet has no majority_test_score column (the export adds it "
                                           "from each trial's result), so the majority-class row is absent."))
@@ -278,7 +365,6 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
     parts.append("<h2>Where the masks go</h2>")
     masks_path = trials_path.parent / "masks.parquet"
     masks = pd.read_parquet(masks_path) if masks_path.is_file() else None
-    kept_masks = sorted(masks["method"].unique()) if masks is not None and "method" in masks else []
     if masks is not None and masks.empty:
         parts.append(_missing("anatomy", "no finished trial in this sweep kept a mask (the methods that select "
                                          "entries do)."))
@@ -292,18 +378,12 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
                                          "sweeps of subset methods)."))
     overlap_path = Path(analysis_dir) / "mask_overlap.csv"
     overlap = pd.read_csv(overlap_path) if overlap_path.is_file() else None
-    masked = set(overlap["method_a"]) | set(overlap["method_b"]) if overlap is not None else set()
-    if overlap is not None and len(masked) < 2:
-        kept = ", ".join(sorted(masked | set(kept_masks)))
-        parts.append(_missing("overlap", "the overlap compares the masks of two methods; "
-                                         + (f"this sweep has masks of {kept} only." if kept else
-                                            "no trial of this sweep kept a mask.")))
-    elif overlap is not None:
+    compared = set(overlap["method_a"]) | set(overlap["method_b"]) if overlap is not None else set()
+    if len(compared) >= 2:
         figures.overlap_figure(overlap, methods, out / "overlap.svg")
         parts.append(_figure("overlap", "overlap.svg", "mean Jaccard overlap between methods' masks"))
     else:
-        parts.append(_missing("overlap", f"no mask_overlap.csv in {analysis_dir} (written by peft-sweep analyze)."))
-
+        parts.append(_missing("overlap", _why_no_overlap(trials, trials_path, overlap_path, overlap is not None)))
     failed = trials[trials["status"] != "FINISHED"]
     parts.append(f"<h2>Failed or unfinished trials ({len(failed)})</h2>")
     if len(failed):

@@ -300,6 +300,7 @@ def _cmd_report(args) -> int:
 
     if args.trials and args.sweep_dir:
         raise SpecError("give SWEEP_DIR or --trials FILE.parquet, not both")
+    tracking_uri = None  # a trials file alone does not say where its runs are tracked
     if args.trials:
         trials = _trials_file(args.trials, "--trials")
         curves = _trials_file(args.curves, "--curves", needed=["trial_key", "step"]) if args.curves else None
@@ -308,9 +309,10 @@ def _cmd_report(args) -> int:
         spec = _load_sweep(args.sweep_dir)
         out = _out_dir(args.out, "--out") if args.out else spec.sweep_dir / "report"
         trials, curves = export.export(spec, spec.sweep_dir / "export")
+        tracking_uri = spec.resolved_tracking_uri
     else:
         raise SpecError("give SWEEP_DIR or --trials FILE.parquet")
-    print(build_report(trials, curves, out))
+    print(build_report(trials, curves, out, tracking_uri=tracking_uri))
     return 0
 
 

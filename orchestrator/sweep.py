@@ -135,7 +135,8 @@ def close_sweep(spec: SweepSpec, tracker: Tracker, final: dict[str, str], quiet:
 
             result = analyze(df)  # once, for the analysis files and the report
             analysis.analyze_file(trials_path, spec.sweep_dir / "analysis", result)
-            index = build_report(trials_path, curves_path, spec.sweep_dir / "report", analysis=result)
+            index = build_report(trials_path, curves_path, spec.sweep_dir / "report", tracking_uri=tracker.uri,
+                                 analysis=result)
             artifacts = {"analysis": spec.sweep_dir / "analysis", "report": index.parent}
             summary = result.summary
             for name, value in (("spearman_rho", summary["spearman"]["rho"]),

@@ -8,8 +8,10 @@ import subprocess
 
 import pandas as pd
 import pytest
+import torch
 
 from dashboards.report import build_report
+from trainables.anatomy import save_mask
 from tests.test_analysis import hand_made
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -70,7 +72,8 @@ def _sweep(tmp_path, with_masks=True):
 def report(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("sweep")
     export = _sweep(tmp_path)
-    return build_report(export / "trials.parquet", export / "curves.parquet", tmp_path / "report")
+    return build_report(export / "trials.parquet", export / "curves.parquet", tmp_path / "report",
+                        tracking_uri=f"sqlite:///{tmp_path / 'sweep' / 'mlflow.db'}")
 
 
 FIGURES = ["cd", "seeds", "seeds-enough", "curves", "ranks", "sparsity", "projection", "anatomy", "overlap"]
@@ -186,11 +189,14 @@ def test_one_seed_sweep_reads_its_neighbours_and_notes_what_it_cannot_draw(tmp_p
     trials.to_parquet(folder / "trials.parquet")
     _curves(trials).to_parquet(folder / "curves.parquet")
     _masks(trials).to_parquet(folder / "masks.parquet")
+    save_mask({"w": torch.tensor([1, 5])}, tmp_path / "sam-trial")  # the export's copy of sam's stored mask
+    (folder / "masks").mkdir()
+    (tmp_path / "sam-trial" / "mask.safetensors").rename(folder / "masks" / f"{trials['trial_key'][0]}.safetensors")
     (tmp_path / "analysis").mkdir()
     pd.DataFrame(columns=["task", "seed", "method_a", "method_b", "jaccard", "n_a", "n_b", "intersection"]) \
         .to_csv(tmp_path / "analysis" / "mask_overlap.csv", index=False)
     index = build_report(folder / "trials.parquet", None, tmp_path / "report")
     page = index.read_text()
     assert 'id="missing-ranks"' in page and "needs ≥2 seeds" in page and not (index.parent / "ranks.svg").exists()
-    assert 'id="missing-overlap"' in page and "masks of sam only" in page
+    assert 'id="missing-overlap"' in page and "only sam stored masks" in page
     assert '<figure id="fig-curves">' in page  # found beside trials.parquet

@@ -1,0 +1,167 @@
+"""What the report says about its own gaps and links: MLflow links follow the sweep's tracking store (a server,
+a SQLite file, or unknown for a bare trials file), a method or cell with no finished trial is named under Table 1
+instead of vanishing, the caption says its group in words, and the mask-overlap note matches the mask files."""
+import re
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from dashboards.report import build_report
+from orchestrator import sweep
+from orchestrator.cli import main
+from tests.test_analysis import hand_made
+from tests.test_tracking import _finish_all
+from tests.tracking_fixtures import make_spec
+from trainables.anatomy import save_mask
+
+
+def _hrefs(page: str) -> list[str]:
+    return re.findall(r'href="([^"]*)"', page)
+
+
+def test_links_follow_the_tracking_store(tmp_path):
+    trials = tmp_path / "trials.parquet"
+    pd.DataFrame([{"method": m, "task": "CB", "seed": s, "sparsity": None, "perturbation": None, "status": "FINISHED",
+                   "test_score": 0.5 + s / 10 + (m == "sam") / 20, "mlflow_run_id": f"run{2 * i + s:04d}"}
+                  for i, m in enumerate(("sam", "bitfit")) for s in range(2)]).to_parquet(trials)
+    server = build_report(trials, None, tmp_path / "r1", tracking_uri="http://mlflow.cluster:5792/").read_text()
+    assert "http://mlflow.cluster:5792/#/runs/run0000" in _hrefs(server)
+    assert all(h.startswith("http://mlflow.cluster:5792/#/runs/") for h in _hrefs(server))
+    assert "mlflow ui" not in server and "tracking server http://mlflow.cluster:5792." in server
+
+    db = tmp_path / "my store" / "mlflow.db"
+    local = build_report(trials, None, tmp_path / "r2", tracking_uri=f"sqlite:///{db}").read_text()
+    assert "http://127.0.0.1:5000/#/runs/run0000" in _hrefs(local)
+    assert f"mlflow ui --backend-store-uri &#x27;sqlite:///{db}&#x27; --port 5000" in local  # quoted: a space
+
+    unknown = build_report(trials, None, tmp_path / "r3").read_text()
+    assert not _hrefs(unknown) and "<code>run0000</code>" in unknown  # the run ids, no guessed server
+    assert "does not know the tracking store" in unknown and "peft-sweep report SWEEP_DIR" in unknown
+    pd.read_parquet(trials).drop(columns=["mlflow_run_id"]).to_parquet(trials)  # hand-made: no runs at all
+    none = build_report(trials, None, tmp_path / "r4", tracking_uri="http://mlflow.cluster:5792").read_text()
+    assert "No MLflow run ids in this trials file" in none and "tracking server" not in none
+
+
+def test_sweep_end_and_report_command_link_the_sweeps_own_store(tmp_path, data_dir, capsys):
+    """A real sweep on SQLite: the report written at the sweep's end and by `peft-sweep report SWEEP_DIR`
+    link the real runs and name the real store; `report --trials` says it cannot link."""
+    spec = make_spec(tmp_path, data_dir)
+    tr = _finish_all(spec)
+    (spec.sweep_dir / sweep.SPEC_FILE).write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    sweep.close_sweep(spec, tr, sweep.statuses(spec, tr), quiet=True)
+    assert main(["report", str(spec.sweep_dir), "--out", str(tmp_path / "again")]) == 0
+    run_id = next(iter(tr.trial_runs().values())).info.run_id
+    command = f"mlflow ui --backend-store-uri sqlite:///{spec.sweep_dir / 'mlflow.db'} --port 5000"
+    for index in (spec.sweep_dir / "report" / "index.html", tmp_path / "again" / "index.html"):
+        page = index.read_text()
+        assert f"http://127.0.0.1:5000/#/runs/{run_id}" in _hrefs(page) and command in page, index
+    assert main(["report", "--trials", str(spec.sweep_dir / "export" / "trials.parquet"), "--out",
+                 str(tmp_path / "bare")]) == 0
+    bare = (tmp_path / "bare" / "index.html").read_text()
+    assert not _hrefs(bare) and f"<code>{run_id}</code>" in bare
+    capsys.readouterr()
+
+
+@pytest.mark.slow
+def test_a_sweep_tracked_on_a_server_links_the_server(tmp_path, data_dir):
+    from benchmarks.mlflow_server import free_port, start_server, stop_server
+
+    port = free_port()
+    server = start_server(tmp_path / "server.db", tmp_path / "artifacts", port)
+    try:
+        spec = make_spec(tmp_path, data_dir, tracking_uri=f"http://127.0.0.1:{port}", tasks=["CB"], seeds=[0, 1])
+        tr = _finish_all(spec)
+        sweep.close_sweep(spec, tr, sweep.statuses(spec, tr), quiet=True)
+        run_ids = {r.info.run_id for r in tr.trial_runs().values()}
+    finally:
+        stop_server(server)
+    page = (spec.sweep_dir / "report" / "index.html").read_text()
+    assert {f"http://127.0.0.1:{port}/#/runs/{r}" for r in run_ids} == set(_hrefs(page))
+    assert "mlflow ui" not in page
+
+
+def _table_rows(page: str) -> dict[str, list[str]]:
+    table = re.search(r'<table id="main-table">(.*?)</table>', page, re.S).group(1)
+    rows = re.findall(r"<tr[^>]*><th>(.*?)(?:<details.*?)?</th>(.*?)</tr>", table, re.S)
+    return {name: re.findall(r"<td[^>]*>(.*?)</td>", cells, re.S) for name, cells in rows}
+
+
+def test_a_method_or_cell_without_a_finished_trial_is_named_under_table_1(tmp_path):
+    failed = {"sparsity": None, "perturbation": None, "status": "FAILED", "test_score": None, "train_score": None}
+    trials = hand_made([{**failed, "method": "full-hot", "task": t, "seed": 0} for t in ("CB", "RTE")])
+    lora_rte = (trials["method"] == "lora") & (trials["task"] == "RTE")
+    trials.loc[lora_rte, ["status", "test_score"]] = ["FAILED", None]
+    trials.loc[lora_rte & (trials["seed"] == 2), "status"] = "STOPPED"
+    trials.to_parquet(tmp_path / "trials.parquet")
+    page = build_report(tmp_path / "trials.parquet", None, tmp_path / "report").read_text()
+    rows = _table_rows(page)
+    assert rows["full-hot"] == ["0 of 1 finished (1 FAILED)"] * 2 + ["not ranked"]
+    assert rows["lora"][1] == "0 of 3 finished (2 FAILED, 1 STOPPED)"
+    note = re.search(r'<p class="missing" id="unfinished">(.*?)</p>', page).group(1)
+    assert "<b>lora</b> (RTE: 0 of 3 finished (2 FAILED, 1 STOPPED)): its AVG covers its other tasks only" in note
+    assert ("<b>full-hot</b> (CB: 0 of 1 finished (1 FAILED); RTE: 0 of 1 finished (1 FAILED)): not ranked, "
+            "tested or drawn") in note
+    assert "<h2>Table 1: sparsity 0.005; the standard split</h2>" in page
+
+
+def test_a_sweep_whose_only_variant_failed_says_so_and_its_caption_has_no_none(tmp_path):
+    """The review's rv2-fail: bitfit finished, its variant bitfit-hot failed; no sparsity anywhere."""
+    trials = pd.DataFrame([{"method": m, "task": "CB", "seed": 0, "sparsity": None, "perturbation": None,
+                            "status": s, "test_score": 0.385 if s == "FINISHED" else None, "train_score": None}
+                           for m, s in (("bitfit", "FINISHED"), ("bitfit-hot", "FAILED"))])
+    trials.to_parquet(tmp_path / "trials.parquet")
+    page = build_report(tmp_path / "trials.parquet", None, tmp_path / "report").read_text()
+    assert _table_rows(page)["bitfit-hot"] == ["0 of 1 finished (1 FAILED)", "not ranked"]
+    assert 'id="unfinished"' in page and "<b>bitfit-hot</b> (CB: 0 of 1 finished (1 FAILED)): not ranked" in page
+    caption = re.search(r"<h2>(Table 1.*?)</h2>", page).group(1)
+    assert "None" not in caption and "no sparsity" in caption and "standard split" in caption
+
+
+def _mask_sweep(tmp_path, methods_with_files):
+    """A hand-made export whose masks.parquet has anatomy rows for every method (bitfit too, as the export
+    writes them) and whose masks/ folder holds real mask files of ``methods_with_files`` only."""
+    trials = hand_made()
+    trials["trial_key"] = [f"{i:012x}" for i in range(len(trials))]
+    export = tmp_path / "sweep" / "export"
+    export.mkdir(parents=True)
+    trials.to_parquet(export / "trials.parquet")
+    anatomy = trials[trials["status"] == "FINISHED"].assign(layer="0", kind="attn.q", count=10)
+    anatomy[["trial_key", "method", "task", "seed", "sparsity", "perturbation", "layer", "kind", "count"]] \
+        .to_parquet(export / "masks.parquet")
+    for r in trials[trials["method"].isin(methods_with_files) & (trials["status"] == "FINISHED")].itertuples():
+        shift = 0 if r.method == "sam" else 1
+        path = save_mask({"w": torch.tensor([shift, 2 + shift, 4])}, tmp_path / "tmp" / r.trial_key)
+        (export / "masks").mkdir(exist_ok=True)
+        path.rename(export / "masks" / f"{r.trial_key}.safetensors")
+    return export / "trials.parquet"
+
+
+def _overlap_note(page: str) -> str:
+    return re.search(r'<p class="missing" id="missing-overlap">(.*?)</p>', page).group(1)
+
+
+def test_overlap_note_without_mask_files_sends_nobody_to_analyze(tmp_path):
+    trials = _mask_sweep(tmp_path, [])
+    assert main(["analyze", "--trials", str(trials)]) == 0  # as the old note advised: it writes no overlap
+    assert not (tmp_path / "sweep" / "analysis" / "mask_overlap.csv").exists()
+    note = _overlap_note(build_report(trials, None, tmp_path / "report").read_text())
+    assert "analyze" not in note and f"no mask files in {trials.parent / 'masks'}" in note
+
+
+def test_overlap_note_names_the_methods_that_stored_masks(tmp_path, capsys):
+    trials = _mask_sweep(tmp_path, ["sam"])  # anatomy rows of full, sam, lora, bitfit; files of sam only
+    assert main(["analyze", "--trials", str(trials)]) == 0  # writes an overlap with no pair in it
+    note = _overlap_note(build_report(trials, None, tmp_path / "report").read_text())
+    assert "only sam stored masks" in note and not re.search(r"bitfit|lora|full", note)
+
+
+def test_overlap_note_advice_to_analyze_is_followed_by_the_figure(tmp_path, capsys):
+    trials = _mask_sweep(tmp_path, ["sam", "lora"])
+    note = _overlap_note(build_report(trials, None, tmp_path / "report").read_text())
+    assert f"peft-sweep analyze --trials {trials} writes it from the masks of lora, sam" in note
+    assert main(["analyze", "--trials", str(trials)]) == 0  # the advice, taken
+    page = build_report(trials, None, tmp_path / "report").read_text()
+    assert '<figure id="fig-overlap">' in page and 'id="missing-overlap"' not in page
+    capsys.readouterr()
