@@ -152,6 +152,10 @@ def close_sweep(spec: SweepSpec, tracker: Tracker, final: dict[str, str], quiet:
             if len(avg):
                 b = avg.iloc[0]
                 lines.append(best_on_average(b["method"], b["mean"], None if pd.isna(b["std"]) else b["std"]))
+            unranked = _unranked(spec, final)
+            if unranked:  # a method that failed everywhere is not a method that lost: say it beside the answer
+                lines.append("not ranked, no finished trial: " + "; ".join(unranked.values()))
+                tags["unranked_methods"] = ", ".join(unranked)
             lines.append(f"report: {index}")
     except Exception as exc:  # noqa: BLE001 - the status must still be set; say what is missing
         lines.append(f"no analysis on the parent run: {type(exc).__name__}: {exc}")
@@ -161,6 +165,17 @@ def close_sweep(spec: SweepSpec, tracker: Tracker, final: dict[str, str], quiet:
             print(line, flush=True)
     tracker.end_sweep("FINISHED" if n_failed == 0 else "FAILED", metrics, tags, artifacts)
     return lines
+
+
+def _unranked(spec: SweepSpec, final: dict[str, str]) -> dict[str, str]:
+    """Grid rows none of whose trials FINISHED, each with what became of its trials ("sam (2 FAILED)")."""
+    from collections import Counter
+
+    by_row: dict[str, Counter] = {}
+    for t in spec.trials():
+        by_row.setdefault(t.label, Counter())[final.get(t.key) or "PENDING"] += 1
+    return {row: f"{row} ({', '.join(f'{n} {s}' for s, n in sorted(c.items()))})"
+            for row, c in by_row.items() if not c["FINISHED"]}
 
 
 def best_on_average(method: str, mean: float, std: float | None) -> str:

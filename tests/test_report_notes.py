@@ -165,3 +165,14 @@ def test_overlap_note_advice_to_analyze_is_followed_by_the_figure(tmp_path, caps
     page = build_report(trials, None, tmp_path / "report").read_text()
     assert '<figure id="fig-overlap">' in page and 'id="missing-overlap"' not in page
     capsys.readouterr()
+
+
+def test_the_sweeps_answer_names_a_method_with_no_finished_trial(tmp_path, data_dir):
+    """The console and the parent run said "best on average: bitfit" as if sam had lost, when every sam trial
+    failed (on a cluster: `full` out of GPU memory on every task)."""
+    spec = make_spec(tmp_path, data_dir, tasks=["CB"])
+    tr = _finish_all(spec, fail=2)  # both sam trials (the grid's first two)
+    assert {c.method for c in spec.trials()[:2]} == {"sam"}
+    lines = sweep.close_sweep(spec, tr, sweep.statuses(spec, tr), quiet=True)
+    assert "not ranked, no finished trial: sam (2 FAILED)" in lines, lines
+    assert tr.client.get_run(tr.parent_run_id).data.tags["unranked_methods"] == "sam"
