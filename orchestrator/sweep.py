@@ -53,11 +53,12 @@ def follow_folder(spec: SweepSpec, config: Path, overrides: list[str]) -> SweepS
 
 
 def statuses(spec: SweepSpec, tracker: Tracker | None = None) -> dict[str, str]:
-    """trial_key -> FINISHED / FAILED / RUNNING / ..., from MLflow and the local records."""
+    """trial_key -> FINISHED / FAILED / RUNNING / STOPPED / ..., from MLflow and the local records. A stopped
+    trial is STOPPED (resumable), as its record says, not MLflow's KILLED."""
     out = {k: r.get("status", "UNKNOWN") for k, r in records.all_records(spec.sweep_dir).items()}
     if tracker is not None:
         for k, s in tracker.statuses().items():
-            if out.get(k) != "FINISHED":
+            if out.get(k) != "FINISHED" and not (out.get(k) == "STOPPED" and s == "KILLED"):
                 out[k] = s
     return out
 

@@ -217,6 +217,7 @@ def test_programming_error_in_tracking_is_not_an_outage():
 def test_stop_with_no_driver_left_marks_its_running_trials_and_they_resume_into_the_same_run(tmp_path, data_dir,
                                                                                             capsys):
     from orchestrator import control
+    from orchestrator.cli import main
 
     spec = make_spec(tmp_path, data_dir)
     tr = sweep.tracker_for(spec)
@@ -232,7 +233,8 @@ def test_stop_with_no_driver_left_marks_its_running_trials_and_they_resume_into_
     run = tr.client.get_run(run_id)
     assert run.info.status == "KILLED" and run.data.tags["stopped"] == "true" and tr.parent_status() == "KILLED"
     assert records.read(spec.sweep_dir, cfg.key)["status"] == "STOPPED"
-    assert sweep.statuses(spec, tr)[cfg.key] != "FINISHED"  # so the next run resumes it
+    assert sweep.statuses(spec, tr)[cfg.key] == "STOPPED"  # as the records and the README say, not MLflow's KILLED
+    assert main(["status", str(spec.sweep_dir)]) == 0 and "STOPPED 1" in capsys.readouterr().out
     again = sweep.tracker_for(spec).start_trial(cfg.key, trial_dict(cfg))  # the resumed trial
     run = tr.client.get_run(again)
     assert again == run_id and run.info.status == "RUNNING" and "stopped" not in run.data.tags
