@@ -414,7 +414,9 @@ class Tracker:
 
     def fail(self, key: str, error: str, trial: dict[str, Any] | None = None) -> None:
         run_id = self._ensure(key, trial)
-        self.client.set_tag(run_id, "error", error[-4000:])
+        # the tag is a table column: the exception's line first, then the end of the traceback (error.txt: all)
+        last = next((line for line in reversed(error.strip().splitlines()) if line.strip()), "")
+        self.client.set_tag(run_id, "error", f"{last}\n\n{error[-3500:]}" if last != error.strip() else error[-4000:])
         self.client.log_text(run_id, error, "error.txt")
         self.client.set_terminated(run_id, "FAILED")
 

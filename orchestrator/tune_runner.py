@@ -213,7 +213,9 @@ class SweepCallback(tune.Callback):
                 self.mlflow.log_model(key, final / DELTA_DIR, self._trial(trial))
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        self._show(trials, f"{_key(trial)} failed, retrying from its last checkpoint")
+        where = "from its last checkpoint" if trial.checkpoint is not None else "from step 0 (it had no checkpoint)"
+        lines = _error_text(trial).strip().splitlines() or [""]
+        self._show(trials, f"{_trial_name(trial.config['trial'])} failed, retrying {where}: {lines[-1][:200]}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._failed(trials, trial, _error_text(trial))
@@ -413,6 +415,7 @@ def _key(trial) -> str:
 
 
 def _trial_name(trial: dict[str, Any]) -> str:
-    return f"{trial['method']}-{trial['task']}-s{trial['seed']}-{_key_of(trial)}"
+    """The grid row's label (a variant's own name, such as sam-global), task, seed and key."""
+    return f"{trial.get('variant') or trial['method']}-{trial['task']}-s{trial['seed']}-{_key_of(trial)}"
 
 

@@ -279,3 +279,16 @@ def test_the_learning_rate_used_is_a_param_and_a_column_with_the_code_version_an
     schema = pq.read_schema(tmp_path / "out" / "trials.parquet")
     assert (str(schema.field("lr").type), str(schema.field("attempt").type),
             str(schema.field("code_version").type)) == ("double", "int64", "string")
+
+
+def test_a_failed_runs_error_tag_opens_with_the_exception(tmp_path, data_dir):
+    """The tag is a column of MLflow's runs table: it used to open with the middle of a traceback ('^^^^')."""
+    spec = make_spec(tmp_path, data_dir)
+    tr = sweep.tracker_for(spec)
+    cfg = _sam(spec)
+    tr.start_trial(cfg.key, trial_dict(cfg))
+    traceback = "Traceback (most recent call last):\n" + '  File "x.py", line 1\n    ^^^^^\n' * 400 + \
+        "RuntimeError: value cannot be converted to type float without overflow\n"
+    tr.fail(cfg.key, traceback)
+    tag = tr.trial_runs()[cfg.key].data.tags["error"]
+    assert tag.startswith("RuntimeError: value cannot be converted") and len(tag) <= 4000
