@@ -49,6 +49,16 @@ class _PlainTracebacks(logging.Filter):
         return True
 
 
+class _NotOurAdvice(logging.Filter):
+    """Tune's own advice that is wrong for this tool: `Tuner.restore(...)` (the tool prints its own resume command,
+    which goes through `peft-sweep run`), and missing metrics of trials a restored experiment never started (they
+    run in a new one)."""
+    WRONG = ("Resume experiment with: Tuner.restore", "Failed to fetch metrics for")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(w in record.getMessage() for w in self.WRONG)
+
+
 def _quiet_ray() -> None:
     """Keep Ray's warnings and errors (without colour codes), drop its informational lines (in the driver
     and in each worker)."""
@@ -57,6 +67,10 @@ def _quiet_ray() -> None:
     controller = logging.getLogger("ray.tune.execution.tune_controller")  # logs "Trial task failed" + traceback
     if not any(isinstance(f, _PlainTracebacks) for f in controller.filters):
         controller.addFilter(_PlainTracebacks())
+    for name in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis"):
+        advice = logging.getLogger(name)
+        if not any(isinstance(f, _NotOurAdvice) for f in advice.filters):
+            advice.addFilter(_NotOurAdvice())
 
 
 _quiet_ray()  # at import too: a worker imports this module (to unpickle the trainable) before it restores
