@@ -182,10 +182,19 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): node}
 
 
-def changes(old: SweepSpec, new: SweepSpec) -> list[str]:
-    """What ``new`` changes of ``old`` that would mix experiments: result fields, and grid values dropped."""
+TRIAL_COORD = {"methods": "label", "tasks": "task", "seeds": "seed", "sparsities": "sparsity",
+               "perturbations": "perturbation"}  # each grid axis's value in a trial
+
+
+def changes(old: SweepSpec, new: SweepSpec, finished: set[str] | None = None) -> list[str]:
+    """What ``new`` changes of ``old`` that would mix experiments: result fields, and grid values dropped.
+    ``finished``: the keys with a result; a grid row or value none of whose trials has one may change or go
+    (a broken setting fixed, a failed row retired): there is nothing to mix."""
+    done = None if finished is None else [t for t in old.trials() if t.key in finished]
     before, after = _flat(result_fields(old)), _flat(result_fields(new))
     for row in set(old.grid.methods) & set(new.grid.methods):  # rows only one spec has: growth or a drop below
+        if done is not None and not any(t.label == row for t in done):
+            continue
         before.update(_flat(row_settings(old, row), f"methods.{row}."))
         after.update(_flat(row_settings(new, row), f"methods.{row}."))
     out = [f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in sorted(set(before) | set(after))
@@ -194,17 +203,22 @@ def changes(old: SweepSpec, new: SweepSpec) -> list[str]:
     if data:
         out.append(data)
     for axis in AXES:
-        dropped = [v for v in (getattr(old.grid, axis) or [None]) if v not in (getattr(new.grid, axis) or [None])]
+        dropped = [v for v in (getattr(old.grid, axis) or [None]) if v not in (getattr(new.grid, axis) or [None])
+                   and (done is None or any(getattr(t, TRIAL_COORD[axis]) == v for t in done))]
         if dropped:
             out.append(f"grid.{axis} drops {', '.join(map(str, dropped))}")
     return out
 
 
 def check_rerun(old: SweepSpec | None, new: SweepSpec, force: bool) -> None:
-    """Refuse a rerun of a sweep name whose spec changed other than by growing the grid."""
+    """Refuse a rerun of a sweep name whose spec changed other than by growing the grid, or by fixing or dropping
+    what never finished."""
+    from .records import all_records
+
     if old is None or force:
         return
-    found = changes(old, new)
+    finished = {k for k, r in all_records(old.sweep_dir).items() if r.get("status") == "FINISHED"}
+    found = changes(old, new, finished)
     if found:
         shown = "; ".join(found[:4]) + (f"; and {len(found) - 4} more" if len(found) > 4 else "")
         raise SpecError(f"sweep {new.name!r} in {str(new.sweep_dir)!r} was run with another spec ({shown}); give "

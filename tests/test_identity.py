@@ -145,3 +145,26 @@ def test_code_version_is_the_source_however_it_is_started(tmp_path, monkeypatch)
     assert identity.git_commit.__wrapped__() is None
     (tmp_path / "trainables" / "loop.py").write_text((tmp_path / "trainables" / "loop.py").read_text() + "\n# x\n")
     assert identity.code_version.__wrapped__() != first
+
+
+def test_a_row_that_never_finished_can_be_fixed_or_dropped(tmp_path, tiny_model, data_dir):
+    """A variant with a broken setting (lr 1e38) fails on every trial: fixing it, or dropping it from the grid,
+    mixes nothing, as none of its trials has a result. It used to be refused (or need --force: every trial
+    rerun), so the broken row stayed in the grid and every later run retried it."""
+    from orchestrator import records
+
+    base = _spec(tmp_path, tiny_model, data_dir)
+    for t in base.trials():
+        records.update(base.sweep_dir, t.key, status="FINISHED" if t.method == "sam" else "FAILED",
+                       trial={"method": t.method})
+    fixed = _spec(tmp_path, tiny_model, data_dir, methods={"sam": {"burnin": 2, "lr": 1e-2}, "bitfit": {"lr": 5e-3}})
+    dropped = _spec(tmp_path, tiny_model, data_dir, grid={"methods": ["sam"], "tasks": ["CB"], "seeds": [0, 1]})
+    for new in (fixed, dropped):
+        identity.check_rerun(base, new, force=False)
+    assert identity.changes(base, fixed) == ["methods.bitfit.lr: 0.01 -> 0.005"]  # what changed, records aside
+    touched = _spec(tmp_path, tiny_model, data_dir, methods={"sam": {"burnin": 3, "lr": 1e-2}, "bitfit": {"lr": 1e-2}})
+    with pytest.raises(SpecError, match=r"methods.sam.burnin: 2 -> 3"):  # sam has results: still refused
+        identity.check_rerun(base, touched, force=False)
+    no_sam = _spec(tmp_path, tiny_model, data_dir, grid={"methods": ["bitfit"], "tasks": ["CB"], "seeds": [0, 1]})
+    with pytest.raises(SpecError, match=r"grid.methods drops sam"):
+        identity.check_rerun(base, no_sam, force=False)
