@@ -441,7 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
              "Writes the sweep folder <output_dir>/<name> and runs every trial of the grid that has not "
              "FINISHED, resuming interrupted ones from their last checkpoint. Refuses to start while another "
              "driver runs the sweep, and refuses a spec that changes the results of an existing sweep of the "
-             "same name (growing the grid is fine) unless --force is given or the spec gets a new name.")]:
+             "same name (growing the grid is fine, and so is fixing or dropping a row none of whose trials "
+             "finished) unless --force is given or the spec gets a new name. The cluster is ray.address, else "
+             "$RAY_ADDRESS (which `ray job submit` sets for its job), else a local Ray of its own.")]:
         s = command(name, text, description)
         s.add_argument("config", help="sweep spec YAML, e.g. configs/quickstart.yaml")
         s.add_argument("--set", **sets)
