@@ -303,8 +303,7 @@ class SweepCallback(tune.Callback):
         self._show(trials, f"{key} FAILED: {error.strip().splitlines()[-1] if error.strip() else error}")
 
 
-LOCAL_HINT = ("; the local Ray detects CPUs and GPUs itself (GPUs through NVML), so it can see fewer than this "
-              "machine's preflight did: set ray.num_cpus / ray.num_gpus to what the machine has")
+LOCAL_HINT = "; it counts them itself (GPUs through NVML): set ray.num_cpus / ray.num_gpus to what the machine has"
 
 
 def init_ray(spec: SweepSpec) -> None:
@@ -330,7 +329,7 @@ def init_ray(spec: SweepSpec) -> None:
         _check_cluster_resources(spec, f"the Ray cluster at {address!r}")
         _check_nodes(spec, f"the Ray cluster at {address!r}")
     else:  # preflight counted with torch and os; Ray counts for itself (GPUs through NVML) and may see fewer
-        _check_cluster_resources(spec, "the local Ray this driver started", LOCAL_HINT)
+        _check_cluster_resources(spec, "the local Ray", LOCAL_HINT)
 
 
 
