@@ -3,8 +3,9 @@
 Layout: ``<root>/exp-NNN/`` per Tune experiment, where ``root`` is ``<ray.storage_path>/<sweep name>`` (one
 namespace per sweep, so sweeps sharing a storage path never restore each other) or ``SWEEP_DIR/tune``. Beside
 Tune's own state each experiment holds ``trial_keys.json`` (which trials it runs), ``dropped_keys.json`` (those
-a drain removed before they started) and, once it ended, a done marker. Everything goes through pyarrow's filesystems, as Tune's storage does, so ``s3://``/``gs://`` roots
-restore exactly as local ones (an S3-compatible endpoint is taken from ``AWS_ENDPOINT_URL``, as pyarrow does).
+a drain removed before they started) and, once it ended, a done marker. Everything goes through pyarrow's
+filesystems, as Tune's storage does, so ``s3://``/``gs://`` roots restore exactly as local ones (an S3-compatible
+endpoint is taken from ``AWS_ENDPOINT_URL``, as pyarrow does).
 """
 from __future__ import annotations
 

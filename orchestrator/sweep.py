@@ -341,7 +341,7 @@ def _stopped(spec: SweepSpec, tracker: Tracker, counts: dict[str, int]) -> int:
     mark_stopped(spec, tracker)
     driver.unregister(spec.sweep_dir)
     drained = counts.get("DRAINED", 0)
-    print(f"sweep {spec.name}: {'drained' if drained else 'stopped'}; {counts['FINISHED']} FINISHED, "
+    print(f"sweep {spec.name}: {'stopped' if counts['STOPPED'] else 'drained'}; {counts['FINISHED']} FINISHED, "
           f"{counts['ERROR']} FAILED, " + (f"{counts['STOPPED']} left resumable from their last checkpoints, "
                                           if counts["STOPPED"] or not drained else "")
           + (f"{drained} not started, " if drained else "")

@@ -147,29 +147,33 @@ drain_at=$(( deadline - drain_s ))
 ended="the sweep ended"
 enough() { [ "$stop_after" -gt 0 ] && [ $(( $(finished | wc -l) - n_before )) -ge "$stop_after" ]; }
 while alive && [ "$(date +%s)" -lt "$drain_at" ] && ! enough; do sleep 2; done
-why=$( enough && echo "$stop_after more trial(s) finished" || echo "$minutes min are up")
+why=$( enough && echo "$stop_after more trial(s) finished" || echo "$drain_minutes min before the end")
 if alive && ((drain_s)) && [ "$(date +%s)" -lt "$deadline" ]; then
   ended="drained"
-  echo "draining the sweep ($why, less $drain_minutes min of drain): running trials finish, no new one starts;" \
-       "stopped at $(date -d "@$deadline" +%T) if still running" >&2
+  echo "draining the sweep ($why): running trials finish, no new one starts; what still runs at" \
+       "$(date -d "@$deadline" +%T) is stopped" >&2
   "$py" -m orchestrator stop "$sweep" --drain --timeout $(( deadline - $(date +%s) )) >&2
 fi
 if alive; then
   ended="stopped"
-  echo "stopping the sweep: $( ((drain_s)) && echo "the drain did not end by the deadline" || echo "$why")" >&2
+  if ((drain_s)); then why="trials still run at the end"; elif enough; then why="$stop_after more trial(s) finished"
+  else why="$minutes min are up"; fi
+  echo "stopping the sweep: $why" >&2
   "$py" -m orchestrator stop "$sweep" --timeout 60 >&2 || { kill -TERM -- "-$pid"; sleep 15; kill -KILL -- "-$pid"; }
 fi
 wait "$pid"; rc=$?
 trap - EXIT
 "$py" -m orchestrator stop "$sweep" >/dev/null 2>&1  # a driver killed above leaves its trials RUNNING: mark them
-echo "peft-sweep run ended ($ended) with rc $rc, $before_clock s after the script started and $(( $(date +%s) - started )) s after its plan line" >&2
+echo "peft-sweep run ended ($ended) with rc $rc, $(( $(date +%s) - started )) s after its plan line (which came" \
+     "$before_clock s after this script started)" >&2
 if [ ! -f "$sweep/identity.json" ] || [ ! -d "$sweep/records" ]; then
   echo "no sweep state to pack in $sweep (see $out/piece.log); nothing to commit" >&2; exit 3
 fi
 "$py" -m orchestrator export "$sweep" >&2 && cp "$sweep"/export/{trials,curves}.parquet "$out"/
 tar -C "$sweep" -cf - spec.yaml identity.json records | xz -T0 -9 > "$out/state.tar.xz"
 [ "${PIPESTATUS[0]}${PIPESTATUS[1]}" = 00 ] || { echo "packing the state failed" >&2; rm -f "$out/state.tar.xz"; exit 3; }
-"$py" - "$sweep" "$rc" "$(( $(date +%s) - started ))" "$before_clock" "$ended" $finished_before > "$out/piece.json" <<'PY'
+"$py" - "$sweep" "$rc" "$(( $(date +%s) - started ))" "$before_clock" "$ended" $finished_before \
+  > "$out/piece.json" <<'PY'
 import json, sys, statistics
 from pathlib import Path
 sweep, rc, wall, before_clock, ended = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]

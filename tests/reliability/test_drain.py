@@ -8,10 +8,10 @@ pytestmark = pytest.mark.slow
 
 
 def _one_at_a_time(tmp_path, tiny_model, data_dir):
-    """Three trials of about 8 s each on a local Ray of one CPU: one runs while Tune holds the other two PENDING
+    """Three trials of about 6 s each on a local Ray of one CPU: one runs while Tune holds the other two PENDING
     (no max_concurrent: the grid creates them all at once, as configs/paper/small.yaml does)."""
     spec = write_spec(tmp_path, tiny_model, data_dir, grid={"methods": ["bitfit"], "tasks": ["CB"], "seeds": [0, 1, 2]},
-                      training__max_steps=16, training__eval_every=4, ray={"num_cpus": 1},
+                      training__max_steps=12, training__eval_every=4, ray={"num_cpus": 1},
                       fault={"step_delay_s": 0.5})
     return spec, tmp_path / "runs" / "t"
 
