@@ -116,7 +116,8 @@ def stop(sweep_dir: Path, timeout_s: float, drain: bool = False) -> int:
         return 0
     leave_resumable(spec)  # a driver killed while stopping leaves RUNNING records behind
     p = progress(spec)
-    print(f"stopped: {p.line()}; resume with: peft-sweep run {spec.sweep_dir / SPEC_FILE}", flush=True)
+    print(f"{'drained' if drain else 'stopped'}: {p.line()}; resume with: peft-sweep run {spec.sweep_dir / SPEC_FILE}",
+          flush=True)
     return 0
 
 

@@ -332,7 +332,6 @@ def init_ray(spec: SweepSpec) -> None:
         _check_cluster_resources(spec, "the local Ray", LOCAL_HINT)
 
 
-
 def _check_cluster_resources(spec: SweepSpec, where: str, hint: str = "") -> None:
     """A trial runs on one node: one that asks for more than the largest node has would stay PENDING
     forever, even when the cluster has enough in all. Refuse it now."""

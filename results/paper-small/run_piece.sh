@@ -5,14 +5,14 @@
 # the state the next piece needs. DRAIN minutes before the end it drains the sweep (`peft-sweep stop --drain`:
 # running trials finish, no new one starts, the driver ends); at the end it stops what still runs (`peft-sweep
 # stop`: those trials' records STOPPED; without checkpoints they start over in the next piece).
-# The MINUTES count from the driver's plan line ("N trials, D already FINISHED, P to run"), after it rebuilt MLflow
-# from the records; whatever that takes, the piece ends its sweep 9 min - 2 min 15 s after the script started.
+# The MINUTES count from when the driver is up (its driver.json), after it rebuilt MLflow from the records and
+# started Ray; whatever that takes, the piece ends its sweep 9 min - 2 min 15 s after the script started.
 #
 # usage: bash results/paper-small/run_piece.sh OUT_DIR [--minutes M] [--drain-minutes D] [--stop-after N] [--first]
 #                                              [-- EXTRA_RUN_ARGS...]
 #   --minutes M        the sweep runs M minutes (default 6, at most 6: with ~45 s before the clock (unpacking, the
-#                      MLflow rebuild) and up to 2 min 15 s after it (stop, export, pack) a piece ends within 9 min
-#                      of a device call's 10)
+#                      MLflow rebuild, Ray's start) and up to 2 min 15 s after it (stop, export, pack) a piece ends
+#                      within 9 min of a device call's 10)
 #   --drain-minutes D  drain the sweep D minutes before the end (default 2, about one trial of small.yaml: set it
 #                      to the probe's wall_s max from piece.json); 0: no drain, running trials stop at the end
 #   --stop-after N     end the piece once N more trials have FINISHED (a piece that measures; the CPU smoke test):
@@ -24,7 +24,7 @@
 #                          to STATE and commit; the next piece, on any machine, starts from it
 #   OUT_DIR/trials.parquet, curves.parquet   `peft-sweep export` of the sweep so far
 #   OUT_DIR/piece.json     this piece: trials per status, how many finished in it, their steps and seconds, how
-#                          long the driver took to its plan line (before_clock_s) and how the sweep ended
+#                          long the driver took to be up (before_clock_s) and how the sweep ended
 #   OUT_DIR/piece.log      the run's console
 # What does not travel, and why: a device call carries 64 MiB in all and the GPU bundle (Ray, MLflow, the model)
 # takes 62 of them. So no Tune checkpoints (a stopped trial starts over in the next piece, from step 0), no model
@@ -36,7 +36,7 @@
 set -uo pipefail
 begun=$(date +%s)  # the device call's clock, near enough: the piece must end within BUDGET_S of it
 BUDGET_S=540       # 9 min of a call's 10: a call killed at its limit brings back only what $OUT held then
-BEFORE_S=45        # allowed before the sweep's clock: unpacking the bundle, the driver's MLflow rebuild
+BEFORE_S=45        # allowed before the sweep's clock: unpacking the bundle, the driver's MLflow rebuild, Ray's start
 AFTER_S=135        # allowed after it: the hard stop (60 s, then SIGTERM/SIGKILL 15 s), export and pack
 out=${1:?usage: run_piece.sh OUT_DIR [--minutes M] [--drain-minutes D] [--stop-after N] [--first] [-- EXTRA_RUN_ARGS...]}
 shift
@@ -138,8 +138,9 @@ pid=$!
 trap 'kill -0 "$pid" 2>/dev/null && { kill -TERM -- "-$pid"; sleep 5; kill -KILL -- "-$pid"; } 2>/dev/null' EXIT
 latest=$(( begun + BUDGET_S - AFTER_S ))  # the sweep ends by then, however long the driver took to start it
 alive() { kill -0 "$pid" 2>/dev/null; }
-# the clock starts at the plan line: the driver has rebuilt MLflow from the records and starts Ray and the trials
-while alive && [ "$(date +%s)" -lt "$latest" ] && ! grep -q "^sweep $name: .* to run" "$out/piece.log"; do sleep 1; done
+# the clock starts when the driver is up (driver.json): it has rebuilt MLflow from the records, started Ray and
+# starts the trials; from then on `peft-sweep stop` reaches it
+while alive && [ "$(date +%s)" -lt "$latest" ] && [ ! -f "$sweep/driver.json" ]; do sleep 1; done
 started=$(date +%s)
 before_clock=$(( started - begun ))
 deadline=$(( started + seconds < latest ? started + seconds : latest ))
@@ -164,8 +165,8 @@ fi
 wait "$pid"; rc=$?
 trap - EXIT
 "$py" -m orchestrator stop "$sweep" >/dev/null 2>&1  # a driver killed above leaves its trials RUNNING: mark them
-echo "peft-sweep run ended ($ended) with rc $rc, $(( $(date +%s) - started )) s after its plan line (which came" \
-     "$before_clock s after this script started)" >&2
+echo "peft-sweep run ended ($ended) with rc $rc, $(( $(date +%s) - started )) s after the driver was up (which" \
+     "came $before_clock s after this script started)" >&2
 if [ ! -f "$sweep/identity.json" ] || [ ! -d "$sweep/records" ]; then
   echo "no sweep state to pack in $sweep (see $out/piece.log); nothing to commit" >&2; exit 3
 fi
