@@ -253,7 +253,7 @@ def _cmd_list(args) -> int:
 def _cmd_stop(args) -> int:
     from . import control
 
-    return control.stop(Path(args.sweep_dir), args.timeout)
+    return control.stop(Path(args.sweep_dir), args.timeout, drain=args.drain)
 
 
 def _cmd_sync(args) -> int:
@@ -487,9 +487,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = command("stop", "stop a running sweep cleanly: running trials stay resumable, nothing is left RUNNING "
                 "in MLflow", "Asks the sweep's driver to stop and waits for it; `peft-sweep run` with the same "
-                "spec resumes the stopped trials from their last checkpoints.")
+                "spec resumes the stopped trials from their last checkpoints. With --drain the running trials "
+                "finish first and no new trial starts; the driver then ends (exit 0) and the trials that did not "
+                "start run on the next `peft-sweep run`.")
     s.add_argument("sweep_dir", help=sweep_dir)
-    s.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the driver")
+    s.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the driver (with --drain: "
+                   "for the running trials to finish; if they have not, the drain goes on and the command exits 1)")
+    s.add_argument("--drain", action="store_true", help="let the running trials finish and start no new ones "
+                   "instead of stopping them (a time-boxed run that wastes no started trial); a later `stop` "
+                   "without --drain stops the rest at once")
     s.set_defaults(fn=_cmd_stop)
 
     s = command("load", "rebuild a finished trial's fine-tuned model (base + delta) into a folder",

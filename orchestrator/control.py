@@ -77,9 +77,11 @@ def list_sweeps(output_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def stop(sweep_dir: Path, timeout_s: float) -> int:
+def stop(sweep_dir: Path, timeout_s: float, drain: bool = False) -> int:
     """Ask the sweep's driver to stop, wait for it, and leave nothing RUNNING in MLflow. Returns 0 when the
-    sweep is stopped, 1 when the driver did not stop within ``timeout_s``."""
+    sweep is stopped, 1 when the driver did not stop within ``timeout_s``. With ``drain`` the running trials
+    finish first and no new one starts (the driver then ends as after a stop); a drain that outlasts the wait
+    goes on, and a stop without ``drain`` ends it at once."""
     spec = load_sweep(sweep_dir)
     if not driver.alive(spec.sweep_dir):
         n = leave_resumable(spec)
@@ -87,14 +89,24 @@ def stop(sweep_dir: Path, timeout_s: float) -> int:
               "(resumable)" if n else "nothing to stop (no trial was left RUNNING)"), flush=True)
         return 0
     first = driver.info(spec.sweep_dir) or {}
-    driver.request_stop(spec.sweep_dir)
-    print(f"asked the driver on {first.get('host', '?')} to stop; waiting up to {timeout_s:g} s", flush=True)
+    if drain:
+        driver.request_drain(spec.sweep_dir)
+        print(f"asked the driver on {first.get('host', '?')} to drain (running trials finish, no new one starts); "
+              f"waiting up to {timeout_s:g} s", flush=True)
+    else:
+        driver.request_stop(spec.sweep_dir)
+        print(f"asked the driver on {first.get('host', '?')} to stop; waiting up to {timeout_s:g} s", flush=True)
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         if not driver.alive(spec.sweep_dir) or not driver.same(driver.info(spec.sweep_dir), first):
             break
         time.sleep(1.0)
     else:
+        if drain:
+            running = progress(spec).counts.get("RUNNING", 0)
+            print(f"the driver is still draining after {timeout_s:g} s ({running} trial(s) running); it ends when "
+                  f"they do, or stop them now with `peft-sweep stop {spec.sweep_dir}`", file=sys.stderr, flush=True)
+            return 1
         print(f"the driver has not stopped within {timeout_s:g} s; it stops at its next Tune step (a trial's "
               f"setup can delay it); check with `peft-sweep status {spec.sweep_dir}`", file=sys.stderr, flush=True)
         return 1
@@ -104,7 +116,8 @@ def stop(sweep_dir: Path, timeout_s: float) -> int:
         return 0
     leave_resumable(spec)  # a driver killed while stopping leaves RUNNING records behind
     p = progress(spec)
-    print(f"stopped: {p.line()}; resume with: peft-sweep run {spec.sweep_dir / SPEC_FILE}", flush=True)
+    print(f"{'drained' if drain else 'stopped'}: {p.line()}; resume with: peft-sweep run {spec.sweep_dir / SPEC_FILE}",
+          flush=True)
     return 0
 
 

@@ -1,5 +1,6 @@
 """The driver of a sweep, as seen from its folder: who runs it (``driver.json``), a request to stop it
-(``STOP``), and what happens when it is terminated (SIGTERM: ``ray job stop``, a scheduler).
+(``STOP``) or to drain it (``DRAIN``: running trials finish, no new one starts), and what happens when it is
+terminated (SIGTERM: ``ray job stop``, a scheduler).
 
 A stop is asked for with a file rather than a signal so that it reaches a driver on any host that sees the
 sweep folder, including one started by ``ray job submit``; the driver's Tune callback polls for it and then
@@ -21,6 +22,7 @@ from typing import Any, Iterator
 
 DRIVER_FILE = "driver.json"
 STOP_FILE = "STOP"
+DRAIN_FILE = "DRAIN"
 TERMINATED_LOG = "terminated.log"  # what the stop started on SIGTERM printed
 
 
@@ -103,8 +105,18 @@ def stop_requested(sweep_dir: Path) -> bool:
     return (sweep_dir / STOP_FILE).exists()
 
 
+def request_drain(sweep_dir: Path) -> None:
+    (sweep_dir / DRAIN_FILE).write_text(json.dumps({"asked": time.time(), "by": socket.gethostname()}))
+
+
+def drain_requested(sweep_dir: Path) -> bool:
+    return (sweep_dir / DRAIN_FILE).exists()
+
+
 def clear_stop(sweep_dir: Path) -> None:
+    """Forget a stop and a drain: both were asked of the driver that just ended (or one that starts now)."""
     (sweep_dir / STOP_FILE).unlink(missing_ok=True)
+    (sweep_dir / DRAIN_FILE).unlink(missing_ok=True)
 
 
 @contextmanager

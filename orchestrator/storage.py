@@ -2,9 +2,10 @@
 
 Layout: ``<root>/exp-NNN/`` per Tune experiment, where ``root`` is ``<ray.storage_path>/<sweep name>`` (one
 namespace per sweep, so sweeps sharing a storage path never restore each other) or ``SWEEP_DIR/tune``. Beside
-Tune's own state each experiment holds ``trial_keys.json`` (which trials it runs) and, once it ended, a done
-marker. Everything goes through pyarrow's filesystems, as Tune's storage does, so ``s3://``/``gs://`` roots
-restore exactly as local ones (an S3-compatible endpoint is taken from ``AWS_ENDPOINT_URL``, as pyarrow does).
+Tune's own state each experiment holds ``trial_keys.json`` (which trials it runs), ``dropped_keys.json`` (those
+a drain removed before they started) and, once it ended, a done marker. Everything goes through pyarrow's
+filesystems, as Tune's storage does, so ``s3://``/``gs://`` roots restore exactly as local ones (an S3-compatible
+endpoint is taken from ``AWS_ENDPOINT_URL``, as pyarrow does).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pyarrow.fs as pafs
 
 DONE_MARKER = "SWEEP_EXPERIMENT_DONE"
 KEYS_FILE = "trial_keys.json"
+DROPPED_FILE = "dropped_keys.json"  # trials a drain removed before they started (see tune_runner.Drain)
 
 
 def is_uri(path: str) -> bool:
@@ -59,6 +61,19 @@ class ExperimentStore:
 
     def keys(self, name: str) -> set[str]:
         with self.fs.open_input_stream(self._file(name, KEYS_FILE)) as f:
+            return set(json.loads(f.read().decode()))
+
+    def drop(self, name: str, keys: list[str]) -> None:
+        """``keys`` were removed from experiment ``name`` before they started: not its to resume or count."""
+        known = self.dropped(name)  # read before the stream below empties the file
+        with self.fs.open_output_stream(self._file(name, DROPPED_FILE)) as out:
+            out.write(json.dumps(sorted(known | set(keys))).encode())
+
+    def dropped(self, name: str) -> set[str]:
+        path = self._file(name, DROPPED_FILE)
+        if self.fs.get_file_info(path).type == pafs.FileType.NotFound:
+            return set()
+        with self.fs.open_input_stream(path) as f:
             return set(json.loads(f.read().decode()))
 
     def is_done(self, name: str) -> bool:

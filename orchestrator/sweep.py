@@ -288,7 +288,7 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
         except Exception:  # noqa: BLE001 - store down too: `sync` mends it later
             pass
         raise
-    if counts.get("STOPPED"):
+    if counts.get("STOPPED") or counts.get("DRAINED"):
         return _stopped(spec, tracker, counts)
     driver.unregister(spec.sweep_dir)
     try:
@@ -354,12 +354,16 @@ def mark_stopped(spec: SweepSpec, tracker: Tracker) -> int:
 
 
 def _stopped(spec: SweepSpec, tracker: Tracker, counts: dict[str, int]) -> int:
-    """Tune stopped with trials left (`peft-sweep stop`, Ctrl-C): leave them resumable, their runs KILLED."""
+    """Tune stopped with trials left (`peft-sweep stop`, Ctrl-C) or drained (`stop --drain`): leave them
+    resumable, their runs KILLED."""
     mark_stopped(spec, tracker)
     driver.unregister(spec.sweep_dir)
-    print(f"sweep {spec.name}: stopped; {counts['FINISHED']} FINISHED, {counts['ERROR']} FAILED, "
-          f"{counts['STOPPED']} left resumable from their last checkpoints; resume with: peft-sweep run "
-          f"{spec.sweep_dir / SPEC_FILE}", flush=True)
+    drained = counts.get("DRAINED", 0)
+    print(f"sweep {spec.name}: {'stopped' if counts['STOPPED'] else 'drained'}; {counts['FINISHED']} FINISHED, "
+          f"{counts['ERROR']} FAILED, " + (f"{counts['STOPPED']} left resumable from their last checkpoints, "
+                                          if counts["STOPPED"] or not drained else "")
+          + (f"{drained} not started, " if drained else "")
+          + f"resume with: peft-sweep run {spec.sweep_dir / SPEC_FILE}", flush=True)
     return 0
 
 

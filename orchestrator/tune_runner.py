@@ -20,6 +20,8 @@ from typing import Any
 
 import ray
 from ray import tune
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
 
 from trainables import TrialConfig, run_trial
@@ -143,6 +145,54 @@ class GridSearch(BasicVariantGenerator):
 _RESTORING: list[SweepSpec] = []  # the spec of the driver restoring an experiment, while it does (see __setstate__)
 
 
+class Drain(FIFOScheduler):
+    """Tune's default scheduler, plus `peft-sweep stop --drain`: running trials finish, no new one starts. Once the
+    drain is asked (a file in the sweep folder, read at most once a second), it does what Tune lets a scheduler do:
+    the searcher is finished (the grid creates no more trials) and the trials Tune created but has not started
+    are stopped before they start. The experiment then ends when its running trials have, like one that ran out of
+    trials. The keys it stopped so are written beside the experiment (``ExperimentStore.drop``): they are not its
+    trials to count or resume, and the next `run` runs them, in a new experiment, from their start (a trial that
+    was waiting to resume from a checkpoint, too)."""
+
+    def __init__(self, spec: SweepSpec):
+        super().__init__()
+        self.spec = spec
+        self.draining = False
+        self.checked = 0.0
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restored with its experiment: the drain asked of the restoring driver counts, in the folder its spec
+        names (the sweep folder may have moved, as for ``SweepCallback``)."""
+        self.__dict__.update(state)
+        self.spec = _RESTORING[-1] if _RESTORING else state["spec"]
+        self.draining, self.checked = False, 0.0
+
+    def choose_trial_to_run(self, tune_controller):
+        if self._drained(tune_controller):
+            return None
+        return super().choose_trial_to_run(tune_controller)
+
+    def _drained(self, tune_controller) -> bool:
+        now = time.time()
+        if not self.draining and now - self.checked >= 1.0:
+            self.checked = now
+            self.draining = driver.drain_requested(self.spec.sweep_dir)
+            if self.draining:
+                running = sum(t.status == Trial.RUNNING for t in tune_controller.get_trials())
+                print(f"[{time.strftime('%H:%M:%S')}] drain requested: {running} running trial(s) finish, no new "
+                      "trial starts; the others run on the next `peft-sweep run`", flush=True)
+        if not self.draining:
+            return False
+        tune_controller.search_alg.set_finished()
+        waiting = [t for t in tune_controller.get_trials() if t.status == Trial.PENDING]
+        if waiting:  # written first: a driver killed now must not leave them counted as this experiment's
+            store = ExperimentStore(tune_root(self.spec.ray.storage_path, self.spec.name, self.spec.sweep_dir))
+            store.drop(waiting[0].experiment_dir_name, [_key(t) for t in waiting])
+            for trial in waiting:
+                tune_controller.stop_trial(trial)
+        return True
+
+
 class SweepCallback(tune.Callback):
     """Dispatches Tune's driver-side hooks to the three Ray-free writers: the local record first, then
     MLflow behind its outage breaker, then the console line. Cheap per event: the trial key travels in
@@ -152,6 +202,7 @@ class SweepCallback(tune.Callback):
         self.spec = spec
         self.restored = restored
         self.replays: set[str] = set()  # keys a restored experiment runs again though they FINISHED (see below)
+        self.dropped: set[str] = set()  # keys a drain stopped before they started (see Drain)
         self.sweep_dir = spec.sweep_dir
         self.records = SweepRecords(self.sweep_dir)
         self.mlflow = GuardedTracker(Tracker(spec.resolved_tracking_uri, spec.name, self.sweep_dir), self.records)
@@ -173,7 +224,8 @@ class SweepCallback(tune.Callback):
     def _show(self, trials, what: str, completing=None) -> None:
         """Counts come from Tune's own trial states (so they are right after a restore too); a trial
         being completed is still RUNNING when ``on_trial_complete`` is called."""
-        self.progress.show(["TERMINATED" if t is completing else t.status for t in trials], what)
+        self.progress.show(["TERMINATED" if t is completing else "PENDING" if _key(t) in self.dropped else t.status
+                            for t in trials], what)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         cfg = self._trial(trial)
@@ -197,6 +249,9 @@ class SweepCallback(tune.Callback):
                    f"step {result.get('step')} dev {result.get('dev_score', float('nan')):.4f}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        if trial.status == Trial.PENDING:  # stopped before it started (a drain): nothing to record
+            self.dropped.add(_key(trial))
+            return
         key = _key(trial)
         if key in self.replays:
             return self._replayed(trials, trial, key)
@@ -264,6 +319,9 @@ class SweepCallback(tune.Callback):
         self._show(trials, f"{key} FAILED: {error.strip().splitlines()[-1] if error.strip() else error}")
 
 
+LOCAL_HINT = "; it counts them itself (GPUs through NVML): set ray.num_cpus / ray.num_gpus to what the machine has"
+
+
 def init_ray(spec: SweepSpec) -> None:
     # checkpoints at every evaluation are the point; Tune's warning about frequent snapshots is noise here
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -286,9 +344,11 @@ def init_ray(spec: SweepSpec) -> None:
     if address:
         _check_cluster_resources(spec, f"the Ray cluster at {address!r}")
         _check_nodes(spec, f"the Ray cluster at {address!r}")
+    else:  # preflight counted with torch and os; Ray counts for itself (GPUs through NVML) and may see fewer
+        _check_cluster_resources(spec, "the local Ray", LOCAL_HINT)
 
 
-def _check_cluster_resources(spec: SweepSpec, where: str) -> None:
+def _check_cluster_resources(spec: SweepSpec, where: str, hint: str = "") -> None:
     """A trial runs on one node: one that asks for more than the largest node has would stay PENDING
     forever, even when the cluster has enough in all. Refuse it now."""
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
@@ -298,7 +358,7 @@ def _check_cluster_resources(spec: SweepSpec, where: str) -> None:
         if want > most:
             total = sum(n.get(kind, 0) for n in nodes)
             raise ClusterError(f"resources.{field} {want:g}: the largest node of {where} has {most:g} {kind}(s) "
-                               f"({total:g} on {len(nodes)} node(s) in all), so no trial could start")
+                               f"({total:g} on {len(nodes)} node(s) in all), so no trial could start{hint}")
 
 
 NODE_CHECK_TIMEOUT_S = 180.0
@@ -347,6 +407,7 @@ def run_trials(spec: SweepSpec, trials: list[TrialConfig], restore: bool, supers
     unfinished (it died or was stopped); with ``supersede`` (``--force``: everything reruns) mark those done
     instead, so no later run resumes them. Returns counts of what Tune ended with."""
     init_ray(spec)
+    wanted = [t.key for t in trials]
     store = ExperimentStore(tune_root(spec.ray.storage_path, spec.name, spec.sweep_dir))
     wrapped = tune.with_resources(tune.with_parameters(trainable, data=_data_paths(spec)),
                                   {"cpu": spec.resources.cpu_per_trial, "gpu": spec.resources.gpu_per_trial})
@@ -365,13 +426,13 @@ def run_trials(spec: SweepSpec, trials: list[TrialConfig], restore: bool, supers
                                       restart_errored=False).fit()
         finally:
             _RESTORING.pop()
-        if _end(spec, store, last, grid, results):
-            return results
+        if _end(spec, store, last, grid, results) or driver.drain_requested(spec.sweep_dir):
+            return _left_by_drain(spec, wanted, results)
         # its keys that Tune never created (a grid is generated as trials finish; see GridSearch) run anew below
         ended = {k for k, r in records.all_records(spec.sweep_dir).items() if r.get("status") in ("FINISHED", "FAILED")}
         trials = [t for t in trials if t.key not in restored_keys or t.key not in ended]
-    if not trials:
-        return results
+    if not trials or driver.drain_requested(spec.sweep_dir):
+        return _left_by_drain(spec, wanted, results)
     name = store.next_name()
     store.write_keys(name, [t.key for t in trials])
     callback = SweepCallback(spec)
@@ -380,6 +441,7 @@ def run_trials(spec: SweepSpec, trials: list[TrialConfig], restore: bool, supers
         param_space={"trial": tune.grid_search([{**t.model_dump(mode="json"), "trial_key": t.key} for t in trials])},
         tune_config=tune.TuneConfig(
             search_alg=GridSearch(max_concurrent=spec.resources.max_concurrent or 0),
+            scheduler=Drain(spec),
             reuse_actors=spec.resources.reuse_workers,  # Tune's default is a new process per trial
             trial_name_creator=lambda t: _trial_name(t.config["trial"]),
             trial_dirname_creator=lambda t: _trial_name(t.config["trial"]),
@@ -391,16 +453,29 @@ def run_trials(spec: SweepSpec, trials: list[TrialConfig], restore: bool, supers
         ),
     )
     _end(spec, store, name, tuner.fit(), results)
+    return _left_by_drain(spec, wanted, results)
+
+
+def _left_by_drain(spec: SweepSpec, wanted: list[str], results: dict[str, int]) -> dict[str, int]:
+    """With a drain asked (`peft-sweep stop --drain`), ``results["DRAINED"]``: the trials of ``wanted`` that did
+    not start, left for the next run (neither ended nor left resumable in an experiment)."""
+    if driver.drain_requested(spec.sweep_dir):
+        ended = {k for k, r in records.all_records(spec.sweep_dir).items() if r.get("status") in ("FINISHED", "FAILED")}
+        results["DRAINED"] = max(0, sum(k not in ended for k in wanted) - results["STOPPED"])
     return results
 
 
 def _end(spec: SweepSpec, store: ExperimentStore, name: str, grid, results: dict[str, int]) -> bool:
     """Count how the experiment's trials ended. One stopped with trials left unfinished (``peft-sweep stop``,
     Ctrl-C) is not marked done, so the next run resumes it. Returns whether it was stopped so. A trial is
-    unfinished when Tune has no error and no final result for it and the driver recorded no end for it."""
+    unfinished when Tune has no error and no final result for it and the driver recorded no end for it; one a
+    drain stopped before it started is not counted at all (the next run runs it in a new experiment)."""
     ended = {k: r.get("status") for k, r in records.all_records(spec.sweep_dir).items()}
+    dropped = store.dropped(name)
     stopped = 0
     for r in grid:
+        if dropped and _result_key(r) in dropped:
+            continue
         if r.error:
             results["ERROR"] += 1
         elif (r.metrics or {}).get("final"):
@@ -413,6 +488,15 @@ def _end(spec: SweepSpec, store: ExperimentStore, name: str, grid, results: dict
     if not stopped:
         store.mark_done(name)
     return bool(stopped)
+
+
+def _result_key(result) -> str | None:
+    """The trial key of a Tune result. Its config comes from the trial's last report, so a trial that never
+    reported has none; its folder is named by ``_trial_name``, which ends with the key."""
+    key = (result.config or {}).get("trial", {}).get("trial_key")
+    if key is None and result.path:
+        key = str(result.path).rstrip("/").rsplit("/", 1)[-1].rsplit("-", 1)[-1]
+    return key
 
 
 def _trial_config(trial: dict[str, Any]) -> dict[str, Any]:

@@ -1,6 +1,7 @@
-"""Issue 20's piece loop (results/paper-small/run_piece.sh) on CPU: a piece stops part-way, only its packed
-state (spec, identity, records) travels to the next machine (another folder; the first is deleted), and the next
-piece rebuilds MLflow from the records and finishes the sweep without rerunning a FINISHED trial."""
+"""Issue 20's piece loop (results/paper-small/run_piece.sh) on CPU: a piece ends part-way by draining (the running
+trial finishes, none is thrown away), only its packed state (spec, identity, records) travels to the next machine
+(another folder; the first is deleted), and the next piece rebuilds MLflow from the records and finishes the sweep
+without rerunning a FINISHED trial."""
 import json
 import os
 import shutil
@@ -45,6 +46,10 @@ def test_a_sweep_run_in_pieces_on_two_machines_finishes_each_trial_once(tmp_path
     assert refused.returncode == 2 and "pass --first for the first piece" in refused.stderr, refused.stderr
     first = piece(1, "--first", "--stop-after", "1")  # without --first a missing state is refused (above)
     assert 1 <= first["finished_in_this_piece"] < 4, first
+    # drained: the trial running when the first one finished ran to its end, no trial was stopped part-way
+    assert first["ended"] == "drained" and set(first["per_status"]) == {"FINISHED"}, first
+    assert "drain requested" in (tmp_path / "out1" / "piece.log").read_text()
+    assert first["before_clock_s"] >= 0 and first["piece_wall_s"] < 6 * 60, first
     with tarfile.open(state) as tar:
         assert sorted({n.split("/")[0] for n in tar.getnames()}) == ["identity.json", "records", "spec.yaml"]
     second = piece(2)

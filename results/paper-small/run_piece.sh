@@ -1,19 +1,30 @@
 #!/usr/bin/env bash
 # One piece of issue 20's sweep (configs/paper/small.yaml) on a borrowed GPU machine, resumable across machines
 # through the product's own resume path: the piece unpacks the sweep state committed in STATE (default
-# results/paper-small/sweep/state.tar.xz), runs `peft-sweep run` until the sweep ends or MINUTES pass, then
-# `peft-sweep stop` (running trials stop, their records STOPPED), and packs the state the next piece needs.
+# results/paper-small/sweep/state.tar.xz), runs `peft-sweep run` until the sweep ends or MINUTES pass, and packs
+# the state the next piece needs. DRAIN minutes before the end it drains the sweep (`peft-sweep stop --drain`:
+# running trials finish, no new one starts, the driver ends); at the end it stops what still runs (`peft-sweep
+# stop`: those trials' records STOPPED; without checkpoints they start over in the next piece).
+# The MINUTES count from when the driver is up (its driver.json), after it rebuilt MLflow from the records and
+# started Ray; whatever that takes, the piece ends its sweep 9 min - 2 min 15 s after the script started.
 #
-# usage: bash results/paper-small/run_piece.sh OUT_DIR [--minutes M] [--stop-after N] [-- EXTRA_RUN_ARGS...]
-#   --minutes M       stop the sweep after M minutes (default 6: a device call may run 10, unpacking included)
-#   --stop-after N    stop it once N more trials have FINISHED (a piece that measures; the CPU smoke test)
-#   --first           the first piece: there is no state yet (without it, a missing STATE is an error, so that a
-#                     wrong path never starts the sweep over)
+# usage: bash results/paper-small/run_piece.sh OUT_DIR [--minutes M] [--drain-minutes D] [--stop-after N] [--first]
+#                                              [-- EXTRA_RUN_ARGS...]
+#   --minutes M        the sweep runs M minutes (default 6, at most 6: with ~45 s before the clock (unpacking, the
+#                      MLflow rebuild, Ray's start) and up to 2 min 15 s after it (stop, export, pack) a piece ends
+#                      within 9 min of a device call's 10)
+#   --drain-minutes D  drain the sweep D minutes before the end (default 2, about one trial of small.yaml: set it
+#                      to the probe's wall_s max from piece.json); 0: no drain, running trials stop at the end
+#   --stop-after N     end the piece once N more trials have FINISHED (a piece that measures; the CPU smoke test):
+#                      drained as at the end (unless --drain-minutes 0), then stopped at the end
+#   --first            the first piece: there is no state yet (without it, a missing STATE is an error, so that a
+#                      wrong path never starts the sweep over)
 # writes:
 #   OUT_DIR/state.tar.xz   spec.yaml, identity.json and records/ (each trial's outcome, curve and costs): copy it
 #                          to STATE and commit; the next piece, on any machine, starts from it
 #   OUT_DIR/trials.parquet, curves.parquet   `peft-sweep export` of the sweep so far
-#   OUT_DIR/piece.json     this piece: trials per status, how many finished in it, their steps and seconds
+#   OUT_DIR/piece.json     this piece: trials per status, how many finished in it, their steps and seconds, how
+#                          long the driver took to be up (before_clock_s) and how the sweep ended
 #   OUT_DIR/piece.log      the run's console
 # What does not travel, and why: a device call carries 64 MiB in all and the GPU bundle (Ray, MLflow, the model)
 # takes 62 of them. So no Tune checkpoints (a stopped trial starts over in the next piece, from step 0), no model
@@ -23,23 +34,45 @@
 # in /tmp/minilm-l6 and the data from /tmp/data. EXTRA_RUN_ARGS go to `peft-sweep run` (the CPU smoke test passes
 # a tiny model and grid); STATE, SPEC and WORK (where the sweep folder is made) may be set in the environment.
 set -uo pipefail
-out=${1:?usage: run_piece.sh OUT_DIR [--minutes M] [--stop-after N] [-- EXTRA_RUN_ARGS...]}
+begun=$(date +%s)  # the device call's clock, near enough: the piece must end within BUDGET_S of it
+BUDGET_S=540       # 9 min of a call's 10: a call killed at its limit brings back only what $OUT held then
+BEFORE_S=45        # allowed before the sweep's clock: unpacking the bundle, the driver's MLflow rebuild, Ray's start
+AFTER_S=135        # allowed after it: the hard stop (60 s, then SIGTERM/SIGKILL 15 s), export and pack
+out=${1:?usage: run_piece.sh OUT_DIR [--minutes M] [--drain-minutes D] [--stop-after N] [--first] [-- EXTRA_RUN_ARGS...]}
 shift
 minutes=6
+drain_minutes=2
 stop_after=0
 first=0
 while [ $# -gt 0 ]; do
   case $1 in
     --minutes) minutes=${2:?--minutes needs a number}; shift 2;;
+    --drain-minutes) drain_minutes=${2:?--drain-minutes needs a number}; shift 2;;
     --stop-after) stop_after=${2:?--stop-after needs a number of trials}; shift 2;;
     --first) first=1; shift;;
     --) shift; break;;
-    *) echo "unknown option $1; valid: --minutes M, --stop-after N, --first, then -- and arguments for peft-sweep run" >&2
+    *) echo "unknown option $1; valid: --minutes M, --drain-minutes D, --stop-after N, --first, then -- and" \
+            "arguments for peft-sweep run" >&2
        exit 2;;
   esac
 done
-[[ $minutes =~ ^[0-9]+([.][0-9]+)?$ ]] || { echo "--minutes $minutes: give a number of minutes, e.g. 6 or 2.5" >&2; exit 2; }
+number='^[0-9]+([.][0-9]+)?$'
+[[ $minutes =~ $number ]] || { echo "--minutes $minutes: give a number of minutes, e.g. 6 or 2.5" >&2; exit 2; }
+[[ $drain_minutes =~ $number ]] || { echo "--drain-minutes $drain_minutes: give a number of minutes, e.g. 2 or 0" >&2; exit 2; }
 [[ $stop_after =~ ^[0-9]+$ ]] || { echo "--stop-after $stop_after: give a whole number of trials" >&2; exit 2; }
+seconds=$(awk -v m="$minutes" 'BEGIN { printf "%d", m * 60 + 0.5 }')
+drain_s=$(awk -v m="$drain_minutes" 'BEGIN { printf "%d", m * 60 + 0.5 }')
+if (( seconds + BEFORE_S + AFTER_S > BUDGET_S )); then
+  echo "--minutes $minutes: with up to $BEFORE_S s before the sweep's clock and $AFTER_S s after it, the piece could" \
+       "run past $(( BUDGET_S / 60 )) min of a 10-min device call (killed there, it brings back no state); use at" \
+       "most $(( (BUDGET_S - BEFORE_S - AFTER_S) / 60 ))" >&2
+  exit 2
+fi
+if (( drain_s >= seconds )); then
+  echo "--drain-minutes $drain_minutes: the drain must start inside the piece's $minutes min; give less, or 0 for" \
+       "no drain" >&2
+  exit 2
+fi
 absolute() { case $1 in /*) echo "$1";; *) echo "$PWD/$1";; esac; }  # paths as the caller meant them
 out=$(absolute "$out")
 state=$(absolute "${STATE:-}")
@@ -52,11 +85,17 @@ if ((first)) && [ -f "$state" ]; then echo "--first, but $state exists: the swee
 if ! ((first)) && [ ! -f "$state" ]; then echo "no sweep state at $state (pass --first for the first piece)" >&2; exit 2; fi
 [ -n "${SPEC:-}" ] || spec=$root/configs/paper/small.yaml
 py=${PYTHON:-python3}
-if ! "$py" -c 'import ray, mlflow' 2>/dev/null; then
+# every path is local: say so, so that no library reaches for the network (or waits on it)
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true PYTHONUNBUFFERED=1
+unpack=0
+"$py" -c 'import ray, mlflow' 2>/dev/null || unpack=1  # no bundle then: its unpack says what is missing
+if [ -f .devbundle/unpack.sh ] && { [ ! -d /tmp/minilm-l6 ] || [ ! -d /tmp/data ]; }; then unpack=1; fi  # model, data
+if ((unpack)); then
   bash benchmarks/devbundle.sh unpack >&2 || exit 2
-  export PYTHONPATH=/tmp/site:$root
+  export PYTHONPATH=/tmp/site:$root${PYTHONPATH:+:$PYTHONPATH}
+else
+  export PYTHONPATH=$root${PYTHONPATH:+:$PYTHONPATH}  # Ray's workers import trainables from here
 fi
-export PYTHONPATH=${PYTHONPATH:-$root}
 args=(--set "output_dir=$work")
 if ! "$py" -c 'from trainables.models import resolve_model; resolve_model("minilm-l6")' 2>/dev/null; then
   args+=(--set model=/tmp/minilm-l6)  # the bundle's copy (bf16 weights): every piece on a GPU uses it
@@ -72,6 +111,17 @@ print(load_spec(sys.argv[1], [v for i, v in enumerate(argv) if i and argv[i - 1]
 PY
 ) || exit 2
 sweep=$work/$name
+if [ -f "$sweep/driver.json" ] && "$py" - "$sweep" <<'PY'
+import sys
+from pathlib import Path
+from orchestrator import driver
+sys.exit(0 if driver.alive(Path(sys.argv[1])) else 1)
+PY
+then  # an earlier call killed at its limit leaves its driver (in a session of its own) running on a warm machine
+  echo "a driver still runs $sweep ($(cat "$sweep/driver.json")); the folder is left as it is. Stop it first:" \
+       "$py -m orchestrator stop $sweep (its state is not the committed one: pack it by hand if it is wanted)" >&2
+  exit 2
+fi
 rm -rf "$sweep"  # a warm machine keeps /tmp: start from the committed state only
 mkdir -p "$out" "$sweep"
 if [ -f "$state" ]; then
@@ -81,34 +131,54 @@ fi
 finished() { grep -l '"status": "FINISHED"' "$sweep"/records/*.json 2>/dev/null | xargs -r -n1 basename; }
 finished_before=$(finished | tr '\n' ' ')
 n_before=$(finished | wc -l)
-seconds=$("$py" -c 'import sys; print(round(float(sys.argv[1]) * 60))' "$minutes")
 
 setsid "$py" -m orchestrator run "$spec" --yes "${args[@]}" "$@" > "$out/piece.log" 2>&1 &
 pid=$!
 # whatever ends this script, the driver does not outlive it: SIGTERM lets it leave its trials resumable
 trap 'kill -0 "$pid" 2>/dev/null && { kill -TERM -- "-$pid"; sleep 5; kill -KILL -- "-$pid"; } 2>/dev/null' EXIT
+latest=$(( begun + BUDGET_S - AFTER_S ))  # the sweep ends by then, however long the driver took to start it
+alive() { kill -0 "$pid" 2>/dev/null; }
+# the clock starts when the driver is up (driver.json): it has rebuilt MLflow from the records, started Ray and
+# starts the trials; from then on `peft-sweep stop` reaches it
+while alive && [ "$(date +%s)" -lt "$latest" ] && [ ! -f "$sweep/driver.json" ]; do sleep 1; done
 started=$(date +%s)
-deadline=$(( started + seconds ))
+before_clock=$(( started - begun ))
+deadline=$(( started + seconds < latest ? started + seconds : latest ))
+drain_at=$(( deadline - drain_s ))
+ended="the sweep ended"
 enough() { [ "$stop_after" -gt 0 ] && [ $(( $(finished | wc -l) - n_before )) -ge "$stop_after" ]; }
-while kill -0 "$pid" 2>/dev/null && [ "$(date +%s)" -lt "$deadline" ] && ! enough; do sleep 2; done
-if kill -0 "$pid" 2>/dev/null; then
-  echo "stopping the sweep: $( enough && echo "$stop_after more trial(s) finished" || echo "$minutes min are up")" >&2
-  "$py" -m orchestrator stop "$sweep" --timeout 90 >&2 || { kill -TERM -- "-$pid"; sleep 20; kill -KILL -- "-$pid"; }
+while alive && [ "$(date +%s)" -lt "$drain_at" ] && ! enough; do sleep 2; done
+why=$( enough && echo "$stop_after more trial(s) finished" || echo "$drain_minutes min before the end")
+if alive && ((drain_s)) && [ "$(date +%s)" -lt "$deadline" ]; then
+  ended="drained"
+  echo "draining the sweep ($why): running trials finish, no new one starts; what still runs at" \
+       "$(date -d "@$deadline" +%T) is stopped" >&2
+  "$py" -m orchestrator stop "$sweep" --drain --timeout $(( deadline - $(date +%s) )) >&2
+fi
+if alive; then
+  ended="stopped"
+  if ((drain_s)); then why="trials still run at the end"; elif enough; then why="$stop_after more trial(s) finished"
+  else why="$minutes min are up"; fi
+  echo "stopping the sweep: $why" >&2
+  "$py" -m orchestrator stop "$sweep" --timeout 60 >&2 || { kill -TERM -- "-$pid"; sleep 15; kill -KILL -- "-$pid"; }
 fi
 wait "$pid"; rc=$?
 trap - EXIT
 "$py" -m orchestrator stop "$sweep" >/dev/null 2>&1  # a driver killed above leaves its trials RUNNING: mark them
-echo "peft-sweep run ended with rc $rc after $(( $(date +%s) - started )) s" >&2
+echo "peft-sweep run ended ($ended) with rc $rc, $(( $(date +%s) - started )) s after the driver was up (which" \
+     "came $before_clock s after this script started)" >&2
 if [ ! -f "$sweep/identity.json" ] || [ ! -d "$sweep/records" ]; then
   echo "no sweep state to pack in $sweep (see $out/piece.log); nothing to commit" >&2; exit 3
 fi
 "$py" -m orchestrator export "$sweep" >&2 && cp "$sweep"/export/{trials,curves}.parquet "$out"/
 tar -C "$sweep" -cf - spec.yaml identity.json records | xz -T0 -9 > "$out/state.tar.xz"
 [ "${PIPESTATUS[0]}${PIPESTATUS[1]}" = 00 ] || { echo "packing the state failed" >&2; rm -f "$out/state.tar.xz"; exit 3; }
-"$py" - "$sweep" "$rc" "$(( $(date +%s) - started ))" $finished_before > "$out/piece.json" <<'PY'
+"$py" - "$sweep" "$rc" "$(( $(date +%s) - started ))" "$before_clock" "$ended" $finished_before \
+  > "$out/piece.json" <<'PY'
 import json, sys, statistics
 from pathlib import Path
-sweep, rc, wall, before = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), set(sys.argv[4:])
+sweep, rc, wall, before_clock, ended = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+before = set(sys.argv[6:])
 recs = {p.name: json.loads(p.read_text()) for p in sorted((sweep / "records").glob("*.json"))}
 per_status = {}
 for r in recs.values():
@@ -117,7 +187,8 @@ mine = [r["result"] for name, r in recs.items() if r.get("status") == "FINISHED"
 def stat(field):
     vals = [r[field] for r in mine if isinstance(r.get(field), (int, float))]
     return {"mean": statistics.fmean(vals), "max": max(vals)} if vals else None
-print(json.dumps({"rc": rc, "piece_wall_s": wall, "per_status": per_status, "finished_in_this_piece": len(mine),
+print(json.dumps({"rc": rc, "piece_wall_s": wall, "before_clock_s": before_clock, "ended": ended,
+                  "per_status": per_status, "finished_in_this_piece": len(mine),
                   "device": sorted({str(r.get("device_name") or r.get("device")) for r in mine}),
                   **{f: stat(f) for f in ("steps", "best_step", "wall_s", "setup_s", "train_s", "eval_s", "checkpoint_s")}},
                  indent=1))

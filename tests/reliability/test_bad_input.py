@@ -314,6 +314,23 @@ def test_cpu_per_trial_beyond_the_local_cpus(tmp_path, tiny_model, data_dir, ref
     refuse_spec(spec, "resources.cpu_per_trial 4", "2 CPU(s)", "at most 2")
 
 
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs a machine of 2 CPUs or more")
+def test_a_local_ray_that_sees_fewer_cpus_than_the_machine_is_refused_once_started(tmp_path, tiny_model, data_dir):
+    """Preflight counts the machine (os, torch); a local Ray counts for itself (GPUs through NVML) and can see less.
+    A trial that asks for more than it sees would stay PENDING for ever: refused once it started instead, saying why.
+    Ray's own override makes it see 1 CPU here; the same check covers a GPU machine whose Ray sees 0 GPUs."""
+    spec = write_spec(tmp_path, tiny_model, data_dir, resources={"cpu_per_trial": 2}, ray={})
+    start = time.time()
+    out = _run("run", str(spec), env={"RAY_OVERRIDE_RESOURCES": json.dumps({"CPU": 1})}, timeout=150)
+    assert out.returncode == 2, f"rc {out.returncode}\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
+    line = out.stderr.strip().splitlines()[-1]  # after Ray's own start-up warnings
+    assert line.startswith("peft-sweep run: error: ") and len(line) <= MAX_LINE, line
+    for needle in ("resources.cpu_per_trial 2", "the largest node of the local Ray has 1 CPU(s)",
+                   "set ray.num_cpus / ray.num_gpus"):
+        assert needle in line, line
+    assert time.time() - start < 120
+
+
 def test_unreachable_tracking_uri(tmp_path, tiny_model, data_dir, refuse_spec):
     spec = write_spec(tmp_path, tiny_model, data_dir, tracking_uri="http://127.0.0.1:9")
     refuse_spec(spec, "tracking store 'http://127.0.0.1:9' is unreachable")

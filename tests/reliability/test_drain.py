@@ -1,0 +1,59 @@
+"""`peft-sweep stop --drain` on real sweeps: the running trial finishes, the trials Tune holds waiting never start,
+the driver ends with exit 0, and the next `run` runs only what is left (also after a drain cut short by a stop)."""
+import pytest
+
+from tests.sweeps import cli, records, spawn, tracker, wait_for, write_spec
+
+pytestmark = pytest.mark.slow
+
+
+def _one_at_a_time(tmp_path, tiny_model, data_dir):
+    """Three trials of about 6 s each on a local Ray of one CPU: one runs while Tune holds the other two PENDING
+    (no max_concurrent: the grid creates them all at once, as configs/paper/small.yaml does)."""
+    spec = write_spec(tmp_path, tiny_model, data_dir, grid={"methods": ["bitfit"], "tasks": ["CB"], "seeds": [0, 1, 2]},
+                      training__max_steps=12, training__eval_every=4, ray={"num_cpus": 1},
+                      fault={"step_delay_s": 0.5})
+    return spec, tmp_path / "runs" / "t"
+
+
+def _statuses(sweep_dir) -> list[str]:
+    return sorted(r.get("status") for r in records(sweep_dir).values())
+
+
+def test_drain_finishes_the_running_trial_starts_no_other_and_the_next_run_runs_the_rest(tmp_path, tiny_model,
+                                                                                        data_dir):
+    spec, sweep_dir = _one_at_a_time(tmp_path, tiny_model, data_dir)
+    proc = spawn("run", str(spec))
+    wait_for(lambda: _statuses(sweep_dir) == ["RUNNING"], proc, "the first trial running")
+    (first,) = records(sweep_dir)
+    drained = cli("stop", str(sweep_dir), "--drain", "--timeout", "120", check_rc=0)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0, out
+    assert "drained; 1 FINISHED, 0 FAILED, 2 not started" in out, out
+    assert records(sweep_dir)[first]["status"] == "FINISHED", drained.stdout + out  # finished, not stopped
+    assert _statuses(sweep_dir) == ["FINISHED"], out  # the other two never started
+    assert not (sweep_dir / "DRAIN").exists()
+    finished = records(sweep_dir)[first]
+
+    again = cli("run", str(spec), "--set", "ray.num_cpus=2", check_rc=0)
+    assert "1 already FINISHED, 2 to run" in again.stdout and "3/3 FINISHED" in again.stdout, again.stdout
+    assert "resuming the interrupted experiment" not in again.stdout  # the drained one had nothing to resume
+    assert records(sweep_dir)[first] == finished  # not run again
+    assert len(tracker(sweep_dir).search("tags.role = 'trial'")) == 3
+
+
+def test_a_drain_cut_short_by_a_stop_resumes_the_stopped_trial_and_runs_the_never_started_ones(tmp_path,
+                                                                                              tiny_model, data_dir):
+    spec, sweep_dir = _one_at_a_time(tmp_path, tiny_model, data_dir)
+    proc = spawn("run", str(spec))
+    wait_for(lambda: _statuses(sweep_dir) == ["RUNNING"], proc, "the first trial running")
+    still = cli("stop", str(sweep_dir), "--drain", "--timeout", "1", check_rc=1)  # what run_piece.sh meets at
+    assert "still draining" in still.stderr, still.stderr                           # its deadline
+    cli("stop", str(sweep_dir), "--timeout", "120", check_rc=0)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0 and _statuses(sweep_dir) == ["STOPPED"], out
+
+    again = cli("run", str(spec), "--set", "ray.num_cpus=2", check_rc=0)
+    assert "resuming the interrupted experiment" in again.stdout and "3/3 FINISHED" in again.stdout, again.stdout
+    assert _statuses(sweep_dir) == ["FINISHED"] * 3
+    assert len(tracker(sweep_dir).search("tags.role = 'trial'")) == 3
