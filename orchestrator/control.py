@@ -15,7 +15,7 @@ from typing import Any
 from . import driver, records
 from .progress import counts as count_line, pace
 from .spec import SpecError, SweepSpec
-from .sweep import SPEC_FILE, load_sweep, mark_stopped, sync, tracker_for
+from .sweep import SPEC_FILE, load_sweep, mark_stopped, resume_command, sync, tracker_for
 
 ENDED = ("FINISHED", "FAILED")
 
@@ -37,7 +37,9 @@ class SweepProgress:
     def line(self) -> str:
         c = self.counts
         shown = count_line(c.get("FINISHED", 0), self.total, c.get("RUNNING", 0), c.get("FAILED", 0),
-                           c.get("PENDING", 0) + c.get("STOPPED", 0))
+                           c.get("PENDING", 0))
+        if c.get("STOPPED"):  # one name for them everywhere: STOPPED (resumable), as records and `status` say
+            shown += f" | stopped {c['STOPPED']} (resumable)"
         if self.driver_alive:  # rate and ETA belong to a running driver
             shown += f" | {pace(self.ended_here, self.elapsed_s, self.total - self.ended)}"
         return f"{shown} | driver {'alive' if self.driver_alive else 'not running'}"
@@ -86,7 +88,8 @@ def stop(sweep_dir: Path, timeout_s: float, drain: bool = False) -> int:
     if not driver.alive(spec.sweep_dir):
         n = leave_resumable(spec)
         print(f"no driver is running {spec.sweep_dir}; " + (f"{n} trial(s) it left RUNNING are now STOPPED "
-              "(resumable)" if n else "nothing to stop (no trial was left RUNNING)"), flush=True)
+              f"(resumable); resume with: {resume_command(spec)}" if n else
+              "nothing to stop (no trial was left RUNNING)"), flush=True)
         return 0
     first = driver.info(spec.sweep_dir) or {}
     if drain:
@@ -116,8 +119,7 @@ def stop(sweep_dir: Path, timeout_s: float, drain: bool = False) -> int:
         return 0
     leave_resumable(spec)  # a driver killed while stopping leaves RUNNING records behind
     p = progress(spec)
-    print(f"{'drained' if drain else 'stopped'}: {p.line()}; resume with: peft-sweep run {spec.sweep_dir / SPEC_FILE}",
-          flush=True)
+    print(f"{'drained' if drain else 'stopped'}: {p.line()}; resume with: {resume_command(spec)}", flush=True)
     return 0
 
 

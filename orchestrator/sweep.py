@@ -330,7 +330,7 @@ def _record_identity(spec: SweepSpec) -> None:
     files = identity.data_files(spec)  # compared when the folder moves (another machine): same files, same data
     known["data_files"] = {**(known.get("data_files") or {}), **files} if files else {}
     known["runs"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "code_version": version,
-                          "git_commit": identity.git_commit()})
+                          "git_commit": identity.git_commit(), "cluster": spec.ray_address})
     path.write_text(json.dumps(known, indent=1))
 
 
@@ -353,6 +353,23 @@ def mark_stopped(spec: SweepSpec, tracker: Tracker) -> int:
     return len(left)
 
 
+def resume_command(spec: SweepSpec) -> str:
+    """How to resume the sweep where it last ran. A cluster from $RAY_ADDRESS (`ray job submit` sets it for its
+    job) is not in spec.yaml: the bare command, typed on a login node, would run the rest on a local Ray there."""
+    import json
+
+    command = f"peft-sweep run {spec.sweep_dir / SPEC_FILE}"
+    try:
+        runs = json.loads((spec.sweep_dir / identity.IDENTITY_FILE).read_text()).get("runs") or [{}]
+    except (OSError, ValueError):
+        return command
+    cluster = runs[-1].get("cluster")
+    if not cluster or spec.ray.address:
+        return command
+    joined = "" if cluster == "auto" else f", or {command} --set ray.address={cluster}"
+    return f"the same `ray job submit ... -- python -m orchestrator run {spec.sweep_dir / SPEC_FILE}`{joined}"
+
+
 def _stopped(spec: SweepSpec, tracker: Tracker, counts: dict[str, int]) -> int:
     """Tune stopped with trials left (`peft-sweep stop`, Ctrl-C) or drained (`stop --drain`): leave them
     resumable, their runs KILLED."""
@@ -363,7 +380,7 @@ def _stopped(spec: SweepSpec, tracker: Tracker, counts: dict[str, int]) -> int:
           f"{counts['ERROR']} FAILED, " + (f"{counts['STOPPED']} left resumable from their last checkpoints, "
                                           if counts["STOPPED"] or not drained else "")
           + (f"{drained} not started, " if drained else "")
-          + f"resume with: peft-sweep run {spec.sweep_dir / SPEC_FILE}", flush=True)
+          + f"resume with: {resume_command(spec)}", flush=True)
     return 0
 
 

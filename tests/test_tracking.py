@@ -292,3 +292,26 @@ def test_a_failed_runs_error_tag_opens_with_the_exception(tmp_path, data_dir):
     tr.fail(cfg.key, traceback)
     tag = tr.trial_runs()[cfg.key].data.tags["error"]
     assert tag.startswith("RuntimeError: value cannot be converted") and len(tag) <= 4000
+
+
+def test_the_resume_command_joins_the_cluster_a_job_ran_on(tmp_path, data_dir, monkeypatch, capsys):
+    """Under `ray job submit` the cluster comes from $RAY_ADDRESS, which spec.yaml does not hold: the printed
+    `peft-sweep run SPEC` would have started a local Ray on the login node and run the rest of the sweep there."""
+    from orchestrator import control
+
+    spec = make_spec(tmp_path, data_dir)
+    spec.sweep_dir.mkdir(parents=True)
+    cfg = _sam(spec)
+    records.update(spec.sweep_dir, cfg.key, status="RUNNING", trial=trial_dict(cfg), synced=True)  # a dead driver's
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # as the job's driver sees it
+    sweep._record_identity(spec)
+    monkeypatch.delenv("RAY_ADDRESS")  # the shell that stops it later
+    (spec.sweep_dir / sweep.SPEC_FILE).write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    command = sweep.resume_command(spec)
+    assert f"peft-sweep run {spec.sweep_dir / sweep.SPEC_FILE} --set ray.address=10.0.0.1:6379" in command
+    assert "ray job submit" in command
+    assert control.stop(spec.sweep_dir, timeout_s=5) == 0
+    assert "--set ray.address=10.0.0.1:6379" in capsys.readouterr().out
+    assert "queued 7 | stopped 1 (resumable)" in control.progress(spec).line()  # not counted as queued
+    sweep._record_identity(spec)  # a later run on a local Ray
+    assert sweep.resume_command(spec) == f"peft-sweep run {spec.sweep_dir / sweep.SPEC_FILE}"
