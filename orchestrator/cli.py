@@ -233,8 +233,8 @@ def _cmd_list(args) -> int:
 
     folder = Path(args.output_dir)
     if (folder / SPEC_FILE).is_file():
-        raise SpecError(f"{folder} is a sweep folder, not a folder of sweeps: `peft-sweep status {folder}` shows it, "
-                        f"`peft-sweep list {folder.parent}` lists it beside the others")
+        raise SpecError(f"{folder} is a sweep folder (it holds {SPEC_FILE}), not a folder of sweeps: give it to "
+                        "`peft-sweep status`, or give its parent folder to `peft-sweep list`")
     rows = control.list_sweeps(folder)
     if args.json:
         print(json.dumps(rows, indent=2))

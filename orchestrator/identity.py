@@ -210,14 +210,11 @@ def changes(old: SweepSpec, new: SweepSpec, finished: set[str] | None = None) ->
     return out
 
 
-def check_rerun(old: SweepSpec | None, new: SweepSpec, force: bool) -> None:
+def check_rerun(old: SweepSpec | None, new: SweepSpec, force: bool, finished: set[str] | None = None) -> None:
     """Refuse a rerun of a sweep name whose spec changed other than by growing the grid, or by fixing or dropping
-    what never finished."""
-    from .records import all_records
-
+    what never finished (``finished``: the keys with a result, from the sweep's records)."""
     if old is None or force:
         return
-    finished = {k for k, r in all_records(old.sweep_dir).items() if r.get("status") == "FINISHED"}
     found = changes(old, new, finished)
     if found:
         shown = "; ".join(found[:4]) + (f"; and {len(found) - 4} more" if len(found) > 4 else "")

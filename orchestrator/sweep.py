@@ -52,6 +52,11 @@ def follow_folder(spec: SweepSpec, config: Path, overrides: list[str]) -> SweepS
     return spec.model_copy(update={"output_dir": str(folder.parent)})
 
 
+def finished_keys(sweep_dir: Path) -> set[str]:
+    """The trial keys with a result, as the sweep's local records say."""
+    return {k for k, r in records.all_records(sweep_dir).items() if r.get("status") == "FINISHED"}
+
+
 def statuses(spec: SweepSpec, tracker: Tracker | None = None) -> dict[str, str]:
     """trial_key -> FINISHED / FAILED / RUNNING / STOPPED / ..., from MLflow and the local records. A stopped
     trial is STOPPED (resumable), as its record says, not MLflow's KILLED."""
@@ -221,7 +226,7 @@ def check_before_run(spec: SweepSpec, force: bool = False) -> Checked:
         raise SpecError(f"sweep {spec.name!r} is running ({driver.describe(spec.sweep_dir)}); two drivers would run "
                         f"its trials twice: wait, or `peft-sweep stop {spec.sweep_dir}` first")
     previous = load_sweep(spec.sweep_dir) if (spec.sweep_dir / SPEC_FILE).is_file() else None
-    identity.check_rerun(previous, spec, force)
+    identity.check_rerun(previous, spec, force, finished_keys(spec.sweep_dir) if previous else None)
     note = identity.unrecorded_data_note(previous, spec) or identity.moved_data_note(previous, spec)
     tracker = tracker_for(spec)
     tracker.check_reachable()
@@ -260,7 +265,7 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
     if note:
         print(note, flush=True)
     (spec.sweep_dir / SPEC_FILE).write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
-    _record_identity(spec)
+    record_identity(spec)
     synced = sync(spec, tracker, mend_parent=False)  # this driver is about to run the sweep
     if synced:
         print(f"synced {synced} trial(s) from local records into MLflow", flush=True)
@@ -311,7 +316,7 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
     return len(failed)
 
 
-def _record_identity(spec: SweepSpec) -> None:
+def record_identity(spec: SweepSpec) -> None:
     """SWEEP_DIR/identity.json: the spec's fingerprint and the code version of every run of the sweep. Code
     that changed since the last run is said once here; each MLflow run carries its own code_version tag."""
     import json

@@ -159,12 +159,15 @@ def test_a_row_that_never_finished_can_be_fixed_or_dropped(tmp_path, tiny_model,
                        trial={"method": t.method})
     fixed = _spec(tmp_path, tiny_model, data_dir, methods={"sam": {"burnin": 2, "lr": 1e-2}, "bitfit": {"lr": 5e-3}})
     dropped = _spec(tmp_path, tiny_model, data_dir, grid={"methods": ["sam"], "tasks": ["CB"], "seeds": [0, 1]})
+    from orchestrator.sweep import finished_keys
+
+    done = finished_keys(base.sweep_dir)
     for new in (fixed, dropped):
-        identity.check_rerun(base, new, force=False)
+        identity.check_rerun(base, new, force=False, finished=done)
     assert identity.changes(base, fixed) == ["methods.bitfit.lr: 0.01 -> 0.005"]  # what changed, records aside
     touched = _spec(tmp_path, tiny_model, data_dir, methods={"sam": {"burnin": 3, "lr": 1e-2}, "bitfit": {"lr": 1e-2}})
     with pytest.raises(SpecError, match=r"methods.sam.burnin: 2 -> 3"):  # sam has results: still refused
-        identity.check_rerun(base, touched, force=False)
+        identity.check_rerun(base, touched, force=False, finished=done)
     no_sam = _spec(tmp_path, tiny_model, data_dir, grid={"methods": ["bitfit"], "tasks": ["CB"], "seeds": [0, 1]})
     with pytest.raises(SpecError, match=r"grid.methods drops sam"):
-        identity.check_rerun(base, no_sam, force=False)
+        identity.check_rerun(base, no_sam, force=False, finished=done)

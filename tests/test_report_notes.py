@@ -12,8 +12,7 @@ from dashboards.report import build_report
 from orchestrator import sweep
 from orchestrator.cli import main
 from tests.test_analysis import hand_made
-from tests.test_tracking import _finish_all
-from tests.tracking_fixtures import make_spec
+from tests.tracking_fixtures import finish_all, make_spec
 from trainables.anatomy import save_mask
 
 
@@ -48,7 +47,7 @@ def test_sweep_end_and_report_command_link_the_sweeps_own_store(tmp_path, data_d
     """A real sweep on SQLite: the report written at the sweep's end and by `peft-sweep report SWEEP_DIR`
     link the real runs and name the real store; `report --trials` says it cannot link."""
     spec = make_spec(tmp_path, data_dir)
-    tr = _finish_all(spec)
+    tr = finish_all(spec)
     (spec.sweep_dir / sweep.SPEC_FILE).write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
     sweep.close_sweep(spec, tr, sweep.statuses(spec, tr), quiet=True)
     assert main(["report", str(spec.sweep_dir), "--out", str(tmp_path / "again")]) == 0
@@ -72,7 +71,7 @@ def test_a_sweep_tracked_on_a_server_links_the_server(tmp_path, data_dir):
     server = start_server(tmp_path / "server.db", tmp_path / "artifacts", port)
     try:
         spec = make_spec(tmp_path, data_dir, tracking_uri=f"http://127.0.0.1:{port}", tasks=["CB"], seeds=[0, 1])
-        tr = _finish_all(spec)
+        tr = finish_all(spec)
         sweep.close_sweep(spec, tr, sweep.statuses(spec, tr), quiet=True)
         run_ids = {r.info.run_id for r in tr.trial_runs().values()}
     finally:
@@ -171,7 +170,7 @@ def test_the_sweeps_answer_names_a_method_with_no_finished_trial(tmp_path, data_
     """The console and the parent run said "best on average: bitfit" as if sam had lost, when every sam trial
     failed (on a cluster: `full` out of GPU memory on every task)."""
     spec = make_spec(tmp_path, data_dir, tasks=["CB"])
-    tr = _finish_all(spec, fail=2)  # both sam trials (the grid's first two)
+    tr = finish_all(spec, fail=2)  # both sam trials (the grid's first two)
     assert {c.method for c in spec.trials()[:2]} == {"sam"}
     lines = sweep.close_sweep(spec, tr, sweep.statuses(spec, tr), quiet=True)
     assert "not ranked, no finished trial: sam (2 FAILED)" in lines, lines

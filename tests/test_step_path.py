@@ -236,13 +236,13 @@ def test_clipping_and_the_masked_step_dispatch_a_few_ops_per_masked_tensor_and_n
 
     trainer = Trainer(tiny_trial(method, method_params=STEP_PARAMS.get(method, {})))
     trainer.setup()
-    batch = trainer._train_batch(0)
+    batch = trainer.train_batch(0)
     trainer.model.loss(trainer.forward(batch), batch["labels"]).backward()
     masked = [p for p, st in trainer.sparse_opt.state.items() if st["index"].numel()] if trainer.sparse_opt else []
     assert len(trainer.dense_params if method == "full" else masked) >= 20
     count = _CountDispatches()
     with count.mode:
-        trainer._clip()
+        trainer.clip_gradients()
         if trainer.sparse_opt is not None:
             trainer.sparse_opt.step()
     assert count.n <= 3 * len(masked) + 40, (count.n, len(masked), len(trainer.dense_params))

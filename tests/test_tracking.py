@@ -10,7 +10,7 @@ import yaml
 from orchestrator import driver, export, records, sweep
 from orchestrator.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING, TrackingError
 from benchmarks.synthetic_trials import fake_result, trial_dict
-from tests.tracking_fixtures import make_spec, record_finished
+from tests.tracking_fixtures import finish_all, make_spec, record_finished
 
 
 def _steps(tr, run_id, metric="dev_score"):
@@ -118,24 +118,10 @@ def test_a_store_rebuilt_from_the_records_keeps_what_each_trial_ran_with(tmp_pat
     assert _steps(tr, runs[cfg.key].info.run_id) == [3, 6, 9]
 
 
-def _finish_all(spec, fail: int = 0):
-    tr = sweep.tracker_for(spec)
-    for i, cfg in enumerate(spec.trials()):
-        tr.start_trial(cfg.key, trial_dict(cfg))
-        if i < fail:
-            tr.fail(cfg.key, "RuntimeError: boom")
-            records.update(spec.sweep_dir, cfg.key, status="FAILED", trial=trial_dict(cfg), error="boom")
-        else:
-            result = fake_result(cfg)
-            tr.finish(cfg.key, result)
-            record_finished(spec, cfg, result)
-    return tr
-
-
 @pytest.mark.parametrize("fail", [0, 1])
 def test_sync_closes_a_parent_left_running_with_the_analysis(tmp_path, data_dir, fail):
     spec = make_spec(tmp_path, data_dir)
-    tr = _finish_all(spec, fail)
+    tr = finish_all(spec, fail)
     tr.start_sweep(sweep.spec_params(spec))  # a driver that died: the parent says RUNNING
     assert tr.parent_status() == "RUNNING"
     sweep.sync(spec, tr)
@@ -154,7 +140,7 @@ def test_sync_closes_a_parent_left_running_with_the_analysis(tmp_path, data_dir,
 
 def test_parent_of_a_live_driver_is_left_alone(tmp_path, data_dir):
     spec = make_spec(tmp_path, data_dir)
-    tr = _finish_all(spec)
+    tr = finish_all(spec)
     tr.start_sweep({})
     driver.register(spec.sweep_dir)
     sweep.sync(spec, tr)
@@ -304,7 +290,7 @@ def test_the_resume_command_joins_the_cluster_a_job_ran_on(tmp_path, data_dir, m
     cfg = _sam(spec)
     records.update(spec.sweep_dir, cfg.key, status="RUNNING", trial=trial_dict(cfg), synced=True)  # a dead driver's
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # as the job's driver sees it
-    sweep._record_identity(spec)
+    sweep.record_identity(spec)
     monkeypatch.delenv("RAY_ADDRESS")  # the shell that stops it later
     (spec.sweep_dir / sweep.SPEC_FILE).write_text(yaml.safe_dump(spec.model_dump(mode="json")))
     command = sweep.resume_command(spec)
@@ -313,5 +299,5 @@ def test_the_resume_command_joins_the_cluster_a_job_ran_on(tmp_path, data_dir, m
     assert control.stop(spec.sweep_dir, timeout_s=5) == 0
     assert "--set ray.address=10.0.0.1:6379" in capsys.readouterr().out
     assert "queued 7 | stopped 1 (resumable)" in control.progress(spec).line()  # not counted as queued
-    sweep._record_identity(spec)  # a later run on a local Ray
+    sweep.record_identity(spec)  # a later run on a local Ray
     assert sweep.resume_command(spec) == f"peft-sweep run {spec.sweep_dir / sweep.SPEC_FILE}"

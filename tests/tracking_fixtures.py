@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from benchmarks.synthetic_trials import trial_dict
-from orchestrator import records
+from benchmarks.synthetic_trials import fake_result, trial_dict
+from orchestrator import records, sweep
 from orchestrator.spec import SweepSpec, spec_from_dict
 
 
@@ -24,3 +24,19 @@ def make_spec(folder: Path, data_dir: Path | None = None, tracking_uri: str | No
 def record_finished(spec: SweepSpec, cfg, result: dict[str, Any], synced: bool = True) -> None:
     records.update(spec.sweep_dir, cfg.key, status="FINISHED", trial=trial_dict(cfg), result=result, error=None,
                    synced=synced)
+
+
+def finish_all(spec: SweepSpec, fail: int = 0):
+    """Every trial of ``spec`` tracked and recorded as a driver would: the first ``fail`` FAILED, the rest FINISHED
+    with a synthetic result. Returns the tracker."""
+    tr = sweep.tracker_for(spec)
+    for i, cfg in enumerate(spec.trials()):
+        tr.start_trial(cfg.key, trial_dict(cfg))
+        if i < fail:
+            tr.fail(cfg.key, "RuntimeError: boom")
+            records.update(spec.sweep_dir, cfg.key, status="FAILED", trial=trial_dict(cfg), error="boom")
+        else:
+            result = fake_result(cfg)
+            tr.finish(cfg.key, result)
+            record_finished(spec, cfg, result)
+    return tr

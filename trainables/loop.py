@@ -216,7 +216,7 @@ class Trainer:
         with self.autocast():
             return model.loss(model(batch), batch["labels"])
 
-    def _train_batch(self, step: int) -> dict[str, torch.Tensor]:
+    def train_batch(self, step: int) -> dict[str, torch.Tensor]:
         epoch, pos = divmod(step, self.batches_per_epoch)
         if epoch != self._epoch:
             self._epoch, self._order = epoch, epoch_batches(self.train_lengths, self.cfg.training.batch_size,
@@ -334,7 +334,7 @@ class Trainer:
         return str(folder)
 
     # ------------------------------------------------------------------ train
-    def _clip(self) -> None:
+    def clip_gradients(self) -> None:
         """Clip by the norm of what is actually trained: dense gradients whole, masked tensors at their selected
         entries only, gathered once (the masked step reuses them). Multi-tensor ops, no host sync: a small
         model's step on a GPU is bound by the host's launches."""
@@ -375,7 +375,7 @@ class Trainer:
                     for g in opt.param_groups:
                         g["lr"] = lr
             # forward and backward (the method may add a penalty: DiffPruning's expected L0)
-            batch = self._train_batch(self.step)
+            batch = self.train_batch(self.step)
             with self.autocast():
                 loss = self.model.loss(self.forward(batch), batch["labels"])
                 extra = self.method.extra_loss(self.model)
@@ -383,7 +383,7 @@ class Trainer:
                 loss = loss * float("nan")
             (loss if extra is None else loss + extra).backward()
             # clip by the norm of what trains, step both optimizers, drop the gradients
-            self._clip()
+            self.clip_gradients()
             self.dense_opt.step()
             if self.sparse_opt is not None:
                 self.sparse_opt.step()

@@ -545,4 +545,4 @@ def test_slips_a_researcher_types_get_the_hint_at_once(tmp_path, tiny_model, dat
 def test_list_given_a_sweep_folder_says_what_to_run(tmp_path, refused):
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "spec.yaml").write_text("name: s\n")
-    refused("list", str(tmp_path / "s"), needles=("is a sweep folder", f"peft-sweep list {tmp_path}"))
+    refused("list", str(tmp_path / "s"), needles=("is a sweep folder", "`peft-sweep status`", "its parent folder"))
