@@ -332,8 +332,10 @@ class Tracker:
                 tags["previous_run_id"] = old.info.run_id
             run_id = self.client.create_run(self.experiment_id, run_name=run_name(trial), tags=tags).info.run_id
             self.client.log_batch(run_id, params=[Param(k, v) for k, v in trial_params(trial).items()])
-            if old is not None:
-                self.client.set_tag(old.info.run_id, "mlflow.parentRunId", run_id)
+            if old is not None:  # every earlier attempt nests right under the latest: one level, not a chain
+                earlier = self.search(f"tags.trial_key = '{key}' and tags.role = '{ROLE_SUPERSEDED}'")
+                for run in {r.info.run_id: r for r in [*earlier, old]}.values():
+                    self.client.set_tag(run.info.run_id, "mlflow.parentRunId", run_id)
                 self.client.set_tag(old.info.run_id, "superseded_by", run_id)
         self._run_ids[key] = run_id
         self.pending_starts.pop(key, None)

@@ -282,8 +282,11 @@ class SweepCallback(tune.Callback):
                 self.mlflow.log_model(key, final / DELTA_DIR, self._trial(trial))
 
     def on_trial_recover(self, iteration, trials, trial, **info):
+        error = _error_text(trial)
+        if trial.checkpoint is None:  # the retry starts over, in a new attempt: this one ended here, failed, and why
+            self.mlflow.fail(_key(trial), error, self._trial(trial))
         where = "from its last checkpoint" if trial.checkpoint is not None else "from step 0 (it had no checkpoint)"
-        lines = _error_text(trial).strip().splitlines() or [""]
+        lines = error.strip().splitlines() or [""]
         self._show(trials, f"{_trial_name(trial.config['trial'])} failed, retrying {where}: {lines[-1][:200]}")
 
     def on_trial_error(self, iteration, trials, trial, **info):

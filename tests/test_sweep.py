@@ -143,3 +143,23 @@ def test_a_restored_grid_waits_for_no_trial_that_ended_before_the_restore():
     restored = GridSearch(max_concurrent=1)
     restored.set_state(state)
     assert restored.is_finished() and restored.next_trial() is None  # the rest run in a new experiment
+
+
+def test_a_retry_that_starts_over_leaves_its_failed_attempt_with_the_error_one_level_down(tmp_path, tiny_model,
+                                                                                          data_dir):
+    """A trial failing before its first checkpoint is retried from step 0 in a new MLflow attempt; the attempt
+    that failed used to end KILLED with no error, and attempts nested in a chain (6 runs, 5 deep, in a review)."""
+    spec = write_spec(tmp_path, tiny_model, data_dir, grid={"methods": ["bitfit"], "tasks": ["CB"], "seeds": [0]},
+                      fault={"fail_at_step": 2, "fail_times": 2, "marker_dir": str(tmp_path / "markers")},
+                      max_failures=2)
+    out = cli("run", str(spec), check_rc=0).stdout
+    assert "1/1 FINISHED" in out and "retrying from step 0 (it had no checkpoint): " in out
+    tr = tracker(tmp_path / "runs" / "t")
+    (live,) = tr.trial_runs().values()
+    assert live.info.status == "FINISHED" and live.data.tags["attempt"] == "3"
+    earlier = tr.search("tags.role = 'superseded'")
+    assert sorted(r.data.tags["attempt"] for r in earlier) == ["1", "2"]
+    for run in earlier:
+        first_line = run.data.tags["error"].splitlines()[0]
+        assert run.info.status == "FAILED" and "InjectedFault: injected fault" in first_line
+        assert run.data.tags["mlflow.parentRunId"] == live.info.run_id
