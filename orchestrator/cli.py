@@ -287,9 +287,27 @@ def _cmd_analyze(args) -> int:
     from . import analysis
 
     trials = _trials_file(args.trials, "--trials")
-    for p in analysis.analyze_file(trials, _out_dir(args.out or str(analysis_dir_of(trials)), "--out")):
+    published = _published_file(args.paper) if args.paper else None
+    for p in analysis.analyze_file(trials, _out_dir(args.out or str(analysis_dir_of(trials)), "--out"),
+                                   published=published):
         print(p)
     return 0
+
+
+def _published_file(path: str) -> Path:
+    """A published table to compare with, read once here so that a bad one fails before any analysis."""
+    from dashboards.paper import read_published
+    from .spec import SpecError
+
+    file = Path(path)
+    hint = "give a CSV with the columns method, task, mean, std (scores ×100), e.g. ../shared/paper/table1.csv"
+    if not file.is_file():
+        raise SpecError(f"--paper {path!r}: {'a folder' if file.is_dir() else 'no such file'}; {hint}")
+    try:
+        read_published(file)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SpecError(f"--paper {exc}") from None
+    return file
 
 
 def _cmd_report(args) -> int:
@@ -512,8 +530,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_cmd_load)
 
     s = command("analyze", "mean/std, ranks, Spearman rho from a trials Parquet file",
-                "Writes table.csv, the rank tables and summary.json (the paper's stability analysis) into --out.")
+                "Writes table.csv, the rank tables and summary.json (the paper's stability analysis) into --out. "
+                "With --paper, also ours beside a published table (paper_comparison.csv) and the paper's claims "
+                "answered with numbers (claims.json, and claims.md for a results page).")
     s.add_argument("--trials", required=True, help="a trials.parquet from `peft-sweep export`")
+    s.add_argument("--paper", metavar="CSV", help="a published table to compare with: columns method, task, mean, "
+                   "std (scores ×100), e.g. ../shared/paper/table1.csv (Fu et al.'s Table 1); its method names "
+                   "match ours blind to case (FullTuning = full, MagPruning = magprune)")
     s.add_argument("--out", help="folder for the analysis files (default: SWEEP_DIR/analysis for a sweep's "
                    "export/trials.parquet, else the trials file's folder: where `report` looks for them)")
     s.set_defaults(fn=_cmd_analyze)

@@ -1,0 +1,196 @@
+"""Ours beside a published table, and the paper's claims answered, on hand-made tables whose answers are known
+(test_analysis's means and stds, three seeds each) and a published table written here."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from dashboards.analysis import analyze, holm
+from dashboards.paper import compare, markdown, name_key, read_published
+from tests.test_analysis import MEANS, STDS, hand_made
+
+# published (×100): its own names, an AVG over tasks we did not run, a task we did not run, a method we did not run
+PUBLISHED = [("FullTuning", "CB", 88.0, 2.0), ("FullTuning", "RTE", 76.0, 2.0), ("FullTuning", "COPA", 67.0, 4.0),
+             ("FullTuning", "AVG", 10.0, 10.0),
+             ("SAM", "CB", 90.0, 1.0), ("SAM", "RTE", 78.0, 3.0), ("SAM", "COPA", 68.0, 2.0),
+             ("SAM", "AVG", 10.0, 10.0),
+             ("LoRA", "CB", 89.0, 1.5), ("LoRA", "RTE", 75.0, 1.0),
+             ("Bitfit", "CB", 87.0, 3.0), ("Bitfit", "RTE", 74.0, 1.0),
+             ("Adapter", "CB", 85.0, 2.5), ("Adapter", "RTE", 73.0, 2.5)]
+# sam-global: a variant of sam, CB 0.02 below sam, RTE 0.01 above, about sam's spreads (not exactly: the paired
+# differences must vary for a t-test)
+VARIANT = {"CB": 0.83, "RTE": 0.73}
+
+
+def trials():
+    rows = []
+    for task, mu in VARIANT.items():
+        sigma = STDS[("sam", task)]
+        for seed, value in enumerate([mu - sigma - 0.0005, mu + 0.001, mu + sigma - 0.0005]):
+            rows.append({"method": "sam-global", "base_method": "sam", "task": task, "seed": seed,
+                         "sparsity": 0.005, "perturbation": None, "status": "FINISHED", "test_score": value})
+    df = hand_made(rows)
+    df["base_method"] = df["base_method"].fillna(df["method"])
+    return df
+
+
+@pytest.fixture
+def published(tmp_path):
+    path = tmp_path / "table1.csv"
+    pd.DataFrame(PUBLISHED, columns=["method", "task", "mean", "std"]).to_csv(path, index=False)
+    return read_published(path)
+
+
+@pytest.fixture
+def comparison(published):
+    df = trials()
+    return compare(df, analyze(df), published)
+
+
+def test_names_match_blind_to_case_and_the_papers_suffixes():
+    assert [name_key(n) for n in ("FullTuning", "MagPruning", "DiffPruning", "ChildPruning", "Bitfit", "MixOut",
+                                  "LoRA", "SAM")] == ["full", "magprune", "diffprune", "childprune", "bitfit",
+                                                      "mixout", "lora", "sam"]
+    assert name_key("sam-global") != name_key("sam")
+
+
+def test_side_by_side_on_shared_tasks_with_the_published_avg_recomputed(comparison):
+    t = comparison.table.set_index(["method", "task"])
+    c = comparison.claims
+    assert c["tasks"] == ["CB", "RTE"] and c["published_methods_unmatched"] == ["Adapter"]
+    assert c["methods_not_published"] == ["sam-global"]
+    assert t.loc[("sam", "CB"), "paper_method"] == "SAM" and t.loc[("bitfit", "RTE"), "paper_method"] == "Bitfit"
+    for (method, task), mu in MEANS.items():
+        assert t.loc[(method, task), "mean"] == pytest.approx(100 * mu)
+        assert t.loc[(method, task), "std"] == pytest.approx(100 * STDS[(method, task)])
+    # the published AVG is over CB and RTE, not its own AVG row (10.0) nor COPA
+    assert t.loc[("full", "AVG"), "paper_mean"] == pytest.approx((88 + 76) / 2)
+    assert t.loc[("sam", "AVG"), "paper_std"] == pytest.approx((1 + 3) / 2)
+    assert t.loc[("sam", "AVG"), "mean"] == pytest.approx(100 * (MEANS[("sam", "CB")] + MEANS[("sam", "RTE")]) / 2)
+    assert np.isnan(t.loc[("sam-global", "CB"), "paper_mean"])
+    assert t.loc[("lora", "RTE"), "mean_diff"] == pytest.approx(71 - 75)
+    # ranks among the four methods both hold; sam-global (not published) takes no rank
+    assert t.loc[("sam", "CB"), "perf_rank"] == 1 and t.loc[("sam", "CB"), "paper_perf_rank"] == 1
+    assert t.loc[("bitfit", "CB"), "paper_perf_rank"] == 4 and t.loc[("lora", "RTE"), "paper_stab_rank"] == 1.5
+    assert np.isnan(t.loc[("sam-global", "CB"), "perf_rank"])
+    assert list(comparison.table["method"].drop_duplicates()) == ["full", "sam", "lora", "bitfit", "sam-global"]
+
+
+def test_stability_against_full_counts_cells_and_tests_each(comparison):
+    claim = comparison.claims["other_methods_vs_full_std"]
+    df = trials()
+    # stds below full's (CB .03, RTE .02): sam both, bitfit CB, sam-global both (it has sam's spreads)
+    assert claim["cells_below"] == 5 and claim["n_cells"] == 8
+    # the published: full CB 2.0, RTE 2.0 -> sam CB (1.0), lora both (1.5, 1.0), bitfit RTE (1.0)
+    assert claim["paper_cells_below"] == 4 and claim["paper_n_cells"] == 6
+    expected = []
+    for cell in claim["cells"]:
+        a = df[(df["method"] == cell["method"]) & (df["task"] == cell["task"]) & (df["status"] == "FINISHED")]
+        b = df[(df["method"] == "full") & (df["task"] == cell["task"])]
+        expected.append(stats.levene(a["test_score"], b["test_score"], center="median").pvalue)
+    assert [c["p"] for c in claim["cells"]] == pytest.approx(expected)
+    assert [c["p_holm"] for c in claim["cells"]] == pytest.approx(holm(expected))
+    assert "5 of 8" in claim["answer"] and "4 of 6" in claim["answer"]
+
+
+def test_best_on_average_and_against_whom(comparison):
+    claim = comparison.claims["best_on_average"]
+    # AVG (×100): sam 78.5, sam-global 78.0, full 75.0, lora 74.5, bitfit 73.0
+    assert [r["method"] for r in claim["ranking"]] == ["sam", "sam-global", "full", "lora", "bitfit"]
+    assert claim["leader"] == "sam" and claim["place"] == 1 and claim["n_methods"] == 5
+    assert claim["against"]["method"] == "sam-global" and claim["against"]["n_tasks"] == 2
+    assert claim["paper_leader"] == "sam" and claim["paper_place"] == 1
+    assert claim["answer"].startswith("sam leads the average (78.5), ahead of sam-global (78.0); against sam-global")
+    assert claim["friedman"]["average_ranks"]["sam"] == min(claim["friedman"]["average_ranks"].values())
+
+
+def test_spearman_ours_and_the_published_tables_on_the_same_cells(comparison):
+    df = trials()
+    claim = comparison.claims["stability_vs_performance"]
+    assert claim["ours"]["rho"] == pytest.approx(analyze(df).summary["spearman"]["rho"])
+    # the published table's ρ by hand: ranks per task among full, sam, lora, bitfit
+    pub = pd.DataFrame(PUBLISHED, columns=["method", "task", "mean", "std"])
+    pub = pub[pub["method"].isin(["FullTuning", "SAM", "LoRA", "Bitfit"]) & pub["task"].isin(["CB", "RTE"])]
+    perf = pub.groupby("task")["mean"].rank(ascending=False)
+    stab = pub.groupby("task")["std"].rank(ascending=True)
+    assert claim["paper_same_cells"]["rho"] == pytest.approx(stats.spearmanr(stab, perf).statistic)
+    assert claim["paper_same_cells"]["n_pairs"] == 8 == claim["ours_same_cells"]["n_pairs"]
+
+
+def test_a_variant_against_its_base_method(comparison):
+    claim = comparison.claims["variants_vs_base"]["sam-global"]
+    df = trials()
+    assert claim["base"] == "sam"
+    for row in claim["tasks"]:
+        v = df[(df["method"] == "sam-global") & (df["task"] == row["task"])].sort_values("seed")["test_score"]
+        s = df[(df["method"] == "sam") & (df["task"] == row["task"]) & (df["status"] == "FINISHED")] \
+            .sort_values("seed")["test_score"]
+        assert row["mean_diff"] == pytest.approx(100 * (v.to_numpy() - s.to_numpy()).mean())
+    assert claim["avg_diff"] == pytest.approx(100 * (np.mean(list(VARIANT.values()))
+                                                     - (MEANS[("sam", "CB")] + MEANS[("sam", "RTE")]) / 2))
+
+
+def test_markdown_and_json(comparison):
+    from dashboards.paper import jsonable
+
+    text = markdown(comparison)
+    assert "| method | CB | RTE | AVG |" in text
+    assert "| sam | 85.0 ± 1.0 (90.0 ± 1.0) | 72.0 ± 1.0 (78.0 ± 3.0) | 78.5 ± 1.0 (84.0 ± 2.0) |" in text
+    assert "| sam-global | 83.0" in text and "**sam-global against sam:**" in text
+    json.loads(json.dumps(jsonable(comparison.claims), allow_nan=False))  # NaN would not be JSON
+
+
+@pytest.mark.parametrize("content, says", [
+    ("method,task,mean\nSAM,CB,90\n", "lacks the column(s) std"),
+    ("method,task,mean,std\nSAM,CB,ninety,1\n", "mean 'ninety' of (SAM, CB) is not a number"),
+    ("method,task,mean,std\nSAM,CB,90,1\nSAM,CB,91,1\n", "(SAM, CB) is given twice"),
+    ("method,task,mean,std\nSAM,CB,90,1\nSAM,RTE,1,2,3,4\n", "is not a CSV table (Error tokenizing data"),
+    (b"PAR1\x15\x04\x15\xff\xfe\x00", "is not a CSV table"),
+])
+def test_a_bad_published_table_is_named(tmp_path, content, says):
+    path = tmp_path / "t.csv"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ValueError) as err:
+        read_published(path)
+    assert says in str(err.value)
+
+
+def test_no_shared_task_is_an_error(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("method,task,mean,std\nSAM,WiC,70,1\n")
+    df = trials()
+    with pytest.raises(ValueError, match=r"no task is in both tables: ours \['CB', 'RTE'\], published \['WiC'\]"):
+        compare(df, analyze(df), read_published(path))
+
+
+def test_analyze_paper_writes_the_comparison_and_refuses_a_bad_table(tmp_path, capsys, monkeypatch):
+    from orchestrator.cli import main
+
+    monkeypatch.setenv("RAY_ADDRESS", "")
+    path = tmp_path / "trials.parquet"
+    trials().to_parquet(path)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("method,task,score\nSAM,CB,1\n")
+    assert main(["analyze", "--trials", str(path), "--paper", str(bad), "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "--paper" in err and "lacks the column(s) mean, std" in err and not (tmp_path / "a").exists()
+    good = tmp_path / "table1.csv"
+    pd.DataFrame(PUBLISHED, columns=["method", "task", "mean", "std"]).to_csv(good, index=False)
+    assert main(["analyze", "--trials", str(path), "--paper", str(good), "--out", str(tmp_path / "a")]) == 0
+    claims = json.loads((tmp_path / "a" / "claims.json").read_text())
+    assert claims["best_on_average"]["leader"] == "sam"
+    assert pd.read_csv(tmp_path / "a" / "paper_comparison.csv").shape[0] == 5 * 3
+    assert (tmp_path / "a" / "claims.md").read_text().startswith("| method |")
+
+
+def test_a_method_missing_a_shared_task_has_no_average_and_no_place(published):
+    df = trials()
+    df = df[~((df["method"] == "lora") & (df["task"] == "RTE"))]
+    result = compare(df, analyze(df), published)
+    t = result.table.set_index(["method", "task"])
+    assert np.isnan(t.loc[("lora", "AVG"), "mean"]) and t.loc[("lora", "AVG"), "paper_mean"] == pytest.approx(82)
+    assert "lora" not in [r["method"] for r in result.claims["best_on_average"]["ranking"]]
+    assert "| lora | 78.0 ± 5.0 (89.0 ± 1.5) | – (75.0 ± 1.0) | – (82.0 ± 1.2) |" in markdown(result)
+    assert result.claims["other_methods_vs_full_std"]["n_cells"] == 7  # lora's RTE has no std to compare
