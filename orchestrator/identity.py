@@ -80,11 +80,7 @@ def recorded_data(spec: SweepSpec) -> str | None:
     recorded (the Hub); None when neither says (a sweep folder written before the source was recorded)."""
     if spec.data.dir:
         return data_folder(spec)
-    path = spec.sweep_dir / IDENTITY_FILE
-    try:
-        return json.loads(path.read_text()).get("data") if path.is_file() else None
-    except (OSError, ValueError):
-        return None
+    return read(spec.sweep_dir).get("data")
 
 
 def data_files(spec: SweepSpec) -> dict[str, str]:
@@ -112,10 +108,47 @@ def _hash(task: str, folder: str, stamp: tuple) -> str:
 def recorded_files(sweep_dir: Path) -> dict[str, str] | None:
     """The hashes of the task files a sweep ran on, from its identity.json (None: a folder that did not record
     them)."""
+    return read(sweep_dir).get("data_files")
+
+
+def read(sweep_dir: Path) -> dict[str, Any]:
+    """SWEEP_DIR/identity.json, the one reader of it ({} for a folder without one). An unreadable one is an error:
+    it holds the data hashes that guard the sweep's results, which nothing else records."""
+    path = sweep_dir / IDENTITY_FILE
+    if not path.is_file():
+        return {}
     try:
-        return json.loads((sweep_dir / IDENTITY_FILE).read_text()).get("data_files")
-    except (OSError, ValueError):
-        return None
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SpecError(f"{path} cannot be read ({type(exc).__name__}); restore it from a copy of the sweep folder, "
+                        "or delete it to record it anew (losing the check that the data is the finished trials' "
+                        "data)") from None
+
+
+def record_run(spec: SweepSpec) -> None:
+    """SWEEP_DIR/identity.json: the spec's fingerprint, its data (folder and file hashes) and the code version of
+    every run of the sweep. Code that changed since the last run is said once here; each MLflow run carries its
+    own code_version tag. Written whole or not at all (a crash mid-write must not lose the data hashes)."""
+    import tempfile
+    import time
+
+    known = read(spec.sweep_dir) or {"runs": []}
+    version = code_version()
+    last = known["runs"][-1]["code_version"] if known["runs"] else None
+    if last is not None and last != version:
+        print(f"note: the code changed since this sweep last ran ({last} -> {version}); trials that finished "
+              "keep their results, new ones run with this code (MLflow tag code_version tells them apart)",
+              flush=True)
+    known["fingerprint"] = fingerprint(spec)
+    known["data"] = data_folder(spec) or HUB  # spec.yaml's data.dir is null for the Hub
+    files = data_files(spec)  # compared when the folder moves (another machine): same files, same data
+    known["data_files"] = {**(known.get("data_files") or {}), **files} if files else {}
+    known["runs"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "code_version": version,
+                          "git_commit": git_commit(), "cluster": spec.ray_address})
+    fd, tmp = tempfile.mkstemp(dir=spec.sweep_dir, prefix=".identity-", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(known, fh, indent=1)
+    os.replace(tmp, spec.sweep_dir / IDENTITY_FILE)
 
 
 def other_files(old: SweepSpec, new: SweepSpec) -> list[str] | None:

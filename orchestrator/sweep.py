@@ -265,7 +265,7 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
     if note:
         print(note, flush=True)
     (spec.sweep_dir / SPEC_FILE).write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
-    record_identity(spec)
+    identity.record_run(spec)
     synced = sync(spec, tracker, mend_parent=False)  # this driver is about to run the sweep
     if synced:
         print(f"synced {synced} trial(s) from local records into MLflow", flush=True)
@@ -316,29 +316,6 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
     return len(failed)
 
 
-def record_identity(spec: SweepSpec) -> None:
-    """SWEEP_DIR/identity.json: the spec's fingerprint and the code version of every run of the sweep. Code
-    that changed since the last run is said once here; each MLflow run carries its own code_version tag."""
-    import json
-    import time
-
-    path = spec.sweep_dir / identity.IDENTITY_FILE
-    known = json.loads(path.read_text()) if path.is_file() else {"runs": []}
-    version = identity.code_version()
-    last = known["runs"][-1]["code_version"] if known["runs"] else None
-    if last is not None and last != version:
-        print(f"note: the code changed since this sweep last ran ({last} -> {version}); trials that finished "
-              "keep their results, new ones run with this code (MLflow tag code_version tells them apart)",
-              flush=True)
-    known["fingerprint"] = identity.fingerprint(spec)
-    known["data"] = identity.data_folder(spec) or identity.HUB  # spec.yaml's data.dir is null for the Hub
-    files = identity.data_files(spec)  # compared when the folder moves (another machine): same files, same data
-    known["data_files"] = {**(known.get("data_files") or {}), **files} if files else {}
-    known["runs"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "code_version": version,
-                          "git_commit": identity.git_commit(), "cluster": spec.ray_address})
-    path.write_text(json.dumps(known, indent=1))
-
-
 def mark_stopped(spec: SweepSpec, tracker: Tracker) -> int:
     """Trials a driver left RUNNING (it stopped, or died) become STOPPED, resumable, with their MLflow runs
     KILLED and the parent run ended KILLED. A store that is down leaves the records unsynced for `sync`.
@@ -361,12 +338,10 @@ def mark_stopped(spec: SweepSpec, tracker: Tracker) -> int:
 def resume_command(spec: SweepSpec) -> str:
     """How to resume the sweep where it last ran. A cluster from $RAY_ADDRESS (`ray job submit` sets it for its
     job) is not in spec.yaml: the bare command, typed on a login node, would run the rest on a local Ray there."""
-    import json
-
     command = f"peft-sweep run {spec.sweep_dir / SPEC_FILE}"
     try:
-        runs = json.loads((spec.sweep_dir / identity.IDENTITY_FILE).read_text()).get("runs") or [{}]
-    except (OSError, ValueError):
+        runs = identity.read(spec.sweep_dir).get("runs") or [{}]
+    except SpecError:  # a hint printed on the way out; the next run says what is wrong with the file
         return command
     cluster = runs[-1].get("cluster")
     if not cluster or spec.ray.address:

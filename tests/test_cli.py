@@ -126,3 +126,14 @@ def test_analyze_writes_where_the_report_reads_by_default(tmp_path, cli):
     hand_made().to_parquet(tmp_path / "trials.parquet")  # a trials file outside a sweep: beside it
     rc, out, _ = cli("analyze", "--trials", str(tmp_path / "trials.parquet"))
     assert rc == 0 and (tmp_path / "table.csv").is_file() and (tmp_path / "summary.json").is_file()
+
+
+def test_an_unreadable_identity_file_is_named_not_skipped(ran, cli):
+    """identity.json holds the data hashes that guard a sweep's results: a damaged one used to count as "not
+    recorded", so a moved sweep went on without its data check (and the next run died on a JSON traceback)."""
+    path, spec = ran
+    (spec.sweep_dir / "identity.json").write_text('{"data": "/data", "data_files": {"CB": "ab')  # cut short
+    rc, _, err = cli("validate", str(path))
+    assert rc == 2 and f"{spec.sweep_dir / 'identity.json'} cannot be read (JSONDecodeError" in err
+    assert "restore it from a copy of the sweep folder, or delete it" in err and "..." not in err
+    assert sweep.resume_command(spec) == f"peft-sweep run {spec.sweep_dir / sweep.SPEC_FILE}"  # a hint stays a hint

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from orchestrator import driver, export, records, sweep
+from orchestrator import driver, export, identity, records, sweep
 from orchestrator.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING, TrackingError
 from benchmarks.synthetic_trials import fake_result, trial_dict
 from tests.tracking_fixtures import finish_all, make_spec, record_finished
@@ -290,7 +290,7 @@ def test_the_resume_command_joins_the_cluster_a_job_ran_on(tmp_path, data_dir, m
     cfg = _sam(spec)
     records.update(spec.sweep_dir, cfg.key, status="RUNNING", trial=trial_dict(cfg), synced=True)  # a dead driver's
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # as the job's driver sees it
-    sweep.record_identity(spec)
+    identity.record_run(spec)
     monkeypatch.delenv("RAY_ADDRESS")  # the shell that stops it later
     (spec.sweep_dir / sweep.SPEC_FILE).write_text(yaml.safe_dump(spec.model_dump(mode="json")))
     command = sweep.resume_command(spec)
@@ -299,5 +299,5 @@ def test_the_resume_command_joins_the_cluster_a_job_ran_on(tmp_path, data_dir, m
     assert control.stop(spec.sweep_dir, timeout_s=5) == 0
     assert "--set ray.address=10.0.0.1:6379" in capsys.readouterr().out
     assert "queued 7 | stopped 1 (resumable)" in control.progress(spec).line()  # not counted as queued
-    sweep.record_identity(spec)  # a later run on a local Ray
+    identity.record_run(spec)  # a later run on a local Ray
     assert sweep.resume_command(spec) == f"peft-sweep run {spec.sweep_dir / sweep.SPEC_FILE}"
