@@ -53,18 +53,30 @@ class Analysis:
 
 
 def groups(df: pd.DataFrame) -> list[tuple[dict[str, Any], pd.DataFrame]]:
-    df = df.assign(perturbed=df["perturbation"].notna())
     sparsities = sorted(df["sparsity"].dropna().unique()) or [None]
     out = []
-    for p, perturbed in itertools.product(sparsities, sorted(df["perturbed"].unique())):
-        part = df[(df["perturbed"] == perturbed) & (df["sparsity"].isna() | (df["sparsity"] == p if p is not None
-                                                                             else True))]
+    for p, perturbed in itertools.product(sparsities, sorted(df["perturbation"].notna().unique())):
+        label = {"sparsity": None if p is None else float(p), "perturbation": "perturbed" if perturbed else "none"}
+        part = trials_in(df, label)
         if len(part):
-            label = {"sparsity": None if p is None else float(p), "perturbation": "perturbed" if perturbed else "none"}
             if perturbed:
                 label["splits"] = sorted(int(k) for k in part["perturbation"].dropna().unique())
             out.append((label, part))
     return out
+
+
+def trials_in(trials: pd.DataFrame, label: dict[str, Any]) -> pd.DataFrame:
+    """The trials of the group ``label`` names; a method without a sparsity belongs to every sparsity group."""
+    sparsity = trials["sparsity"].isna() | (trials["sparsity"] == label["sparsity"] if label["sparsity"] is not None
+                                            else True)
+    return trials[sparsity & (trials["perturbation"].notna() == (label["perturbation"] == "perturbed"))]
+
+
+def rows_of(frame: pd.DataFrame, label: dict[str, Any]) -> pd.DataFrame:
+    """The rows of an analysis frame (table, tests, pairs, seeds) that belong to the group ``label`` names."""
+    sparsity = frame["group_sparsity"]
+    same = sparsity.isna() if label.get("sparsity") is None else sparsity == label["sparsity"]
+    return frame[same & (frame["group_perturbation"] == label["perturbation"])]
 
 
 def _std(x: np.ndarray, axis: int = -1) -> np.ndarray:

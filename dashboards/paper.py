@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .analysis import ALPHA, Analysis, groups, holm, spearman
+from .analysis import ALPHA, Analysis, holm, rows_of, spearman, trials_in
 
 PUBLISHED_COLUMNS = ("method", "task", "mean", "std")
 BASE = "full"  # the method the stability claim compares every other one with
@@ -66,13 +66,6 @@ def read_published(path: str | Path) -> pd.DataFrame:
     if len(twice):
         raise ValueError(f"{str(path)!r}: ({twice.iloc[0]['method']}, {twice.iloc[0]['task']}) is given twice")
     return table[table["task"] != "AVG"].reset_index(drop=True)
-
-
-def _main_group(frame: pd.DataFrame, label: dict[str, Any]) -> pd.DataFrame:
-    """The rows of an analysis frame that belong to the analysis's main group."""
-    sparsity = frame["group_sparsity"]
-    same = sparsity.isna() if label.get("sparsity") is None else sparsity == label["sparsity"]
-    return frame[same & (frame["group_perturbation"] == label["perturbation"])]
 
 
 def _avg_rows(cells: pd.DataFrame, tasks: list[str], cols: tuple[str, str]) -> pd.DataFrame:
@@ -272,16 +265,15 @@ def variants_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tests: pd.DataFr
 def compare(trials: pd.DataFrame, result: Analysis, published: pd.DataFrame) -> Comparison:
     """The comparison on the analysis's main group (the first sparsity, standard split)."""
     label = result.summary["group"]
-    finished = trials[trials["status"] == "FINISHED"]
-    part = groups(finished)[0][1]
-    cells, notes = side_by_side(_main_group(result.table, label), published)
+    part = trials_in(trials[trials["status"] == "FINISHED"], label)
+    cells, notes = side_by_side(rows_of(result.table, label), published)
     part = part[part["task"].isin(notes["tasks"])]
     main_summary = {k: result.summary.get(k) for k in ("spearman", "friedman", "nemenyi")}
     claims = {"group": label, **notes,
               "other_methods_vs_full_std": stability_vs_base(cells[cells["task"] != "AVG"], part),
-              "best_on_average": best_on_average(cells, main_summary, _main_group(result.pairs, label)),
+              "best_on_average": best_on_average(cells, main_summary, rows_of(result.pairs, label)),
               "stability_vs_performance": stability_performance(cells, main_summary),
-              "variants_vs_base": variants_vs_base(cells, part, _main_group(result.tests, label)),
+              "variants_vs_base": variants_vs_base(cells, part, rows_of(result.tests, label)),
               "units": "scores ×100; std with ddof=1 over seeds; AVG over the tasks both tables hold"}
     return Comparison(cells, claims)
 

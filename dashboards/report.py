@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from . import figures
-from .analysis import Analysis, analyze
+from .analysis import Analysis, analyze, rows_of, trials_in
 from .figures import fmt_p
 
 NO_SPEC = "not found (give SWEEP_DIR, or a trials.parquet inside SWEEP_DIR/export)"
@@ -178,13 +178,8 @@ def _table_html(table: pd.DataFrame, best: dict[str, list[str]], baselines: dict
 
 
 def _pairs_html(res: Analysis, main: dict, methods: list[str]) -> str:
-    in_main = ((res.pairs["group_perturbation"] == main["perturbation"])
-               & ((res.pairs["group_sparsity"] == main["sparsity"]) if main["sparsity"] is not None
-                  else res.pairs["group_sparsity"].isna()))
-    pairs = res.pairs[in_main]
-    tests = res.tests[(res.tests["group_perturbation"] == main["perturbation"])
-                      & ((res.tests["group_sparsity"] == main["sparsity"]) if main["sparsity"] is not None
-                         else res.tests["group_sparsity"].isna())]
+    pairs = rows_of(res.pairs, main)
+    tests = rows_of(res.tests, main)
     alpha = main["holm"]["alpha"]
     out = [f"<p>Each cell: the tasks on which the row's method beats / ties / loses to the column's method. A win is "
            f"a Holm-corrected paired t-test p &lt; {alpha} with a higher mean; Holm corrects over all method pairs "
@@ -211,13 +206,6 @@ def _pairs_html(res: Analysis, main: dict, methods: list[str]) -> str:
             f"<td>{p(r.wilcoxon_p_value)}</td><td>{p(r.wilcoxon_p_holm)}</td></tr>" for r in tests.itertuples()]
     out.append("</table></details>")
     return "".join(out)
-
-
-def _in_group(frame: pd.DataFrame, label: dict) -> pd.DataFrame:
-    sparsity = frame["sparsity"].isna() | (frame["sparsity"] == label["sparsity"] if label["sparsity"] is not None
-                                           else True)
-    perturbed = frame["perturbation"].notna() == (label["perturbation"] == "perturbed")
-    return frame[sparsity & perturbed]
 
 
 def _why_no_overlap(trials: pd.DataFrame, trials_path: Path, overlap_path: Path, have_overlap: bool) -> str:
@@ -266,11 +254,9 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
     curves = pd.read_parquet(curves_path) if Path(curves_path).is_file() else None
     res = analysis or analyze(trials)  # the caller's, when it has analysed these trials already
     summary, main = res.summary, res.summary["groups"][0]
-    in_group = _in_group(trials, main)
+    in_group = trials_in(trials, main)
     finished = in_group[in_group["status"] == "FINISHED"]
-    main_table = res.table[(res.table["group_perturbation"] == main["perturbation"]) &
-                           ((res.table["group_sparsity"] == main["sparsity"]) if main["sparsity"] is not None
-                            else res.table["group_sparsity"].isna())]
+    main_table = rows_of(res.table, main)
     methods = list(main_table[main_table["task"] == "AVG"].sort_values("mean", ascending=False)["method"])
     test_base, dev_base = _baselines(finished, "test"), _baselines(finished, "dev")
     n_per_cell = sorted(set(main_table.loc[main_table["task"] != "AVG", "n"].astype(int)))
@@ -323,9 +309,7 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
     parts.append("<h2>The seeds</h2>")
     figures.seeds_figure(finished, methods, test_base, out / "seeds.svg")
     parts.append(_figure("seeds", "seeds.svg", "Every seed's test score per method (box: quartiles)"))
-    seeds = res.seeds[(res.seeds["group_perturbation"] == main["perturbation"])
-                      & ((res.seeds["group_sparsity"] == main["sparsity"]) if main["sparsity"] is not None
-                         else res.seeds["group_sparsity"].isna())]
+    seeds = rows_of(res.seeds, main)
     if len(seeds):
         figures.seeds_enough_figure(seeds, main["seeds_enough"]["kendall_tau"], methods, out / "seeds_enough.svg")
         parts.append(_figure("seeds-enough", "seeds_enough.svg", "Stability rank vs number of seeds used"))

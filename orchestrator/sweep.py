@@ -136,7 +136,7 @@ def close_sweep(spec: SweepSpec, tracker: Tracker, final: dict[str, str], quiet:
         trials_path, curves_path = export.export(spec, spec.sweep_dir / "export", tracker)
         df = pd.read_parquet(trials_path)
         if (df["status"] == "FINISHED").any():
-            from dashboards.analysis import analyze
+            from dashboards.analysis import analyze, rows_of
             from dashboards.report import build_report
 
             result = analyze(df)  # once, for the analysis files and the report
@@ -149,7 +149,7 @@ def close_sweep(spec: SweepSpec, tracker: Tracker, final: dict[str, str], quiet:
                                 ("spearman_p_value", summary["spearman"]["p_value"])):
                 if value is not None:
                     metrics[name] = value
-            table = _main_table(result.table, summary)
+            table = rows_of(result.table, summary["group"])
             for task, part in table.groupby("task"):
                 best = part.sort_values(["mean", "method"], ascending=[False, True]).iloc[0]
                 metrics[f"best_mean.{task}"] = float(best["mean"])
@@ -190,14 +190,6 @@ def best_on_average(method: str, mean: float, std: float | None) -> str:
     if std is None:
         return f"best on average: {method} {100 * mean:.1f} ({what}; one seed per cell, so no std)"
     return f"best on average: {method} {100 * mean:.1f} ± {100 * std:.1f} ({what} ± mean per-task std)"
-
-
-def _main_table(table, summary: dict[str, Any]):
-    """Rows of the analysis' main group (its first sparsity and perturbation mode), as the report shows."""
-    g = summary["group"]
-    rows = table["group_perturbation"] == g["perturbation"]
-    rows &= table["group_sparsity"].isna() if g["sparsity"] is None else table["group_sparsity"] == g["sparsity"]
-    return table[rows]
 
 
 def browse_hint(spec: SweepSpec, tracker: Tracker) -> str:
