@@ -33,6 +33,11 @@ BASE = "full"  # the method the stability claim compares every other one with
 CLAIMED_BEST = "sam"  # the method the paper finds best on average
 
 
+CLAIMS = (("other_methods_vs_full_std", "Are methods other than full tuning more stable?"),
+          ("best_on_average", "Does SAM lead the average?"),
+          ("stability_vs_performance", "Do stability and performance correlate?"))  # claims.json key, question
+
+
 @dataclass
 class Comparison:
     table: pd.DataFrame  # per (method, task) and AVG over the shared tasks: ours and the published, ×100
@@ -309,9 +314,7 @@ def markdown(comparison: Comparison) -> str:
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += ["", "Ours: mean ± std over seeds; in brackets the published table; –: no finished trial (AVG: not "
                   "every task). Scores ×100.", ""]
-    for key, title in (("other_methods_vs_full_std", "Are methods other than full tuning more stable?"),
-                       ("best_on_average", "Does SAM lead the average?"),
-                       ("stability_vs_performance", "Do stability and performance correlate?")):
+    for key, title in CLAIMS:
         lines.append(f"- **{title}** {c[key].get('answer') or c[key].get('reason')}.")
     for variant, v in c["variants_vs_base"].items():
         lines.append(f"- **{variant} against {v['base']}:** {v['answer']}.")

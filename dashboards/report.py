@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import figures
+from . import figures, paper
 from .analysis import Analysis, analyze, rows_of, trials_in
 from .figures import fmt_p
 
@@ -177,6 +177,35 @@ def _table_html(table: pd.DataFrame, best: dict[str, list[str]], baselines: dict
     return '<table id="main-table">' + "".join(rows) + "</table>" + _unfinished_note(unfinished, methods)
 
 
+def _published_html(comparison: paper.Comparison) -> str:
+    """Ours beside the published table on the tasks both hold, then the claims answered (as claims.md says)."""
+    t, c = comparison.table, comparison.claims
+    tasks = c["tasks"] + ["AVG"]
+    rows = ["<tr><th>method</th>" + "".join(f"<th>{_esc(x)}</th>" for x in tasks) + "</tr>"]
+    for method, part in t.groupby("method", sort=False):
+        cell = part.set_index("task")
+        tds = []
+        for task in tasks:
+            r = cell.loc[task] if task in cell.index else None
+            ours = "–" if r is None or pd.isna(r["mean"]) else \
+                f"{r['mean']:.1f}" + ("" if pd.isna(r["std"]) else f" ± {r['std']:.1f}")
+            theirs = "" if r is None or pd.isna(r["paper_mean"]) else \
+                f'<br><span class="ci">paper {r["paper_mean"]:.1f} ± {r["paper_std"]:.1f}</span>'
+            tds.append(f"<td>{ours}{theirs}</td>")
+        rows.append(f"<tr><th>{_esc(method)}</th>{''.join(tds)}</tr>")
+    answers = [(title, c[key].get("answer") or c[key].get("reason")) for key, title in paper.CLAIMS]
+    answers += [(f"{v} against {info['base']}", info["answer"]) for v, info in c["variants_vs_base"].items()]
+    unmatched = c["published_methods_unmatched"]
+    return ('<section id="published"><h2>Beside the published table</h2>'
+            f"<p>Ours (mean ± std ×100) and the published table on the tasks both hold ({_esc(', '.join(c['tasks']))});"
+            " AVG over those tasks for both. Its model and seeds may not be these: compare orderings and spreads "
+            "more than levels. "
+            + (f"Published methods not in this sweep: {_esc(', '.join(unmatched))}. " if unmatched else "")
+            + '</p><table id="published-table">' + "".join(rows) + "</table><ul>"
+            + "".join(f"<li><b>{_esc(title)}</b> {_esc(answer)}.</li>" for title, answer in answers)
+            + "</ul></section>")
+
+
 def _pairs_html(res: Analysis, main: dict, methods: list[str]) -> str:
     pairs = rows_of(res.pairs, main)
     tests = rows_of(res.tests, main)
@@ -242,8 +271,9 @@ def analysis_dir_of(trials_path: Path) -> Path:
 
 def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, analysis_dir: Path | None = None,
                  spec_path: Path | None = None, tracking_uri: str | None = None,
-                 analysis: Analysis | None = None) -> Path:
-    """``tracking_uri``: the sweep's MLflow store, for the links to its runs (None: not known, no links)."""
+                 analysis: Analysis | None = None, published: pd.DataFrame | None = None) -> Path:
+    """``tracking_uri``: the sweep's MLflow store, for the links to its runs (None: not known, no links);
+    ``published``: a published table (``paper.read_published``) to show ours beside, with the claims answered."""
     trials_path, out = Path(trials_path), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sweep_dir = sweep_dir_of(trials_path)
@@ -288,6 +318,8 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
     if not test_base:
         parts.append(_missing("baseline", "trials.parquet has no majority_test_score column (the export adds it "
                                           "from each trial's result), so the majority-class row is absent."))
+    if published is not None:
+        parts.append(_published_html(paper.compare(trials, res, published)))
 
     parts.append("<h2>Which differences are real</h2>")
     fr, nem = main["friedman"], main["nemenyi"]

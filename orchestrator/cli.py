@@ -311,6 +311,7 @@ def _published_file(path: str) -> Path:
 
 
 def _cmd_report(args) -> int:
+    from dashboards.paper import read_published
     from dashboards.report import build_report
     from . import export
 
@@ -319,6 +320,7 @@ def _cmd_report(args) -> int:
     if args.trials and args.sweep_dir:
         raise SpecError("give SWEEP_DIR or --trials FILE.parquet, not both")
     tracking_uri = None  # a trials file alone does not say where its runs are tracked
+    published = read_published(_published_file(args.paper)) if args.paper else None
     if args.trials:
         trials = _trials_file(args.trials, "--trials")
         curves = _trials_file(args.curves, "--curves", needed=["trial_key", "step"]) if args.curves else None
@@ -330,7 +332,7 @@ def _cmd_report(args) -> int:
         tracking_uri = spec.resolved_tracking_uri
     else:
         raise SpecError("give SWEEP_DIR or --trials FILE.parquet")
-    print(build_report(trials, curves, out, tracking_uri=tracking_uri))
+    print(build_report(trials, curves, out, tracking_uri=tracking_uri, published=published))
     return 0
 
 
@@ -547,6 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("sweep_dir", nargs="?", help=f"{sweep_dir}; or give --trials")
     s.add_argument("--trials", help="trials.parquet instead of a sweep folder")
     s.add_argument("--curves", help="curves.parquet to go with --trials")
+    s.add_argument("--paper", metavar="CSV", help="a published table to show ours beside, with the paper's claims "
+                   "answered (as `analyze --paper`), e.g. ../shared/paper/table1.csv")
     s.add_argument("--out", help="folder for the report (default: SWEEP_DIR/report, or report/ beside --trials)")
     s.set_defaults(fn=_cmd_report)
     return p

@@ -194,3 +194,23 @@ def test_a_method_missing_a_shared_task_has_no_average_and_no_place(published):
     assert "lora" not in [r["method"] for r in result.claims["best_on_average"]["ranking"]]
     assert "| lora | 78.0 ± 5.0 (89.0 ± 1.5) | – (75.0 ± 1.0) | – (82.0 ± 1.2) |" in markdown(result)
     assert result.claims["other_methods_vs_full_std"]["n_cells"] == 7  # lora's RTE has no std to compare
+
+
+def test_the_report_shows_ours_beside_the_published_table(tmp_path, capsys, monkeypatch):
+    from orchestrator.cli import main
+
+    monkeypatch.setenv("RAY_ADDRESS", "")
+    path = tmp_path / "trials.parquet"
+    trials().to_parquet(path)
+    good = tmp_path / "table1.csv"
+    pd.DataFrame(PUBLISHED, columns=["method", "task", "mean", "std"]).to_csv(good, index=False)
+    assert main(["report", "--trials", str(path), "--paper", str(good), "--out", str(tmp_path / "r")]) == 0
+    page = (tmp_path / "r" / "index.html").read_text()
+    section = page[page.index('<section id="published">'):]
+    section = section[:section.index("</section>")]
+    assert "<td>85.0 ± 1.0<br><span class=\"ci\">paper 90.0 ± 1.0</span></td>" in section
+    assert "Published methods not in this sweep: Adapter." in section
+    assert "<b>Does SAM lead the average?</b> sam leads the average (78.5), ahead of sam-global" in section
+    assert "<b>sam-global against sam</b>" in section
+    assert main(["report", "--trials", str(path), "--out", str(tmp_path / "r2")]) == 0
+    assert 'id="published"' not in (tmp_path / "r2" / "index.html").read_text()  # only when asked for
