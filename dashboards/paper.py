@@ -9,14 +9,18 @@ and of the task stds).
 
 The claims (Fu et al., AAAI 2023), each answered with numbers and beside what the published table says on the
 same tasks:
-- methods other than full tuning are more stable: their std per task against full tuning's, with a
-  Brown–Forsythe test per (method, task) cell (Holm over all cells);
-- SAM leads the average;
+- methods other than full tuning are more stable: per method, its average std against full tuning's, tested
+  over all shared tasks at once (one Brown–Forsythe test on scale-matched deviations, Holm over the methods). A
+  test per (method, task) cell cannot decide anything with 5 seeds (its smallest p is 0.004, its size far below
+  α), so cells are described (std ratio with its F interval), never counted as significant;
+- SAM leads the average: the AVG ranking, and SAM against the leader (or the runner-up) on the average itself,
+  a paired t-test over seeds with its confidence interval (a planned comparison: not corrected over every pair);
 - stability rank and performance rank correlate positively (Spearman ρ, within-task permutation p);
-- a variant of a method (SAM with one global top-k against per tensor) against its base, paired by seed.
+- a variant of a method (SAM with one global top-k against per tensor) against its base, as SAM against its rival.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +32,7 @@ from scipy import stats
 
 from .analysis import ALPHA, Analysis, holm, rows_of, spearman, trials_in
 
+MIN_SEEDS_FOR_SPREAD_TEST = 3  # Brown–Forsythe on 2 against 2 has zero within-group variance: p ≈ 0
 PUBLISHED_COLUMNS = ("method", "task", "mean", "std")
 BASE = "full"  # the method the stability claim compares every other one with
 CLAIMED_BEST = "sam"  # the method the paper finds best on average
@@ -51,37 +56,47 @@ def name_key(name: str) -> str:
 
 def read_published(path: str | Path) -> pd.DataFrame:
     """The published table without its AVG rows (recomputed over the shared tasks). Raises ValueError naming
-    what is wrong: a missing column, a score that is not a number, a (method, task) given twice."""
+    what is wrong: a missing column, an empty or non-number score, a fraction where ×100 is meant, a negative std,
+    a (method, task) given twice."""
     try:
-        table = pd.read_csv(path)
+        table = pd.read_csv(path, skipinitialspace=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise ValueError(f"{str(path)!r} is not a CSV table ({str(exc).splitlines()[0][:80]}); a published table "
                          f"has the columns {', '.join(PUBLISHED_COLUMNS)} (scores ×100)") from None
     missing = [c for c in PUBLISHED_COLUMNS if c not in table.columns]
     if missing:
-        raise ValueError(f"{str(path)!r} lacks the column(s) {', '.join(missing)}; a published table has the "
-                         f"columns {', '.join(PUBLISHED_COLUMNS)} (scores ×100), e.g. ../shared/paper/table1.csv")
+        found = ", ".join(map(str, table.columns))
+        raise ValueError(f"{str(path)!r} lacks the column(s) {', '.join(missing)} (it has {found}); "
+                         f"a published table has the columns {', '.join(PUBLISHED_COLUMNS)} (scores ×100), comma-"
+                         "separated, e.g. ../shared/paper/table1.csv")
     for col in ("mean", "std"):
-        bad = table[pd.to_numeric(table[col], errors="coerce").isna()]
+        values = pd.to_numeric(table[col], errors="coerce")
+        bad = table[values.isna()]
         if len(bad):
             row = bad.iloc[0]
-            raise ValueError(f"{str(path)!r}: {col} {row[col]!r} of ({row['method']}, {row['task']}) is not a number")
-        table[col] = table[col].astype(float)
+            what = "is empty" if pd.isna(row[col]) else f"{row[col]!r} is not a number"
+            raise ValueError(f"{str(path)!r}: the {col} of ({row['method']}, {row['task']}) {what}")
+        table[col] = values.astype(float)
+    if (table["std"] < 0).any():
+        row = table[table["std"] < 0].iloc[0]
+        raise ValueError(f"{str(path)!r}: the std of ({row['method']}, {row['task']}) is negative ({row['std']:g})")
+    if len(table) and (table["mean"].abs() <= 1).all():
+        raise ValueError(f"{str(path)!r}: every mean is within [-1, 1]; a published table gives scores ×100 "
+                         "(multiply its means and stds by 100)")
     twice = table[table.duplicated(["method", "task"])]
     if len(twice):
         raise ValueError(f"{str(path)!r}: ({twice.iloc[0]['method']}, {twice.iloc[0]['task']}) is given twice")
-    return table[table["task"] != "AVG"].reset_index(drop=True)
+    return table[table["task"].str.upper() != "AVG"].reset_index(drop=True)
 
 
 def _avg_rows(cells: pd.DataFrame, tasks: list[str], cols: tuple[str, str]) -> pd.DataFrame:
-    """AVG over ``tasks`` per method: the mean of its task means and task stds, NaN unless it has all of them."""
+    """AVG over ``tasks`` per method, the paper's way (mean of the task means, mean of the task stds); each NaN
+    unless every task has one (an AVG std over fewer tasks would sit beside one over all of them)."""
     rows = []
     for method, part in cells.groupby("method", sort=False):
-        have = part.dropna(subset=[cols[0]])
-        complete = set(have["task"]) >= set(tasks)
-        rows.append({"method": method, "task": "AVG",
-                     cols[0]: have[cols[0]].mean() if complete else np.nan,
-                     cols[1]: have[cols[1]].mean() if complete else np.nan})
+        rows.append({"method": method, "task": "AVG"} | {
+            col: part[col].mean() if set(part.dropna(subset=[col])["task"]) >= set(tasks) else np.nan
+            for col in cols})
     return pd.DataFrame(rows)
 
 
@@ -93,27 +108,37 @@ def _ranks(frame: pd.DataFrame, mean: str, std: str, among: pd.Series) -> tuple[
     return perf.reindex(frame.index), stab.reindex(frame.index)
 
 
-def side_by_side(table: pd.DataFrame, published: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Ours (the main group's table, scores in [0, 1]) and the published table (×100) on the tasks both hold.
-    Ranks are taken among the methods both tables hold, so that they compare like with like."""
+def side_by_side(table: pd.DataFrame, published: pd.DataFrame, ran: list[str]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Ours (the main group's table, scores in [0, 1]) and the published table (×100) on the tasks both hold
+    (task names matched blind to case, in the published order). ``ran``: every method with a trial in the group,
+    finished or not. Ranks (``*_shared``) are taken among the methods both tables hold, to compare like with like."""
     ours = table[table["task"] != "AVG"]
-    tasks = sorted(set(ours["task"]) & set(published["task"]))
+    our_tasks = {t.upper(): t for t in ours["task"].unique()}
+    published = published.assign(task=published["task"].map(lambda t: our_tasks.get(str(t).upper(), t)))
+    tasks = [t for t in dict.fromkeys(published["task"]) if t in set(ours["task"])]
     if not tasks:
         raise ValueError(f"no task is in both tables: ours {sorted(set(ours['task']))}, published "
                          f"{sorted(set(published['task']))}")
-    keys = {name_key(m): m for m in ours["method"].unique()}
+    keys: dict[str, str] = {}
+    for m in ran:
+        if name_key(m) in keys:
+            raise ValueError(f"methods {keys[name_key(m)]!r} and {m!r} both match the same published name")
+        keys[name_key(m)] = m
     published = published.assign(ours=published["method"].map(lambda m: keys.get(name_key(m))))
     matched = published.dropna(subset=["ours"])
+    twice = matched[matched.duplicated(["ours", "task"], keep=False)]
+    if len(twice):
+        names = sorted(set(twice["method"]))
+        raise ValueError(f"published methods {', '.join(names)} all match our {twice.iloc[0]['ours']!r}; keep one")
     cells = ours[ours["task"].isin(tasks)][["method", "task", "n", "mean", "std"]].copy()
     cells[["mean", "std"]] *= 100
     theirs = matched[matched["task"].isin(tasks)].rename(columns={"method": "paper_method", "mean": "paper_mean",
-                                                                  "std": "paper_std"})
+                                                                  "std": "paper_std", "ours": "method"})
     # outer: a published cell of a method we ran shows even where our trials of that task did not finish
-    cells = cells.merge(theirs.rename(columns={"ours": "method"}), on=["method", "task"], how="outer")
+    cells = cells.merge(theirs, on=["method", "task"], how="outer")
     avg = _avg_rows(cells, tasks, ("mean", "std")).merge(_avg_rows(cells, tasks, ("paper_mean", "paper_std")),
                                                          on=["method", "task"])
-    avg["paper_method"] = avg["method"].map(cells.dropna(subset=["paper_method"])
-                                            .drop_duplicates("method").set_index("method")["paper_method"])
+    avg["paper_method"] = avg["method"].map(theirs.drop_duplicates("method").set_index("method")["paper_method"])
     avg["n"] = avg["method"].map(cells.groupby("method")["n"].sum())
     order = list(dict.fromkeys(list(matched["ours"]) + sorted(ours["method"].unique())))  # the paper's order
     out = pd.concat([cells, avg], ignore_index=True)
@@ -121,97 +146,219 @@ def side_by_side(table: pd.DataFrame, published: pd.DataFrame) -> tuple[pd.DataF
                                out["method"].map({m: i for i, m in enumerate(order)})))].reset_index(drop=True)
     out["mean_diff"], out["std_diff"] = out["mean"] - out["paper_mean"], out["std"] - out["paper_std"]
     both = out["mean"].notna() & out["paper_mean"].notna()
-    out["perf_rank"], out["stab_rank"] = _ranks(out, "mean", "std", both)
-    out["paper_perf_rank"], out["paper_stab_rank"] = _ranks(out, "paper_mean", "paper_std", both)
+    out["perf_rank_shared"], out["stab_rank_shared"] = _ranks(out, "mean", "std", both)
+    out["paper_perf_rank_shared"], out["paper_stab_rank_shared"] = _ranks(out, "paper_mean", "paper_std", both)
     cols = ["method", "paper_method", "task", "n", "mean", "std", "paper_mean", "paper_std", "mean_diff",
-            "std_diff", "perf_rank", "paper_perf_rank", "stab_rank", "paper_stab_rank"]
+            "std_diff", "perf_rank_shared", "paper_perf_rank_shared", "stab_rank_shared", "paper_stab_rank_shared"]
+    finished = set(ours["method"])
     notes = {"tasks": tasks, "tasks_not_published": sorted(set(ours["task"]) - set(tasks)),
-             "published_methods_unmatched": sorted(set(published["method"]) - set(matched["method"])),
-             "methods_not_published": sorted(set(ours["method"]) - set(matched["ours"]))}
+             "published_tasks_not_run": sorted(set(published["task"]) - set(tasks)),
+             "published_methods_not_run": sorted(set(published["method"]) - set(matched["method"])),
+             "published_methods_without_a_finished_trial": sorted(set(matched.loc[~matched["ours"].isin(finished),
+                                                                                  "method"])),
+             "methods_not_published": sorted(finished - set(matched["ours"]))}
     return out.reindex(columns=cols), notes
 
 
-def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame) -> dict[str, Any]:
-    """Every other method's std per task against full tuning's, ours and the published."""
-    base = cells[(cells["method"] == BASE) & cells["std"].notna()].set_index("task")
-    if base.empty:
-        return {"answer": None, "reason": f"{BASE!r} has no finished task with a std to compare with"}
-    rows = []
-    for _, cell in cells[(cells["method"] != BASE) & cells["std"].notna() & cells["task"].isin(base.index)].iterrows():
-        a = trials.loc[(trials["method"] == cell["method"]) & (trials["task"] == cell["task"]), "test_score"]
-        b = trials.loc[(trials["method"] == BASE) & (trials["task"] == cell["task"]), "test_score"]
-        p = float(stats.levene(a, b, center="median").pvalue) if min(len(a), len(b)) >= 2 and \
-            (a.std() > 0 or b.std() > 0) else None
-        full, theirs = base.loc[cell["task"]], cell["paper_std"]
-        rows.append({"method": cell["method"], "task": cell["task"], "std": cell["std"], "full_std": full["std"],
-                     "below": bool(cell["std"] < full["std"]), "p": p,
-                     "paper_below": None if pd.isna(theirs) or pd.isna(full["paper_std"])
-                     else bool(theirs < full["paper_std"])})
-    for row, corrected in zip(rows, holm([r["p"] for r in rows])):
+def _replicates(trials: pd.DataFrame, tasks: list[str]) -> pd.DataFrame:
+    """Test scores ×100 with one row per replicate (seed, perturbation split) and one column per (method, task)."""
+    part = trials[trials["task"].isin(tasks)]
+    rep = [part["seed"], part["perturbation"].fillna(-1).rename("split")]
+    return part.pivot_table(index=rep, columns=["method", "task"], values="test_score") * 100
+
+
+def paired_on_average(trials: pd.DataFrame, a: str, b: str, tasks: list[str]) -> dict[str, Any]:
+    """``a`` − ``b`` on the average over ``tasks``, paired by replicate (same seed: same head initialisation and
+    batch order): a paired t-test with its 95% interval on the per-replicate averages; per task the paired p with
+    Holm over these tasks only. One planned comparison, so not corrected over every method pair."""
+    wide = _replicates(trials, tasks)
+    have = [(m, t) for m in (a, b) for t in tasks if (m, t) in wide.columns]
+    if len(have) < 2 * len(tasks):
+        return {"a": a, "b": b, "n": 0, "answer": f"no paired comparison: {a} or {b} lacks a task"}
+    full = wide[have].dropna()
+    diff = full[a].mean(axis=1) - full[b].mean(axis=1)
+    out: dict[str, Any] = {"a": a, "b": b, "n": int(len(diff)), "avg_diff": float(diff.mean()) if len(diff) else None}
+    if len(diff) < 2 or diff.std() == 0:
+        out["answer"] = (f"{a} − {b} on the average: " + ("n/a" if not len(diff) else f"{diff.mean():+.1f}")
+                         + f"; no paired test ({len(diff)} replicate(s) with every task" +
+                         (", identical differences" if len(diff) >= 2 else "") + ")")
+        return out
+    t = stats.ttest_rel(full[a].mean(axis=1), full[b].mean(axis=1))
+    ci = t.confidence_interval(0.95)
+    per_task = []
+    for task in tasks:
+        pair = wide[[(a, task), (b, task)]].dropna()
+        d = pair[(a, task)] - pair[(b, task)]
+        p = float(stats.ttest_rel(pair[(a, task)], pair[(b, task)]).pvalue) if len(d) >= 2 and d.std() > 0 else None
+        per_task.append({"task": task, "mean_diff": float(d.mean()) if len(d) else None, "n": int(len(d)), "p": p})
+    for row, corrected in zip(per_task, holm([r["p"] for r in per_task])):
         row["p_holm"] = corrected
-    sig = [r for r in rows if r["p_holm"] is not None and r["p_holm"] < ALPHA]
-    published = [r for r in rows if r["paper_below"] is not None]
-    below, sig_below = sum(r["below"] for r in rows), sum(r["below"] for r in sig)
-    paper_below = sum(r["paper_below"] for r in published)
-    answer = (f"{below} of {len(rows)} (method, task) cells have a smaller std than {BASE} tuning; "
-              f"{sig_below} of them significantly and {len(sig) - sig_below} significantly larger "
-              f"(Brown–Forsythe, Holm over the {len(rows)} cells, α = {ALPHA})")
+    sig = [r["task"] for r in per_task if r["p_holm"] is not None and r["p_holm"] < ALPHA]
+    out.update(ci_low=float(ci.low), ci_high=float(ci.high), p=float(t.pvalue), tasks=per_task)
+    verdict = "a significant difference" if t.pvalue < ALPHA else f"no significant difference (n = {len(diff)})"
+    out["answer"] = (f"{a} − {b} on the average: {diff.mean():+.1f} points, 95% CI [{ci.low:+.1f}, {ci.high:+.1f}], "
+                     f"paired t-test over {len(diff)} seeds p = {t.pvalue:.3g}: {verdict}"
+                     + (f"; per task (Holm over the {len(tasks)} tasks) significant on " + (", ".join(sig) or "none")
+                        if len(tasks) > 1 else ""))
+    return out
+
+
+def _spread_p(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Brown–Forsythe's p for one cell against full's, where it can say anything (≥ 3 seeds each, not both constant)."""
+    if min(len(a), len(b)) < MIN_SEEDS_FOR_SPREAD_TEST or (np.ptp(a) == 0 and np.ptp(b) == 0):
+        return None
+    return float(stats.levene(a, b, center="median").pvalue)
+
+
+def _scaled_deviations(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """|x − its cell's median| for both cells of one task, divided by the median of all of them, so that tasks
+    with wide and narrow spreads weigh alike when pooled; None where both are constant."""
+    da, db = np.abs(a - np.median(a)), np.abs(b - np.median(b))
+    scale = np.median(np.concatenate([da, db]))
+    if scale == 0:
+        scale = np.mean(np.concatenate([da, db]))
+    return None if scale == 0 else (da / scale, db / scale)
+
+
+def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str],
+                      majority: dict[str, float]) -> dict[str, Any]:
+    """Every other method against full tuning: its average std, and one test of spread over all shared tasks."""
+    if BASE not in set(cells["method"]):
+        return {"answer": None, "reason": f"{BASE!r} has no finished trial to compare stds with"}
+    wide = _replicates(trials, tasks)
+    avg = cells[cells["task"] == "AVG"].set_index("method")
+    base_cells = cells[(cells["method"] == BASE) & (cells["task"] != "AVG")].set_index("task")
+    methods, cell_rows = [], []
+    for method in [m for m in dict.fromkeys(cells["method"]) if m != BASE]:
+        za, zb = [], []
+        for task in tasks:
+            if (method, task) not in wide.columns or (BASE, task) not in wide.columns:
+                continue
+            a, b = wide[(method, task)].dropna().to_numpy(), wide[(BASE, task)].dropna().to_numpy()
+            if min(len(a), len(b)) < 2:
+                continue
+            sa, sb = np.std(a, ddof=1), np.std(b, ddof=1)
+            ratio, lo, hi = (sa / sb, None, None) if sb > 0 else (None, None, None)
+            if ratio is not None and sa > 0:  # σ_a/σ_b from F = s_a²/s_b² ~ F(n_a − 1, n_b − 1) (normal scores)
+                f = ratio ** 2
+                lo = math.sqrt(f / stats.f.ppf(0.975, len(a) - 1, len(b) - 1))
+                hi = math.sqrt(f / stats.f.ppf(0.025, len(a) - 1, len(b) - 1))
+            mean = float(np.mean(a))
+            paper, paper_base = (cells.set_index(["method", "task"])["paper_std"].get((method, task)),
+                                 base_cells["paper_std"].get(task))
+            cell_rows.append({"method": method, "task": task, "n": len(a), "full_n": len(b), "std": float(sa),
+                              "full_std": float(sb), "std_ratio": ratio, "ratio_ci_low": lo, "ratio_ci_high": hi,
+                              "below": bool(sa < sb), "p": _spread_p(a, b),
+                              "constant_or_at_majority": bool(sa == 0 or (task in majority
+                                                                          and mean <= majority[task] + 1e-9)),
+                              "paper_below": None if paper is None or paper_base is None or pd.isna(paper)
+                              or pd.isna(paper_base) else bool(paper < paper_base)})
+            if min(len(a), len(b)) >= MIN_SEEDS_FOR_SPREAD_TEST and (scaled := _scaled_deviations(a, b)):
+                za.append(scaled[0])
+                zb.append(scaled[1])
+        row: dict[str, Any] = {"method": method, "avg_std": avg["std"].get(method),
+                               "full_avg_std": avg["std"].get(BASE), "paper_avg_std": avg["paper_std"].get(method),
+                               "paper_full_avg_std": avg["paper_std"].get(BASE), "tasks_tested": len(za), "p": None}
+        if za:
+            za_all, zb_all = np.concatenate(za), np.concatenate(zb)
+            row["p"] = float(stats.ttest_ind(za_all, zb_all, equal_var=False).pvalue)
+            row["smaller"] = bool(za_all.mean() < zb_all.mean())
+        methods.append(row)
+    for row, corrected in zip(methods, holm([r["p"] for r in methods])):
+        row["p_holm"] = corrected
+    compared = [r for r in methods if r["avg_std"] is not None and r["full_avg_std"] is not None
+                and not pd.isna(r["avg_std"]) and not pd.isna(r["full_avg_std"])]
+    below = [r["method"] for r in compared if r["avg_std"] < r["full_avg_std"]]
+    sig = [r for r in methods if r["p_holm"] is not None and r["p_holm"] < ALPHA]
+    sig_smaller = [r["method"] for r in sig if r["smaller"]]
+    sig_larger = [r["method"] for r in sig if not r["smaller"]]
+    published = [r for r in methods if r["paper_avg_std"] is not None and r["paper_full_avg_std"] is not None
+                 and not pd.isna(r["paper_avg_std"]) and not pd.isna(r["paper_full_avg_std"])]
+    paper_below = [r["method"] for r in published if r["paper_avg_std"] < r["paper_full_avg_std"]]
+    n_cells, cells_below = len(cell_rows), sum(r["below"] for r in cell_rows)
+    collapsed = sum(r["below"] and r["constant_or_at_majority"] for r in cell_rows)
+    full_ranks = {t: r for t, r in base_cells["stab_rank_shared"].dropna().items()}
+    n_ranked = cells[cells["task"] != "AVG"].groupby("task")["stab_rank_shared"].count()
+    answer = (f"{len(below)} of {len(compared)} methods have a smaller average std than {BASE} tuning"
+              + (f" ({', '.join(below)})" if below else "")
+              + f"; tested over the shared tasks at once, {len(sig_smaller)} significantly smaller"
+              + (f" ({', '.join(sig_smaller)})" if sig_smaller else "")
+              + f" and {len(sig_larger)} significantly larger" + (f" ({', '.join(sig_larger)})" if sig_larger else "")
+              + f" (Brown–Forsythe on deviations from each cell's median scaled per task, ≥ "
+                f"{MIN_SEEDS_FOR_SPREAD_TEST} seeds per cell, Holm over the {len(methods)} methods, α = {ALPHA}). "
+              f"Per cell, {cells_below} of {n_cells} stds are below {BASE}'s"
+              + (f", {collapsed} of them constant or at the majority class (a collapse, not stability)" if collapsed
+                 else "")
+              + (f"; with {n} seeds against {n} one cell's std ratio is known only within ×/÷ "
+                 f"{math.sqrt(stats.f.ppf(0.975, n - 1, n - 1)):.1f} (95%)" if (n := _modal_n(cell_rows)) >= 2 else ""))
+    if full_ranks:
+        answer += ("; " + BASE + "'s stability rank among the methods both tables hold: "
+                   + ", ".join(f"{t} {r:g} of {n_ranked[t]}" for t, r in full_ranks.items()))
     if published:
-        answer += f". The published table on the same cells: {paper_below} of {len(published)} smaller"
-    return {"answer": answer, "cells_below": below, "n_cells": len(rows), "significantly_below": sig_below,
-            "significantly_above": len(sig) - sig_below, "paper_cells_below": paper_below,
-            "paper_n_cells": len(published), "test": "scipy.stats.levene(center='median') on the seeds' test "
-            "scores, Holm-corrected over all cells", "cells": rows}
+        answer += (f". The published table on the same tasks: {len(paper_below)} of {len(published)} methods have "
+                   f"a smaller average std than {BASE} tuning")
+    return {"answer": answer, "methods_below": below, "n_methods": len(compared),
+            "significantly_smaller": sig_smaller, "significantly_larger": sig_larger,
+            "paper_methods_below": paper_below, "paper_n_methods": len(published), "cells_below": cells_below,
+            "n_cells": n_cells, "cells_below_constant_or_at_majority": collapsed,
+            "test": "per method: scipy.stats.ttest_ind (Welch) on |score − cell median| / task scale, the pooled "
+                    "Brown–Forsythe test of spread, cells with ≥ 3 seeds on both sides; Holm over methods. Per cell "
+                    "(descriptive): the std ratio with its 95% F interval and Brown–Forsythe's raw p",
+            "methods": methods, "cells": cell_rows}
 
 
-def best_on_average(cells: pd.DataFrame, analysis: dict[str, Any], pairs: pd.DataFrame) -> dict[str, Any]:
+def _modal_n(cell_rows: list[dict[str, Any]]) -> int:
+    return int(pd.Series([r["n"] for r in cell_rows]).mode().iloc[0]) if cell_rows else 0
+
+
+def best_on_average(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str], ran: set[str]) -> dict[str, Any]:
+    """The AVG ranking (ties share a place) and SAM against the leader or, when it leads, the runner-up.
+    ``ran``: the methods with a trial in the group, finished or not."""
     avg = cells[cells["task"] == "AVG"].dropna(subset=["mean"]).sort_values(["mean", "method"],
                                                                             ascending=[False, True])
-    order = avg["method"].tolist()
-    if not order:
-        return {"answer": None, "reason": "no method ran on every shared task"}
-    leader = order[0]
-    out: dict[str, Any] = {"leader": leader, "leader_avg": float(avg.iloc[0]["mean"]),
-                           "ranking": [{"method": m, "avg": float(v)} for m, v in zip(avg["method"], avg["mean"])]}
-    answer = f"{leader} leads the average ({out['leader_avg']:.1f})"
-    if CLAIMED_BEST in order:
-        place = order.index(CLAIMED_BEST) + 1
-        out.update(claimed_best=CLAIMED_BEST, place=place, n_methods=len(order),
-                   claimed_best_avg=float(avg.set_index("method").loc[CLAIMED_BEST, "mean"]))
-        rival = order[1] if place == 1 and len(order) > 1 else leader
-        if rival != CLAIMED_BEST:
-            a, b = sorted([CLAIMED_BEST, rival])
-            row = pairs[(pairs["method_a"] == a) & (pairs["method_b"] == b)]
-            if len(row):
-                r = row.iloc[0]
-                wins, losses = (r["wins"], r["losses"]) if a == CLAIMED_BEST else (r["losses"], r["wins"])
-                out["against"] = {"method": rival, "wins": int(wins), "ties": int(r["ties"]),
-                                  "losses": int(losses), "n_tasks": int(r["n_tasks"])}
-        if place == 1 and len(order) > 1:
-            answer += f", ahead of {order[1]} ({float(avg.iloc[1]['mean']):.1f})"
-        elif place > 1:
-            answer += f"; {CLAIMED_BEST} is {place} of {len(order)} ({out['claimed_best_avg']:.1f})"
-        if "against" in out:
-            vs = out["against"]
-            answer += (f"; against {vs['method']} it wins {vs['wins']}, ties {vs['ties']} and loses "
-                       f"{vs['losses']} of {vs['n_tasks']} tasks (paired t-test over seeds, Holm, α = {ALPHA})")
-    fr = analysis.get("friedman") or {}
-    if fr.get("average_ranks"):
-        out["friedman"] = {"p_value": fr["p_value"], "average_ranks": fr["average_ranks"],
-                           "nemenyi_cd": (analysis.get("nemenyi") or {}).get("cd")}
-    theirs = cells[cells["task"] == "AVG"].dropna(subset=["mean", "paper_mean"]).sort_values(
-        ["paper_mean", "method"], ascending=[False, True])
+    if avg.empty:
+        return {"answer": None, "reason": "no method finished every shared task"}
+    place = avg["mean"].rank(ascending=False, method="min").astype(int)  # ties share a place
+    out: dict[str, Any] = {"ranking": [{"method": m, "avg": float(v), "place": int(p)}
+                                       for m, v, p in zip(avg["method"], avg["mean"], place)]}
+    leaders = avg.loc[place == 1, "method"].tolist()
+    out["leader"] = leaders[0] if len(leaders) == 1 else leaders
+    bases = dict(zip(trials["method"], trials["base_method"])) if "base_method" in trials else {}
+    named = [m + (f" (a variant of {bases[m]})" if bases.get(m, m) != m else "") for m in leaders]
+    answer = (f"{' and '.join(named)} {'lead' if len(leaders) > 1 else 'leads'} the average "
+              f"({avg.iloc[0]['mean']:.1f}{', tied' if len(leaders) > 1 else ''})")
+    if CLAIMED_BEST not in set(avg["method"]):
+        why = "did not finish every shared task" if CLAIMED_BEST in ran else "is not in this sweep"
+        answer += f"; {CLAIMED_BEST} {why}, so it has no place"
+    else:
+        mine = int(place[avg["method"] == CLAIMED_BEST].iloc[0])
+        out.update(claimed_best=CLAIMED_BEST, place=mine, n_methods=len(avg))
+        order = avg["method"].tolist()
+        rival = next((m for m in order if m != CLAIMED_BEST), None)
+        if mine == 1 and rival is not None:
+            answer += (f", ahead of {rival} ({float(avg.set_index('method').loc[rival, 'mean']):.1f})"
+                       if rival not in leaders else "")
+        elif mine > 1:
+            score = float(avg.set_index("method").loc[CLAIMED_BEST, "mean"])
+            answer += f"; {CLAIMED_BEST} is {mine} of {len(avg)} ({score:.1f})"
+        if rival is not None:
+            out["against"] = paired_on_average(trials, CLAIMED_BEST, rival, tasks)
+            answer += f"; {out['against']['answer']}"
+    theirs = cells[cells["task"] == "AVG"].dropna(subset=["mean", "paper_mean"])
     if len(theirs):
-        out["paper_leader"] = theirs.iloc[0]["method"]
-        if CLAIMED_BEST in theirs["method"].tolist():
-            out["paper_place"] = theirs["method"].tolist().index(CLAIMED_BEST) + 1
-        answer += (f". The published table on the same tasks and methods: {out['paper_leader']} leads"
-                   + (f", {CLAIMED_BEST} is {out['paper_place']} of {len(theirs)}" if "paper_place" in out else ""))
+        their_place = theirs.set_index("method")["paper_mean"].rank(ascending=False, method="min").astype(int)
+        first = sorted(their_place[their_place == 1].index)
+        out["paper_leader"] = first[0] if len(first) == 1 else first
+        answer += (f". The published table on the same tasks and methods: {' and '.join(first)} "
+                   f"{'lead, tied' if len(first) > 1 else 'leads'}")
+        if CLAIMED_BEST in their_place.index:
+            out["paper_place"] = int(their_place[CLAIMED_BEST])
+            answer += f", {CLAIMED_BEST} is {out['paper_place']} of {len(theirs)}"
     out["answer"] = answer
     return out
 
 
-def stability_performance(cells: pd.DataFrame, analysis: dict[str, Any]) -> dict[str, Any]:
+def stability_performance(cells: pd.DataFrame, analysis: dict[str, Any], notes: dict[str, Any]) -> dict[str, Any]:
     """Ours over every (method, task) of the analysis, and ours and the published table's computed the same way
     on the cells both hold (ranks among the methods both hold)."""
     ours = dict(analysis.get("spearman") or {})
@@ -220,15 +367,19 @@ def stability_performance(cells: pd.DataFrame, analysis: dict[str, Any]) -> dict
     keep = ("rho", "p_value", "permutation_p_value", "n_pairs")
     on_same = {who: {k: v for k, v in spearman(pd.DataFrame({
         "task": same["task"], "std": same[std], "perf_rank": same[perf], "stab_rank": same[stab]})).items()
-        if k in keep} for who, std, perf, stab in (("ours", "std", "perf_rank", "stab_rank"),
-                                                  ("paper", "paper_std", "paper_perf_rank", "paper_stab_rank"))}
+        if k in keep} for who, std, perf, stab in (
+            ("ours", "std", "perf_rank_shared", "stab_rank_shared"),
+            ("paper", "paper_std", "paper_perf_rank_shared", "paper_stab_rank_shared"))}
     out = {"ours": ours, "ours_same_cells": on_same["ours"], "paper_same_cells": on_same["paper"],
            "positive_and_significant": None if rho is None or perm is None else bool(rho > 0 and perm < ALPHA)}
     if rho is None:
         out["answer"] = f"no ρ: {ours.get('reason', 'too few pairs')}"
         return out
-    out["answer"] = (f"ρ = {rho:.3f} over {ours['n_pairs']} (method, task) pairs, within-task permutation "
-                     f"p = {perm:.4f} (scipy's p, which treats the pairs as independent: {ours['p_value']:.4f})")
+    scope = " (all our tasks, " + ", ".join(notes["tasks_not_published"]) + " included)" \
+        if notes["tasks_not_published"] else ""
+    out["answer"] = (f"ρ = {rho:.3f} over {ours['n_pairs']} (method, task) pairs{scope}, within-task "
+                     f"permutation p = {perm:.4f} (scipy's p, which treats the pairs as independent: "
+                     f"{ours['p_value']:.4f})")
     mine, theirs = on_same["ours"], on_same["paper"]
     if mine.get("rho") is not None and theirs.get("rho") is not None:
         out["answer"] += (f". On the {mine['n_pairs']} cells both tables hold: ours ρ = {mine['rho']:.3f} "
@@ -237,49 +388,40 @@ def stability_performance(cells: pd.DataFrame, analysis: dict[str, Any]) -> dict
     return out
 
 
-def variants_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tests: pd.DataFrame) -> dict[str, Any]:
+def variants_vs_base(trials: pd.DataFrame, tasks: list[str]) -> dict[str, Any]:
     """Each variant (a method run with other parameters under its own name) against its base method."""
     if "base_method" not in trials.columns:
         return {}
-    out = {}
+    out: dict[str, Any] = {}
     pairs = trials[["method", "base_method"]].drop_duplicates()
     for variant, base in pairs[pairs["method"] != pairs["base_method"]].itertuples(index=False):
         if base not in set(trials["method"]):
+            out[variant] = {"base": base, "answer": f"no comparison: {base} has no finished trial in this group"}
             continue
-        a, b = sorted([variant, base])
-        sign = 1 if a == variant else -1
-        rows = []
-        for _, t in tests[(tests["method_a"] == a) & (tests["method_b"] == b)].iterrows():
-            rows.append({"task": t["task"], "mean_diff": sign * t["mean_diff"] * 100, "n": int(t["n"]),
-                         "t_p_holm": t["t_p_holm"]})
-        avg = cells[(cells["task"] == "AVG") & cells["method"].isin([variant, base])].set_index("method")["mean"]
-        wins = sum(1 for r in rows if r["t_p_holm"] is not None and not pd.isna(r["t_p_holm"])
-                   and r["t_p_holm"] < ALPHA and r["mean_diff"] > 0)
-        losses = sum(1 for r in rows if r["t_p_holm"] is not None and not pd.isna(r["t_p_holm"])
-                     and r["t_p_holm"] < ALPHA and r["mean_diff"] < 0)
-        diff = float(avg[variant] - avg[base]) if len(avg) == 2 and avg.notna().all() else None
-        out[variant] = {"base": base, "avg_diff": diff, "wins": wins, "losses": losses,
-                        "ties": len(rows) - wins - losses, "tasks": rows,
-                        "answer": (f"{variant} − {base} on the average: "
-                                   + ("n/a" if diff is None else f"{diff:+.1f}")
-                                   + f"; per task {variant} wins {wins}, ties {len(rows) - wins - losses} and loses "
-                                     f"{losses} (paired t-test over seeds, Holm, α = {ALPHA})")}
+        out[variant] = {"base": base, **paired_on_average(trials, variant, base, tasks)}
     return out
 
 
 def compare(trials: pd.DataFrame, result: Analysis, published: pd.DataFrame) -> Comparison:
-    """The comparison on the analysis's main group (the first sparsity, standard split)."""
+    """The comparison on the analysis's main group (its first sparsity, standard split), named in the claims."""
     label = result.summary["group"]
-    part = trials_in(trials[trials["status"] == "FINISHED"], label)
-    cells, notes = side_by_side(rows_of(result.table, label), published)
-    part = part[part["task"].isin(notes["tasks"])]
-    main_summary = {k: result.summary.get(k) for k in ("spearman", "friedman", "nemenyi")}
-    claims = {"group": label, **notes,
-              "other_methods_vs_full_std": stability_vs_base(cells[cells["task"] != "AVG"], part),
-              "best_on_average": best_on_average(cells, main_summary, rows_of(result.pairs, label)),
-              "stability_vs_performance": stability_performance(cells, main_summary),
-              "variants_vs_base": variants_vs_base(cells, part, rows_of(result.tests, label)),
-              "units": "scores ×100; std with ddof=1 over seeds; AVG over the tasks both tables hold"}
+    group = trials_in(trials, label)
+    cells, notes = side_by_side(rows_of(result.table, label), published, list(dict.fromkeys(group["method"])))
+    tasks = notes["tasks"]
+    part = group[(group["status"] == "FINISHED") & group["task"].isin(tasks)]
+    majority = (part.groupby("task")["majority_test_score"].first() * 100).to_dict() \
+        if "majority_test_score" in part else {}
+    others = [g for g in result.summary["groups"] if (g["sparsity"], g["perturbation"])
+              != (label["sparsity"], label["perturbation"])]
+    seeds = part.groupby(["method", "task"]).size()
+    claims = {"group": label, "other_groups": [{k: g[k] for k in ("sparsity", "perturbation")} for g in others],
+              "seeds_per_cell": int(seeds.mode().iloc[0]) if len(seeds) else 0, "majority": majority, **notes,
+              "other_methods_vs_full_std": stability_vs_base(cells, part, tasks, majority),
+              "best_on_average": best_on_average(cells, part, tasks, set(group["method"])),
+              "stability_vs_performance": stability_performance(cells, result.summary, notes),
+              "variants_vs_base": variants_vs_base(part, tasks),
+              "units": "scores ×100; std with ddof=1 over seeds; AVG over the tasks both tables hold; "
+                       "differences are ours − published"}
     return Comparison(cells, claims)
 
 
@@ -292,6 +434,25 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, np.generic):
         value = value.item()
     return None if isinstance(value, float) and not np.isfinite(value) else value
+
+
+def caption(c: dict[str, Any]) -> str:
+    """What the side-by-side table shows: the group, seeds per cell, what was left out."""
+    group = c["group"]
+    sparsity = "no sparsity" if group.get("sparsity") is None else f"sparsity {group['sparsity']:g}"
+    text = (f"Ours: mean ± std over seeds ({c['seeds_per_cell']} per cell; (n = k) marks a cell with fewer), "
+            f"{sparsity}, {'the standard split' if group['perturbation'] == 'none' else 'perturbed splits'}"
+            + (" (other groups of this export are not compared: " + "; ".join(
+                f"sparsity {g['sparsity']}, {g['perturbation']}" for g in c["other_groups"]) + ")"
+               if c["other_groups"] else "")
+            + "; in brackets the published table; –: no finished trial (AVG: not every task). Scores ×100.")
+    for key, what in (("published_methods_not_run", "published methods not in this sweep"),
+                      ("published_methods_without_a_finished_trial", "published methods that ran here without a "
+                                                                         "finished trial"),
+                      ("published_tasks_not_run", "published tasks not in this sweep")):
+        if c.get(key):
+            text += f" {what.capitalize()}: {', '.join(c[key])}."
+    return text
 
 
 def markdown(comparison: Comparison) -> str:
@@ -308,12 +469,17 @@ def markdown(comparison: Comparison) -> str:
                 continue
             r = row.loc[task]
             spread = "" if pd.isna(r["std"]) else f" ± {r['std']:.1f}"
-            ours = "–" if pd.isna(r["mean"]) else f"{r['mean']:.1f}{spread}"
+            few = task != "AVG" and not pd.isna(r["n"]) and r["n"] < c["seeds_per_cell"]
+            ours = "–" if pd.isna(r["mean"]) else f"{r['mean']:.1f}{spread}" + (f" (n = {int(r['n'])})" if few else "")
             paper = "" if pd.isna(r["paper_mean"]) else f" ({r['paper_mean']:.1f} ± {r['paper_std']:.1f})"
             cells.append(ours + paper)
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    lines += ["", "Ours: mean ± std over seeds; in brackets the published table; –: no finished trial (AVG: not "
-                  "every task). Scores ×100.", ""]
+    if c["majority"]:
+        majority = [c["majority"].get(task) for task in c["tasks"]]
+        avg = sum(majority) / len(majority) if None not in majority else None
+        lines.append("| majority class | " + " | ".join("" if m is None else f"{m:.1f}" for m in majority + [avg])
+                     + " |")
+    lines += ["", caption(c), ""]
     for key, title in CLAIMS:
         lines.append(f"- **{title}** {c[key].get('answer') or c[key].get('reason')}.")
     for variant, v in c["variants_vs_base"].items():

@@ -195,13 +195,9 @@ def _published_html(comparison: paper.Comparison) -> str:
         rows.append(f"<tr><th>{_esc(method)}</th>{''.join(tds)}</tr>")
     answers = [(title, c[key].get("answer") or c[key].get("reason")) for key, title in paper.CLAIMS]
     answers += [(f"{v} against {info['base']}", info["answer"]) for v, info in c["variants_vs_base"].items()]
-    unmatched = c["published_methods_unmatched"]
     return ('<section id="published"><h2>Beside the published table</h2>'
-            f"<p>Ours (mean ± std ×100) and the published table on the tasks both hold ({_esc(', '.join(c['tasks']))});"
-            " AVG over those tasks for both. Its model and seeds may not be these: compare orderings and spreads "
-            "more than levels. "
-            + (f"Published methods not in this sweep: {_esc(', '.join(unmatched))}. " if unmatched else "")
-            + '</p><table id="published-table">' + "".join(rows) + "</table><ul>"
+            f"<p>{_esc(paper.caption(c))} Its model and seeds may not be these: compare orderings and spreads more "
+            'than levels.</p><table id="published-table">' + "".join(rows) + "</table><ul>"
             + "".join(f"<li><b>{_esc(title)}</b> {_esc(answer)}.</li>" for title, answer in answers)
             + "</ul></section>")
 

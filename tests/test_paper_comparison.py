@@ -33,6 +33,7 @@ def trials():
                          "sparsity": 0.005, "perturbation": None, "status": "FINISHED", "test_score": value})
     df = hand_made(rows)
     df["base_method"] = df["base_method"].fillna(df["method"])
+    df["majority_test_score"] = df["task"].map({"CB": 0.5, "RTE": 0.6})
     return df
 
 
@@ -59,8 +60,8 @@ def test_names_match_blind_to_case_and_the_papers_suffixes():
 def test_side_by_side_on_shared_tasks_with_the_published_avg_recomputed(comparison):
     t = comparison.table.set_index(["method", "task"])
     c = comparison.claims
-    assert c["tasks"] == ["CB", "RTE"] and c["published_methods_unmatched"] == ["Adapter"]
-    assert c["methods_not_published"] == ["sam-global"]
+    assert c["tasks"] == ["CB", "RTE"] and c["published_methods_not_run"] == ["Adapter"]
+    assert c["methods_not_published"] == ["sam-global"] and c["published_tasks_not_run"] == ["COPA"]
     assert t.loc[("sam", "CB"), "paper_method"] == "SAM" and t.loc[("bitfit", "RTE"), "paper_method"] == "Bitfit"
     for (method, task), mu in MEANS.items():
         assert t.loc[(method, task), "mean"] == pytest.approx(100 * mu)
@@ -72,27 +73,81 @@ def test_side_by_side_on_shared_tasks_with_the_published_avg_recomputed(comparis
     assert np.isnan(t.loc[("sam-global", "CB"), "paper_mean"])
     assert t.loc[("lora", "RTE"), "mean_diff"] == pytest.approx(71 - 75)
     # ranks among the four methods both hold; sam-global (not published) takes no rank
-    assert t.loc[("sam", "CB"), "perf_rank"] == 1 and t.loc[("sam", "CB"), "paper_perf_rank"] == 1
-    assert t.loc[("bitfit", "CB"), "paper_perf_rank"] == 4 and t.loc[("lora", "RTE"), "paper_stab_rank"] == 1.5
-    assert np.isnan(t.loc[("sam-global", "CB"), "perf_rank"])
+    assert t.loc[("sam", "CB"), "perf_rank_shared"] == 1 and t.loc[("sam", "CB"), "paper_perf_rank_shared"] == 1
+    assert t.loc[("bitfit", "CB"), "paper_perf_rank_shared"] == 4
+    assert t.loc[("lora", "RTE"), "paper_stab_rank_shared"] == 1.5
+    assert np.isnan(t.loc[("sam-global", "CB"), "perf_rank_shared"])
     assert list(comparison.table["method"].drop_duplicates()) == ["full", "sam", "lora", "bitfit", "sam-global"]
+    assert c["seeds_per_cell"] == 3 and c["majority"] == {"CB": pytest.approx(50.0), "RTE": pytest.approx(60.0)}
 
 
-def test_stability_against_full_counts_cells_and_tests_each(comparison):
+def scaled(a, b):
+    """The pooled Brown–Forsythe input written out: |x − cell median| / median of both cells' deviations."""
+    da, db = np.abs(a - np.median(a)), np.abs(b - np.median(b))
+    scale = np.median(np.concatenate([da, db]))
+    return da / scale, db / scale
+
+
+def test_stability_against_full_per_method_over_all_tasks(comparison):
     claim = comparison.claims["other_methods_vs_full_std"]
     df = trials()
-    # stds below full's (CB .03, RTE .02): sam both, bitfit CB, sam-global both (it has sam's spreads)
+    df = df[df["status"] == "FINISHED"]
+    # AVG stds ×100: full 2.5, sam 1.0, lora 4.5, bitfit 4.0, sam-global ~1.0
+    assert claim["methods_below"] == ["sam", "sam-global"] and claim["n_methods"] == 4
+    # the published AVG stds: full 2.0, SAM 2.0 (equal: not below), LoRA 1.25, Bitfit 2.0
+    assert claim["paper_methods_below"] == ["lora"] and claim["paper_n_methods"] == 3
+    by_method = {r["method"]: r for r in claim["methods"]}
+    raw = {}
+    for method in ("sam", "lora", "bitfit", "sam-global"):
+        za, zb = [], []
+        for task in ("CB", "RTE"):
+            a = df[(df["method"] == method) & (df["task"] == task)].sort_values("seed")["test_score"].to_numpy() * 100
+            b = df[(df["method"] == "full") & (df["task"] == task)].sort_values("seed")["test_score"].to_numpy() * 100
+            x, y = scaled(a, b)
+            za.append(x)
+            zb.append(y)
+        raw[method] = stats.ttest_ind(np.concatenate(za), np.concatenate(zb), equal_var=False).pvalue
+        assert by_method[method]["p"] == pytest.approx(raw[method]) and by_method[method]["tasks_tested"] == 2
+    assert [by_method[m]["p_holm"] for m in raw] == pytest.approx(holm(list(raw.values())))
+    # per cell: described, not counted as significant; the ratio's interval is the F interval
     assert claim["cells_below"] == 5 and claim["n_cells"] == 8
-    # the published: full CB 2.0, RTE 2.0 -> sam CB (1.0), lora both (1.5, 1.0), bitfit RTE (1.0)
-    assert claim["paper_cells_below"] == 4 and claim["paper_n_cells"] == 6
-    expected = []
-    for cell in claim["cells"]:
-        a = df[(df["method"] == cell["method"]) & (df["task"] == cell["task"]) & (df["status"] == "FINISHED")]
-        b = df[(df["method"] == "full") & (df["task"] == cell["task"])]
-        expected.append(stats.levene(a["test_score"], b["test_score"], center="median").pvalue)
-    assert [c["p"] for c in claim["cells"]] == pytest.approx(expected)
-    assert [c["p_holm"] for c in claim["cells"]] == pytest.approx(holm(expected))
-    assert "5 of 8" in claim["answer"] and "4 of 6" in claim["answer"]
+    cell = next(c for c in claim["cells"] if (c["method"], c["task"]) == ("lora", "CB"))
+    f = (5 / 3) ** 2
+    assert cell["std_ratio"] == pytest.approx(5 / 3)
+    assert cell["ratio_ci_low"] == pytest.approx(np.sqrt(f / stats.f.ppf(0.975, 2, 2)))
+    assert cell["ratio_ci_high"] == pytest.approx(np.sqrt(f / stats.f.ppf(0.025, 2, 2)))
+    assert "2 of 4 methods have a smaller average std than full tuning (sam, sam-global)" in claim["answer"]
+    assert "The published table on the same tasks: 1 of 3 methods" in claim["answer"]
+    assert "full's stability rank among the methods both tables hold: CB 3 of 4, RTE 2 of 4" in claim["answer"]
+
+
+def test_two_seeds_against_two_get_no_spread_test(published):
+    """Brown–Forsythe on 2 against 2 has no within-group variance: scipy says p ≈ 1e-29 ("significant")."""
+    df = trials()
+    df = df[df["seed"] < 2]
+    claim = compare(df, analyze(df), published).claims["other_methods_vs_full_std"]
+    assert claim["cells"] and all(c["p"] is None for c in claim["cells"])
+    assert all(m["p"] is None and m["tasks_tested"] == 0 for m in claim["methods"])
+    assert claim["significantly_smaller"] == [] == claim["significantly_larger"]
+
+
+def test_a_collapse_to_the_majority_class_is_not_counted_as_stability(published):
+    df = trials()
+    df.loc[(df["method"] == "bitfit") & (df["task"] == "RTE"), "test_score"] = 0.6  # the majority score, every seed
+    claim = compare(df, analyze(df), published).claims["other_methods_vs_full_std"]
+    cell = next(c for c in claim["cells"] if (c["method"], c["task"]) == ("bitfit", "RTE"))
+    assert cell["std"] == 0 and cell["below"] and cell["constant_or_at_majority"]
+    assert claim["cells_below_constant_or_at_majority"] == 1
+    assert "1 of them constant or at the majority" in claim["answer"]
+
+
+def paired(df, a, b, task=None):
+    """a − b per seed ×100, on one task or on the average over CB and RTE."""
+    df = df[df["status"] == "FINISHED"]
+    tasks = [task] if task else ["CB", "RTE"]
+    x = df[(df["method"] == a) & df["task"].isin(tasks)].groupby("seed")["test_score"].mean() * 100
+    y = df[(df["method"] == b) & df["task"].isin(tasks)].groupby("seed")["test_score"].mean() * 100
+    return x, y
 
 
 def test_best_on_average_and_against_whom(comparison):
@@ -100,10 +155,27 @@ def test_best_on_average_and_against_whom(comparison):
     # AVG (×100): sam 78.5, sam-global 78.0, full 75.0, lora 74.5, bitfit 73.0
     assert [r["method"] for r in claim["ranking"]] == ["sam", "sam-global", "full", "lora", "bitfit"]
     assert claim["leader"] == "sam" and claim["place"] == 1 and claim["n_methods"] == 5
-    assert claim["against"]["method"] == "sam-global" and claim["against"]["n_tasks"] == 2
+    vs = claim["against"]
+    x, y = paired(trials(), "sam", "sam-global")
+    expected = stats.ttest_rel(x, y)
+    assert vs["b"] == "sam-global" and vs["n"] == 3 and vs["avg_diff"] == pytest.approx((x - y).mean())
+    assert vs["p"] == pytest.approx(expected.pvalue)
+    assert (vs["ci_low"], vs["ci_high"]) == pytest.approx(tuple(expected.confidence_interval()))
+    per_task = [stats.ttest_rel(*paired(trials(), "sam", "sam-global", t)).pvalue for t in ("CB", "RTE")]
+    assert [r["p"] for r in vs["tasks"]] == pytest.approx(per_task)
+    assert [r["p_holm"] for r in vs["tasks"]] == pytest.approx(holm(per_task))  # over its 2 tasks, not every pair
     assert claim["paper_leader"] == "sam" and claim["paper_place"] == 1
-    assert claim["answer"].startswith("sam leads the average (78.5), ahead of sam-global (78.0); against sam-global")
-    assert claim["friedman"]["average_ranks"]["sam"] == min(claim["friedman"]["average_ranks"].values())
+    assert claim["answer"].startswith("sam leads the average (78.5), ahead of sam-global (78.0); sam − sam-global "
+                                      "on the average: +0.5 points, 95% CI [")
+
+
+def test_ties_share_a_place_and_are_said(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("method,task,mean,std\nFullTuning,CB,88.9,2\nSAM,CB,88.9,1\nLoRA,CB,80,1\n")
+    df = trials()
+    claim = compare(df, analyze(df), read_published(path)).claims["best_on_average"]
+    assert claim["paper_leader"] == ["full", "sam"] and claim["paper_place"] == 1
+    assert "the same tasks and methods: full and sam lead, tied, sam is 1 of 3" in claim["answer"]
 
 
 def test_spearman_ours_and_the_published_tables_on_the_same_cells(comparison):
@@ -124,12 +196,40 @@ def test_a_variant_against_its_base_method(comparison):
     df = trials()
     assert claim["base"] == "sam"
     for row in claim["tasks"]:
-        v = df[(df["method"] == "sam-global") & (df["task"] == row["task"])].sort_values("seed")["test_score"]
-        s = df[(df["method"] == "sam") & (df["task"] == row["task"]) & (df["status"] == "FINISHED")] \
-            .sort_values("seed")["test_score"]
-        assert row["mean_diff"] == pytest.approx(100 * (v.to_numpy() - s.to_numpy()).mean())
-    assert claim["avg_diff"] == pytest.approx(100 * (np.mean(list(VARIANT.values()))
-                                                     - (MEANS[("sam", "CB")] + MEANS[("sam", "RTE")]) / 2))
+        x, y = paired(df, "sam-global", "sam", row["task"])
+        assert row["mean_diff"] == pytest.approx((x - y).mean())
+    x, y = paired(df, "sam-global", "sam")
+    assert claim["avg_diff"] == pytest.approx((x - y).mean())
+    assert claim["p"] == pytest.approx(stats.ttest_rel(x, y).pvalue)
+
+
+def test_what_is_left_out_is_said(published):
+    df = trials()
+    no_base = df[df["method"] != "sam"]
+    c = compare(no_base, analyze(no_base), published).claims
+    assert c["variants_vs_base"]["sam-global"]["answer"] == "no comparison: sam has no finished trial in this group"
+    assert "sam is not in this sweep, so it has no place" in c["best_on_average"]["answer"]
+    failed = df.copy()
+    failed.loc[failed["method"] == "lora", "status"] = "FAILED"
+    c = compare(failed, analyze(failed), published).claims
+    assert c["published_methods_without_a_finished_trial"] == ["LoRA"] and c["published_methods_not_run"] == ["Adapter"]
+
+
+def test_two_published_names_for_one_of_ours_are_refused(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("method,task,mean,std\nFullTuning,CB,88,2\nFull,CB,87,2\n")
+    df = trials()
+    with pytest.raises(ValueError, match="published methods Full, FullTuning all match our 'full'; keep one"):
+        compare(df, analyze(df), read_published(path))
+
+
+def test_task_names_match_blind_to_case_and_spaces_after_commas_are_read(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("method, task, mean, std\nFullTuning, rte, 76, 2\nSAM, cb, 90, 1\nSAM, rte, 78, 3\n")
+    df = trials()
+    c = compare(df, analyze(df), read_published(path))
+    assert c.claims["tasks"] == ["RTE", "CB"]  # in the published order
+    assert c.table.set_index(["method", "task"]).loc[("sam", "CB"), "paper_mean"] == 90
 
 
 def test_markdown_and_json(comparison):
@@ -143,10 +243,14 @@ def test_markdown_and_json(comparison):
 
 
 @pytest.mark.parametrize("content, says", [
-    ("method,task,mean\nSAM,CB,90\n", "lacks the column(s) std"),
-    ("method,task,mean,std\nSAM,CB,ninety,1\n", "mean 'ninety' of (SAM, CB) is not a number"),
+    ("method,task,mean\nSAM,CB,90\n", "lacks the column(s) std (it has method, task, mean)"),
+    ("method,task,mean,std\nSAM,CB,ninety,1\n", "the mean of (SAM, CB) 'ninety' is not a number"),
     ("method,task,mean,std\nSAM,CB,90,1\nSAM,CB,91,1\n", "(SAM, CB) is given twice"),
     ("method,task,mean,std\nSAM,CB,90,1\nSAM,RTE,1,2,3,4\n", "is not a CSV table (Error tokenizing data"),
+    ("method,task,mean,std\nSAM,CB,90,\n", "the std of (SAM, CB) is empty"),
+    ("method,task,mean,std\nSAM,CB,90,-1\n", "the std of (SAM, CB) is negative (-1)"),
+    ("method,task,mean,std\nSAM,CB,0.9,0.01\nSAM,RTE,0.7,0.02\n", "every mean is within [-1, 1]; a published table "
+                                                                  "gives scores ×100"),
     (b"PAR1\x15\x04\x15\xff\xfe\x00", "is not a CSV table"),
 ])
 def test_a_bad_published_table_is_named(tmp_path, content, says):
@@ -214,3 +318,10 @@ def test_the_report_shows_ours_beside_the_published_table(tmp_path, capsys, monk
     assert "<b>sam-global against sam</b>" in section
     assert main(["report", "--trials", str(path), "--out", str(tmp_path / "r2")]) == 0
     assert 'id="published"' not in (tmp_path / "r2" / "index.html").read_text()  # only when asked for
+
+
+def test_a_variant_that_leads_is_named_as_one(published):
+    df = trials()
+    df.loc[df["method"] == "sam-global", "test_score"] += 0.02  # now above sam
+    claim = compare(df, analyze(df), published).claims["best_on_average"]
+    assert claim["answer"].startswith("sam-global (a variant of sam) leads the average (80.0); sam is 2 of 5")
