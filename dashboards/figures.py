@@ -39,7 +39,7 @@ def _save(fig, path: Path) -> None:
     with warnings.catch_warnings():  # a crowded figure keeps its default margins: fine, and no console noise
         warnings.filterwarnings("ignore", message="Tight layout not applied")
         fig.tight_layout()
-    fig.savefig(path, format="svg")
+    fig.savefig(path, format="svg", bbox_inches="tight")  # a legend beside the axes is never cut off
     plt.close(fig)
 
 
@@ -110,12 +110,19 @@ def rank_figure(table: pd.DataFrame, rho: dict, methods: list[str], path: Path) 
         ax.scatter([], [], color=col[m], marker="o", label=m)
     for t, mk in markers.items():
         ax.scatter([], [], color="grey", marker=mk, label=t)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ranks = range(1, int(np.ceil(max(pairs["stab_rank"].max(), pairs["perf_rank"].max()))) + 1)
+    if len(ranks) <= 12:  # ranks are integers (halves for ties): MaxNLocator falls back to fractions on 1-2 of them
+        ax.set_xticks(ranks)
+        ax.set_yticks(ranks)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     title = "stability rank vs performance rank"
     if rho.get("rho") is not None:
         title += (f"\nSpearman ρ = {rho['rho']:.2f} over n = {rho['n_pairs']} (method, task) pairs\n"
                   f"{fmt_p(rho['permutation_p_value'])} within-task permutation, {fmt_p(rho['p_value'])} scipy")
+    elif rho.get("reason"):
+        title += f"\nno Spearman ρ: {rho['reason']}"
     ax.set(xlabel="stability rank (1 = smallest std)", ylabel="performance rank (1 = best mean)", title=title)
     ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
     _save(fig, path)
@@ -200,7 +207,8 @@ def anatomy_figure(masks: pd.DataFrame, methods: list[str], path: Path) -> None:
     mean = mean.reindex([m for m in methods if m in mean.index] + sorted(set(mean.index) - set(methods)))
     kinds = [k for k in KIND_ORDER if k in mean.columns] + sorted(set(mean.columns) - set(KIND_ORDER))
     cmap = plt.get_cmap("tab20")
-    fig, ax = plt.subplots(figsize=(7, 0.8 + 0.35 * len(mean)))
+    # tall enough for its legend (one line per module kind), not only for its bars
+    fig, ax = plt.subplots(figsize=(7, max(0.8 + 0.35 * len(mean), 0.4 + 0.16 * len(kinds))))
     left = np.zeros(len(mean))
     for i, k in enumerate(kinds):
         ax.barh(mean.index, 100 * mean[k], left=left, color=cmap(i), label=k)

@@ -175,3 +175,34 @@ def test_the_sweeps_answer_names_a_method_with_no_finished_trial(tmp_path, data_
     lines = sweep.close_sweep(spec, tr, sweep.statuses(spec, tr), quiet=True)
     assert "not ranked, no finished trial: sam (2 FAILED)" in lines, lines
     assert tr.client.get_run(tr.parent_run_id).data.tags["unranked_methods"] == "sam"
+
+
+def svg_size(path) -> tuple[float, float]:
+    head = path.read_text()[:2000]
+    return tuple(float(re.search(rf'{k}="([\d.]+)pt"', head).group(1)) for k in ("width", "height"))
+
+
+def test_the_anatomy_figure_of_one_method_is_tall_enough_for_its_legend(tmp_path):
+    """One mask method (the quickstart's SAM) and ten module kinds: the figure was 83 pt high and cut its title,
+    axis and legend."""
+    from dashboards.figures import KIND_ORDER, anatomy_figure
+
+    kinds = list(KIND_ORDER)[:10]
+    masks = pd.DataFrame({"trial_key": "k", "method": "sam", "kind": kinds, "count": range(1, len(kinds) + 1)})
+    anatomy_figure(masks, ["sam"], tmp_path / "a.svg")
+    _, height = svg_size(tmp_path / "a.svg")
+    assert height >= 10 * 9  # ten legend lines at fontsize 7
+
+
+def test_fig_3b_with_two_pairs_has_integer_ticks_and_says_why_there_is_no_rho(tmp_path):
+    from dashboards.analysis import analyze
+    from dashboards.figures import rank_figure
+
+    df = hand_made()
+    df = df[df["method"].isin(["sam", "lora"]) & (df["task"] == "CB")]
+    res = analyze(df)
+    rank_figure(res.table, res.summary["spearman"], ["sam", "lora"], tmp_path / "r.svg")
+    svg = (tmp_path / "r.svg").read_text()
+    assert "no Spearman ρ: needs ≥3 (method, task) pairs" in svg
+    texts = [t for t in re.findall(r"<text[^>]*>([^<]*)</text>", svg) if re.fullmatch(r"[\d.]+", t)]
+    assert texts == ["1", "2", "1", "2"], texts  # tick labels: ranks 1 and 2 on both axes (it drew 0.90, 1.05, ...)
