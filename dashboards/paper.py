@@ -220,11 +220,16 @@ def _scaled_deviations(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.nda
     return None if scale == 0 else (da / scale, db / scale)
 
 
-def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str],
-                      majority: dict[str, float]) -> dict[str, Any]:
+def _absent(method: str, ran: set[str]) -> str:
+    return (f"{method} ran here without a finished trial" if method in ran else
+            f"{method} is not in this sweep (add it to grid.methods to answer this)")
+
+
+def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str], majority: dict[str, float],
+                      ran: set[str]) -> dict[str, Any]:
     """Every other method against full tuning: its average std, and one test of spread over all shared tasks."""
-    if BASE not in set(cells["method"]):
-        return {"answer": None, "reason": f"{BASE!r} has no finished trial to compare stds with"}
+    if BASE not in set(trials["method"]):
+        return {"answer": None, "reason": f"no std to compare with: {_absent(BASE, ran)}"}
     wide = _replicates(trials, tasks)
     avg = cells[cells["task"] == "AVG"].set_index("method")
     base_cells = cells[(cells["method"] == BASE) & (cells["task"] != "AVG")].set_index("task")
@@ -328,7 +333,8 @@ def best_on_average(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str],
     answer = (f"{' and '.join(named)} {'lead' if len(leaders) > 1 else 'leads'} the average "
               f"({avg.iloc[0]['mean']:.1f}{', tied' if len(leaders) > 1 else ''})")
     if CLAIMED_BEST not in set(avg["method"]):
-        why = "did not finish every shared task" if CLAIMED_BEST in ran else "is not in this sweep"
+        why = ("did not finish every shared task" if CLAIMED_BEST in set(trials["method"]) else
+               "ran here without a finished trial" if CLAIMED_BEST in ran else "is not in this sweep")
         answer += f"; {CLAIMED_BEST} {why}, so it has no place"
     else:
         mine = int(place[avg["method"] == CLAIMED_BEST].iloc[0])
@@ -388,7 +394,7 @@ def stability_performance(cells: pd.DataFrame, analysis: dict[str, Any], notes: 
     return out
 
 
-def variants_vs_base(trials: pd.DataFrame, tasks: list[str]) -> dict[str, Any]:
+def variants_vs_base(trials: pd.DataFrame, tasks: list[str], ran: set[str]) -> dict[str, Any]:
     """Each variant (a method run with other parameters under its own name) against its base method."""
     if "base_method" not in trials.columns:
         return {}
@@ -396,7 +402,7 @@ def variants_vs_base(trials: pd.DataFrame, tasks: list[str]) -> dict[str, Any]:
     pairs = trials[["method", "base_method"]].drop_duplicates()
     for variant, base in pairs[pairs["method"] != pairs["base_method"]].itertuples(index=False):
         if base not in set(trials["method"]):
-            out[variant] = {"base": base, "answer": f"no comparison: {base} has no finished trial in this group"}
+            out[variant] = {"base": base, "answer": f"no comparison: {_absent(base, ran)}"}
             continue
         out[variant] = {"base": base, **paired_on_average(trials, variant, base, tasks)}
     return out
@@ -414,12 +420,16 @@ def compare(trials: pd.DataFrame, result: Analysis, published: pd.DataFrame) -> 
     others = [g for g in result.summary["groups"] if (g["sparsity"], g["perturbation"])
               != (label["sparsity"], label["perturbation"])]
     seeds = part.groupby(["method", "task"]).size()
-    claims = {"group": label, "other_groups": [{k: g[k] for k in ("sparsity", "perturbation")} for g in others],
+    ran = set(group["method"])
+    models = sorted(map(str, part["model"].dropna().unique())) if "model" in part else []
+    claims = {"group": label, "models": models,
+              "methods_without_a_finished_trial": sorted(ran - set(part["method"])),
+              "other_groups": [{k: g[k] for k in ("sparsity", "perturbation")} for g in others],
               "seeds_per_cell": int(seeds.mode().iloc[0]) if len(seeds) else 0, "majority": majority, **notes,
-              "other_methods_vs_full_std": stability_vs_base(cells, part, tasks, majority),
-              "best_on_average": best_on_average(cells, part, tasks, set(group["method"])),
+              "other_methods_vs_full_std": stability_vs_base(cells, part, tasks, majority, ran),
+              "best_on_average": best_on_average(cells, part, tasks, ran),
               "stability_vs_performance": stability_performance(cells, result.summary, notes),
-              "variants_vs_base": variants_vs_base(part, tasks),
+              "variants_vs_base": variants_vs_base(part, tasks, ran),
               "units": "scores ×100; std with ddof=1 over seeds; AVG over the tasks both tables hold; "
                        "differences are ours − published"}
     return Comparison(cells, claims)
@@ -445,8 +455,12 @@ def caption(c: dict[str, Any]) -> str:
             + (" (other groups of this export are not compared: " + "; ".join(
                 f"sparsity {g['sparsity']}, {g['perturbation']}" for g in c["other_groups"]) + ")"
                if c["other_groups"] else "")
-            + "; in brackets the published table; –: no finished trial (AVG: not every task). Scores ×100.")
-    for key, what in (("published_methods_not_run", "published methods not in this sweep"),
+            + "; in brackets the published table; –: no finished trial (AVG: not every task). Scores ×100. "
+            + (f"Our model: {', '.join(c['models'])}. " if c.get("models") else "")
+            + "The published numbers come from their own model, budget and seeds: compare orderings and spreads "
+              "more than levels.")
+    for key, what in (("methods_without_a_finished_trial", "rows of this sweep with no finished trial"),
+                      ("published_methods_not_run", "published methods not in this sweep"),
                       ("published_methods_without_a_finished_trial", "published methods that ran here without a "
                                                                          "finished trial"),
                       ("published_tasks_not_run", "published tasks not in this sweep")):

@@ -196,8 +196,7 @@ def _published_html(comparison: paper.Comparison) -> str:
     answers = [(title, c[key].get("answer") or c[key].get("reason")) for key, title in paper.CLAIMS]
     answers += [(f"{v} against {info['base']}", info["answer"]) for v, info in c["variants_vs_base"].items()]
     return ('<section id="published"><h2>Beside the published table</h2>'
-            f"<p>{_esc(paper.caption(c))} Its model and seeds may not be these: compare orderings and spreads more "
-            'than levels.</p><table id="published-table">' + "".join(rows) + "</table><ul>"
+            f'<p>{_esc(paper.caption(c))}</p><table id="published-table">' + "".join(rows) + "</table><ul>"
             + "".join(f"<li><b>{_esc(title)}</b> {_esc(answer)}.</li>" for title, answer in answers)
             + "</ul></section>")
 

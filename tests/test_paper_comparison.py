@@ -207,8 +207,17 @@ def test_what_is_left_out_is_said(published):
     df = trials()
     no_base = df[df["method"] != "sam"]
     c = compare(no_base, analyze(no_base), published).claims
-    assert c["variants_vs_base"]["sam-global"]["answer"] == "no comparison: sam has no finished trial in this group"
+    assert c["variants_vs_base"]["sam-global"]["answer"] == ("no comparison: sam is not in this sweep (add it to "
+                                                             "grid.methods to answer this)")
     assert "sam is not in this sweep, so it has no place" in c["best_on_average"]["answer"]
+    failed_base = df.copy()
+    failed_base.loc[failed_base["method"].isin(["sam", "full"]), "status"] = "FAILED"
+    c = compare(failed_base, analyze(failed_base), published).claims
+    assert c["variants_vs_base"]["sam-global"]["answer"] == "no comparison: sam ran here without a finished trial"
+    assert c["other_methods_vs_full_std"]["reason"] == "no std to compare with: full ran here without a finished trial"
+    assert c["methods_without_a_finished_trial"] == ["full", "sam"]
+    assert "Rows of this sweep with no finished trial: full, sam." in markdown(compare(failed_base, analyze(
+        failed_base), published))
     failed = df.copy()
     failed.loc[failed["method"] == "lora", "status"] = "FAILED"
     c = compare(failed, analyze(failed), published).claims
@@ -239,6 +248,7 @@ def test_markdown_and_json(comparison):
     assert "| method | CB | RTE | AVG |" in text
     assert "| sam | 85.0 ± 1.0 (90.0 ± 1.0) | 72.0 ± 1.0 (78.0 ± 3.0) | 78.5 ± 1.0 (84.0 ± 2.0) |" in text
     assert "| sam-global | 83.0" in text and "**sam-global against sam:**" in text
+    assert "The published numbers come from their own model, budget and seeds" in text  # claims.md stands alone
     json.loads(json.dumps(jsonable(comparison.claims), allow_nan=False))  # NaN would not be JSON
 
 
