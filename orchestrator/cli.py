@@ -221,7 +221,7 @@ def _cmd_status(args) -> int:
     for pair, counts in sorted(table["per_method_task"].items()):
         print(f"  {pair:24} " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     for key, err in table["errors"].items():
-        print(f"  FAILED {key}: {err}")
+        print(f"  FAILED {table['failed_trials'][key]} ({key}): {err}")
     return 0
 
 

@@ -368,12 +368,14 @@ def status_table(spec: SweepSpec) -> dict[str, Any]:
     recs = records.all_records(spec.sweep_dir)
     per_status = collections.Counter(status.get(t.key, "PENDING") for t in trials)
     per_pair: dict[tuple[str, str], collections.Counter] = collections.defaultdict(collections.Counter)
-    errors = {}
+    errors, failed = {}, {}
     for t in trials:
         s = status.get(t.key, "PENDING")
         per_pair[(t.label, t.task)][s] += 1
         if s == "FAILED":
             err = (recs.get(t.key) or {}).get("error") or ""
             errors[t.key] = err.strip().splitlines()[-1] if err.strip() else ""
+            failed[t.key] = f"{t.label}/{t.task} seed {t.seed}"  # what the key stands for, as the report names it
     return {"total": len(trials), "per_status": dict(per_status),
-            "per_method_task": {f"{m}/{t}": dict(c) for (m, t), c in per_pair.items()}, "errors": errors}
+            "per_method_task": {f"{m}/{t}": dict(c) for (m, t), c in per_pair.items()}, "errors": errors,
+            "failed_trials": failed}

@@ -137,3 +137,11 @@ def test_an_unreadable_identity_file_is_named_not_skipped(ran, cli):
     assert rc == 2 and f"{spec.sweep_dir / 'identity.json'} cannot be read (JSONDecodeError" in err
     assert "restore it from a copy of the sweep folder, or delete it" in err and "..." not in err
     assert sweep.resume_command(spec) == f"peft-sweep run {spec.sweep_dir / sweep.SPEC_FILE}"  # a hint stays a hint
+
+
+def test_status_names_a_failed_trial_by_row_task_and_seed_not_only_its_key(ran, cli):
+    path, spec = ran
+    t = spec.trials()[1]
+    records.update(spec.sweep_dir, t.key, status="FAILED", error="Traceback ...\nRuntimeError: boom")
+    rc, out, _ = cli("status", str(spec.sweep_dir))
+    assert rc == 0 and f"  FAILED {t.label}/{t.task} seed {t.seed} ({t.key}): RuntimeError: boom" in out
