@@ -4,7 +4,7 @@ ones a reviewer asks for beyond it.
 The paper's: mean ± std per (method, task) with an AVG column, performance and stability ranks per task,
 Spearman's ρ between them over pooled (method, task) pairs, the sparsity sweep, paired tests across seeds.
 Beyond it: Friedman's test over tasks as blocks with Nemenyi's critical difference (Demšar, JMLR 2006;
-scikit-posthocs), Holm-corrected paired tests with wins/ties/losses per pair, bootstrap intervals over seeds, a
+scikit-posthocs), Holm-corrected paired tests with wins/ties/losses per pair, bootstrap intervals of the mean and chi-square intervals of the std, a
 permutation p-value for ρ that permutes within tasks, and how the stability ranking settles with more seeds.
 
 It lives in ``dashboards`` so that the report and ``peft-sweep analyze`` (``orchestrator.analysis``, which only
@@ -79,10 +79,6 @@ def rows_of(frame: pd.DataFrame, label: dict[str, Any]) -> pd.DataFrame:
     return frame[same & (frame["group_perturbation"] == label["perturbation"])]
 
 
-def _std(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    return np.std(x, ddof=1, axis=axis)
-
-
 def bootstrap_ci(values: np.ndarray, statistic=np.mean) -> tuple[float | None, float | None]:
     """95% percentile-bootstrap interval over seeds (scipy.stats.bootstrap, seeded, so reruns agree).
 
@@ -97,14 +93,27 @@ def bootstrap_ci(values: np.ndarray, statistic=np.mean) -> tuple[float | None, f
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
+def std_ci(values: np.ndarray) -> tuple[float | None, float | None]:
+    """95% interval of the std from (n − 1)s²/σ² ~ χ²(n − 1), for normal scores.
+
+    Not a bootstrap: resampling 3-10 seeds repeats them, so resampled stds sit below the observed one and the
+    percentile interval ended at the observed std with 0 below it (a reader takes that for a bug, rightly)."""
+    values = np.asarray(values, dtype=float)
+    n = len(values)
+    if n < 2:
+        return None, None
+    s, df = float(np.std(values, ddof=1)), n - 1
+    return s * math.sqrt(df / stats.chi2.ppf(0.975, df)), s * math.sqrt(df / stats.chi2.ppf(0.025, df))
+
+
 def method_task_table(df: pd.DataFrame) -> pd.DataFrame:
-    """n, mean, std (ddof=1) with bootstrap intervals, performance and stability rank per (method, task);
+    """n, mean, std (ddof=1) with their intervals, performance and stability rank per (method, task);
     AVG rows added (mean of task means and of task stds, no interval)."""
     rows = []
     for (method, task), part in df.groupby(["method", "task"]):
         x = part["test_score"].to_numpy(dtype=float)
         m_lo, m_hi = bootstrap_ci(x, np.mean)
-        s_lo, s_hi = bootstrap_ci(x, _std)
+        s_lo, s_hi = std_ci(x)
         rows.append({"method": method, "task": task, "n": len(x), "mean": x.mean(),
                      "std": x.std(ddof=1) if len(x) > 1 else np.nan, "mean_ci_low": m_lo, "mean_ci_high": m_hi,
                      "std_ci_low": s_lo, "std_ci_high": s_hi})
