@@ -4,8 +4,9 @@ ones a reviewer asks for beyond it.
 The paper's: mean ± std per (method, task) with an AVG column, performance and stability ranks per task,
 Spearman's ρ between them over pooled (method, task) pairs, the sparsity sweep, paired tests across seeds.
 Beyond it: Friedman's test over tasks as blocks with Nemenyi's critical difference (Demšar, JMLR 2006;
-scikit-posthocs), Holm-corrected paired tests with wins/ties/losses per pair, bootstrap intervals of the mean and chi-square intervals of the std, a
-permutation p-value for ρ that permutes within tasks, and how the stability ranking settles with more seeds.
+scikit-posthocs), Holm-corrected paired tests with wins/ties/losses per pair, bootstrap intervals of the mean and
+chi-square intervals of the std, a permutation p-value for ρ that permutes within tasks, and how the stability
+ranking settles with more seeds.
 
 It lives in ``dashboards`` so that the report and ``peft-sweep analyze`` (``orchestrator.analysis``, which only
 reads and writes files) share it without ``dashboards`` importing ``orchestrator``.
