@@ -312,6 +312,84 @@ def seeds_enough(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
                                               "all_seed_ranks": {m: float(v) for m, v in zip(methods, full)}}
 
 
+def replicates(trials: pd.DataFrame, tasks: list[str]) -> pd.DataFrame:
+    """Test scores ×100 with one row per replicate (seed, perturbation split) and one column per (method, task)."""
+    part = trials[trials["task"].isin(tasks)]
+    rep = [part["seed"], part["perturbation"].fillna(-1).rename("split")]
+    return part.pivot_table(index=rep, columns=["method", "task"], values="test_score") * 100
+
+
+def paired_on_average(trials: pd.DataFrame, a: str, b: str, tasks: list[str]) -> dict[str, Any]:
+    """``a`` − ``b`` on the average over ``tasks``, paired by replicate (same seed: same head initialisation and
+    batch order): a paired t-test with its 95% interval on the per-replicate averages; per task the paired p with
+    Holm over these tasks only. One planned comparison, so not corrected over every method pair."""
+    wide = replicates(trials, tasks)
+    have = [(m, t) for m in (a, b) for t in tasks if (m, t) in wide.columns]
+    if len(have) < 2 * len(tasks):
+        return {"a": a, "b": b, "n": 0, "answer": f"no paired comparison: {a} or {b} lacks a task"}
+    full = wide[have].dropna()
+    diff = full[a].mean(axis=1) - full[b].mean(axis=1)
+    out: dict[str, Any] = {"a": a, "b": b, "n": int(len(diff)), "avg_diff": float(diff.mean()) if len(diff) else None}
+    if len(diff) < 2 or diff.std() == 0:
+        out["answer"] = (f"{a} − {b} on the average: " + ("n/a" if not len(diff) else f"{diff.mean():+.1f}")
+                         + f"; no paired test ({len(diff)} replicate(s) with every task" +
+                         (", identical differences" if len(diff) >= 2 else "") + ")")
+        return out
+    t = stats.ttest_rel(full[a].mean(axis=1), full[b].mean(axis=1))
+    ci = t.confidence_interval(0.95)
+    per_task = []
+    for task in tasks:
+        pair = wide[[(a, task), (b, task)]].dropna()
+        d = pair[(a, task)] - pair[(b, task)]
+        p = float(stats.ttest_rel(pair[(a, task)], pair[(b, task)]).pvalue) if len(d) >= 2 and d.std() > 0 else None
+        per_task.append({"task": task, "mean_diff": float(d.mean()) if len(d) else None, "n": int(len(d)), "p": p})
+    for row, corrected in zip(per_task, holm([r["p"] for r in per_task])):
+        row["p_holm"] = corrected
+    sig = [r["task"] for r in per_task if r["p_holm"] is not None and r["p_holm"] < ALPHA]
+    out.update(ci_low=float(ci.low), ci_high=float(ci.high), p=float(t.pvalue), tasks=per_task)
+    verdict = "a significant difference" if t.pvalue < ALPHA else f"no significant difference (n = {len(diff)})"
+    out["answer"] = (f"{a} − {b} on the average: {diff.mean():+.1f} points, 95% CI [{ci.low:+.1f}, {ci.high:+.1f}], "
+                     f"paired t-test over {len(diff)} seeds p = {t.pvalue:.3g}: {verdict}"
+                     + (f"; per task (Holm over the {len(tasks)} tasks) significant on " + (", ".join(sig) or "none")
+                        if len(tasks) > 1 else ""))
+    return out
+
+
+def best_line(method: str, mean: float, std: float | None) -> str:
+    """The answer's first line; the ± and its meaning only where a std exists (two seeds or more)."""
+    what = "test score ×100, mean over tasks of the mean over seeds"
+    if std is None:
+        return f"best on average: {method} {100 * mean:.1f} ({what}; one seed per cell, so no std)"
+    return f"best on average: {method} {100 * mean:.1f} ± {100 * std:.1f} ({what} ± mean per-task std)"
+
+
+def answer(result: Analysis, trials: pd.DataFrame) -> dict[str, Any]:
+    """The sweep's answer to its question, from its first group: the best method on average and whether its lead
+    over the runner-up is more than the seeds' noise, and the most stable method on average. ``lines`` for a
+    console, the rest for a tracking store."""
+    label = result.summary["group"]
+    table = rows_of(result.table, label)
+    avg = table[table["task"] == "AVG"].sort_values(["mean", "method"], ascending=[False, True])
+    out: dict[str, Any] = {"lines": [], "best": None, "lead": None, "most_stable": None}
+    if avg.empty:
+        return out
+    best = avg.iloc[0]
+    out["best"] = best["method"]
+    out["lines"].append(best_line(best["method"], best["mean"], None if pd.isna(best["std"]) else best["std"]))
+    if len(avg) > 1:
+        tasks = sorted(table.loc[table["task"] != "AVG", "task"].unique())
+        part = trials_in(trials[trials["status"] == "FINISHED"], label)
+        out["lead"] = paired_on_average(part, best["method"], avg.iloc[1]["method"], tasks)
+        out["lines"].append(f"its lead over the runner-up: {out['lead']['answer']}")
+    stable = avg.dropna(subset=["std"]).sort_values(["std", "method"])
+    if len(stable):
+        m = stable.iloc[0]
+        out["most_stable"] = m["method"]
+        out["lines"].append(f"most stable on average: {m['method']} (mean per-task std {100 * m['std']:.1f}, test "
+                            f"score ×100; its mean {100 * m['mean']:.1f})")
+    return out
+
+
 def _tag(frame: pd.DataFrame, label: dict[str, Any]) -> pd.DataFrame:
     frame = frame.copy()
     for k, v in label.items():

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .analysis import ALPHA, Analysis, holm, rows_of, spearman, trials_in
+from .analysis import ALPHA, Analysis, holm, paired_on_average, replicates, rows_of, spearman, trials_in
 
 MIN_SEEDS_FOR_SPREAD_TEST = 3  # Brown–Forsythe on 2 against 2 has zero within-group variance: p ≈ 0
 PUBLISHED_COLUMNS = ("method", "task", "mean", "std")
@@ -160,49 +160,6 @@ def side_by_side(table: pd.DataFrame, published: pd.DataFrame, ran: list[str]) -
     return out.reindex(columns=cols), notes
 
 
-def _replicates(trials: pd.DataFrame, tasks: list[str]) -> pd.DataFrame:
-    """Test scores ×100 with one row per replicate (seed, perturbation split) and one column per (method, task)."""
-    part = trials[trials["task"].isin(tasks)]
-    rep = [part["seed"], part["perturbation"].fillna(-1).rename("split")]
-    return part.pivot_table(index=rep, columns=["method", "task"], values="test_score") * 100
-
-
-def paired_on_average(trials: pd.DataFrame, a: str, b: str, tasks: list[str]) -> dict[str, Any]:
-    """``a`` − ``b`` on the average over ``tasks``, paired by replicate (same seed: same head initialisation and
-    batch order): a paired t-test with its 95% interval on the per-replicate averages; per task the paired p with
-    Holm over these tasks only. One planned comparison, so not corrected over every method pair."""
-    wide = _replicates(trials, tasks)
-    have = [(m, t) for m in (a, b) for t in tasks if (m, t) in wide.columns]
-    if len(have) < 2 * len(tasks):
-        return {"a": a, "b": b, "n": 0, "answer": f"no paired comparison: {a} or {b} lacks a task"}
-    full = wide[have].dropna()
-    diff = full[a].mean(axis=1) - full[b].mean(axis=1)
-    out: dict[str, Any] = {"a": a, "b": b, "n": int(len(diff)), "avg_diff": float(diff.mean()) if len(diff) else None}
-    if len(diff) < 2 or diff.std() == 0:
-        out["answer"] = (f"{a} − {b} on the average: " + ("n/a" if not len(diff) else f"{diff.mean():+.1f}")
-                         + f"; no paired test ({len(diff)} replicate(s) with every task" +
-                         (", identical differences" if len(diff) >= 2 else "") + ")")
-        return out
-    t = stats.ttest_rel(full[a].mean(axis=1), full[b].mean(axis=1))
-    ci = t.confidence_interval(0.95)
-    per_task = []
-    for task in tasks:
-        pair = wide[[(a, task), (b, task)]].dropna()
-        d = pair[(a, task)] - pair[(b, task)]
-        p = float(stats.ttest_rel(pair[(a, task)], pair[(b, task)]).pvalue) if len(d) >= 2 and d.std() > 0 else None
-        per_task.append({"task": task, "mean_diff": float(d.mean()) if len(d) else None, "n": int(len(d)), "p": p})
-    for row, corrected in zip(per_task, holm([r["p"] for r in per_task])):
-        row["p_holm"] = corrected
-    sig = [r["task"] for r in per_task if r["p_holm"] is not None and r["p_holm"] < ALPHA]
-    out.update(ci_low=float(ci.low), ci_high=float(ci.high), p=float(t.pvalue), tasks=per_task)
-    verdict = "a significant difference" if t.pvalue < ALPHA else f"no significant difference (n = {len(diff)})"
-    out["answer"] = (f"{a} − {b} on the average: {diff.mean():+.1f} points, 95% CI [{ci.low:+.1f}, {ci.high:+.1f}], "
-                     f"paired t-test over {len(diff)} seeds p = {t.pvalue:.3g}: {verdict}"
-                     + (f"; per task (Holm over the {len(tasks)} tasks) significant on " + (", ".join(sig) or "none")
-                        if len(tasks) > 1 else ""))
-    return out
-
-
 def _spread_p(a: np.ndarray, b: np.ndarray) -> float | None:
     """Brown–Forsythe's p for one cell against full's, where it can say anything (≥ 3 seeds each, not both constant)."""
     if min(len(a), len(b)) < MIN_SEEDS_FOR_SPREAD_TEST or (np.ptp(a) == 0 and np.ptp(b) == 0):
@@ -230,7 +187,7 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
     """Every other method against full tuning: its average std, and one test of spread over all shared tasks."""
     if BASE not in set(trials["method"]):
         return {"answer": None, "reason": f"no std to compare with: {_absent(BASE, ran)}"}
-    wide = _replicates(trials, tasks)
+    wide = replicates(trials, tasks)
     avg = cells[cells["task"] == "AVG"].set_index("method")
     base_cells = cells[(cells["method"] == BASE) & (cells["task"] != "AVG")].set_index("task")
     methods, cell_rows = [], []

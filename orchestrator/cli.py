@@ -287,10 +287,18 @@ def _cmd_analyze(args) -> int:
     from . import analysis
 
     trials = _trials_file(args.trials, "--trials")
+    import pandas as pd
+
+    from dashboards.analysis import analyze, answer
+
     published = _published_file(args.paper) if args.paper else None
-    for p in analysis.analyze_file(trials, _out_dir(args.out or str(analysis_dir_of(trials)), "--out"),
+    df = pd.read_parquet(trials)
+    result = analyze(df)
+    for p in analysis.analyze_file(trials, _out_dir(args.out or str(analysis_dir_of(trials)), "--out"), result,
                                    published=published):
         print(p)
+    for line in answer(result, df)["lines"]:  # the answer, as a sweep's end prints it
+        print(line)
     return 0
 
 

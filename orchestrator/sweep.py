@@ -136,7 +136,7 @@ def close_sweep(spec: SweepSpec, tracker: Tracker, final: dict[str, str], quiet:
         trials_path, curves_path = export.export(spec, spec.sweep_dir / "export", tracker)
         df = pd.read_parquet(trials_path)
         if (df["status"] == "FINISHED").any():
-            from dashboards.analysis import analyze, rows_of
+            from dashboards.analysis import analyze, answer, rows_of
             from dashboards.report import build_report
 
             result = analyze(df)  # once, for the analysis files and the report
@@ -154,10 +154,12 @@ def close_sweep(spec: SweepSpec, tracker: Tracker, final: dict[str, str], quiet:
                 best = part.sort_values(["mean", "method"], ascending=[False, True]).iloc[0]
                 metrics[f"best_mean.{task}"] = float(best["mean"])
                 tags[f"best_method.{task}"] = best["method"]
-            avg = table[table["task"] == "AVG"].sort_values(["mean", "method"], ascending=[False, True])
-            if len(avg):
-                b = avg.iloc[0]
-                lines.append(best_on_average(b["method"], b["mean"], None if pd.isna(b["std"]) else b["std"]))
+            said = answer(result, df)
+            lines += said["lines"]
+            if said["most_stable"]:
+                tags["most_stable_method"] = said["most_stable"]
+            if said["lead"] and said["lead"].get("p") is not None:
+                metrics["lead_p_value"] = said["lead"]["p"]
             unranked = _unranked(spec, final)
             if unranked:  # a method that failed everywhere is not a method that lost: say it beside the answer
                 lines.append("not ranked, no finished trial: " + "; ".join(unranked.values()))
@@ -182,14 +184,6 @@ def _unranked(spec: SweepSpec, final: dict[str, str]) -> dict[str, str]:
         by_row.setdefault(t.label, Counter())[final.get(t.key) or "PENDING"] += 1
     return {row: f"{row} ({', '.join(f'{n} {s}' for s, n in sorted(c.items()))})"
             for row, c in by_row.items() if not c["FINISHED"]}
-
-
-def best_on_average(method: str, mean: float, std: float | None) -> str:
-    """The answer's first line; the ± and its meaning only where a std exists (two seeds or more)."""
-    what = "test score ×100, mean over tasks of the mean over seeds"
-    if std is None:
-        return f"best on average: {method} {100 * mean:.1f} ({what}; one seed per cell, so no std)"
-    return f"best on average: {method} {100 * mean:.1f} ± {100 * std:.1f} ({what} ± mean per-task std)"
 
 
 def browse_hint(spec: SweepSpec, tracker: Tracker) -> str:

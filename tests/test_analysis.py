@@ -245,3 +245,21 @@ def test_dashboards_import_nothing_upstream():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
             bad = [n for n in names if n.split(".")[0] in ("orchestrator", "trainables")]
             assert not bad, f"{path.name} imports {bad}"
+
+
+def test_the_answer_names_the_best_whether_its_lead_is_real_and_the_most_stable():
+    from dashboards.analysis import answer
+
+    df = hand_made()
+    said = answer(analyze(df), df)
+    # AVG means: sam .785, full .75, lora .745, bitfit .73; AVG stds: sam .01, full .025, bitfit .04, lora .045
+    assert said["best"] == "sam" and said["most_stable"] == "sam"
+    ok = df[df["status"] == "FINISHED"]
+    per_seed = {m: ok[ok["method"] == m].groupby("seed")["test_score"].mean() * 100 for m in ("sam", "full")}
+    t = stats.ttest_rel(per_seed["sam"], per_seed["full"])
+    lead = said["lead"]
+    assert (lead["a"], lead["b"], lead["n"]) == ("sam", "full", 3) and lead["p"] == pytest.approx(t.pvalue)
+    assert lead["avg_diff"] == pytest.approx(3.5)
+    assert said["lines"][0].startswith("best on average: sam 78.5 ± 1.0 (")
+    assert said["lines"][1].startswith("its lead over the runner-up: sam − full on the average: +3.5 points, 95% CI [")
+    assert said["lines"][2] == "most stable on average: sam (mean per-task std 1.0, test score ×100; its mean 78.5)"

@@ -293,6 +293,8 @@ def test_analyze_paper_writes_the_comparison_and_refuses_a_bad_table(tmp_path, c
     good = tmp_path / "table1.csv"
     pd.DataFrame(PUBLISHED, columns=["method", "task", "mean", "std"]).to_csv(good, index=False)
     assert main(["analyze", "--trials", str(path), "--paper", str(good), "--out", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "best on average: sam 78.5" in out and "most stable on average: sam" in out  # the answer, not just paths
     claims = json.loads((tmp_path / "a" / "claims.json").read_text())
     assert claims["best_on_average"]["leader"] == "sam"
     assert pd.read_csv(tmp_path / "a" / "paper_comparison.csv").shape[0] == 5 * 3

@@ -114,10 +114,10 @@ def test_sweep_lifecycle(tmp_path, tiny_model, data_dir, capsys):
 
 
 def test_the_answer_line_says_plus_minus_only_with_a_std():
-    from orchestrator.sweep import best_on_average
+    from dashboards.analysis import best_line
 
-    assert best_on_average("sam", 0.597, 0.035).startswith("best on average: sam 59.7 ± 3.5 (")
-    one_seed = best_on_average("sam", 0.546, None)
+    assert best_line("sam", 0.597, 0.035).startswith("best on average: sam 59.7 ± 3.5 (")
+    one_seed = best_line("sam", 0.546, None)
     assert "±" not in one_seed and one_seed.startswith("best on average: sam 54.6 (") and "no std" in one_seed
 
 
