@@ -283,15 +283,23 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_analyze(args) -> int:
-    from dashboards.report import analysis_dir_of
-    from . import analysis
-
-    trials = _trials_file(args.trials, "--trials")
     import pandas as pd
 
     from dashboards.analysis import analyze, answer
+    from dashboards.report import analysis_dir_of
+    from . import analysis, export
+    from .spec import SpecError
 
+    if args.trials and args.sweep_dir:
+        raise SpecError("give SWEEP_DIR or --trials FILE.parquet, not both")
     published = _published_file(args.paper) if args.paper else None
+    if args.sweep_dir:  # as `report SWEEP_DIR`: exported afresh first
+        spec = _load_sweep(args.sweep_dir)
+        trials, _ = export.export(spec, spec.sweep_dir / "export")
+    elif args.trials:
+        trials = _trials_file(args.trials, "--trials")
+    else:
+        raise SpecError("give SWEEP_DIR or --trials FILE.parquet")
     df = pd.read_parquet(trials)
     result = analyze(df)
     for p in analysis.analyze_file(trials, _out_dir(args.out or str(analysis_dir_of(trials)), "--out"), result,
@@ -539,11 +547,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="write into --out even if it holds another model or files")
     s.set_defaults(fn=_cmd_load)
 
-    s = command("analyze", "mean/std, ranks, Spearman rho from a trials Parquet file",
-                "Writes table.csv, the rank tables and summary.json (the paper's stability analysis) into --out. "
-                "With --paper, also ours beside a published table (paper_comparison.csv) and the paper's claims "
-                "answered with numbers (claims.json, and claims.md for a results page).")
-    s.add_argument("--trials", required=True, help="a trials.parquet from `peft-sweep export`")
+    s = command("analyze", "mean/std, ranks, Spearman rho of a sweep or a trials Parquet file",
+                "Writes table.csv, the rank tables and summary.json (the paper's stability analysis) into --out, "
+                "then prints the answer (best on average, its lead, most stable). From a sweep folder it exports "
+                "afresh into SWEEP_DIR/export first, as `report` does. With --paper, also ours beside a published "
+                "table (paper_comparison.csv) and the paper's claims answered with numbers (claims.json, and "
+                "claims.md for a results page).")
+    s.add_argument("sweep_dir", nargs="?", help=f"{sweep_dir}; or give --trials")
+    s.add_argument("--trials", help="a trials.parquet from `peft-sweep export`, instead of a sweep folder")
     s.add_argument("--paper", metavar="CSV", help="a published table to compare with: columns method, task, mean, "
                    "std (scores ×100), e.g. ../shared/paper/table1.csv (Fu et al.'s Table 1); its method names "
                    "match ours blind to case (FullTuning = full, MagPruning = magprune)")

@@ -61,6 +61,10 @@ def test_sweep_end_and_report_command_link_the_sweeps_own_store(tmp_path, data_d
     bare = (tmp_path / "bare" / "index.html").read_text()
     assert not _hrefs(bare) and f"<code>{run_id}</code>" in bare
     capsys.readouterr()
+    (spec.sweep_dir / "analysis" / "summary.json").unlink()
+    assert main(["analyze", str(spec.sweep_dir)]) == 0  # the sweep folder, as export and report take it
+    out = capsys.readouterr().out
+    assert str(spec.sweep_dir / "analysis" / "summary.json") in out and "most stable on average: " in out
 
 
 @pytest.mark.slow
