@@ -19,7 +19,7 @@ EPILOG = """examples:
   peft-sweep stop runs/quickstart                   stop a sweep; `run` resumes it from the last checkpoints
   peft-sweep rerun-failed runs/quickstart           rerun only the trials that ended in error
   peft-sweep export runs/quickstart                 trials, curves and masks .parquet from MLflow
-  peft-sweep analyze runs/quickstart                 tables, ranks, tests and the answer (or --trials FILE)
+  peft-sweep analyze runs/quickstart                tables, ranks, tests and the answer (or --trials FILE)
   peft-sweep report runs/quickstart --out runs/quickstart/report
   peft-sweep train-one --task CB --method sam --sparsity 0.005 --set training.max_steps=100
 """
