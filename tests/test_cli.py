@@ -145,3 +145,12 @@ def test_status_names_a_failed_trial_by_row_task_and_seed_not_only_its_key(ran, 
     records.update(spec.sweep_dir, t.key, status="FAILED", error="Traceback ...\nRuntimeError: boom")
     rc, out, _ = cli("status", str(spec.sweep_dir))
     assert rc == 0 and f"  FAILED {t.label}/{t.task} seed {t.seed} ({t.key}): RuntimeError: boom" in out
+
+
+@pytest.mark.parametrize("setting, where", [("methods.sam.lr=1e38", "methods.sam: lr"),
+                                            ("training.lr=5", "training.lr")])
+def test_a_learning_rate_above_one_is_refused_before_anything_runs(tmp_path, tiny_model, data_dir, cli, setting, where):
+    """lr 1e38 (a typo) used to validate, and every trial then died inside torch's Adam on a float32 overflow whose
+    message named no setting; rerun-failed sent the user round the same loop."""
+    rc, _, err = cli("validate", str(write_spec(tmp_path, tiny_model, data_dir)), "--set", setting)
+    assert rc == 2 and f"{where}: Input should be less than or equal to 1" in err

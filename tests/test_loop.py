@@ -69,15 +69,16 @@ def test_a_trial_that_diverges_before_any_evaluation_fails_naming_the_step_and_l
         run_trial(cfg)
 
 
-def test_a_nan_learning_rate_typo_is_caught_not_scored(tiny_model, data_dir, capsys):
-    """lr 1e20 where 1e-2 was meant: the loss is nan from the second step; the trial used to end FINISHED with the
-    majority class's score, counted as a seed like any other."""
+def test_a_learning_rate_typo_is_caught_not_scored(tiny_model, data_dir, capsys):
+    """lr 1e20 where 1e-2 was meant: it used to run, the loss went nan from the second step, and the trial ended
+    FINISHED with the majority class's score, counted as a seed like any other (later: TrainingDiverged). A rate
+    above 1 is now refused before anything runs; a divergence within range is caught as the test above shows."""
     from orchestrator.cli import main
 
     rc = main(["train-one", "--task", "CB", "--method", "bitfit", "--model", tiny_model, "--data-dir", str(data_dir),
                "--set", "training.max_steps=8", "--set", "training.eval_every=4", "--set", "methods.bitfit.lr=1e20"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 1 and err[-1].startswith("peft-sweep train-one: trial failed: training diverged"), err[-3:]
+    assert rc == 2 and "lr: Input should be less than or equal to 1 (got 1e+20)" in err[-1], err[-3:]
     assert "Traceback" not in "\n".join(err)
 
 

@@ -23,7 +23,9 @@ class DataConfig(Strict):
 class TrainingConfig(Strict):
     batch_size: int = Field(16, gt=0)
     eval_batch_size: int = Field(64, gt=0)
-    lr: float | None = Field(None, gt=0, description="learning rate for every method; None: each method's own "
+    # ≤ 1: AdamW's step is about lr per entry, so more is a typo (1e38 overflowed float32 inside torch's Adam with
+    # an error that named no setting); the methods' defaults are 3e-5 to 2e-3
+    lr: float | None = Field(None, gt=0, le=1, description="learning rate for every method; None: each method's own "
                                                    "default (README); methods.<m>.lr overrides both")
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.06, ge=0, lt=1)

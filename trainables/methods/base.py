@@ -13,8 +13,8 @@ from ..masking import Scope, backbone_parameters, budget, select_top
 
 
 class MethodParams(Strict):
-    lr: float | None = Field(None, gt=0, description="learning rate for this method; default: training.lr, "
-                                                     "else the method's default_lr")
+    lr: float | None = Field(None, gt=0, le=1, description="learning rate for this method (≤ 1, as training.lr); "
+                                                           "default: training.lr, else the method's default_lr")
 
 
 class MaskParams(MethodParams):
