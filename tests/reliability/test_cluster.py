@@ -26,6 +26,15 @@ RAY = str(Path(sys.executable).with_name("ray"))
 BUCKET = "sweeps"
 
 
+def test_the_module_keeps_to_one_worker(request):
+    """Under `--dist loadgroup` (make test) the module's tests go to one worker, which starts one cluster for them.
+    pytest 9.2 with pytest-xdist 3.8 dropped the group silently (pytest-dev/pytest-xdist#1386): each worker then
+    started a two-node cluster of its own, 30 s each, and both ran at once on a 2-core CI machine."""
+    if not getattr(request.config.option, "loadgroup", False):
+        pytest.skip("not run with --dist loadgroup")
+    assert request.node.nodeid.endswith("@cluster"), f"{request.node.nodeid}: not in the xdist group"
+
+
 def _kill_session(sid: int) -> None:
     """Every process of session ``sid``: a node's daemons and workers stay in the session its `ray start` began.
     (`ray stop` would stop every Ray on the machine, the local Rays of tests running beside this module too.)"""
