@@ -59,3 +59,10 @@ def tiny_trial(tiny_model, data_dir):
         return TrialConfig(task=task, method=method, model=tiny_model, sparsity=sparsity,
                            data={"dir": str(data_dir)}, training=training, **kw)
     return build
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Slow tests (real sweeps, up to two minutes each) first, the quick ones after them, each in file order:
+    under `make test`'s two workers the last tests handed out are then short and both workers end close together
+    (in file order a two-minute sweep test near the end kept one worker busy while the other had nothing left)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -46,6 +46,19 @@ def cli(*args: str, timeout: int = 600, check_rc: int | None = None) -> subproce
     return proc
 
 
+def here(capsys, *argv: str, rc: int = 0) -> tuple[str, str]:
+    """The CLI in this process, for the commands that start no Ray (a subprocess would import torch again, seconds
+    of a test each): (stdout, stderr) of a call that must end with ``rc``. Set $RAY_ADDRESS to "" first (as ``cli``
+    does), or a ``run`` here would join the cluster it names."""
+    from orchestrator.cli import main
+
+    capsys.readouterr()  # only this call's output
+    got = main(list(argv))
+    out, err = capsys.readouterr()
+    assert got == rc, f"rc {got}\nSTDOUT\n{out[-4000:]}\nSTDERR\n{err[-4000:]}"
+    return out, err
+
+
 def _text(output: bytes | str | None) -> str:
     return output.decode(errors="replace") if isinstance(output, bytes) else output or ""
 

@@ -28,11 +28,11 @@ def test_a_sweep_run_in_pieces_on_two_machines_finishes_each_trial_once(tmp_path
             "fault.step_delay_s": 0.1}  # a trial lasts 6 s or more: the stop lands before the last one ends
     extra = [a for k, v in tiny.items() for a in ("--set", f"{k}={v}")]
 
-    def piece(n: int, *options: str) -> dict:
+    def piece(n: int, *options: str, more: tuple[str, ...] = ()) -> dict:
         out, machine = tmp_path / f"out{n}", tmp_path / f"machine{n}"
         env = {**os.environ, "STATE": str(state), "WORK": str(machine), "PYTHON": sys.executable,
                "PEFT_SWEEP_DATA_DIR": str(data_dir), "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.run(["bash", "results/paper-small/run_piece.sh", str(out), *options, "--", *extra],
+        proc = subprocess.run(["bash", "results/paper-small/run_piece.sh", str(out), *options, "--", *extra, *more],
                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
         log = (out / "piece.log").read_text() if (out / "piece.log").is_file() else ""
         assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}\n{log[-3000:]}"
@@ -52,7 +52,7 @@ def test_a_sweep_run_in_pieces_on_two_machines_finishes_each_trial_once(tmp_path
     assert first["before_clock_s"] >= 0 and first["piece_wall_s"] < 6 * 60, first
     with tarfile.open(state) as tar:
         assert sorted({n.split("/")[0] for n in tar.getnames()}) == ["identity.json", "records", "spec.yaml"]
-    second = piece(2)
+    second = piece(2, more=("--set", "fault.step_delay_s=0"))  # it runs to the end: no stop to land in time
     assert second["per_status"] == {"FINISHED": 4}, second
     assert second["finished_in_this_piece"] == 4 - first["finished_in_this_piece"]  # none ran twice
     trials = pd.read_parquet(tmp_path / "out2" / "trials.parquet")

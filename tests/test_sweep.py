@@ -7,20 +7,13 @@ import pytest
 
 from orchestrator.masks import mask_path
 from orchestrator.tracking import download_model
-from tests.sweeps import cli, records, tracker, write_spec
+from tests.sweeps import cli, here, records, tracker, write_spec
 
 pytestmark = pytest.mark.slow
 
 
-def here(capsys, *argv: str) -> str:
-    """The CLI in this process, for the commands that start no Ray (a subprocess would import torch again)."""
-    from orchestrator.cli import main
-
-    assert main(list(argv)) == 0
-    return capsys.readouterr().out
-
-
-def test_sweep_lifecycle(tmp_path, tiny_model, data_dir, capsys):
+def test_sweep_lifecycle(tmp_path, tiny_model, data_dir, capsys, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "")  # as `cli` does: the runs in this process join no cluster of the env
     spec = write_spec(tmp_path, tiny_model, data_dir,
                       fault={"fail_at_step": 4, "fail_times": 2, "marker_dir": str(tmp_path / "markers"),
                              "match": {"method": "bitfit", "seed": 1}})
@@ -43,7 +36,7 @@ def test_sweep_lifecycle(tmp_path, tiny_model, data_dir, capsys):
     assert "injected fault at step 4" in runs[failed[0]].data.tags["error"]
     assert all(r.data.tags["mlflow.parentRunId"] == tr.parent_run_id for r in runs.values())
 
-    status = json.loads(here(capsys, "status", str(sweep_dir), "--json"))
+    status = json.loads(here(capsys, "status", str(sweep_dir), "--json")[0])
     assert status["per_status"] == {"FINISHED": 3, "FAILED": 1}
     assert "injected fault" in status["errors"][failed[0]]
 
@@ -79,10 +72,11 @@ def test_sweep_lifecycle(tmp_path, tiny_model, data_dir, capsys):
     assert any(line.startswith("browse in MLflow: mlflow ui --backend-store-uri sqlite:///") and line.endswith(
         f"#/experiments/{tr.experiment_id}/runs?workflowType=machine_learning") for line in answer)
 
-    again = cli("run", str(spec), check_rc=0)
-    assert "nothing to run" in again.stdout and "4 already FINISHED" in again.stdout
-    changed = cli("run", str(spec), "--set", "training.max_steps=7", check_rc=2)  # would mix two experiments
-    assert "training.max_steps: 6 -> 7" in changed.stderr and "--force" in changed.stderr
+    # in this process: a sweep with nothing left to run, or refused before it writes, starts no Ray
+    again, _ = here(capsys, "run", str(spec))
+    assert "nothing to run" in again and "4 already FINISHED" in again
+    _, changed = here(capsys, "run", str(spec), "--set", "training.max_steps=7", rc=2)  # would mix two experiments
+    assert "training.max_steps: 6 -> 7" in changed and "--force" in changed
 
     here(capsys, "export", str(sweep_dir))
     trials = pd.read_parquet(sweep_dir / "export" / "trials.parquet")

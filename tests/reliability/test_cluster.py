@@ -26,6 +26,15 @@ RAY = str(Path(sys.executable).with_name("ray"))
 BUCKET = "sweeps"
 
 
+def test_the_module_keeps_to_one_worker(request):
+    """Under `--dist loadgroup` (make test) the module's tests go to one worker, which starts one cluster for them.
+    pytest 9.2 with pytest-xdist 3.8 dropped the group silently (pytest-dev/pytest-xdist#1386): each worker then
+    started a two-node cluster of its own, 30 s each, and both ran at once on a 2-core CI machine."""
+    if not getattr(request.config.option, "loadgroup", False):
+        pytest.skip("not run with --dist loadgroup")
+    assert request.node.nodeid.endswith("@cluster"), f"{request.node.nodeid}: not in the xdist group"
+
+
 def _kill_session(sid: int) -> None:
     """Every process of session ``sid``: a node's daemons and workers stay in the session its `ray start` began.
     (`ray stop` would stop every Ray on the machine, the local Rays of tests running beside this module too.)"""
@@ -45,12 +54,15 @@ def _start_two_nodes(env: dict, no_data: str) -> dict:
     on one machine sharing one garbage-collect each other's runtime-env files, and a head in the default
     /tmp/ray would be the cluster a plain ray.init() of another test joins. The second node's env names a data
     folder that does not exist: trials that read their node's variable instead of the folder the driver
-    recorded would fail there."""
+    recorded would fail there. Each node's dashboard agent listens on a free port: on Ray's fixed default (52365)
+    the local Ray of a sweep running beside this module (`make test`'s other worker) may hold it, and a head
+    whose agent could not bind takes no `ray job submit` ("No available agent to submit job", seen)."""
     gcs, dash = free_port(), free_port()
     head_tmp, worker_tmp = (tempfile.mkdtemp(prefix=p, dir="/tmp") for p in ("rh", "rw"))
     head = subprocess.Popen([RAY, "start", "--head", f"--port={gcs}", f"--dashboard-port={dash}", "--num-cpus=2",
                              "--num-gpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                             f"--ray-client-server-port={free_port()}", f"--temp-dir={head_tmp}"],
+                             f"--ray-client-server-port={free_port()}", f"--temp-dir={head_tmp}",
+                             f"--dashboard-agent-listen-port={free_port()}"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
     started = head.communicate(timeout=180)[0]
@@ -58,7 +70,8 @@ def _start_two_nodes(env: dict, no_data: str) -> dict:
         _kill_session(head.pid)
         raise RuntimeError(f"ray start --head failed:\n{started[-2000:]}")
     worker = subprocess.Popen([RAY, "start", f"--address=127.0.0.1:{gcs}", "--num-cpus=1", "--num-gpus=1", "--block",
-                               f"--temp-dir={worker_tmp}"], env={**env, "PEFT_SWEEP_DATA_DIR": no_data},
+                               f"--temp-dir={worker_tmp}", f"--dashboard-agent-listen-port={free_port()}"],
+                              env={**env, "PEFT_SWEEP_DATA_DIR": no_data},
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     nodes = {"gcs": gcs, "address": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dash}", "worker": worker,
              "sessions": [head.pid, worker.pid], "temp_dirs": [head_tmp, worker_tmp]}

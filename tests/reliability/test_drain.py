@@ -2,7 +2,7 @@
 the driver ends with exit 0, and the next `run` runs only what is left (also after a drain cut short by a stop)."""
 import pytest
 
-from tests.sweeps import cli, records, spawn, tracker, wait_for, write_spec
+from tests.sweeps import cli, here, records, spawn, tracker, wait_for, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -16,26 +16,31 @@ def _one_at_a_time(tmp_path, tiny_model, data_dir):
     return spec, tmp_path / "runs" / "t"
 
 
+# the next run: two at a time and no delay (the drain or stop above needed slow trials; a fault setting is not
+# part of the results, so the spec is the same sweep's)
+THE_REST = ("--set", "ray.num_cpus=2", "--set", "fault.step_delay_s=0")
+
+
 def _statuses(sweep_dir) -> list[str]:
     return sorted(r.get("status") for r in records(sweep_dir).values())
 
 
 def test_drain_finishes_the_running_trial_starts_no_other_and_the_next_run_runs_the_rest(tmp_path, tiny_model,
-                                                                                        data_dir):
+                                                                                        data_dir, capsys):
     spec, sweep_dir = _one_at_a_time(tmp_path, tiny_model, data_dir)
     proc = spawn("run", str(spec))
     wait_for(lambda: _statuses(sweep_dir) == ["RUNNING"], proc, "the first trial running")
     (first,) = records(sweep_dir)
-    drained = cli("stop", str(sweep_dir), "--drain", "--timeout", "120", check_rc=0)
+    drained, _ = here(capsys, "stop", str(sweep_dir), "--drain", "--timeout", "120")  # no Ray: in this process
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 0, out
     assert "drained; 1 FINISHED, 0 FAILED, 2 not started" in out, out
-    assert records(sweep_dir)[first]["status"] == "FINISHED", drained.stdout + out  # finished, not stopped
+    assert records(sweep_dir)[first]["status"] == "FINISHED", drained + out  # finished, not stopped
     assert _statuses(sweep_dir) == ["FINISHED"], out  # the other two never started
     assert not (sweep_dir / "DRAIN").exists()
     finished = records(sweep_dir)[first]
 
-    again = cli("run", str(spec), "--set", "ray.num_cpus=2", check_rc=0)
+    again = cli("run", str(spec), *THE_REST, check_rc=0)
     assert "1 already FINISHED, 2 to run" in again.stdout and "3/3 FINISHED" in again.stdout, again.stdout
     assert "resuming the interrupted experiment" not in again.stdout  # the drained one had nothing to resume
     assert records(sweep_dir)[first] == finished  # not run again
@@ -43,17 +48,18 @@ def test_drain_finishes_the_running_trial_starts_no_other_and_the_next_run_runs_
 
 
 def test_a_drain_cut_short_by_a_stop_resumes_the_stopped_trial_and_runs_the_never_started_ones(tmp_path,
-                                                                                              tiny_model, data_dir):
+                                                                                              tiny_model, data_dir,
+                                                                                              capsys):
     spec, sweep_dir = _one_at_a_time(tmp_path, tiny_model, data_dir)
     proc = spawn("run", str(spec))
     wait_for(lambda: _statuses(sweep_dir) == ["RUNNING"], proc, "the first trial running")
-    still = cli("stop", str(sweep_dir), "--drain", "--timeout", "1", check_rc=1)  # what run_piece.sh meets at
-    assert "still draining" in still.stderr, still.stderr                           # its deadline
-    cli("stop", str(sweep_dir), "--timeout", "120", check_rc=0)
+    _, still = here(capsys, "stop", str(sweep_dir), "--drain", "--timeout", "1", rc=1)  # what run_piece.sh meets
+    assert "still draining" in still, still                                            # at its deadline
+    here(capsys, "stop", str(sweep_dir), "--timeout", "120")
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 0 and _statuses(sweep_dir) == ["STOPPED"], out
 
-    again = cli("run", str(spec), "--set", "ray.num_cpus=2", check_rc=0)
+    again = cli("run", str(spec), *THE_REST, check_rc=0)
     assert "resuming the interrupted experiment" in again.stdout and "3/3 FINISHED" in again.stdout, again.stdout
     assert _statuses(sweep_dir) == ["FINISHED"] * 3
     assert len(tracker(sweep_dir).search("tags.role = 'trial'")) == 3

@@ -8,7 +8,7 @@ import signal
 import pandas as pd
 import pytest
 
-from tests.sweeps import cli, records, spawn, state_knows_a_checkpoint, tracker, wait_for, write_spec
+from tests.sweeps import cli, here, records, spawn, state_knows_a_checkpoint, tracker, wait_for, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +41,9 @@ def _kill_when_the_last_one_checkpointed(spec, sweep_dir) -> None:
     proc.wait()
 
 
-def test_a_sweep_folder_moved_without_checkpoints_grows_and_tracks_where_it_is(tmp_path, tiny_model, data_dir):
+def test_a_sweep_folder_moved_without_checkpoints_grows_and_tracks_where_it_is(tmp_path, tiny_model, data_dir,
+                                                                               capsys, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "")  # status and validate run in this process (they start no Ray)
     a, b = _machine(tmp_path / "a", data_dir), _machine(tmp_path / "b", data_dir)
     _kill_when_the_last_one_checkpointed(write_spec(a, tiny_model, a / "data", training__max_steps=30,
                                                     resources={"max_concurrent": 1}), a / "runs" / "t")
@@ -52,10 +54,10 @@ def test_a_sweep_folder_moved_without_checkpoints_grows_and_tracks_where_it_is(t
     shutil.copytree(a / "runs" / "t" / "records", moved / "records")
     shutil.rmtree(a)  # the first machine is gone
 
-    status = json.loads(cli("status", str(moved), "--json", check_rc=0).stdout)
+    status = json.loads(here(capsys, "status", str(moved), "--json")[0])
     assert status["per_status"] == {"FINISHED": 3, "RUNNING": 1}, status
-    plan = cli("validate", str(moved / "spec.yaml"), "--set", f"data.dir={b / 'data'}", check_rc=0)  # as `stop` says
-    assert f"3 already FINISHED, 1 to run -> {moved.resolve()}" in plan.stdout, plan.stdout
+    plan, _ = here(capsys, "validate", str(moved / "spec.yaml"), "--set", f"data.dir={b / 'data'}")  # as `stop` says
+    assert f"3 already FINISHED, 1 to run -> {moved.resolve()}" in plan, plan
     out = cli("run", str(write_spec(b, tiny_model, b / "data", training__max_steps=30,
                                     grid={"methods": ["sam", "bitfit"], "tasks": ["CB"], "seeds": [0, 1, 2]})),
               check_rc=0)
@@ -83,8 +85,8 @@ def test_a_sweep_folder_moved_without_checkpoints_grows_and_tracks_where_it_is(t
     train.write_text(lines[1] + lines[0] + "".join(lines[2:]))
     spec_c = write_spec(c, tiny_model, c / "data", output_dir=str(b / "runs"), training__max_steps=30,
                         grid={"methods": ["sam", "bitfit"], "tasks": ["CB"], "seeds": [0, 1, 2]})
-    refused = cli("validate", str(spec_c), check_rc=2)
-    assert "data.dir: other files for CB than the sweep ran on" in refused.stderr, refused.stderr
+    _, refused = here(capsys, "validate", str(spec_c), rc=2)
+    assert "data.dir: other files for CB than the sweep ran on" in refused, refused
 
 
 def test_a_killed_sweep_moved_with_its_checkpoints_resumes_them_where_it_is(tmp_path, tiny_model, data_dir):
