@@ -342,11 +342,13 @@ def _stopped(spec: SweepSpec, tracker: Tracker, counts: dict[str, int]) -> int:
     mark_stopped(spec, tracker)
     driver.unregister(spec.sweep_dir)
     drained = counts.get("DRAINED", 0)
-    print(f"sweep {spec.name}: {'stopped' if counts['STOPPED'] else 'drained'}; {counts['FINISHED']} FINISHED, "
-          f"{counts['ERROR']} FAILED, " + (f"{counts['STOPPED']} left resumable from their last checkpoints, "
-                                          if counts["STOPPED"] or not drained else "")
+    done = len(finished_keys(spec.sweep_dir) & {t.key for t in spec.trials()})
+    print(f"sweep {spec.name}: {'stopped' if counts['STOPPED'] else 'drained'}; this run {counts['FINISHED']} "
+          f"FINISHED, {counts['ERROR']} FAILED, " + (f"{counts['STOPPED']} left resumable (from their last "
+                                                    "checkpoint where they saved one, else from step 0), "
+                                                    if counts["STOPPED"] or not drained else "")
           + (f"{drained} not started, " if drained else "")
-          + f"resume with: {resume_command(spec)}", flush=True)
+          + f"the sweep {done}/{len(spec.trials())} FINISHED; resume with: {resume_command(spec)}", flush=True)
     return 0
 
 

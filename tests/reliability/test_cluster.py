@@ -281,7 +281,8 @@ def test_stop_leaves_trials_resumable_and_nothing_running(on_cluster, spawned, c
     assert "stopped:" in out and "resume with: peft-sweep run" in out
     assert proc.wait(timeout=60) == 0
     driver_out = proc.stdout.read()
-    assert "left resumable from their last checkpoints" in driver_out
+    assert "left resumable (from their last checkpoint where they saved one, else from step 0)" in driver_out
+    assert "/2 FINISHED; resume with" in driver_out  # the whole sweep, not only this run
     assert "Tuner.restore" not in driver_out  # Tune's own resume advice would bypass the tool's checks
     watched = watch.communicate(timeout=60)[0]
     assert watch.returncode == 0 and "driver not running" in watched.splitlines()[-1]

@@ -34,7 +34,7 @@ def test_drain_finishes_the_running_trial_starts_no_other_and_the_next_run_runs_
     drained, _ = here(capsys, "stop", str(sweep_dir), "--drain", "--timeout", "120")  # no Ray: in this process
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 0, out
-    assert "drained; 1 FINISHED, 0 FAILED, 2 not started" in out, out
+    assert "drained; this run 1 FINISHED, 0 FAILED, 2 not started, the sweep 1/3 FINISHED;" in out, out
     assert records(sweep_dir)[first]["status"] == "FINISHED", drained + out  # finished, not stopped
     assert _statuses(sweep_dir) == ["FINISHED"], out  # the other two never started
     assert not (sweep_dir / "DRAIN").exists()
