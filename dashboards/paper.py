@@ -152,7 +152,7 @@ def side_by_side(table: pd.DataFrame, published: pd.DataFrame, ran: list[str]) -
             "std_diff", "perf_rank_shared", "paper_perf_rank_shared", "stab_rank_shared", "paper_stab_rank_shared"]
     finished = set(ours["method"])
     notes = {"tasks": tasks, "tasks_not_published": sorted(set(ours["task"]) - set(tasks)),
-             "published_tasks_not_run": sorted(set(published["task"]) - set(tasks)),
+             "published_tasks_not_run": [t for t in dict.fromkeys(published["task"]) if t not in tasks],
              "published_methods_not_run": sorted(set(published["method"]) - set(matched["method"])),
              "published_methods_without_a_finished_trial": sorted(set(matched.loc[~matched["ours"].isin(finished),
                                                                                   "method"])),

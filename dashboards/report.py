@@ -201,6 +201,19 @@ def _published_html(comparison: paper.Comparison) -> str:
             + "</ul></section>")
 
 
+def _error_html(error: Any) -> str:
+    """The error's own line first (the tracked error opens with it), the traceback folded under it: the last
+    1,500 characters used to start mid-filename."""
+    text = "" if error is None or (isinstance(error, float) and pd.isna(error)) else str(error).strip()
+    if not text:
+        return ""
+    first, _, rest = text.partition("\n")
+    if first.startswith("Traceback"):  # a local record's raw traceback: its error is its last line
+        first, rest = text.splitlines()[-1], text
+    return f"<b>{_esc(first)}</b>" + (f"<details><summary>traceback</summary><pre>{_esc(rest[-4000:])}</pre></details>"
+                                     if rest.strip() else "")
+
+
 def _pairs_html(res: Analysis, main: dict, methods: list[str]) -> str:
     pairs = rows_of(res.pairs, main)
     tests = rows_of(res.tests, main)
@@ -400,7 +413,7 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
     if len(failed):
         parts.append('<table id="failed"><tr><th>trial</th><th>status</th><th>error</th></tr>' + "".join(
             f"<tr><td>{_esc(r.method)}/{_esc(r.task)} s{r.seed} {_esc(getattr(r, 'trial_key', ''))}</td>"
-            f"<td>{_esc(r.status)}</td><td><pre>{_esc(str(getattr(r, 'error', '') or '')[-1500:])}</pre></td></tr>"
+            f"<td>{_esc(r.status)}</td><td>{_error_html(getattr(r, 'error', None))}</td></tr>"
             for r in failed.itertuples()) + "</table>")
     keys = ("spearman", "friedman", "group")
     parts.append(f"<h2>Summary</h2><pre>{_esc(json.dumps({k: summary[k] for k in keys}, indent=1, ensure_ascii=False))}"

@@ -210,3 +210,17 @@ def test_fig_3b_with_two_pairs_has_integer_ticks_and_says_why_there_is_no_rho(tm
     assert "no Spearman ρ: needs ≥3 (method, task) pairs" in svg
     texts = [t for t in re.findall(r"<text[^>]*>([^<]*)</text>", svg) if re.fullmatch(r"[\d.]+", t)]
     assert texts == ["1", "2", "1", "2"], texts  # tick labels: ranks 1 and 2 on both axes (it drew 0.90, 1.05, ...)
+
+
+def test_a_failed_trials_error_leads_with_its_own_line_and_folds_the_traceback(tmp_path):
+    """The report showed the last 1,500 characters of the traceback, starting mid-filename."""
+    tb = "Traceback (most recent call last):\n" + '  File "x.py", line 1, in f\n' * 200 + "RuntimeError: boom"
+    extra = [{"method": "lora", "task": "CB", "seed": 0, "sparsity": 0.005, "perturbation": None, "status": "FAILED",
+              "test_score": None, "train_score": None, "error": "RuntimeError: tracked\n\n" + tb},
+             {"method": "lora", "task": "CB", "seed": 1, "sparsity": 0.005, "perturbation": None, "status": "FAILED",
+              "test_score": None, "train_score": None, "error": tb}]  # a local record's raw traceback
+    hand_made(extra).to_parquet(tmp_path / "trials.parquet")
+    page = build_report(tmp_path / "trials.parquet", None, tmp_path / "r").read_text()
+    failed = page[page.index('<table id="failed">'):]
+    assert "<td><b>RuntimeError: tracked</b><details><summary>traceback</summary>" in failed
+    assert "<td><b>RuntimeError: boom</b><details>" in failed
