@@ -131,7 +131,7 @@ class SweepSpec(Strict):
     tracking_uri: str | None = Field(None, description="MLflow URI; default sqlite:///SWEEP_DIR/mlflow.db")
     output_dir: str = "./runs"
     ray: RayConfig = RayConfig()
-    fault: FaultSpec | None = None
+    fault: FaultSpec | None = Field(None, json_schema_extra={"internal": True})  # the fault suite's; in no hint
 
     @field_validator("name")
     @classmethod
@@ -304,7 +304,7 @@ def _unknown_key(key: Any, model: type[BaseModel] | None) -> str:
         msg += f" (write {key.replace(':', ': ', 1)!r}, with a space after the colon)"
     if model is None:
         return msg
-    valid = list(model.model_fields)
+    valid = [k for k, f in model.model_fields.items() if not (f.json_schema_extra or {}).get("internal")]
     close = difflib.get_close_matches(str(key).split(":")[0], valid, n=1, cutoff=0.6)
     return f"{msg}{f'; did you mean {close[0]!r}?' if close else ''}; valid keys: {', '.join(valid)}"
 

@@ -160,6 +160,12 @@ def test_spec_errors_name_the_valid_choices(change, path, expect):
     assert message.count("(got") <= 1 and "(got {'name'" not in message  # no dump of the whole spec
 
 
+def test_the_fault_suites_key_is_in_no_hint():
+    message = _bad({"trainig": {"max_steps": 10}}, path=())
+    assert ("valid keys: name, model, data, grid, training, methods, variants, resources, max_failures, "
+            "tracking_uri, output_dir, ray (got") in message, message  # no 'fault'
+
+
 def test_model_level_errors_do_not_repeat_the_whole_input():
     message = _bad({"sam": {"scope": "perTensor"}}, path=("methods",))
     assert message.endswith("methods.sam: scope: Input should be 'global' or 'per_tensor' (got 'perTensor')")
