@@ -33,7 +33,8 @@ demo: setup
 # tests run in TEST_WORKERS processes (pytest-xdist); the two-node cluster module keeps to one of them.
 # Most of a sweep test is waiting (Ray and interpreters starting), so two share the 2-core CI machine well
 TEST_WORKERS ?= 2
-PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+# --durations: the slowest tests in every CI log, for whoever trims the suite next
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=30
 
 test: setup
 	$(PYTEST)

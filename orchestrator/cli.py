@@ -300,10 +300,10 @@ def _cmd_analyze(args) -> int:
         trials = _trials_file(args.trials, "--trials")
     else:
         raise SpecError("give SWEEP_DIR or --trials FILE.parquet")
+    out = _out_dir(args.out or str(analysis_dir_of(trials)), "--out")  # a bad --out fails before any work
     df = pd.read_parquet(trials)
     result = analyze(df)
-    for p in analysis.analyze_file(trials, _out_dir(args.out or str(analysis_dir_of(trials)), "--out"), result,
-                                   published=published):
+    for p in analysis.analyze_file(trials, out, result, published=published):
         print(p)
     for line in answer(result, df)["lines"]:  # the answer, as a sweep's end prints it
         print(line)
