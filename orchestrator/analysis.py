@@ -10,18 +10,16 @@ from pathlib import Path
 import pandas as pd
 
 from dashboards.analysis import Analysis, analyze
-from dashboards.paper import compare, jsonable, markdown, read_published
+from dashboards.paper import Comparison, jsonable, markdown
 
 from .masks import write_overlap
 
 
 def analyze_file(trials_path: str | Path, out: str | Path, result: Analysis | None = None,
-                 published: str | Path | None = None) -> list[Path]:
-    """Writes ``result`` (the analysis of ``trials_path``, computed here when not given) into ``out``; with a
-    ``published`` table (CSV: method, task, mean, std ×100) also ours beside it and the paper's claims answered."""
-    trials = pd.read_parquet(trials_path) if result is None or published else None
-    res = result or analyze(trials)
-    comparison = compare(trials, res, read_published(published)) if published else None
+                 comparison: Comparison | None = None) -> list[Path]:
+    """Writes ``result`` (the analysis of ``trials_path``, computed here when not given) into ``out``, and with
+    a ``comparison`` (``dashboards.paper.compare``) ours beside a published table and the paper's claims."""
+    res = result or analyze(pd.read_parquet(trials_path))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     frames = {"table.csv": res.table, "sparsity.csv": res.sparsity, "paired_tests.csv": res.tests,

@@ -9,7 +9,10 @@ import os
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pandas loads with the commands that use it
+    import pandas as pd
 
 EPILOG = """examples:
   peft-sweep run configs/quickstart.yaml            run (or resume) a sweep; finished trials are skipped
@@ -286,13 +289,14 @@ def _cmd_analyze(args) -> int:
     import pandas as pd
 
     from dashboards.analysis import analyze, answer
+    from dashboards.paper import compare
     from dashboards.report import analysis_dir_of
     from . import analysis, export
     from .spec import SpecError
 
     if args.trials and args.sweep_dir:
         raise SpecError("give SWEEP_DIR or --trials FILE.parquet, not both")
-    published = _published_file(args.paper) if args.paper else None
+    published = _published_table(args.paper) if args.paper else None
     if args.sweep_dir:  # as `report SWEEP_DIR`: exported afresh first
         spec = _load_sweep(args.sweep_dir)
         trials, _ = export.export(spec, spec.sweep_dir / "export")
@@ -303,15 +307,17 @@ def _cmd_analyze(args) -> int:
     out = _out_dir(args.out or str(analysis_dir_of(trials)), "--out")  # a bad --out fails before any work
     df = pd.read_parquet(trials)
     result = analyze(df)
-    for p in analysis.analyze_file(trials, out, result, published=published):
+    comparison = compare(df, result, published) if published is not None else None
+    for p in analysis.analyze_file(trials, out, result, comparison):
         print(p)
     for line in answer(result, df)["lines"]:  # the answer, as a sweep's end prints it
         print(line)
     return 0
 
 
-def _published_file(path: str) -> Path:
-    """A published table to compare with, read once here so that a bad one fails before any analysis."""
+def _published_table(path: str) -> pd.DataFrame:
+    """A published table to compare with (``dashboards.paper.read_published``), read here so that a bad one fails
+    before any analysis."""
     from dashboards.paper import read_published
     from .spec import SpecError
 
@@ -320,14 +326,12 @@ def _published_file(path: str) -> Path:
     if not file.is_file():
         raise SpecError(f"--paper {path!r}: {'a folder' if file.is_dir() else 'no such file'}; {hint}")
     try:
-        read_published(file)
+        return read_published(file)
     except (ValueError, UnicodeDecodeError) as exc:
         raise SpecError(f"--paper {exc}") from None
-    return file
 
 
 def _cmd_report(args) -> int:
-    from dashboards.paper import read_published
     from dashboards.report import build_report
     from . import export
 
@@ -336,7 +340,7 @@ def _cmd_report(args) -> int:
     if args.trials and args.sweep_dir:
         raise SpecError("give SWEEP_DIR or --trials FILE.parquet, not both")
     tracking_uri = None  # a trials file alone does not say where its runs are tracked
-    published = read_published(_published_file(args.paper)) if args.paper else None
+    published = _published_table(args.paper) if args.paper else None
     if args.trials:
         trials = _trials_file(args.trials, "--trials")
         curves = _trials_file(args.curves, "--curves", needed=["trial_key", "step"]) if args.curves else None
