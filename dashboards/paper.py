@@ -426,33 +426,48 @@ def caption(c: dict[str, Any]) -> str:
     return text
 
 
-def markdown(comparison: Comparison) -> str:
-    """The side-by-side table and the answers, for a RESULTS.md."""
+def table_cells(comparison: Comparison) -> list[tuple[str, list[tuple[str, str, str]]]]:
+    """Per method, per task and AVG: ours ("mean ± std", "–" without a value), its seed mark ("(n = k)" on a cell
+    with fewer seeds than most, else ""), and the published ("mean ± std", "" where none): what the markdown and
+    the report's section show, each in its own markup."""
     t, c = comparison.table, comparison.claims
-    tasks = c["tasks"] + ["AVG"]
-    lines = ["| method | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    rows = []
     for method, part in t.groupby("method", sort=False):
         row = part.set_index("task")
         cells = []
-        for task in tasks:
+        for task in c["tasks"] + ["AVG"]:
             if task not in row.index:
-                cells.append("–")
+                cells.append(("–", "", ""))
                 continue
             r = row.loc[task]
             spread = "" if pd.isna(r["std"]) else f" ± {r['std']:.1f}"
             few = task != "AVG" and not pd.isna(r["n"]) and r["n"] < c["seeds_per_cell"]
-            ours = "–" if pd.isna(r["mean"]) else f"{r['mean']:.1f}{spread}" + (f" (n = {int(r['n'])})" if few else "")
-            paper = "" if pd.isna(r["paper_mean"]) else f" ({r['paper_mean']:.1f} ± {r['paper_std']:.1f})"
-            cells.append(ours + paper)
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+            cells.append(("–" if pd.isna(r["mean"]) else f"{r['mean']:.1f}{spread}",
+                          f"(n = {int(r['n'])})" if few and not pd.isna(r["mean"]) else "",
+                          "" if pd.isna(r["paper_mean"]) else f"{r['paper_mean']:.1f} ± {r['paper_std']:.1f}"))
+        rows.append((method, cells))
+    return rows
+
+
+def answers(claims: dict[str, Any]) -> list[tuple[str, str]]:
+    """(question, answer) for each claim and each variant against its base."""
+    out = [(title, claims[key].get("answer") or claims[key].get("reason")) for key, title in CLAIMS]
+    return out + [(f"{v} against {info['base']}", info["answer"]) for v, info in claims["variants_vs_base"].items()]
+
+
+def markdown(comparison: Comparison) -> str:
+    """The side-by-side table and the answers, for a RESULTS.md."""
+    c = comparison.claims
+    tasks = c["tasks"] + ["AVG"]
+    lines = ["| method | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    for method, cells in table_cells(comparison):
+        lines.append(f"| {method} | " + " | ".join(ours + (f" {few}" if few else "") + (f" ({paper})" if paper else "")
+                                                  for ours, few, paper in cells) + " |")
     if c["majority"]:
         majority = [c["majority"].get(task) for task in c["tasks"]]
         avg = sum(majority) / len(majority) if None not in majority else None
         lines.append("| majority class | " + " | ".join("" if m is None else f"{m:.1f}" for m in majority + [avg])
                      + " |")
     lines += ["", caption(c), ""]
-    for key, title in CLAIMS:
-        lines.append(f"- **{title}** {c[key].get('answer') or c[key].get('reason')}.")
-    for variant, v in c["variants_vs_base"].items():
-        lines.append(f"- **{variant} against {v['base']}:** {v['answer']}.")
+    lines += [f"- **{title}{'' if title.endswith('?') else ':'}** {text}." for title, text in answers(c)]
     return "\n".join(lines) + "\n"

@@ -179,25 +179,15 @@ def _table_html(table: pd.DataFrame, best: dict[str, list[str]], baselines: dict
 
 def _published_html(comparison: paper.Comparison) -> str:
     """Ours beside the published table on the tasks both hold, then the claims answered (as claims.md says)."""
-    t, c = comparison.table, comparison.claims
-    tasks = c["tasks"] + ["AVG"]
-    rows = ["<tr><th>method</th>" + "".join(f"<th>{_esc(x)}</th>" for x in tasks) + "</tr>"]
-    for method, part in t.groupby("method", sort=False):
-        cell = part.set_index("task")
-        tds = []
-        for task in tasks:
-            r = cell.loc[task] if task in cell.index else None
-            ours = "–" if r is None or pd.isna(r["mean"]) else \
-                f"{r['mean']:.1f}" + ("" if pd.isna(r["std"]) else f" ± {r['std']:.1f}")
-            theirs = "" if r is None or pd.isna(r["paper_mean"]) else \
-                f'<br><span class="ci">paper {r["paper_mean"]:.1f} ± {r["paper_std"]:.1f}</span>'
-            tds.append(f"<td>{ours}{theirs}</td>")
-        rows.append(f"<tr><th>{_esc(method)}</th>{''.join(tds)}</tr>")
-    answers = [(title, c[key].get("answer") or c[key].get("reason")) for key, title in paper.CLAIMS]
-    answers += [(f"{v} against {info['base']}", info["answer"]) for v, info in c["variants_vs_base"].items()]
+    c = comparison.claims
+    rows = ["<tr><th>method</th>" + "".join(f"<th>{_esc(x)}</th>" for x in c["tasks"] + ["AVG"]) + "</tr>"]
+    for method, cells in paper.table_cells(comparison):
+        tds = "".join(f"<td>{ours}" + (f'<br><span class="ci">paper {theirs}</span>' if theirs else "") + "</td>"
+                      for ours, _, theirs in cells)
+        rows.append(f"<tr><th>{_esc(method)}</th>{tds}</tr>")
     return ('<section id="published"><h2>Beside the published table</h2>'
             f'<p>{_esc(paper.caption(c))}</p><table id="published-table">' + "".join(rows) + "</table><ul>"
-            + "".join(f"<li><b>{_esc(title)}</b> {_esc(answer)}.</li>" for title, answer in answers)
+            + "".join(f"<li><b>{_esc(title)}</b> {_esc(text)}.</li>" for title, text in paper.answers(c))
             + "</ul></section>")
 
 
