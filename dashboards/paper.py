@@ -190,6 +190,7 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
     wide = replicates(trials, tasks)
     avg = cells[cells["task"] == "AVG"].set_index("method")
     base_cells = cells[(cells["method"] == BASE) & (cells["task"] != "AVG")].set_index("task")
+    published_std = cells.set_index(["method", "task"])["paper_std"]
     methods, cell_rows = [], []
     for method in [m for m in dict.fromkeys(cells["method"]) if m != BASE]:
         za, zb = [], []
@@ -206,8 +207,7 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
                 lo = math.sqrt(f / stats.f.ppf(0.975, len(a) - 1, len(b) - 1))
                 hi = math.sqrt(f / stats.f.ppf(0.025, len(a) - 1, len(b) - 1))
             mean = float(np.mean(a))
-            paper, paper_base = (cells.set_index(["method", "task"])["paper_std"].get((method, task)),
-                                 base_cells["paper_std"].get(task))
+            paper, paper_base = published_std.get((method, task)), base_cells["paper_std"].get(task)
             cell_rows.append({"method": method, "task": task, "n": len(a), "full_n": len(b), "std": float(sa),
                               "full_std": float(sb), "std_ratio": ratio, "ratio_ci_low": lo, "ratio_ci_high": hi,
                               "below": bool(sa < sb), "p": _spread_p(a, b),
