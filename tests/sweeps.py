@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -67,6 +68,37 @@ def spawn(*args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": ""}
     return subprocess.Popen([sys.executable, "-m", "orchestrator", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _session_alive(sid: int) -> list[int]:
+    """Live (not zombie) processes of session ``sid``, from /proc."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended while we looked
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def kill_session(proc: subprocess.Popen, timeout: float = 60) -> None:
+    """SIGKILL a spawned driver and every process it started, all at once, as a lost machine stops. ``killpg``
+    is not enough: Ray's workers run in process groups of their own and go on writing (checkpoints, records)
+    for a moment after their raylet died. They stay in the driver's session, which ``spawn`` started."""
+    end = time.time() + timeout
+    while alive := _session_alive(proc.pid):
+        assert time.time() < end, f"processes of the killed sweep still alive after {timeout} s: {alive}"
+        for pid in alive:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.05)
+    proc.wait()
 
 
 def tracker(sweep_dir: Path):

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from orchestrator.cli import main
-from tests.sweeps import cli, records, spawn, tracker, wait_for, write_spec
+from tests.sweeps import cli, kill_session, records, spawn, tracker, wait_for, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -50,8 +50,7 @@ def test_driver_sigkilled_then_rerun_finishes_exactly_once(point, tmp_path, tiny
         wait_for(lambda: n_running() >= 1, proc)
     else:
         wait_for(lambda: n_finished() == 3 and n_running() == 1, proc)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, as a lost head node would
-    proc.wait()
+    kill_session(proc)  # the driver and everything it started, as a lost head node would
     assert n_finished() < 4
     out = cli("run", str(spec), check_rc=0)
     assert "4/4 FINISHED" in out.stdout
@@ -131,8 +130,7 @@ def test_a_restored_trial_without_a_checkpoint_starts_over_as_a_new_attempt(tmp_
 
     proc = spawn("run", str(spec))
     wait_for(last_one_evaluated, proc)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_session(proc)
     out = cli("run", str(spec), check_rc=0)
     assert "resuming the interrupted experiment" in out.stdout and "4/4 FINISHED" in out.stdout
     t = tracker(sweep_dir)

@@ -1,14 +1,13 @@
 """A sweep folder moved to another place or machine (other paths for the folder and the data) goes on there:
 nothing is read from or written to the old paths, and other task files under the new path are refused."""
 import json
-import os
 import shutil
-import signal
 
 import pandas as pd
 import pytest
 
-from tests.sweeps import cli, here, records, spawn, state_knows_a_checkpoint, tracker, wait_for, write_spec
+from tests.sweeps import (cli, here, kill_session, records, spawn, state_knows_a_checkpoint, tracker, wait_for,
+                          write_spec)
 
 pytestmark = pytest.mark.slow
 
@@ -37,8 +36,7 @@ def _kill_when_the_last_one_checkpointed(spec, sweep_dir) -> None:
 
     proc = spawn("run", str(spec))
     wait_for(ready, proc)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_session(proc)
 
 
 def test_a_sweep_folder_moved_without_checkpoints_grows_and_tracks_where_it_is(tmp_path, tiny_model, data_dir,
