@@ -196,3 +196,14 @@ def test_an_explicit_size_above_the_budget_is_refused(method, param, tiny_model)
     ok.prepare(model)  # the largest size within the budget is accepted
     with pytest.raises(ValueError, match=rf"{param} {fits + 1}.*⌊m·p⌋.*{param} ≤ {fits}"):
         cls(cls.Params(**{param: fits + 1}), 0.05, 0).prepare(TaskModel(load_backbone(tiny_model), "classification", 3))
+
+
+def test_the_backbone_runs_torchs_own_layers_not_hub_kernels(tiny_model):
+    """transformers 5.25 kernelizes by default where the `kernels` package is installed (it comes with it):
+    layers swapped for code from the Hub at train(), other numerics than the paper's, and a crash on the meta
+    device. Loaded with use_kernels=False, train() leaves the modules as they were."""
+    backbone = load_backbone(tiny_model)
+    before = {n: type(m) for n, m in backbone.named_modules()}
+    backbone.train()
+    assert not getattr(backbone, "use_kernels", False)
+    assert {n: type(m) for n, m in backbone.named_modules()} == before

@@ -64,7 +64,11 @@ def load_pretrained(model_path: str, config_only: bool = False) -> tuple[nn.Modu
     try:
         if config_only:
             return AutoModel.from_config(AutoConfig.from_pretrained(model_path)), frozenset()
-        model, info = AutoModel.from_pretrained(model_path, dtype=torch.float32, output_loading_info=True)
+        # use_kernels=False: transformers (5.25 here) swaps layers for Hub kernels by default wherever the `kernels`
+        # package is installed (it now comes with transformers): code fetched from the Hub at train(), other
+        # numerics than the paper's, and on a device it does not know (meta) it raises
+        model, info = AutoModel.from_pretrained(model_path, dtype=torch.float32, output_loading_info=True,
+                                                use_kernels=False)
     except OSError as exc:
         raise ModelError(f"cannot load model {model_path!r}: {exc}") from None
     params = {n for n, _ in model.named_parameters()}
