@@ -32,7 +32,8 @@ def preflight(spec: SweepSpec) -> None:
     check_paths(spec)
     check_resources(spec)
     check_cache(spec.data)
-    check_model(spec.model, spec.training.max_seq_length)
+    path = check_model(spec.model, spec.training.max_seq_length)
+    check_method_fits(spec, path)
     check_data(spec.data, spec.grid.tasks)
 
 
@@ -145,6 +146,28 @@ def check_model(model: str, max_seq_length: int | None = None) -> str:
                         f"{model!r}; use at most {positions}")
     load_tokenizer(path)
     return path
+
+
+def check_method_fits(spec: SweepSpec, path: str) -> None:
+    """A LoRA rank or an adapter bottleneck the budget cannot hold would fail every trial of its row at setup, on
+    the cluster; found here instead, with the model loaded once (only for a grid with such a method)."""
+    from trainables.methods import get_method
+
+    cases = {}
+    for t in spec.trials():
+        if get_method(t.method).changes_structure:
+            cases.setdefault((t.label, t.sparsity), t)
+    if not cases:
+        return
+    from trainables.models import TaskModel, load_pretrained
+
+    backbone, fresh = load_pretrained(path)
+    model = TaskModel(backbone, "classification", 2, fresh)
+    for (row, sparsity), t in cases.items():
+        try:
+            get_method(t.method)(t.params(), sparsity, t.seed).fit(model)
+        except ValueError as exc:
+            raise SpecError(f"grid row {row!r} at sparsity {sparsity}: {exc}") from None
 
 
 def check_data(data: DataConfig, tasks: list[str]) -> None:

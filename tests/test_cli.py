@@ -154,3 +154,18 @@ def test_a_learning_rate_above_one_is_refused_before_anything_runs(tmp_path, tin
     message named no setting; rerun-failed sent the user round the same loop."""
     rc, _, err = cli("validate", str(write_spec(tmp_path, tiny_model, data_dir)), "--set", setting)
     assert rc == 2 and f"{where}: Input should be less than or equal to 1" in err
+
+
+def test_validate_refuses_a_lora_rank_or_adapter_bottleneck_the_budget_cannot_hold(tmp_path, tiny_model, data_dir,
+                                                                                    cli):
+    """Each trial of the row failed at setup, on the cluster, after `validate` had said the spec was valid."""
+    grid = {"methods": ["lora", "adapter", "sam"], "tasks": ["CB"], "seeds": [0], "sparsities": [0.5]}
+    fits = write_spec(tmp_path / "fits", tiny_model, data_dir, grid=grid)
+    assert cli("validate", str(fits))[0] == 0
+    rank = write_spec(tmp_path / "rank", tiny_model, data_dir, grid=grid, methods={"lora": {"rank": 4096}})
+    rc, _, err = cli("validate", str(rank))
+    assert rc == 2 and "grid row 'lora' at sparsity 0.5: lora: rank 4096 trains" in err and "set rank ≤" in err, err
+    small = write_spec(tmp_path / "small", tiny_model, data_dir, grid={**grid, "sparsities": [0.5, 1e-6]})
+    rc, _, err = cli("validate", str(small))
+    assert rc == 2 and "at sparsity 1e-06: lora: a budget of 1 entries is below one rank" in err, err
+    assert not (tmp_path / "rank" / "runs").exists()  # refused before anything is written

@@ -63,7 +63,8 @@ class AdapterMethod(DenseSubsetMethod):
     Params = AdapterParams
     changes_structure = True
 
-    def prepare(self, model):
+    def fit(self, model) -> int:
+        """The bottleneck this trial trains: the one set, else the largest within the budget."""
         eligible = sum(p.numel() for p in backbone_parameters(model).values())
         k = budget(eligible, self.sparsity)
         r = self.params.bottleneck or bottleneck_for_budget(model.backbone, k)
@@ -72,6 +73,10 @@ class AdapterMethod(DenseSubsetMethod):
                              f"trial's budget ⌊m·p⌋ = {k} (p = {self.sparsity}); set bottleneck ≤ "
                              f"{bottleneck_for_budget(model.backbone, k)}, raise the sparsity, or leave bottleneck "
                              f"unset for the largest that fits")
+        return r
+
+    def prepare(self, model):
+        r = self.fit(model)
         layers = ffn_outputs(model.backbone)
         model.adapters = nn.ModuleDict({n.replace(".", "_"): Adapter(m.out_features, r) for n, m in layers})
         for n, m in layers:

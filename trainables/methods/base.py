@@ -74,6 +74,10 @@ class Method:
         self.projections: list[Projection] = []
 
     # --- structure and selection ---------------------------------------------------------------
+    def fit(self, model: nn.Module) -> None:
+        """Raise ValueError when this trial's budget cannot hold what the method adds to ``model`` (a LoRA rank,
+        an adapter bottleneck). ``prepare`` calls it, and so does the sweep's check before anything runs."""
+
     def prepare(self, model: nn.Module) -> None:
         pass
 

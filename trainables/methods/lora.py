@@ -46,9 +46,8 @@ class Lora(DenseSubsetMethod):
     Params = LoraParams
     changes_structure = True
 
-    def prepare(self, model):
-        from peft import LoraConfig, inject_adapter_in_model
-
+    def fit(self, model) -> int:
+        """The rank this trial trains: the one set, else the largest within the budget."""
         eligible = sum(p.numel() for p in backbone_parameters(model).values())
         k = budget(eligible, self.sparsity)
         r = self.params.rank or rank_for_budget(model.backbone, k)
@@ -56,6 +55,12 @@ class Lora(DenseSubsetMethod):
             raise ValueError(f"lora: rank {r} trains {r * per_rank(model.backbone)} entries, above this trial's "
                              f"budget ⌊m·p⌋ = {k} (p = {self.sparsity}); set rank ≤ {rank_for_budget(model.backbone, k)}, "
                              f"raise the sparsity, or leave rank unset for the largest that fits")
+        return r
+
+    def prepare(self, model):
+        from peft import LoraConfig, inject_adapter_in_model
+
+        r = self.fit(model)
         config = LoraConfig(r=r, lora_alpha=self.params.alpha, lora_dropout=self.params.dropout,
                             target_modules=TARGETS, init_lora_weights=True)
         model.backbone = inject_adapter_in_model(config, model.backbone)
