@@ -66,8 +66,19 @@ def groups(df: pd.DataFrame) -> list[tuple[dict[str, Any], pd.DataFrame]]:
     return out
 
 
+def current(trials: pd.DataFrame) -> pd.DataFrame:
+    """The trials of the sweep's current grid. The export marks ``in_grid`` False the trials a fixed or dropped
+    row, or a ``run --force`` with other settings, left behind: they stay in the records and MLflow but are no
+    results of the spec. A table without the column (an older export, one's own) is all current."""
+    if "in_grid" not in trials:
+        return trials
+    return trials[trials["in_grid"].fillna(True).astype(bool)]
+
+
 def trials_in(trials: pd.DataFrame, label: dict[str, Any]) -> pd.DataFrame:
-    """The trials of the group ``label`` names; a method without a sparsity belongs to every sparsity group."""
+    """The current trials of the group ``label`` names; a method without a sparsity belongs to every sparsity
+    group."""
+    trials = current(trials)
     sparsity = trials["sparsity"].isna() | (trials["sparsity"] == label["sparsity"] if label["sparsity"] is not None
                                             else True)
     return trials[sparsity & (trials["perturbation"].notna() == (label["perturbation"] == "perturbed"))]
@@ -401,9 +412,11 @@ def analyze(trials: pd.DataFrame) -> Analysis:
     missing = [c for c in NEEDED if c not in trials.columns]
     if missing:
         raise ValueError(f"trials table lacks column(s) {missing}; needed: {NEEDED}")
-    df = trials[trials["status"] == "FINISHED"].copy()
+    ours = current(trials)
+    df = ours[ours["status"] == "FINISHED"].copy()
     if df.empty:
-        raise ValueError("no FINISHED trials to analyse")
+        raise ValueError("no FINISHED trials to analyse" + (f" ({len(trials)} not in the sweep's current grid)"
+                                                           if len(trials) and ours.empty else ""))
     tables, summary_groups, tests, pairs, seeds = [], [], [], [], []
     for label, part in groups(df):
         t = method_task_table(part)
@@ -424,7 +437,8 @@ def analyze(trials: pd.DataFrame) -> Analysis:
     summary = {**{k: main[k] for k in ("spearman", "best", "friedman", "friedman_task_seed", "nemenyi", "holm",
                                        "seeds_enough")},
                "group": {k: main[k] for k in ("sparsity", "perturbation", "splits", "n_trials") if k in main},
-               "groups": summary_groups, "n_finished": int(len(df)), "n_trials": int(len(trials)),
+               "groups": summary_groups, "n_finished": int(len(df)), "n_trials": int(len(ours)),
+               "n_not_in_grid": int(len(trials) - len(ours)),
                "paired_test": PAIRED_TEST,
                "units": "scores as the task's metric in [0, 1] (the report shows ×100); ranks within each task "
                         "(1 = best mean / smallest std, ties averaged); ρ over the pooled (method, task) pairs of "

@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from . import figures, paper
-from .analysis import Analysis, analyze, rows_of, trials_in
+from .analysis import Analysis, analyze, current, rows_of, trials_in
 from .figures import fmt_p
 
 NO_SPEC = "not found (give SWEEP_DIR, or a trials.parquet inside SWEEP_DIR/export)"
@@ -101,6 +101,13 @@ def _runs_links(trials: pd.DataFrame, method: str, mlflow_url: str | None) -> st
         else f"{_esc(r.task)} s{r.seed}: <code>{_esc(r.mlflow_run_id)}</code>"
         for r in runs.sort_values(["task", "seed"]).itertuples())
     return f'<details class="runs"><summary>MLflow runs ({len(runs)})</summary>{links}</details>'
+
+
+def _trial_list(table_id: str, trials: pd.DataFrame) -> str:
+    return (f'<table id="{table_id}"><tr><th>trial</th><th>status</th><th>error</th></tr>' + "".join(
+        f"<tr><td>{_esc(r.method)}/{_esc(r.task)} s{r.seed} {_esc(getattr(r, 'trial_key', ''))}</td>"
+        f"<td>{_esc(r.status)}</td><td>{_error_html(getattr(r, 'error', None))}</td></tr>"
+        for r in trials.itertuples()) + "</table>")
 
 
 def unfinished_cells(trials: pd.DataFrame) -> dict[tuple[str, str], str]:
@@ -297,7 +304,9 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
 
     parts = [f"<h1>PEFT sweep report: {_esc(sweeps or 'trials')}</h1>",
              '<section id="about"><h2>What the numbers are</h2><ul>'
-             f"<li>{summary['n_finished']} of {summary['n_trials']} trials FINISHED; model: {_esc(models)}.</li>"
+             f"<li>{summary['n_finished']} of {summary['n_trials']} trials FINISHED"
+             + (f" ({summary['n_not_in_grid']} more no longer in the grid, left out: listed at the end)"
+                if summary.get("n_not_in_grid") else "") + f"; model: {_esc(models)}.</li>"
              f"<li>Each cell: mean ± std (ddof = 1) of the test score ×100 over its <b>n</b> seeds "
              f"(n per cell here: {', '.join(map(str, n_per_cell))}), then the 95% bootstrap interval of the mean "
              "in brackets. The test set is the task's original dev set (the paper's protocol).</li>"
@@ -398,13 +407,17 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
         parts.append(_figure("overlap", "overlap.svg", "mean Jaccard overlap between methods' masks"))
     else:
         parts.append(_missing("overlap", _why_no_overlap(trials, trials_path, overlap_path, overlap is not None)))
-    failed = trials[trials["status"] != "FINISHED"]
+    ours = current(trials)
+    failed = ours[ours["status"] != "FINISHED"]
     parts.append(f"<h2>Failed or unfinished trials ({len(failed)})</h2>")
     if len(failed):
-        parts.append('<table id="failed"><tr><th>trial</th><th>status</th><th>error</th></tr>' + "".join(
-            f"<tr><td>{_esc(r.method)}/{_esc(r.task)} s{r.seed} {_esc(getattr(r, 'trial_key', ''))}</td>"
-            f"<td>{_esc(r.status)}</td><td>{_error_html(getattr(r, 'error', None))}</td></tr>"
-            for r in failed.itertuples()) + "</table>")
+        parts.append(_trial_list("failed", failed))
+    gone = trials.loc[trials.index.difference(ours.index)]
+    if len(gone):
+        parts.append(f"<details id=\"not-in-grid\"><summary>Trials no longer in the sweep's grid ({len(gone)})"
+                     "</summary><p>Left out of every table and figure: their row was fixed or dropped after it "
+                     "failed, or a <code>run --force</code> with other settings replaced them. Their records and "
+                     "MLflow runs are kept.</p>" + _trial_list("gone", gone) + "</details>")
     keys = ("spearman", "friedman", "group")
     parts.append(f"<h2>Summary</h2><pre>{_esc(json.dumps({k: summary[k] for k in keys}, indent=1, ensure_ascii=False))}"
                  "</pre>")

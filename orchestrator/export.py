@@ -36,7 +36,7 @@ TRIALS_SCHEMA = pa.schema(
     + [("steps", pa.int64()), ("best_step", pa.int64()), ("wall_s", pa.float64()), ("eligible_params", pa.int64()),
        ("trainable_params", pa.int64()), ("changed_params", pa.int64()), ("n_projections", pa.int64()),
        ("error", pa.string()), ("code_version", pa.string()), ("attempt", pa.int64()), ("mlflow_run_id", pa.string()),
-       ("source", pa.string())])
+       ("source", pa.string()), ("in_grid", pa.bool_())])
 CURVES_SCHEMA = pa.schema(
     [("trial_key", pa.string()), ("method", pa.string()), ("task", pa.string()), ("seed", pa.int64()),
      ("kind", pa.string()), ("step", pa.int64()), ("dev_score", pa.float64()), ("train_loss", pa.float64()),
@@ -144,10 +144,14 @@ def collect(spec: SweepSpec, tracker: Tracker | None) -> tuple[list[dict], list[
                   "only", file=sys.stderr)
             tracker = None
     recs = records.all_records(spec.sweep_dir)
+    # a trial of a row fixed or dropped after it failed, or of a `run --force` with other settings, stays in the
+    # records and MLflow but is no result of this spec: kept, marked, and left out by the analysis
+    grid = {t.key for t in spec.trials()}
     trials, curves, results = [], [], {}
     for key in sorted(set(runs) | set(recs)):
         run = runs.get(key)
         row, full = _row(spec, key, run, recs.get(key), tracker)
+        row["in_grid"] = key in grid
         trials.append(row)
         curves.extend(_curve_rows(row, full, run, tracker))
         if full:

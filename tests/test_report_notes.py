@@ -224,3 +224,48 @@ def test_a_failed_trials_error_leads_with_its_own_line_and_folds_the_traceback(t
     failed = page[page.index('<table id="failed">'):]
     assert "<td><b>RuntimeError: tracked</b><details><summary>traceback</summary>" in failed
     assert "<td><b>RuntimeError: boom</b><details>" in failed
+
+
+def _finish_new(spec, done: set[str]):
+    """Track and record as FINISHED the trials of ``spec`` whose keys are not in ``done``; returns all its keys."""
+    from benchmarks.synthetic_trials import fake_result, trial_dict
+    from tests.tracking_fixtures import record_finished
+
+    tr = sweep.tracker_for(spec)
+    for cfg in spec.trials():
+        if cfg.key not in done:
+            tr.start_trial(cfg.key, trial_dict(cfg))
+            result = fake_result(cfg)
+            tr.finish(cfg.key, result)
+            record_finished(spec, cfg, result)
+    return done | {cfg.key for cfg in spec.trials()}
+
+
+def test_trials_no_longer_in_the_grid_are_left_out_of_the_results_and_named(tmp_path, data_dir):
+    """A row fixed after its trials failed, then a `run --force` with another setting: the old trials stay in the
+    records and MLflow, but they are not results of the sweep's spec. The report listed the fixed row's old
+    failures as the sweep's failed trials, and the forced rerun's old results were averaged with the new ones
+    (four trials for two seeds)."""
+    from dashboards.analysis import analyze
+    from orchestrator import export
+    from orchestrator.spec import spec_from_dict
+
+    spec = make_spec(tmp_path, data_dir, tasks=["CB"])
+    finish_all(spec, fail=2)  # both sam trials failed (a bad learning rate, say)
+    fixed = spec_from_dict({**spec.model_dump(mode="json"), "methods": {"sam": {"lr": 1e-3}}})
+    done = _finish_new(fixed, {c.key for c in spec.trials()})
+    trials_path = export.export(fixed, tmp_path / "fixed")[0]
+    df = pd.read_parquet(trials_path)
+    assert df.groupby("in_grid")["status"].apply(sorted).to_dict() == {False: ["FAILED"] * 2,
+                                                                       True: ["FINISHED"] * 4}
+    page = build_report(trials_path, None, tmp_path / "r").read_text()
+    assert "Failed or unfinished trials (0)" in page, page
+    gone = page.split('<details id="not-in-grid">')[1]
+    assert "Trials no longer in the sweep's grid (2)" in gone and gone.count("FAILED") == 2
+    assert "4 of 4 trials FINISHED" in page
+
+    forced = spec_from_dict({**fixed.model_dump(mode="json"), "training": {"max_steps": 12, "eval_every": 3}})
+    _finish_new(forced, done)
+    res = analyze(pd.read_parquet(export.export(forced, tmp_path / "forced")[0]))
+    assert set(res.table.loc[res.table["task"] == "CB", "n"]) == {2}, res.table
+    assert (res.summary["n_finished"], res.summary["n_trials"], res.summary["n_not_in_grid"]) == (4, 4, 6)
