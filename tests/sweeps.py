@@ -107,6 +107,22 @@ def tracker(sweep_dir: Path):
     return tracker_for(load_sweep(sweep_dir))
 
 
+def assert_each_trial_once(sweep_dir: Path, n: int) -> None:
+    """After a rerun: ``n`` trials, each one FINISHED MLflow child run (no duplicate from the interrupted run) and
+    one row of the export."""
+    import pandas as pd
+
+    from orchestrator.cli import main
+
+    t = tracker(sweep_dir)
+    runs = t.trial_runs()
+    assert len(runs) == n and {r.info.status for r in runs.values()} == {"FINISHED"}
+    assert len(t.search("tags.role = 'trial'")) == n  # one child run per key
+    assert main(["export", str(sweep_dir)]) == 0
+    trials = pd.read_parquet(sweep_dir / "export" / "trials.parquet")
+    assert len(trials) == trials["trial_key"].nunique() == n
+
+
 def records(sweep_dir: Path) -> dict[str, dict]:
     folder = sweep_dir / "records"
     return {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")} if folder.is_dir() else {}

@@ -309,12 +309,12 @@ def test_stop_leaves_trials_resumable_and_nothing_running(on_cluster, spawned, c
 
 
 def test_sweep_survives_losing_the_worker_node(cluster, tmp_path, tiny_model, data_dir):
-    # one CPU per trial: three run at once, so one runs on the worker node when it goes; trials long enough
+    # one CPU per trial: the three run at once, so one runs on the worker node when it goes; trials long enough
     # (120 steps, a checkpoint every 3) that it is still running then. The spec leaves data.dir to the driver's
     # $PEFT_SWEEP_DATA_DIR; the worker node's own variable names no folder: its trial reads the folder the
     # driver recorded in spec.yaml, so it runs until the node goes
     spec = write_spec(tmp_path, tiny_model, data_dir, training__max_steps=120, training__eval_every=3,
-                      grid={"methods": ["sam", "bitfit", "full"], "tasks": ["CB"], "seeds": [0, 1]},
+                      grid={"methods": ["sam", "bitfit", "full"], "tasks": ["CB"], "seeds": [0]},
                       max_failures=3, ray={"num_cpus": None}, data={"dir": None})
     env = {**cluster["env"], "RAY_ADDRESS": f"127.0.0.1:{cluster['gcs']}", "PYTHONUNBUFFERED": "1",
            "PEFT_SWEEP_DATA_DIR": str(data_dir)}
@@ -328,7 +328,7 @@ def test_sweep_survives_losing_the_worker_node(cluster, tmp_path, tiny_model, da
     os.killpg(cluster["worker"].pid, signal.SIGTERM)  # the node stops, with the trials running on it
     out, _ = driver.communicate(timeout=900)
     assert driver.returncode == 0, out[-5000:]
-    assert "6/6 FINISHED" in out
+    assert "3/3 FINISHED" in out
     # the worker's trial moved to the head node: from its checkpoint, or from step 0 if it had none yet (the line
     # says which: it claimed a checkpoint either way before)
     assert ("failed, retrying from its last checkpoint" in out

@@ -6,8 +6,8 @@ import shutil
 import pandas as pd
 import pytest
 
-from tests.sweeps import (cli, here, kill_session, records, spawn, state_knows_a_checkpoint, tracker, wait_for,
-                          write_spec)
+from tests.sweeps import (assert_each_trial_once, cli, here, kill_session, records, spawn, state_knows_a_checkpoint,
+                          tracker, wait_for, write_spec)
 
 pytestmark = pytest.mark.slow
 
@@ -88,6 +88,8 @@ def test_a_sweep_folder_moved_without_checkpoints_grows_and_tracks_where_it_is(t
 
 
 def test_a_killed_sweep_moved_with_its_checkpoints_resumes_them_where_it_is(tmp_path, tiny_model, data_dir):
+    """Also the driver SIGKILLed with three trials finished and the last one running: the rerun resumes that one
+    from its checkpoint and runs nothing twice."""
     a, b = _machine(tmp_path / "a", data_dir), _machine(tmp_path / "b", data_dir)
     old = a / "runs" / "t"
     _kill_when_the_last_one_checkpointed(write_spec(a, tiny_model, a / "data", training__max_steps=30,
@@ -104,8 +106,9 @@ def test_a_killed_sweep_moved_with_its_checkpoints_resumes_them_where_it_is(tmp_
     recs = records(moved)
     assert {r["status"] for r in recs.values()} == {"FINISHED"}
     assert sum((r["result"]["resumed_from_step"] or 0) > 0 for r in recs.values()) == 1  # from its checkpoint
+    assert_each_trial_once(moved, 4)
     t = tracker(moved)
-    assert len(t.search("tags.role = 'trial'")) == 4 and not t.search("tags.role = 'superseded'")  # resumed
+    assert not t.search("tags.role = 'superseded'")  # resumed, not started over
     for run in t.trial_runs().values():
         steps = [m.step for m in t.history(run.info.run_id, "dev_score")]
         assert steps == sorted(set(steps)), (run.info.run_name, steps)
