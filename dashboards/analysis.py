@@ -120,22 +120,26 @@ def std_ci(values: np.ndarray) -> tuple[float | None, float | None]:
 
 def method_task_table(df: pd.DataFrame) -> pd.DataFrame:
     """n, mean, std (ddof=1) with their intervals, performance and stability rank per (method, task);
-    AVG rows added (mean of task means and of task stds, no interval)."""
+    AVG rows added (mean of task means and of task stds, no interval). ``n_one_class``: the seeds whose every
+    test prediction was one class (a collapse: such a seed can make a cell's std, and so its stability rank,
+    by itself); empty for trials that did not record it (regression, older exports)."""
     rows = []
     for (method, task), part in df.groupby(["method", "task"]):
         x = part["test_score"].to_numpy(dtype=float)
         m_lo, m_hi = bootstrap_ci(x, np.mean)
         s_lo, s_hi = std_ci(x)
+        share = part["test_top_class_share"].dropna() if "test_top_class_share" in part else pd.Series([])
         rows.append({"method": method, "task": task, "n": len(x), "mean": x.mean(),
                      "std": x.std(ddof=1) if len(x) > 1 else np.nan, "mean_ci_low": m_lo, "mean_ci_high": m_hi,
-                     "std_ci_low": s_lo, "std_ci_high": s_hi})
+                     "std_ci_low": s_lo, "std_ci_high": s_hi,
+                     "n_one_class": int((share >= 1.0).sum()) if len(share) else np.nan})
     t = pd.DataFrame(rows)
     t["perf_rank"] = t.groupby("task")["mean"].rank(ascending=False, method="average")
     t["stab_rank"] = t.groupby("task")["std"].rank(ascending=True, method="average")
     avg = t.groupby("method").agg(n=("n", "sum"), mean=("mean", "mean"), std=("std", "mean")).reset_index()
     avg["task"] = "AVG"  # the paper's AVG column: mean of the task means and of the task stds
     cols = ["method", "task", "n", "mean", "std", "mean_ci_low", "mean_ci_high", "std_ci_low", "std_ci_high",
-            "perf_rank", "stab_rank"]
+            "perf_rank", "stab_rank", "n_one_class"]
     return pd.concat([t, avg], ignore_index=True).reindex(columns=cols)
 
 

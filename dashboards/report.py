@@ -34,7 +34,7 @@ table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:
 th:first-child,td:first-child{text-align:left}.b1{font-weight:bold;background:#e6f2e6}.b2{background:#eef6ee}
 .b3{background:#f5faf5}figure{display:block;margin:1em 0}figure img{max-width:100%}
 pre{background:#f6f6f6;padding:8px;white-space:pre-wrap}.ci,.n{color:#666;font-size:80%}
-tr.baseline{font-style:italic;background:#fafafa}.missing{color:#8a5a00}.below{color:#b00020}
+tr.baseline{font-style:italic;background:#fafafa}.missing{color:#8a5a00}.below{color:#b00020}.collapsed{color:#b00020;font-size:80%}
 td.unfinished,tr.unfinished td{color:#b00020}details{margin:.5em 0}"""
 
 
@@ -170,7 +170,10 @@ def _table_html(table: pd.DataFrame, best: dict[str, list[str]], baselines: dict
                 text = f'<span class="below" title="below the majority-class baseline">{text}</span>'
             ci = (f'<br><span class="ci">[{100 * r.mean_ci_low:.1f}, {100 * r.mean_ci_high:.1f}]</span>'
                   if pd.notna(r.mean_ci_low) else "<br>")
-            tds.append(f'<td{cls}>{text}{ci} <span class="n">n={int(r.n)}</span></td>')
+            one = getattr(r, "n_one_class", None)
+            one = (f' <span class="collapsed" title="seeds whose every test prediction was one class">{int(one)} '
+                   "one-class</span>" if pd.notna(one) and one > 0 else "")
+            tds.append(f'<td{cls}>{text}{ci} <span class="n">n={int(r.n)}</span>{one}</td>')
         rows.append(f"<tr><th>{_esc(m)}{_runs_links(trials, m, mlflow_url)}</th>{''.join(tds)}</tr>")
     for m in dict.fromkeys(m for m, _ in unfinished if m not in methods):
         tds = "".join(f"<td>{unfinished.get((m, t), '')}</td>" for t in tasks[:-1]) + "<td>not ranked</td>"
@@ -314,7 +317,9 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
              "an average.</li>"
              + ("<li>Shading marks the best three per column.</li>" if len(methods) > 3 else
                 "<li>No best-three shading: three methods or fewer compete.</li>")
-             + "<li>Red: below the task's majority-class score.</li>"
+             + "<li>Red: below the task's majority-class score. <i>k one-class</i>: k of the cell's seeds predicted "
+               "one class (or choice) for every test example, a collapse; such a seed alone can make the cell's "
+               "std, and so its stability rank.</li>"
              f"<li>Spec: {_esc(spec_path) if spec else NO_SPEC}; "
              f"built {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC by {_esc(_code_version())}.</li>"
              f'<li id="mlflow">{browse}</li></ul>'

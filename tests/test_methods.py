@@ -136,6 +136,7 @@ def test_every_method_runs_and_reports_counts(method, tiny_trial):
     r = Trainer(tiny_trial(method, method_params=METHOD_CASES[method],
                            training={"max_steps": 4, "eval_every": 2})).run()
     assert r["status"] == "FINISHED" and r["eligible_params"] > 0
+    assert 1 / 3 <= r["test_top_class_share"] <= 1  # CB: three classes; 1.0 would be a one-class collapse
     assert 0 < r["trainable_params"] <= r["eligible_params"]
     assert r["changed_params"] <= r["trainable_params"] or method in ("full", "mixout")
     if method == "bitfit":

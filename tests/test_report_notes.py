@@ -269,3 +269,23 @@ def test_trials_no_longer_in_the_grid_are_left_out_of_the_results_and_named(tmp_
     res = analyze(pd.read_parquet(export.export(forced, tmp_path / "forced")[0]))
     assert set(res.table.loc[res.table["task"] == "CB", "n"]) == {2}, res.table
     assert (res.summary["n_finished"], res.summary["n_trials"], res.summary["n_not_in_grid"]) == (4, 4, 6)
+
+
+def test_seeds_that_predicted_one_class_are_counted_per_cell_and_shown(tmp_path):
+    """A seed whose every test prediction is the majority class scores near the majority baseline: one such seed
+    among good ones makes the cell's std, and so its stability rank, by itself, and nothing said so."""
+    from dashboards.analysis import analyze
+
+    trials = hand_made()
+    trials["test_top_class_share"] = 0.6
+    collapsed = (trials["method"] == "sam") & (trials["task"] == "CB") & (trials["seed"] == 0)
+    trials.loc[collapsed, "test_top_class_share"] = 1.0
+    table = analyze(trials).table.set_index(["method", "task"])
+    assert table.loc[("sam", "CB"), "n_one_class"] == 1
+    assert table.loc[("full", "CB"), "n_one_class"] == 0
+    path = tmp_path / "trials.parquet"
+    trials.to_parquet(path)
+    page = build_report(path, None, tmp_path / "r").read_text()
+    assert page.count('class="collapsed"') == 1 and "1 one-class</span>" in page
+    old = hand_made()  # an export from before the field: no count, no mark
+    assert analyze(old).table["n_one_class"].isna().all()

@@ -254,7 +254,11 @@ class Trainer:
         self.model.train(was)
         preds, labels = preds.cpu().numpy(), data.labels.cpu().numpy()
         self.timers["eval_s"] += time.perf_counter() - t0
-        return compute_metrics(self.task.metric, preds, labels, self.task.num_labels)
+        out = compute_metrics(self.task.metric, preds, labels, self.task.num_labels)
+        if self.task.kind != "regression" and len(preds):
+            # 1.0: every example got one class (or choice), a collapse that a seed's score alone does not show
+            out["top_class_share"] = float(np.bincount(preds.astype(np.int64)).max() / len(preds))
+        return out
 
     # ------------------------------------------------------------------ checkpoint
     def _dense_named(self) -> dict[str, torch.Tensor]:
