@@ -277,11 +277,23 @@ def _cmd_sync(args) -> int:
 def _cmd_export(args) -> int:
     from . import export
 
+    import pyarrow.parquet as pq
+
+    from .masks import MASKS_DIR
+
     spec = _load_sweep(args.sweep_dir)
     out = _out_dir(args.out, "--out") if args.out else spec.sweep_dir / "export"
-    paths = export.export(spec, out)
-    for p in paths:
-        print(p)
+    trials_path, curves_path = export.export(spec, out)
+    trials = pq.read_table(trials_path, columns=["status", "in_grid"]).to_pandas()
+    counts = ", ".join(f"{n} {s}" for s, n in trials["status"].fillna("no status").value_counts().items())
+    gone = int((~trials["in_grid"]).sum())
+    print(f"{trials_path}  ({len(trials)} trials: {counts or 'none'}"
+          + (f"; {gone} no longer in the grid, left out by analyze and report" if gone else "") + ")")
+    print(f"{curves_path}  (dev score and training loss per evaluation, and the projections)")
+    print(f"{out / 'masks.parquet'}  (where each trial's budget went: entries per layer and module kind)")
+    masks = sorted((out / MASKS_DIR).glob("*")) if (out / MASKS_DIR).is_dir() else []
+    print(f"{out / MASKS_DIR}/  ({len(masks)} mask file(s), one per finished trial of a method that selects entries)"
+          if masks else "no mask files (no finished trial of a method that selects entries)")
     return 0
 
 

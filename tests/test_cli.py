@@ -169,3 +169,16 @@ def test_validate_refuses_a_lora_rank_or_adapter_bottleneck_the_budget_cannot_ho
     rc, _, err = cli("validate", str(small))
     assert rc == 2 and "at sparsity 1e-06: lora: a budget of 1 entries is below one rank" in err, err
     assert not (tmp_path / "rank" / "runs").exists()  # refused before anything is written
+
+
+def test_export_says_what_it_wrote_and_counts_the_trials(tmp_path, data_dir, cli):
+    from tests.tracking_fixtures import finish_all, make_spec
+
+    spec = make_spec(tmp_path, data_dir, tasks=["CB"])
+    finish_all(spec, fail=1)
+    (spec.sweep_dir / sweep.SPEC_FILE).write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    rc, out, _ = cli("export", str(spec.sweep_dir))
+    export = spec.sweep_dir / "export"
+    assert rc == 0 and f"{export / 'trials.parquet'}  (4 trials: 3 FINISHED, 1 FAILED)" in out, out
+    assert str(export / "curves.parquet") in out and str(export / "masks.parquet") in out
+    assert "no mask files" in out  # synthetic results store no masks
