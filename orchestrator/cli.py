@@ -25,6 +25,13 @@ EPILOG = """examples:
   peft-sweep analyze runs/quickstart                tables, ranks, tests and the answer (or --trials FILE)
   peft-sweep report runs/quickstart --out runs/quickstart/report
   peft-sweep train-one --task CB --method sam --sparsity 0.005 --set training.max_steps=100
+
+exit codes:
+  0  done: every trial of the grid FINISHED; also a sweep stopped or drained on request (`run` resumes it)
+  1  trials ended in error (run, rerun-failed, train-one); `stop` whose driver had not stopped (or drained)
+     within --timeout
+  2  bad input, refused before anything started: the spec, a path, the model, the data, the tracking store,
+     the cluster; one line names the value and what would be valid (PEFT_SWEEP_DEBUG=1: the traceback)
 """
 
 

@@ -182,3 +182,10 @@ def test_export_says_what_it_wrote_and_counts_the_trials(tmp_path, data_dir, cli
     assert rc == 0 and f"{export / 'trials.parquet'}  (4 trials: 3 FINISHED, 1 FAILED)" in out, out
     assert str(export / "curves.parquet") in out and str(export / "masks.parquet") in out
     assert "no mask files" in out  # synthetic results store no masks
+
+
+def test_help_lists_the_exit_codes():
+    text = build_parser().format_help()
+    assert "exit codes:" in text
+    for code in ("0  done", "1  trials ended in error", "2  bad input"):
+        assert code in text, code
