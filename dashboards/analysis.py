@@ -120,7 +120,8 @@ def std_ci(values: np.ndarray) -> tuple[float | None, float | None]:
 
 def method_task_table(df: pd.DataFrame) -> pd.DataFrame:
     """n, mean, std (ddof=1) with their intervals, performance and stability rank per (method, task);
-    AVG rows added (mean of task means and of task stds, no interval). ``n_one_class``: the seeds whose every
+    AVG rows added (mean of task means and of task stds, no interval; ``n_tasks``: the tasks it averages, fewer
+    than the table's where a method finished no trial of a task). ``n_one_class``: the seeds whose every
     test prediction was one class (a collapse: such a seed can make a cell's std, and so its stability rank,
     by itself); empty for trials that did not record it (regression, older exports)."""
     rows = []
@@ -136,10 +137,11 @@ def method_task_table(df: pd.DataFrame) -> pd.DataFrame:
     t = pd.DataFrame(rows)
     t["perf_rank"] = t.groupby("task")["mean"].rank(ascending=False, method="average")
     t["stab_rank"] = t.groupby("task")["std"].rank(ascending=True, method="average")
-    avg = t.groupby("method").agg(n=("n", "sum"), mean=("mean", "mean"), std=("std", "mean")).reset_index()
+    avg = t.groupby("method").agg(n=("n", "sum"), mean=("mean", "mean"), std=("std", "mean"),
+                                  n_tasks=("task", "nunique")).reset_index()
     avg["task"] = "AVG"  # the paper's AVG column: mean of the task means and of the task stds
     cols = ["method", "task", "n", "mean", "std", "mean_ci_low", "mean_ci_high", "std_ci_low", "std_ci_high",
-            "perf_rank", "stab_rank", "n_one_class"]
+            "perf_rank", "stab_rank", "n_one_class", "n_tasks"]
     return pd.concat([t, avg], ignore_index=True).reindex(columns=cols)
 
 
@@ -165,7 +167,11 @@ def within_task_permutation_p(ranks_a: np.ndarray, ranks_b: np.ndarray, tasks: n
 
 
 def spearman(table: pd.DataFrame) -> dict[str, Any]:
-    pairs = table[(table["task"] != "AVG") & table["std"].notna()]
+    """ρ between stability and performance rank over the (method, task) cells with a std (n ≥ 2); both ranks are
+    taken among those cells within each task (a single-seed cell left out must not shift the others' ranks)."""
+    pairs = table[(table["task"] != "AVG") & table["std"].notna()].copy()
+    pairs["perf_rank"] = pairs.groupby("task")["mean"].rank(ascending=False, method="average")
+    pairs["stab_rank"] = pairs.groupby("task")["std"].rank(ascending=True, method="average")
     if len(pairs) < 3 or pairs["stab_rank"].nunique() < 2 or pairs["perf_rank"].nunique() < 2:
         return {"rho": None, "p_value": None, "permutation_p_value": None, "n_pairs": int(len(pairs)),
                 "reason": "needs ≥3 (method, task) pairs whose stability and performance ranks both vary"}
@@ -202,8 +208,12 @@ def _friedman_on(cells: pd.DataFrame, blocks: str) -> dict[str, Any]:
     if k < 3 or n < 2:
         return {**base, "statistic": None, "p_value": None, "average_ranks": None,
                 "reason": f"needs ≥3 methods and ≥2 complete blocks, has {k} methods and {n} blocks"}
-    res = stats.friedmanchisquare(*(complete[m].to_numpy() for m in complete.columns))
     ranks = complete.rank(axis=1, ascending=False, method="average").mean()  # 1 = best score
+    if (complete.nunique(axis=1) == 1).all():  # scipy's tie correction would divide by zero (NaN)
+        return {**base, "statistic": None, "p_value": None,
+                "average_ranks": {str(m): float(r) for m, r in ranks.sort_values().items()},
+                "reason": "every block ties all methods: no ranking to test"}
+    res = stats.friedmanchisquare(*(complete[m].to_numpy() for m in complete.columns))
     return {**base, "statistic": float(res.statistic), "p_value": float(res.pvalue), "df": int(k - 1),
             "average_ranks": {str(m): float(r) for m, r in ranks.sort_values().items()}}
 
@@ -225,6 +235,13 @@ def friedman(df: pd.DataFrame) -> tuple[dict[str, Any], dict[str, Any], dict[str
     seed_blocks = _friedman_on(per_seed, "(task, seed, perturbation split) triples; blocks of one task are not "
                                          "independent of each other, so read its p-value as optimistic")
     return main, nemenyi, seed_blocks
+
+
+def constant(x) -> bool:
+    """Equal values but for float rounding (scores summed and subtracted in another order). ``std == 0`` let
+    differences of -0.1 ± 1e-17 pass as a spread, and the t-test made p ≈ 1e-31 of them."""
+    x = np.asarray(x, dtype=float)
+    return len(x) == 0 or float(np.ptp(x)) <= 1e-9 * max(1.0, float(np.abs(x).max()))
 
 
 def holm(p_values: list[float | None]) -> list[float | None]:
@@ -253,13 +270,13 @@ def paired_tests(df: pd.DataFrame) -> pd.DataFrame:
         task_rows = []
         for a, b in itertools.combinations(sorted(wide.columns), 2):
             both = wide[[a, b]].dropna()
-            if len(both) < 2:
-                continue
-            diff = both[a] - both[b]
-            t = stats.ttest_rel(both[a], both[b]) if diff.std(ddof=1) > 0 else None
-            w = stats.wilcoxon(both[a], both[b]) if (diff != 0).sum() > 0 else None
+            diff = (both[a] - both[b]).to_numpy(dtype=float, copy=True)
+            diff[np.abs(diff) <= 1e-9] = 0.0  # rounding, not a difference (Wilcoxon counts every nonzero sign)
+            tested = len(both) >= 2 and not constant(diff)  # else no test: a tie, in the row all the same
+            t = stats.ttest_rel(both[a], both[b]) if tested else None
+            w = stats.wilcoxon(diff) if len(both) >= 2 and diff.any() else None
             task_rows.append({"task": task, "method_a": a, "method_b": b, "n": len(both),
-                              "mean_diff": float(diff.mean()),
+                              "mean_diff": float(diff.mean()) if len(both) else None,
                               "t_p_value": None if t is None else float(t.pvalue),
                               "wilcoxon_p_value": None if w is None else float(w.pvalue)})
         for col in ("t_p_value", "wilcoxon_p_value"):
@@ -345,7 +362,7 @@ def paired_on_average(trials: pd.DataFrame, a: str, b: str, tasks: list[str]) ->
     full = wide[have].dropna()
     diff = full[a].mean(axis=1) - full[b].mean(axis=1)
     out: dict[str, Any] = {"a": a, "b": b, "n": int(len(diff)), "avg_diff": float(diff.mean()) if len(diff) else None}
-    if len(diff) < 2 or diff.std() == 0:
+    if len(diff) < 2 or constant(diff):
         out["answer"] = (f"{a} − {b} on the average: " + ("n/a" if not len(diff) else f"{diff.mean():+.1f}")
                          + f"; no paired test ({len(diff)} replicate(s) with every task" +
                          (", identical differences" if len(diff) >= 2 else "") + ")")
@@ -356,7 +373,8 @@ def paired_on_average(trials: pd.DataFrame, a: str, b: str, tasks: list[str]) ->
     for task in tasks:
         pair = wide[[(a, task), (b, task)]].dropna()
         d = pair[(a, task)] - pair[(b, task)]
-        p = float(stats.ttest_rel(pair[(a, task)], pair[(b, task)]).pvalue) if len(d) >= 2 and d.std() > 0 else None
+        p = float(stats.ttest_rel(pair[(a, task)], pair[(b, task)]).pvalue) if len(d) >= 2 and not constant(d) \
+            else None
         per_task.append({"task": task, "mean_diff": float(d.mean()) if len(d) else None, "n": int(len(d)), "p": p})
     for row, corrected in zip(per_task, holm([r["p"] for r in per_task])):
         row["p_holm"] = corrected
@@ -384,8 +402,11 @@ def answer(result: Analysis, trials: pd.DataFrame) -> dict[str, Any]:
     console, the rest for a tracking store."""
     label = result.summary["group"]
     table = rows_of(result.table, label)
-    avg = table[table["task"] == "AVG"].sort_values(["mean", "method"], ascending=[False, True])
-    out: dict[str, Any] = {"lines": [], "best": None, "lead": None, "most_stable": None}
+    avg, lacking = averaged(table)
+    out: dict[str, Any] = {"lines": [], "best": None, "lead": None, "most_stable": None, "lacking": lacking}
+    if lacking:  # an average over the easy tasks only would rank a method that failed the hard one first
+        out["lines"].append("not ranked on average, no finished trial on some task: "
+                            + "; ".join(f"{m} ({', '.join(ts)})" for m, ts in lacking.items()))
     if avg.empty:
         return out
     best = avg.iloc[0]
@@ -400,9 +421,35 @@ def answer(result: Analysis, trials: pd.DataFrame) -> dict[str, Any]:
     if len(stable):
         m = stable.iloc[0]
         out["most_stable"] = m["method"]
+        cells = table[(table["method"] == m["method"]) & (table["task"] != "AVG")]
+        one = int(cells["n_one_class"].sum()) if "n_one_class" in cells and cells["n_one_class"].notna().any() else 0
         out["lines"].append(f"most stable on average: {m['method']} (mean per-task std {100 * m['std']:.1f}, test "
-                            f"score ×100; its mean {100 * m['mean']:.1f})")
+                            f"score ×100; its mean {100 * m['mean']:.1f}"
+                            + (f"; {one} of its seeds predicted one class for every test example: a small std "
+                               "from a collapse is no stability" if one else "") + ")")
     return out
+
+
+def averaged(table: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+    """The AVG rows of one group's table that average every task, best first, and the methods left out with
+    the tasks they lack (no finished trial there)."""
+    tasks = sorted(table.loc[table["task"] != "AVG", "task"].unique())
+    avg = table[table["task"] == "AVG"].sort_values(["mean", "method"], ascending=[False, True])
+    lacking = {m: sorted(set(tasks) - set(table.loc[(table["method"] == m) & (table["task"] != "AVG"), "task"]))
+               for m in avg["method"]}
+    lacking = {m: ts for m, ts in lacking.items() if ts}
+    return avg[~avg["method"].isin(lacking)], lacking
+
+
+def jsonable(value: Any) -> Any:
+    """JSON-ready: numpy scalars as Python numbers, NaN as None (json would write NaN, which is not JSON)."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    return None if isinstance(value, float) and not np.isfinite(value) else value
 
 
 def _tag(frame: pd.DataFrame, label: dict[str, Any]) -> pd.DataFrame:
@@ -446,15 +493,21 @@ def analyze(trials: pd.DataFrame) -> Analysis:
                "paired_test": PAIRED_TEST,
                "units": "scores as the task's metric in [0, 1] (the report shows ×100); ranks within each task "
                         "(1 = best mean / smallest std, ties averaged); ρ over the pooled (method, task) pairs of "
-                        "all tasks, AVG excluded; intervals are 95% percentile bootstraps over seeds"}
+                        "all tasks, AVG excluded, cells of one seed (no std) left out; intervals of a mean are 95% "
+                        "percentile bootstraps over seeds, of a std chi-square (normal scores)"}
     return Analysis(pd.concat(tables, ignore_index=True), summary, sparsity_sweep(df),
                     pd.concat(tests, ignore_index=True), pd.concat(pairs, ignore_index=True),
                     pd.concat(seeds, ignore_index=True))
 
 
 def sparsity_sweep(df: pd.DataFrame) -> pd.DataFrame:
-    s = df[df["sparsity"].notna()]
-    cols = [c for c in ("test_score", "train_score") if c in s]
-    out = s.groupby(["method", "task", "sparsity"])[cols].agg(["mean", lambda x: x.std(ddof=1), "count"])
-    out.columns = [f"{c}_{'std' if f == '<lambda_0>' else f}" for c, f in out.columns]
-    return out.reset_index()
+    """Mean, std and count per (method, task, sparsity), the standard split and the perturbed splits apart (as
+    the groups are); ``group_sparsity`` is empty (the rows span the sparsities)."""
+    cols = [c for c in ("test_score", "train_score") if c in df]
+    frames = []
+    for perturbed, part in df[df["sparsity"].notna()].groupby(df["perturbation"].notna()):
+        out = part.groupby(["method", "task", "sparsity"])[cols].agg(["mean", lambda x: x.std(ddof=1), "count"])
+        out.columns = [f"{c}_{'std' if f == '<lambda_0>' else f}" for c, f in out.columns]
+        frames.append(_tag(out.reset_index(), {"sparsity": None, "perturbation": "perturbed" if perturbed else "none"}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["method", "task", "sparsity", "group_sparsity", "group_perturbation"])

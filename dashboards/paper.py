@@ -328,11 +328,10 @@ def stability_performance(cells: pd.DataFrame, analysis: dict[str, Any], notes: 
     rho, perm = ours.get("rho"), ours.get("permutation_p_value")
     same = cells[(cells["task"] != "AVG") & cells["mean"].notna() & cells["paper_mean"].notna()]
     keep = ("rho", "p_value", "permutation_p_value", "n_pairs")
+    # spearman ranks within each task among these cells: the methods both tables hold
     on_same = {who: {k: v for k, v in spearman(pd.DataFrame({
-        "task": same["task"], "std": same[std], "perf_rank": same[perf], "stab_rank": same[stab]})).items()
-        if k in keep} for who, std, perf, stab in (
-            ("ours", "std", "perf_rank_shared", "stab_rank_shared"),
-            ("paper", "paper_std", "paper_perf_rank_shared", "paper_stab_rank_shared"))}
+        "task": same["task"], "mean": same[mean], "std": same[std]})).items() if k in keep}
+        for who, mean, std in (("ours", "mean", "std"), ("paper", "paper_mean", "paper_std"))}
     out = {"ours": ours, "ours_same_cells": on_same["ours"], "paper_same_cells": on_same["paper"],
            "positive_and_significant": None if rho is None or perm is None else bool(rho > 0 and perm < ALPHA)}
     if rho is None:
@@ -390,17 +389,6 @@ def compare(trials: pd.DataFrame, result: Analysis, published: pd.DataFrame) -> 
               "units": "scores ×100; std with ddof=1 over seeds; AVG over the tasks both tables hold; "
                        "differences are ours − published"}
     return Comparison(cells, claims)
-
-
-def jsonable(value: Any) -> Any:
-    """JSON-ready: numpy scalars as Python numbers, NaN as None (json would write NaN, which is not JSON)."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    return None if isinstance(value, float) and not np.isfinite(value) else value
 
 
 def caption(c: dict[str, Any]) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from . import figures, paper
-from .analysis import Analysis, analyze, current, rows_of, trials_in
+from .analysis import Analysis, analyze, averaged, current, jsonable, rows_of, trials_in
 from .figures import fmt_p
 
 NO_SPEC = "not found (give SWEEP_DIR, or a trials.parquet inside SWEEP_DIR/export)"
@@ -145,15 +145,24 @@ def _group_caption(label: dict) -> str:
     return f"Table 1: {sparsity}; {split}"
 
 
+def ranked(table: pd.DataFrame) -> list[str]:
+    """One group's methods in Table 1's order: best average first among those with every task, then the rest."""
+    complete, lacking = averaged(table)
+    rest = table[(table["task"] == "AVG") & table["method"].isin(lacking)].sort_values(["mean", "method"],
+                                                                                      ascending=[False, True])
+    return list(complete["method"]) + list(rest["method"])
+
+
 def _table_html(table: pd.DataFrame, best: dict[str, list[str]], baselines: dict[str, float],
                 trials: pd.DataFrame, mlflow_url: str | None, unfinished: dict[tuple[str, str], str]) -> str:
     """``trials``: the group's trials, finished or not (for the links); ``unfinished``: cells without a finished
     trial, shown as "0 of N finished" (a method with no finished trial at all gets a row of them, unranked)."""
     tasks = [t for t in dict.fromkeys([*table["task"], *(t for _, t in sorted(unfinished))]) if t != "AVG"] + ["AVG"]
-    methods = list(table[table["task"] == "AVG"].sort_values("mean", ascending=False)["method"])
+    methods = ranked(table)
     mark = len(methods) > 3  # "best three" means nothing with three methods or fewer
     cell = {(r.method, r.task): r for r in table.itertuples()}
-    avg_best = methods[:3]
+    complete, lacking = averaged(table)
+    avg_best = list(complete["method"])[:3]  # an average over fewer tasks competes with none
     rows = ["<tr><th>method</th>" + "".join(f"<th>{_esc(t)}</th>" for t in tasks) + "</tr>"]
     for m in methods:
         tds = []
@@ -173,6 +182,8 @@ def _table_html(table: pd.DataFrame, best: dict[str, list[str]], baselines: dict
             one = getattr(r, "n_one_class", None)
             one = (f' <span class="collapsed" title="seeds whose every test prediction was one class">{int(one)} '
                    "one-class</span>" if pd.notna(one) and one > 0 else "")
+            if m in lacking and t == "AVG":
+                ci = f'<br><span class="n">over {int(r.n_tasks)} of {len(tasks) - 1} tasks: not ranked</span>'
             tds.append(f'<td{cls}>{text}{ci} <span class="n">n={int(r.n)}</span>{one}</td>')
         rows.append(f"<tr><th>{_esc(m)}{_runs_links(trials, m, mlflow_url)}</th>{''.join(tds)}</tr>")
     for m in dict.fromkeys(m for m, _ in unfinished if m not in methods):
@@ -219,8 +230,9 @@ def _pairs_html(res: Analysis, main: dict, methods: list[str]) -> str:
     tests = rows_of(res.tests, main)
     alpha = main["holm"]["alpha"]
     out = [f"<p>Each cell: the tasks on which the row's method beats / ties / loses to the column's method. A win is "
-           f"a Holm-corrected paired t-test p &lt; {alpha} with a higher mean; Holm corrects over all method pairs "
-           "of one task.</p>"]
+           f"a Holm-corrected paired t-test p &lt; {alpha} with a positive mean of the paired differences (seeds "
+           "both methods finished); Holm corrects over all method pairs of one task. A pair with fewer than two "
+           "paired seeds, or with identical differences, has no test: a tie.</p>"]
     wtl = {}
     for r in pairs.itertuples():
         wtl[(r.method_a, r.method_b)] = f"{r.wins}/{r.ties}/{r.losses}"
@@ -239,7 +251,8 @@ def _pairs_html(res: Analysis, main: dict, methods: list[str]) -> str:
                "<th>a</th><th>b</th><th>n</th><th>mean a − b ×100</th><th>t-test p</th><th>Holm</th>"
                "<th>Wilcoxon p</th><th>Holm</th></tr>")
     out += [f"<tr><td>{_esc(r.task)}</td><td>{_esc(r.method_a)}</td><td>{_esc(r.method_b)}</td><td>{r.n}</td>"
-            f"<td>{100 * r.mean_diff:+.2f}</td><td>{p(r.t_p_value)}</td><td>{p(r.t_p_holm)}</td>"
+            f"<td>{'' if pd.isna(r.mean_diff) else f'{100 * r.mean_diff:+.2f}'}</td><td>{p(r.t_p_value)}</td>"
+            f"<td>{p(r.t_p_holm)}</td>"
             f"<td>{p(r.wilcoxon_p_value)}</td><td>{p(r.wilcoxon_p_holm)}</td></tr>" for r in tests.itertuples()]
     out.append("</table></details>")
     return "".join(out)
@@ -295,7 +308,7 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
     in_group = trials_in(trials, main)
     finished = in_group[in_group["status"] == "FINISHED"]
     main_table = rows_of(res.table, main)
-    methods = list(main_table[main_table["task"] == "AVG"].sort_values("mean", ascending=False)["method"])
+    methods = ranked(main_table)
     test_base, dev_base = _baselines(finished, "test"), _baselines(finished, "dev")
     n_per_cell = sorted(set(main_table.loc[main_table["task"] != "AVG", "n"].astype(int)))
     sweeps = ", ".join(map(str, trials["sweep"].dropna().unique())) if "sweep" in trials else ""
@@ -376,8 +389,9 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
         parts.append(_missing("ranks", "a stability rank is the rank of a std over seeds, so Fig. 3b needs ≥2 seeds "
                                        f"per (method, task); this sweep has n = {', '.join(map(str, n_per_cell))}."))
     parts.append("<h2>Sparsity sweep (Fig. 3a)</h2>")
-    if trials["sparsity"].dropna().nunique() > 1:
-        figures.sparsity_figure(res.sparsity, test_base, out / "sparsity.svg")
+    sweep_rows = rows_of(res.sparsity, {"sparsity": None, "perturbation": main["perturbation"]})
+    if sweep_rows["sparsity"].nunique() > 1:  # finished trials of the current grid at several sparsities
+        figures.sparsity_figure(sweep_rows, test_base, out / "sparsity.svg")
         parts.append(_figure("sparsity", "sparsity.svg", "score vs sparsity"))
     else:
         parts.append(_missing("sparsity", "the sweep has one sparsity; Fig. 3a needs several."))
@@ -431,5 +445,5 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
     index = out / "index.html"
     index.write_text(page)
     res.table.to_csv(out / "table.csv", index=False)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+    (out / "summary.json").write_text(json.dumps(jsonable(summary), indent=2, ensure_ascii=False, allow_nan=False))
     return index

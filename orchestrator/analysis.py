@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from dashboards.analysis import Analysis, analyze
-from dashboards.paper import Comparison, jsonable, markdown
+from dashboards.analysis import Analysis, analyze, jsonable
+from dashboards.paper import Comparison, markdown
 
 from .masks import write_overlap
 
@@ -29,7 +29,8 @@ def analyze_file(trials_path: str | Path, out: str | Path, result: Analysis | No
         frame.to_csv(out / name, index=False)
         paths.append(out / name)
     res.table.to_parquet(out / "table.parquet", index=False)
-    (out / "summary.json").write_text(json.dumps(res.summary, indent=2, ensure_ascii=False))
+    (out / "summary.json").write_text(json.dumps(jsonable(res.summary), indent=2, ensure_ascii=False,
+                                                  allow_nan=False))
     paths += [out / "table.parquet", out / "summary.json"]
     if comparison is not None:
         comparison.table.to_csv(out / "paper_comparison.csv", index=False)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from dashboards.analysis import analyze, bootstrap_ci, holm, nemenyi_cd
+from dashboards.analysis import analyze, answer, bootstrap_ci, holm, nemenyi_cd
 from orchestrator.analysis import analyze_file
 
 MEANS = {("full", "CB"): 0.80, ("sam", "CB"): 0.85, ("lora", "CB"): 0.78, ("bitfit", "CB"): 0.80,
@@ -263,3 +263,67 @@ def test_the_answer_names_the_best_whether_its_lead_is_real_and_the_most_stable(
     assert said["lines"][0].startswith("best on average: sam 78.5 ± 1.0 (")
     assert said["lines"][1].startswith("its lead over the runner-up: sam − full on the average: +3.5 points, 95% CI [")
     assert said["lines"][2] == "most stable on average: sam (mean per-task std 1.0, test score ×100; its mean 78.5)"
+
+
+def _rows(scores: dict, sparsity=0.01, perturbation=None, status="FINISHED") -> list[dict]:
+    """Trials from {(method, task): [score per seed]}."""
+    return [{"method": m, "task": t, "seed": s, "sparsity": sparsity, "perturbation": perturbation,
+             "status": status, "test_score": v, "train_score": v}
+            for (m, t), values in scores.items() for s, v in enumerate(values)]
+
+
+def test_a_pair_with_too_few_paired_seeds_is_a_tie_not_a_missing_task():
+    res = analyze(pd.DataFrame(_rows({("a", "T1"): [.5, .6, .7], ("b", "T1"): [.7, .8, .9],
+                                      ("a", "T2"): [.5, .6, .7], ("b", "T2"): [.6]})))
+    t2 = res.tests[res.tests["task"] == "T2"].iloc[0]
+    assert t2["n"] == 1 and pd.isna(t2["t_p_value"]) and pd.isna(t2["t_p_holm"])
+    assert res.pairs.iloc[0][["ties", "n_tasks"]].tolist() == [2, 2]  # T2 a tie (T1 ties too: Holm-free n = 3)
+
+
+def test_differences_equal_but_for_rounding_get_no_test():
+    """-0.1 ± 1e-17 in every seed passed `std > 0`: the t-test said p = 1e-31 and the pair was a loss."""
+    scores = {("a", "T"): [.5, .6, .7], ("b", "T"): [.6, .7, .8], ("c", "T"): [.9, .2, .4]}
+    res = analyze(pd.DataFrame(_rows(scores)))
+    ab = res.tests[(res.tests["method_a"] == "a") & (res.tests["method_b"] == "b")].iloc[0]
+    assert pd.isna(ab["t_p_value"]) and ab["mean_diff"] == pytest.approx(-0.1)
+    lead = answer(res, pd.DataFrame(_rows(scores)))["lead"]  # b − a on the average: the same rounding
+    assert (lead["a"], lead["b"]) == ("b", "a") and "identical differences" in lead["answer"], lead
+
+
+def test_best_on_average_is_among_methods_that_finished_every_task():
+    """x failed every trial of the hard task: its average over the easy one alone ranked it first."""
+    trials = pd.DataFrame(_rows({("x", "E"): [.90, .91, .92], ("y", "E"): [.88, .89, .90],
+                                 ("y", "H"): [.60, .61, .62], ("z", "E"): [.80, .85, .90],
+                                 ("z", "H"): [.50, .55, .60]})
+                          + _rows({("x", "H"): [None] * 3}, status="FAILED"))
+    res = analyze(trials)
+    got = answer(res, trials)
+    assert got["best"] == "y" and got["most_stable"] == "y" and got["lacking"] == {"x": ["H"]}, got
+    assert "not ranked on average, no finished trial on some task: x (H)" in got["lines"]
+    avg = res.table[res.table["task"] == "AVG"].set_index("method")
+    assert avg.loc["x", "n_tasks"] == 1 and avg.loc["y", "n_tasks"] == 2
+
+
+def test_the_sparsity_sweep_keeps_the_standard_and_perturbed_splits_apart():
+    trials = pd.DataFrame(_rows({("sam", "CB"): [.8, .8, .8]}, sparsity=0.005)
+                          + _rows({("sam", "CB"): [.4]}, sparsity=0.005, perturbation=0))
+    sweep = analyze(trials).sparsity.set_index("group_perturbation")
+    assert sweep.loc["none", "test_score_mean"] == pytest.approx(.8) and sweep.loc["none", "test_score_count"] == 3
+    assert sweep.loc["perturbed", "test_score_mean"] == pytest.approx(.4)
+
+
+def test_every_method_tied_on_every_task_writes_valid_json(tmp_path):
+    trials = pd.DataFrame(_rows({(m, t): [.5, .5, .5] for m in "abc" for t in ("T1", "T2")}))
+    res = analyze(trials)
+    assert res.summary["friedman"]["statistic"] is None and "ties all methods" in res.summary["friedman"]["reason"]
+    path = tmp_path / "trials.parquet"
+    trials.to_parquet(path)
+    analyze_file(path, tmp_path / "out")
+    json.loads((tmp_path / "out" / "summary.json").read_text(), parse_constant=pytest.fail)  # no NaN
+
+
+def test_spearman_ranks_only_the_cells_it_correlates():
+    """A one-seed cell has no std, so it is left out of ρ: its performance rank must not shift the others'."""
+    trials = pd.DataFrame(_rows({("x", "T1"): [.80, .81, .82], ("y", "T1"): [.60, .70, .80], ("z", "T1"): [.99],
+                                 ("x", "T2"): [.80, .81, .82], ("y", "T2"): [.60, .70, .80]}))
+    assert analyze(trials).summary["spearman"]["rho"] == pytest.approx(1.0)

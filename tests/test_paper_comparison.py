@@ -242,7 +242,7 @@ def test_task_names_match_blind_to_case_and_spaces_after_commas_are_read(tmp_pat
 
 
 def test_markdown_and_json(comparison):
-    from dashboards.paper import jsonable
+    from dashboards.analysis import jsonable
 
     text = markdown(comparison)
     assert "| method | CB | RTE | AVG |" in text
