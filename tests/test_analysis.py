@@ -327,3 +327,10 @@ def test_spearman_ranks_only_the_cells_it_correlates():
     trials = pd.DataFrame(_rows({("x", "T1"): [.80, .81, .82], ("y", "T1"): [.60, .70, .80], ("z", "T1"): [.99],
                                  ("x", "T2"): [.80, .81, .82], ("y", "T2"): [.60, .70, .80]}))
     assert analyze(trials).summary["spearman"]["rho"] == pytest.approx(1.0)
+
+
+def test_most_stable_says_when_its_small_std_is_a_collapse():
+    trials = pd.DataFrame(_rows({("x", "T"): [.50, .50, .50], ("y", "T"): [.6, .7, .8]}))
+    trials["test_top_class_share"] = np.where(trials["method"] == "x", 1.0, 0.6)
+    got = answer(analyze(trials), trials)
+    assert got["most_stable"] == "x" and "3 of its seeds predicted one class" in got["lines"][-1], got["lines"]
