@@ -15,7 +15,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dashboards.analysis import current
 from trainables.anatomy import MASK_FILE, jaccard, load_mask
 
 MASKS_DIR = "masks"
@@ -74,6 +73,8 @@ def copy_masks(sweep_dir: Path, keys: Iterable[str], out: Path) -> int:
 
 def overlap_table(trials: pd.DataFrame, mask_dir: Path) -> pd.DataFrame:
     """Jaccard overlap between every two methods' masks of the same (task, seed, sparsity, perturbation)."""
+    from dashboards.analysis import current  # here: the trial workers import this module (keep_mask)
+
     trials = current(trials)
     finished = trials[trials["status"] == "FINISHED"]
     rows = []
