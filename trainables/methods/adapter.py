@@ -8,8 +8,7 @@ from pydantic import Field
 from torch import nn
 
 from .registry import register
-from .base import DenseSubsetMethod, MethodParams
-from ..masking import backbone_parameters, budget
+from .base import MethodParams, SizedMethod
 
 FFN_OUTPUT = re.compile(r"(^|\.)layer\.\d+\.output\.dense$")
 
@@ -57,23 +56,13 @@ def bottleneck_for_budget(backbone: nn.Module, k: int) -> int:
 
 
 @register
-class AdapterMethod(DenseSubsetMethod):
+class AdapterMethod(SizedMethod):
     name = "adapter"
     default_lr = 1e-3
     Params = AdapterParams
-    changes_structure = True
-
-    def fit(self, model) -> int:
-        """The bottleneck this trial trains: the one set, else the largest within the budget."""
-        eligible = sum(p.numel() for p in backbone_parameters(model).values())
-        k = budget(eligible, self.sparsity)
-        r = self.params.bottleneck or bottleneck_for_budget(model.backbone, k)
-        if adapter_entries(model.backbone, r) > k:
-            raise ValueError(f"adapter: bottleneck {r} trains {adapter_entries(model.backbone, r)} entries, above this "
-                             f"trial's budget ⌊m·p⌋ = {k} (p = {self.sparsity}); set bottleneck ≤ "
-                             f"{bottleneck_for_budget(model.backbone, k)}, raise the sparsity, or leave bottleneck "
-                             f"unset for the largest that fits")
-        return r
+    size_param = "bottleneck"
+    entries = staticmethod(adapter_entries)
+    largest = staticmethod(bottleneck_for_budget)
 
     def prepare(self, model):
         r = self.fit(model)

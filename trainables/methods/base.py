@@ -160,6 +160,33 @@ class DenseSubsetMethod(Method):
         self.select(model, None)
 
 
+class SizedMethod(DenseSubsetMethod):
+    """Adds modules whose size (``size_param``: a LoRA rank, an adapter bottleneck) is the one set, else the
+    largest whose entries fit the budget ⌊m·p⌋; subclasses say how many entries a size trains."""
+    size_param: ClassVar[str]
+    changes_structure = True
+
+    @staticmethod
+    def entries(backbone: nn.Module, size: int) -> int:
+        raise NotImplementedError
+
+    @staticmethod
+    def largest(backbone: nn.Module, k: int) -> int:
+        """The largest size within ``k`` entries; raises ValueError when not even size 1 fits."""
+        raise NotImplementedError
+
+    def fit(self, model: nn.Module) -> int:
+        """The size this trial trains."""
+        k = budget(sum(p.numel() for p in backbone_parameters(model).values()), self.sparsity)
+        size = getattr(self.params, self.size_param) or self.largest(model.backbone, k)
+        if self.entries(model.backbone, size) > k:
+            raise ValueError(f"{self.name}: {self.size_param} {size} trains {self.entries(model.backbone, size)} "
+                             f"entries, above this trial's budget ⌊m·p⌋ = {k} (p = {self.sparsity}); set "
+                             f"{self.size_param} ≤ {self.largest(model.backbone, k)}, raise the sparsity, or leave "
+                             f"{self.size_param} unset for the largest that fits")
+        return size
+
+
 class MaskMethod(Method):
     """Chooses ⌊m·p⌋ backbone entries by a score; subclasses only say how to score."""
     Params = MaskParams

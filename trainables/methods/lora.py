@@ -6,8 +6,7 @@ from pydantic import Field
 from torch import nn
 
 from .registry import register
-from .base import DenseSubsetMethod, MethodParams
-from ..masking import backbone_parameters, budget
+from .base import MethodParams, SizedMethod
 
 TARGETS = r".*layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"
 
@@ -31,6 +30,10 @@ def per_rank(backbone: nn.Module) -> int:
     return sum(m.in_features + m.out_features for m in target_layers(backbone))
 
 
+def lora_entries(backbone: nn.Module, r: int) -> int:
+    return r * per_rank(backbone)
+
+
 def rank_for_budget(backbone: nn.Module, k: int) -> int:
     """Largest r with r·per_rank ≤ k."""
     one = per_rank(backbone)
@@ -40,22 +43,13 @@ def rank_for_budget(backbone: nn.Module, k: int) -> int:
 
 
 @register
-class Lora(DenseSubsetMethod):
+class Lora(SizedMethod):
     name = "lora"
     default_lr = 1e-3
     Params = LoraParams
-    changes_structure = True
-
-    def fit(self, model) -> int:
-        """The rank this trial trains: the one set, else the largest within the budget."""
-        eligible = sum(p.numel() for p in backbone_parameters(model).values())
-        k = budget(eligible, self.sparsity)
-        r = self.params.rank or rank_for_budget(model.backbone, k)
-        if r * per_rank(model.backbone) > k:
-            raise ValueError(f"lora: rank {r} trains {r * per_rank(model.backbone)} entries, above this trial's "
-                             f"budget ⌊m·p⌋ = {k} (p = {self.sparsity}); set rank ≤ {rank_for_budget(model.backbone, k)}, "
-                             f"raise the sparsity, or leave rank unset for the largest that fits")
-        return r
+    size_param = "rank"
+    entries = staticmethod(lora_entries)
+    largest = staticmethod(rank_for_budget)
 
     def prepare(self, model):
         from peft import LoraConfig, inject_adapter_in_model
