@@ -15,7 +15,7 @@ from typing import Iterator
 
 from trainables.config import DataConfig
 from trainables.models import ModelError, load_tokenizer, resolve_model
-from trainables.tasks import DataError, check_hub, load_task, resolve_data_dir
+from trainables.tasks import HUB_TIMEOUT_S, DataError, check_hub, load_task, resolve_data_dir
 
 from .spec import ClusterError, SpecError, SweepSpec
 
@@ -127,6 +127,8 @@ def check_model(model: str, max_seq_length: int | None = None) -> str:
     if local.is_dir() and not any((local / f).is_file() for f in TOKENIZER_FILES):
         raise ModelError(f"model {model!r}: the folder has no tokenizer (none of {', '.join(TOKENIZER_FILES[:3])}, "
                          "...); save the tokenizer next to config.json")
+    if not local.is_dir():
+        check_hub_model(model, path)
     from transformers import AutoConfig
 
     try:
@@ -146,6 +148,25 @@ def check_model(model: str, max_seq_length: int | None = None) -> str:
                         f"{model!r}; use at most {positions}")
     load_tokenizer(path)
     return path
+
+
+def check_hub_model(model: str, repo: str, timeout: float = HUB_TIMEOUT_S) -> None:
+    """A Hub id on a machine without the Hub: one metadata call with a short timeout, so the run fails in seconds
+    (transformers retries for half a minute, and every trial would again). Offline mode (HF_HUB_OFFLINE=1) reads
+    the local HF cache and is left to transformers."""
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE:
+        return
+    try:
+        HfApi().model_info(repo, timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - whatever the reason, the Hub cannot serve this model now
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        cached = isinstance(try_to_load_from_cache(repo, "config.json"), str)
+        raise ModelError(f"model {model!r}: the Hugging Face Hub cannot serve it ({reason}); "
+                         + ("it is in the local HF cache: set HF_HUB_OFFLINE=1 to use that copy" if cached else
+                            f"give a local folder (model: /path/to/{model.split('/')[-1]}), or set HF_HUB_OFFLINE=1 "
+                            "where the local HF cache holds it")) from None
 
 
 def check_method_fits(spec: SweepSpec, path: str) -> None:
