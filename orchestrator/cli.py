@@ -523,9 +523,11 @@ def build_parser() -> argparse.ArgumentParser:
             ("sync", _cmd_sync, "fill MLflow from the local trial records (after an outage)",
              "Trials the tracking store missed while it was down (ends, evaluations, stops) are written to it "
              "from the sweep folder's records; a parent run left RUNNING by a dead driver is closed."),
-            ("export", _cmd_export, "write trials.parquet, curves.parquet and masks.parquet from MLflow",
-             "One row per trial (trials.parquet), one per evaluation (curves.parquet) and one per saved mask "
-             "(masks.parquet, with the masks/ files), read from the tracking store.")]:
+            ("export", _cmd_export, "write trials.parquet, curves.parquet and masks.parquet from MLflow and "
+             "the local records",
+             "One row per trial that started, grid or no longer in it (trials.parquet, column in_grid), one per "
+             "evaluation (curves.parquet) and one per saved mask (masks.parquet, with the masks/ files), read from "
+             "the tracking store and the sweep folder's records (what the store missed while it was down).")]:
         s = command(name, text, description)
         s.add_argument("sweep_dir", help=sweep_dir)
         if name == "status":
@@ -605,6 +607,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.fn(args)
+    except BrokenPipeError:  # `peft-sweep status DIR | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # else the flush at exit raises again
+        return 0
     except Exception as exc:
         if os.environ.get("PEFT_SWEEP_DEBUG"):  # the full traceback instead of the one-line message
             raise

@@ -189,3 +189,15 @@ def test_help_lists_the_exit_codes():
     assert "exit codes:" in text
     for code in ("0  done", "1  trials ended in error", "2  bad input"):
         assert code in text, code
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    """`peft-sweep tasks --json | head -1` ended in a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "tasks", "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader is gone before anything is written
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 0 and "Traceback" not in err, err
