@@ -405,6 +405,10 @@ def _check_nodes(spec: SweepSpec, where: str) -> None:
                   "everyone see the sweep", file=sys.stderr, flush=True)
 
 
+# Ray's error when a restored trial's checkpoint is missing from storage (Trainable.restore, Ray 2.60)
+CHECKPOINT_GONE = "Could not recover from checkpoint as it does not exist on storage anymore"
+
+
 def run_trials(spec: SweepSpec, trials: list[TrialConfig], restore: bool, supersede: bool = False) -> dict[str, int]:
     """Run ``trials`` as one Tune experiment. With ``restore``, first finish every experiment a driver left
     unfinished (it died or was stopped); with ``supersede`` (``--force``: everything reruns) mark those done
@@ -431,9 +435,18 @@ def run_trials(spec: SweepSpec, trials: list[TrialConfig], restore: bool, supers
             _RESTORING.pop()
         if _end(spec, store, last, grid, results) or driver.drain_requested(spec.sweep_dir):
             return _left_by_drain(spec, wanted, results)
-        # its keys that Tune never created (a grid is generated as trials finish; see GridSearch) run anew below
-        ended = {k for k, r in records.all_records(spec.sweep_dir).items() if r.get("status") in ("FINISHED", "FAILED")}
-        trials = [t for t in trials if t.key not in restored_keys or t.key not in ended]
+        # its keys that Tune never created (a grid is generated as trials finish; see GridSearch) run anew below,
+        # and so do those whose checkpoint was gone
+        recs = records.all_records(spec.sweep_dir)
+        ended = {k for k, r in recs.items() if r.get("status") in ("FINISHED", "FAILED")}
+        lost = {k for k in restored_keys if recs.get(k, {}).get("status") == "FAILED"
+                and CHECKPOINT_GONE in (recs[k].get("error") or "")}
+        if lost:
+            results["ERROR"] -= len(lost)
+            print(f"{len(lost)} trial(s) could not resume: Tune's saved state names a checkpoint Tune had deleted "
+                  "(it keeps the newest; the driver died before it saved its state again). They start over, each "
+                  f"as a new attempt: {', '.join(sorted(lost))}", flush=True)
+        trials = [t for t in trials if t.key not in restored_keys or t.key not in ended or t.key in lost]
     if not trials or driver.drain_requested(spec.sweep_dir):
         return _left_by_drain(spec, wanted, results)
     name = store.next_name()

@@ -1,13 +1,15 @@
 """Fault injection on real sweeps: a crashing trial, a SIGKILLed driver, a reused worker scores as fresh processes do."""
 import json
 import os
+import shutil
 import signal
 import time
 
 import pytest
 
 from orchestrator.cli import main
-from tests.sweeps import assert_each_trial_once, cli, kill_session, records, spawn, tracker, wait_for, write_spec
+from tests.sweeps import (assert_each_trial_once, cli, kill_session, records, spawn, state_knows_a_checkpoint,
+                          tracker, wait_for, write_spec)
 
 pytestmark = pytest.mark.slow
 
@@ -102,28 +104,47 @@ def test_sigterm_as_ray_job_stop_sends_it_leaves_nothing_running_and_the_sweep_r
     assert len(tracker(sweep_dir).search("tags.role = 'trial'")) == 4
 
 
-def test_a_restored_trial_without_a_checkpoint_starts_over_as_a_new_attempt(tmp_path, tiny_model, data_dir):
-    spec = write_spec(tmp_path, tiny_model, data_dir, training__max_steps=60, training__checkpoint_every=0,
-                      resources={"max_concurrent": 1})
+@pytest.mark.parametrize("lost", ["never_saved", "deleted"])
+def test_a_restored_trial_without_its_checkpoint_starts_over_as_a_new_attempt(lost, tmp_path, tiny_model, data_dir):
+    """never_saved: checkpointing off. deleted: Tune's saved state names a checkpoint Tune had deleted already (it
+    keeps the newest, and the driver died before saving its state again; seen in CI after `ray job stop`): the
+    restore failed, and so did each retry, and the trial ended FAILED."""
+    spec = write_spec(tmp_path, tiny_model, data_dir, training__max_steps=60, resources={"max_concurrent": 1},
+                      training__checkpoint_every=0 if lost == "never_saved" else 3,
+                      fault={"step_delay_s": 0.1})  # the last trial still runs at the kill (a fault: no result field)
     sweep_dir = tmp_path / "runs" / "t"
+    last = []
 
-    def last_one_evaluated() -> bool:  # three finished, the fourth logged an evaluation (and has no checkpoint)
+    def last_one_evaluated() -> bool:  # three finished, the fourth logged an evaluation (and is in Tune's state)
         recs = records(sweep_dir)
         running = [k for k, r in recs.items() if r.get("status") == "RUNNING"]
         if sum(r.get("status") == "FINISHED" for r in recs.values()) != 3 or len(running) != 1:
             return False
-        t = tracker(sweep_dir)
-        run_id = t.run_id(running[0])
-        return bool(run_id and t.history(run_id, "dev_score"))
+        if lost == "deleted":
+            seen = state_knows_a_checkpoint(sweep_dir / "tune" / "exp-001", running[0])
+        else:
+            run_id = tracker(sweep_dir).run_id(running[0])
+            seen = bool(run_id and tracker(sweep_dir).history(run_id, "dev_score"))
+        last[:] = running
+        return seen
 
     proc = spawn("run", str(spec))
     wait_for(last_one_evaluated, proc)
     kill_session(proc)
+    (running,) = last
+    assert records(sweep_dir)[running]["status"] == "RUNNING"
+    if lost == "deleted":
+        (trial_dir,) = (sweep_dir / "tune" / "exp-001").glob(f"*-{running}")
+        for folder in trial_dir.glob("checkpoint_*"):
+            shutil.rmtree(folder)
     out = cli("run", str(spec), check_rc=0)
-    assert "resuming the interrupted experiment" in out.stdout and "4/4 FINISHED" in out.stdout
+    assert "resuming the interrupted experiment" in out.stdout and "4/4 FINISHED" in out.stdout, out.stdout
+    assert ("could not resume" in out.stdout) == (lost == "deleted") and running in out.stdout
     t = tracker(sweep_dir)
     for run in t.trial_runs().values():  # the restarted trial's steps are logged once, in its new attempt
         steps = [m.step for m in t.history(run.info.run_id, "dev_score")]
         assert steps == sorted(set(steps)), (run.info.run_name, steps)
     (old,) = t.search("tags.role = 'superseded'")
-    assert old.info.status == "KILLED" and t.trial_runs()[old.data.tags["trial_key"]].data.tags["attempt"] == "2"
+    assert old.info.status == ("KILLED" if lost == "never_saved" else "FAILED")
+    assert old.data.tags["trial_key"] == running and t.trial_runs()[running].data.tags["attempt"] == "2"
+    assert not records(sweep_dir)[running]["result"]["resumed_from_step"]  # from step 0
