@@ -282,10 +282,9 @@ def _cmd_sync(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from . import export
-
     import pyarrow.parquet as pq
 
+    from . import export
     from .masks import MASKS_DIR
 
     spec = _load_sweep(args.sweep_dir)
