@@ -85,19 +85,24 @@ def _session_alive(sid: int) -> list[int]:
     return pids
 
 
-def kill_session(proc: subprocess.Popen, timeout: float = 60) -> None:
-    """SIGKILL a spawned driver and every process it started, all at once, as a lost machine stops. ``killpg``
-    is not enough: Ray's workers run in process groups of their own and go on writing (checkpoints, records)
-    for a moment after their raylet died. They stay in the driver's session, which ``spawn`` started."""
+def kill_sid(sid: int, timeout: float = 60) -> None:
+    """SIGKILL every process of session ``sid`` until none is left alive."""
     end = time.time() + timeout
-    while alive := _session_alive(proc.pid):
-        assert time.time() < end, f"processes of the killed sweep still alive after {timeout} s: {alive}"
+    while alive := _session_alive(sid):
+        assert time.time() < end, f"processes of session {sid} still alive after {timeout} s: {alive}"
         for pid in alive:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         time.sleep(0.05)
+
+
+def kill_session(proc: subprocess.Popen, timeout: float = 60) -> None:
+    """SIGKILL a spawned driver and every process it started, all at once, as a lost machine stops. ``killpg``
+    is not enough: Ray's workers run in process groups of their own and go on writing (checkpoints, records)
+    for a moment after their raylet died. They stay in the driver's session, which ``spawn`` started."""
+    kill_sid(proc.pid, timeout)
     proc.wait()
 
 

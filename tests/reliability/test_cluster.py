@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from benchmarks.mlflow_server import free_port
-from tests.sweeps import (ROOT, cli, records, spawn, state_text_knows_a_checkpoint, tracker, wait_for,
+from tests.sweeps import (ROOT, cli, kill_sid, records, spawn, state_text_knows_a_checkpoint, tracker, wait_for,
                           write_spec)
 
 # one xdist worker runs the whole module (one cluster for all); the tests of other modules run beside it
@@ -33,18 +33,6 @@ def test_the_module_keeps_to_one_worker(request):
     if not getattr(request.config.option, "loadgroup", False):
         pytest.skip("not run with --dist loadgroup")
     assert request.node.nodeid.endswith("@cluster"), f"{request.node.nodeid}: not in the xdist group"
-
-
-def _kill_session(sid: int) -> None:
-    """Every process of session ``sid``: a node's daemons and workers stay in the session its `ray start` began.
-    (`ray stop` would stop every Ray on the machine, the local Rays of tests running beside this module too.)"""
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.getsid(int(entry)) == sid:
-                    os.kill(int(entry), signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
 
 
 def _start_two_nodes(env: dict, no_data: str) -> dict:
@@ -67,7 +55,7 @@ def _start_two_nodes(env: dict, no_data: str) -> dict:
                             start_new_session=True)
     started = head.communicate(timeout=180)[0]
     if head.returncode != 0:
-        _kill_session(head.pid)
+        kill_sid(head.pid)
         raise RuntimeError(f"ray start --head failed:\n{started[-2000:]}")
     worker = subprocess.Popen([RAY, "start", f"--address=127.0.0.1:{gcs}", "--num-cpus=1", "--num-gpus=1", "--block",
                                f"--temp-dir={worker_tmp}", f"--dashboard-agent-listen-port={free_port()}"],
@@ -90,8 +78,10 @@ def _start_two_nodes(env: dict, no_data: str) -> dict:
 
 
 def _stop_nodes(nodes: dict) -> None:
+    # each node's daemons and workers stay in the session its `ray start` began (`ray stop` would stop every Ray
+    # on the machine, the local Rays of tests running beside this module too)
     for sid in nodes["sessions"]:
-        _kill_session(sid)
+        kill_sid(sid)
     for folder in nodes["temp_dirs"]:
         shutil.rmtree(folder, ignore_errors=True)
 
