@@ -335,8 +335,10 @@ def seeds_enough(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
             subsets = np.array([np.sort(rng.choice(n_rep, n, replace=False)) for _ in range(MAX_SEED_SUBSETS)])
         r = ranks(subsets)
         for i, m in enumerate(methods):
-            rows.append({"n_seeds": n, "method": m, "mean_rank": float(np.nanmean(r[i])),
-                         "rank_p10": float(np.nanpercentile(r[i], 10)), "rank_p90": float(np.nanpercentile(r[i], 90)),
+            ranked = r[i][~np.isnan(r[i])]  # none for a method with no std (a single seed per task)
+            rows.append({"n_seeds": n, "method": m, "mean_rank": float(ranked.mean()) if ranked.size else math.nan,
+                         "rank_p10": float(np.percentile(ranked, 10)) if ranked.size else math.nan,
+                         "rank_p90": float(np.percentile(ranked, 90)) if ranked.size else math.nan,
                          "n_subsets": len(subsets)})
         tau = [stats.kendalltau(r[:, s], full).statistic for s in range(r.shape[1])]
         taus[str(n)] = float(np.nanmean(tau)) if not np.all(np.isnan(tau)) else None

@@ -3,6 +3,7 @@ computed by hand, a case where Holm changes a decision, a rank correlation whose
 p-value can be enumerated, and a seed subsample whose rankings can be listed."""
 import json
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -328,6 +329,16 @@ def test_spearman_ranks_only_the_cells_it_correlates():
                                  ("x", "T2"): [.80, .81, .82], ("y", "T2"): [.60, .70, .80]}))
     assert analyze(trials).summary["spearman"]["rho"] == pytest.approx(1.0)
 
+
+
+def test_seeds_enough_leaves_a_method_with_no_std_unranked_without_warnings():
+    """z has one seed: no std in any subset, so no rank (numpy warned "Mean of empty slice" into the user's run)."""
+    trials = pd.DataFrame(_rows({("x", "T1"): [.80, .81, .82], ("y", "T1"): [.60, .70, .80], ("z", "T1"): [.99]}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        seeds = analyze(trials).seeds
+    assert seeds[seeds["method"] == "z"][["mean_rank", "rank_p10", "rank_p90"]].isna().all().all()
+    assert seeds[seeds["method"] != "z"]["mean_rank"].notna().all()
 
 def test_most_stable_says_when_its_small_std_is_a_collapse():
     trials = pd.DataFrame(_rows({("x", "T"): [.50, .50, .50], ("y", "T"): [.6, .7, .8]}))
