@@ -18,8 +18,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import ray
 from ray import tune
+from ray.train._internal.checkpoint_manager import _CheckpointManager
+from ray.train._internal.session import _TrainingResult
+from ray.train._internal.storage import _exists_at_fs_path
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
@@ -166,6 +170,12 @@ class Drain(FIFOScheduler):
         self.__dict__.update(state)
         self.spec = _RESTORING[-1] if _RESTORING else state["spec"]
         self.draining, self.checked = False, 0.0
+
+    def on_trial_add(self, tune_controller, trial: Trial) -> None:
+        """Also called for each trial a restore brings back, before it starts: the one place to point it at a
+        checkpoint that still exists (see ``resume_from_newest_checkpoint``)."""
+        super().on_trial_add(tune_controller, trial)
+        resume_from_newest_checkpoint(trial)
 
     def choose_trial_to_run(self, tune_controller):
         if self._drained(tune_controller):
@@ -407,6 +417,41 @@ def _check_nodes(spec: SweepSpec, where: str) -> None:
 
 # Ray's error when a restored trial's checkpoint is missing from storage (Trainable.restore, Ray 2.60)
 CHECKPOINT_GONE = "Could not recover from checkpoint as it does not exist on storage anymore"
+CHECKPOINT_FOLDER = re.compile(r"checkpoint_\d{6}")  # Tune's names for a trial's checkpoint folders
+
+
+def resume_from_newest_checkpoint(trial: Trial) -> str | None:
+    """Point a restored trial whose checkpoint is gone at the checkpoint Tune took after it; returns that folder's
+    name. Tune keeps a trial's newest checkpoint only, and the experiment state it saved last can name one it has
+    deleted since (the driver died before it saved the state, and the trial's result.json, again): Tune's restore
+    then fails on every retry (CHECKPOINT_GONE) although the newer checkpoint is right there. Tune has no option
+    for this (Ray 2.60), hence its checkpoint bookkeeping set here. Which folder: Tune deletes the named one only
+    once it registered a newer one, which the worker reports after storing it whole, so the oldest folder newer
+    than the named one is whole (a folder after it may be half copied, and the trial's next checkpoint overwrites
+    it). With none left, the trial fails to restore and ``run_trials`` starts it over."""
+    latest = trial.latest_checkpoint_result
+    if trial.status == Trial.TERMINATED or latest is None \
+            or _exists_at_fs_path(latest.checkpoint.filesystem, latest.checkpoint.path):
+        return None
+    fs, folder, named = trial.storage.storage_filesystem, trial.storage.trial_fs_path, Path(latest.checkpoint.path).name
+    try:
+        entries = fs.get_file_info(pafs.FileSelector(folder))
+    except (FileNotFoundError, OSError):
+        return None
+    newer = sorted(e.base_name for e in entries if e.type == pafs.FileType.Directory
+                   and CHECKPOINT_FOLDER.fullmatch(e.base_name) and e.base_name > named)
+    if not newer:
+        return None
+    name = newer[0]
+    manager = _CheckpointManager(trial.run_metadata.checkpoint_manager.checkpoint_config)
+    manager.register_checkpoint(_TrainingResult(checkpoint=tune.Checkpoint(f"{folder}/{name}", filesystem=fs),
+                                                metrics=latest.metrics))  # its own were not saved
+    trial.run_metadata.checkpoint_manager = manager  # a new one: the old one would delete the missing folder
+    trial.storage.current_checkpoint_index = int(name.rsplit("_", 1)[1])  # the last one's: a worker adds 1 first
+    trial.invalidate_json_state()
+    print(f"{_key(trial)}: Tune's saved state names {named}, which Tune had deleted since; it resumes from "
+          f"{name}, the checkpoint Tune took after it", flush=True)
+    return name
 
 
 def run_trials(spec: SweepSpec, trials: list[TrialConfig], restore: bool, supersede: bool = False) -> dict[str, int]:
@@ -444,8 +489,8 @@ def run_trials(spec: SweepSpec, trials: list[TrialConfig], restore: bool, supers
         if lost:
             results["ERROR"] -= len(lost)
             print(f"{len(lost)} trial(s) could not resume: Tune's saved state names a checkpoint Tune had deleted "
-                  "(it keeps the newest; the driver died before it saved its state again). They start over, each "
-                  f"as a new attempt: {', '.join(sorted(lost))}", flush=True)
+                  "(it keeps the newest; the driver died before it saved its state again), and no newer one is "
+                  f"left. They start over, each as a new attempt: {', '.join(sorted(lost))}", flush=True)
         trials = [t for t in trials if t.key not in restored_keys or t.key not in ended or t.key in lost]
     if not trials or driver.drain_requested(spec.sweep_dir):
         return _left_by_drain(spec, wanted, results)

@@ -104,14 +104,33 @@ def test_sigterm_as_ray_job_stop_sends_it_leaves_nothing_running_and_the_sweep_r
     assert len(tracker(sweep_dir).search("tags.role = 'trial'")) == 4
 
 
+def _replace_with_a_newer_checkpoint(trial_dir) -> tuple[str, int]:
+    """Leave ``trial_dir`` as a kill can, seen in CI: Tune's saved state (and result.json) names a checkpoint that
+    Tune deleted once it registered the next one, and the one after that is half copied. Made from the newest
+    checkpoint: moved to the next number, and a copy of its small file under the number after. Returns the whole
+    one's name and step."""
+    *older, newest = sorted(trial_dir.glob("checkpoint_*"))
+    for folder in older:
+        shutil.rmtree(folder)
+    number = int(newest.name.rsplit("_", 1)[1]) + 1
+    whole, half = trial_dir / f"checkpoint_{number:06d}", trial_dir / f"checkpoint_{number + 1:06d}"
+    newest.rename(whole)
+    half.mkdir()
+    shutil.copy(whole / "state.json", half / "state.json")
+    return whole.name, json.loads((whole / "state.json").read_text())["step"]
+
+
 @pytest.mark.parametrize("lost", ["never_saved", "deleted"])
 def test_a_restored_trial_without_its_checkpoint_starts_over_as_a_new_attempt(lost, tmp_path, tiny_model, data_dir):
     """never_saved: checkpointing off. deleted: Tune's saved state names a checkpoint Tune had deleted already (it
     keeps the newest, and the driver died before saving its state again; seen in CI after `ray job stop`): the
-    restore failed, and so did each retry, and the trial ended FAILED."""
-    spec = write_spec(tmp_path, tiny_model, data_dir, training__max_steps=60, resources={"max_concurrent": 1},
-                      training__checkpoint_every=0 if lost == "never_saved" else 3,
-                      fault={"step_delay_s": 0.1})  # the last trial still runs at the kill (a fault: no result field)
+    restore failed, and so did each retry, and the trial ended FAILED. With a newer checkpoint in the trial's
+    folder (seen in CI after a SIGKILL) the trial resumes from that one; with none, it starts over. Both from the
+    same kill: a copy of the sweep folder as the kill left it, moved elsewhere, is the second case."""
+    settings = dict(training__max_steps=60, resources={"max_concurrent": 1},
+                    training__checkpoint_every=0 if lost == "never_saved" else 3,
+                    fault={"step_delay_s": 0.1})  # the last trial still runs at the kill (a fault: no result field)
+    spec = write_spec(tmp_path, tiny_model, data_dir, **settings)
     sweep_dir = tmp_path / "runs" / "t"
     last = []
 
@@ -134,6 +153,18 @@ def test_a_restored_trial_without_its_checkpoint_starts_over_as_a_new_attempt(lo
     (running,) = last
     assert records(sweep_dir)[running]["status"] == "RUNNING"
     if lost == "deleted":
+        copy = shutil.copytree(sweep_dir, tmp_path / "copy" / "runs" / "t", symlinks=True)
+        (trial_dir,) = (sweep_dir / "tune" / "exp-001").glob(f"*-{running}")
+        newer, step = _replace_with_a_newer_checkpoint(trial_dir)
+        out = cli("run", str(spec), check_rc=0)
+        assert f"{running}: Tune's saved state names" in out.stdout and f"resumes from {newer}" in out.stdout, \
+            out.stdout
+        assert "could not resume" not in out.stdout and "4/4 FINISHED" in out.stdout, out.stdout
+        assert records(sweep_dir)[running]["result"]["resumed_from_step"] == step
+        assert not tracker(sweep_dir).search("tags.role = 'superseded'")  # the same attempt went on
+        (left,) = [p.name for p in trial_dir.glob("checkpoint_*")]  # its final one; the half one was overwritten
+        assert left > newer, left
+        sweep_dir, spec = copy, write_spec(tmp_path / "copy", tiny_model, data_dir, **settings)  # none left now
         (trial_dir,) = (sweep_dir / "tune" / "exp-001").glob(f"*-{running}")
         for folder in trial_dir.glob("checkpoint_*"):
             shutil.rmtree(folder)

@@ -105,7 +105,8 @@ def test_a_killed_sweep_moved_with_its_checkpoints_resumes_them_where_it_is(tmp_
     assert not a.exists()  # the restored experiment's trials and callback wrote where the folder is now
     recs = records(moved)
     assert {r["status"] for r in recs.values()} == {"FINISHED"}
-    assert sum((r["result"]["resumed_from_step"] or 0) > 0 for r in recs.values()) == 1  # from its checkpoint
+    resumed = {k: r["result"]["resumed_from_step"] for k, r in recs.items()}
+    assert sum((step or 0) > 0 for step in resumed.values()) == 1, (resumed, out.stdout)  # from its checkpoint
     assert_each_trial_once(moved, 4)
     t = tracker(moved)
     assert not t.search("tags.role = 'superseded'")  # resumed, not started over
