@@ -29,6 +29,7 @@ from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
 
 from trainables import TrialConfig, run_trial
+from trainables.checkpoint import META, TENSORS
 from trainables.finetuned import DELTA_DIR
 from trainables.loop import RESULT_FILE, EvalPoint, TrialEnd
 
@@ -417,7 +418,7 @@ def _check_nodes(spec: SweepSpec, where: str) -> None:
 
 # Ray's error when a restored trial's checkpoint is missing from storage (Trainable.restore, Ray 2.60)
 CHECKPOINT_GONE = "Could not recover from checkpoint as it does not exist on storage anymore"
-CHECKPOINT_FOLDER = re.compile(r"checkpoint_\d{6}")  # Tune's names for a trial's checkpoint folders
+CHECKPOINT_FOLDER = re.compile(r"checkpoint_(\d+)")  # Tune's names for a trial's checkpoint folders
 
 
 def resume_from_newest_checkpoint(trial: Trial) -> str | None:
@@ -425,33 +426,41 @@ def resume_from_newest_checkpoint(trial: Trial) -> str | None:
     name. Tune keeps a trial's newest checkpoint only, and the experiment state it saved last can name one it has
     deleted since (the driver died before it saved the state, and the trial's result.json, again): Tune's restore
     then fails on every retry (CHECKPOINT_GONE) although the newer checkpoint is right there. Tune has no option
-    for this (Ray 2.60), hence its checkpoint bookkeeping set here. Which folder: Tune deletes the named one only
-    once it registered a newer one, which the worker reports after storing it whole, so the oldest folder newer
-    than the named one is whole (a folder after it may be half copied, and the trial's next checkpoint overwrites
-    it). With none left, the trial fails to restore and ``run_trials`` starts it over."""
+    for this (Ray 2.60), hence its checkpoint bookkeeping set here. Which folder: Tune deletes a checkpoint only
+    once it registered a newer one, which the worker reports after storing it whole, and never the newest it
+    registered; so the oldest newer folder with all of a checkpoint's files is whole (one before it may be half
+    deleted, one after it half copied: the trial's next checkpoint overwrites that). With none, the trial fails to
+    restore and ``run_trials`` starts it over. Errors here only warn: Tune would restart the whole experiment."""
     latest = trial.latest_checkpoint_result
-    if trial.status == Trial.TERMINATED or latest is None \
-            or _exists_at_fs_path(latest.checkpoint.filesystem, latest.checkpoint.path):
+    if trial.status != Trial.PENDING or latest is None:  # PENDING: a restored trial that will resume
         return None
-    fs, folder, named = trial.storage.storage_filesystem, trial.storage.trial_fs_path, Path(latest.checkpoint.path).name
+    named = Path(latest.checkpoint.path).name
     try:
-        entries = fs.get_file_info(pafs.FileSelector(folder))
-    except (FileNotFoundError, OSError):
-        return None
-    newer = sorted(e.base_name for e in entries if e.type == pafs.FileType.Directory
-                   and CHECKPOINT_FOLDER.fullmatch(e.base_name) and e.base_name > named)
-    if not newer:
-        return None
-    name = newer[0]
-    manager = _CheckpointManager(trial.run_metadata.checkpoint_manager.checkpoint_config)
-    manager.register_checkpoint(_TrainingResult(checkpoint=tune.Checkpoint(f"{folder}/{name}", filesystem=fs),
-                                                metrics=latest.metrics))  # its own were not saved
-    trial.run_metadata.checkpoint_manager = manager  # a new one: the old one would delete the missing folder
-    trial.storage.current_checkpoint_index = int(name.rsplit("_", 1)[1])  # the last one's: a worker adds 1 first
-    trial.invalidate_json_state()
-    print(f"{_key(trial)}: Tune's saved state names {named}, which Tune had deleted since; it resumes from "
-          f"{name}, the checkpoint Tune took after it", flush=True)
-    return name
+        if _exists_at_fs_path(latest.checkpoint.filesystem, latest.checkpoint.path):
+            return None
+        if not (named_number := CHECKPOINT_FOLDER.fullmatch(named)):
+            return None
+        fs, folder = trial.storage.storage_filesystem, trial.storage.trial_fs_path
+        numbers = {e.base_name: int(m[1]) for e in fs.get_file_info(pafs.FileSelector(folder))
+                   if e.type == pafs.FileType.Directory and (m := CHECKPOINT_FOLDER.fullmatch(e.base_name))}
+        for name in sorted((n for n, i in numbers.items() if i > int(named_number[1])), key=numbers.get):
+            files = {e.base_name for e in fs.get_file_info(pafs.FileSelector(f"{folder}/{name}"))}
+            if not ({TENSORS, META} <= files or RESULT_FILE in files):
+                continue
+            manager = _CheckpointManager(trial.run_metadata.checkpoint_manager.checkpoint_config)
+            manager.register_checkpoint(_TrainingResult(  # its own metrics were not saved: the named one's, renamed
+                checkpoint=tune.Checkpoint(f"{folder}/{name}", filesystem=fs),
+                metrics={**latest.metrics, "checkpoint_dir_name": name}))
+            trial.run_metadata.checkpoint_manager = manager  # a new one: the old one would delete the missing folder
+            trial.storage.current_checkpoint_index = numbers[name]  # the last one's: a worker adds 1 first
+            trial.invalidate_json_state()
+            print(f"{_key(trial)}: Tune's saved state names {named}, which Tune had deleted since; it resumes from "
+                  f"{name}, the checkpoint Tune took after it", flush=True)
+            return name
+    except Exception as exc:  # noqa: BLE001 (on_trial_add must not fail, see above)
+        print(f"WARNING: {_key(trial)}: looking for a checkpoint newer than {named} failed ({exc!r}); the trial "
+              "restores from the one Tune's state names", file=sys.stderr, flush=True)
+    return None
 
 
 def run_trials(spec: SweepSpec, trials: list[TrialConfig], restore: bool, supersede: bool = False) -> dict[str, int]:

@@ -106,17 +106,18 @@ def test_sigterm_as_ray_job_stop_sends_it_leaves_nothing_running_and_the_sweep_r
 
 def _replace_with_a_newer_checkpoint(trial_dir) -> tuple[str, int]:
     """Leave ``trial_dir`` as a kill can, seen in CI: Tune's saved state (and result.json) names a checkpoint that
-    Tune deleted once it registered the next one, and the one after that is half copied. Made from the newest
-    checkpoint: moved to the next number, and a copy of its small file under the number after. Returns the whole
-    one's name and step."""
+    Tune deleted once it registered a newer one; the next is half deleted, the one after whole, the last half
+    copied. Made from the newest checkpoint, moved two numbers on, and copies of its small file before and after
+    it. Returns the whole one's name and step."""
     *older, newest = sorted(trial_dir.glob("checkpoint_*"))
     for folder in older:
         shutil.rmtree(folder)
-    number = int(newest.name.rsplit("_", 1)[1]) + 1
-    whole, half = trial_dir / f"checkpoint_{number:06d}", trial_dir / f"checkpoint_{number + 1:06d}"
+    number = int(newest.name.rsplit("_", 1)[1])
+    half_deleted, whole, half_copied = (trial_dir / f"checkpoint_{number + i:06d}" for i in (1, 2, 3))
     newest.rename(whole)
-    half.mkdir()
-    shutil.copy(whole / "state.json", half / "state.json")
+    for half in (half_deleted, half_copied):
+        half.mkdir()
+        shutil.copy(whole / "state.json", half / "state.json")
     return whole.name, json.loads((whole / "state.json").read_text())["step"]
 
 
@@ -162,8 +163,8 @@ def test_a_restored_trial_without_its_checkpoint_starts_over_as_a_new_attempt(lo
         assert "could not resume" not in out.stdout and "4/4 FINISHED" in out.stdout, out.stdout
         assert records(sweep_dir)[running]["result"]["resumed_from_step"] == step
         assert not tracker(sweep_dir).search("tags.role = 'superseded'")  # the same attempt went on
-        (left,) = [p.name for p in trial_dir.glob("checkpoint_*")]  # its final one; the half one was overwritten
-        assert left > newer, left
+        left = sorted(p.name for p in trial_dir.glob("checkpoint_*"))  # the half-copied one was overwritten
+        assert len(left) == 2 and left[0] < newer < left[1], left  # the half-deleted one, and its final one
         sweep_dir, spec = copy, write_spec(tmp_path / "copy", tiny_model, data_dir, **settings)  # none left now
         (trial_dir,) = (sweep_dir / "tune" / "exp-001").glob(f"*-{running}")
         for folder in trial_dir.glob("checkpoint_*"):
