@@ -133,10 +133,11 @@ class Tracker:
         self._run_ids: dict[str, str] = {}
         self._trials: dict[str, dict[str, Any]] = {}  # to create a run that an outage kept from starting
         self.pending_starts: dict[str, bool] = {}  # starts the store missed: key -> whether it starts over
+        self._logged_to: dict[str, int] = {}  # a reopened run's last logged step: its replayed steps are not logged
 
     def __getstate__(self):  # Tune pickles callbacks with the experiment: no client inside
         return {"uri": self.uri, "sweep": self.sweep, "sweep_dir": self.sweep_dir, "_run_ids": {}, "_trials": {},
-                "pending_starts": {}}
+                "pending_starts": {}, "_logged_to": {}}
 
     @cached_property
     def client(self):
@@ -315,7 +316,10 @@ class Tracker:
             if old.info.status != "RUNNING":
                 self.client.update_run(run_id, status="RUNNING")
                 self.client.delete_tag(run_id, TAG_STOPPED)
+            # it resumes from its last checkpoint, which can be older than the last step this run logged
+            self._logged_to[key] = max((m.step for m in self.history(run_id, "dev_score")), default=-1)
         else:
+            self._logged_to.pop(key, None)
             attempt = 1
             if resumable:  # an attempt that did not finish, and will not be reopened
                 if old.data.tags.get(TAG_STOPPED):
@@ -358,6 +362,8 @@ class Tracker:
         from mlflow.entities import Metric
 
         step, ts = int(point["step"]), int(point.get("timestamp", 0) * 1000) or _now_ms()
+        if step <= self._logged_to.get(key, -1):  # replayed after a resume: logged already (a resume is bit-exact)
+            return
         metrics = [Metric(k, float(point[k]), ts, step) for k in SERIES if point.get(k) is not None]
         self.client.log_batch(self._ensure(key, trial), metrics=metrics)
 

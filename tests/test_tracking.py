@@ -87,6 +87,25 @@ def test_a_retry_in_the_same_attempt_keeps_its_run(tmp_path, data_dir):
     assert sweep.tracker_for(spec).start_trial(cfg.key, trial_dict(cfg)) == run_id  # still RUNNING: same run
 
 
+
+def test_a_resumed_run_logs_no_step_twice(tmp_path, data_dir):
+    """A resumed trial replays the evaluations between its checkpoint and the kill (a killed driver had logged them
+    already): its run keeps the first value of each step (a resume is bit-exact) and gets the steps after."""
+    spec = make_spec(tmp_path, data_dir)
+    tr = sweep.tracker_for(spec)
+    cfg = _sam(spec)
+    run_id = tr.start_trial(cfg.key, trial_dict(cfg))
+    for step in (3, 6, 9):
+        tr.log_eval(cfg.key, {"step": step, "dev_score": step / 10, "train_loss": 1.0, "lr": 1e-3})
+
+    tr = sweep.tracker_for(spec)  # the resumed driver; the trial resumes from its checkpoint of step 3
+    assert tr.start_trial(cfg.key, trial_dict(cfg)) == run_id
+    for step in (6, 9, 12):
+        tr.log_eval(cfg.key, {"step": step, "dev_score": step / 10 + 0.05, "train_loss": 1.0, "lr": 1e-3})
+    assert [(m.step, m.value) for m in sorted(tr.history(run_id, "dev_score"), key=lambda m: m.step)] == \
+        [(3, 0.3), (6, 0.6), (9, 0.9), (12, 1.25)]
+    assert _steps(tr, run_id, "train_loss") == [3, 6, 9, 12]
+
 def test_sync_fills_evaluations_missed_during_an_outage(tmp_path, data_dir):
     spec = make_spec(tmp_path, data_dir)
     tr = sweep.tracker_for(spec)
