@@ -174,9 +174,9 @@ class Drain(FIFOScheduler):
 
     def on_trial_add(self, tune_controller, trial: Trial) -> None:
         """Also called for each trial a restore brings back, before it starts: the one place to point it at a
-        checkpoint that still exists (see ``resume_from_newest_checkpoint``)."""
+        checkpoint that still exists (see ``resume_from_the_next_checkpoint``)."""
         super().on_trial_add(tune_controller, trial)
-        resume_from_newest_checkpoint(trial)
+        resume_from_the_next_checkpoint(trial)
 
     def choose_trial_to_run(self, tune_controller):
         if self._drained(tune_controller):
@@ -421,7 +421,7 @@ CHECKPOINT_GONE = "Could not recover from checkpoint as it does not exist on sto
 CHECKPOINT_FOLDER = re.compile(r"checkpoint_(\d+)")  # Tune's names for a trial's checkpoint folders
 
 
-def resume_from_newest_checkpoint(trial: Trial) -> str | None:
+def resume_from_the_next_checkpoint(trial: Trial) -> str | None:
     """Point a restored trial whose checkpoint is gone at the checkpoint Tune took after it; returns that folder's
     name. Tune keeps a trial's newest checkpoint only, and the experiment state it saved last can name one it has
     deleted since (the driver died before it saved the state, and the trial's result.json, again): Tune's restore
