@@ -122,7 +122,7 @@ def _replace_with_a_newer_checkpoint(trial_dir) -> tuple[str, int]:
 
 
 @pytest.mark.parametrize("lost", ["never_saved", "deleted"])
-def test_a_restored_trial_without_its_checkpoint_starts_over_as_a_new_attempt(lost, tmp_path, tiny_model, data_dir):
+def test_a_restored_trial_without_its_checkpoint_resumes_from_the_next_or_starts_over(lost, tmp_path, tiny_model, data_dir):
     """never_saved: checkpointing off. deleted: Tune's saved state names a checkpoint Tune had deleted already (it
     keeps the newest, and the driver died before saving its state again; seen in CI after `ray job stop`): the
     restore failed, and so did each retry, and the trial ended FAILED. With a newer checkpoint in the trial's
@@ -143,8 +143,9 @@ def test_a_restored_trial_without_its_checkpoint_starts_over_as_a_new_attempt(lo
         if lost == "deleted":
             seen = state_knows_a_checkpoint(sweep_dir / "tune" / "exp-001", running[0])
         else:
-            run_id = tracker(sweep_dir).run_id(running[0])
-            seen = bool(run_id and tracker(sweep_dir).history(run_id, "dev_score"))
+            t = tracker(sweep_dir)
+            run_id = t.run_id(running[0])
+            seen = bool(run_id and t.history(run_id, "dev_score"))
         last[:] = running
         return seen
 
