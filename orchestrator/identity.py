@@ -65,14 +65,16 @@ def data_folder(spec: SweepSpec) -> str | None:
 
 def with_data_folder(spec: SweepSpec) -> SweepSpec:
     """The spec with data.dir taken from $PEFT_SWEEP_DATA_DIR when it sets none, as the sweep folder keeps it: a
-    resume, ``rerun-failed`` or a Ray worker without the variable reads the same files as the first run. (The
-    value as given, like a data.dir written in the spec: a relative one may mean each node's working dir.)"""
+    resume, ``rerun-failed`` or a Ray worker without the variable reads the same files as the first run. A relative
+    data.dir or data.cache_dir is made absolute here, from where `run` is called: Tune runs each trial in its own
+    folder, where a relative path named nothing (every trial failed, or rebuilt its token cache)."""
     from trainables.tasks import DATA_DIR_ENV
 
-    value = os.environ.get(DATA_DIR_ENV)
-    if spec.data.dir or not value:
+    given = {"dir": spec.data.dir or os.environ.get(DATA_DIR_ENV) or None, "cache_dir": spec.data.cache_dir}
+    absolute = {k: v and os.path.abspath(os.path.expanduser(v)) for k, v in given.items()}
+    if absolute == {"dir": spec.data.dir, "cache_dir": spec.data.cache_dir}:
         return spec
-    return spec.model_copy(update={"data": spec.data.model_copy(update={"dir": str(Path(value).expanduser())})})
+    return spec.model_copy(update={"data": spec.data.model_copy(update=absolute)})
 
 
 def recorded_data(spec: SweepSpec) -> str | None:

@@ -1,20 +1,25 @@
 """A real sweep on a local Ray: MLflow records, skip-finished, a failed trial, rerun-failed, export,
 analysis and report."""
 import json
+import os
 
 import pandas as pd
 import pytest
+import yaml
 
 from orchestrator.masks import mask_path
 from orchestrator.tracking import download_model
-from tests.sweeps import cli, here, records, tracker, write_spec
+from tests.sweeps import ROOT, cli, here, records, tracker, write_spec
 
 pytestmark = pytest.mark.slow
 
 
 def test_sweep_lifecycle(tmp_path, tiny_model, data_dir, capsys, monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "")  # as `cli` does: the runs in this process join no cluster of the env
-    spec = write_spec(tmp_path, tiny_model, data_dir,
+    # data and token cache named relative to where `run` is called (`cli`: the repository); Tune runs each trial in
+    # a folder of its own, where these paths used to name nothing
+    relative = {"dir": os.path.relpath(data_dir, ROOT), "cache_dir": os.path.relpath(tmp_path / "cache", ROOT)}
+    spec = write_spec(tmp_path, tiny_model, data_dir, data=relative,
                       fault={"fail_at_step": 4, "fail_times": 2, "marker_dir": str(tmp_path / "markers"),
                              "match": {"method": "bitfit", "seed": 1}})
     sweep_dir = tmp_path / "runs" / "t"
@@ -25,6 +30,9 @@ def test_sweep_lifecycle(tmp_path, tiny_model, data_dir, capsys, monkeypatch):
                   "Creating initial MLflow database tables", "Started a local Ray instance"):
         assert noise not in console, noise
     assert "elapsed" in console and "queued" in console
+    saved = yaml.safe_load((sweep_dir / "spec.yaml").read_text())["data"]
+    assert saved["dir"] == os.path.abspath(data_dir) and saved["cache_dir"] == str(tmp_path / "cache")
+    assert any((tmp_path / "cache").iterdir())  # the trials' token cache is where the spec said
     tr = tracker(sweep_dir)
     parent = tr.client.get_run(tr.parent_run_id)
     assert parent.info.status == "FAILED" and parent.data.metrics["n_failed"] == 1  # ended with a failure
@@ -67,7 +75,9 @@ def test_sweep_lifecycle(tmp_path, tiny_model, data_dir, capsys, monkeypatch):
         assert mask_path(sweep_dir, key).is_file() == (run.data.tags["method"] == "sam"), key
     answer = first.stdout.splitlines()  # the three-line answer at the end of the first run
     best = [line for line in answer if line.startswith("best on average: ")]
-    assert len(best) == 1 and " ± " in best[0]
+    # sam has two seeds on CB, bitfit one (its seed 1 failed): a std only where there are two
+    assert len(best) == 1 and (" ± " in best[0]) == best[0].startswith("best on average: sam "), best
+    assert best[0].startswith("best on average: sam ") or "one seed per cell, so no std" in best[0], best
     assert any(line == f"report: {sweep_dir / 'report' / 'index.html'}" for line in answer)
     assert any(line.startswith("browse in MLflow: mlflow ui --backend-store-uri sqlite:///") and line.endswith(
         f"#/experiments/{tr.experiment_id}/runs?workflowType=machine_learning") for line in answer)
