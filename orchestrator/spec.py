@@ -90,7 +90,7 @@ class Grid(Strict):
 
 
 class Resources(Strict):
-    gpu_per_trial: float = Field(0.0, ge=0, description="0 (CPU), a fraction in (0, 1] to pack trials, or whole GPUs")
+    gpu_per_trial: float = Field(0.0, ge=0, description="0 (CPU), 1 (a GPU per trial), or a fraction to pack trials")
     cpu_per_trial: float = Field(1.0, gt=0)
     max_concurrent: int | None = Field(None, gt=0, description="cap on trials running at once")
     reuse_workers: bool = Field(True, description="a worker process runs trial after trial (imports, CUDA start "
@@ -99,8 +99,9 @@ class Resources(Strict):
     @field_validator("gpu_per_trial")
     @classmethod
     def _gpu(cls, v):
-        if v > 1 and v != int(v):
-            raise ValueError(f"gpu_per_trial {v}: a fraction of a GPU must be at most 1 (or use whole GPUs)")
+        if v > 1:  # Ray would hold more GPUs for a trial that trains on one (trainables.loop.pick_device)
+            raise ValueError(f"gpu_per_trial {v:g}: a trial trains on one device, so at most 1; a fraction such as "
+                             f"0.25 packs trials onto one GPU")
         return v
 
 

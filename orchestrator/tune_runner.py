@@ -87,6 +87,7 @@ def trainable(config: dict[str, Any], data: dict[str, Any] | None = None) -> Non
     """A Tune function trainable around the Ray-free ``run_trial``; resumes from Tune's checkpoint. ``data``: where
     this driver's spec reads the task files (see ``_here``)."""
     _quiet_ray()
+    hide_unassigned_gpus(ray.get_gpu_ids())
     cfg = TrialConfig.model_validate(_here(config["trial"], data))
     work = Path(tempfile.mkdtemp(prefix=f"trial-{cfg.key}-"))
     try:
@@ -112,6 +113,14 @@ def trainable(config: dict[str, Any], data: dict[str, Any] | None = None) -> Non
         run_trial(cfg, report, checkpoint_dir=str(work / "checkpoints"), resume_dir=resume)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def hide_unassigned_gpus(gpu_ids: list) -> None:
+    """A trial given no GPU sees none. Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone for zero-GPU work
+    (ray/_private/accelerators/accelerator.py): a CPU trial on a GPU node would take GPU 0 unscheduled, in bf16,
+    beside the trials Ray placed there. Called before anything asks CUDA (torch reads the variable once)."""
+    if not gpu_ids:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
 def _error_text(trial) -> str:

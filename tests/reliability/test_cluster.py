@@ -154,15 +154,15 @@ def test_ray_job_submit_on_a_two_node_cluster(cluster, tmp_path, tiny_model, dat
     assert {r["status"] for r in records(tmp_path / "runs" / "t").values()} == {"FINISHED"}
 
 
-def test_more_gpus_than_the_cluster_has_is_refused_before_anything_is_written(cluster, tmp_path, tiny_model,
-                                                                             data_dir):
-    # 3 GPUs in all, 2 on the largest node: a trial asking for 3 could never start, though the sum would allow it
-    spec = write_spec(tmp_path, tiny_model, data_dir, resources__gpu_per_trial=3,
+def test_more_cpus_than_the_largest_node_has_is_refused_before_anything_is_written(cluster, tmp_path, tiny_model,
+                                                                                   data_dir):
+    # 3 CPUs in all, 2 on the largest node: a trial asking for 3 could never start, though the sum would allow it
+    spec = write_spec(tmp_path, tiny_model, data_dir, resources__cpu_per_trial=3,
                       ray={"address": f"127.0.0.1:{cluster['gcs']}"})
     out = subprocess.run([sys.executable, "-m", "orchestrator", "run", str(spec)], cwd=ROOT, capture_output=True,
                          text=True, env=cluster["env"], timeout=300)
     assert out.returncode == 2, out.stderr[-3000:]
-    assert "resources.gpu_per_trial 3" in out.stderr and "the largest node" in out.stderr and "2 GPU(s)" in out.stderr
+    assert "resources.cpu_per_trial 3" in out.stderr and "the largest node" in out.stderr and "2 CPU(s)" in out.stderr
     assert not (tmp_path / "runs" / "t").exists()
 
 
