@@ -31,6 +31,16 @@ def test_paper_grids_have_the_papers_sizes():
     assert sorted(sparsity.grid.sparsities) == [0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2]
 
 
+@pytest.mark.parametrize("name", ["main", "perturbation", "sparsity", "small"])
+def test_paper_configs_select_per_tensor_as_the_authors_code_did(name):
+    """The authors' code ranked each tensor alone for every budgeted method (SAM, MagPruning, ChildPruning, and
+    DiffPruning's projection: src/runner.py's torch.topk per parameter); only the `-global` variants differ."""
+    for trial in load_spec(ROOT / f"configs/paper/{name}.yaml").trials():
+        if trial.method in ("sam", "magprune", "childprune", "diffprune"):
+            want = "global" if trial.label.endswith("-global") else "per_tensor"
+            assert trial.params().scope == want, (name, trial.label)
+
+
 def _bad(change: dict, *, path: tuple = ()) -> str:
     import copy
 
