@@ -117,6 +117,17 @@ def run_name(trial: dict[str, Any]) -> str:
     return "-".join(parts)
 
 
+SERVER_SCHEMES = ("http", "https", "databricks")  # a tracking server with an artifact store of its own
+
+
+def artifact_root(uri: str, sweep_dir: Path) -> str | None:
+    """Where a new experiment keeps its artifacts: the sweep folder's ``mlartifacts``, unless a tracking server
+    serves them. Left unset with a database URI (postgresql://, mysql://, ...), MLflow takes ./mlruns of the
+    current folder (mlflow/tracking/_tracking_service/utils.py), which under `ray job submit` is the job's
+    temporary working dir: every model delta, report and error.txt would be lost with the job."""
+    return None if uri.split("://", 1)[0] in SERVER_SCHEMES else (sweep_dir / "mlartifacts").resolve().as_uri()
+
+
 class Tracker:
     def __init__(self, uri: str, sweep: str, sweep_dir: Path):
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -185,9 +196,7 @@ class Tracker:
             if exp.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
                 self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
             return exp.experiment_id
-        artifacts = (self.sweep_dir / "mlartifacts").resolve().as_uri() if "://" not in self.uri or \
-            self.uri.startswith("sqlite") else None
-        return self.client.create_experiment(self.sweep, artifact_location=artifacts,
+        return self.client.create_experiment(self.sweep, artifact_location=artifact_root(self.uri, self.sweep_dir),
                                              tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
 
     def follow_move(self) -> str | None:

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from orchestrator import driver, export, identity, records, sweep
-from orchestrator.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING, TrackingError
+from orchestrator.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING, TrackingError, artifact_root
 from benchmarks.synthetic_trials import fake_result, trial_dict
 from tests.tracking_fixtures import finish_all, make_spec, record_finished
 
@@ -320,3 +320,13 @@ def test_the_resume_command_joins_the_cluster_a_job_ran_on(tmp_path, data_dir, m
     assert "queued 7 | stopped 1 (resumable)" in control.progress(spec).line()  # not counted as queued
     identity.record_run(spec)  # a later run on a local Ray
     assert sweep.resume_command(spec) == f"peft-sweep run {spec.sweep_dir / sweep.SPEC_FILE}"
+
+
+@pytest.mark.parametrize("uri,kept", [
+    ("sqlite:////x/mlflow.db", True), ("/x/mlflow.db", True),
+    ("postgresql://u@db:5432/mlflow", True), ("mysql+pymysql://u@db/mlflow", True),  # MLflow: ./mlruns of the cwd
+    ("http://mlflow:5000", False), ("https://mlflow.example.org", False), ("databricks", False),
+])
+def test_an_experiment_keeps_its_artifacts_in_the_sweep_folder_unless_a_server_stores_them(uri, kept, tmp_path):
+    got = artifact_root(uri, tmp_path / "sweep")
+    assert got == ((tmp_path / "sweep" / "mlartifacts").as_uri() if kept else None)
