@@ -208,3 +208,23 @@ def test_the_backbone_runs_torchs_own_layers_not_hub_kernels(tiny_model):
     backbone.train()
     assert not getattr(backbone, "use_kernels", False)
     assert {n: type(m) for n, m in backbone.named_modules()} == before
+
+
+def test_a_reselection_keeps_the_moments_of_entries_that_stay_selected():
+    """ChildPruning re-selects during training: what stays selected goes on with its Adam state (as ChildTuning's
+    dense AdamW over masked gradients), what joins starts from zero."""
+    p = torch.nn.Parameter(torch.randn(20))
+    opt = MaskedAdamW([("w", p, torch.tensor([9, 1, 7, 4]))], lr=0.1)
+    for _ in range(3):
+        p.grad = torch.randn_like(p)
+        opt.step()
+    st = opt.state[p]
+    avg, sq = (dict(zip(st["index"].tolist(), st[k].tolist())) for k in ("exp_avg", "exp_avg_sq"))
+    opt.reselect(p, torch.tensor([2, 4, 9, 15]))
+    st = opt.state[p]
+    assert st["step"] == 3 and st["index"].tolist() == [2, 4, 9, 15]
+    assert st["exp_avg"].tolist() == [0.0, avg[4], avg[9], 0.0]
+    assert st["exp_avg_sq"].tolist() == [0.0, sq[4], sq[9], 0.0]
+    p.grad = torch.randn_like(p)
+    opt.step()  # the new selection trains, with step 4's bias correction
+    assert opt.state[p]["step"] == 4

@@ -119,7 +119,7 @@ class Trainer:
         self.dense_opt, self.sparse_opt = self._setup_optimizers()
         self.ctx.probe_loss, self.ctx.forget = self.probe_loss, self._forget_dense_state
         if self.sparse_opt is not None:
-            self.ctx.reselect = self.sparse_opt.set_index
+            self.ctx.reselect = self.sparse_opt.reselect
         self.step, self.best_score, self.best_step, self.bad_evals = 0, -math.inf, 0, 0
         self.best_state: dict[str, torch.Tensor] | None = None  # ckpt.gather() of the best model: what trains
         self.best_mask: dict[str, torch.Tensor] | None = None  # the mask of the best state, not the last one

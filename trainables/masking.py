@@ -110,6 +110,26 @@ class MaskedAdamW(torch.optim.Optimizer):
                          "exp_avg_sq": torch.zeros(idx.numel(), dtype=torch.float32, device=p.device)}
         self._gathered = None
 
+    def reselect(self, p: nn.Parameter, idx: torch.Tensor) -> None:
+        """Move the selection of ``p`` to ``idx`` during training (ChildPruning). An entry selected before and after
+        keeps its moments, and the tensor its step count, as in ChildTuning's dense AdamW over masked gradients; a
+        new entry starts from zero moments. (Starting every moment and the step from zero made each re-selection
+        an Adam first step, about lr in size, on every selected entry.)"""
+        st = self.state.get(p)
+        if st is None:
+            return self.set_index(p, idx)
+        old, idx = st["index"], idx.to(p.device, torch.long)
+        order = torch.argsort(old)
+        at = torch.searchsorted(old[order], idx).clamp(max=max(old.numel() - 1, 0))
+        kept = old[order][at] == idx if old.numel() else torch.zeros_like(idx, dtype=torch.bool)
+        src = order[at[kept]]
+        moments = {}
+        for key in ("exp_avg", "exp_avg_sq"):
+            moments[key] = torch.zeros(idx.numel(), dtype=torch.float32, device=p.device)
+            moments[key][kept] = st[key][src]
+        self.state[p] = {"index": idx, "step": st["step"], **moments}
+        self._gathered = None
+
     @torch.no_grad()
     def gather_grads(self) -> list[torch.Tensor]:
         """Each masked tensor's gradient at its selected entries (float32): what clipping scales in place and the
