@@ -40,17 +40,20 @@ class GuardedTracker:
         self._call(key, self.tracker.finish, key, result, trial, tags)
 
     def log_model(self, key: str, folder: Path, trial: dict[str, Any]) -> None:
-        self._call(key, self.tracker.log_model, key, folder, trial)
+        if not self._call(key, self.tracker.log_model, key, folder, trial):
+            self.local.model_missed(key)  # `sync` logs it from the trial's last checkpoint in Tune's storage
 
     def fail(self, key: str, error: str, trial: dict[str, Any]) -> None:
         self._call(key, self.tracker.fail, key, error, trial)
 
-    def _call(self, key: str, fn: Callable[..., Any], *args: Any) -> None:
+    def _call(self, key: str, fn: Callable[..., Any], *args: Any) -> bool:
+        """Whether the call reached the store."""
         if self.clock() < self.down_until:
             self.local.unsynced(key)
-            return
+            return False
         try:
             fn(*args)
+            return True
         except Exception as exc:
             self.local.unsynced(key)
             if not is_outage(exc):
@@ -58,7 +61,7 @@ class GuardedTracker:
                     sweep_dir = self.local.sweep_dir
                     print(f"ERROR: MLflow refused a call for trial {key}: {exc}; the local record keeps it, "
                           f"`peft-sweep sync {sweep_dir}` retries", file=sys.stderr, flush=True)
-                    return
+                    return False
                 raise
             self.down_until = self.clock() + self.retry_after_s
             if not self.warned:
@@ -67,3 +70,4 @@ class GuardedTracker:
                       f"kept in {sweep_dir / 'records'}; run `peft-sweep sync {sweep_dir}` later",
                       file=sys.stderr, flush=True)
                 self.warned = True
+            return False

@@ -66,10 +66,14 @@ class SweepRecords:
         update(self.sweep_dir, key, status="RUNNING", trial=trial, synced=True, code_version=code_version())
 
     def finished(self, key: str, result: dict[str, Any]) -> None:
-        update(self.sweep_dir, key, status="FINISHED", result=result, error=None)
+        update(self.sweep_dir, key, status="FINISHED", result=result, error=None, model_logged=None)
 
     def failed(self, key: str, error: str) -> None:
         update(self.sweep_dir, key, status="FAILED", error=error)
+
+    def model_missed(self, key: str) -> None:
+        """The trial's model delta did not reach MLflow: ``sync`` logs it from Tune's storage."""
+        update(self.sweep_dir, key, model_logged=False)
 
     def unsynced(self, key: str) -> None:
         """MLflow missed something of this trial: ``sync`` must look at it."""

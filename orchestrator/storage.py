@@ -10,6 +10,7 @@ endpoint is taken from ``AWS_ENDPOINT_URL``, as pyarrow does).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -17,6 +18,7 @@ import pyarrow.fs as pafs
 DONE_MARKER = "SWEEP_EXPERIMENT_DONE"
 KEYS_FILE = "trial_keys.json"
 DROPPED_FILE = "dropped_keys.json"  # trials a drain removed before they started (see tune_runner.Drain)
+CHECKPOINT_FOLDER = re.compile(r"checkpoint_(\d+)")  # Tune's names for a trial's checkpoint folders
 
 
 def is_uri(path: str) -> bool:
@@ -87,3 +89,28 @@ class ExperimentStore:
         """Experiments a driver left before they ended (it died or was stopped), oldest first."""
         return [n for n in self.experiments() if not self.is_done(n)
                 and self.fs.get_file_info(self._file(n, KEYS_FILE)).type != pafs.FileType.NotFound]
+
+    def final_folder(self, key: str, marker: str) -> str | None:
+        """The newest checkpoint folder of trial ``key`` that holds ``marker`` (its final result file), as a path
+        on ``self.fs``: where a finished trial's model delta lies, since Tune keeps a trial's last checkpoint.
+        Trial folders end in ``-<key>`` (tune_runner's trial names)."""
+        def dirs(path: str) -> list[pafs.FileInfo]:
+            found = self.fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+            return [i for i in found if i.type == pafs.FileType.Directory]
+
+        for name in reversed(self.experiments()):
+            for trial in dirs(f"{self.path.rstrip('/')}/{name}"):
+                if not trial.base_name.endswith(f"-{key}"):
+                    continue
+                numbered = [(int(m.group(1)), c.path) for c in dirs(trial.path)
+                            if (m := CHECKPOINT_FOLDER.fullmatch(c.base_name))]
+                for _, path in sorted(numbered, reverse=True):
+                    if self.fs.get_file_info(f"{path}/{marker}").type == pafs.FileType.File:
+                        return path
+        return None
+
+    def download(self, path: str, dst: Path) -> Path:
+        """A folder of this store (``path`` on ``self.fs``) copied to the local ``dst``."""
+        dst.mkdir(parents=True, exist_ok=True)  # pyarrow copies a folder's files into one that exists
+        pafs.copy_files(path, str(dst), source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
+        return dst

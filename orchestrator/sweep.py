@@ -77,6 +77,8 @@ def sync(spec: SweepSpec, tracker: Tracker, mend_parent: bool = True) -> int:
     for key, rec in records.all_records(spec.sweep_dir).items():
         status = rec.get("status")
         run = runs.get(key)
+        if status == "FINISHED" and rec.get("model_logged") is False and run is not None:
+            log_model_again(spec, tracker, key, rec.get("trial") or {})
         if status == "STOPPED" and rec.get("synced") is False and run is not None:
             tracker.stop_trial(key)  # the stop happened while the store was down: no run left RUNNING
             records.update(spec.sweep_dir, key, synced=True)
@@ -99,6 +101,28 @@ def sync(spec: SweepSpec, tracker: Tracker, mend_parent: bool = True) -> int:
     if mend_parent and not driver.alive(spec.sweep_dir) and tracker.parent_status() == "RUNNING":
         close_sweep(spec, tracker, statuses(spec, tracker), quiet=True)
     return n
+
+
+def log_model_again(spec: SweepSpec, tracker: Tracker, key: str, trial: dict[str, Any]) -> None:
+    """Log a finished trial's model delta that the driver could not (the store was down or refused it), from the
+    trial's last checkpoint in Tune's storage, which Tune keeps. Said, not raised, when that is gone too."""
+    import tempfile
+
+    from trainables.checkpoint import DELTA_META
+    from trainables.finetuned import DELTA_DIR
+
+    from .storage import ExperimentStore, tune_root
+
+    store = ExperimentStore(tune_root(spec.ray.storage_path, spec.name, spec.sweep_dir))
+    final = store.final_folder(key, f"{DELTA_DIR}/{DELTA_META}")  # the delta whole: its meta file
+    if final is None:  # said once: the record stops asking
+        print(f"WARNING: trial {key}'s model delta never reached MLflow and its final checkpoint is no longer in "
+              f"{store.root}; its results stand, but `peft-sweep load` cannot rebuild its model", file=sys.stderr)
+        records.update(spec.sweep_dir, key, model_logged="lost")
+        return
+    with tempfile.TemporaryDirectory(prefix=f"model-{key}-") as tmp:
+        tracker.log_model(key, store.download(f"{final}/{DELTA_DIR}", Path(tmp) / DELTA_DIR), trial)
+    records.update(spec.sweep_dir, key, model_logged=True)
 
 
 # ---------------------------------------------------------------------- the parent run

@@ -40,7 +40,7 @@ from .preflight import node_report, node_versions, nodes_problems
 from .progress import Progress
 from .records import SweepRecords
 from .spec import ClusterError, SweepSpec
-from .storage import ExperimentStore, tune_root
+from .storage import CHECKPOINT_FOLDER, ExperimentStore, tune_root
 from .tracking import Tracker
 
 QUIET_LOGGERS = ("ray.train", "ray.tune")  # per-checkpoint "Checkpoint successfully created" and such: INFO only
@@ -427,7 +427,6 @@ def _check_nodes(spec: SweepSpec, where: str) -> None:
 
 # Ray's error when a restored trial's checkpoint is missing from storage (Trainable.restore, Ray 2.60)
 CHECKPOINT_GONE = "Could not recover from checkpoint as it does not exist on storage anymore"
-CHECKPOINT_FOLDER = re.compile(r"checkpoint_(\d+)")  # Tune's names for a trial's checkpoint folders
 
 
 def resume_from_the_next_checkpoint(trial: Trial) -> str | None:

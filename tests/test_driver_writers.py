@@ -180,3 +180,41 @@ def test_driver_line_and_watch_view_use_the_same_words(tmp_path):
         assert "| elapsed 1m40s | 36.0 trials/h |" in line and "ETA" not in line, line
     ended = SweepProgress(2, {"FINISHED": 2}, 1000.0, False, 0, 0.0).line()
     assert ended == "done 2/2 | running 0 | failed 0 | queued 0 | driver not running"
+
+
+def test_a_model_delta_the_store_missed_is_logged_by_sync_from_tunes_last_checkpoint(spec, monkeypatch, capsys):
+    """A finished trial whose delta upload met an outage gets it from its last checkpoint in Tune's storage (which
+    Tune keeps) at the next `sync`; with that gone too, sync says so once."""
+    tracker, local = sweep.tracker_for(spec), SweepRecords(spec.sweep_dir)
+    kept, lost = spec.trials()[:2]
+    for cfg in (kept, lost):
+        result = fake_result(cfg)
+        local.started(cfg.key, trial_dict(cfg))
+        tracker.start_trial(cfg.key, trial_dict(cfg))
+        local.finished(cfg.key, result)
+        tracker.finish(cfg.key, result, trial_dict(cfg))
+    trial_dir = spec.sweep_dir / "tune" / "exp-001" / f"{kept.method}-CB-s0-{kept.key}"  # Tune's folders
+    (trial_dir / "checkpoint_000003" / "model").mkdir(parents=True)  # an older one, without a delta
+    final = trial_dir / "checkpoint_000004" / "model"
+    final.mkdir(parents=True)
+    (final / "delta.safetensors").write_bytes(b"the delta")
+    (final / "meta.json").write_text('{"trial_key": "%s"}' % kept.key)
+    (final.parent / "result.json").write_text("{}")
+
+    guarded = _guarded(spec, _down_store(spec, monkeypatch))
+    for cfg in (kept, lost):
+        guarded.down_until = 0.0  # each upload meets the outage itself
+        guarded.log_model(cfg.key, final, trial_dict(cfg))
+        assert records.read(spec.sweep_dir, cfg.key)["model_logged"] is False
+    capsys.readouterr()
+
+    sweep.sync(spec, sweep.tracker_for(spec), mend_parent=False)
+    run_id = tracker.run_id(kept.key)
+    assert {a.path for a in tracker.client.list_artifacts(run_id, "model")} == {"model/delta.safetensors",
+                                                                               "model/meta.json"}
+    assert records.read(spec.sweep_dir, kept.key)["model_logged"] is True
+    err = capsys.readouterr().err
+    assert f"trial {lost.key}'s model delta never reached MLflow" in err and kept.key not in err
+    assert not tracker.client.list_artifacts(tracker.run_id(lost.key), "model")
+    sweep.sync(spec, sweep.tracker_for(spec), mend_parent=False)
+    assert "never reached MLflow" not in capsys.readouterr().err  # said once
