@@ -85,3 +85,20 @@ def test_wsc_spans_point_at_the_span_words(data_dir, tokenizer, tmp_path):
             text = tokenizer.decode(batch["input_ids"][row][s:e])
             start, end = records[row][key]
             assert text == " ".join(records[row]["words"][start:end]).lower().rstrip(".,")
+
+
+def test_a_byte_level_bpe_reads_sentences_without_and_word_lists_with_a_space_before_each_word(tmp_path):
+    """RoBERTa's fine-tuning reads "The cat" as ["The", "Ġcat"]; only WSC's word lists need a space before each
+    word (the first too). A tiny byte-level BPE (RoBERTa's kind) built here stands in for roberta-base."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import AutoTokenizer, RobertaTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(["The premise is true and the cat sat."] * 20, vocab_size=300, min_frequency=1,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    RobertaTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                         unk_token="<unk>", mask_token="<mask>").save_pretrained(tmp_path)
+    plain = AutoTokenizer.from_pretrained(tmp_path)  # what RoBERTa's own fine-tuning uses
+    sentences, words = load_tokenizer(str(tmp_path)), load_tokenizer(str(tmp_path), words=True)
+    assert sentences("The cat sat.").input_ids == plain("The cat sat.").input_ids
+    assert words([["The", "cat", "sat."]], is_split_into_words=True).input_ids[0] == plain(" The cat sat.").input_ids

@@ -80,7 +80,7 @@ def load_finetuned(folder: str | Path, model: str | None = None) -> tuple[TaskMo
 
     folder, saved, meta = read_meta(folder)
     path = resolve_model(model or meta["model"])
-    tokenizer = load_tokenizer(str(folder) if saved else path)
+    tokenizer = load_tokenizer(str(folder) if saved else path, words=meta["kind"] == "span_pair")
     torch.manual_seed(meta["seed"])
     backbone, fresh = load_pretrained(path)
     net = TaskModel(backbone, meta["kind"], meta["num_labels"], fresh)

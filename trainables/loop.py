@@ -103,7 +103,7 @@ class Trainer:
         self.task = get_task(cfg.task)
         self.device, self.autocast = self._setup_device()
         model_path = resolve_model(cfg.model)
-        tokenizer = load_tokenizer(model_path)
+        tokenizer = load_tokenizer(model_path, words=self.task.kind == "span_pair")
         self.pad_id = tokenizer.pad_token_id or 0
         self.splits = self._setup_data(tokenizer)
         self.model = self._setup_model(model_path)

@@ -40,11 +40,14 @@ def resolve_model(name_or_path: str) -> str:
     return name_or_path
 
 
-def load_tokenizer(model_path: str):
+def load_tokenizer(model_path: str, words: bool = False):
+    """``words``: the task's inputs are word lists (WSC's spans), which a byte-level BPE (RoBERTa) must read with a
+    space before each word, the first too. Sentences are read as RoBERTa's own fine-tuning reads them, without
+    one: else each text's first word becomes another token ("ĠThe", not "The"). WordPiece ignores the setting."""
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(model_path, add_prefix_space=True)
+        return AutoTokenizer.from_pretrained(model_path, **({"add_prefix_space": True} if words else {}))
     except OSError as exc:
         raise ModelError(f"cannot load the tokenizer of {model_path!r}: {exc}") from None
 
