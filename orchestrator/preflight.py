@@ -286,23 +286,42 @@ def node_lacks(spec: SweepSpec) -> list[str]:
     return lacks
 
 
+def node_data(spec: SweepSpec) -> dict[str, str]:
+    """The sha256 of each task's files in the data folder as this node sees it ({} for the Hub or a folder it
+    lacks, which node_lacks reports): a node's stale copy would be read silently, since each node keys its token
+    cache on its own files."""
+    from .identity import task_hash
+
+    try:
+        folder = resolve_data_dir(spec.data.dir)
+        return {task: task_hash(task, str(folder)) for task in spec.grid.tasks} if folder is not None else {}
+    except DataError:
+        return {}
+
+
 def node_report(spec: SweepSpec) -> dict[str, object]:
     """Run on each node; never raises, so one broken node becomes a line of the table, not a traceback."""
     import socket
 
     try:
-        return {"host": socket.gethostname(), "versions": node_versions(), "lacks": node_lacks(spec)}
+        return {"host": socket.gethostname(), "versions": node_versions(), "lacks": node_lacks(spec),
+                "data": node_data(spec)}
     except Exception as exc:  # noqa: BLE001 - whatever breaks here would break a trial on that node
-        return {"host": socket.gethostname(), "versions": {}, "lacks": [f"{type(exc).__name__}: {exc}"]}
+        return {"host": socket.gethostname(), "versions": {}, "lacks": [f"{type(exc).__name__}: {exc}"], "data": {}}
 
 
-def nodes_problems(reports: dict[str, dict], driver: dict[str, str]) -> list[str]:
-    """One line per node and problem: what it lacks, and each package version that differs from the driver's."""
+def nodes_problems(reports: dict[str, dict], driver: dict[str, str], data: dict[str, str] | None = None) -> list[str]:
+    """One line per node and problem: what it lacks, each package version that differs from the driver's, and
+    each task whose files differ from the driver's (``data``: node_data on the driver)."""
     lines = []
     for node, rep in sorted(reports.items()):
         lines += [f"{node}: {lack}" for lack in rep["lacks"]]
         lines += [f"{node}: {pkg} {rep['versions'].get(pkg)} (driver: {want})" for pkg, want in driver.items()
                   if rep["versions"] and rep["versions"].get(pkg) != want]
+        seen = rep.get("data") or {}
+        lines += [f"{node}: the {task} files differ from the driver's (sha256 {seen[task][:12]}, driver: "
+                  f"{want[:12]}); copy the driver's data folder there" for task, want in (data or {}).items()
+                  if task in seen and seen[task] != want]
     return lines
 
 
@@ -322,5 +341,5 @@ def undo_on_error(folder: Path) -> Iterator[None]:
 
 
 __all__ = ["DataError", "check_cluster_paths", "check_data", "check_model", "check_paths", "check_ray_address",
-           "check_resources", "node_report", "node_versions", "nodes_problems",
+           "check_resources", "node_data", "node_report", "node_versions", "nodes_problems",
            "check_size", "preflight", "undo_on_error"]

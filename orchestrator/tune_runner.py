@@ -36,7 +36,7 @@ from trainables.loop import RESULT_FILE, EvalPoint, TrialEnd
 from . import driver, records
 from .breaker import GuardedTracker
 from .masks import keep_mask
-from .preflight import node_report, node_versions, nodes_problems
+from .preflight import node_data, node_report, node_versions, nodes_problems
 from .progress import Progress
 from .records import SweepRecords
 from .spec import ClusterError, SweepSpec
@@ -407,7 +407,7 @@ def _check_nodes(spec: SweepSpec, where: str) -> None:
                                f"{NODE_CHECK_TIMEOUT_S:g} s; are all nodes healthy (`ray status`)?") from None
         except ray.exceptions.RayError as exc:  # the task could not even start there (no package, no env)
             reports[node] = {"versions": {}, "lacks": [str(exc).strip().splitlines()[-1][:200]]}
-    problems = nodes_problems(reports, node_versions())
+    problems = nodes_problems(reports, node_versions(), node_data(spec))
     if problems:
         print(f"preflight on {len(nodes)} node(s) of {where}:", file=sys.stderr)
         for line in problems:

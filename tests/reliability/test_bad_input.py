@@ -513,10 +513,12 @@ def test_a_node_report_lists_what_the_node_lacks_and_versions_that_differ(tmp_pa
                                                                            monkeypatch):
     """What the per-node preflight task returns and the table lines made from it, here without a cluster (the
     two-node test's nodes share one disk, so none of them can lack a folder)."""
-    from orchestrator.preflight import node_report, node_versions, nodes_problems
+    from orchestrator.preflight import node_data, node_report, node_versions, nodes_problems
     from orchestrator.spec import load_spec
 
     spec = load_spec(write_spec(tmp_path, tiny_model, data_dir))
+    data = node_data(spec)  # the driver's task files
+    assert set(data) == {"CB"} and node_report(spec)["data"] == data
     missing = tmp_path / "not-on-this-node"
     spec = spec.model_copy(update={"data": spec.data.model_copy(update={"dir": str(missing)})})
     (tmp_path / "a-file").write_text("")
@@ -526,9 +528,13 @@ def test_a_node_report_lists_what_the_node_lacks_and_versions_that_differ(tmp_pa
     assert str(missing) in report["lacks"][0] and "a-file" in report["lacks"][1]
     driver = node_versions()
     other = {"versions": {**driver, "torch": "0.0"}, "lacks": []}
-    lines = nodes_problems({"node A": report, "node B": other, "node C": {"versions": driver, "lacks": []}}, driver)
+    stale = {"versions": driver, "lacks": [], "data": {"CB": "0" * 64}}  # an older copy of the data on that node
+    lines = nodes_problems({"node A": report, "node B": other, "node C": {"versions": driver, "lacks": [], "data": data},
+                            "node D": stale}, driver, data)
     assert lines == [f"node A: {report['lacks'][0]}", f"node A: {report['lacks'][1]}",
-                     f"node B: torch 0.0 (driver: {driver['torch']})"]
+                     f"node B: torch 0.0 (driver: {driver['torch']})",
+                     f"node D: the CB files differ from the driver's (sha256 000000000000, driver: {data['CB'][:12]}); "
+                     f"copy the driver's data folder there"]
 
 
 def test_slips_a_researcher_types_get_the_hint_at_once(tmp_path, tiny_model, data_dir, refused):
