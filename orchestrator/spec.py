@@ -110,6 +110,8 @@ class RayConfig(Strict):
     num_cpus: int | None = Field(None, gt=0, description="local Ray only")
     num_gpus: float | None = Field(None, ge=0, description="local Ray only (logical GPUs work for tests)")
     storage_path: str | None = Field(None, description="Tune storage (shared path or URI on clusters); default SWEEP_DIR/tune")
+    autoscaling: bool = Field(False, description="the cluster starts nodes on demand (KubeRay, `ray up`): a trial "
+                                                 "larger than every node now waits for one instead of being refused")
 
 
 class FaultSpec(FaultConfig):

@@ -380,8 +380,15 @@ def _check_cluster_resources(spec: SweepSpec, where: str, hint: str = "") -> Non
         most = max((n.get(kind, 0) for n in nodes), default=0)
         if want > most:
             total = sum(n.get(kind, 0) for n in nodes)
-            raise ClusterError(f"resources.{field} {want:g}: the largest node of {where} has {most:g} {kind}(s) "
-                               f"({total:g} on {len(nodes)} node(s) in all), so no trial could start{hint}")
+            problem = (f"resources.{field} {want:g}: the largest node of {where} has {most:g} {kind}(s) "
+                       f"({total:g} on {len(nodes)} node(s) in all)")
+            if spec.ray.autoscaling and spec.ray_address:  # GPU workers that scale from zero: Tune's request starts one
+                print(f"WARNING: {problem}; trials wait for the autoscaler to add a node that fits (ray.autoscaling), "
+                      f"and nodes added later are not preflighted", file=sys.stderr, flush=True)
+                continue
+            raise ClusterError(f"{problem}, so no trial could start{hint}"
+                               + ("; if the cluster adds nodes on demand, set ray.autoscaling: true"
+                                  if spec.ray_address else ""))
 
 
 NODE_CHECK_TIMEOUT_S = 180.0

@@ -163,7 +163,27 @@ def test_more_cpus_than_the_largest_node_has_is_refused_before_anything_is_writt
                          text=True, env=cluster["env"], timeout=300)
     assert out.returncode == 2, out.stderr[-3000:]
     assert "resources.cpu_per_trial 3" in out.stderr and "the largest node" in out.stderr and "2 CPU(s)" in out.stderr
+    assert "ray.autoscaling: true" in out.stderr
     assert not (tmp_path / "runs" / "t").exists()
+
+
+def test_an_autoscaling_cluster_may_be_smaller_than_a_trial_for_now(on_cluster, tmp_path, tiny_model, data_dir,
+                                                                   capsys):
+    """GPU workers that scale from zero: Tune's resource request makes the autoscaler start one, so the check
+    warns instead of refusing."""
+    import ray
+
+    from orchestrator.spec import load_spec
+    from orchestrator.tune_runner import init_ray
+
+    spec = load_spec(write_spec(tmp_path, tiny_model, data_dir, resources__cpu_per_trial=3,
+                                ray={"address": on_cluster["address"], "autoscaling": True}))
+    try:
+        init_ray(spec)
+    finally:
+        ray.shutdown()
+    err = capsys.readouterr().err
+    assert "WARNING: resources.cpu_per_trial 3: the largest node" in err and "wait for the autoscaler" in err
 
 
 def test_relative_paths_are_refused_with_a_cluster_address(on_cluster, tmp_path, tiny_model, data_dir,
