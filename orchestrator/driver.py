@@ -70,7 +70,9 @@ def info(sweep_dir: Path) -> dict[str, Any] | None:
 
 
 def alive(sweep_dir: Path) -> bool:
-    """A driver whose process still exists; on another host, one whose heartbeat is recent."""
+    """A driver whose process still exists; on another host, one whose heartbeat is recent. A process that
+    started after the driver registered only took its pid (a container restarted in place counts pids from 1
+    again): the driver is gone."""
     found = info(sweep_dir)
     if found is None:
         return False
@@ -79,10 +81,23 @@ def alive(sweep_dir: Path) -> bool:
     try:
         os.kill(int(found["pid"]), 0)
     except PermissionError:
-        return True  # it exists, as another user's process
+        pass  # it exists, as another user's process
     except (OSError, ValueError, KeyError):
         return False
-    return True
+    created = _started_at(int(found["pid"]))
+    return created is None or created <= float(found.get("started") or created) + 1.0
+
+
+def _started_at(pid: int) -> float | None:
+    """When process ``pid`` started (Unix time); None where that cannot be read."""
+    try:
+        import psutil
+    except ImportError:  # a node with only Ray's own copy (on sys.path once ray is imported)
+        return None
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
 
 
 def same(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:

@@ -218,3 +218,30 @@ def test_a_model_delta_the_store_missed_is_logged_by_sync_from_tunes_last_checkp
     assert not tracker.client.list_artifacts(tracker.run_id(lost.key), "model")
     sweep.sync(spec, sweep.tracker_for(spec), mend_parent=False)
     assert "never reached MLflow" not in capsys.readouterr().err  # said once
+
+
+def test_a_pid_a_later_process_took_is_no_live_driver(tmp_path):
+    """A container restarted in place counts pids from 1 again: the dead driver's pid may be another process's,
+    and `run` refused the sweep as running until someone deleted driver.json."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import time
+
+    from orchestrator import driver
+
+    def claim(pid: int, started: float) -> None:
+        (tmp_path / driver.DRIVER_FILE).write_text(json.dumps({"pid": pid, "host": socket.gethostname(),
+                                                               "started": started, "beat": started}))
+
+    claim(os.getpid(), time.time())  # this process registered just now: alive
+    assert driver.alive(tmp_path)
+    later = subprocess.Popen(["sleep", "30"])
+    try:
+        claim(later.pid, time.time() - 600)  # registered 10 minutes ago; the process with that pid is new
+        assert not driver.alive(tmp_path)
+    finally:
+        later.kill()
+        later.wait()
+    assert not driver.alive(tmp_path)  # and gone
