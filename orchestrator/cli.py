@@ -117,6 +117,8 @@ def _cmd_train_one(args) -> int:
     check_cache(cfg.data)
     check_model(cfg.model, cfg.training.max_seq_length)
     check_data(cfg.data, [cfg.task])
+    if note := cfg.training.early_stopping_note():
+        print(note, file=sys.stderr)  # stdout's last line is the result
 
     def report(event):
         if isinstance(event, EvalPoint):
@@ -193,6 +195,8 @@ def _cmd_validate(args) -> int:
               f"-> {spec.sweep_dir}")
     else:
         print(f"{args.config}: valid; {len(trials)} trials -> {spec.sweep_dir}")
+    if note := spec.training.early_stopping_note():
+        print(note)
     return 0
 
 

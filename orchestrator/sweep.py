@@ -272,8 +272,9 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
         print(f"note: this sweep folder moved here from {moved_from}: its MLflow store's artifact paths now point "
               f"into {spec.sweep_dir / 'mlartifacts'} (earlier trials' model deltas are there only if that folder "
               "was copied too)", flush=True)
-    if note:
-        print(note, flush=True)
+    for line in (note, spec.training.early_stopping_note()):
+        if line:
+            print(line, flush=True)
     (spec.sweep_dir / SPEC_FILE).write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
     identity.record_run(spec)
     synced = sync(spec, tracker, mend_parent=False)  # this driver is about to run the sweep

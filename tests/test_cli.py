@@ -201,3 +201,16 @@ def test_output_into_a_closed_pipe_ends_quietly():
     proc.stdout.close()  # the reader is gone before anything is written
     err = proc.stderr.read()
     assert proc.wait(timeout=60) == 0 and "Traceback" not in err, err
+
+
+def test_validate_says_when_early_stopping_cannot_end_a_trial(tmp_path, tiny_model, data_dir, cli):
+    """The defaults (2000 steps, an evaluation every 100, patience 40) and the quickstart train a fixed budget:
+    said, not refused (a fixed budget with the best evaluation kept is a valid protocol)."""
+    path = write_spec(tmp_path, tiny_model, data_dir)  # 6 steps, an evaluation every 3, patience 40
+    rc, out, _ = cli("validate", str(path))
+    assert rc == 0 and "note: early stopping cannot end a trial: its first chance is step 123 (eval_every 3 x " \
+                       "(patience 40 + 1)), and max_steps is 6" in out
+    rc, out, _ = cli("validate", str(path), "--set", "training.patience=1")  # can stop at step 6... the last one
+    assert rc == 0 and "early stopping cannot" in out
+    rc, out, _ = cli("validate", str(path), "--set", "training.patience=1", "--set", "training.max_steps=7")
+    assert rc == 0 and "early stopping" not in out

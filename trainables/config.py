@@ -39,6 +39,20 @@ class TrainingConfig(Strict):
     checkpoint_every: int = Field(1, ge=0, description="evaluations between checkpoints; 0 = never")
     compile: bool = Field(False, description="torch.compile the model (CUDA only; pays off on long trials)")
 
+    def first_early_stop(self) -> int:
+        """The first step at which early stopping can end a trial: the first evaluation always improves, then
+        ``patience`` evaluations without improvement, and never before ``min_steps``."""
+        return max(self.eval_every * (self.patience + 1), -(-self.min_steps // self.eval_every) * self.eval_every)
+
+    def early_stopping_note(self) -> str | None:
+        """A line for the user when these settings leave early stopping nothing to do (a fixed budget)."""
+        first = self.first_early_stop()
+        if first < self.max_steps:
+            return None
+        return (f"note: early stopping cannot end a trial: its first chance is step {first} (eval_every "
+                f"{self.eval_every} x (patience {self.patience} + 1)), and max_steps is {self.max_steps}; each trial "
+                f"trains {self.max_steps} steps and keeps its best evaluation (lower patience to stop earlier)")
+
     @model_validator(mode="after")
     def _steps(self) -> "TrainingConfig":
         if self.min_steps > self.max_steps:
