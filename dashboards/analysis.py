@@ -398,6 +398,16 @@ def best_line(method: str, mean: float, std: float | None) -> str:
     return f"best on average: {method} {100 * mean:.1f} ± {100 * std:.1f} ({what} ± mean per-task std)"
 
 
+def unranked(trials: pd.DataFrame) -> dict[str, str]:
+    """Methods none of whose trials FINISHED, each with what became of its trials ("sam (2 FAILED)")."""
+    out = {}
+    for method, statuses in trials.groupby("method")["status"]:
+        counts = statuses.value_counts()
+        if "FINISHED" not in counts:
+            out[method] = f"{method} ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))})"
+    return out
+
+
 def answer(result: Analysis, trials: pd.DataFrame) -> dict[str, Any]:
     """The sweep's answer to its question, from its first group: the best method on average and whether its lead
     over the runner-up is more than the seeds' noise, and the most stable method on average. ``lines`` for a
@@ -405,7 +415,10 @@ def answer(result: Analysis, trials: pd.DataFrame) -> dict[str, Any]:
     label = result.summary["group"]
     table = rows_of(result.table, label)
     avg, lacking = averaged(table)
-    out: dict[str, Any] = {"lines": [], "best": None, "lead": None, "most_stable": None, "lacking": lacking}
+    out: dict[str, Any] = {"lines": [], "best": None, "lead": None, "most_stable": None, "lacking": lacking,
+                           "unranked": unranked(trials_in(trials, label))}
+    if out["unranked"]:  # a method that failed everywhere is not a method that lost: said beside the answer
+        out["lines"].append("not ranked, no finished trial: " + "; ".join(out["unranked"].values()))
     if lacking:  # an average over the easy tasks only would rank a method that failed the hard one first
         out["lines"].append("not ranked on average, no finished trial on some task: "
                             + "; ".join(f"{m} ({', '.join(ts)})" for m, ts in lacking.items()))

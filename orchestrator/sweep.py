@@ -184,10 +184,12 @@ def close_sweep(spec: SweepSpec, tracker: Tracker, final: dict[str, str], quiet:
                 tags["most_stable_method"] = said["most_stable"]
             if said["lead"] and said["lead"].get("p") is not None:
                 metrics["lead_p_value"] = said["lead"]["p"]
-            unranked = _unranked(spec, final)
-            if unranked:  # a method that failed everywhere is not a method that lost: say it beside the answer
-                lines.append("not ranked, no finished trial: " + "; ".join(unranked.values()))
-                tags["unranked_methods"] = ", ".join(unranked)
+            # rows with no trial in the export (none started: a drain, a stop) are not in the answer's line
+            never = {r: v for r, v in _unranked(spec, final).items() if r not in said["unranked"]}
+            if never:
+                lines.append("not ranked, no trial started: " + "; ".join(never.values()))
+            if said["unranked"] or never:
+                tags["unranked_methods"] = ", ".join(sorted({**said["unranked"], **never}))
             lines.append(f"report: {index}")
     except Exception as exc:  # noqa: BLE001 - the status must still be set; say what is missing
         lines.append(f"no analysis on the parent run: {type(exc).__name__}: {exc}")

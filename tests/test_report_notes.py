@@ -170,7 +170,7 @@ def test_overlap_note_advice_to_analyze_is_followed_by_the_figure(tmp_path, caps
     capsys.readouterr()
 
 
-def test_the_sweeps_answer_names_a_method_with_no_finished_trial(tmp_path, data_dir):
+def test_the_sweeps_answer_names_a_method_with_no_finished_trial(tmp_path, data_dir, capsys):
     """The console and the parent run said "best on average: bitfit" as if sam had lost, when every sam trial
     failed (on a cluster: `full` out of GPU memory on every task)."""
     spec = make_spec(tmp_path, data_dir, tasks=["CB"])
@@ -179,6 +179,14 @@ def test_the_sweeps_answer_names_a_method_with_no_finished_trial(tmp_path, data_
     lines = sweep.close_sweep(spec, tr, sweep.statuses(spec, tr), quiet=True)
     assert "not ranked, no finished trial: sam (2 FAILED)" in lines, lines
     assert tr.client.get_run(tr.parent_run_id).data.tags["unranked_methods"] == "sam"
+    capsys.readouterr()
+    # `analyze` prints the same answer (the README says so): it left this line out
+    assert main(["analyze", "--trials", str(spec.sweep_dir / "export" / "trials.parquet"),
+                 "--out", str(tmp_path / "again")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert "not ranked, no finished trial: sam (2 FAILED)" in printed
+    assert [line for line in printed if not line.startswith(str(tmp_path))] == \
+        [line for line in lines if line.startswith(("not ranked", "best on", "its lead", "most stable"))]
 
 
 def svg_size(path) -> tuple[float, float]:
