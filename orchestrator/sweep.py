@@ -231,15 +231,21 @@ def check_before_run(spec: SweepSpec, force: bool = False) -> Checked:
     driver, the sweep's identity with the data folder it reads, store, cluster). `validate` calls it too, so what
     it reports is what `run` would meet."""
     spec = identity.with_data_folder(spec)  # spec.yaml and every trial name the folder, not the shell's variable
+    previous = load_sweep(spec.sweep_dir) if (spec.sweep_dir / SPEC_FILE).is_file() else None
+    adopted = None
+    if not spec.data.dir and previous is not None and previous.data.dir:
+        # a resume from a shell without $PEFT_SWEEP_DATA_DIR: the Hub would be refused as a switch of data anyway
+        spec = spec.model_copy(update={"data": spec.data.model_copy(update={"dir": previous.data.dir})})
+        adopted = (f"note: no data folder given (data.dir, $PEFT_SWEEP_DATA_DIR); reading the one this sweep "
+                   f"recorded: {previous.data.dir}")
     address = spec.ray_address
     check_cluster_paths(spec, address)
     preflight(spec)
     if driver.alive(spec.sweep_dir):
         raise SpecError(f"sweep {spec.name!r} is running ({driver.describe(spec.sweep_dir)}); two drivers would run "
                         f"its trials twice: wait, or `peft-sweep stop {spec.sweep_dir}` first")
-    previous = load_sweep(spec.sweep_dir) if (spec.sweep_dir / SPEC_FILE).is_file() else None
     identity.check_rerun(previous, spec, force, finished_keys(spec.sweep_dir) if previous else None)
-    note = identity.unrecorded_data_note(previous, spec) or identity.moved_data_note(previous, spec)
+    note = adopted or identity.unrecorded_data_note(previous, spec) or identity.moved_data_note(previous, spec)
     tracker = tracker_for(spec)
     tracker.check_reachable()
     check_ray_address(address)

@@ -214,3 +214,14 @@ def test_validate_says_when_early_stopping_cannot_end_a_trial(tmp_path, tiny_mod
     assert rc == 0 and "early stopping cannot" in out
     rc, out, _ = cli("validate", str(path), "--set", "training.patience=1", "--set", "training.max_steps=7")
     assert rc == 0 and "early stopping" not in out
+
+
+def test_a_resume_that_names_no_data_folder_reads_the_one_the_sweep_recorded(ran, cli, monkeypatch, data_dir):
+    """`make demo` sets $PEFT_SWEEP_DATA_DIR; `peft-sweep run configs/quickstart.yaml` from a plain shell then
+    tried the Hub (which a sweep that read a folder refuses anyway) and failed."""
+    path, spec = ran
+    monkeypatch.delenv("PEFT_SWEEP_DATA_DIR", raising=False)
+    rc, out, err = cli("validate", str(path), "--set", "data.dir=null")
+    assert rc == 0, err
+    assert f"note: no data folder given (data.dir, $PEFT_SWEEP_DATA_DIR); reading the one this sweep recorded: " \
+           f"{spec.data.dir}" in out

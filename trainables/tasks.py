@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 DATA_DIR_ENV = "PEFT_SWEEP_DATA_DIR"
+# where each command takes a data folder from (run/validate have no --data-dir flag)
+WHERE = f"data.dir (--set data.dir=DIR; train-one, tasks: --data-dir) or ${DATA_DIR_ENV}"
 
 
 class DataError(ValueError):
@@ -182,9 +184,9 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
     path = Path(value).expanduser()
     if path.is_file():
         raise DataError(f"data dir {str(path)!r} is a file; give the folder that holds one sub-folder per task "
-                        f"(CB/, RTE/, ...) in data.dir, --data-dir or ${DATA_DIR_ENV}")
+                        f"(CB/, RTE/, ...) in {WHERE}")
     if not path.is_dir():
-        raise DataError(f"data dir {str(path)!r} does not exist (set data.dir, --data-dir or ${DATA_DIR_ENV})")
+        raise DataError(f"data dir {str(path)!r} does not exist (set {WHERE})")
     return path.resolve()
 
 
@@ -286,5 +288,5 @@ def check_hub(name: str, timeout: float = HUB_TIMEOUT_S) -> None:
     except Exception as exc:  # noqa: BLE001 - whatever the reason, the Hub path cannot serve this task
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
         raise DataError(f"task {task.name}: no data folder is set and the Hugging Face Hub dataset "
-                        f"{'/'.join(task.hub)} cannot be loaded ({reason}); set data.dir (or --data-dir) or "
-                        f"${DATA_DIR_ENV} to a folder of the original task files") from None
+                        f"{'/'.join(task.hub)} cannot be loaded ({reason}); set {WHERE} "
+                        f"to a folder of the original task files") from None
