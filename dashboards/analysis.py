@@ -172,6 +172,8 @@ def spearman(table: pd.DataFrame) -> dict[str, Any]:
     pairs = table[(table["task"] != "AVG") & table["std"].notna()].copy()
     pairs["perf_rank"] = pairs.groupby("task")["mean"].rank(ascending=False, method="average")
     pairs["stab_rank"] = pairs.groupby("task")["std"].rank(ascending=True, method="average")
+    # the permutation p's shuffles depend on row order: the same cells in another order gave another p
+    pairs = pairs.sort_values(["task", "stab_rank", "perf_rank"], kind="stable")
     if len(pairs) < 3 or pairs["stab_rank"].nunique() < 2 or pairs["perf_rank"].nunique() < 2:
         return {"rho": None, "p_value": None, "permutation_p_value": None, "n_pairs": int(len(pairs)),
                 "reason": "needs ≥3 (method, task) pairs whose stability and performance ranks both vary"}

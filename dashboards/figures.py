@@ -120,7 +120,8 @@ def rank_figure(table: pd.DataFrame, rho: dict, methods: list[str], path: Path) 
     title = "stability rank vs performance rank"
     if rho.get("rho") is not None:
         title += (f"\nSpearman ρ = {rho['rho']:.2f} over n = {rho['n_pairs']} (method, task) pairs\n"
-                  f"{fmt_p(rho['permutation_p_value'])} within-task permutation, {fmt_p(rho['p_value'])} scipy")
+                  f"{fmt_p(rho['permutation_p_value'])} within-task permutation "
+                  f"(scipy, pairs taken as independent: {fmt_p(rho['p_value'])})")
     elif rho.get("reason"):
         title += f"\nno Spearman ρ: {rho['reason']}"
     ax.set(xlabel="stability rank (1 = smallest std)", ylabel="performance rank (1 = best mean)", title=title)

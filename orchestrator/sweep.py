@@ -170,7 +170,8 @@ def close_sweep(spec: SweepSpec, tracker: Tracker, final: dict[str, str], quiet:
             artifacts = {"analysis": spec.sweep_dir / "analysis", "report": index.parent}
             summary = result.summary
             for name, value in (("spearman_rho", summary["spearman"]["rho"]),
-                                ("spearman_p_value", summary["spearman"]["p_value"])):
+                                ("spearman_permutation_p_value", summary["spearman"]["permutation_p_value"]),
+                                ("spearman_p_value", summary["spearman"]["p_value"])):  # scipy's: pairs independent
                 if value is not None:
                     metrics[name] = value
             table = rows_of(result.table, summary["group"])

@@ -203,6 +203,17 @@ def test_spearman_permutation_within_tasks():
     assert "within each task" in sp["permutation_p_value_is"]
 
 
+def test_the_permutation_p_of_the_same_cells_does_not_depend_on_their_order():
+    """claims.md gave two permutation p's for the same three cells (0.3345, 0.3310): the shuffles followed the
+    row order, and the comparison with the paper builds its table in another order."""
+    from dashboards.analysis import spearman
+
+    g = np.random.default_rng(1)
+    table = pd.DataFrame({"task": np.repeat(["A", "B", "C"], 4), "mean": g.random(12), "std": g.random(12)})
+    p = spearman(table)["permutation_p_value"]
+    assert all(spearman(table.sample(frac=1, random_state=s))["permutation_p_value"] == p for s in range(3))
+
+
 def test_seeds_enough_lists_every_subset():
     # one task, three seeds. x: 0.5 0.5 0.9, y: 0.5 0.6 0.7. All seeds: std x 0.23 > y 0.10 -> y rank 1.
     # Pairs {0,1}: x 0 < y 0.07 (x first), {0,2} and {1,2}: y first -> mean rank x 5/3, y 4/3; tau 1/3

@@ -149,7 +149,7 @@ def test_sync_closes_a_parent_left_running_with_the_analysis(tmp_path, data_dir,
     assert parent.data.params["grid.methods"] == '["sam", "bitfit"]' and parent.data.params["training.max_steps"] == "9"
     m = parent.data.metrics
     assert m["n_finished"] == len(spec.trials()) - fail and m["n_failed"] == fail
-    assert {"spearman_rho", "spearman_p_value", "best_mean.CB", "best_mean.RTE"} <= set(m)
+    assert {"spearman_rho", "spearman_permutation_p_value", "spearman_p_value", "best_mean.CB", "best_mean.RTE"} <= set(m)
     assert parent.data.tags["best_method.CB"] in ("sam", "bitfit")
     arts = {a.path for folder in ("analysis", "report") for a in tr.client.list_artifacts(tr.parent_run_id, folder)}
     assert {"analysis/table.csv", "analysis/summary.json", "report/index.html", "report/ranks.svg"} <= arts
