@@ -80,8 +80,14 @@ def train_one_config(args):
                         f"; valid: {', '.join(METHODS)}")
     unknown = [o.split("=", 1)[0] for o in args.set or [] if o.split(".", 1)[0] not in ("training", "methods", "data")]
     if unknown:
-        raise SpecError(f"--set {unknown[0]}: unknown key; train-one takes training.<key> (e.g. "
-                        f"training.{unknown[0].split('.')[-1]}), methods.{args.method}.<param> or data.<key>")
+        key, last = unknown[0], unknown[0].split(".")[-1]
+        flag = {"seeds": "--seed", "seed": "--seed", "tasks": "--task", "task": "--task", "methods": "--method",
+                "sparsities": "--sparsity", "sparsity": "--sparsity", "perturbations": "--perturbation",
+                "perturbation": "--perturbation", "model": "--model"}.get(last)
+        if flag is None and last in TrialConfig.model_fields["training"].annotation.model_fields:
+            flag = f"--set training.{last}=..."
+        raise SpecError(f"--set {key}: unknown key" + (f"; use {flag}" if flag else "")
+                        + f" (train-one takes training.<key>, methods.{args.method}.<param> or data.<key> with --set)")
     sparsity = args.sparsity
     if sparsity is None and get_method(args.method).uses_sparsity:
         sparsity = DEFAULT_SPARSITY  # as a sweep spec's grid.sparsities

@@ -105,6 +105,12 @@ def test_train_one_rejects_bad_input_with_named_values(tiny_model, data_dir, cap
     assert main(["train-one", "--task", "CB", "--method", "sam", "--sparsity", "0.1", "--model", tiny_model,
                  "--set", "training.max_stepz=3"]) == 2
     assert "training.max_stepz: unknown key" in capsys.readouterr().err
+    # a sweep spec's key, or a training key without its section: the flag or the key to use (it once suggested
+    # training.seeds, which does not exist)
+    for key, hint in (("grid.seeds=[1]", "--set grid.seeds: unknown key; use --seed"),
+                      ("max_steps=3", "--set max_steps: unknown key; use --set training.max_steps=...")):
+        assert main(["train-one", "--task", "CB", "--method", "sam", "--model", tiny_model, "--set", key]) == 2
+        assert hint in capsys.readouterr().err
     assert main(["train-one", "--task", "CB", "--method", "full", "--model", "./no/such/model"]) == 2
     assert "model path './no/such/model' does not exist" in capsys.readouterr().err
 
