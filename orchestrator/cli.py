@@ -115,11 +115,11 @@ def train_one_config(args):
 def _cmd_train_one(args) -> int:
     from trainables import run_trial
     from trainables.loop import EvalPoint
-    from .preflight import check_cache, check_data, check_model, check_writable_dir
+    from .preflight import check_cache, check_data, check_model
 
     cfg = train_one_config(args)
     if args.checkpoint_dir:
-        check_writable_dir(Path(args.checkpoint_dir), "--checkpoint-dir")
+        _out_dir(args.checkpoint_dir, "--checkpoint-dir")  # before the training, not at its first checkpoint
     check_cache(cfg.data)
     check_model(cfg.model, cfg.training.max_seq_length)
     check_data(cfg.data, [cfg.task])
@@ -413,9 +413,16 @@ def _cmd_load(args) -> int:
 
 
 def _out_dir(path: str, flag: str) -> Path:
+    """The folder a command writes into, made now: where none can be made (a permission check passes for root,
+    /proc refuses anyway), the command fails at once naming the flag, not after its work with a bare OSError."""
     from .preflight import check_writable_dir
+    from .spec import SpecError
 
     check_writable_dir(Path(path), flag)
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SpecError(f"{flag} {path!r}: cannot make the folder ({exc.strerror or exc})") from None
     return Path(path)
 
 

@@ -225,3 +225,17 @@ def test_a_resume_that_names_no_data_folder_reads_the_one_the_sweep_recorded(ran
     assert rc == 0, err
     assert f"note: no data folder given (data.dir, $PEFT_SWEEP_DATA_DIR); reading the one this sweep recorded: " \
            f"{spec.data.dir}" in out
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (("export", "SWEEP", "--out", "/proc/no-folder-here"), "--out"),
+    (("train-one", "--task", "CB", "--method", "bitfit", "--checkpoint-dir", "/proc/no-folder-here"),
+     "--checkpoint-dir"),
+])
+def test_an_output_folder_that_cannot_be_made_is_named_at_once(ran, cli, argv, flag, tiny_model):
+    """/proc passes a permission check (for root) and refuses a new folder: export said a bare "[Errno 2] ...",
+    train-one trained for minutes first."""
+    path, spec = ran
+    argv = [str(spec.sweep_dir) if a == "SWEEP" else a for a in argv]
+    rc, _, err = cli(*argv, *(["--model", tiny_model] if argv[0] == "train-one" else []))
+    assert rc == 2 and f"{flag} '/proc/no-folder-here'" in err, err
