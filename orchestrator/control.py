@@ -61,6 +61,19 @@ def progress(spec: SweepSpec) -> SweepProgress:
     return SweepProgress(len(keys), dict(found), started, alive, ended_here, elapsed)
 
 
+def first_run(sweep_dir: Path) -> float | None:
+    """When the sweep's first run started (identity.json), as a Unix time; None where it is not recorded."""
+    from datetime import datetime
+
+    from .identity import read
+
+    runs = read(sweep_dir).get("runs") or []
+    try:
+        return datetime.strptime(runs[0]["started"], "%Y-%m-%dT%H:%M:%S%z").timestamp() if runs else None
+    except (KeyError, ValueError):
+        return None
+
+
 def list_sweeps(output_dir: Path) -> list[dict[str, Any]]:
     """The sweep folders directly under ``output_dir``, with where each stands."""
     if not output_dir.is_dir():
@@ -69,10 +82,10 @@ def list_sweeps(output_dir: Path) -> list[dict[str, Any]]:
     for folder in sorted(p for p in output_dir.iterdir() if (p / SPEC_FILE).is_file()):
         try:
             p = progress(load_sweep(folder))
+            started = p.started or first_run(folder) or (folder / SPEC_FILE).stat().st_mtime
         except Exception as exc:  # noqa: BLE001 - one unreadable sweep must not hide the others
             rows.append({"sweep": folder.name, "error": f"{type(exc).__name__}: {exc}"})
             continue
-        started = p.started or (folder / SPEC_FILE).stat().st_mtime
         rows.append({"sweep": folder.name, "path": str(folder), "total": p.total, **p.counts,
                      "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(started)),
                      "driver": "alive" if p.driver_alive else "-"})

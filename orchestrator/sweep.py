@@ -285,7 +285,6 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
         if line:
             print(line, flush=True)
     (spec.sweep_dir / SPEC_FILE).write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
-    identity.record_run(spec)
     synced = sync(spec, tracker, mend_parent=False)  # this driver is about to run the sweep
     if synced:
         print(f"synced {synced} trial(s) from local records into MLflow", flush=True)
@@ -299,7 +298,10 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
         print("nothing to run", flush=True)
         if tracker.parent_status() == "RUNNING":  # left so by a driver that died after the last trial
             close_sweep(spec, tracker, status)
+        if not identity.read(spec.sweep_dir):  # a folder that never recorded its identity (written before it was)
+            identity.record_run(spec)
         return 0
+    identity.record_run(spec)  # a run that runs trials: its code version, data and start (list's "started")
     init_ray(spec)  # only now: a sweep with nothing left to run starts no Ray
     tracker.start_sweep(spec_params(spec), spec.sweep_dir / SPEC_FILE)
     driver.register(spec.sweep_dir)

@@ -239,3 +239,17 @@ def test_an_output_folder_that_cannot_be_made_is_named_at_once(ran, cli, argv, f
     argv = [str(spec.sweep_dir) if a == "SWEEP" else a for a in argv]
     rc, _, err = cli(*argv, *(["--model", tiny_model] if argv[0] == "train-one" else []))
     assert rc == 2 and f"{flag} '/proc/no-folder-here'" in err, err
+
+
+def test_list_shows_when_the_sweep_first_ran(ran, cli):
+    """Not when spec.yaml was last written: every `run`, one with nothing to run too, rewrites it."""
+    import json
+    import time
+    from datetime import datetime
+
+    path, spec = ran
+    first, later = "2026-01-02T03:04:05+0000", "2026-03-04T05:06:07+0000"
+    (spec.sweep_dir / "identity.json").write_text(json.dumps({"runs": [{"started": first}, {"started": later}]}))
+    rc, out, _ = cli("list", str(spec.sweep_dir.parent))
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(datetime.strptime(first, "%Y-%m-%dT%H:%M:%S%z").timestamp()))
+    assert rc == 0 and f"started {when}" in out, out

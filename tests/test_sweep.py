@@ -83,8 +83,10 @@ def test_sweep_lifecycle(tmp_path, tiny_model, data_dir, capsys, monkeypatch):
         f"#/experiments/{tr.experiment_id}/runs?workflowType=machine_learning") for line in answer)
 
     # in this process: a sweep with nothing left to run, or refused before it writes, starts no Ray
+    runs = json.loads((sweep_dir / "identity.json").read_text())["runs"]
     again, _ = here(capsys, "run", str(spec))
     assert "nothing to run" in again and "4 already FINISHED" in again
+    assert json.loads((sweep_dir / "identity.json").read_text())["runs"] == runs  # a run that ran nothing: not one
     _, changed = here(capsys, "run", str(spec), "--set", "training.max_steps=7", rc=2)  # would mix two experiments
     assert "training.max_steps: 6 -> 7" in changed and "--force" in changed
 
@@ -113,7 +115,8 @@ def test_sweep_lifecycle(tmp_path, tiny_model, data_dir, capsys, monkeypatch):
     grown = cli("run", str(spec), "--set", "grid.seeds=[0, 1, 2]", check_rc=0)  # growth: only the new trials run
     assert "6 trials, 4 already FINISHED, 2 to run" in grown.stdout and "6/6 FINISHED" in grown.stdout
     identity = json.loads((sweep_dir / "identity.json").read_text())
-    assert len(identity["runs"]) == 4 and identity["runs"][-1]["code_version"] == \
+    # run, rerun-failed, the growth (the run with nothing to run is not one)
+    assert len(identity["runs"]) == 3 and identity["runs"][-1]["code_version"] == \
         tr.client.get_run(tr.parent_run_id).data.tags["code_version"]
 
 
