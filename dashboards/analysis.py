@@ -209,7 +209,8 @@ def _friedman_on(cells: pd.DataFrame, blocks: str) -> dict[str, Any]:
     base = {"blocks": blocks, "n_blocks": int(n), "n_methods": int(k), "dropped_blocks": dropped}
     if k < 3 or n < 2:
         return {**base, "statistic": None, "p_value": None, "average_ranks": None,
-                "reason": f"needs ≥3 methods and ≥2 complete blocks, has {k} methods and {n} blocks"}
+                "reason": f"needs ≥3 methods and ≥2 complete blocks, has {k} method{'s' * (k != 1)} "
+                          f"and {n} block{'s' * (n != 1)}"}
     ranks = complete.rank(axis=1, ascending=False, method="average").mean()  # 1 = best score
     if (complete.nunique(axis=1) == 1).all():  # scipy's tie correction would divide by zero (NaN)
         return {**base, "statistic": None, "p_value": None,

@@ -241,7 +241,8 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
     collapsed = sum(r["below"] and r["constant_or_at_majority"] for r in cell_rows)
     full_ranks = {t: r for t, r in base_cells["stab_rank_shared"].dropna().items()}
     n_ranked = cells[cells["task"] != "AVG"].groupby("task")["stab_rank_shared"].count()
-    answer = (f"{len(below)} of {len(compared)} methods have a smaller average std than {BASE} tuning"
+    answer = (f"{len(below)} of {len(compared)} methods {'has' if len(below) == 1 else 'have'} a smaller average std "
+              f"than {BASE} tuning"
               + (f" ({', '.join(below)})" if below else "")
               + f"; tested over the shared tasks at once, {len(sig_smaller)} significantly smaller"
               + (f" ({', '.join(sig_smaller)})" if sig_smaller else "")
@@ -257,8 +258,8 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
         answer += ("; " + BASE + "'s stability rank among the methods both tables hold: "
                    + ", ".join(f"{t} {r:g} of {n_ranked[t]}" for t, r in full_ranks.items()))
     if published:
-        answer += (f". The published table on the same tasks: {len(paper_below)} of {len(published)} methods have "
-                   f"a smaller average std than {BASE} tuning")
+        answer += (f". The published table on the same tasks: {len(paper_below)} of {len(published)} methods "
+                   f"{'has' if len(paper_below) == 1 else 'have'} a smaller average std than {BASE} tuning")
     return {"answer": answer, "methods_below": below, "n_methods": len(compared),
             "significantly_smaller": sig_smaller, "significantly_larger": sig_larger,
             "paper_methods_below": paper_below, "paper_n_methods": len(published), "cells_below": cells_below,

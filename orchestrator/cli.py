@@ -444,7 +444,8 @@ def _trials_file(path: str, flag: str, needed: list[str] | None = None) -> Path:
     try:
         names = pq.read_schema(file).names
     except (pa.ArrowException, OSError) as exc:
-        raise SpecError(f"{flag} {path!r} is not a Parquet file ({str(exc).splitlines()[0][:80]}); {hint}") from None
+        reason = str(exc).splitlines()[0].split(". ")[0]  # pyarrow's first sentence, whole
+        raise SpecError(f"{flag} {path!r} is not a Parquet file ({reason[:120]}); {hint}") from None
     missing = [c for c in (needed or NEEDED) if c not in names]
     if missing:
         raise SpecError(f"{flag} {path!r} lacks the columns {', '.join(missing)}; give a Parquet file, {hint}")
