@@ -37,6 +37,7 @@ exit codes:
 
 MAX_LINE = 300  # one line of error; PEFT_SWEEP_DEBUG=1 shows all of it
 WATCH_INTERVAL = 5.0  # seconds between updates of `status --watch`
+WATCH_START_S = 60.0  # how long `status --watch` waits for a starting run's spec.yaml (written after the store)
 
 
 def _cmd_tasks(args) -> int:
@@ -190,6 +191,28 @@ def _load_sweep(path: str):
     return sweep.load_sweep(folder)  # follows a folder seen from elsewhere or moved
 
 
+def wait_for_spec(folder: Path, timeout_s: float, poll_s: float = 0.5) -> bool:
+    """`status --watch` started beside `run`: the run makes the sweep folder (and its store) seconds before it
+    writes spec.yaml. Wait for it there, saying so, rather than call the folder no sweep; a folder that holds
+    other things, or none, is answered at once by _load_sweep."""
+    import time
+
+    from . import sweep
+    from .preflight import SWEEP_FILES
+
+    def starting() -> bool:
+        return folder.is_dir() and not (folder / sweep.SPEC_FILE).is_file() and all(
+            p.name in SWEEP_FILES or p.name.startswith(".") for p in folder.iterdir())
+
+    if not starting():
+        return (folder / sweep.SPEC_FILE).is_file()
+    print(f"waiting up to {timeout_s:g} s for {folder / sweep.SPEC_FILE} (a run that is starting?)", flush=True)
+    deadline = time.monotonic() + timeout_s
+    while starting() and time.monotonic() < deadline:
+        time.sleep(poll_s)
+    return (folder / sweep.SPEC_FILE).is_file()
+
+
 def _cmd_validate(args) -> int:
     from . import sweep
 
@@ -232,6 +255,7 @@ def _cmd_status(args) -> int:
     if args.watch:
         from . import control
 
+        wait_for_spec(Path(args.sweep_dir), WATCH_START_S)
         return control.watch(_load_sweep(args.sweep_dir), args.interval or WATCH_INTERVAL)
     table = sweep.status_table(_load_sweep(args.sweep_dir))
     if args.json:

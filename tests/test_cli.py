@@ -253,3 +253,24 @@ def test_list_shows_when_the_sweep_first_ran(ran, cli):
     rc, out, _ = cli("list", str(spec.sweep_dir.parent))
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(datetime.strptime(first, "%Y-%m-%dT%H:%M:%S%z").timestamp()))
     assert rc == 0 and f"started {when}" in out, out
+
+
+def test_status_watch_waits_for_a_starting_runs_spec(tmp_path, capsys):
+    """`run` makes the sweep folder and its store seconds before spec.yaml: a `status --watch` started beside it
+    said "a folder without spec.yaml, not a sweep folder" and ended."""
+    import threading
+
+    from orchestrator.cli import wait_for_spec
+
+    folder = tmp_path / "runs" / "t"
+    folder.mkdir(parents=True)
+    (folder / "mlflow.db").write_bytes(b"")
+    later = threading.Timer(0.5, lambda: (folder / "spec.yaml").write_text("name: t\n"))
+    later.start()
+    assert wait_for_spec(folder, timeout_s=30, poll_s=0.05)
+    assert "waiting up to 30 s for" in capsys.readouterr().out
+    (folder / "spec.yaml").unlink()
+    assert not wait_for_spec(folder, timeout_s=0.2, poll_s=0.05)  # nobody writes it: _load_sweep says why
+    (folder / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert not wait_for_spec(folder, timeout_s=30) and capsys.readouterr().out == ""  # not a starting run: at once
