@@ -168,7 +168,12 @@ def trials_table(rows: list[dict]) -> pa.Table:
 
 
 def export(spec: SweepSpec, out: Path, tracker: Tracker | None = None) -> tuple[Path, Path]:
-    if tracker is None:
+    store = spec.sweep_dir / "mlflow.db"
+    if tracker is None and not spec.tracking_uri and not store.is_file():
+        # reading would make a new, empty store where the sweep's was (deleted, or not copied with the folder)
+        print(f"WARNING: the sweep's MLflow store {store} is missing; exporting from the local records only "
+              f"(`peft-sweep sync {spec.sweep_dir}` rebuilds the store from them)", file=sys.stderr)
+    elif tracker is None:
         tracker = Tracker(spec.resolved_tracking_uri, spec.name, spec.sweep_dir)
         try:
             tracker.check()

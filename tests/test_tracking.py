@@ -330,3 +330,15 @@ def test_the_resume_command_joins_the_cluster_a_job_ran_on(tmp_path, data_dir, m
 def test_an_experiment_keeps_its_artifacts_in_the_sweep_folder_unless_a_server_stores_them(uri, kept, tmp_path):
     got = artifact_root(uri, tmp_path / "sweep")
     assert got == ((tmp_path / "sweep" / "mlartifacts").as_uri() if kept else None)
+
+
+def test_export_without_the_sweeps_store_reads_the_records_and_makes_no_empty_store(tmp_path, data_dir, capsys):
+    """A sweep folder whose mlflow.db was deleted (or not copied): export made a new, empty store there, silently."""
+    spec = make_spec(tmp_path, data_dir)
+    for cfg in spec.trials():
+        record_finished(spec, cfg, fake_result(cfg))
+    trials, _ = export.export(spec, tmp_path / "out")
+    assert not (spec.sweep_dir / "mlflow.db").exists()
+    assert f"the sweep's MLflow store {spec.sweep_dir / 'mlflow.db'} is missing" in capsys.readouterr().err
+    got = pd.read_parquet(trials)
+    assert len(got) == len(spec.trials()) and set(got["source"]) == {"records"}
