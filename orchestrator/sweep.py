@@ -375,14 +375,15 @@ def resume_command(spec: SweepSpec) -> str:
 def _stopped(spec: SweepSpec, tracker: Tracker, counts: dict[str, int]) -> int:
     """Tune stopped with trials left (`peft-sweep stop`, Ctrl-C) or drained (`stop --drain`): leave them
     resumable, their runs KILLED."""
-    mark_stopped(spec, tracker)
+    started = mark_stopped(spec, tracker)  # Tune's count of trials left also holds those that never started
     driver.unregister(spec.sweep_dir)
-    drained = counts.get("DRAINED", 0)
+    drained = counts.get("DRAINED", 0) + max(0, counts["STOPPED"] - started)
+    stopped = min(started, counts["STOPPED"])
     done = len(finished_keys(spec.sweep_dir) & {t.key for t in spec.trials()})
     print(f"sweep {spec.name}: {'stopped' if counts['STOPPED'] else 'drained'}; this run {counts['FINISHED']} "
-          f"FINISHED, {counts['ERROR']} FAILED, " + (f"{counts['STOPPED']} left resumable (from their last "
+          f"FINISHED, {counts['ERROR']} FAILED, " + (f"{stopped} STOPPED (resumable, from their last "
                                                     "checkpoint where they saved one, else from step 0), "
-                                                    if counts["STOPPED"] or not drained else "")
+                                                    if stopped or not drained else "")
           + (f"{drained} not started, " if drained else "")
           + f"the sweep {done}/{len(spec.trials())} FINISHED; resume with: {resume_command(spec)}", flush=True)
     return 0

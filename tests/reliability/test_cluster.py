@@ -291,7 +291,7 @@ def test_stop_leaves_trials_resumable_and_nothing_running(on_cluster, spawned, c
     assert "stopped:" in out and "resume with: peft-sweep run" in out
     assert proc.wait(timeout=60) == 0
     driver_out = proc.stdout.read()
-    assert "left resumable (from their last checkpoint where they saved one, else from step 0)" in driver_out
+    assert "STOPPED (resumable, from their last checkpoint where they saved one, else from step 0)" in driver_out
     assert "/2 FINISHED; resume with" in driver_out  # the whole sweep, not only this run
     assert "Tuner.restore" not in driver_out  # Tune's own resume advice would bypass the tool's checks
     watched = watch.communicate(timeout=60)[0]
@@ -300,6 +300,9 @@ def test_stop_leaves_trials_resumable_and_nothing_running(on_cluster, spawned, c
     statuses = {k: r["status"] for k, r in records(sweep_dir).items()}
     stopped = [k for k, s in statuses.items() if s == "STOPPED"]
     assert stopped and set(statuses.values()) <= {"FINISHED", "STOPPED"}
+    # the driver's counts are the records' (and `status`'s): a trial that never started is "not started"
+    assert f"{len(stopped)} STOPPED (resumable" in driver_out
+    assert (f"{2 - len(statuses)} not started" in driver_out) == (len(statuses) < 2), driver_out
     tr = tracker(sweep_dir)
     runs = tr.trial_runs()
     assert "RUNNING" not in {r.info.status for r in runs.values()} and tr.parent_status() == "KILLED"
