@@ -375,11 +375,14 @@ def resume_command(spec: SweepSpec) -> str:
 def _stopped(spec: SweepSpec, tracker: Tracker, counts: dict[str, int]) -> int:
     """Tune stopped with trials left (`peft-sweep stop`, Ctrl-C) or drained (`stop --drain`): leave them
     resumable, their runs KILLED."""
-    started = mark_stopped(spec, tracker)  # Tune's count of trials left also holds those that never started
+    mark_stopped(spec, tracker)
     driver.unregister(spec.sweep_dir)
-    drained = counts.get("DRAINED", 0) + max(0, counts["STOPPED"] - started)
-    stopped = min(started, counts["STOPPED"])
-    done = len(finished_keys(spec.sweep_dir) & {t.key for t in spec.trials()})
+    # counted from the records, as `status` counts: Tune's count of trials left also holds some that never started
+    # (and not those its generator had not made yet)
+    recs, keys = records.all_records(spec.sweep_dir), {t.key for t in spec.trials()}
+    left = collections.Counter((recs.get(k) or {}).get("status", "PENDING") for k in keys)
+    stopped, drained = left["STOPPED"], sum(n for s, n in left.items() if s not in ("FINISHED", "FAILED", "STOPPED"))
+    done = left["FINISHED"]
     print(f"sweep {spec.name}: {'stopped' if counts['STOPPED'] else 'drained'}; this run {counts['FINISHED']} "
           f"FINISHED, {counts['ERROR']} FAILED, " + (f"{stopped} STOPPED (resumable, from their last "
                                                     "checkpoint where they saved one, else from step 0), "

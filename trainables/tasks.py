@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 DATA_DIR_ENV = "PEFT_SWEEP_DATA_DIR"
-# where each command takes a data folder from (run/validate have no --data-dir flag)
-WHERE = f"data.dir (--set data.dir=DIR; train-one, tasks: --data-dir) or ${DATA_DIR_ENV}"
+# where each command takes a data folder from (run/validate have no --data-dir flag); the variable first, as a
+# one-line error is cut at 300 characters
+WHERE = f"${DATA_DIR_ENV} or data.dir (--set data.dir=DIR; train-one, tasks: --data-dir)"
 
 
 class DataError(ValueError):
@@ -286,7 +287,7 @@ def check_hub(name: str, timeout: float = HUB_TIMEOUT_S) -> None:
 
             HfApi().dataset_info(task.hub[0], timeout=timeout)
     except Exception as exc:  # noqa: BLE001 - whatever the reason, the Hub path cannot serve this task
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:80]
         raise DataError(f"task {task.name}: no data folder is set and the Hugging Face Hub dataset "
                         f"{'/'.join(task.hub)} cannot be loaded ({reason}); set {WHERE} "
                         f"to a folder of the original task files") from None
