@@ -264,15 +264,18 @@ def node_versions() -> dict[str, str]:
 
 
 def node_lacks(spec: SweepSpec) -> list[str]:
-    """What the node this runs on lacks for the sweep (run there as a Ray task): the data folder and task files,
-    a writable token cache, the model. Reads only; seconds."""
+    """What the node this runs on lacks for the sweep (run there as a Ray task): the data folder and task files (or
+    the Hub's datasets), a writable token cache, the model. Reads only; seconds."""
     from trainables.tasks import get_task, task_files
 
     lacks = []
     try:
         folder = resolve_data_dir(spec.data.dir)
-        for task in spec.grid.tasks if folder is not None else []:
-            task_files(get_task(task), folder)
+        for task in spec.grid.tasks:
+            if folder is not None:
+                task_files(get_task(task), folder)
+            else:  # the Hub, as this node reaches it: a node without it failed every trial it ran
+                check_hub(task)
     except DataError as exc:
         lacks.append(str(exc))
     try:

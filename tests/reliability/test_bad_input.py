@@ -528,6 +528,13 @@ def test_a_node_report_lists_what_the_node_lacks_and_versions_that_differ(tmp_pa
     assert str(missing) in report["lacks"][0] and "a-file" in report["lacks"][1]
     driver = node_versions()
     other = {"versions": {**driver, "torch": "0.0"}, "lacks": []}
+    # a sweep on the Hub: each node tries the Hub itself (here offline with an empty cache, as a node without it)
+    monkeypatch.delenv("PEFT_SWEEP_CACHE_DIR")
+    monkeypatch.delenv("PEFT_SWEEP_DATA_DIR", raising=False)  # no folder at all: the Hub
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    hub = node_report(spec.model_copy(update={"data": spec.data.model_copy(update={"dir": None})}))
+    assert len(hub["lacks"]) == 1 and "task CB: no data folder is set" in hub["lacks"][0], hub
     stale = {"versions": driver, "lacks": [], "data": {"CB": "0" * 64}}  # an older copy of the data on that node
     lines = nodes_problems({"node A": report, "node B": other, "node C": {"versions": driver, "lacks": [], "data": data},
                             "node D": stale}, driver, data)
