@@ -21,6 +21,13 @@ DROPPED_FILE = "dropped_keys.json"  # trials a drain removed before they started
 CHECKPOINT_FOLDER = re.compile(r"checkpoint_(\d+)")  # Tune's names for a trial's checkpoint folders
 
 
+def checkpoint_folders(fs: pafs.FileSystem, trial_path: str) -> dict[str, int]:
+    """A trial folder's checkpoint folders (Tune's ``checkpoint_N``) by name, each with its N."""
+    found = fs.get_file_info(pafs.FileSelector(trial_path, allow_not_found=True))
+    return {e.base_name: int(m[1]) for e in found
+            if e.type == pafs.FileType.Directory and (m := CHECKPOINT_FOLDER.fullmatch(e.base_name))}
+
+
 def is_uri(path: str) -> bool:
     return "://" in path
 
@@ -94,19 +101,15 @@ class ExperimentStore:
         """The newest checkpoint folder of trial ``key`` that holds ``marker`` (its final result file), as a path
         on ``self.fs``: where a finished trial's model delta lies, since Tune keeps a trial's last checkpoint.
         Trial folders end in ``-<key>`` (tune_runner's trial names)."""
-        def dirs(path: str) -> list[pafs.FileInfo]:
-            found = self.fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-            return [i for i in found if i.type == pafs.FileType.Directory]
-
         for name in reversed(self.experiments()):
-            for trial in dirs(f"{self.path.rstrip('/')}/{name}"):
-                if not trial.base_name.endswith(f"-{key}"):
+            found = self.fs.get_file_info(pafs.FileSelector(f"{self.path.rstrip('/')}/{name}", allow_not_found=True))
+            for trial in found:
+                if trial.type != pafs.FileType.Directory or not trial.base_name.endswith(f"-{key}"):
                     continue
-                numbered = [(int(m.group(1)), c.path) for c in dirs(trial.path)
-                            if (m := CHECKPOINT_FOLDER.fullmatch(c.base_name))]
-                for _, path in sorted(numbered, reverse=True):
-                    if self.fs.get_file_info(f"{path}/{marker}").type == pafs.FileType.File:
-                        return path
+                numbered = checkpoint_folders(self.fs, trial.path)
+                for folder in sorted(numbered, key=numbered.get, reverse=True):
+                    if self.fs.get_file_info(f"{trial.path}/{folder}/{marker}").type == pafs.FileType.File:
+                        return f"{trial.path}/{folder}"
         return None
 
     def download(self, path: str, dst: Path) -> Path:

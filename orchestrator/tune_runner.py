@@ -40,7 +40,7 @@ from .preflight import node_data, node_report, node_versions, nodes_problems
 from .progress import Progress
 from .records import SweepRecords
 from .spec import ClusterError, SweepSpec
-from .storage import CHECKPOINT_FOLDER, ExperimentStore, tune_root
+from .storage import CHECKPOINT_FOLDER, ExperimentStore, checkpoint_folders, tune_root
 from .tracking import Tracker
 
 QUIET_LOGGERS = ("ray.train", "ray.tune")  # per-checkpoint "Checkpoint successfully created" and such: INFO only
@@ -456,8 +456,7 @@ def resume_from_the_next_checkpoint(trial: Trial) -> str | None:
         if not (named_number := CHECKPOINT_FOLDER.fullmatch(named)):
             return None
         fs, folder = trial.storage.storage_filesystem, trial.storage.trial_fs_path
-        numbers = {e.base_name: int(m[1]) for e in fs.get_file_info(pafs.FileSelector(folder))
-                   if e.type == pafs.FileType.Directory and (m := CHECKPOINT_FOLDER.fullmatch(e.base_name))}
+        numbers = checkpoint_folders(fs, folder)
         for name in sorted((n for n, i in numbers.items() if i > int(named_number[1])), key=numbers.get):
             files = {e.base_name for e in fs.get_file_info(pafs.FileSelector(f"{folder}/{name}"))}
             if not ({TENSORS, META} <= files or RESULT_FILE in files):
