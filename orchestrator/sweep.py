@@ -160,7 +160,7 @@ def close_sweep(spec: SweepSpec, tracker: Tracker, final: dict[str, str], quiet:
         trials_path, curves_path = export.export(spec, spec.sweep_dir / "export", tracker)
         df = pd.read_parquet(trials_path)
         if (df["status"] == "FINISHED").any():
-            from dashboards.analysis import analyze, answer, rows_of
+            from dashboards.analysis import analyze, answer, rows_of, unranked
             from dashboards.report import build_report
 
             result = analyze(df)  # once, for the analysis files and the report
@@ -186,7 +186,9 @@ def close_sweep(spec: SweepSpec, tracker: Tracker, final: dict[str, str], quiet:
             if said["lead"] and said["lead"].get("p") is not None:
                 metrics["lead_p_value"] = said["lead"]["p"]
             # rows with no trial in the export (none started: a drain, a stop) are not in the answer's line
-            never = {r: v for r, v in _unranked(spec, final).items() if r not in said["unranked"]}
+            grid = pd.DataFrame([{"method": t.label, "status": final.get(t.key) or "PENDING"} for t in spec.trials()],
+                                columns=["method", "status"])
+            never = {r: v for r, v in unranked(grid).items() if r not in said["unranked"]}
             if never:
                 lines.append("not ranked, no trial started: " + "; ".join(never.values()))
             if said["unranked"] or never:
@@ -200,17 +202,6 @@ def close_sweep(spec: SweepSpec, tracker: Tracker, final: dict[str, str], quiet:
             print(line, flush=True)
     tracker.end_sweep("FINISHED" if n_failed == 0 else "FAILED", metrics, tags, artifacts)
     return lines
-
-
-def _unranked(spec: SweepSpec, final: dict[str, str]) -> dict[str, str]:
-    """Grid rows none of whose trials FINISHED, each with what became of its trials ("sam (2 FAILED)")."""
-    from collections import Counter
-
-    by_row: dict[str, Counter] = {}
-    for t in spec.trials():
-        by_row.setdefault(t.label, Counter())[final.get(t.key) or "PENDING"] += 1
-    return {row: f"{row} ({', '.join(f'{n} {s}' for s, n in sorted(c.items()))})"
-            for row, c in by_row.items() if not c["FINISHED"]}
 
 
 def browse_hint(spec: SweepSpec, tracker: Tracker) -> str:
