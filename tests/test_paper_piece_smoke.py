@@ -28,9 +28,16 @@ def test_a_sweep_run_in_pieces_on_two_machines_finishes_each_trial_once(tmp_path
             "fault.step_delay_s": 0.1}  # a trial lasts 6 s or more: the stop lands before the last one ends
     extra = [a for k, v in tiny.items() for a in ("--set", f"{k}={v}")]
 
+    # the driver lets go of its sweep (driver.json gone), then its process takes a while more to end (Ray's
+    # shutdown, seconds on a loaded machine): a drained piece must not call that a sweep still running
+    python = tmp_path / "python-slow-exit"
+    python.write_text(f'#!/usr/bin/env bash\n"{sys.executable}" "$@"; rc=$?\n'
+                      '[ "$1 $2 $3" = "-m orchestrator run" ] && sleep 8\nexit $rc\n')
+    python.chmod(0o755)
+
     def piece(n: int, *options: str, more: tuple[str, ...] = ()) -> dict:
         out, machine = tmp_path / f"out{n}", tmp_path / f"machine{n}"
-        env = {**os.environ, "STATE": str(state), "WORK": str(machine), "PYTHON": sys.executable,
+        env = {**os.environ, "STATE": str(state), "WORK": str(machine), "PYTHON": str(python),
                "PEFT_SWEEP_DATA_DIR": str(data_dir), "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1"}
         proc = subprocess.run(["bash", "results/paper-small/run_piece.sh", str(out), *options, "--", *extra, *more],
                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

@@ -37,7 +37,7 @@ set -uo pipefail
 begun=$(date +%s)  # the device call's clock, near enough: the piece must end within BUDGET_S of it
 BUDGET_S=540       # 9 min of a call's 10: a call killed at its limit brings back only what $OUT held then
 BEFORE_S=45        # allowed before the sweep's clock: unpacking the bundle, the driver's MLflow rebuild, Ray's start
-AFTER_S=135        # allowed after it: the hard stop (60 s, then SIGTERM/SIGKILL 15 s), export and pack
+AFTER_S=135        # after it: the stop (60 s), the process's end (30 s), SIGTERM/SIGKILL (10 s), export, pack
 out=${1:?usage: run_piece.sh OUT_DIR [--minutes M] [--drain-minutes D] [--stop-after N] [--first] [-- EXTRA_RUN_ARGS...]}
 shift
 minutes=6
@@ -149,18 +149,27 @@ ended="the sweep ended"
 enough() { [ "$stop_after" -gt 0 ] && [ $(( $(finished | wc -l) - n_before )) -ge "$stop_after" ]; }
 while alive && [ "$(date +%s)" -lt "$drain_at" ] && ! enough; do sleep 2; done
 why=$( enough && echo "$stop_after more trial(s) finished" || echo "$drain_minutes min before the end")
+drained=0
 if alive && ((drain_s)) && [ "$(date +%s)" -lt "$deadline" ]; then
   ended="drained"
   echo "draining the sweep ($why): running trials finish, no new one starts; what still runs at" \
        "$(date -d "@$deadline" +%T) is stopped" >&2
-  "$py" -m orchestrator stop "$sweep" --drain --timeout $(( deadline - $(date +%s) )) >&2
+  # 0: the driver has let go of the sweep (its driver.json is gone); its process may still be shutting Ray down
+  "$py" -m orchestrator stop "$sweep" --drain --timeout $(( deadline - $(date +%s) )) >&2 && drained=1
 fi
-if alive; then
+if ! ((drained)) && alive; then
   ended="stopped"
   if ((drain_s)); then why="trials still run at the end"; elif enough; then why="$stop_after more trial(s) finished"
   else why="$minutes min are up"; fi
   echo "stopping the sweep: $why" >&2
-  "$py" -m orchestrator stop "$sweep" --timeout 60 >&2 || { kill -TERM -- "-$pid"; sleep 15; kill -KILL -- "-$pid"; }
+  "$py" -m orchestrator stop "$sweep" --timeout 60 >&2
+fi
+# a driver that has let go of its sweep ends once Ray has shut down (seconds); one that has not ended by then, or
+# did not stop when asked, is killed (SIGTERM first: the driver then leaves its trials resumable)
+for _ in $(seq 30); do alive || break; sleep 1; done
+if alive; then
+  echo "the driver (pid $pid) has not ended 30 s after the sweep's stop: killing it" >&2
+  { kill -TERM -- "-$pid"; sleep 10; kill -KILL -- "-$pid"; } 2>/dev/null
 fi
 wait "$pid"; rc=$?
 trap - EXIT
