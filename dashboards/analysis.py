@@ -75,6 +75,23 @@ def current(trials: pd.DataFrame) -> pd.DataFrame:
     return trials[trials["in_grid"].fillna(True).astype(bool)]
 
 
+def scored(trials: pd.DataFrame) -> pd.DataFrame:
+    """The FINISHED trials with a test score. A FINISHED row without one (its result could not be read back:
+    a store moved, an artifact lost) is no score of 0 or of NaN: it would make its cell "nan ± nan" and leave its
+    method's AVG over the other tasks. ``unscored`` lists those rows."""
+    score = pd.to_numeric(trials["test_score"], errors="coerce")
+    return trials[(trials["status"] == "FINISHED") & np.isfinite(score)]
+
+
+def unscored(trials: pd.DataFrame) -> list[str]:
+    """The FINISHED trials with no test score, by trial key (method/task/seed where the table has no keys)."""
+    finished = trials[trials["status"] == "FINISHED"]
+    rows = finished.loc[finished.index.difference(scored(trials).index)]
+    if "trial_key" in rows:
+        return [str(k) for k in rows["trial_key"]]
+    return [f"{r.method}/{r.task}/seed {r.seed}" for r in rows.itertuples()]
+
+
 def trials_in(trials: pd.DataFrame, label: dict[str, Any]) -> pd.DataFrame:
     """The current trials of the group ``label`` names; a method without a sparsity belongs to every sparsity
     group."""
@@ -120,10 +137,11 @@ def std_ci(values: np.ndarray) -> tuple[float | None, float | None]:
 
 def method_task_table(df: pd.DataFrame) -> pd.DataFrame:
     """n, mean, std (ddof=1) with their intervals, performance and stability rank per (method, task);
-    AVG rows added (mean of task means and of task stds, no interval; ``n_tasks``: the tasks it averages, fewer
-    than the table's where a method finished no trial of a task). ``n_one_class``: the seeds whose every
-    test prediction was one class (a collapse: such a seed can make a cell's std, and so its stability rank,
-    by itself); empty for trials that did not record it (regression, older exports)."""
+    AVG rows added (mean of task means and of task stds, no interval; no std where a task has one seed;
+    ``n_tasks``: the tasks it averages, fewer than the table's where a method finished no trial of a task).
+    ``n_one_class``: the seeds whose every test prediction was one class (a collapse: such a seed can make a
+    cell's std, and so its stability rank, by itself); empty for trials that did not record it (regression,
+    older exports)."""
     rows = []
     for (method, task), part in df.groupby(["method", "task"]):
         x = part["test_score"].to_numpy(dtype=float)
@@ -137,7 +155,10 @@ def method_task_table(df: pd.DataFrame) -> pd.DataFrame:
     t = pd.DataFrame(rows)
     t["perf_rank"] = t.groupby("task")["mean"].rank(ascending=False, method="average")
     t["stab_rank"] = t.groupby("task")["std"].rank(ascending=True, method="average")
-    avg = t.groupby("method").agg(n=("n", "sum"), mean=("mean", "mean"), std=("std", "mean"),
+    # the mean of the task stds only where every task has one: pandas' mean skips a one-seed cell's NaN, and the
+    # AVG std of the method that kept one seed on its noisiest task covered its calm tasks only
+    avg = t.groupby("method").agg(n=("n", "sum"), mean=("mean", "mean"),
+                                  std=("std", lambda s: s.mean() if s.notna().all() else np.nan),
                                   n_tasks=("task", "nunique")).reset_index()
     avg["task"] = "AVG"  # the paper's AVG column: mean of the task means and of the task stds
     cols = ["method", "task", "n", "mean", "std", "mean_ci_low", "mean_ci_high", "std_ci_low", "std_ci_high",
@@ -166,14 +187,17 @@ def within_task_permutation_p(ranks_a: np.ndarray, ranks_b: np.ndarray, tasks: n
     return float((1 + np.sum(np.abs(perm) >= abs(rho) - 1e-12)) / (1 + n_permutations))
 
 
-def spearman(table: pd.DataFrame) -> dict[str, Any]:
-    """ρ between stability and performance rank over the (method, task) cells with a std (n ≥ 2); both ranks are
-    taken among those cells within each task (a single-seed cell left out must not shift the others' ranks)."""
+def spearman_pairs(table: pd.DataFrame) -> pd.DataFrame:
+    """The (method, task) cells ρ correlates, those with a std (n ≥ 2), with both ranks taken among them within
+    each task (a single-seed cell left out must not shift the others' ranks). Fig. 3b plots these."""
     pairs = table[(table["task"] != "AVG") & table["std"].notna()].copy()
     pairs["perf_rank"] = pairs.groupby("task")["mean"].rank(ascending=False, method="average")
     pairs["stab_rank"] = pairs.groupby("task")["std"].rank(ascending=True, method="average")
     # the permutation p's shuffles depend on row order: the same cells in another order gave another p
-    pairs = pairs.sort_values(["task", "stab_rank", "perf_rank"], kind="stable")
+    return pairs.sort_values(["task", "stab_rank", "perf_rank"], kind="stable")
+
+
+def _rho(pairs: pd.DataFrame) -> dict[str, Any]:
     if len(pairs) < 3 or pairs["stab_rank"].nunique() < 2 or pairs["perf_rank"].nunique() < 2:
         return {"rho": None, "p_value": None, "permutation_p_value": None, "n_pairs": int(len(pairs)),
                 "reason": "needs ≥3 (method, task) pairs whose stability and performance ranks both vary"}
@@ -181,16 +205,46 @@ def spearman(table: pd.DataFrame) -> dict[str, Any]:
     return {"rho": float(res.statistic), "p_value": float(res.pvalue),
             "permutation_p_value": within_task_permutation_p(pairs["stab_rank"].to_numpy(),
                                                               pairs["perf_rank"].to_numpy(), pairs["task"].to_numpy()),
-            "n_pairs": int(len(pairs)), "n_permutations": N_PERMUTATIONS,
-            "p_value_is": "scipy.stats.spearmanr's p, which treats the pooled pairs as independent (they are not)",
-            "permutation_p_value_is": "two-sided p from shuffling stability ranks within each task (pairs of "
-                                      "different tasks never exchanged); the one to trust"}
+            "n_pairs": int(len(pairs)), "n_permutations": N_PERMUTATIONS}
+
+
+def spearman(table: pd.DataFrame) -> dict[str, Any]:
+    """ρ between stability and performance rank over ``spearman_pairs``; ``n_pairs_one_class``: the pairs with a
+    seed that predicted one class for every test example, and ``without_one_class``: ρ without them (a collapsed
+    cell has a std near 0, so stability rank 1, and a low mean: such cells alone can make ρ negative)."""
+    pairs = spearman_pairs(table)
+    out = _rho(pairs)
+    if out["rho"] is not None:
+        out.update(p_value_is="scipy.stats.spearmanr's p, which treats the pooled pairs as independent "
+                              "(they are not)",
+                   permutation_p_value_is="two-sided p from shuffling stability ranks within each task (pairs of "
+                                          "different tasks never exchanged); the one to trust")
+    one = pairs["n_one_class"].fillna(0) > 0 if "n_one_class" in pairs else pd.Series(False, index=pairs.index)
+    out["n_pairs_one_class"] = int(one.sum())
+    if one.any():
+        rest = spearman_pairs(table.drop(index=pairs.index[one]))
+        out["without_one_class"] = _rho(rest)
+    return out
 
 
 def best_three(table: pd.DataFrame) -> dict[str, list[str]]:
     out = {}
     for task, part in table.groupby("task", sort=False):
         out[task] = part.sort_values(["mean", "method"], ascending=[False, True])["method"].head(3).tolist()
+    return out
+
+
+def best_per_task(result: Analysis) -> dict[str, tuple[str, float]]:
+    """(method, mean) of the best mean per task of the first group, and for AVG the best among the methods that
+    finished every task (``averaged``): the top AVG row may average fewer tasks."""
+    table = rows_of(result.table, result.summary["group"])
+    out = {}
+    for task, part in table[table["task"] != "AVG"].groupby("task"):
+        best = part.sort_values(["mean", "method"], ascending=[False, True]).iloc[0]
+        out[str(task)] = (str(best["method"]), float(best["mean"]))
+    avg, _ = averaged(table)
+    if len(avg):
+        out["AVG"] = (str(avg.iloc[0]["method"]), float(avg.iloc[0]["mean"]))
     return out
 
 
@@ -231,7 +285,8 @@ def friedman(df: pd.DataFrame) -> tuple[dict[str, Any], dict[str, Any], dict[str
         complete = cells.dropna()
         p = sp.posthoc_nemenyi_friedman(complete.to_numpy())  # rank direction does not change |R_i - R_j|
         p.index = p.columns = [str(c) for c in complete.columns]
-        nemenyi.update(cd=nemenyi_cd(complete.shape[1], complete.shape[0]),
+        nemenyi.update(friedman_rejects=bool(main["p_value"] < ALPHA),  # else no pair is declared different
+                       cd=nemenyi_cd(complete.shape[1], complete.shape[0]),
                        p_values={a: {b: float(p.loc[a, b]) for b in p.columns if b != a} for a in p.index})
     per_seed = df.pivot_table(index=["task", "seed", df["perturbation"].fillna(-1).rename("split")],
                               columns="method", values="test_score")
@@ -325,7 +380,7 @@ def seeds_enough(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
         with warnings.catch_warnings():  # a cell with < 2 of the chosen seeds has no std: NaN, skipped
             warnings.simplefilter("ignore", RuntimeWarning)
             stds = np.nanstd(x[:, :, subsets], ddof=1, axis=-1)  # methods × tasks × S
-            avg = np.nanmean(stds, axis=1)  # methods × S
+            avg = stds.mean(axis=1)  # methods × S; NaN where a task has < 2 of the seeds, as the table's AVG
         return stats.rankdata(avg, axis=0, method="average", nan_policy="omit")
 
     full = ranks(np.arange(n_rep)[None, :])[:, 0]
@@ -393,17 +448,22 @@ def paired_on_average(trials: pd.DataFrame, a: str, b: str, tasks: list[str]) ->
     return out
 
 
-def best_line(method: str, mean: float, std: float | None) -> str:
-    """The answer's first line; the ± and its meaning only where a std exists (two seeds or more)."""
+def best_line(method: str, mean: float, std: float | None, one_seed: list[str] | None = None) -> str:
+    """The answer's first line; the ± and its meaning only where a std exists (two seeds or more on every
+    task; ``one_seed``: the tasks where the method has one)."""
     what = "test score ×100, mean over tasks of the mean over seeds"
     if std is None:
-        return f"best on average: {method} {100 * mean:.1f} ({what}; one seed per cell, so no std)"
+        why = f"one finished seed on {', '.join(one_seed)}" if one_seed else "one seed per cell"
+        return f"best on average: {method} {100 * mean:.1f} ({what}; {why}, so no std)"
     return f"best on average: {method} {100 * mean:.1f} ± {100 * std:.1f} ({what} ± mean per-task std)"
 
 
 def unranked(trials: pd.DataFrame) -> dict[str, str]:
-    """Methods none of whose trials FINISHED, each with what became of its trials ("sam (2 FAILED)")."""
+    """Methods none of whose trials FINISHED with a score, each with what became of its trials ("sam (2 FAILED)")."""
     out = {}
+    if "test_score" in trials:  # a table of statuses alone (the grid's, at a sweep's end) has no scores to lack
+        trials = trials.assign(status=trials["status"].where(trials.index.isin(scored(trials).index)
+                                                             | (trials["status"] != "FINISHED"), "FINISHED, no score"))
     for method, statuses in trials.groupby("method")["status"]:
         counts = statuses.value_counts()
         if "FINISHED" not in counts:
@@ -420,6 +480,10 @@ def answer(result: Analysis, trials: pd.DataFrame) -> dict[str, Any]:
     avg, lacking = averaged(table)
     out: dict[str, Any] = {"lines": [], "best": None, "lead": None, "most_stable": None, "lacking": lacking,
                            "unranked": unranked(trials_in(trials, label))}
+    missing = result.summary.get("unscored") or []
+    if missing:  # FINISHED, yet no score came back: left out of every number below, and said so
+        out["lines"].append(f"left out, FINISHED with no test score: {len(missing)} trial(s): "
+                            + ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
     if out["unranked"]:  # a method that failed everywhere is not a method that lost: said beside the answer
         out["lines"].append("not ranked, no finished trial: " + "; ".join(out["unranked"].values()))
     if lacking:  # an average over the easy tasks only would rank a method that failed the hard one first
@@ -427,15 +491,22 @@ def answer(result: Analysis, trials: pd.DataFrame) -> dict[str, Any]:
                             + "; ".join(f"{m} ({', '.join(ts)})" for m, ts in lacking.items()))
     if avg.empty:
         return out
+    cells = table[table["task"] != "AVG"]
+    one_seed = {m: sorted(part.loc[part["std"].isna(), "task"]) for m, part in cells.groupby("method")
+                if m in set(avg["method"]) and part["std"].isna().any()}
     best = avg.iloc[0]
     out["best"] = best["method"]
-    out["lines"].append(best_line(best["method"], best["mean"], None if pd.isna(best["std"]) else best["std"]))
+    out["lines"].append(best_line(best["method"], best["mean"], None if pd.isna(best["std"]) else best["std"],
+                                  one_seed.get(best["method"])))
     if len(avg) > 1:
         tasks = sorted(table.loc[table["task"] != "AVG", "task"].unique())
-        part = trials_in(trials[trials["status"] == "FINISHED"], label)
+        part = trials_in(scored(trials), label)
         out["lead"] = paired_on_average(part, best["method"], avg.iloc[1]["method"], tasks)
         out["lines"].append(f"its lead over the runner-up: {out['lead']['answer']}")
     stable = avg.dropna(subset=["std"]).sort_values(["std", "method"])
+    if len(stable) and one_seed:  # a mean over the other tasks' stds would leave out the one it could not measure
+        out["lines"].append("not ranked on stability, one finished seed on some task: "
+                            + "; ".join(f"{m} ({', '.join(ts)})" for m, ts in one_seed.items()))
     if len(stable):
         m = stable.iloc[0]
         out["most_stable"] = m["method"]
@@ -482,10 +553,11 @@ def analyze(trials: pd.DataFrame) -> Analysis:
     if missing:
         raise ValueError(f"trials table lacks column(s) {missing}; needed: {NEEDED}")
     ours = current(trials)
-    df = ours[ours["status"] == "FINISHED"].copy()
+    df = scored(ours).copy()
     if df.empty:
-        raise ValueError("no FINISHED trials to analyse" + (f" ({len(trials)} not in the sweep's current grid)"
-                                                           if len(trials) and ours.empty else ""))
+        raise ValueError("no FINISHED trials with a test score to analyse"
+                         + (f" ({len(trials)} not in the sweep's current grid)" if len(trials) and ours.empty else "")
+                         + (f" ({len(unscored(ours))} FINISHED without one)" if len(unscored(ours)) else ""))
     tables, summary_groups, tests, pairs, seeds = [], [], [], [], []
     for label, part in groups(df):
         t = method_task_table(part)
@@ -507,6 +579,7 @@ def analyze(trials: pd.DataFrame) -> Analysis:
                                        "seeds_enough")},
                "group": {k: main[k] for k in ("sparsity", "perturbation", "splits", "n_trials") if k in main},
                "groups": summary_groups, "n_finished": int(len(df)), "n_trials": int(len(ours)),
+               "unscored": unscored(ours),  # FINISHED, no test score: left out of every statistic
                "n_not_in_grid": int(len(trials) - len(ours)),
                "paired_test": PAIRED_TEST,
                "units": "scores as the task's metric in [0, 1] (the report shows ×100); ranks within each task "

@@ -94,10 +94,10 @@ def curves_figure(curves: pd.DataFrame, methods: list[str], baselines: dict[str,
     _save(fig, path)
 
 
-def rank_figure(table: pd.DataFrame, rho: dict, methods: list[str], path: Path) -> None:
-    """Fig. 3b: stability rank against performance rank, jittered so equal ranks do not overprint; colour per
-    method, marker per task; integer ticks."""
-    pairs = table[(table["task"] != "AVG") & table["std"].notna()]
+def rank_figure(pairs: pd.DataFrame, rho: dict, methods: list[str], path: Path) -> None:
+    """Fig. 3b: stability rank against performance rank of the pairs ρ is computed on
+    (``dashboards.analysis.spearman_pairs``), jittered so equal ranks do not overprint; colour per method, marker
+    per task; integer ticks."""
     col = colours(methods)
     markers = dict(zip(sorted(pairs["task"].unique()), "osD^vP*Xph"))
     rng = np.random.default_rng(0)
@@ -124,6 +124,11 @@ def rank_figure(table: pd.DataFrame, rho: dict, methods: list[str], path: Path) 
                   f"(scipy, pairs taken as independent: {fmt_p(rho['p_value'])})")
     elif rho.get("reason"):
         title += f"\nno Spearman ρ: {rho['reason']}"
+    if rho.get("n_pairs_one_class"):  # a collapse is a small std with a low mean: it alone can pull ρ down
+        rest = rho.get("without_one_class") or {}
+        title += (f"\n{rho['n_pairs_one_class']} pair(s) hold a seed that predicted one class; without them "
+                  + (f"ρ = {rest['rho']:.2f} over {rest['n_pairs']}, {fmt_p(rest['permutation_p_value'])}"
+                     if rest.get("rho") is not None else "no ρ (too few pairs)"))
     ax.set(xlabel="stability rank (1 = smallest std)", ylabel="performance rank (1 = best mean)", title=title)
     ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
     _save(fig, path)
@@ -167,7 +172,8 @@ def projection_figure(curves: pd.DataFrame, key: str, path: Path) -> str:
 def cd_figure(ranks: dict[str, float], p_values: dict[str, dict[str, float]], cd: float, alpha: float,
               methods: list[str], path: Path) -> None:
     """Critical-difference diagram (scikit-posthocs): average ranks on the axis, methods that Nemenyi's test
-    does not separate at α joined by a bar; the CD is drawn above the axis."""
+    does not separate at α joined by a bar; the CD is drawn above the axis. No ``p_values``: no pair separated
+    (Friedman did not reject, so no post-hoc test)."""
     names = list(ranks)
     sig = pd.DataFrame(1.0, index=names, columns=names)
     for a, row in p_values.items():

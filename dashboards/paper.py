@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .analysis import ALPHA, Analysis, holm, paired_on_average, replicates, rows_of, spearman, trials_in
+from .analysis import ALPHA, Analysis, holm, paired_on_average, replicates, rows_of, scored, spearman, trials_in
 
 MIN_SEEDS_FOR_SPREAD_TEST = 3  # Brown–Forsythe on 2 against 2 has zero within-group variance: p ≈ 0
 PUBLISHED_COLUMNS = ("method", "task", "mean", "std")
@@ -348,6 +348,12 @@ def stability_performance(cells: pd.DataFrame, analysis: dict[str, Any], notes: 
         out["answer"] += (f". On the {mine['n_pairs']} cells both tables hold: ours ρ = {mine['rho']:.3f} "
                           f"(permutation p = {mine['permutation_p_value']:.4f}), the published table's "
                           f"ρ = {theirs['rho']:.3f} (permutation p = {theirs['permutation_p_value']:.4f})")
+    if ours.get("n_pairs_one_class"):  # collapsed cells: a std near 0 with a low mean, which alone pulls ρ down
+        rest = ours.get("without_one_class") or {}
+        out["answer"] += (f". Our pairs with a seed that predicted one class: {ours['n_pairs_one_class']}; "
+                          + (f"without them ρ = {rest['rho']:.3f} over {rest['n_pairs']} (permutation p = "
+                             f"{rest['permutation_p_value']:.4f})" if rest.get("rho") is not None
+                             else "without them too few pairs are left for ρ"))
     return out
 
 
@@ -371,7 +377,8 @@ def compare(trials: pd.DataFrame, result: Analysis, published: pd.DataFrame) -> 
     group = trials_in(trials, label)
     cells, notes = side_by_side(rows_of(result.table, label), published, list(dict.fromkeys(group["method"])))
     tasks = notes["tasks"]
-    part = group[(group["status"] == "FINISHED") & group["task"].isin(tasks)]
+    part = scored(group)
+    part = part[part["task"].isin(tasks)]
     majority = (part.groupby("task")["majority_test_score"].first() * 100).to_dict() \
         if "majority_test_score" in part else {}
     others = [g for g in result.summary["groups"] if (g["sparsity"], g["perturbation"])

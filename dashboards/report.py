@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from . import figures, paper
-from .analysis import Analysis, analyze, averaged, current, jsonable, rows_of, trials_in
+from .analysis import Analysis, analyze, averaged, current, jsonable, rows_of, scored, spearman_pairs, trials_in
 from .figures import fmt_p
 
 NO_SPEC = "not found (give SWEEP_DIR, or a trials.parquet inside SWEEP_DIR/export)"
@@ -115,9 +115,10 @@ def unfinished_cells(trials: pd.DataFrame) -> dict[tuple[str, str], str]:
     the analysis sees finished trials only, so such a cell (or a whole method) would vanish from Table 1."""
     out = {}
     for (method, task), part in trials.groupby(["method", "task"], sort=True):
-        if (part["status"] == "FINISHED").any():
+        if len(scored(part)):
             continue
-        counts = part["status"].fillna("no status").value_counts().sort_index()
+        counts = part["status"].fillna("no status").replace({"FINISHED": "FINISHED, no score"}).value_counts()
+        counts = counts.sort_index()
         out[(method, task)] = (f"0 of {len(part)} finished ("
                                + ", ".join(f"{n} {_esc(s)}" for s, n in counts.items()) + ")")  # HTML-safe
     return out
@@ -306,7 +307,7 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
     res = analysis or analyze(trials)  # the caller's, when it has analysed these trials already
     summary, main = res.summary, res.summary["groups"][0]
     in_group = trials_in(trials, main)
-    finished = in_group[in_group["status"] == "FINISHED"]
+    finished = scored(in_group)
     main_table = rows_of(res.table, main)
     methods = ranked(main_table)
     test_base, dev_base = _baselines(finished, "test"), _baselines(finished, "dev")
@@ -320,9 +321,14 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
 
     parts = [f"<h1>PEFT sweep report: {_esc(sweeps or 'trials')}</h1>",
              '<section id="about"><h2>What the numbers are</h2><ul>'
-             f"<li>{summary['n_finished']} of {summary['n_trials']} trials FINISHED"
+             f"<li>{summary['n_finished']} of {summary['n_trials']} trials FINISHED with a test score"
+             + (f" ({len(summary['unscored'])} more FINISHED without one, left out: listed at the end)"
+                if summary.get("unscored") else "")
              + (f" ({summary['n_not_in_grid']} more no longer in the grid, left out: listed at the end)"
-                if summary.get("n_not_in_grid") else "") + f"; model: {_esc(models)}.</li>"
+                if summary.get("n_not_in_grid") else "")
+             + (f", over {len(summary['groups'])} groups; the table and statistics below are of the first, "
+                f"{main['n_trials']} of them" if len(summary["groups"]) > 1 else "")
+             + f"; model: {_esc(models)}.</li>"
              f"<li>Each cell: mean ± std (ddof = 1) of the test score ×100 over its <b>n</b> seeds "
              f"(n per cell here: {', '.join(map(str, n_per_cell))}), then the 95% bootstrap interval of the mean "
              "in brackets. The test set is the task's original dev set (the paper's protocol).</li>"
@@ -355,10 +361,15 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
                      + (f'χ² = {main["friedman_task_seed"]["statistic"]:.2f}, '
                         f'{fmt_p(main["friedman_task_seed"]["p_value"])} (blocks of one task are not independent).'
                         if main["friedman_task_seed"]["statistic"] is not None else "not computable.") + "</p>")
-        figures.cd_figure(fr["average_ranks"], nem["p_values"], nem["cd"], nem["alpha"], methods, out / "cd.svg")
-        parts.append(_figure("cd", "cd.svg", f"Critical-difference diagram: average rank over tasks (1 = best); "
-                                             f"methods joined by a bar are not separated by Nemenyi's test at "
-                                             f"α = {nem['alpha']}; CD = {nem['cd']:.2f} ranks"))
+        rejects = fr["p_value"] < nem["alpha"]  # Nemenyi is post-hoc: it separates pairs once Friedman rejects
+        figures.cd_figure(fr["average_ranks"], nem["p_values"] if rejects else {}, nem["cd"], nem["alpha"], methods,
+                          out / "cd.svg")
+        parts.append(_figure("cd", "cd.svg", "Critical-difference diagram: average rank over tasks (1 = best); "
+                                             + (f"methods joined by a bar are not separated by Nemenyi's test at "
+                                                f"α = {nem['alpha']}; CD = {nem['cd']:.2f} ranks" if rejects else
+                                                f"Friedman's test does not reject at α = {nem['alpha']} "
+                                                f"({fmt_p(fr['p_value'])}), so no post-hoc test: one bar joins "
+                                                "every method, no pair is declared different over tasks")))
     else:
         parts.append(_missing("cd", f"Friedman's test not computable: {fr['reason']}."))
     parts.append(_pairs_html(res, main, methods))
@@ -383,7 +394,7 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
 
     parts.append("<h2>Stability vs performance (Fig. 3b)</h2>")
     if main_table.loc[main_table["task"] != "AVG", "std"].notna().any():
-        figures.rank_figure(main_table, main["spearman"], methods, out / "ranks.svg")
+        figures.rank_figure(spearman_pairs(main_table), main["spearman"], methods, out / "ranks.svg")
         parts.append(_figure("ranks", "ranks.svg", "stability rank vs performance rank per (method, task)"))
     else:
         parts.append(_missing("ranks", "a stability rank is the rank of a std over seeds, so Fig. 3b needs ≥2 seeds "
@@ -427,8 +438,9 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
     else:
         parts.append(_missing("overlap", _why_no_overlap(trials, trials_path, overlap_path, overlap is not None)))
     ours = current(trials)
-    failed = ours[ours["status"] != "FINISHED"]
-    parts.append(f"<h2>Failed or unfinished trials ({len(failed)})</h2>")
+    failed = ours.loc[ours.index.difference(scored(ours).index)]
+    failed = failed.assign(status=failed["status"].replace({"FINISHED": "FINISHED, no test score"}))
+    parts.append(f"<h2>Failed or unfinished trials ({len(failed)})</h2>")  # unscored among them
     if len(failed):
         parts.append(_trial_list("failed", failed))
     gone = trials.loc[trials.index.difference(ours.index)]

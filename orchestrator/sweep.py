@@ -160,7 +160,7 @@ def close_sweep(spec: SweepSpec, tracker: Tracker, final: dict[str, str], quiet:
         trials_path, curves_path = export.export(spec, spec.sweep_dir / "export", tracker)
         df = pd.read_parquet(trials_path)
         if (df["status"] == "FINISHED").any():
-            from dashboards.analysis import analyze, answer, rows_of, unranked
+            from dashboards.analysis import analyze, answer, best_per_task, unranked
             from dashboards.report import build_report
 
             result = analyze(df)  # once, for the analysis files and the report
@@ -174,11 +174,9 @@ def close_sweep(spec: SweepSpec, tracker: Tracker, final: dict[str, str], quiet:
                                 ("spearman_p_value", summary["spearman"]["p_value"])):  # scipy's: pairs independent
                 if value is not None:
                     metrics[name] = value
-            table = rows_of(result.table, summary["group"])
-            for task, part in table.groupby("task"):
-                best = part.sort_values(["mean", "method"], ascending=[False, True]).iloc[0]
-                metrics[f"best_mean.{task}"] = float(best["mean"])
-                tags[f"best_method.{task}"] = best["method"]
+            for task, (method, mean) in best_per_task(result).items():  # AVG: among methods with every task
+                metrics[f"best_mean.{task}"] = mean
+                tags[f"best_method.{task}"] = method
             said = answer(result, df)
             lines += said["lines"]
             if said["most_stable"]:

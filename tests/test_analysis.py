@@ -356,3 +356,70 @@ def test_most_stable_says_when_its_small_std_is_a_collapse():
     trials["test_top_class_share"] = np.where(trials["method"] == "x", 1.0, 0.6)
     got = answer(analyze(trials), trials)
     assert got["most_stable"] == "x" and "3 of its seeds predicted one class" in got["lines"][-1], got["lines"]
+
+
+def test_a_method_with_one_seed_on_a_task_has_no_average_std_and_is_not_the_most_stable():
+    """x's noisy task kept one seed (the others failed): the mean of its task stds skipped that task, so x's AVG
+    std covered only its calm task and x was "most stable"."""
+    trials = pd.DataFrame(_rows({("x", "calm"): [.80, .80, .81], ("x", "noisy"): [.5],
+                                 ("y", "calm"): [.70, .75, .80], ("y", "noisy"): [.40, .55, .70]})
+                          + _rows({("x", "noisy"): [None, None]}, status="FAILED"))
+    res = analyze(trials)
+    avg = res.table[res.table["task"] == "AVG"].set_index("method")
+    assert pd.isna(avg.loc["x", "std"]) and avg.loc["y", "std"] == pytest.approx((0.05 + 0.15) / 2)
+    got = answer(res, trials)
+    assert got["most_stable"] == "y", got["lines"]
+    assert "not ranked on stability, one finished seed on some task: x (noisy)" in got["lines"], got["lines"]
+    seeds = res.seeds[res.seeds["n_seeds"] == 3].set_index("method")
+    assert pd.isna(seeds.loc["x", "mean_rank"]) and seeds.loc["y", "mean_rank"] == 1
+
+
+def test_a_finished_trial_without_a_score_is_left_out_and_counted(tmp_path):
+    """A FINISHED row whose score could not be read made its cell "nan ± nan" and the method's AVG an average
+    over its other tasks: it ranked first."""
+    trials = pd.DataFrame(_rows({("x", "T1"): [.90, .91, .92], ("x", "T2"): [.30, .31, np.nan],
+                                 ("y", "T1"): [.80, .81, .82], ("y", "T2"): [.60, .61, .62]}))
+    trials["trial_key"] = [f"{r.method}-{r.task}-{r.seed}" for r in trials.itertuples()]
+    res = analyze(trials)
+    cells = res.table.set_index(["method", "task"])
+    assert cells.loc[("x", "T2"), "n"] == 2 and cells.loc[("x", "T2"), "mean"] == pytest.approx(.305)
+    assert res.summary["n_finished"] == 11 and res.summary["unscored"] == ["x-T2-2"]
+    got = answer(res, trials)
+    assert got["best"] == "y" and "left out, FINISHED with no test score: 1 trial(s): x-T2-2" in got["lines"]
+    from dashboards.report import build_report
+
+    trials.to_parquet(tmp_path / "trials.parquet")
+    page = build_report(tmp_path / "trials.parquet", None, tmp_path / "report").read_text()
+    assert "11 of 12 trials FINISHED with a test score (1 more FINISHED without one, left out" in page
+    assert "nan" not in page.split("<h2>Summary</h2>")[0] and "<td>FINISHED, no test score</td>" in page
+
+
+def test_the_parent_runs_best_on_average_is_the_answers_best():
+    """best_method.AVG took the top AVG row, whose average may leave out a task the method never finished."""
+    from dashboards.analysis import best_per_task
+
+    trials = pd.DataFrame(_rows({("x", "E"): [.90, .91, .92], ("y", "E"): [.88, .89, .90],
+                                 ("y", "H"): [.60, .61, .62]})
+                          + _rows({("x", "H"): [None] * 3}, status="FAILED"))
+    res = analyze(trials)
+    best = best_per_task(res)
+    assert best["AVG"] == ("y", pytest.approx((.89 + .61) / 2)) and answer(res, trials)["best"] == "y"
+    assert best["E"] == ("x", pytest.approx(.91)) and best["H"] == ("y", pytest.approx(.61))
+
+
+def test_rho_without_the_cells_a_collapse_made_stable():
+    """A cell whose seeds all predicted one class has a std near 0 (stability rank 1) and a low mean: such cells
+    alone can make ρ negative. The summary counts them and gives ρ without them."""
+    scores = {("a", "T1"): [.50, .50, .50], ("b", "T1"): [.70, .72, .74], ("c", "T1"): [.60, .65, .70],
+              ("a", "T2"): [.50, .50, .50], ("b", "T2"): [.70, .72, .74], ("c", "T2"): [.60, .65, .70],
+              ("a", "T3"): [.80, .81, .82], ("b", "T3"): [.60, .65, .70], ("c", "T3"): [.50, .60, .70]}
+    trials = pd.DataFrame(_rows(scores))
+    trials["test_top_class_share"] = np.where((trials["method"] == "a") & (trials["task"] != "T3"), 1.0, 0.6)
+    rho = analyze(trials).summary["spearman"]
+    assert rho["n_pairs"] == 9 and rho["n_pairs_one_class"] == 2
+    kept = pd.DataFrame([{"task": t, "std": np.std(v, ddof=1), "mean": np.mean(v)} for (m, t), v in scores.items()
+                         if not (m == "a" and t != "T3")])
+    kept["perf"] = kept.groupby("task")["mean"].rank(ascending=False)
+    kept["stab"] = kept.groupby("task")["std"].rank()
+    assert rho["without_one_class"]["rho"] == pytest.approx(stats.spearmanr(kept["stab"], kept["perf"]).statistic)
+    assert rho["without_one_class"]["n_pairs"] == 7 and rho["rho"] != rho["without_one_class"]["rho"]

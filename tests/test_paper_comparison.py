@@ -337,3 +337,13 @@ def test_a_variant_that_leads_is_named_as_one(published):
     df.loc[df["method"] == "sam-global", "test_score"] += 0.02  # now above sam
     claim = compare(df, analyze(df), published).claims["best_on_average"]
     assert claim["answer"].startswith("sam-global (a variant of sam) leads the average (80.0); sam is 2 of 5")
+
+
+def test_the_rho_claim_says_which_pairs_a_collapse_made_stable(published):
+    df = trials()
+    df["test_top_class_share"] = np.where((df["method"] == "bitfit") & (df["task"] == "RTE"), 1.0, 0.7)
+    claim = compare(df, analyze(df), published).claims["stability_vs_performance"]
+    rest = analyze(df[~((df["method"] == "bitfit") & (df["task"] == "RTE"))]).summary["spearman"]
+    assert claim["ours"]["n_pairs_one_class"] == 1 and rest["n_pairs"] == claim["ours"]["n_pairs"] - 1
+    assert (f"Our pairs with a seed that predicted one class: 1; without them ρ = {rest['rho']:.3f} over "
+            f"{rest['n_pairs']}") in claim["answer"]

@@ -90,6 +90,8 @@ def test_report_files(report):
     assert 'href="http://127.0.0.1:5000/#/runs/run0000"' in page  # MLflow links per run
     assert "name: browser" in page  # the spec found by the export layout
     assert "missing-" not in page  # every figure had its input
+    # 2 tasks as blocks: Friedman cannot reject (p ≥ 0.11 for any ranking), so Nemenyi separates no pair
+    assert "Friedman&#x27;s test does not reject at α = 0.05 (p = 0.27), so no post-hoc test" in page
 
 
 def test_missing_inputs_are_explained(tmp_path):
