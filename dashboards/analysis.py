@@ -512,10 +512,13 @@ def answer(result: Analysis, trials: pd.DataFrame) -> dict[str, Any]:
         out["most_stable"] = m["method"]
         cells = table[(table["method"] == m["method"]) & (table["task"] != "AVG")]
         one = int(cells["n_one_class"].sum()) if "n_one_class" in cells and cells["n_one_class"].notna().any() else 0
+        fewest, most = int(cells["n"].min()), int(table.loc[table["task"] != "AVG", "n"].max())
         out["lines"].append(f"most stable on average: {m['method']} (mean per-task std {100 * m['std']:.1f}, test "
                             f"score ×100; its mean {100 * m['mean']:.1f}"
                             + (f"; {one} of its seeds predicted one class for every test example: a small std "
-                               "from a collapse is no stability" if one else "") + ")")
+                               "from a collapse is no stability" if one else "")
+                            + (f"; a std over as few as {fewest} of up to {most} seeds: seeds lost to failures may "
+                               "have been its unstable ones" if fewest < most else "") + ")")
     return out
 
 

@@ -423,3 +423,15 @@ def test_rho_without_the_cells_a_collapse_made_stable():
     kept["stab"] = kept.groupby("task")["std"].rank()
     assert rho["without_one_class"]["rho"] == pytest.approx(stats.spearmanr(kept["stab"], kept["perf"]).statistic)
     assert rho["without_one_class"]["n_pairs"] == 7 and rho["rho"] != rho["without_one_class"]["rho"]
+
+
+def test_most_stable_says_when_its_std_is_over_fewer_seeds_than_the_others():
+    """x lost a seed to a failure on T2: its std there is over 2 seeds, the others' over 3 (the lost one may have
+    been x's unstable one)."""
+    trials = pd.DataFrame(_rows({("x", "T1"): [.80, .80, .81], ("x", "T2"): [.50, .51],
+                                 ("y", "T1"): [.70, .75, .80], ("y", "T2"): [.40, .55, .70]})
+                          + _rows({("x", "T2"): [None]}, status="FAILED"))
+    got = answer(analyze(trials), trials)
+    assert got["most_stable"] == "x" and "a std over as few as 2 of up to 3 seeds" in got["lines"][-1], got["lines"]
+    full = pd.DataFrame(_rows({("x", "T1"): [.80, .80, .81], ("y", "T1"): [.70, .75, .80]}))
+    assert "as few as" not in answer(analyze(full), full)["lines"][-1]
