@@ -255,19 +255,26 @@ def test_list_shows_when_the_sweep_first_ran(ran, cli):
     assert rc == 0 and f"started {when}" in out, out
 
 
-def test_status_watch_waits_for_a_starting_runs_spec(tmp_path, capsys):
+def test_status_watch_waits_for_a_starting_runs_spec(tmp_path, capsys, monkeypatch):
     """`run` makes the sweep folder and its store seconds before spec.yaml: a `status --watch` started beside it
     said "a folder without spec.yaml, not a sweep folder" and ended."""
-    import threading
+    import time
 
     from orchestrator.cli import wait_for_spec
 
     folder = tmp_path / "runs" / "t"
     folder.mkdir(parents=True)
     (folder / "mlflow.db").write_bytes(b"")
-    later = threading.Timer(0.5, lambda: (folder / "spec.yaml").write_text("name: t\n"))
-    later.start()
-    assert wait_for_spec(folder, timeout_s=30, poll_s=0.05)
+    sleep, naps = time.sleep, []
+
+    def the_run_writes_it_while_we_wait(seconds: float) -> None:  # after the first look, however slow the machine
+        naps.append(seconds)
+        (folder / "spec.yaml").write_text("name: t\n")
+        sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", the_run_writes_it_while_we_wait)
+    assert wait_for_spec(folder, timeout_s=30, poll_s=0.05) and naps == [0.05]
+    monkeypatch.setattr(time, "sleep", sleep)
     assert "waiting up to 30 s for" in capsys.readouterr().out
     (folder / "spec.yaml").unlink()
     assert not wait_for_spec(folder, timeout_s=0.2, poll_s=0.05)  # nobody writes it: _load_sweep says why

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.mlflow_server import free_port
 from benchmarks.synthetic_trials import fake_result, trial_dict
 from orchestrator import records, sweep
 from orchestrator.identity import code_version
@@ -46,7 +45,7 @@ def _guarded(spec, uri: str | None = None, clock=None) -> GuardedTracker:
 def _down_store(spec, monkeypatch) -> str:
     """A server URI where nothing listens: a real refused connection, without the client's retries."""
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    return f"http://127.0.0.1:{free_port()}"
+    return "http://127.0.0.1:9"  # discard's port: a free port picked here could be taken by Ray meanwhile
 
 
 def test_outage_opens_the_breaker_marks_the_record_and_warns_once(spec, monkeypatch, capsys):

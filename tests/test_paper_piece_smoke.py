@@ -32,7 +32,7 @@ def test_a_sweep_run_in_pieces_on_two_machines_finishes_each_trial_once(tmp_path
     # shutdown, seconds on a loaded machine): a drained piece must not call that a sweep still running
     python = tmp_path / "python-slow-exit"
     python.write_text(f'#!/usr/bin/env bash\n"{sys.executable}" "$@"; rc=$?\n'
-                      '[ "$1 $2 $3" = "-m orchestrator run" ] && sleep 8\nexit $rc\n')
+                      '[ "$1 $2 $3" = "-m orchestrator run" ] && sleep 5\nexit $rc\n')
     python.chmod(0o755)
 
     def piece(n: int, *options: str, more: tuple[str, ...] = ()) -> dict:

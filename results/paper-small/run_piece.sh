@@ -37,7 +37,7 @@ set -uo pipefail
 begun=$(date +%s)  # the device call's clock, near enough: the piece must end within BUDGET_S of it
 BUDGET_S=540       # 9 min of a call's 10: a call killed at its limit brings back only what $OUT held then
 BEFORE_S=45        # allowed before the sweep's clock: unpacking the bundle, the driver's MLflow rebuild, Ray's start
-AFTER_S=135        # after it: the stop (60 s), the process's end (30 s), SIGTERM/SIGKILL (10 s), export, pack
+AFTER_S=135        # after it: the stop (60 s), the process's end (30 s; 60 after a drain), the kill (10 s), export
 out=${1:?usage: run_piece.sh OUT_DIR [--minutes M] [--drain-minutes D] [--stop-after N] [--first] [-- EXTRA_RUN_ARGS...]}
 shift
 minutes=6
@@ -165,13 +165,20 @@ if ! ((drained)) && alive; then
   "$py" -m orchestrator stop "$sweep" --timeout 60 >&2
 fi
 # a driver that has let go of its sweep ends once Ray has shut down (seconds); one that has not ended by then, or
-# did not stop when asked, is killed (SIGTERM first: the driver then leaves its trials resumable)
-for _ in $(seq 30); do alive || break; sleep 1; done
+# did not stop when asked, is killed (SIGTERM first: the driver then leaves its trials resumable). After a drain
+# nothing of the sweep is left to it: more time, and a kill then costs nothing (the records are complete)
+grace=$(( drained ? 60 : 30 ))
+for _ in $(seq "$grace"); do alive || break; sleep 1; done
+cut=0
 if alive; then
-  echo "the driver (pid $pid) has not ended 30 s after the sweep's stop: killing it" >&2
+  echo "the driver (pid $pid) has not ended $grace s after the sweep's stop: killing it" >&2
   { kill -TERM -- "-$pid"; sleep 10; kill -KILL -- "-$pid"; } 2>/dev/null
+  cut=1
 fi
 wait "$pid"; rc=$?
+if ((drained && cut)); then
+  echo "(its exit status $rc is the kill's: the drain had ended its sweep)" >&2; rc=0
+fi
 trap - EXIT
 "$py" -m orchestrator stop "$sweep" >/dev/null 2>&1  # a driver killed above leaves its trials RUNNING: mark them
 echo "peft-sweep run ended ($ended) with rc $rc, $(( $(date +%s) - started )) s after the driver was up (which" \

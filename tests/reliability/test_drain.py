@@ -7,11 +7,11 @@ from tests.sweeps import cli, here, records, spawn, tracker, wait_for, write_spe
 pytestmark = pytest.mark.slow
 
 
-def _one_at_a_time(tmp_path, tiny_model, data_dir):
-    """Three trials of about 6 s each on a local Ray of one CPU: one runs while Tune holds the other two PENDING
-    (no max_concurrent: the grid creates them all at once, as configs/paper/small.yaml does)."""
+def _one_at_a_time(tmp_path, tiny_model, data_dir, steps: int = 12):
+    """Three trials of about ``steps`` × 0.5 s each on a local Ray of one CPU: one runs while Tune holds the other
+    two PENDING (no max_concurrent: the grid creates them all at once, as configs/paper/small.yaml does)."""
     spec = write_spec(tmp_path, tiny_model, data_dir, grid={"methods": ["bitfit"], "tasks": ["CB"], "seeds": [0, 1, 2]},
-                      training__max_steps=12, training__eval_every=4, ray={"num_cpus": 1},
+                      training__max_steps=steps, training__eval_every=4, ray={"num_cpus": 1},
                       fault={"step_delay_s": 0.5})
     return spec, tmp_path / "runs" / "t"
 
@@ -50,7 +50,9 @@ def test_drain_finishes_the_running_trial_starts_no_other_and_the_next_run_runs_
 def test_a_drain_cut_short_by_a_stop_resumes_the_stopped_trial_and_runs_the_never_started_ones(tmp_path,
                                                                                               tiny_model, data_dir,
                                                                                               capsys):
-    spec, sweep_dir = _one_at_a_time(tmp_path, tiny_model, data_dir)
+    # 15 s a trial: the drain's 1 s wait, the stop and Tune's handling of it (seconds on a loaded machine) all
+    # land before the first trial would have finished
+    spec, sweep_dir = _one_at_a_time(tmp_path, tiny_model, data_dir, steps=30)
     proc = spawn("run", str(spec))
     wait_for(lambda: _statuses(sweep_dir) == ["RUNNING"], proc, "the first trial running")
     _, still = here(capsys, "stop", str(sweep_dir), "--drain", "--timeout", "1", rc=1)  # what run_piece.sh meets

@@ -133,7 +133,7 @@ def test_a_restored_trial_without_its_checkpoint_resumes_from_the_next_or_starts
                     fault={"step_delay_s": 0.1})  # the last trial still runs at the kill (a fault: no result field)
     spec = write_spec(tmp_path, tiny_model, data_dir, **settings)
     sweep_dir = tmp_path / "runs" / "t"
-    last = []
+    last, store = [], []
 
     def last_one_evaluated() -> bool:  # three finished, the fourth logged an evaluation (and is in Tune's state)
         recs = records(sweep_dir)
@@ -143,7 +143,9 @@ def test_a_restored_trial_without_its_checkpoint_resumes_from_the_next_or_starts
         if lost == "deleted":
             seen = state_knows_a_checkpoint(sweep_dir / "tune" / "exp-001", running[0])
         else:
-            t = tracker(sweep_dir)
+            if not store:  # made once: opening the store takes seconds on a busy CI machine, inside the window
+                store.append(tracker(sweep_dir))
+            t = store[0]
             run_id = t.run_id(running[0])
             seen = bool(run_id and t.history(run_id, "dev_score"))
         last[:] = running

@@ -24,6 +24,11 @@ def _artifact_uris(sweep_dir) -> set[str]:
     return {exp.artifact_location} | {r.info.artifact_uri for r in t.search("")}
 
 
+# 3 s or more a trial: the kill point (the last trial running with a checkpoint Tune knows) lasts seconds, not the
+# moment between its first checkpoint and its end that a loaded machine's polling could miss
+SLOW = {"step_delay_s": 0.1}
+
+
 def _kill_when_the_last_one_checkpointed(spec, sweep_dir) -> None:
     """Run the 4-trial sweep one trial at a time; SIGKILL the driver and its Ray (a lost machine) once three
     trials finished and Tune's saved state knows a checkpoint of the fourth."""
@@ -44,7 +49,7 @@ def test_a_sweep_folder_moved_without_checkpoints_grows_and_tracks_where_it_is(t
     monkeypatch.setenv("RAY_ADDRESS", "")  # status and validate run in this process (they start no Ray)
     a, b = _machine(tmp_path / "a", data_dir), _machine(tmp_path / "b", data_dir)
     _kill_when_the_last_one_checkpointed(write_spec(a, tiny_model, a / "data", training__max_steps=30,
-                                                    resources={"max_concurrent": 1}), a / "runs" / "t")
+                                                    resources={"max_concurrent": 1}, fault=SLOW), a / "runs" / "t")
     moved = b / "runs" / "t"
     moved.mkdir(parents=True)
     for name in ("spec.yaml", "identity.json", "mlflow.db"):  # the state, without checkpoints and artifacts
@@ -93,7 +98,7 @@ def test_a_killed_sweep_moved_with_its_checkpoints_resumes_them_where_it_is(tmp_
     a, b = _machine(tmp_path / "a", data_dir), _machine(tmp_path / "b", data_dir)
     old = a / "runs" / "t"
     _kill_when_the_last_one_checkpointed(write_spec(a, tiny_model, a / "data", training__max_steps=30,
-                                                    resources={"max_concurrent": 1}), old)
+                                                    resources={"max_concurrent": 1}, fault=SLOW), old)
     (b / "runs").mkdir()
     shutil.copytree(old, b / "runs" / "t")  # everything, checkpoints included
     shutil.rmtree(a)

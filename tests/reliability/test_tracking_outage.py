@@ -20,6 +20,7 @@ def test_store_down_mid_sweep_then_sync(tmp_path, tiny_model, data_dir):
     server = start_server(db, artifacts, port)
     spec = write_spec(tmp_path, tiny_model, data_dir, tracking_uri=f"http://127.0.0.1:{port}",
                       training__max_steps=9, resources={"max_concurrent": 1},
+                      fault={"step_delay_s": 0.5},  # 4.5 s a trial: the store goes down while the second runs
                       grid={"methods": ["sam", "bitfit"], "tasks": ["CB"], "seeds": [0]})
     sweep_dir = tmp_path / "runs" / "t"
     proc = spawn("run", str(spec))
