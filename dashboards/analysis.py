@@ -79,8 +79,8 @@ def scored(trials: pd.DataFrame) -> pd.DataFrame:
     """The FINISHED trials with a test score. A FINISHED row without one (its result could not be read back:
     a store moved, an artifact lost) is no score of 0 or of NaN: it would make its cell "nan ± nan" and leave its
     method's AVG over the other tasks. ``unscored`` lists those rows."""
-    score = pd.to_numeric(trials["test_score"], errors="coerce")
-    return trials[(trials["status"] == "FINISHED") & np.isfinite(score)]
+    score = pd.to_numeric(trials["test_score"], errors="coerce").astype(float)  # None in an object column: NaN
+    return trials.assign(test_score=score)[(trials["status"] == "FINISHED") & np.isfinite(score)]
 
 
 def unscored(trials: pd.DataFrame) -> list[str]:
@@ -398,10 +398,17 @@ def seeds_enough(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
                          "rank_p10": float(np.percentile(ranked, 10)) if ranked.size else math.nan,
                          "rank_p90": float(np.percentile(ranked, 90)) if ranked.size else math.nan,
                          "n_subsets": len(subsets)})
-        tau = [stats.kendalltau(r[:, s], full).statistic for s in range(r.shape[1])]
+        tau = [_tau(r[:, s], full) for s in range(r.shape[1])]
         taus[str(n)] = float(np.nanmean(tau)) if not np.all(np.isnan(tau)) else None
     return pd.DataFrame(rows, columns=cols), {"n_seeds": int(n_rep), "kendall_tau": taus,
                                               "all_seed_ranks": {m: float(v) for m, v in zip(methods, full)}}
+
+
+def _tau(a: np.ndarray, b: np.ndarray) -> float:
+    """Kendall's τ over the methods ranked in both: one with no rank (a task with one of the seeds) is left out
+    rather than making τ NaN; NaN, quietly, when fewer than two are left."""
+    keep = ~(np.isnan(a) | np.isnan(b))
+    return float(stats.kendalltau(a[keep], b[keep]).statistic) if keep.sum() >= 2 else math.nan
 
 
 def replicates(trials: pd.DataFrame, tasks: list[str]) -> pd.DataFrame:
@@ -504,9 +511,12 @@ def answer(result: Analysis, trials: pd.DataFrame) -> dict[str, Any]:
         out["lead"] = paired_on_average(part, best["method"], avg.iloc[1]["method"], tasks)
         out["lines"].append(f"its lead over the runner-up: {out['lead']['answer']}")
     stable = avg.dropna(subset=["std"]).sort_values(["std", "method"])
-    if len(stable) and one_seed:  # a mean over the other tasks' stds would leave out the one it could not measure
+    if one_seed and cells["std"].notna().any():  # a mean over the other tasks' stds would leave one out
         out["lines"].append("not ranked on stability, one finished seed on some task: "
                             + "; ".join(f"{m} ({', '.join(ts)})" for m, ts in one_seed.items()))
+        if stable.empty:
+            out["lines"].append("most stable on average: none ranked (no method has two finished seeds or more "
+                                "on every task)")
     if len(stable):
         m = stable.iloc[0]
         out["most_stable"] = m["method"]

@@ -119,7 +119,7 @@ def unfinished_cells(trials: pd.DataFrame) -> dict[tuple[str, str], str]:
             continue
         counts = part["status"].fillna("no status").replace({"FINISHED": "FINISHED, no score"}).value_counts()
         counts = counts.sort_index()
-        out[(method, task)] = (f"0 of {len(part)} finished ("
+        out[(method, task)] = (f"0 of {len(part)} {'scored' if 'FINISHED, no score' in counts else 'finished'} ("
                                + ", ".join(f"{n} {_esc(s)}" for s, n in counts.items()) + ")")  # HTML-safe
     return out
 
@@ -183,6 +183,11 @@ def _table_html(table: pd.DataFrame, best: dict[str, list[str]], baselines: dict
             one = getattr(r, "n_one_class", None)
             one = (f' <span class="collapsed" title="seeds whose every test prediction was one class">{int(one)} '
                    "one-class</span>" if pd.notna(one) and one > 0 else "")
+            if t == "AVG" and pd.isna(r.std) and m not in lacking:  # said, as the answer says it
+                theirs = [x for x in tasks[:-1] if (m, x) in cell]
+                alone = [x for x in theirs if pd.isna(cell[(m, x)].std)]
+                if 0 < len(alone) < len(theirs):  # one seed everywhere: the header's n per cell says it
+                    ci = f'<br><span class="n">no std: one seed on {_esc(", ".join(alone))}</span>'
             if m in lacking and t == "AVG":
                 ci = f'<br><span class="n">over {int(r.n_tasks)} of {len(tasks) - 1} tasks: not ranked</span>'
             tds.append(f'<td{cls}>{text}{ci} <span class="n">n={int(r.n)}</span>{one}</td>')

@@ -159,9 +159,14 @@ def close_sweep(spec: SweepSpec, tracker: Tracker, final: dict[str, str], quiet:
     try:
         trials_path, curves_path = export.export(spec, spec.sweep_dir / "export", tracker)
         df = pd.read_parquet(trials_path)
-        if (df["status"] == "FINISHED").any():
-            from dashboards.analysis import analyze, answer, best_per_task, unranked
-            from dashboards.report import build_report
+        from dashboards.analysis import analyze, answer, best_per_task, current, scored, unranked, unscored
+        from dashboards.report import build_report
+
+        lacking = unscored(current(df))
+        if scored(current(df)).empty and lacking:
+            lines.append(f"no analysis: none of the {len(lacking)} FINISHED trial(s) has a test score in MLflow or "
+                         f"in the records: {', '.join(lacking[:5])}" + (" ..." if len(lacking) > 5 else ""))
+        if not scored(current(df)).empty:
 
             result = analyze(df)  # once, for the analysis files and the report
             analysis.analyze_file(trials_path, spec.sweep_dir / "analysis", result)
@@ -306,7 +311,14 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
         raise
     if counts.get("STOPPED") or counts.get("DRAINED"):
         return _stopped(spec, tracker, counts)
-    driver.unregister(spec.sweep_dir)
+    try:  # registered until the parent run is closed: a `stop` meanwhile waits for the analysis, rather than take
+        return _end(spec, tracker, trials, counts)  # the driver for gone and end the parent KILLED under it
+    finally:
+        driver.unregister(spec.sweep_dir)
+
+
+def _end(spec: SweepSpec, tracker: Tracker, trials: list, counts: dict[str, int]) -> int:
+    """Every trial ran: say how they ended and close the parent run with the answer. Returns the failed count."""
     try:
         final = statuses(spec, tracker)
     except Exception as exc:  # noqa: BLE001 - the store went down during the sweep: the records know

@@ -358,7 +358,7 @@ def test_most_stable_says_when_its_small_std_is_a_collapse():
     assert got["most_stable"] == "x" and "3 of its seeds predicted one class" in got["lines"][-1], got["lines"]
 
 
-def test_a_method_with_one_seed_on_a_task_has_no_average_std_and_is_not_the_most_stable():
+def test_a_method_with_one_seed_on_a_task_has_no_average_std_and_is_not_the_most_stable(tmp_path):
     """x's noisy task kept one seed (the others failed): the mean of its task stds skipped that task, so x's AVG
     std covered only its calm task and x was "most stable"."""
     trials = pd.DataFrame(_rows({("x", "calm"): [.80, .80, .81], ("x", "noisy"): [.5],
@@ -372,6 +372,33 @@ def test_a_method_with_one_seed_on_a_task_has_no_average_std_and_is_not_the_most
     assert "not ranked on stability, one finished seed on some task: x (noisy)" in got["lines"], got["lines"]
     seeds = res.seeds[res.seeds["n_seeds"] == 3].set_index("method")
     assert pd.isna(seeds.loc["x", "mean_rank"]) and seeds.loc["y", "mean_rank"] == 1
+    from dashboards.report import build_report
+
+    trials.to_parquet(tmp_path / "trials.parquet")
+    page = build_report(tmp_path / "trials.parquet", None, tmp_path / "report").read_text()
+    assert '<span class="n">no std: one seed on noisy</span>' in page
+    # x has no all-seed rank: left out of Kendall's τ, which the others still get (it was None for every n)
+    trials = pd.concat([trials, pd.DataFrame(_rows({("z", "calm"): [.60, .70, .80], ("z", "noisy"): [.4, .5, .6],
+                                                    ("w", "calm"): [.60, .62, .64], ("w", "noisy"): [.5, .6, .7]}))])
+    tau = analyze(trials).summary["seeds_enough"]["kendall_tau"]
+    assert tau["3"] == pytest.approx(1.0) and tau["2"] is not None, tau
+
+
+def test_when_no_method_has_a_std_on_every_task_the_answer_says_none_is_most_stable():
+    trials = pd.DataFrame(_rows({("a", "x"): [.5, .6, .7], ("a", "y"): [.5], ("b", "x"): [.6, .7, .8],
+                                 ("b", "y"): [.6]}))
+    got = answer(analyze(trials), trials)
+    assert got["most_stable"] is None and "not ranked on stability, one finished seed on some task: a (y); b (y)" \
+        in got["lines"] and got["lines"][-1].startswith("most stable on average: none ranked"), got["lines"]
+
+
+def test_a_score_column_of_objects_with_a_none_is_read_as_numbers():
+    """A hand-made or --trials table whose test_score holds None is object dtype: ttest_rel failed on it."""
+    trials = pd.DataFrame(_rows({("a", "x"): [.5, .6, .7], ("b", "x"): [.6, .7, .8]}))
+    trials["test_score"] = trials["test_score"].astype(object)
+    trials.loc[0, "test_score"] = None
+    res = analyze(trials)
+    assert res.table.set_index(["method", "task"]).loc[("a", "x"), "n"] == 2 and len(res.summary["unscored"]) == 1
 
 
 def test_a_finished_trial_without_a_score_is_left_out_and_counted(tmp_path):
@@ -392,6 +419,11 @@ def test_a_finished_trial_without_a_score_is_left_out_and_counted(tmp_path):
     page = build_report(tmp_path / "trials.parquet", None, tmp_path / "report").read_text()
     assert "11 of 12 trials FINISHED with a test score (1 more FINISHED without one, left out" in page
     assert "nan" not in page.split("<h2>Summary</h2>")[0] and "<td>FINISHED, no test score</td>" in page
+    trials.loc[trials["method"] == "y", "test_score"] = np.nan  # a method none of whose trials has a score
+    trials.to_parquet(tmp_path / "trials.parquet")
+    page = build_report(tmp_path / "trials.parquet", None, tmp_path / "report").read_text()
+    assert "0 of 3 scored (3 FINISHED, no score)" in page
+    assert "not ranked, no finished trial: y (6 FINISHED, no score)" in answer(analyze(trials), trials)["lines"]
 
 
 def test_the_parent_runs_best_on_average_is_the_answers_best():

@@ -65,3 +65,21 @@ def test_a_drain_cut_short_by_a_stop_resumes_the_stopped_trial_and_runs_the_neve
     assert "resuming the interrupted experiment" in again.stdout and "3/3 FINISHED" in again.stdout, again.stdout
     assert _statuses(sweep_dir) == ["FINISHED"] * 3
     assert len(tracker(sweep_dir).search("tags.role = 'trial'")) == 3
+
+
+def test_a_drain_that_the_last_trial_ends_returns_once_the_sweep_is_closed(tmp_path, tiny_model, data_dir, capsys):
+    """The drain lets the grid's last trial finish: the driver then closes the sweep (export, analysis, report,
+    the parent run) as any sweep's end. It had unregistered first, so `stop --drain` returned at once and took
+    the busy driver for gone: it ended the parent run KILLED under the analysis (run_piece.sh then killed it)."""
+    spec = write_spec(tmp_path, tiny_model, data_dir, grid={"methods": ["bitfit"], "tasks": ["CB"], "seeds": [0]},
+                      training__max_steps=12, training__eval_every=4, fault={"step_delay_s": 0.5})
+    sweep_dir = tmp_path / "runs" / "t"
+    proc = spawn("run", str(spec))
+    wait_for(lambda: _statuses(sweep_dir) == ["RUNNING"], proc, "the trial running")
+    said, _ = here(capsys, "stop", str(sweep_dir), "--drain", "--timeout", "300")
+    t = tracker(sweep_dir)
+    assert t.parent_status() == "FINISHED", said  # closed by the driver before `stop` returned
+    assert (sweep_dir / "report" / "index.html").is_file()
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0 and "1/1 FINISHED" in out and "best on average: bitfit" in out, out
+    assert tracker(sweep_dir).parent_status() == "FINISHED" and _statuses(sweep_dir) == ["FINISHED"]
