@@ -1,5 +1,7 @@
 """`peft-sweep stop --drain` on real sweeps: the running trial finishes, the trials Tune holds waiting never start,
 the driver ends with exit 0, and the next `run` runs only what is left (also after a drain cut short by a stop)."""
+import time
+
 import pytest
 
 from tests.sweeps import cli, here, records, spawn, tracker, wait_for, write_spec
@@ -67,19 +69,28 @@ def test_a_drain_cut_short_by_a_stop_resumes_the_stopped_trial_and_runs_the_neve
     assert len(tracker(sweep_dir).search("tags.role = 'trial'")) == 3
 
 
-def test_a_drain_that_the_last_trial_ends_returns_once_the_sweep_is_closed(tmp_path, tiny_model, data_dir, capsys):
+def test_a_drain_that_the_last_trial_ends_returns_once_the_sweep_is_closed(tmp_path, tiny_model, data_dir):
     """The drain lets the grid's last trial finish: the driver then closes the sweep (export, analysis, report,
-    the parent run) as any sweep's end. It had unregistered first, so `stop --drain` returned at once and took
-    the busy driver for gone: it ended the parent run KILLED under the analysis (run_piece.sh then killed it)."""
+    the parent run) as any sweep's end. It had unregistered first, so for those seconds the sweep looked driverless
+    with its parent RUNNING: `stop --drain` returned and ended the parent KILLED under the analysis (run_piece.sh
+    then killed the driver)."""
+    from orchestrator import driver
+
     spec = write_spec(tmp_path, tiny_model, data_dir, grid={"methods": ["bitfit"], "tasks": ["CB"], "seeds": [0]},
                       training__max_steps=12, training__eval_every=4, fault={"step_delay_s": 0.5})
     sweep_dir = tmp_path / "runs" / "t"
     proc = spawn("run", str(spec))
     wait_for(lambda: _statuses(sweep_dir) == ["RUNNING"], proc, "the trial running")
-    said, _ = here(capsys, "stop", str(sweep_dir), "--drain", "--timeout", "300")
-    t = tracker(sweep_dir)
-    assert t.parent_status() == "FINISHED", said  # closed by the driver before `stop` returned
-    assert (sweep_dir / "report" / "index.html").is_file()
+    t, driverless = tracker(sweep_dir), []
+    assert t.parent_status() == "RUNNING"  # the store opened now: each look below takes milliseconds, not seconds
+    stopper = spawn("stop", str(sweep_dir), "--drain", "--timeout", "300")
+    while stopper.poll() is None:  # the driver's file is gone only once its parent run has ended
+        if driver.info(sweep_dir) is None:
+            driverless.append(t.parent_status())
+        time.sleep(0.1)
+    said = stopper.stdout.read()
+    assert stopper.returncode == 0 and "RUNNING" not in driverless, (driverless, said)
+    assert t.parent_status() == "FINISHED" and (sweep_dir / "report" / "index.html").is_file(), said
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 0 and "1/1 FINISHED" in out and "best on average: bitfit" in out, out
-    assert tracker(sweep_dir).parent_status() == "FINISHED" and _statuses(sweep_dir) == ["FINISHED"]
+    assert t.parent_status() == "FINISHED" and _statuses(sweep_dir) == ["FINISHED"]
