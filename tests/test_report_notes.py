@@ -302,25 +302,25 @@ def test_seeds_that_predicted_one_class_are_counted_per_cell_and_shown(tmp_path)
 def test_fig3b_plots_the_pairs_rho_is_computed_on(tmp_path, monkeypatch):
     """z's one-seed cell has no std, so ρ ranks T1 among x and y only; the figure plotted the table's ranks, taken
     with z (x's performance rank 2, not 1): its points were not the input of the ρ in its title."""
-    from dashboards import figures
-    from tests.test_analysis import _rows
+    from matplotlib.figure import Figure
     from scipy import stats
 
-    trials = pd.DataFrame(_rows({("x", "T1"): [.80, .81, .82], ("y", "T1"): [.60, .70, .80], ("z", "T1"): [.99],
-                                 ("x", "T2"): [.60, .70, .80], ("y", "T2"): [.80, .81, .82]}))
+    scores = {("x", "T1"): [.80, .81, .82], ("y", "T1"): [.60, .70, .80], ("z", "T1"): [.99],
+              ("x", "T2"): [.60, .70, .80], ("y", "T2"): [.80, .81, .82]}
     path = tmp_path / "trials.parquet"
-    trials.to_parquet(path)
+    pd.DataFrame([{"method": m, "task": t, "seed": i, "sparsity": 0.01, "perturbation": None, "status": "FINISHED",
+                   "test_score": v} for (m, t), values in scores.items() for i, v in enumerate(values)]).to_parquet(path)
     drawn = {}
-    save = figures._save
+    savefig = Figure.savefig
 
-    def keep(fig, out):
-        if out.name == "ranks.svg":  # the points, less the jitter (±0.18 around ranks that are whole or halves)
+    def keep(fig, out, *args, **kwargs):
+        if str(out).endswith("ranks.svg"):  # the points, less the jitter (±0.18 around whole or half ranks)
             points = [xy for c in fig.axes[0].collections for xy in c.get_offsets().tolist()]
             drawn["points"] = sorted((round(2 * x) / 2, round(2 * y) / 2) for x, y in points)
             drawn["title"] = fig.axes[0].get_title()
-        save(fig, out)
+        return savefig(fig, out, *args, **kwargs)
 
-    monkeypatch.setattr(figures, "_save", keep)
+    monkeypatch.setattr(Figure, "savefig", keep)
     build_report(path, None, tmp_path / "report")
     assert drawn["points"] == [(1.0, 1.0), (1.0, 1.0), (2.0, 2.0), (2.0, 2.0)]
     rho = stats.spearmanr([p[0] for p in drawn["points"]], [p[1] for p in drawn["points"]]).statistic
