@@ -33,6 +33,7 @@ N_BOOTSTRAP = 9999
 N_PERMUTATIONS = 9999
 MAX_SEED_SUBSETS = 200
 NEEDED = ["method", "task", "seed", "sparsity", "perturbation", "status", "test_score"]
+UNSCORED = "FINISHED, no score"  # the status ``mark_unscored`` gives a FINISHED trial whose score is missing
 PAIRED_TEST = ("paired t-test over matching seeds (scipy.stats.ttest_rel): trials with the same seed share the "
                "head initialisation and batch order, so differences are paired; with 5-10 seeds the t-test has "
                "far more power than Wilcoxon's signed-rank test, whose two-sided p cannot go below 2/2^n. "
@@ -81,6 +82,15 @@ def scored(trials: pd.DataFrame) -> pd.DataFrame:
     method's AVG over the other tasks. ``unscored`` lists those rows."""
     score = pd.to_numeric(trials["test_score"], errors="coerce").astype(float)  # None in an object column: NaN
     return trials.assign(test_score=score)[(trials["status"] == "FINISHED") & np.isfinite(score)]
+
+
+def mark_unscored(trials: pd.DataFrame) -> pd.DataFrame:
+    """The trials with each FINISHED one that has no test score given the status UNSCORED, for counts of what
+    became of them beside the results (a table of statuses alone, with no scores, is returned as it is)."""
+    if "test_score" not in trials:
+        return trials
+    lacking = (trials["status"] == "FINISHED") & ~trials.index.isin(scored(trials).index)
+    return trials.assign(status=trials["status"].mask(lacking, UNSCORED))
 
 
 def unscored(trials: pd.DataFrame) -> list[str]:
@@ -455,6 +465,12 @@ def paired_on_average(trials: pd.DataFrame, a: str, b: str, tasks: list[str]) ->
     return out
 
 
+def one_seed_tasks(table: pd.DataFrame) -> dict[str, list[str]]:
+    """Per method, the tasks where it has one seed (no std): its AVG has no std then (``method_task_table``)."""
+    cells = table[(table["task"] != "AVG") & table["std"].isna()]
+    return {str(m): sorted(part["task"]) for m, part in cells.groupby("method")}
+
+
 def best_line(method: str, mean: float, std: float | None, one_seed: list[str] | None = None) -> str:
     """The answer's first line; the ± and its meaning only where a std exists (two seeds or more on every
     task; ``one_seed``: the tasks where the method has one)."""
@@ -468,10 +484,7 @@ def best_line(method: str, mean: float, std: float | None, one_seed: list[str] |
 def unranked(trials: pd.DataFrame) -> dict[str, str]:
     """Methods none of whose trials FINISHED with a score, each with what became of its trials ("sam (2 FAILED)")."""
     out = {}
-    if "test_score" in trials:  # a table of statuses alone (the grid's, at a sweep's end) has no scores to lack
-        trials = trials.assign(status=trials["status"].where(trials.index.isin(scored(trials).index)
-                                                             | (trials["status"] != "FINISHED"), "FINISHED, no score"))
-    for method, statuses in trials.groupby("method")["status"]:
+    for method, statuses in mark_unscored(trials).groupby("method")["status"]:
         counts = statuses.value_counts()
         if "FINISHED" not in counts:
             out[method] = f"{method} ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))})"
@@ -499,14 +512,13 @@ def answer(result: Analysis, trials: pd.DataFrame) -> dict[str, Any]:
     if avg.empty:
         return out
     cells = table[table["task"] != "AVG"]
-    one_seed = {m: sorted(part.loc[part["std"].isna(), "task"]) for m, part in cells.groupby("method")
-                if m in set(avg["method"]) and part["std"].isna().any()}
+    one_seed = {m: ts for m, ts in one_seed_tasks(table).items() if m in set(avg["method"])}
     best = avg.iloc[0]
     out["best"] = best["method"]
     out["lines"].append(best_line(best["method"], best["mean"], None if pd.isna(best["std"]) else best["std"],
                                   one_seed.get(best["method"])))
     if len(avg) > 1:
-        tasks = sorted(table.loc[table["task"] != "AVG", "task"].unique())
+        tasks = sorted(cells["task"].unique())
         part = trials_in(scored(trials), label)
         out["lead"] = paired_on_average(part, best["method"], avg.iloc[1]["method"], tasks)
         out["lines"].append(f"its lead over the runner-up: {out['lead']['answer']}")
@@ -520,9 +532,9 @@ def answer(result: Analysis, trials: pd.DataFrame) -> dict[str, Any]:
     if len(stable):
         m = stable.iloc[0]
         out["most_stable"] = m["method"]
-        cells = table[(table["method"] == m["method"]) & (table["task"] != "AVG")]
-        one = int(cells["n_one_class"].sum()) if "n_one_class" in cells and cells["n_one_class"].notna().any() else 0
-        fewest, most = int(cells["n"].min()), int(table.loc[table["task"] != "AVG", "n"].max())
+        its = cells[cells["method"] == m["method"]]
+        one = int(its["n_one_class"].sum()) if "n_one_class" in its and its["n_one_class"].notna().any() else 0
+        fewest, most = int(its["n"].min()), int(cells["n"].max())
         out["lines"].append(f"most stable on average: {m['method']} (mean per-task std {100 * m['std']:.1f}, test "
                             f"score ×100; its mean {100 * m['mean']:.1f}"
                             + (f"; {one} of its seeds predicted one class for every test example: a small std "
@@ -566,11 +578,11 @@ def analyze(trials: pd.DataFrame) -> Analysis:
     if missing:
         raise ValueError(f"trials table lacks column(s) {missing}; needed: {NEEDED}")
     ours = current(trials)
-    df = scored(ours).copy()
+    df, lacking = scored(ours).copy(), unscored(ours)
     if df.empty:
         raise ValueError("no FINISHED trials with a test score to analyse"
                          + (f" ({len(trials)} not in the sweep's current grid)" if len(trials) and ours.empty else "")
-                         + (f" ({len(unscored(ours))} FINISHED without one)" if len(unscored(ours)) else ""))
+                         + (f" ({len(lacking)} FINISHED without one)" if lacking else ""))
     tables, summary_groups, tests, pairs, seeds = [], [], [], [], []
     for label, part in groups(df):
         t = method_task_table(part)
@@ -592,7 +604,7 @@ def analyze(trials: pd.DataFrame) -> Analysis:
                                        "seeds_enough")},
                "group": {k: main[k] for k in ("sparsity", "perturbation", "splits", "n_trials") if k in main},
                "groups": summary_groups, "n_finished": int(len(df)), "n_trials": int(len(ours)),
-               "unscored": unscored(ours),  # FINISHED, no test score: left out of every statistic
+               "unscored": lacking,  # FINISHED, no test score: left out of every statistic
                "n_not_in_grid": int(len(trials) - len(ours)),
                "paired_test": PAIRED_TEST,
                "units": "scores as the task's metric in [0, 1] (the report shows ×100); ranks within each task "

@@ -19,7 +19,8 @@ from typing import Any
 import pandas as pd
 
 from . import figures, paper
-from .analysis import Analysis, analyze, averaged, current, jsonable, rows_of, scored, spearman_pairs, trials_in
+from .analysis import (UNSCORED, Analysis, analyze, averaged, current, jsonable, mark_unscored, one_seed_tasks,
+                       rows_of, scored, spearman_pairs, trials_in)
 from .figures import fmt_p
 
 NO_SPEC = "not found (give SWEEP_DIR, or a trials.parquet inside SWEEP_DIR/export)"
@@ -117,9 +118,8 @@ def unfinished_cells(trials: pd.DataFrame) -> dict[tuple[str, str], str]:
     for (method, task), part in trials.groupby(["method", "task"], sort=True):
         if len(scored(part)):
             continue
-        counts = part["status"].fillna("no status").replace({"FINISHED": "FINISHED, no score"}).value_counts()
-        counts = counts.sort_index()
-        out[(method, task)] = (f"0 of {len(part)} {'scored' if 'FINISHED, no score' in counts else 'finished'} ("
+        counts = mark_unscored(part)["status"].fillna("no status").value_counts().sort_index()
+        out[(method, task)] = (f"0 of {len(part)} {'scored' if UNSCORED in counts else 'finished'} ("
                                + ", ".join(f"{n} {_esc(s)}" for s, n in counts.items()) + ")")  # HTML-safe
     return out
 
@@ -163,6 +163,7 @@ def _table_html(table: pd.DataFrame, best: dict[str, list[str]], baselines: dict
     mark = len(methods) > 3  # "best three" means nothing with three methods or fewer
     cell = {(r.method, r.task): r for r in table.itertuples()}
     complete, lacking = averaged(table)
+    one_seed = one_seed_tasks(table)  # why an AVG has no std, as the answer says it
     avg_best = list(complete["method"])[:3]  # an average over fewer tasks competes with none
     rows = ["<tr><th>method</th>" + "".join(f"<th>{_esc(t)}</th>" for t in tasks) + "</tr>"]
     for m in methods:
@@ -183,11 +184,9 @@ def _table_html(table: pd.DataFrame, best: dict[str, list[str]], baselines: dict
             one = getattr(r, "n_one_class", None)
             one = (f' <span class="collapsed" title="seeds whose every test prediction was one class">{int(one)} '
                    "one-class</span>" if pd.notna(one) and one > 0 else "")
-            if t == "AVG" and pd.isna(r.std) and m not in lacking:  # said, as the answer says it
-                theirs = [x for x in tasks[:-1] if (m, x) in cell]
-                alone = [x for x in theirs if pd.isna(cell[(m, x)].std)]
-                if 0 < len(alone) < len(theirs):  # one seed everywhere: the header's n per cell says it
-                    ci = f'<br><span class="n">no std: one seed on {_esc(", ".join(alone))}</span>'
+            alone = one_seed.get(m, [])  # one seed on every task: the header's n per cell says it
+            if t == "AVG" and m not in lacking and 0 < len(alone) < r.n_tasks:
+                ci = f'<br><span class="n">no std: one seed on {_esc(", ".join(alone))}</span>'
             if m in lacking and t == "AVG":
                 ci = f'<br><span class="n">over {int(r.n_tasks)} of {len(tasks) - 1} tasks: not ranked</span>'
             tds.append(f'<td{cls}>{text}{ci} <span class="n">n={int(r.n)}</span>{one}</td>')

@@ -162,11 +162,12 @@ def close_sweep(spec: SweepSpec, tracker: Tracker, final: dict[str, str], quiet:
         from dashboards.analysis import analyze, answer, best_per_task, current, scored, unranked, unscored
         from dashboards.report import build_report
 
-        lacking = unscored(current(df))
-        if scored(current(df)).empty and lacking:
+        ours = current(df)
+        lacking, analysable = unscored(ours), not scored(ours).empty
+        if not analysable and lacking:
             lines.append(f"no analysis: none of the {len(lacking)} FINISHED trial(s) has a test score in MLflow or "
                          f"in the records: {', '.join(lacking[:5])}" + (" ..." if len(lacking) > 5 else ""))
-        if not scored(current(df)).empty:
+        if analysable:
             result = analyze(df)  # once, for the analysis files and the report
             analysis.analyze_file(trials_path, spec.sweep_dir / "analysis", result)
             index = build_report(trials_path, curves_path, spec.sweep_dir / "report", tracking_uri=tracker.uri,
