@@ -33,7 +33,7 @@ N_BOOTSTRAP = 9999
 N_PERMUTATIONS = 9999
 MAX_SEED_SUBSETS = 200
 NEEDED = ["method", "task", "seed", "sparsity", "perturbation", "status", "test_score"]
-UNSCORED = "FINISHED, no score"  # the status ``mark_unscored`` gives a FINISHED trial whose score is missing
+UNSCORED = "FINISHED, no test score"  # the status ``mark_unscored`` gives a FINISHED trial whose score is missing
 PAIRED_TEST = ("paired t-test over matching seeds (scipy.stats.ttest_rel): trials with the same seed share the "
                "head initialisation and batch order, so differences are paired; with 5-10 seeds the t-test has "
                "far more power than Wilcoxon's signed-rank test, whose two-sided p cannot go below 2/2^n. "

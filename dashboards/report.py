@@ -442,9 +442,8 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
     else:
         parts.append(_missing("overlap", _why_no_overlap(trials, trials_path, overlap_path, overlap is not None)))
     ours = current(trials)
-    failed = ours.loc[ours.index.difference(scored(ours).index)]
-    failed = failed.assign(status=failed["status"].replace({"FINISHED": "FINISHED, no test score"}))
-    parts.append(f"<h2>Failed or unfinished trials ({len(failed)})</h2>")  # unscored among them
+    failed = mark_unscored(ours).loc[ours.index.difference(scored(ours).index)]
+    parts.append(f"<h2>Failed or unfinished trials ({len(failed)})</h2>")  # UNSCORED among them
     if len(failed):
         parts.append(_trial_list("failed", failed))
     gone = trials.loc[trials.index.difference(ours.index)]

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from dashboards.analysis import analyze, answer, bootstrap_ci, holm, nemenyi_cd
+from dashboards.analysis import UNSCORED, analyze, answer, bootstrap_ci, holm, nemenyi_cd
 from orchestrator.analysis import analyze_file
 
 MEANS = {("full", "CB"): 0.80, ("sam", "CB"): 0.85, ("lora", "CB"): 0.78, ("bitfit", "CB"): 0.80,
@@ -418,12 +418,12 @@ def test_a_finished_trial_without_a_score_is_left_out_and_counted(tmp_path):
     trials.to_parquet(tmp_path / "trials.parquet")
     page = build_report(tmp_path / "trials.parquet", None, tmp_path / "report").read_text()
     assert "11 of 12 trials FINISHED with a test score (1 more FINISHED without one, left out" in page
-    assert "nan" not in page.split("<h2>Summary</h2>")[0] and "<td>FINISHED, no test score</td>" in page
+    assert "nan" not in page.split("<h2>Summary</h2>")[0] and f"<td>{UNSCORED}</td>" in page
     trials.loc[trials["method"] == "y", "test_score"] = np.nan  # a method none of whose trials has a score
     trials.to_parquet(tmp_path / "trials.parquet")
     page = build_report(tmp_path / "trials.parquet", None, tmp_path / "report").read_text()
-    assert "0 of 3 scored (3 FINISHED, no score)" in page
-    assert "not ranked, no finished trial: y (6 FINISHED, no score)" in answer(analyze(trials), trials)["lines"]
+    assert f"0 of 3 scored (3 {UNSCORED})" in page
+    assert f"not ranked, no finished trial: y (6 {UNSCORED})" in answer(analyze(trials), trials)["lines"]
 
 
 def test_the_parent_runs_best_on_average_is_the_answers_best():
