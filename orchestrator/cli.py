@@ -416,17 +416,20 @@ def _cmd_load(args) -> int:
     from trainables import load_finetuned, save_finetuned
     from trainables.finetuned import check_out, read_meta
 
-    from .spec import SpecError
+    from .preflight import undo_on_error
+    from .spec import SpecError, check_tracking_uri
 
-    out = _out_dir(args.out, "--out")
-    with tempfile.TemporaryDirectory(prefix="peft-sweep-load-") as tmp:
-        source = Path(args.source)
+    source = Path(args.source)
+    if not source.exists():
+        if not re.fullmatch(r"[0-9a-f]{32}", args.source):
+            raise SpecError(f"load {args.source!r}: neither a folder nor an MLflow run id (32 hex characters)")
+        if not args.tracking_uri:
+            raise SpecError("load RUN_ID needs --tracking-uri (e.g. sqlite:///runs/NAME/mlflow.db or "
+                            "http://MLFLOW:5000)")
+        check_tracking_uri(args.tracking_uri, "--tracking-uri")
+    with undo_on_error(Path(args.out)), tempfile.TemporaryDirectory(prefix="peft-sweep-load-") as tmp:
+        out = _out_dir(args.out, "--out")  # made now, removed again if the load fails
         if not source.exists():
-            if not re.fullmatch(r"[0-9a-f]{32}", args.source):
-                raise SpecError(f"load {args.source!r}: neither a folder nor an MLflow run id (32 hex characters)")
-            if not args.tracking_uri:
-                raise SpecError("load RUN_ID needs --tracking-uri (e.g. sqlite:///runs/NAME/mlflow.db or "
-                                "http://MLFLOW:5000)")
             from .tracking import download_model
 
             source = download_model(args.tracking_uri, args.source, Path(tmp))

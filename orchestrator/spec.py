@@ -31,6 +31,23 @@ class SpecError(ValueError):
     """A sweep spec is invalid; the message names the field, the bad value and what is allowed."""
 
 
+def check_tracking_uri(uri: str, field: str) -> str:
+    """An MLflow URI of a scheme we support (ValueError naming ``field`` otherwise). A bare path is refused
+    rather than read: MLflow would take it for its file store."""
+    if uri.lower().startswith("sqlite:") and (not uri.startswith("sqlite:///") or uri == "sqlite:///"):
+        raise ValueError(f"{field} {uri!r}: a SQLite URI is sqlite:///relative/path.db or "
+                         "sqlite:////absolute/path.db (three slashes, then the path)")
+    if "://" not in uri and uri != "databricks":
+        raise ValueError(f"{field} {uri!r} is a path; a SQLite store is sqlite:///{uri} (an MLflow server: "
+                         "http(s)://HOST:PORT)")
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else uri
+    if scheme not in TRACKING_SCHEMES:
+        raise ValueError(f"{field} {uri!r}: unsupported scheme; use sqlite:///PATH, http(s)://HOST:PORT "
+                         "(mlflow server), postgresql://, mysql://, mssql:// or databricks, or leave it out "
+                         "(sqlite in the sweep folder)")
+    return uri
+
+
 class ClusterError(RuntimeError):
     """The Ray cluster named by the spec (or $RAY_ADDRESS) cannot be reached."""
 
@@ -147,17 +164,7 @@ class SweepSpec(Strict):
     @field_validator("tracking_uri")
     @classmethod
     def _tracking_uri(cls, v):
-        if v is None:
-            return v
-        if v.lower().startswith("sqlite:") and (not v.startswith("sqlite:///") or v == "sqlite:///"):
-            raise ValueError(f"tracking_uri {v!r}: a SQLite URI is sqlite:///relative/path.db or "
-                             "sqlite:////absolute/path.db (three slashes, then the path)")
-        scheme = v.split("://", 1)[0].split("+", 1)[0].lower() if "://" in v else v
-        if scheme not in TRACKING_SCHEMES:
-            raise ValueError(f"tracking_uri {v!r}: unsupported scheme; use sqlite:///PATH, http(s)://HOST:PORT "
-                             "(mlflow server), postgresql://, mysql://, mssql:// or databricks, or leave it out "
-                             "(sqlite in the sweep folder)")
-        return v
+        return v if v is None else check_tracking_uri(v, "tracking_uri")
 
     @model_validator(mode="after")
     def _method_settings(self):

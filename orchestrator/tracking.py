@@ -36,6 +36,27 @@ class TrackingError(RuntimeError):
     pass
 
 
+def check_server(uri: str) -> None:
+    """An MLflow server answers /health within 5 s: MLflow's own client retries a refused connection for
+    minutes and then reports the run it asked for as missing."""
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).read()
+    except OSError as exc:
+        raise TrackingError(f"tracking store {uri!r} is unreachable: {exc}") from None
+
+
+def check_readable(uri: str) -> None:
+    """A store to read from is there, without writing: a server answers, a SQLite file exists (MLflow would
+    create an empty store, folders included, and then find nothing in it)."""
+    if uri.startswith(("http://", "https://")):
+        check_server(uri)
+    elif uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise TrackingError(f"tracking store {uri!r}: no such file {uri.removeprefix('sqlite:///')!r} (a sweep's "
+                            "own store is SWEEP_DIR/mlflow.db)")
+
+
 def is_outage(exc: BaseException) -> bool:
     """True for errors that mean "the store cannot be reached or is failing", never for a bug in our code
     (a TypeError is a TypeError even while the server is down)."""
@@ -159,12 +180,7 @@ class Tracker:
     def check_reachable(self) -> None:
         """Without writing anything: a server URI answers /health, a SQLite file's folder can be made."""
         if self.uri.startswith(("http://", "https://")):
-            import urllib.request
-
-            try:
-                urllib.request.urlopen(self.uri.rstrip("/") + "/health", timeout=5).read()
-            except OSError as exc:
-                raise TrackingError(f"tracking store {self.uri!r} is unreachable: {exc}") from None
+            check_server(self.uri)
         elif self.uri.startswith("sqlite:///"):
             folder = Path(self.uri.removeprefix("sqlite:///")).parent
             probe = folder
@@ -462,6 +478,7 @@ def download_model(uri: str, run_id: str, dst: Path) -> Path:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    check_readable(uri)
     client = MlflowClient(tracking_uri=uri)
     try:
         run = client.get_run(run_id)

@@ -281,3 +281,17 @@ def test_status_watch_waits_for_a_starting_runs_spec(tmp_path, capsys, monkeypat
     (folder / "notes.txt").write_text("mine")
     capsys.readouterr()
     assert not wait_for_spec(folder, timeout_s=30) and capsys.readouterr().out == ""  # not a starting run: at once
+
+
+@pytest.mark.parametrize("uri, says", [
+    ("{d}/mlflow.db", "is a path; a SQLite store is sqlite:///{d}/mlflow.db"),  # the file, not a URI
+    ("sqlite:///{d}/none.db", "no such file"),  # MLflow would make an empty store there and find no run
+    ("sqlite:///{d}/no/x.db", "no such file"),
+    ("http://127.0.0.1:9", "unreachable"),  # MLflow would retry for minutes, then blame the run id
+])
+def test_load_from_a_store_that_is_not_there_fails_at_once_and_writes_nothing(tmp_path, cli, uri, says):
+    (tmp_path / "mlflow.db").write_bytes(b"")
+    uri, says = uri.format(d=tmp_path), says.format(d=tmp_path)
+    rc, _, err = cli("load", "0" * 32, "--tracking-uri", uri, "--out", str(tmp_path / "out" / "model"))
+    assert rc == 2 and len(err.splitlines()) == 1 and says in err, err
+    assert [p.name for p in tmp_path.iterdir()] == ["mlflow.db"] and (tmp_path / "mlflow.db").stat().st_size == 0

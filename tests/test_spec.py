@@ -135,7 +135,7 @@ def test_yaml_refuses_duplicate_keys_alias_bombs_and_python_tags(tmp_path):
     ({"seeds": ["3"]}, ("grid",), "grid.seeds.0: Input should be a valid integer (got '3')"),
     ({"perturbations": [0.5]}, ("grid",), "grid.perturbations.0: Input should be a valid integer"),
     ({"tracking_uri": "ftp://host/x"}, (), "tracking_uri 'ftp://host/x': unsupported scheme"),
-    ({"tracking_uri": "/some/folder"}, (), "tracking_uri '/some/folder': unsupported scheme"),
+    ({"tracking_uri": "/some/folder"}, (), "tracking_uri '/some/folder' is a path; a SQLite store is sqlite:////some/folder"),
 ])
 def test_more_bad_values_fail_naming_the_field(change, path, expect):
     assert expect in _bad(change, path=path)
