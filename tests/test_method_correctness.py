@@ -60,6 +60,40 @@ def test_diffprune_dropped_entries_return_to_theta0_and_hold_no_state(tiny_trial
             assert int((st["exp_avg_sq"][dropped] != 0).sum()) == 0, name
 
 
+def test_diffprune_gates_learn_at_their_own_rate(tiny_trial):
+    """Guo et al.'s code trains the gates' log α with its own AdamW at lr 0.1: at the diff's learning rate the
+    expected-L0 gradient (λσ' ≈ 1e-10, under Adam's ε) moved log α by a few hundredths in thousands of steps, and
+    the projection ranked gates that had hardly left their common start."""
+    cfg = tiny_trial("diffprune", method_params={"burnin": 50, "lr": 1e-3, "alpha_lr": 0.1},
+                     training={"max_steps": 100, "warmup_ratio": 0.0})
+    tr = Trainer(cfg)
+    tr.setup()
+    gates = gated_diffs(tr.model)
+    before = {n: g.log_alpha.detach().clone() for n, g in gates.items()}
+    tr.train(until=1)
+    moved = torch.cat([(g.log_alpha.detach() - before[n]).abs().reshape(-1) for n, g in gates.items()])
+    diff = torch.cat([g.w.detach().abs().reshape(-1) for g in gates.values()])
+    # w = 0 at the first step, so only the L0 term reaches a gate; Adam's step lr·g/(|g|+ε) is then 1.6% of the
+    # gates' rate: 1.6e-3 at 0.1, where the diff's rate (1e-3) gave 1.6e-5
+    assert float(moved.min()) > 1e-3 and float(moved.max()) <= 0.1 + 1e-6
+    assert float(diff.max()) <= 1e-3 + 1e-6  # the diff at its own
+
+
+def test_diffprune_reprojection_follows_gates_that_keep_learning(tiny_trial):
+    """After a projection the kept gates went on with a deterministic gate that sits at 1 for log α > ln 11, so
+    they got no gradient: once burn-in's Adam momentum had died out, every re-projection flipped nothing."""
+    cfg = tiny_trial("diffprune", method_params={"burnin": 4, "reproject_every": 10, "lr": 1e-2},
+                     training={"max_steps": 44, "eval_every": 44})
+    tr = Trainer(cfg)
+    tr.setup()
+    tr.train()
+    flips = [p.flipped for p in tr.method.projections]
+    assert [p.step for p in tr.method.projections] == [4, 14, 24, 34, 44]
+    assert all(f > 0 for f in flips[1:]), flips
+    budget_k = tr.method.k_budget
+    assert all(f <= 2 * budget_k for f in flips[1:])  # a swap of kept entries, never more than the mask
+
+
 def test_diffprune_best_state_is_never_a_dense_one(tiny_trial):
     cfg = tiny_trial("diffprune", method_params={"burnin": 6, "lr": 1e-2},
                      training={"max_steps": 12, "eval_every": 2, "patience": 100})

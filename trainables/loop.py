@@ -173,7 +173,8 @@ class Trainer:
         head = head_parameters(self.model)
         dense = list(head.items()) + self.method.dense_parameters(self.model)
         fused = {"fused": True} if self.device.type == "cuda" else {}
-        dense_opt = torch.optim.AdamW(decay_groups(dense, wd), lr=lr, **fused)
+        own_lr = self.method.dense_learning_rates(self.model)
+        dense_opt = torch.optim.AdamW(decay_groups(dense, wd, own_lr), lr=lr, **fused)
         self.dense_params = [p for _, p in dense]
         sparse_opt = None
         if self.method.masked_optimizer:
@@ -372,12 +373,13 @@ class Trainer:
         self.model.train()
         t0 = time.perf_counter()
         while self.step < end:
-            # learning rate: linear warmup, then linear decay, set on every optimizer
-            lr = lr_at(self.step, self.base_lr, tc.max_steps, tc.warmup_ratio)
+            # learning rate: linear warmup, then linear decay, set on every optimizer (a group with a peak of
+            # its own, DiffPruning's gates, follows the same schedule)
+            scale = lr_at(self.step, 1.0, tc.max_steps, tc.warmup_ratio)
             for opt in (self.dense_opt, self.sparse_opt):
                 if opt is not None:
                     for g in opt.param_groups:
-                        g["lr"] = lr
+                        g["lr"] = scale * g.get("peak_lr", self.base_lr)
             # forward and backward (the method may add a penalty: DiffPruning's expected L0)
             batch = self.train_batch(self.step)
             with self.autocast():
@@ -401,7 +403,7 @@ class Trainer:
             # evaluate, early-stop, checkpoint
             if self.step % tc.eval_every == 0 or self.step == tc.max_steps:
                 self.timers["train_s"] += self._clock() - t0
-                stop = self._evaluation_point(lr)
+                stop = self._evaluation_point(scale * self.base_lr)
                 t0 = time.perf_counter()
                 if stop:
                     return

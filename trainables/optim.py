@@ -19,8 +19,18 @@ def decays(name: str, param: torch.Tensor) -> bool:
     return not any(marker in lowered for marker in NORM_MARKERS)
 
 
-def decay_groups(named: list[tuple[str, torch.nn.Parameter]], weight_decay: float) -> list[dict]:
-    """Two torch param groups, by :func:`decays`."""
-    on = [p for n, p in named if decays(n, p)]
-    off = [p for n, p in named if not decays(n, p)]
-    return [{"params": on, "weight_decay": weight_decay}, {"params": off, "weight_decay": 0.0}]
+def decay_groups(named: list[tuple[str, torch.nn.Parameter]], weight_decay: float,
+                 own_lr: dict[str, float] | None = None) -> list[dict]:
+    """Two torch param groups, by :func:`decays`; a tensor named in ``own_lr`` goes to a further group that
+    carries its peak learning rate as ``peak_lr`` (the schedule scales each group's own)."""
+    own_lr = own_lr or {}
+    shared = [(n, p) for n, p in named if n not in own_lr]
+    groups = [{"params": [p for n, p in shared if decays(n, p)], "weight_decay": weight_decay},
+              {"params": [p for n, p in shared if not decays(n, p)], "weight_decay": 0.0}]
+    for lr in sorted(set(own_lr.values())):
+        mine = [(n, p) for n, p in named if own_lr.get(n) == lr]
+        groups += [g for g in ({"params": [p for n, p in mine if decays(n, p)], "weight_decay": weight_decay,
+                                "peak_lr": lr},
+                               {"params": [p for n, p in mine if not decays(n, p)], "weight_decay": 0.0,
+                                "peak_lr": lr}) if g["params"]]
+    return groups

@@ -88,6 +88,11 @@ class Method:
         """Trained in full by the dense AdamW (the head is added by the loop)."""
         return []
 
+    def dense_learning_rates(self, model: nn.Module) -> dict[str, float]:
+        """Tensors of ``dense_parameters`` that train at a peak learning rate of their own (name -> rate); the
+        others, and the head, at the trial's."""
+        return {}
+
     def entry_trained(self, model: nn.Module, mask: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
         """Tensors of ``dense_parameters`` that, under ``mask``, train only at some flat entries (name -> flat
         indices): elsewhere their optimizer moments are zero and their values zero or of no further use

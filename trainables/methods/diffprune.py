@@ -1,6 +1,10 @@
 """Diff pruning (Guo et al. 2021): θ = θ0 + z⊙w with a hard-concrete gate z and an expected-L0
-penalty. After ``burnin`` steps the diff is projected onto the L0 ball (the top ⌊m·p⌋ gates); training
-goes on with that mask (and the L0 penalty off), re-projected every ``reproject_every`` steps if asked.
+penalty; the gates' log α train at their own learning rate (``alpha_lr``, 0.1 in Guo et al.'s code). After
+``burnin`` steps the diff is projected onto the L0 ball (the top ⌊m·p⌋ gates). Without ``reproject_every``
+training goes on with that mask fixed (the L0 penalty off, the gates deterministic), as Guo et al.'s second
+stage does. With it, the kept gates go on as in burn-in (sampled, under the L0 penalty) and every
+``reproject_every`` steps the mask is projected again over all gates, those outside it at the value they left
+with: the alternation of Fu et al., whose "projection discontinuity" figure comes from it.
 Entries outside the mask equal θ0 exactly and hold no optimizer state after every projection; a state
 counts as "best" only once it obeys the budget (``in_budget``), so the scored model is never dense."""
 import math
@@ -21,6 +25,8 @@ class DiffPruneParams(MaskParams):
     burnin: int = Field(100, gt=0, description="steps of gated training before the first projection")
     reproject_every: int | None = Field(None, gt=0, description="steps between re-projections after the first")
     l0_weight: float = Field(1.25e-7, ge=0, description="λ of the expected-L0 penalty (Guo et al.)")
+    alpha_lr: float = Field(0.1, gt=0, le=1, description="peak learning rate of the gates' log α (Guo et al.'s "
+                                                         "code: 0.1); the diff w trains at the method's lr")
     alpha_init: float = Field(5.0, description="initial gate log-alpha (5: gates almost surely open)")
 
 
@@ -33,6 +39,7 @@ class GatedDiff(nn.Module):
         self.log_alpha = nn.Parameter(torch.full_like(like, alpha_init, dtype=torch.float32))
         self.register_buffer("mask", torch.ones_like(like, dtype=torch.bool))
         self.register_buffer("projected", torch.zeros((), dtype=torch.bool))
+        self.resample = False  # after a projection: sample the kept gates (re-projection), or fix them
         # read in every forward: a host bool, as a read of the device buffer would wait for the GPU each time
         self.is_projected = False
         self.register_load_state_dict_post_hook(lambda module, _: module.set_projected(bool(module.projected)))
@@ -42,7 +49,7 @@ class GatedDiff(nn.Module):
         self.is_projected = flag
 
     def gate(self) -> torch.Tensor:
-        if self.training and not self.is_projected:
+        if self.training and (self.resample or not self.is_projected):
             u = torch.rand_like(self.log_alpha).clamp(1e-6, 1 - 1e-6)
             s = torch.sigmoid((u.log() - (-u).log1p() + self.log_alpha) / BETA)
         else:
@@ -53,7 +60,10 @@ class GatedDiff(nn.Module):
         return torch.where(self.mask, original + (self.gate() * self.w).to(original.dtype), original)
 
     def expected_l0(self) -> torch.Tensor:
-        return torch.sigmoid(self.log_alpha - BETA * math.log(-GAMMA / ZETA)).sum()
+        """Over the gates in the mask (all of them before the first projection): one outside it has left the
+        model, and a penalty alone would drift its log α away from the value a re-projection compares."""
+        p_open = torch.sigmoid(self.log_alpha - BETA * math.log(-GAMMA / ZETA))
+        return torch.where(self.mask, p_open, 0.0).sum()
 
 
 def gated_diffs(model) -> dict[str, GatedDiff]:
@@ -76,8 +86,9 @@ class DiffPrune(MaskMethod):
             for pname, p in list(module.named_parameters(recurse=False)):
                 if (f"{prefix}.{pname}" if prefix else pname) in model.fresh:
                     continue  # not θ0: trained in full with the head
-                parametrize.register_parametrization(module, pname, GatedDiff(p, self.params.alpha_init),
-                                                     unsafe=True)
+                gate = GatedDiff(p, self.params.alpha_init)
+                gate.resample = self.params.reproject_every is not None
+                parametrize.register_parametrization(module, pname, gate, unsafe=True)
         self._gate_grads(model)
         self.k_budget = self.k(model)
 
@@ -117,6 +128,9 @@ class DiffPrune(MaskMethod):
     def dense_parameters(self, model):
         return [(f"{n}.{pn}", p) for n, g in gated_diffs(model).items() for pn, p in g.named_parameters()]
 
+    def dense_learning_rates(self, model):
+        return {f"{n}.log_alpha": self.params.alpha_lr for n in gated_diffs(model)}
+
     def entry_trained(self, model, mask):
         # Burn-in (no mask yet): every gate trains, so its checkpoint is dense and cannot be otherwise: w and
         # log_alpha whole with their moments, about twice the bytes of full tuning's. After a projection, w and
@@ -137,7 +151,7 @@ class DiffPrune(MaskMethod):
         return super().trainable_entries(model)
 
     def extra_loss(self, model):
-        if self.mask is not None or self.params.l0_weight == 0:
+        if (self.mask is not None and not self.params.reproject_every) or self.params.l0_weight == 0:
             return None
         return self.params.l0_weight * sum(g.expected_l0() for g in gated_diffs(model).values())
 
