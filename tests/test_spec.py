@@ -141,6 +141,16 @@ def test_more_bad_values_fail_naming_the_field(change, path, expect):
     assert expect in _bad(change, path=path)
 
 
+@pytest.mark.parametrize("change,path,expect", [
+    ({"diffprune": {"alpha_init": float("nan")}}, ("methods",), "methods.diffprune: alpha_init: Input should be a finite number"),
+    ({"max_grad_norm": float("inf")}, ("training",), "training.max_grad_norm: Input should be a finite number"),
+])
+def test_nan_and_infinity_are_refused(change, path, expect):
+    """A NaN passed validation, was written to spec.yaml as null, and made the sweep folder unreadable to every
+    command after the run failed on it; an infinite clip norm ended the run with torch's bare "NaN or Inf"."""
+    assert expect in _bad(change, path=path)
+
+
 def test_task_names_in_any_capitalisation_and_a_cheap_trial_count():
     spec = spec_from_dict({**BASE, "grid": {**BASE["grid"], "tasks": ["cb", "sts-b", "stsb", "CoLA"]}})
     assert spec.grid.tasks == ["CB", "STS-B", "STS-B", "CoLA"]
