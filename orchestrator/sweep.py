@@ -77,8 +77,6 @@ def sync(spec: SweepSpec, tracker: Tracker, mend_parent: bool = True) -> int:
     for key, rec in records.all_records(spec.sweep_dir).items():
         status = rec.get("status")
         run = runs.get(key)
-        if status == "FINISHED" and rec.get("model_logged") is False and run is not None:
-            log_model_again(spec, tracker, key, rec.get("trial") or {})
         if status == "STOPPED" and rec.get("synced") is False and run is not None:
             tracker.stop_trial(key)  # the stop happened while the store was down: no run left RUNNING
             records.update(spec.sweep_dir, key, synced=True)
@@ -86,14 +84,19 @@ def sync(spec: SweepSpec, tracker: Tracker, mend_parent: bool = True) -> int:
         if status not in ("FINISHED", "FAILED"):
             continue
         same_attempt = run is not None and run.info.status == status
-        if same_attempt and rec.get("synced") is not False:
-            continue
         trial = rec.get("trial") or {}
+        missed_model = status == "FINISHED" and rec.get("model_logged") is False
+        if same_attempt and rec.get("synced") is not False:
+            if missed_model:
+                log_model_again(spec, tracker, key, trial)
+            continue
         if not same_attempt:
             tracker.start_trial(key, trial, version=rec.get("code_version"))  # this attempt's run, or a new one
         if status == "FINISHED":
             tracker.fill_curve(key, rec["result"].get("curve", []), trial)
             tracker.finish(key, rec["result"], trial)
+            if missed_model:  # into the run just made, if the outage kept it from starting
+                log_model_again(spec, tracker, key, trial)
         else:
             tracker.fail(key, rec.get("error") or "failed", trial)
         records.update(spec.sweep_dir, key, synced=True)

@@ -244,3 +244,24 @@ def test_a_pid_a_later_process_took_is_no_live_driver(tmp_path):
         later.kill()
         later.wait()
     assert not driver.alive(tmp_path)  # and gone
+
+
+def test_one_sync_logs_the_model_of_a_trial_whose_run_the_outage_kept_from_starting(spec):
+    """sync logged a missed delta only into a run that existed before it began: for a trial that ran wholly
+    while the store was down, the first sync made its run and the second logged its model."""
+    cfg = spec.trials()[0]
+    local = SweepRecords(spec.sweep_dir)
+    local.started(cfg.key, trial_dict(cfg))
+    local.finished(cfg.key, fake_result(cfg))
+    records.update(spec.sweep_dir, cfg.key, synced=False, model_logged=False)  # as the outage leaves them
+    final = spec.sweep_dir / "tune" / "exp-001" / f"{cfg.method}-CB-s0-{cfg.key}" / "checkpoint_000004" / "model"
+    final.mkdir(parents=True)
+    (final / "delta.safetensors").write_bytes(b"the delta")
+    (final / "meta.json").write_text('{"trial_key": "%s"}' % cfg.key)
+    (final.parent / "result.json").write_text("{}")
+
+    tracker = sweep.tracker_for(spec)
+    assert sweep.sync(spec, tracker, mend_parent=False) == 1
+    assert {a.path for a in tracker.client.list_artifacts(tracker.run_id(cfg.key), "model")} == {
+        "model/delta.safetensors", "model/meta.json"}
+    assert records.read(spec.sweep_dir, cfg.key)["model_logged"] is True
