@@ -72,8 +72,8 @@ class Grid(Strict):
 
     @field_validator("tasks")
     @classmethod
-    def _tasks(cls, v):
-        return [canonical_task(t) for t in v]
+    def _tasks(cls, v, info: ValidationInfo):
+        return _once([canonical_task(t) for t in v], "tasks", info)
 
     @field_validator("seeds")
     @classmethod
@@ -88,22 +88,22 @@ class Grid(Strict):
 
     @field_validator("sparsities")
     @classmethod
-    def _sparsities(cls, v):
+    def _sparsities(cls, v, info: ValidationInfo):
         for p in v:
             if not 0 < p < 1:
                 raise ValueError(f"sparsity {p} is outside (0, 1)")
-        return v
+        return _once(v, "sparsities", info)
 
     @field_validator("perturbations")
     @classmethod
-    def _perturbations(cls, v):
+    def _perturbations(cls, v, info: ValidationInfo):
         if v == []:
             raise ValueError("an empty list gives 0 trials; leave perturbations out for the unperturbed split, "
                              "or list splits such as [0, 1, 2]")
         for k in v or []:
             if k < 0:
                 raise ValueError(f"perturbation split {k} is negative; splits are integers >= 0")
-        return v
+        return v if v is None else _once(v, "perturbations", info)
 
 
 class Resources(Strict):
@@ -278,6 +278,14 @@ class SweepSpec(Strict):
                                   method_params=self.method_settings(name), fault=fault)
                 out.setdefault(cfg.key, cfg)
         return list(out.values())
+
+
+def _once(values: list, axis: str, info: ValidationInfo) -> list:
+    """A grid axis names each value once: a repeat was merged without a word (a saved spec is read as it is)."""
+    twice = [x for x, n in collections.Counter(values).items() if n > 1]
+    if twice and not _saved(info):
+        raise ValueError(f"{axis} {values} name {', '.join(map(str, twice))} twice; list each once")
+    return values
 
 
 def _saved(info: ValidationInfo) -> bool:
