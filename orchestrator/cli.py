@@ -391,6 +391,9 @@ def _cmd_report(args) -> int:
 
     if args.trials and args.sweep_dir:
         raise SpecError("give SWEEP_DIR or --trials FILE.parquet, not both")
+    if args.curves and not args.trials:
+        raise SpecError("--curves goes with --trials FILE.parquet; a SWEEP_DIR's report reads the curves of its "
+                        "own export")
     tracking_uri = None  # a trials file alone does not say where its runs are tracked
     published = _published_table(args.paper) if args.paper else None
     if args.trials:

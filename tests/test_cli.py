@@ -295,3 +295,11 @@ def test_load_from_a_store_that_is_not_there_fails_at_once_and_writes_nothing(tm
     rc, _, err = cli("load", "0" * 32, "--tracking-uri", uri, "--out", str(tmp_path / "out" / "model"))
     assert rc == 2 and len(err.splitlines()) == 1 and says in err, err
     assert [p.name for p in tmp_path.iterdir()] == ["mlflow.db"] and (tmp_path / "mlflow.db").stat().st_size == 0
+
+
+def test_report_refuses_curves_beside_a_sweep_folder(ran, cli, tmp_path):
+    """--curves goes with --trials; beside SWEEP_DIR (whose export has its own curves) it was ignored unsaid."""
+    _, spec = ran
+    rc, _, err = cli("report", str(spec.sweep_dir), "--curves", str(tmp_path / "none.parquet"))
+    assert rc == 2 and "--curves goes with --trials" in err, err
+    assert not (spec.sweep_dir / "report").exists()
