@@ -10,6 +10,7 @@ import contextlib
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -60,6 +61,12 @@ def check_writable_dir(path: Path, field: str) -> None:
         raise SpecError(f"{field} {str(path)!r}: {str(probe)!r} is a file, so the folder cannot be made")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise SpecError(f"{field} {str(path)!r}: no permission to write in {str(probe)!r}")
+    if probe != path:  # root passes the permission check where no folder can be made (/proc): try one
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".peft-sweep-probe-", dir=probe))
+        except OSError as exc:
+            raise SpecError(f"{field} {str(path)!r}: no folder can be made in {str(probe)!r} "
+                            f"({exc.strerror or exc})") from None
 
 
 def check_paths(spec: SweepSpec) -> None:

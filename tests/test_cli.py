@@ -1,6 +1,7 @@
 """The CLI's own checks and texts, in-process and without Ray: `validate` meets what `run` would meet,
 options that would do nothing are refused, train-one's defaults, and the help texts."""
 import argparse
+from pathlib import Path
 
 import pytest
 import yaml
@@ -303,3 +304,11 @@ def test_report_refuses_curves_beside_a_sweep_folder(ran, cli, tmp_path):
     rc, _, err = cli("report", str(spec.sweep_dir), "--curves", str(tmp_path / "none.parquet"))
     assert rc == 2 and "--curves goes with --trials" in err, err
     assert not (spec.sweep_dir / "report").exists()
+
+
+def test_validate_refuses_an_output_dir_that_cannot_be_made_as_run_would(tmp_path, tiny_model, data_dir, cli):
+    """/proc passes a permission check for root: validate said "valid", then run failed on a bare [Errno 2]."""
+    path = write_spec(tmp_path, tiny_model, data_dir)
+    rc, _, err = cli("validate", str(path), "--set", "output_dir=/proc/no-folder-here")
+    assert rc == 2 and "output_dir '/proc/no-folder-here'" in err, err
+    assert not any(p.name == "no-folder-here" for p in Path("/proc").iterdir())
