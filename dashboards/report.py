@@ -73,6 +73,20 @@ def _code_version() -> str:
     return f"peft-sweep {version}" + (f", git {commit}" if commit else "")
 
 
+def mlflow_command() -> str:
+    """How to call this environment's MLflow CLI from a shell here: ``mlflow`` where PATH finds it, else its path
+    (``make demo``'s .venv is not activated, so a bare ``mlflow`` was not found)."""
+    import os
+    import shutil
+    import sys
+
+    mine = Path(sys.executable).parent / "mlflow"  # not resolved: a venv's python is a link out of the venv
+    found = shutil.which("mlflow")
+    if not mine.is_file() or (found and Path(found).resolve() == mine.resolve()):
+        return "mlflow"
+    return os.path.relpath(mine) if mine.absolute().is_relative_to(Path.cwd()) else str(mine)
+
+
 def mlflow_ui(tracking_uri: str | None) -> tuple[str | None, str]:
     """Where the sweep's runs can be browsed, and the sentence that says so (HTML). A server (http/https) is its
     own UI; any other store (SQLite, a folder) needs a local ``mlflow ui`` on it; None: the store is unknown (a
@@ -84,7 +98,7 @@ def mlflow_ui(tracking_uri: str | None) -> tuple[str | None, str]:
     if tracking_uri.startswith(("http://", "https://")):
         base = tracking_uri.rstrip("/")
         return base, f"Method names link to their MLflow runs on the sweep's tracking server {_esc(base)}."
-    command = f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)} --port 5000"
+    command = f"{mlflow_command()} ui --backend-store-uri {shlex.quote(tracking_uri)} --port 5000"
     return LOCAL_UI, (f"Method names link to their MLflow runs at {LOCAL_UI} (start it with "
                       f"<code>{_esc(command)}</code>).")
 

@@ -214,7 +214,9 @@ def browse_hint(spec: SweepSpec, tracker: Tracker) -> str:
     url = tracker.runs_url()
     if tracker.uri.startswith(("http://", "https://")):
         return f"browse in MLflow: {url}"
-    return f"browse in MLflow: mlflow ui --backend-store-uri {tracker.uri} --port 5000, then open {url}"
+    from dashboards.report import mlflow_command
+
+    return f"browse in MLflow: {mlflow_command()} ui --backend-store-uri {tracker.uri} --port 5000, then open {url}"
 
 
 class Checked(NamedTuple):

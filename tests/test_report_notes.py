@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from dashboards.report import build_report
+from dashboards.report import build_report, mlflow_command
 from orchestrator import sweep
 from orchestrator.cli import main
 from tests.test_analysis import hand_made
@@ -33,7 +33,7 @@ def test_links_follow_the_tracking_store(tmp_path):
     db = tmp_path / "my store" / "mlflow.db"
     local = build_report(trials, None, tmp_path / "r2", tracking_uri=f"sqlite:///{db}").read_text()
     assert "http://127.0.0.1:5000/#/runs/run0000" in _hrefs(local)
-    assert f"mlflow ui --backend-store-uri &#x27;sqlite:///{db}&#x27; --port 5000" in local  # quoted: a space
+    assert f"{mlflow_command()} ui --backend-store-uri &#x27;sqlite:///{db}&#x27; --port 5000" in local  # quoted
 
     unknown = build_report(trials, None, tmp_path / "r3").read_text()
     assert not _hrefs(unknown) and "<code>run0000</code>" in unknown  # the run ids, no guessed server
@@ -52,7 +52,7 @@ def test_sweep_end_and_report_command_link_the_sweeps_own_store(tmp_path, data_d
     sweep.close_sweep(spec, tr, sweep.statuses(spec, tr), quiet=True)
     assert main(["report", str(spec.sweep_dir), "--out", str(tmp_path / "again")]) == 0
     run_id = next(iter(tr.trial_runs().values())).info.run_id
-    command = f"mlflow ui --backend-store-uri sqlite:///{spec.sweep_dir / 'mlflow.db'} --port 5000"
+    command = f"{mlflow_command()} ui --backend-store-uri sqlite:///{spec.sweep_dir / 'mlflow.db'} --port 5000"
     for index in (spec.sweep_dir / "report" / "index.html", tmp_path / "again" / "index.html"):
         page = index.read_text()
         assert f"http://127.0.0.1:5000/#/runs/{run_id}" in _hrefs(page) and command in page, index
@@ -325,3 +325,20 @@ def test_fig3b_plots_the_pairs_rho_is_computed_on(tmp_path, monkeypatch):
     assert drawn["points"] == [(1.0, 1.0), (1.0, 1.0), (2.0, 2.0), (2.0, 2.0)]
     rho = stats.spearmanr([p[0] for p in drawn["points"]], [p[1] for p in drawn["points"]]).statistic
     assert f"Spearman ρ = {rho:.2f} over n = 4" in drawn["title"]
+
+
+def test_the_mlflow_command_shown_is_one_this_shell_finds(monkeypatch):
+    """`make demo` leaves .venv/bin off PATH: the bare `mlflow ui` that the run and the report printed was not
+    found; the venv's own path is shown instead, and plain `mlflow` where PATH leads to this environment's."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    venv_bin = Path(sys.executable).parent
+    assert (venv_bin / "mlflow").is_file()  # the project installs MLflow into its environment
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    if shutil.which("mlflow") is None:
+        shown = mlflow_command()
+        assert shown != "mlflow" and Path(shown).resolve() == (venv_bin / "mlflow").resolve()
+    monkeypatch.setenv("PATH", f"{venv_bin}:/usr/bin:/bin")
+    assert mlflow_command() == "mlflow"

@@ -79,7 +79,7 @@ def test_sweep_lifecycle(tmp_path, tiny_model, data_dir, capsys, monkeypatch):
     assert len(best) == 1 and (" ± " in best[0]) == best[0].startswith("best on average: sam "), best
     assert best[0].startswith("best on average: sam ") or "one finished seed on CB, so no std" in best[0], best
     assert any(line == f"report: {sweep_dir / 'report' / 'index.html'}" for line in answer)
-    assert any(line.startswith("browse in MLflow: mlflow ui --backend-store-uri sqlite:///") and line.endswith(
+    assert any(line.startswith("browse in MLflow: ") and " ui --backend-store-uri sqlite:///" in line and line.endswith(
         f"#/experiments/{tr.experiment_id}/runs?workflowType=machine_learning") for line in answer)
 
     # in this process: a sweep with nothing left to run, or refused before it writes, starts no Ray
