@@ -491,6 +491,21 @@ def unranked(trials: pd.DataFrame) -> dict[str, str]:
     return out
 
 
+def scored_count(trials: pd.DataFrame) -> str | None:
+    """"scored 5 of 7 trials; not scored: 1 FAILED, 1 KILLED (sam: 2 of 4 scored)" where some trials have no
+    score, naming the methods that still have one (those with none are "not ranked"); None where all have one."""
+    have = scored(trials)
+    if len(have) == len(trials):
+        return None
+    rest = mark_unscored(trials).loc[trials.index.difference(have.index), "status"].fillna("no status")
+    per = [f"{m}: {int((have['method'] == m).sum())} of {n} scored"
+           for m, n in trials["method"].value_counts().sort_index().items()
+           if 0 < int((have["method"] == m).sum()) < n]
+    return (f"scored {len(have)} of {len(trials)} trials; not scored: "
+            + ", ".join(f"{n} {s}" for s, n in rest.value_counts().sort_index().items())
+            + (f" ({'; '.join(per)})" if per else ""))
+
+
 def answer(result: Analysis, trials: pd.DataFrame) -> dict[str, Any]:
     """The sweep's answer to its question, from its first group: the best method on average and whether its lead
     over the runner-up is more than the seeds' noise, and the most stable method on average. ``lines`` for a
@@ -500,6 +515,8 @@ def answer(result: Analysis, trials: pd.DataFrame) -> dict[str, Any]:
     avg, lacking = averaged(table)
     out: dict[str, Any] = {"lines": [], "best": None, "lead": None, "most_stable": None, "lacking": lacking,
                            "unranked": unranked(trials_in(trials, label))}
+    if count := scored_count(trials_in(trials, label)):
+        out["lines"].append(count)
     missing = result.summary.get("unscored") or []
     if missing:  # FINISHED, yet no score came back: left out of every number below, and said so
         out["lines"].append(f"left out, FINISHED with no test score: {len(missing)} trial(s): "

@@ -272,9 +272,10 @@ def test_the_answer_names_the_best_whether_its_lead_is_real_and_the_most_stable(
     lead = said["lead"]
     assert (lead["a"], lead["b"], lead["n"]) == ("sam", "full", 3) and lead["p"] == pytest.approx(t.pvalue)
     assert lead["avg_diff"] == pytest.approx(3.5)
-    assert said["lines"][0].startswith("best on average: sam 78.5 ± 1.0 (")
-    assert said["lines"][1].startswith("its lead over the runner-up: sam − full on the average: +3.5 points, 95% CI [")
-    assert said["lines"][2] == "most stable on average: sam (mean per-task std 1.0, test score ×100; its mean 78.5)"
+    assert said["lines"][0] == "scored 24 of 25 trials; not scored: 1 FAILED (sam: 6 of 7 scored)"
+    assert said["lines"][1].startswith("best on average: sam 78.5 ± 1.0 (")
+    assert said["lines"][2].startswith("its lead over the runner-up: sam − full on the average: +3.5 points, 95% CI [")
+    assert said["lines"][3] == "most stable on average: sam (mean per-task std 1.0, test score ×100; its mean 78.5)"
 
 
 def _rows(scores: dict, sparsity=0.01, perturbation=None, status="FINISHED") -> list[dict]:
@@ -467,3 +468,15 @@ def test_most_stable_says_when_its_std_is_over_fewer_seeds_than_the_others():
     assert got["most_stable"] == "x" and "a std over as few as 2 of up to 3 seeds" in got["lines"][-1], got["lines"]
     full = pd.DataFrame(_rows({("x", "T1"): [.80, .80, .81], ("y", "T1"): [.70, .75, .80]}))
     assert "as few as" not in answer(analyze(full), full)["lines"][-1]
+
+
+def test_the_answer_says_how_many_trials_it_stands_on_when_some_did_not_finish():
+    """With a finished seed for every method the answer named no failed trial: "best on average: sam" stood on 2 of
+    sam's 3 seeds, and nothing said so."""
+    trials = pd.DataFrame(_rows({("sam", "T1"): [.8, .9, .7], ("bitfit", "T1"): [.6, .7, .65]}))
+    trials.loc[(trials["method"] == "sam") & (trials["seed"] == 1), ["status", "test_score"]] = ["FAILED", None]
+    trials.loc[len(trials)] = {**trials.iloc[0].to_dict(), "seed": 3, "status": "KILLED", "test_score": None}
+    lines = answer(analyze(trials), trials)["lines"]
+    assert lines[0] == "scored 5 of 7 trials; not scored: 1 FAILED, 1 KILLED (sam: 2 of 4 scored)", lines
+    whole = pd.DataFrame(_rows({("sam", "T1"): [.8, .9, .7], ("bitfit", "T1"): [.6, .7, .65]}))
+    assert not any(line.startswith("scored ") for line in answer(analyze(whole), whole)["lines"])
