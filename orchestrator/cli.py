@@ -257,7 +257,8 @@ def _cmd_status(args) -> int:
 
         wait_for_spec(Path(args.sweep_dir), WATCH_START_S)
         return control.watch(_load_sweep(args.sweep_dir), args.interval or WATCH_INTERVAL)
-    table = sweep.status_table(_load_sweep(args.sweep_dir))
+    spec = _load_sweep(args.sweep_dir)
+    table = sweep.status_table(spec)
     if args.json:
         print(json.dumps(table, indent=2))
         return 0
@@ -266,6 +267,10 @@ def _cmd_status(args) -> int:
         print(f"  {pair:24} " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     for key, err in table["errors"].items():
         print(f"  FAILED {table['failed_trials'][key]} ({key}): {err}")
+    running = table["per_status"].get("RUNNING", 0)
+    if running and table["driver"] != "alive":  # records a killed driver left: nothing runs them
+        print(f"no driver runs this sweep: its {running} RUNNING trial(s) were left by one that ended; "
+              f"`{sweep.resume_command(spec)}` resumes them")
     return 0
 
 

@@ -419,5 +419,6 @@ def status_table(spec: SweepSpec) -> dict[str, Any]:
             errors[t.key] = err.strip().splitlines()[-1] if err.strip() else ""
             failed[t.key] = f"{t.label}/{t.task} seed {t.seed}"  # what the key stands for, as the report names it
     return {"total": len(trials), "per_status": dict(per_status),
+            "driver": "alive" if driver.alive(spec.sweep_dir) else "not running",
             "per_method_task": {f"{m}/{t}": dict(c) for (m, t), c in per_pair.items()}, "errors": errors,
             "failed_trials": failed}

@@ -312,3 +312,20 @@ def test_validate_refuses_an_output_dir_that_cannot_be_made_as_run_would(tmp_pat
     rc, _, err = cli("validate", str(path), "--set", "output_dir=/proc/no-folder-here")
     assert rc == 2 and "output_dir '/proc/no-folder-here'" in err, err
     assert not any(p.name == "no-folder-here" for p in Path("/proc").iterdir())
+
+
+def test_status_says_when_running_trials_have_no_driver(ran, cli):
+    """After the driver was killed, status showed "RUNNING 1" as if the sweep ran; only list and --watch told."""
+    from benchmarks.synthetic_trials import trial_dict
+
+    path, spec = ran
+    cfg = spec.trials()[1]
+    records.SweepRecords(spec.sweep_dir).started(cfg.key, trial_dict(cfg))
+    rc, out, _ = cli("status", str(spec.sweep_dir))
+    assert rc == 0 and "RUNNING 1" in out
+    assert f"no driver runs this sweep: its 1 RUNNING trial(s) were left by one that ended; `peft-sweep run " \
+           f"{spec.sweep_dir / 'spec.yaml'}` resumes them" in out, out
+    rc, out, _ = cli("status", str(spec.sweep_dir), "--json")
+    import json
+
+    assert json.loads(out)["driver"] == "not running"
