@@ -293,10 +293,18 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
         tracker.forget_stops()  # everything starts over: a stopped trial's run is not reopened
     print(f"sweep {spec.name}: {len(trials)} trials, {done} already FINISHED, {len(pending)} to run "
           f"-> {spec.sweep_dir}", flush=True)
+    left = collections.Counter(status.get(t.key, "PENDING") for t in trials) - collections.Counter(
+        {"FINISHED": len(trials), "FAILED": len(trials)})
+    if only_failed and left:  # stopped or never started: not this command's, and said so
+        print(f"{sum(left.values())} trial(s) neither FINISHED nor FAILED ("
+              + ", ".join(f"{n} {s}" for s, n in sorted(left.items())) + "): rerun-failed runs FAILED ones only; "
+              f"`{resume_command(spec)}` runs them", flush=True)
     if not pending:
         print("nothing to run", flush=True)
         if tracker.parent_status() == "RUNNING":  # left so by a driver that died after the last trial
             close_sweep(spec, tracker, status)
+        elif done:
+            print(f"its answer again: peft-sweep analyze {spec.sweep_dir}", flush=True)
         if not identity.read(spec.sweep_dir):  # a folder that never recorded its identity (written before it was)
             identity.record_run(spec)
         return 0

@@ -329,3 +329,19 @@ def test_status_says_when_running_trials_have_no_driver(ran, cli):
     import json
 
     assert json.loads(out)["driver"] == "not running"
+
+
+def test_rerun_failed_names_the_trials_it_leaves_to_run(ran, cli):
+    """rerun-failed on a sweep with stopped or never-started trials said "0 to run", "nothing to run": those
+    trials went unaccounted for, and nothing said that `run` would run them."""
+    from benchmarks.synthetic_trials import fake_result, trial_dict
+
+    path, spec = ran
+    cfg = spec.trials()[0]
+    records.update(spec.sweep_dir, cfg.key, trial=trial_dict(cfg), result=fake_result(cfg))  # as a run leaves it
+    rc, out, _ = cli("rerun-failed", str(spec.sweep_dir))
+    assert rc == 0 and "nothing to run" in out
+    assert f"3 trial(s) neither FINISHED nor FAILED (3 PENDING): rerun-failed runs FAILED ones only; " \
+           f"`peft-sweep run {spec.sweep_dir / 'spec.yaml'}` runs them" in out, out
+    rc, out, _ = cli("rerun-failed", str(spec.sweep_dir))  # the sweep's parent run is closed now: no answer printed
+    assert rc == 0 and f"its answer again: peft-sweep analyze {spec.sweep_dir}" in out, out
