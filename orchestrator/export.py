@@ -80,7 +80,8 @@ def _row(spec: SweepSpec, key: str, run, rec: dict[str, Any] | None, tracker: Tr
         source = "records"  # MLflow missed the end of this trial
     result = scalar_fields(full)
     trial = rec.get("trial") or {}
-    status = "FINISHED" if "FINISHED" in (run_status, rec.get("status")) else (run_status or rec.get("status"))
+    status = "FINISHED" if "FINISHED" in (run_status, rec.get("status")) else (
+        "STOPPED" if rec.get("status") == "STOPPED" else (run_status or rec.get("status")))  # as `status` says
     coord = {c: result.get(c, trial.get(c, tags.get(c))) for c in ("method", "task", "seed", "sparsity",
                                                                     "perturbation", "model", "variant")}
     row: dict[str, Any] = {f: None for f in FIXED}
@@ -146,7 +147,7 @@ def collect(spec: SweepSpec, tracker: Tracker | None) -> tuple[list[dict], list[
     recs = records.all_records(spec.sweep_dir)
     # a trial of a row fixed or dropped after it failed, or of a `run --force` with other settings, stays in the
     # records and MLflow but is no result of this spec: kept, marked, and left out by the analysis
-    grid = {t.key for t in spec.trials()}
+    grid = {t.key: t for t in spec.trials()}
     trials, curves, results = [], [], {}
     for key in sorted(set(runs) | set(recs)):
         run = runs.get(key)
@@ -156,6 +157,10 @@ def collect(spec: SweepSpec, tracker: Tracker | None) -> tuple[list[dict], list[
         curves.extend(_curve_rows(row, full, run, tracker))
         if full:
             results[key] = full
+    # a grid trial no driver started yet is a row too: without it the grid looked smaller than it is
+    for key in sorted(set(grid) - set(runs) - set(recs)):
+        row, _ = _row(spec, key, None, {"status": "PENDING", "trial": grid[key].model_dump(mode="json")}, None)
+        trials.append({**row, "source": "grid", "in_grid": True})
     return trials, curves, results
 
 

@@ -475,8 +475,8 @@ def test_the_answer_says_how_many_trials_it_stands_on_when_some_did_not_finish()
     sam's 3 seeds, and nothing said so."""
     trials = pd.DataFrame(_rows({("sam", "T1"): [.8, .9, .7], ("bitfit", "T1"): [.6, .7, .65]}))
     trials.loc[(trials["method"] == "sam") & (trials["seed"] == 1), ["status", "test_score"]] = ["FAILED", None]
-    trials.loc[len(trials)] = {**trials.iloc[0].to_dict(), "seed": 3, "status": "KILLED", "test_score": None}
+    trials.loc[len(trials)] = {**trials.iloc[0].to_dict(), "seed": 3, "status": "STOPPED", "test_score": None}
     lines = answer(analyze(trials), trials)["lines"]
-    assert lines[0] == "scored 5 of 7 trials; not scored: 1 FAILED, 1 KILLED (sam: 2 of 4 scored)", lines
+    assert lines[0] == "scored 5 of 7 trials; not scored: 1 FAILED, 1 STOPPED (sam: 2 of 4 scored)", lines
     whole = pd.DataFrame(_rows({("sam", "T1"): [.8, .9, .7], ("bitfit", "T1"): [.6, .7, .65]}))
     assert not any(line.startswith("scored ") for line in answer(analyze(whole), whole)["lines"])

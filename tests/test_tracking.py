@@ -342,3 +342,30 @@ def test_export_without_the_sweeps_store_reads_the_records_and_makes_no_empty_st
     assert f"the sweep's MLflow store {spec.sweep_dir / 'mlflow.db'} is missing" in capsys.readouterr().err
     got = pd.read_parquet(trials)
     assert len(got) == len(spec.trials()) and set(got["source"]) == {"records"}
+
+
+def test_export_has_a_row_for_every_grid_trial_and_calls_a_stop_a_stop(tmp_path, data_dir, capsys):
+    """A trial the grid holds but no driver started was in no file (the report said "2 of 3" of a 4-trial grid),
+    and a stopped trial was exported as MLflow's KILLED where `status` says STOPPED."""
+    from orchestrator import control
+
+    spec = make_spec(tmp_path, data_dir, tasks=["CB"])  # sam, bitfit x seeds 0, 1
+    tr = sweep.tracker_for(spec)
+    tr.start_sweep({})
+    done, stopped, *never = spec.trials()
+    tr.start_trial(done.key, trial_dict(done))
+    tr.finish(done.key, fake_result(done))
+    record_finished(spec, done, fake_result(done))
+    tr.start_trial(stopped.key, trial_dict(stopped))
+    records.update(spec.sweep_dir, stopped.key, status="RUNNING", trial=trial_dict(stopped), synced=True)
+    (spec.sweep_dir / sweep.SPEC_FILE).write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    assert control.stop(spec.sweep_dir, timeout_s=5) == 0
+    export.export(spec, tmp_path / "out")
+    rows = pq.read_table(tmp_path / "out" / "trials.parquet").to_pandas().set_index("trial_key")
+    assert sorted(rows.index) == sorted(t.key for t in spec.trials())
+    assert rows.loc[stopped.key, "status"] == "STOPPED" and rows.loc[done.key, "status"] == "FINISHED"
+    for cfg in never:
+        row = rows.loc[cfg.key]
+        assert (row["status"], row["method"], row["task"], row["seed"], row["source"]) == \
+            ("PENDING", cfg.label, "CB", cfg.seed, "grid")
+        assert bool(row["in_grid"]) and pd.isna(row["mlflow_run_id"])
