@@ -491,6 +491,12 @@ def unranked(trials: pd.DataFrame) -> dict[str, str]:
     return out
 
 
+def status_counts(trials: pd.DataFrame) -> str:
+    """"3 trials: 1 FAILED, 2 PENDING", a FINISHED trial without a score counted as UNSCORED."""
+    counts = mark_unscored(trials)["status"].fillna("no status").value_counts().sort_index()
+    return f"{len(trials)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+
+
 def scored_count(trials: pd.DataFrame) -> str | None:
     """"scored 5 of 7 trials; not scored: 1 FAILED, 1 KILLED (sam: 2 of 4 scored)" where some trials have no
     score, naming the methods that still have one (those with none are "not ranked"); None where all have one."""
@@ -597,9 +603,9 @@ def analyze(trials: pd.DataFrame) -> Analysis:
     ours = current(trials)
     df, lacking = scored(ours).copy(), unscored(ours)
     if df.empty:
-        raise ValueError("no FINISHED trials with a test score to analyse"
-                         + (f" ({len(trials)} not in the sweep's current grid)" if len(trials) and ours.empty else "")
-                         + (f" ({len(lacking)} FINISHED without one)" if lacking else ""))
+        raise ValueError("no FINISHED trial with a test score to analyse yet" + (
+            f" ({len(trials)} not in the sweep's current grid)" if len(trials) and ours.empty else
+            f" ({status_counts(ours)})" if len(ours) else " (no trials)"))
     tables, summary_groups, tests, pairs, seeds = [], [], [], [], []
     for label, part in groups(df):
         t = method_task_table(part)

@@ -20,7 +20,7 @@ import pandas as pd
 
 from . import figures, paper
 from .analysis import (UNSCORED, Analysis, analyze, averaged, current, jsonable, mark_unscored, one_seed_tasks,
-                       rows_of, scored, spearman_pairs, trials_in)
+                       rows_of, scored, spearman_pairs, status_counts, trials_in)
 from .figures import fmt_p
 
 NO_SPEC = "not found (give SWEEP_DIR, or a trials.parquet inside SWEEP_DIR/export)"
@@ -309,6 +309,22 @@ def analysis_dir_of(trials_path: Path) -> Path:
     return sweep_dir / "analysis" if sweep_dir else Path(trials_path).parent
 
 
+def _nothing_scored_page(trials: pd.DataFrame, out: Path) -> Path:
+    """The report of trials none of which has a score yet (all failed, or none finished): what became of each,
+    rather than no report."""
+    ours = current(trials)
+    sweeps = ", ".join(map(str, trials["sweep"].dropna().unique())) if "sweep" in trials else ""
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>PEFT sweep report</title><style>{CSS}</style>"
+            f"</head><body><h1>PEFT sweep report: {_esc(sweeps or 'trials')}</h1>"
+            f"<p>No trial has a test score yet ({_esc(status_counts(ours))}): the tables, statistics and figures "
+            "come once one finishes.</p>"
+            f"<h2>Failed or unfinished trials ({len(ours)})</h2>{_trial_list('failed', mark_unscored(ours))}"
+            "</body></html>")
+    index = out / "index.html"
+    index.write_text(page)
+    return index
+
+
 def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, analysis_dir: Path | None = None,
                  spec_path: Path | None = None, tracking_uri: str | None = None,
                  analysis: Analysis | None = None, published: pd.DataFrame | None = None) -> Path:
@@ -322,6 +338,8 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
     trials = pd.read_parquet(trials_path)
     curves_path = curves_path or trials_path.parent / "curves.parquet"  # beside the trials, as masks.parquet
     curves = pd.read_parquet(curves_path) if Path(curves_path).is_file() else None
+    if analysis is None and scored(current(trials)).empty:
+        return _nothing_scored_page(trials, out)
     res = analysis or analyze(trials)  # the caller's, when it has analysed these trials already
     summary, main = res.summary, res.summary["groups"][0]
     in_group = trials_in(trials, main)

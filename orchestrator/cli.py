@@ -349,6 +349,7 @@ def _cmd_analyze(args) -> int:
     from dashboards.paper import compare
     from dashboards.report import analysis_dir_of
     from . import analysis, export
+    from .preflight import check_writable_dir
     from .spec import SpecError
 
     if args.trials and args.sweep_dir:
@@ -361,9 +362,11 @@ def _cmd_analyze(args) -> int:
         trials = _trials_file(args.trials, "--trials")
     else:
         raise SpecError("give SWEEP_DIR or --trials FILE.parquet")
-    out = _out_dir(args.out or str(analysis_dir_of(trials)), "--out")  # a bad --out fails before any work
+    out = args.out or str(analysis_dir_of(trials))
+    check_writable_dir(Path(out), "--out")  # a bad --out fails before any work
     df = pd.read_parquet(trials)
     result = analyze(df)
+    out = _out_dir(out, "--out")  # made once there is something to write
     comparison = compare(df, result, published) if published is not None else None
     for p in analysis.analyze_file(trials, out, result, comparison):
         print(p)

@@ -345,3 +345,33 @@ def test_rerun_failed_names_the_trials_it_leaves_to_run(ran, cli):
            f"`peft-sweep run {spec.sweep_dir / 'spec.yaml'}` runs them" in out, out
     rc, out, _ = cli("rerun-failed", str(spec.sweep_dir))  # the sweep's parent run is closed now: no answer printed
     assert rc == 0 and f"its answer again: peft-sweep analyze {spec.sweep_dir}" in out, out
+
+
+def _nothing_scored(tmp_path):
+    import pandas as pd
+
+    rows = [{"method": "sam", "task": "CB", "seed": 0, "sparsity": 0.005, "perturbation": None, "status": "FAILED",
+             "test_score": None, "error": "RuntimeError: out of memory"},
+            *({"method": "sam", "task": "CB", "seed": s, "sparsity": 0.005, "perturbation": None,
+               "status": "PENDING", "test_score": None, "error": None} for s in (1, 2))]
+    path = tmp_path / "export" / "trials.parquet"
+    path.parent.mkdir()
+    pd.DataFrame(rows).to_parquet(path)
+    return path
+
+
+def test_analyze_of_trials_none_of_which_has_a_score_says_what_became_of_them_and_writes_nothing(tmp_path, cli):
+    path = _nothing_scored(tmp_path)
+    rc, _, err = cli("analyze", "--trials", str(path), "--out", str(tmp_path / "analysis"))
+    assert rc == 2 and "no FINISHED trial with a test score to analyse yet (3 trials: 1 FAILED, 2 PENDING)" in err, err
+    assert not (tmp_path / "analysis").exists()
+
+
+def test_a_report_of_trials_none_of_which_has_a_score_lists_them(tmp_path, cli):
+    """The report, which lists failed trials, was refused for a sweep whose trials had all failed."""
+    path = _nothing_scored(tmp_path)
+    rc, out, err = cli("report", "--trials", str(path), "--out", str(tmp_path / "report"))
+    assert rc == 0, err
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "No trial has a test score yet (3 trials: 1 FAILED, 2 PENDING)" in page
+    assert "RuntimeError: out of memory" in page and page.count("<td>PENDING</td>") == 2
