@@ -106,6 +106,12 @@ def sync(spec: SweepSpec, tracker: Tracker, mend_parent: bool = True) -> int:
     return n
 
 
+def mark_out_of_grid(spec: SweepSpec, tracker: Tracker) -> int:
+    """MLflow's runs of trials that a changed spec (``--force``, a fixed or dropped row) left out of the grid are
+    tagged ``in_grid=false``, as the export marks them; returns how many were newly tagged."""
+    return tracker.tag_grid({t.key for t in spec.trials()})
+
+
 def log_model_again(spec: SweepSpec, tracker: Tracker, key: str, trial: dict[str, Any]) -> None:
     """Log a finished trial's model delta that the driver could not (the store was down or refused it), from the
     trial's last checkpoint in Tune's storage, which Tune keeps. Said, not raised, when that is gone too."""
@@ -287,6 +293,9 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
     synced = sync(spec, tracker, mend_parent=False)  # this driver is about to run the sweep
     if synced:
         print(f"synced {synced} trial(s) from local records into MLflow", flush=True)
+    if left := mark_out_of_grid(spec, tracker):
+        print(f"tagged {left} MLflow run(s) in_grid=false: their trials are not in this spec's grid (kept, and "
+              "left out of the analysis)", flush=True)
     status = statuses(spec, tracker)
     done, pending = plan(trials, status, force, only_failed)
     if force and not only_failed:

@@ -19,6 +19,7 @@ from .identity import code_version, git_commit
 
 ROLE_TRIAL, ROLE_SWEEP, ROLE_SUPERSEDED = "trial", "sweep", "superseded"
 TAG_STOPPED = "stopped"  # on a KILLED run of a trial that `peft-sweep stop` left resumable
+TAG_IN_GRID = "in_grid"  # "false" on the run of a trial the spec's grid no longer holds (the export's in_grid)
 COORDS = ("method", "task", "seed", "sparsity", "perturbation", "model", "variant")
 SERIES = ("dev_score", "train_loss", "lr")  # logged per evaluation, with its step
 RESULT_TAG = "result"  # every scalar result field as JSON: `export` reads a sweep from one paged listing
@@ -310,6 +311,17 @@ class Tracker:
         """trial_key -> the live MLflow run of that key (one paged listing)."""
         return {r.data.tags["trial_key"]: r for r in self.search(f"tags.role = '{ROLE_TRIAL}'")}
 
+    def tag_grid(self, grid: set[str]) -> int:
+        """Tag each trial run ``in_grid`` true or false by whether the spec's grid holds its key (a run is made
+        with true; runs of an older version without the tag get it once). Returns how many turned false."""
+        out = 0
+        for key, run in self.trial_runs().items():
+            want = "true" if key in grid else "false"
+            if run.data.tags.get(TAG_IN_GRID) != want:
+                self.client.set_tag(run.info.run_id, TAG_IN_GRID, want)
+                out += want == "false"
+        return out
+
     def statuses(self) -> dict[str, str]:
         return {k: r.info.status for k, r in self.trial_runs().items()}
 
@@ -355,7 +367,7 @@ class Tracker:
                 attempt = int(old.data.tags.get("attempt", "1")) + 1
                 self.client.set_tag(old.info.run_id, "role", ROLE_SUPERSEDED)
             tags = {"role": ROLE_TRIAL, "trial_key": key, "sweep": self.sweep, "mlflow.parentRunId": self.parent_run_id,
-                    "code_version": version or code_version(), "attempt": str(attempt),
+                    "code_version": version or code_version(), "attempt": str(attempt), TAG_IN_GRID: "true",
                     **{c: plain(trial[c]) for c in COORDS if trial.get(c) is not None}}
             if old is not None:
                 tags["previous_run_id"] = old.info.run_id

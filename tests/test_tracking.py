@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from orchestrator import driver, export, identity, records, sweep
+from orchestrator.spec import spec_from_dict
 from orchestrator.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING, TrackingError, artifact_root
 from benchmarks.synthetic_trials import fake_result, trial_dict
 from tests.tracking_fixtures import finish_all, make_spec, record_finished
@@ -369,3 +370,19 @@ def test_export_has_a_row_for_every_grid_trial_and_calls_a_stop_a_stop(tmp_path,
         assert (row["status"], row["method"], row["task"], row["seed"], row["source"]) == \
             ("PENDING", cfg.label, "CB", cfg.seed, "grid")
         assert bool(row["in_grid"]) and pd.isna(row["mlflow_run_id"])
+
+
+def test_runs_of_trials_a_changed_spec_left_are_tagged_out_of_the_grid(tmp_path, data_dir):
+    """After `run --force` with other settings the old runs kept role=trial and the same names and tags: MLflow's
+    views mixed both specs, which only the export's in_grid told apart."""
+    old = make_spec(tmp_path, data_dir, tasks=["CB"])
+    tr = finish_all(old)
+    new = spec_from_dict({**old.model_dump(mode="json"), "training": {"max_steps": 12, "eval_every": 3}})
+    assert {r.data.tags["in_grid"] for r in tr.trial_runs().values()} == {"true"}  # as each run is made
+    assert sweep.mark_out_of_grid(new, tr) == len(old.trials())
+    runs = tr.trial_runs()
+    assert {runs[t.key].data.tags.get("in_grid") for t in old.trials()} == {"false"}
+    assert len(tr.search("tags.in_grid = 'true'")) == 0  # what the README's filter shows
+    assert sweep.mark_out_of_grid(new, tr) == 0  # tagged once
+    assert sweep.mark_out_of_grid(old, tr) == 0  # back in the grid
+    assert {r.data.tags["in_grid"] for r in tr.trial_runs().values()} == {"true"}
