@@ -69,6 +69,16 @@ def test_a_trial_that_diverges_before_any_evaluation_fails_naming_the_step_and_l
         run_trial(cfg)
 
 
+def test_a_divergence_names_the_methods_settings_beside_the_learning_rate(tiny_trial):
+    """It blamed the (default) learning rate alone when an extreme diffprune l0_weight had caused it."""
+    cfg = tiny_trial("diffprune", method_params={"burnin": 2, "l0_weight": 0.5},
+                     training={"max_steps": 40, "eval_every": 4}, fault={"nan_loss_at_step": 2})
+    with pytest.raises(TrainingDiverged, match=r'learning rate 0\.002; diffprune settings \{"burnin": 2, "l0_weight": '
+                                               r'0\.5\}: a learning rate too high for diffprune is the usual cause, '
+                                               r'else one of those settings\)'):
+        run_trial(cfg)
+
+
 def test_a_learning_rate_typo_is_caught_not_scored(tiny_model, data_dir, capsys):
     """lr 1e20 where 1e-2 was meant: it used to run, the loss went nan from the second step, and the trial ended
     FINISHED with the majority class's score, counted as a seed like any other (later: TrainingDiverged). A rate

@@ -450,8 +450,11 @@ class Trainer:
         if self.diverged_at is not None and self.best_state is None:
             raise TrainingDiverged(
                 f"training diverged: the training loss was nan or infinite by the evaluation at step "
-                f"{self.diverged_at}, before any evaluation could be kept (learning rate {self.base_lr:g}: likely "
-                f"too high for {cfg.label})")
+                f"{self.diverged_at}, before any evaluation could be kept (learning rate {self.base_lr:g}"
+                + (f"; {cfg.label} settings {json.dumps(cfg.method_params, sort_keys=True)}" if cfg.method_params
+                   else "")
+                + f": a learning rate too high for {cfg.label} is the usual cause"
+                + (", else one of those settings" if cfg.method_params else "") + ")")
         self.method.use_mask(self.model, self.best_mask)  # what we report is the mask of the model we score
         dense, masked, index, base = self._layout(self.best_mask, resumable=False)
         ckpt.scatter(self.best_state, dense, masked, index or None, base)
