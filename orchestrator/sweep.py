@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import sys
+import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -321,6 +322,7 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
     init_ray(spec)  # only now: a sweep with nothing left to run starts no Ray
     tracker.start_sweep(spec_params(spec), spec.sweep_dir / SPEC_FILE)
     driver.register(spec.sweep_dir)
+    started = time.time()
     try:
         with driver.leave_resumable_when_terminated(spec.sweep_dir):  # `ray job stop`: nothing left RUNNING
             counts = run_trials(spec, pending, restore=not (force or only_failed), supersede=force)
@@ -332,7 +334,7 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
             pass
         raise
     if counts.get("STOPPED") or counts.get("DRAINED"):
-        return _stopped(spec, tracker, counts)
+        return _stopped(spec, tracker, counts, started)
     try:  # registered until the parent run is closed: a `stop` meanwhile waits for the analysis, rather than take
         return _end(spec, tracker, trials, counts)  # the driver for gone and end the parent KILLED under it
     finally:
@@ -395,7 +397,16 @@ def resume_command(spec: SweepSpec) -> str:
     return f"the same `ray job submit ... -- python -m orchestrator run {spec.sweep_dir / SPEC_FILE}`{joined}"
 
 
-def _stopped(spec: SweepSpec, tracker: Tracker, counts: dict[str, int]) -> int:
+def ended_since(spec: SweepSpec, started: float) -> collections.Counter:
+    """FINISHED and FAILED counts of the grid's trials whose records ended at or after ``started``: a run's own
+    (Tune's counts of a restored experiment hold what earlier drivers finished in it too)."""
+    recs = records.all_records(spec.sweep_dir)
+    return collections.Counter(recs[t.key]["status"] for t in spec.trials()
+                               if recs.get(t.key, {}).get("status") in ("FINISHED", "FAILED")
+                               and records.written_at(spec.sweep_dir, t.key) >= started)
+
+
+def _stopped(spec: SweepSpec, tracker: Tracker, counts: dict[str, int], started: float) -> int:
     """Tune stopped with trials left (`peft-sweep stop`, Ctrl-C) or drained (`stop --drain`): leave them
     resumable, their runs KILLED."""
     mark_stopped(spec, tracker)
@@ -406,8 +417,9 @@ def _stopped(spec: SweepSpec, tracker: Tracker, counts: dict[str, int]) -> int:
     left = collections.Counter((recs.get(k) or {}).get("status", "PENDING") for k in keys)
     stopped, drained = left["STOPPED"], sum(n for s, n in left.items() if s not in ("FINISHED", "FAILED", "STOPPED"))
     done = left["FINISHED"]
-    print(f"sweep {spec.name}: {'stopped' if counts['STOPPED'] else 'drained'}; this run {counts['FINISHED']} "
-          f"FINISHED, {counts['ERROR']} FAILED, " + (f"{stopped} STOPPED (resumable, from their last "
+    ended = ended_since(spec, started)
+    print(f"sweep {spec.name}: {'stopped' if counts['STOPPED'] else 'drained'}; this run {ended['FINISHED']} "
+          f"FINISHED, {ended['FAILED']} FAILED, " + (f"{stopped} STOPPED (resumable, from their last "
                                                     "checkpoint where they saved one, else from step 0), "
                                                     if stopped or not drained else "")
           + (f"{drained} not started, " if drained else "")

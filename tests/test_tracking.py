@@ -386,3 +386,20 @@ def test_runs_of_trials_a_changed_spec_left_are_tagged_out_of_the_grid(tmp_path,
     assert sweep.mark_out_of_grid(new, tr) == 0  # tagged once
     assert sweep.mark_out_of_grid(old, tr) == 0  # back in the grid
     assert {r.data.tags["in_grid"] for r in tr.trial_runs().values()} == {"true"}
+
+
+def test_a_stopped_runs_own_counts_leave_out_what_earlier_drivers_finished(tmp_path, data_dir):
+    """A resumed experiment's Tune counts hold the trials earlier drivers finished in it: a stop said "this run 3
+    FINISHED" of a run that finished one."""
+    import os
+    import time
+
+    spec = make_spec(tmp_path, data_dir, tasks=["CB"])
+    earlier, mine, failed, _ = spec.trials()
+    record_finished(spec, earlier, fake_result(earlier))
+    past = time.time() - 600
+    os.utime(spec.sweep_dir / "records" / f"{earlier.key}.json", (past, past))  # an earlier driver's
+    started = time.time() - 1
+    record_finished(spec, mine, fake_result(mine))
+    records.update(spec.sweep_dir, failed.key, status="FAILED", error="boom")
+    assert sweep.ended_since(spec, started) == {"FINISHED": 1, "FAILED": 1}
