@@ -25,10 +25,8 @@ $(BIN)/peft-sweep: pyproject.toml
 
 setup: $(BIN)/peft-sweep
 
-demo: setup
+demo: setup  # the run ends by exporting (runs/quickstart/export) and writing the report (runs/quickstart/report)
 	$(BIN)/peft-sweep run configs/quickstart.yaml
-	$(BIN)/peft-sweep export runs/quickstart
-	$(BIN)/peft-sweep report runs/quickstart --out runs/quickstart/report
 
 # tests run in TEST_WORKERS processes (pytest-xdist); the two-node cluster module keeps to one of them.
 # Most of a sweep test is waiting (Ray and interpreters starting), so two share the 2-core CI machine well
