@@ -7,11 +7,12 @@ from __future__ import annotations
 import collections
 import difflib
 import itertools
+import math
 import os
 import re
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 from pydantic import BaseModel, Field, StrictInt, ValidationError, ValidationInfo, field_validator, model_validator
@@ -166,6 +167,17 @@ class SweepSpec(Strict):
     def _tracking_uri(cls, v):
         return v if v is None else check_tracking_uri(v, "tracking_uri")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nan(cls, data, info: ValidationInfo):
+        """A NaN (YAML's .nan) is no setting, and spec.yaml would keep it as null, which no later command could
+        read. An infinity stays for the fields whose bounds allow it (max_grad_norm: .inf, no clipping)."""
+        if not _saved(info):
+            for where, value in _leaves(data, ""):
+                if isinstance(value, float) and math.isnan(value):
+                    raise ValueError(f"{where}: .nan is not a number; give a value")
+        return data
+
     @model_validator(mode="after")
     def _method_settings(self):
         for m, params in self.methods.items():
@@ -278,6 +290,18 @@ class SweepSpec(Strict):
                                   method_params=self.method_settings(name), fault=fault)
                 out.setdefault(cfg.key, cfg)
         return list(out.values())
+
+
+def _leaves(data: Any, where: str) -> Iterator[tuple[str, Any]]:
+    """(dotted path, value) of every leaf of a raw spec."""
+    if isinstance(data, dict):
+        for k, v in data.items():
+            yield from _leaves(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            yield from _leaves(v, f"{where}.{i}")
+    else:
+        yield where, data
 
 
 def _once(values: list, axis: str, info: ValidationInfo) -> list:
