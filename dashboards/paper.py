@@ -384,7 +384,8 @@ def compare(trials: pd.DataFrame, result: Analysis, published: pd.DataFrame) -> 
     others = [g for g in result.summary["groups"] if (g["sparsity"], g["perturbation"])
               != (label["sparsity"], label["perturbation"])]
     seeds = part.groupby(["method", "task"]).size()
-    ran = set(group["method"])
+    started = group[group["source"] != "grid"] if "source" in group else group  # the export's never-started rows
+    ran = set(started["method"])
     models = sorted(map(str, part["model"].dropna().unique())) if "model" in part else []
     claims = {"group": label, "models": models,
               "methods_without_a_finished_trial": sorted(ran - set(part["method"])),

@@ -1,7 +1,8 @@
 """Preflight: the checks of a valid spec against the world (paths, resources, model, task data, the Hub, the
 cluster address), run before anything starts or is written.
 
-Each check reads only, runs in seconds, and fails with one line that names the field, the value and what
+Each check reads only (but for a probe folder made and removed where an output folder does not exist yet), runs
+in seconds, and fails with one line that names the field, the value and what
 would be valid; `validate` and `run` run the same checks, so `validate` saying "valid" means `run` starts.
 """
 from __future__ import annotations
@@ -53,7 +54,7 @@ def _nearest_existing(path: Path) -> Path:
 
 
 def check_writable_dir(path: Path, field: str) -> None:
-    """``path`` is (or can be made as) a folder we may write in; reads only."""
+    """``path`` is (or can be made as) a folder we may write in; leaves nothing behind."""
     if path.exists() and not path.is_dir():
         raise SpecError(f"{field} {str(path)!r} is a file, not a folder; give a folder path")
     probe = _nearest_existing(path)

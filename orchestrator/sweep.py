@@ -71,8 +71,8 @@ def statuses(spec: SweepSpec, tracker: Tracker | None = None) -> dict[str, str]:
 
 def sync(spec: SweepSpec, tracker: Tracker, mend_parent: bool = True) -> int:
     """Fill MLflow from the local records: trials it missed or whose end it missed, and evaluations it
-    missed (a record is marked ``synced: false`` whenever a call was skipped). Then mend a parent run left
-    RUNNING by a driver that died. Returns how many trials were synced."""
+    missed (a record is marked ``synced: false`` whenever a call was skipped), and tag each trial run in or out
+    of the grid. Then mend a parent run left RUNNING by a driver that died. Returns how many trials were synced."""
     n = 0
     runs = tracker.trial_runs()
     for key, rec in records.all_records(spec.sweep_dir).items():
@@ -102,9 +102,23 @@ def sync(spec: SweepSpec, tracker: Tracker, mend_parent: bool = True) -> int:
             tracker.fail(key, rec.get("error") or "failed", trial)
         records.update(spec.sweep_dir, key, synced=True)
         n += 1
+    mark_out_of_grid(spec, tracker)  # runs it made or holds for keys the grid no longer has, as the export says
     if mend_parent and not driver.alive(spec.sweep_dir) and tracker.parent_status() == "RUNNING":
         close_sweep(spec, tracker, statuses(spec, tracker), quiet=True)
     return n
+
+
+COORDS = ("method", "variant", "task", "seed", "sparsity", "perturbation")  # what a grid cell is, without settings
+
+
+def rekeyed(spec: SweepSpec) -> dict[str, str]:
+    """Grid trials with no result under their key whose grid cell FINISHED under another key (new key -> old):
+    the spec is the same, so the code changed what a trial's settings are (a method gained one), and they rerun."""
+    done = {tuple(rec["trial"].get(c) for c in COORDS): key for key, rec in records.all_records(spec.sweep_dir).items()
+            if rec.get("status") == "FINISHED" and rec.get("trial")}
+    return {t.key: done[cell] for t in spec.trials()
+            if (cell := tuple(getattr(t, c) for c in COORDS)) in done and done[cell] != t.key
+            and t.key not in done.values()}
 
 
 def mark_out_of_grid(spec: SweepSpec, tracker: Tracker) -> int:
@@ -169,7 +183,7 @@ def close_sweep(spec: SweepSpec, tracker: Tracker, final: dict[str, str], quiet:
     try:
         trials_path, curves_path = export.export(spec, spec.sweep_dir / "export", tracker)
         df = pd.read_parquet(trials_path)
-        from dashboards.analysis import analyze, answer, best_per_task, current, scored, unranked, unscored
+        from dashboards.analysis import analyze, answer, best_per_task, current, scored, unscored
         from dashboards.report import build_report
 
         ours = current(df)
@@ -198,14 +212,8 @@ def close_sweep(spec: SweepSpec, tracker: Tracker, final: dict[str, str], quiet:
                 tags["most_stable_method"] = said["most_stable"]
             if said["lead"] and said["lead"].get("p") is not None:
                 metrics["lead_p_value"] = said["lead"]["p"]
-            # rows with no trial in the export (none started: a drain, a stop) are not in the answer's line
-            grid = pd.DataFrame([{"method": t.label, "status": final.get(t.key) or "PENDING"} for t in spec.trials()],
-                                columns=["method", "status"])
-            never = {r: v for r, v in unranked(grid).items() if r not in said["unranked"]}
-            if never:
-                lines.append("not ranked, no trial started: " + "; ".join(never.values()))
-            if said["unranked"] or never:
-                tags["unranked_methods"] = ", ".join(sorted({**said["unranked"], **never}))
+            if said["unranked"]:  # never-started trials are in the export as PENDING, so in this line too
+                tags["unranked_methods"] = ", ".join(sorted(said["unranked"]))
             lines.append(f"report: {index}")
     except Exception as exc:  # noqa: BLE001 - the status must still be set; say what is missing
         lines.append(f"no analysis on the parent run: {type(exc).__name__}: {exc}")
@@ -294,15 +302,16 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
     synced = sync(spec, tracker, mend_parent=False)  # this driver is about to run the sweep
     if synced:
         print(f"synced {synced} trial(s) from local records into MLflow", flush=True)
-    if left := mark_out_of_grid(spec, tracker):
-        print(f"tagged {left} MLflow run(s) in_grid=false: their trials are not in this spec's grid (kept, and "
-              "left out of the analysis)", flush=True)
     status = statuses(spec, tracker)
     done, pending = plan(trials, status, force, only_failed)
     if force and not only_failed:
         tracker.forget_stops()  # everything starts over: a stopped trial's run is not reopened
     print(f"sweep {spec.name}: {len(trials)} trials, {done} already FINISHED, {len(pending)} to run "
           f"-> {spec.sweep_dir}", flush=True)
+    if not force and (moved := rekeyed(spec)):  # with --force a changed spec explains it
+        print(f"note: {len(moved)} trial(s) of this grid FINISHED before under other keys (this code keys their "
+              "settings differently: a method gained a setting, whose default changes what they train); they run "
+              "again under the new keys, and the old results stay, out of the grid", flush=True)
     left = collections.Counter(status.get(t.key, "PENDING") for t in trials) - collections.Counter(
         {"FINISHED": len(trials), "FAILED": len(trials)})
     if only_failed and left:  # stopped or never started: not this command's, and said so

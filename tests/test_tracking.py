@@ -379,7 +379,7 @@ def test_runs_of_trials_a_changed_spec_left_are_tagged_out_of_the_grid(tmp_path,
     tr = finish_all(old)
     new = spec_from_dict({**old.model_dump(mode="json"), "training": {"max_steps": 12, "eval_every": 3}})
     assert {r.data.tags["in_grid"] for r in tr.trial_runs().values()} == {"true"}  # as each run is made
-    assert sweep.mark_out_of_grid(new, tr) == len(old.trials())
+    sweep.sync(new, tr, mend_parent=False)  # as `run` with the new spec, or `sync`, begins
     runs = tr.trial_runs()
     assert {runs[t.key].data.tags.get("in_grid") for t in old.trials()} == {"false"}
     assert len(tr.search("tags.in_grid = 'true'")) == 0  # what the README's filter shows
@@ -403,3 +403,15 @@ def test_a_stopped_runs_own_counts_leave_out_what_earlier_drivers_finished(tmp_p
     record_finished(spec, mine, fake_result(mine))
     records.update(spec.sweep_dir, failed.key, status="FAILED", error="boom")
     assert sweep.ended_since(spec, started) == {"FINISHED": 1, "FAILED": 1}
+
+
+def test_finished_trials_that_rekey_under_new_code_are_named(tmp_path, data_dir):
+    """A method that gains a setting (diffprune's alpha_lr) changes the key of every trial of it, since keys hash
+    every setting: `run` reran them with no word, and called the old ones trials the grid does not hold."""
+    spec = make_spec(tmp_path, data_dir, tasks=["CB"])
+    cfg = spec.trials()[0]
+    older = cfg.model_copy(update={"method_params": {**cfg.method_params, "burnin": 99}})  # as older code keyed it
+    assert older.key != cfg.key
+    record_finished(spec, older, fake_result(older))
+    record_finished(spec, spec.trials()[1], fake_result(spec.trials()[1]))
+    assert sweep.rekeyed(spec) == {cfg.key: older.key}
