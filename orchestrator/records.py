@@ -9,6 +9,7 @@ import json
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -66,10 +67,11 @@ class SweepRecords:
         update(self.sweep_dir, key, status="RUNNING", trial=trial, synced=True, code_version=code_version())
 
     def finished(self, key: str, result: dict[str, Any]) -> None:
-        update(self.sweep_dir, key, status="FINISHED", result=result, error=None, model_logged=None)
+        update(self.sweep_dir, key, status="FINISHED", result=result, error=None, model_logged=None,
+               ended_at=time.time())
 
     def failed(self, key: str, error: str) -> None:
-        update(self.sweep_dir, key, status="FAILED", error=error)
+        update(self.sweep_dir, key, status="FAILED", error=error, ended_at=time.time())
 
     def model_missed(self, key: str) -> None:
         """The trial's model delta did not reach MLflow: ``sync`` logs it from Tune's storage."""

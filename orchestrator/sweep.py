@@ -407,12 +407,14 @@ def resume_command(spec: SweepSpec) -> str:
 
 
 def ended_since(spec: SweepSpec, started: float) -> collections.Counter:
-    """FINISHED and FAILED counts of the grid's trials whose records ended at or after ``started``: a run's own
-    (Tune's counts of a restored experiment hold what earlier drivers finished in it too)."""
+    """FINISHED and FAILED counts of the grid's trials that ended at or after ``started`` (the driver's clock, as
+    the records' ``ended_at``; a record from before that field goes by its file time): a run's own (Tune's counts
+    of a restored experiment hold what earlier drivers finished in it too)."""
     recs = records.all_records(spec.sweep_dir)
-    return collections.Counter(recs[t.key]["status"] for t in spec.trials()
-                               if recs.get(t.key, {}).get("status") in ("FINISHED", "FAILED")
-                               and records.written_at(spec.sweep_dir, t.key) >= started)
+    return collections.Counter(
+        recs[t.key]["status"] for t in spec.trials()
+        if recs.get(t.key, {}).get("status") in ("FINISHED", "FAILED")
+        and recs[t.key].get("ended_at", records.written_at(spec.sweep_dir, t.key)) >= started)
 
 
 def _stopped(spec: SweepSpec, tracker: Tracker, counts: dict[str, int], started: float) -> int:

@@ -415,3 +415,20 @@ def test_finished_trials_that_rekey_under_new_code_are_named(tmp_path, data_dir)
     record_finished(spec, older, fake_result(older))
     record_finished(spec, spec.trials()[1], fake_result(spec.trials()[1]))
     assert sweep.rekeyed(spec) == {cfg.key: older.key}
+
+
+def test_a_runs_own_counts_go_by_when_a_trial_ended_not_when_its_record_was_last_touched(tmp_path, data_dir):
+    """Record times come from the file server's clock and change with any later update (a model logged, a sync):
+    the end is stamped by the driver that saw it."""
+    import time
+
+    spec = make_spec(tmp_path, data_dir, tasks=["CB"])
+    earlier = spec.trials()[0]
+    local = records.SweepRecords(spec.sweep_dir)
+    local.started(earlier.key, trial_dict(earlier))
+    local.finished(earlier.key, fake_result(earlier))
+    records.update(spec.sweep_dir, earlier.key, ended_at=time.time() - 600)  # ended under an earlier driver
+    started = time.time() - 1
+    records.update(spec.sweep_dir, earlier.key, model_logged=True)  # touched during this run
+    assert sweep.ended_since(spec, started) == {}
+    assert records.read(spec.sweep_dir, spec.trials()[0].key)["ended_at"] < started
