@@ -375,11 +375,12 @@ class Trainer:
         while self.step < end:
             # learning rate: linear warmup, then linear decay, set on every optimizer (a group with a peak of
             # its own, DiffPruning's gates, follows the same schedule)
-            scale = lr_at(self.step, 1.0, tc.max_steps, tc.warmup_ratio)
+            lr = lr_at(self.step, self.base_lr, tc.max_steps, tc.warmup_ratio)
             for opt in (self.dense_opt, self.sparse_opt):
                 if opt is not None:
                     for g in opt.param_groups:
-                        g["lr"] = scale * g.get("peak_lr", self.base_lr)
+                        g["lr"] = lr if "peak_lr" not in g else lr_at(self.step, g["peak_lr"], tc.max_steps,
+                                                                       tc.warmup_ratio)
             # forward and backward (the method may add a penalty: DiffPruning's expected L0)
             batch = self.train_batch(self.step)
             with self.autocast():
@@ -403,7 +404,7 @@ class Trainer:
             # evaluate, early-stop, checkpoint
             if self.step % tc.eval_every == 0 or self.step == tc.max_steps:
                 self.timers["train_s"] += self._clock() - t0
-                stop = self._evaluation_point(scale * self.base_lr)
+                stop = self._evaluation_point(lr)
                 t0 = time.perf_counter()
                 if stop:
                     return
