@@ -21,16 +21,14 @@ def decays(name: str, param: torch.Tensor) -> bool:
 
 def decay_groups(named: list[tuple[str, torch.nn.Parameter]], weight_decay: float,
                  own_lr: dict[str, float] | None = None) -> list[dict]:
-    """Two torch param groups, by :func:`decays`; a tensor named in ``own_lr`` goes to a further group that
-    carries its peak learning rate as ``peak_lr`` (the schedule scales each group's own)."""
+    """Two torch param groups, by :func:`decays`; the tensors named in ``own_lr`` go to further such groups (the
+    non-empty ones) that carry their peak learning rate as ``peak_lr`` (the schedule applies to each its own)."""
     own_lr = own_lr or {}
-    shared = [(n, p) for n, p in named if n not in own_lr]
-    groups = [{"params": [p for n, p in shared if decays(n, p)], "weight_decay": weight_decay},
-              {"params": [p for n, p in shared if not decays(n, p)], "weight_decay": 0.0}]
-    for lr in sorted(set(own_lr.values())):
+    groups = []
+    for lr in [None, *sorted(set(own_lr.values()))]:
         mine = [(n, p) for n, p in named if own_lr.get(n) == lr]
-        groups += [g for g in ({"params": [p for n, p in mine if decays(n, p)], "weight_decay": weight_decay,
-                                "peak_lr": lr},
-                               {"params": [p for n, p in mine if not decays(n, p)], "weight_decay": 0.0,
-                                "peak_lr": lr}) if g["params"]]
+        peak = {} if lr is None else {"peak_lr": lr}
+        pair = [{"params": [p for n, p in mine if decays(n, p)], "weight_decay": weight_decay, **peak},
+                {"params": [p for n, p in mine if not decays(n, p)], "weight_decay": 0.0, **peak}]
+        groups += pair if lr is None else [g for g in pair if g["params"]]
     return groups
