@@ -80,9 +80,7 @@ def _row(spec: SweepSpec, key: str, run, rec: dict[str, Any] | None, tracker: Tr
         source = "records"  # MLflow missed the end of this trial
     result = scalar_fields(full)
     trial = rec.get("trial") or {}
-    stopped = rec.get("status") == "STOPPED" and run_status in ("KILLED", None)  # as `status` says (statuses)
-    status = "FINISHED" if "FINISHED" in (run_status, rec.get("status")) else (
-        "STOPPED" if stopped else (run_status or rec.get("status")))
+    status = records.merged_status(rec.get("status"), run_status)  # as `status` says
     coord = {c: result.get(c, trial.get(c, tags.get(c))) for c in ("method", "task", "seed", "sparsity",
                                                                     "perturbation", "model", "variant")}
     row: dict[str, Any] = {f: None for f in FIXED}

@@ -50,6 +50,16 @@ def all_records(sweep_dir: Path) -> dict[str, dict[str, Any]]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
 
 
+def merged_status(recorded: str | None, tracked: str | None) -> str | None:
+    """A trial's status from its record and its MLflow run: FINISHED where either says so; STOPPED (resumable)
+    where the record says so and the run is KILLED or missing; else the run's, or the record's without a run."""
+    if "FINISHED" in (recorded, tracked):
+        return "FINISHED"
+    if recorded == "STOPPED" and tracked in ("KILLED", None):
+        return "STOPPED"
+    return tracked or recorded
+
+
 def written_at(sweep_dir: Path, key: str) -> float:
     """When the key's record was last written (its status changed), as a Unix time."""
     return _path(sweep_dir, key).stat().st_mtime

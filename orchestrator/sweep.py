@@ -64,8 +64,7 @@ def statuses(spec: SweepSpec, tracker: Tracker | None = None) -> dict[str, str]:
     out = {k: r.get("status", "UNKNOWN") for k, r in records.all_records(spec.sweep_dir).items()}
     if tracker is not None:
         for k, s in tracker.statuses().items():
-            if out.get(k) != "FINISHED" and not (out.get(k) == "STOPPED" and s == "KILLED"):
-                out[k] = s
+            out[k] = records.merged_status(out.get(k), s)
     return out
 
 
