@@ -491,24 +491,27 @@ def unranked(trials: pd.DataFrame) -> dict[str, str]:
     return out
 
 
+def counted(statuses: pd.Series) -> str:
+    """"1 FAILED, 2 PENDING": how many of each status, by name."""
+    return ", ".join(f"{n} {s}" for s, n in statuses.fillna("no status").value_counts().sort_index().items())
+
+
 def status_counts(trials: pd.DataFrame) -> str:
     """"3 trials: 1 FAILED, 2 PENDING", a FINISHED trial without a score counted as UNSCORED."""
-    counts = mark_unscored(trials)["status"].fillna("no status").value_counts().sort_index()
-    return f"{len(trials)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+    return f"{len(trials)} trials: " + counted(mark_unscored(trials)["status"])
 
 
 def scored_count(trials: pd.DataFrame) -> str | None:
-    """"scored 5 of 7 trials; not scored: 1 FAILED, 1 KILLED (sam: 2 of 4 scored)" where some trials have no
+    """"scored 5 of 7 trials; not scored: 1 FAILED, 1 STOPPED (sam: 2 of 4 scored)" where some trials have no
     score, naming the methods that still have one (those with none are "not ranked"); None where all have one."""
     have = scored(trials)
     if len(have) == len(trials):
         return None
-    rest = mark_unscored(trials).loc[trials.index.difference(have.index), "status"].fillna("no status")
-    per = [f"{m}: {int((have['method'] == m).sum())} of {n} scored"
-           for m, n in trials["method"].value_counts().sort_index().items()
-           if 0 < int((have["method"] == m).sum()) < n]
-    return (f"scored {len(have)} of {len(trials)} trials; not scored: "
-            + ", ".join(f"{n} {s}" for s, n in rest.value_counts().sort_index().items())
+    rest = mark_unscored(trials).loc[trials.index.difference(have.index), "status"]
+    got = have["method"].value_counts()
+    per = [f"{m}: {got[m]} of {n} scored" for m, n in trials["method"].value_counts().sort_index().items()
+           if 0 < got.get(m, 0) < n]
+    return (f"scored {len(have)} of {len(trials)} trials; not scored: {counted(rest)}"
             + (f" ({'; '.join(per)})" if per else ""))
 
 

@@ -405,11 +405,11 @@ def resume_command(spec: SweepSpec) -> str:
     return f"the same `ray job submit ... -- python -m orchestrator run {spec.sweep_dir / SPEC_FILE}`{joined}"
 
 
-def ended_since(spec: SweepSpec, started: float) -> collections.Counter:
+def ended_since(spec: SweepSpec, started: float, recs: dict[str, dict] | None = None) -> collections.Counter:
     """FINISHED and FAILED counts of the grid's trials that ended at or after ``started`` (the driver's clock, as
     the records' ``ended_at``; a record from before that field goes by its file time): a run's own (Tune's counts
-    of a restored experiment hold what earlier drivers finished in it too)."""
-    recs = records.all_records(spec.sweep_dir)
+    of a restored experiment hold what earlier drivers finished in it too). ``recs``: the records, if read."""
+    recs = records.all_records(spec.sweep_dir) if recs is None else recs
     return collections.Counter(
         recs[t.key]["status"] for t in spec.trials()
         if recs.get(t.key, {}).get("status") in ("FINISHED", "FAILED")
@@ -427,7 +427,7 @@ def _stopped(spec: SweepSpec, tracker: Tracker, counts: dict[str, int], started:
     left = collections.Counter((recs.get(k) or {}).get("status", "PENDING") for k in keys)
     stopped, drained = left["STOPPED"], sum(n for s, n in left.items() if s not in ("FINISHED", "FAILED", "STOPPED"))
     done = left["FINISHED"]
-    ended = ended_since(spec, started)
+    ended = ended_since(spec, started, recs)
     print(f"sweep {spec.name}: {'stopped' if counts['STOPPED'] else 'drained'}; this run {ended['FINISHED']} "
           f"FINISHED, {ended['FAILED']} FAILED, " + (f"{stopped} STOPPED (resumable, from their last "
                                                     "checkpoint where they saved one, else from step 0), "

@@ -19,7 +19,7 @@ from .identity import code_version, git_commit
 
 ROLE_TRIAL, ROLE_SWEEP, ROLE_SUPERSEDED = "trial", "sweep", "superseded"
 TAG_STOPPED = "stopped"  # on a KILLED run of a trial that `peft-sweep stop` left resumable
-TAG_IN_GRID = "in_grid"  # "false" on the run of a trial the spec's grid no longer holds (the export's in_grid)
+TAG_IN_GRID = "in_grid"  # "true"/"false": whether the spec's grid holds the run's trial (the export's in_grid)
 COORDS = ("method", "task", "seed", "sparsity", "perturbation", "model", "variant")
 SERIES = ("dev_score", "train_loss", "lr")  # logged per evaluation, with its step
 RESULT_TAG = "result"  # every scalar result field as JSON: `export` reads a sweep from one paged listing
