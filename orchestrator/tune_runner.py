@@ -15,6 +15,7 @@ import signal
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from ray.tune.search import BasicVariantGenerator
 from trainables import TrialConfig, run_trial
 from trainables.checkpoint import META, TENSORS
 from trainables.finetuned import DELTA_DIR
-from trainables.loop import RESULT_FILE, EvalPoint, TrialEnd
+from trainables.loop import RESULT_FILE, EvalPoint, TrainingDiverged, TrialEnd
 
 from . import driver, records
 from .breaker import GuardedTracker
@@ -46,6 +47,7 @@ from .tracking import Tracker
 QUIET_LOGGERS = ("ray.train", "ray.tune")  # per-checkpoint "Checkpoint successfully created" and such: INFO only
 
 
+FAILED_REPORT = "failed"  # a trial's final report that carries its error: it ended failed, not to be retried
 ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the header of a remote traceback even when not on a terminal
 
 
@@ -110,7 +112,12 @@ def trainable(config: dict[str, Any], data: dict[str, Any] | None = None) -> Non
             else:
                 tune.report(flat)
 
-        run_trial(cfg, report, checkpoint_dir=str(work / "checkpoints"), resume_dir=resume)
+        try:
+            run_trial(cfg, report, checkpoint_dir=str(work / "checkpoints"), resume_dir=resume)
+        except TrainingDiverged:
+            # deterministic: each of Tune's retries (max_failures) would train from the same state into the same
+            # nan, so the trial ends here, its error in a final report that the callback records as a failure
+            tune.report({"final": True, FAILED_REPORT: traceback.format_exc()})
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -244,8 +251,14 @@ class SweepCallback(tune.Callback):
     def _show(self, trials, what: str, completing=None) -> None:
         """Counts come from Tune's own trial states (so they are right after a restore too); a trial
         being completed is still RUNNING when ``on_trial_complete`` is called."""
-        self.progress.show(["TERMINATED" if t is completing else "PENDING" if _key(t) in self.dropped else t.status
-                            for t in trials], what)
+        self.progress.show([self._status(t, completing) for t in trials], what)
+
+    def _status(self, trial, completing) -> str:
+        if _key(trial) in self.dropped:
+            return "PENDING"
+        if trial is completing or trial.status == Trial.TERMINATED:
+            return "ERROR" if (trial.last_result or {}).get(FAILED_REPORT) else "TERMINATED"
+        return trial.status
 
     def on_trial_start(self, iteration, trials, trial, **info):
         cfg = self._trial(trial)
@@ -276,8 +289,10 @@ class SweepCallback(tune.Callback):
         if key in self.replays:
             return self._replayed(trials, trial, key)
         last = trial.last_result or {}
+        if last.get(FAILED_REPORT):
+            return self._failed(trials, trial, last[FAILED_REPORT], completing=trial)
         if "result_json" not in last:  # ended without a final report: treat as an error
-            return self._failed(trials, trial, "trial ended without a final result")
+            return self._failed(trials, trial, "trial ended without a final result", completing=trial)
         result = json.loads(last["result_json"])
         self.records.finished(key, result)
         node = {"ray_node": last["node_ip"]} if last.get("node_ip") else {}
@@ -332,14 +347,15 @@ class SweepCallback(tune.Callback):
         self.progress.trial_ended()
         self._show(trials, f"{key} had FINISHED under an earlier driver: its recorded result stands", completing=trial)
 
-    def _failed(self, trials, trial, error: str) -> None:
+    def _failed(self, trials, trial, error: str, completing=None) -> None:
         key = _key(trial)
         if key in self.replays:
             return self._replayed(trials, trial, key)
         self.records.failed(key, error)
         self.mlflow.fail(key, error, self._trial(trial))
         self.progress.trial_ended()
-        self._show(trials, f"{key} FAILED: {error.strip().splitlines()[-1] if error.strip() else error}")
+        self._show(trials, f"{key} FAILED: {error.strip().splitlines()[-1] if error.strip() else error}",
+                   completing=completing)
 
 
 LOCAL_HINT = "; it counts them itself (GPUs through NVML): set ray.num_cpus / ray.num_gpus to what the machine has"
@@ -560,7 +576,7 @@ def _end(spec: SweepSpec, store: ExperimentStore, name: str, grid, results: dict
     for r in grid:
         if dropped and _result_key(r) in dropped:
             continue
-        if r.error:
+        if r.error or (r.metrics or {}).get(FAILED_REPORT):
             results["ERROR"] += 1
         elif (r.metrics or {}).get("final"):
             results["FINISHED"] += 1

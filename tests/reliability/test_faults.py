@@ -38,6 +38,25 @@ def test_trial_past_max_failures_ends_errored_with_its_error(tmp_path, tiny_mode
     assert "injected fault at step 2" in capsys.readouterr().out
 
 
+def test_a_diverged_trial_fails_at_once_without_retries(tmp_path, tiny_model, data_dir, capsys):
+    """A divergence is deterministic: Tune retried it max_failures times, from the same state to the same nan, and
+    a sweep paid each retry's GPU time for nothing. It ends FAILED on its first attempt, with its own message."""
+    spec = write_spec(tmp_path, tiny_model, data_dir, grid={"methods": ["bitfit"], "tasks": ["CB"], "seeds": [0]},
+                      max_failures=2, fault={"nan_loss_at_step": 2})
+    out = cli("run", str(spec), check_rc=1)
+    assert "retrying" not in out.stdout, out.stdout[-3000:]
+    sweep_dir = tmp_path / "runs" / "t"
+    (rec,) = records(sweep_dir).values()
+    assert rec["status"] == "FAILED" and "training diverged" in rec["error"], rec
+    track = tracker(sweep_dir)
+    (run,) = track.trial_runs().values()
+    assert run.info.status == "FAILED" and "TrainingDiverged: training diverged" in run.data.tags["error"]
+    assert not track.client.search_runs([track.experiment_id], "tags.role = 'superseded'")  # no earlier attempt
+    capsys.readouterr()
+    assert main(["status", str(sweep_dir)]) == 0
+    assert "training diverged" in capsys.readouterr().out
+
+
 def test_driver_sigkilled_before_any_trial_finished_then_rerun_finishes_exactly_once(tmp_path, tiny_model, data_dir):
     """Killed with two trials running and none finished. The kill with three finished and the last one running
     (checkpointed) is test_move's: the same, and resumed in another folder."""
