@@ -63,13 +63,11 @@ class Grid(Strict):
 
     @field_validator("methods")
     @classmethod
-    def _methods(cls, v):
+    def _methods(cls, v, info: ValidationInfo):
         for m in v:
             if not NAME.match(m):
                 raise ValueError(f"method {m!r}: a method or variant name is letters, digits, '.', '_' or '-'")
-        if len(set(v)) != len(v):
-            raise ValueError(f"methods {v} name a method twice")
-        return v
+        return _once(v, "methods", info)
 
     @field_validator("tasks")
     @classmethod
@@ -82,10 +80,7 @@ class Grid(Strict):
         for s in v:
             if s < 0:
                 raise ValueError(f"seed {s} is negative; seeds are integers >= 0")
-        twice = sorted(s for s, n in collections.Counter(v).items() if n > 1)  # list.count: O(n²) on 50,000 seeds
-        if twice and not _saved(info):
-            raise ValueError(f"seeds {v} name seed(s) {', '.join(map(str, twice))} twice; list each seed once")
-        return v
+        return _once(v, "seeds", info)
 
     @field_validator("sparsities")
     @classmethod
@@ -306,7 +301,7 @@ def _leaves(data: Any, where: str) -> Iterator[tuple[str, Any]]:
 
 def _once(values: list, axis: str, info: ValidationInfo) -> list:
     """A grid axis names each value once: a repeat was merged without a word (a saved spec is read as it is)."""
-    twice = [x for x, n in collections.Counter(values).items() if n > 1]
+    twice = [x for x, n in collections.Counter(values).items() if n > 1]  # list.count: O(n²) on 50,000 seeds
     if twice and not _saved(info):
         raise ValueError(f"{axis} {values} name {', '.join(map(str, twice))} twice; list each once")
     return values
