@@ -1,4 +1,5 @@
-"""The driver's console progress line: counts from Tune's trial states, elapsed time and an ETA.
+"""The driver's console progress line: counts from Tune's trial states (and the sweep's trials outside the Tune
+experiment running now), elapsed time and an ETA.
 
 Ray-free (the caller passes the states as plain strings), so the line and its ETA are tested without a
 cluster. The ETA rests only on trials that ended in this driver: a restored sweep's earlier trials took
@@ -45,13 +46,14 @@ class Progress:
         self.clock = clock
         self.started = clock()
         self.ended_here = 0  # trials that ended in this driver: the base of the ETA
+        self.outside: collections.Counter = collections.Counter()  # see ``outside``: added to Tune's states
 
     def trial_ended(self) -> None:
         self.ended_here += 1
 
     def line(self, statuses: Iterable[str], what: str) -> str:
         """``statuses``: Tune's status of every trial (PENDING, PAUSED, RUNNING, TERMINATED, ERROR)."""
-        status = collections.Counter(statuses)
+        status = collections.Counter(statuses) + self.outside
         queued = status["PENDING"] + status["PAUSED"]
         elapsed = self.clock() - self.started
         return (f"[{time.strftime('%H:%M:%S', time.localtime(self.clock()))}] "
@@ -60,3 +62,25 @@ class Progress:
 
     def show(self, statuses: Iterable[str], what: str) -> None:
         print(self.line(statuses, what), flush=True)
+
+
+def outside(grid: Iterable[str], inside: set[str], to_run: set[str], recs: dict[str, dict],
+            started: float) -> collections.Counter:
+    """The sweep's trials outside the Tune experiment running now, as Tune states, so that the driver's line
+    counts the whole grid (a resumed experiment holds some trials, the next one the rest; each counted alone, the
+    line read "done 3/3" with ten trials to go and an ETA to match). ``to_run``: the keys this driver runs;
+    ``recs``: the local records; ``started``: the driver's start (the records' ``ended_at`` clock). One that
+    ended is TERMINATED (FINISHED) or ERROR, unless this driver is still to run it again (rerun-failed); one
+    this driver is to run is PENDING; others (left alone: STOPPED ones under rerun-failed) count in the total."""
+    states: collections.Counter = collections.Counter()
+    for key in grid:
+        if key in inside:
+            continue
+        rec = recs.get(key) or {}
+        status = rec.get("status")
+        ended_here = status in ("FINISHED", "FAILED") and rec.get("ended_at", 0.0) >= started
+        if key in to_run and not ended_here:
+            states["PENDING"] += 1
+        else:
+            states[{"FINISHED": "TERMINATED", "FAILED": "ERROR"}.get(status, "LEFT")] += 1
+    return states

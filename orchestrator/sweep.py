@@ -333,7 +333,8 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
     started = time.time()
     try:
         with driver.leave_resumable_when_terminated(spec.sweep_dir):  # `ray job stop`: nothing left RUNNING
-            counts = run_trials(spec, pending, restore=not (force or only_failed), supersede=force)
+            counts = run_trials(spec, pending, restore=not (force or only_failed), supersede=force,
+                                grid=[t.key for t in trials])
     except BaseException:  # interrupted or crashed: the parent must not stay RUNNING
         driver.unregister(spec.sweep_dir)
         try:

@@ -38,7 +38,7 @@ from . import driver, records
 from .breaker import GuardedTracker
 from .masks import keep_mask
 from .preflight import node_data, node_report, node_versions, nodes_problems
-from .progress import Progress
+from .progress import Progress, outside
 from .records import SweepRecords
 from .spec import ClusterError, SweepSpec
 from .storage import CHECKPOINT_FOLDER, ExperimentStore, checkpoint_folders, tune_root
@@ -164,6 +164,7 @@ class GridSearch(BasicVariantGenerator):
 
 
 _RESTORING: list[SweepSpec] = []  # the spec of the driver restoring an experiment, while it does (see __setstate__)
+_PROGRESS: list[Progress] = []  # the line of the driver running experiments, while it does: one over all of them
 
 
 class Drain(FIFOScheduler):
@@ -233,7 +234,7 @@ class SweepCallback(tune.Callback):
         self.sweep_dir = spec.sweep_dir
         self.records = SweepRecords(self.sweep_dir)
         self.mlflow = GuardedTracker(Tracker(spec.resolved_tracking_uri, spec.name, self.sweep_dir), self.records)
-        self.progress = Progress()
+        self.progress = _PROGRESS[-1] if _PROGRESS else Progress()
 
     def __getstate__(self) -> dict[str, Any]:
         return {"spec": self.spec}
@@ -493,12 +494,27 @@ def resume_from_the_next_checkpoint(trial: Trial) -> str | None:
     return None
 
 
-def run_trials(spec: SweepSpec, trials: list[TrialConfig], restore: bool, supersede: bool = False) -> dict[str, int]:
+def run_trials(spec: SweepSpec, trials: list[TrialConfig], restore: bool, supersede: bool = False,
+               grid: list[str] | None = None) -> dict[str, int]:
     """Run ``trials`` as one Tune experiment. With ``restore``, first finish every experiment a driver left
     unfinished (it died or was stopped); with ``supersede`` (``--force``: everything reruns) mark those done
-    instead, so no later run resumes them. Returns counts of what Tune ended with."""
+    instead, so no later run resumes them. ``grid``: the sweep's keys, which the progress line counts (default:
+    ``trials``'). Returns counts of what Tune ended with."""
+    progress = Progress()
+    _PROGRESS.append(progress)
+    try:
+        return _run_trials(spec, trials, restore, supersede, grid or [t.key for t in trials], progress)
+    finally:
+        _PROGRESS.pop()
+
+
+def _run_trials(spec: SweepSpec, trials: list[TrialConfig], restore: bool, supersede: bool, grid: list[str],
+                progress: Progress) -> dict[str, int]:
     init_ray(spec)
     wanted = [t.key for t in trials]
+
+    def count_outside(inside: set[str]) -> None:
+        progress.outside = outside(grid, inside, set(wanted), records.all_records(spec.sweep_dir), progress.started)
     store = ExperimentStore(tune_root(spec.ray.storage_path, spec.name, spec.sweep_dir))
     wrapped = tune.with_resources(tune.with_parameters(trainable, data=_data_paths(spec)),
                                   {"cpu": spec.resources.cpu_per_trial, "gpu": spec.resources.gpu_per_trial})
@@ -511,6 +527,7 @@ def run_trials(spec: SweepSpec, trials: list[TrialConfig], restore: bool, supers
             continue  # left for a plain `run` (rerun-failed does not resume stopped trials)
         restored_keys = store.keys(last)
         print(f"resuming the interrupted experiment {last} ({len(restored_keys)} trials)", flush=True)
+        count_outside(set(restored_keys))
         _RESTORING.append(spec)  # the experiment's own (pickled) callback writes where this spec says
         try:
             grid = tune.Tuner.restore(store.uri(last), wrapped, resume_unfinished=True, resume_errored=False,
@@ -535,6 +552,7 @@ def run_trials(spec: SweepSpec, trials: list[TrialConfig], restore: bool, supers
         return _left_by_drain(spec, wanted, results)
     name = store.next_name()
     store.write_keys(name, [t.key for t in trials])
+    count_outside({t.key for t in trials})
     callback = SweepCallback(spec)
     tuner = tune.Tuner(
         wrapped,

@@ -136,6 +136,32 @@ def test_progress_line_counts_and_eta():
     assert "ETA" not in progress.line(["TERMINATED", "ERROR"], "x")  # nothing left
 
 
+def test_progress_counts_the_sweeps_trials_outside_the_running_experiment():
+    """A resumed experiment holds some of the grid, the next one the rest: each counted alone, the line read
+    "done 3/3" with more to run, and its ETA left those out."""
+    from orchestrator.progress import outside
+
+    recs = {"a": {"status": "FINISHED", "ended_at": 500.0},  # before this driver
+            "b": {"status": "FAILED", "ended_at": 500.0},
+            "c": {"status": "FINISHED", "ended_at": 1050.0},  # in this driver's previous experiment
+            "e": {"status": "STOPPED"}}  # not this driver's to run (rerun-failed)
+    grid = ["a", "b", "c", "d", "e", "f"]
+    got = outside(grid, inside={"f"}, to_run={"c", "d", "f"}, recs=recs, started=1000.0)
+    assert got == {"TERMINATED": 2, "ERROR": 1, "PENDING": 1, "LEFT": 1}
+    # rerun-failed: b is to run again and has not yet; once it fails again here it is an ERROR
+    assert outside(grid, {"f"}, {"b", "f"}, recs, 1000.0)["PENDING"] == 1
+    recs["b"]["ended_at"] = 1060.0
+    assert outside(grid, {"f"}, {"b", "f"}, recs, 1000.0)["ERROR"] == 1
+
+    clock = Clock(1000.0)
+    progress = Progress(clock)
+    progress.outside = got
+    clock.now = 1100.0
+    progress.trial_ended()
+    assert "done 2/6 | running 1 | failed 1 | queued 1 | elapsed 1m40s | 36.0 trials/h | ETA 3m20s" in \
+        progress.line(["RUNNING"], "x")
+
+
 def test_progress_show_prints_the_line(capsys):
     clock = Clock()
     Progress(clock).show(["RUNNING"], "a1b2 sam/CB step 3 dev 0.5000")

@@ -114,6 +114,8 @@ def test_sweep_lifecycle(tmp_path, tiny_model, data_dir, capsys, monkeypatch):
     # last (it grows the sweep the checks above count): a grown grid runs only its new trials
     grown = cli("run", str(spec), "--set", "grid.seeds=[0, 1, 2]", check_rc=0)  # growth: only the new trials run
     assert "6 trials, 4 already FINISHED, 2 to run" in grown.stdout and "6/6 FINISHED" in grown.stdout
+    # the driver's line counts the grid, not the experiment that runs the new trials (it read "done 2/2")
+    assert "done 6/6 | running 0 | failed 0 | queued 0 |" in grown.stdout, grown.stdout[-2000:]
     identity = json.loads((sweep_dir / "identity.json").read_text())
     # run, rerun-failed, the growth (the run with nothing to run is not one)
     assert len(identity["runs"]) == 3 and identity["runs"][-1]["code_version"] == \
