@@ -118,6 +118,14 @@ def rows_of(frame: pd.DataFrame, label: dict[str, Any]) -> pd.DataFrame:
     return frame[same & (frame["group_perturbation"] == label["perturbation"])]
 
 
+def settled(x):
+    """``x`` rounded to 10 decimals, for what ranks and ties are decided on. Float sums in another order made equal
+    means differ in the last bit (0.6 + 0.7 + 0.8 against 0.8 + 0.6 + 0.7) and a constant cell's std 3e-17, not
+    0: ranks 1 / 2.5 / 2.5 for three methods with the same scores, a "leader" of two equal averages. Real
+    differences of scores (fractions of a test set) are many orders above 1e-10."""
+    return np.round(x, 10) + 0.0  # + 0.0: no "-0.0"
+
+
 def bootstrap_ci(values: np.ndarray, statistic=np.mean) -> tuple[float | None, float | None]:
     """95% percentile-bootstrap interval over seeds (scipy.stats.bootstrap, seeded, so reruns agree).
 
@@ -158,8 +166,8 @@ def method_task_table(df: pd.DataFrame) -> pd.DataFrame:
         m_lo, m_hi = bootstrap_ci(x, np.mean)
         s_lo, s_hi = std_ci(x)
         share = part["test_top_class_share"].dropna() if "test_top_class_share" in part else pd.Series([])
-        rows.append({"method": method, "task": task, "n": len(x), "mean": x.mean(),
-                     "std": x.std(ddof=1) if len(x) > 1 else np.nan, "mean_ci_low": m_lo, "mean_ci_high": m_hi,
+        rows.append({"method": method, "task": task, "n": len(x), "mean": settled(x.mean()),
+                     "std": settled(x.std(ddof=1)) if len(x) > 1 else np.nan, "mean_ci_low": m_lo, "mean_ci_high": m_hi,
                      "std_ci_low": s_lo, "std_ci_high": s_hi,
                      "n_one_class": int((share >= 1.0).sum()) if len(share) else np.nan})
     t = pd.DataFrame(rows)
@@ -170,6 +178,7 @@ def method_task_table(df: pd.DataFrame) -> pd.DataFrame:
     avg = t.groupby("method").agg(n=("n", "sum"), mean=("mean", "mean"),
                                   std=("std", lambda s: s.mean() if s.notna().all() else np.nan),
                                   n_tasks=("task", "nunique")).reset_index()
+    avg[["mean", "std"]] = settled(avg[["mean", "std"]])
     avg["task"] = "AVG"  # the paper's AVG column: mean of the task means and of the task stds
     cols = ["method", "task", "n", "mean", "std", "mean_ci_low", "mean_ci_high", "std_ci_low", "std_ci_high",
             "perf_rank", "stab_rank", "n_one_class", "n_tasks"]
@@ -246,15 +255,14 @@ def best_three(table: pd.DataFrame) -> dict[str, list[str]]:
 
 def best_per_task(result: Analysis) -> dict[str, tuple[str, float]]:
     """(method, mean) of the best mean per task of the first group, and for AVG the best among the methods that
-    finished every task (``averaged``): the top AVG row may average fewer tasks."""
+    finished every task (``averaged``): the top AVG row may average fewer tasks. Methods tied for the best are
+    named together ("bitfit, sam")."""
     table = rows_of(result.table, result.summary["group"])
     out = {}
-    for task, part in table[table["task"] != "AVG"].groupby("task"):
-        best = part.sort_values(["mean", "method"], ascending=[False, True]).iloc[0]
-        out[str(task)] = (str(best["method"]), float(best["mean"]))
-    avg, _ = averaged(table)
-    if len(avg):
-        out["AVG"] = (str(avg.iloc[0]["method"]), float(avg.iloc[0]["mean"]))
+    for task, part in [*table[table["task"] != "AVG"].groupby("task"), ("AVG", averaged(table)[0])]:
+        if len(part):
+            top = part[part["mean"] == part["mean"].max()]
+            out[str(task)] = (", ".join(sorted(map(str, top["method"]))), float(top["mean"].iloc[0]))
     return out
 
 
@@ -288,7 +296,7 @@ def _friedman_on(cells: pd.DataFrame, blocks: str) -> dict[str, Any]:
 def friedman(df: pd.DataFrame) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Friedman over methods with tasks as blocks (on per-task means) with Nemenyi's post-hoc, and Friedman
     over (task, seed[, perturbation split]) blocks."""
-    cells = df.groupby(["task", "method"])["test_score"].mean().unstack("method")
+    cells = settled(df.groupby(["task", "method"])["test_score"].mean().unstack("method"))
     main = _friedman_on(cells, "tasks (per-task mean over seeds)")
     nemenyi: dict[str, Any] = {"alpha": ALPHA, "cd": None, "p_values": None}
     if main["statistic"] is not None:
@@ -390,7 +398,7 @@ def seeds_enough(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
         with warnings.catch_warnings():  # a cell with < 2 of the chosen seeds has no std: NaN, skipped
             warnings.simplefilter("ignore", RuntimeWarning)
             stds = np.nanstd(x[:, :, subsets], ddof=1, axis=-1)  # methods × tasks × S
-            avg = stds.mean(axis=1)  # methods × S; NaN where a task has < 2 of the seeds, as the table's AVG
+            avg = settled(stds.mean(axis=1))  # methods × S; NaN where a task has < 2 of the seeds, as the table's AVG
         return stats.rankdata(avg, axis=0, method="average", nan_policy="omit")
 
     full = ranks(np.arange(n_rep)[None, :])[:, 0]
@@ -436,9 +444,15 @@ def paired_on_average(trials: pd.DataFrame, a: str, b: str, tasks: list[str]) ->
     have = [(m, t) for m in (a, b) for t in tasks if (m, t) in wide.columns]
     if len(have) < 2 * len(tasks):
         return {"a": a, "b": b, "n": 0, "answer": f"no paired comparison: {a} or {b} lacks a task"}
-    full = wide[have].dropna()
-    diff = full[a].mean(axis=1) - full[b].mean(axis=1)
-    out: dict[str, Any] = {"a": a, "b": b, "n": int(len(diff)), "avg_diff": float(diff.mean()) if len(diff) else None}
+    some = wide[have].dropna(how="all")
+    full = some.dropna()
+    diff = settled(full[a].mean(axis=1) - full[b].mean(axis=1))
+    out: dict[str, Any] = {"a": a, "b": b, "n": int(len(diff)), "avg_diff": float(diff.mean()) if len(diff) else None,
+                           "n_dropped": int(len(some) - len(full))}
+    # paired by seed, so a seed that lacks a cell is left out, and the difference is not the table's: said
+    fewer = "" if len(some) == len(full) or not len(full) else (
+        f" (over the {len(full)} of {len(some)} seeds with a score on every task; the table's averages differ by "
+        f"{settled(some[a].mean().mean() - some[b].mean().mean()):+.1f})")
     if len(diff) < 2 or constant(diff):
         out["answer"] = (f"{a} − {b} on the average: " + ("n/a" if not len(diff) else f"{diff.mean():+.1f}")
                          + f"; no paired test ({len(diff)} replicate(s) with every task" +
@@ -458,8 +472,8 @@ def paired_on_average(trials: pd.DataFrame, a: str, b: str, tasks: list[str]) ->
     sig = [r["task"] for r in per_task if r["p_holm"] is not None and r["p_holm"] < ALPHA]
     out.update(ci_low=float(ci.low), ci_high=float(ci.high), p=float(t.pvalue), tasks=per_task)
     verdict = "a significant difference" if t.pvalue < ALPHA else f"no significant difference (n = {len(diff)})"
-    out["answer"] = (f"{a} − {b} on the average: {diff.mean():+.1f} points, 95% CI [{ci.low:+.1f}, {ci.high:+.1f}], "
-                     f"paired t-test over {len(diff)} seeds p = {t.pvalue:.3g}: {verdict}"
+    out["answer"] = (f"{a} − {b} on the average: {diff.mean():+.1f} points{fewer}, 95% CI [{ci.low:+.1f}, "
+                     f"{ci.high:+.1f}], paired t-test over {len(diff)} seeds p = {t.pvalue:.3g}: {verdict}"
                      + (f"; per task (Holm over the {len(tasks)} tasks) significant on " + (", ".join(sig) or "none")
                         if len(tasks) > 1 else ""))
     return out
@@ -522,7 +536,7 @@ def answer(result: Analysis, trials: pd.DataFrame) -> dict[str, Any]:
     label = result.summary["group"]
     table = rows_of(result.table, label)
     avg, lacking = averaged(table)
-    out: dict[str, Any] = {"lines": [], "best": None, "lead": None, "most_stable": None, "lacking": lacking,
+    out: dict[str, Any] = {"lines": [], "best": None, "tied": [], "lead": None, "most_stable": None, "lacking": lacking,
                            "unranked": unranked(trials_in(trials, label))}
     if count := scored_count(trials_in(trials, label)):
         out["lines"].append(count)
@@ -541,13 +555,20 @@ def answer(result: Analysis, trials: pd.DataFrame) -> dict[str, Any]:
     one_seed = {m: ts for m, ts in one_seed_tasks(table).items() if m in set(avg["method"])}
     best = avg.iloc[0]
     out["best"] = best["method"]
-    out["lines"].append(best_line(best["method"], best["mean"], None if pd.isna(best["std"]) else best["std"],
-                                  one_seed.get(best["method"])))
+    tied = avg.loc[avg["mean"] == best["mean"], "method"].tolist()  # equal to 1e-10 (``settled``): no leader
+    if len(tied) > 1:
+        out["tied"] = tied
+        out["lines"].append(f"best on average: {' and '.join(tied)}, tied at {100 * best['mean']:.1f} (test score "
+                            "×100, mean over tasks of the mean over seeds)")
+    else:
+        out["lines"].append(best_line(best["method"], best["mean"], None if pd.isna(best["std"]) else best["std"],
+                                      one_seed.get(best["method"])))
     if len(avg) > 1:
         tasks = sorted(cells["task"].unique())
         part = trials_in(scored(trials), label)
         out["lead"] = paired_on_average(part, best["method"], avg.iloc[1]["method"], tasks)
-        out["lines"].append(f"its lead over the runner-up: {out['lead']['answer']}")
+        said = "the tied pair, paired" if out["tied"] else "its lead over the runner-up"
+        out["lines"].append(f"{said}: {out['lead']['answer']}")
     stable = avg.dropna(subset=["std"]).sort_values(["std", "method"])
     if one_seed and cells["std"].notna().any():  # a mean over the other tasks' stds would leave one out
         out["lines"].append("not ranked on stability, one finished seed on some task: "

@@ -30,7 +30,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .analysis import ALPHA, Analysis, holm, paired_on_average, replicates, rows_of, scored, spearman, trials_in
+from .analysis import (ALPHA, Analysis, holm, paired_on_average, replicates, rows_of, scored, settled, spearman,
+                       trials_in)
 
 MIN_SEEDS_FOR_SPREAD_TEST = 3  # Brown–Forsythe on 2 against 2 has zero within-group variance: p ≈ 0
 PUBLISHED_COLUMNS = ("method", "task", "mean", "std")
@@ -95,7 +96,7 @@ def _avg_rows(cells: pd.DataFrame, tasks: list[str], cols: tuple[str, str]) -> p
     rows = []
     for method, part in cells.groupby("method", sort=False):
         rows.append({"method": method, "task": "AVG"} | {
-            col: part[col].mean() if set(part.dropna(subset=[col])["task"]) >= set(tasks) else np.nan
+            col: settled(part[col].mean()) if set(part.dropna(subset=[col])["task"]) >= set(tasks) else np.nan
             for col in cols})
     return pd.DataFrame(rows)
 
@@ -200,7 +201,7 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
             a, b = wide[(method, task)].dropna().to_numpy(), wide[(BASE, task)].dropna().to_numpy()
             if min(len(a), len(b)) < 2:
                 continue
-            sa, sb = np.std(a, ddof=1), np.std(b, ddof=1)
+            sa, sb = settled(np.std(a, ddof=1)), settled(np.std(b, ddof=1))
             ratio, lo, hi = (sa / sb, None, None) if sb > 0 else (None, None, None)
             if ratio is not None and sa > 0:  # σ_a/σ_b from F = s_a²/s_b² ~ F(n_a − 1, n_b − 1) (normal scores)
                 f = ratio ** 2

@@ -480,3 +480,53 @@ def test_the_answer_says_how_many_trials_it_stands_on_when_some_did_not_finish()
     assert lines[0] == "scored 5 of 7 trials; not scored: 1 FAILED, 1 STOPPED (sam: 2 of 4 scored)", lines
     whole = pd.DataFrame(_rows({("sam", "T1"): [.8, .9, .7], ("bitfit", "T1"): [.6, .7, .65]}))
     assert not any(line.startswith("scored ") for line in answer(analyze(whole), whole)["lines"])
+
+
+def _cb(values: dict[str, list[float]]) -> pd.DataFrame:
+    return pd.DataFrame([{"method": m, "base_method": m, "task": "CB", "seed": s, "sparsity": None,
+                          "perturbation": None, "status": "FINISHED", "test_score": v, "majority_test_score": 0.1}
+                         for m, vs in values.items() for s, v in enumerate(vs)])
+
+
+def test_equal_scores_in_another_seed_order_tie_exactly():
+    """Summed in another order, 0.6 + 0.7 + 0.8 and 0.8 + 0.6 + 0.7 differ in the last bit (0.7000000000000001
+    against 0.6999999999999998): ranks 1 / 2.5 / 2.5 for three methods with the same scores, and a "leader"."""
+    df = _cb({"full": [0.6, 0.7, 0.8], "bitfit": [0.8, 0.6, 0.7], "sam": [0.7, 0.8, 0.6]})
+    assert len({sum(v) for v in ([0.6, 0.7, 0.8], [0.8, 0.6, 0.7], [0.7, 0.8, 0.6])}) > 1  # the premise
+    table = analyze(df).table
+    cells = table[table["task"] == "CB"]
+    assert cells["perf_rank"].tolist() == [2.0] * 3 and cells["stab_rank"].tolist() == [2.0] * 3
+    assert cells["mean"].nunique() == 1 and table.loc[table["task"] == "AVG", "mean"].nunique() == 1
+
+
+def test_a_constant_cell_has_a_std_of_exactly_zero():
+    """13/56 three times has a float std of 3.4e-17: ranked less stable than another constant cell (0)."""
+    df = _cb({"full": [13 / 56] * 3, "sam": [14 / 56] * 3, "bitfit": [0.2, 0.25, 0.3]})
+    cells = analyze(df).table.query("task == 'CB'").set_index("method")
+    assert cells.loc["full", "std"] == 0 and cells.loc["sam", "std"] == 0
+    assert cells.loc["full", "stab_rank"] == cells.loc["sam", "stab_rank"] == 1.5
+
+
+def test_the_answer_says_a_tie_for_best_rather_than_naming_one():
+    """Equal averages: it named the alphabetical first "best on average" with a "lead" of −0.0 over the other,
+    while the claims said the two were tied."""
+    df = _cb({"full": [0.2, 0.3, 0.4], "bitfit": [0.8, 0.6, 0.7], "sam": [0.7, 0.8, 0.6]})
+    said = answer(analyze(df), df)
+    assert said["best"] == "bitfit" and said["tied"] == ["bitfit", "sam"]
+    from dashboards.analysis import best_per_task
+
+    assert best_per_task(analyze(df))["AVG"] == ("bitfit, sam", pytest.approx(0.7))  # the parent run's tag
+    assert said["lines"][0].startswith("best on average: bitfit and sam, tied at 70.0 (test score ×100"), said["lines"]
+    assert said["lines"][1].startswith("the tied pair, paired: bitfit − sam on the average: +0.0 points"), said["lines"]
+
+
+def test_a_lead_over_fewer_seeds_than_the_table_averages_says_so():
+    """The lead is paired by seed, so a seed that lacks a cell drops out of it: the line gave +3.0 points where
+    the table's averages differ by 2.3, without saying it counted fewer seeds."""
+    scores = {("a", "T1"): [.80, .70, .90], ("b", "T1"): [.70, .65, .80],
+              ("a", "T2"): [.60, .70], ("b", "T2"): [.50, .66, .59]}  # a's seed 2 lacks T2
+    df = pd.DataFrame(_rows(scores))
+    said = answer(analyze(df), df)
+    lead = said["lead"]
+    assert lead["n"] == 2 and lead["n_dropped"] == 1
+    assert "over the 2 of 3 seeds with a score on every task; the table's averages differ by +" in lead["answer"]
