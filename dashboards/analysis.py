@@ -479,6 +479,14 @@ def paired_on_average(trials: pd.DataFrame, a: str, b: str, tasks: list[str]) ->
     return out
 
 
+def collapsed_tasks(cells: pd.DataFrame) -> dict[str, list[str]]:
+    """Per method, the tasks where every seed predicted one class for every test example (``n_one_class`` = n)."""
+    if "n_one_class" not in cells:
+        return {}
+    gone = cells[cells["n_one_class"].notna() & (cells["n_one_class"] >= cells["n"])]
+    return {str(m): sorted(part["task"]) for m, part in gone.groupby("method")}
+
+
 def one_seed_tasks(table: pd.DataFrame) -> dict[str, list[str]]:
     """Per method, the tasks where it has one seed (no std): its AVG has no std then (``method_task_table``)."""
     cells = table[(table["task"] != "AVG") & table["std"].isna()]
@@ -569,7 +577,11 @@ def answer(result: Analysis, trials: pd.DataFrame) -> dict[str, Any]:
         out["lead"] = paired_on_average(part, best["method"], avg.iloc[1]["method"], tasks)
         said = "the tied pair, paired" if out["tied"] else "its lead over the runner-up"
         out["lines"].append(f"{said}: {out['lead']['answer']}")
-    stable = avg.dropna(subset=["std"]).sort_values(["std", "method"])
+    collapsed = collapsed_tasks(cells)
+    stable = avg[~avg["method"].isin(collapsed)].dropna(subset=["std"]).sort_values(["std", "method"])
+    if collapsed:  # std 0 from a constant guess: not to be crowned (nor tagged) the most stable
+        out["lines"].append("not ranked on stability, every seed predicted one class on some task (a collapse, not "
+                            "stability): " + "; ".join(f"{m} ({', '.join(ts)})" for m, ts in collapsed.items()))
     if one_seed and cells["std"].notna().any():  # a mean over the other tasks' stds would leave one out
         out["lines"].append("not ranked on stability, one finished seed on some task: "
                             + "; ".join(f"{m} ({', '.join(ts)})" for m, ts in one_seed.items()))

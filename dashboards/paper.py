@@ -209,14 +209,14 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
                 hi = math.sqrt(f / stats.f.ppf(0.025, len(a) - 1, len(b) - 1))
             mean = float(np.mean(a))
             paper, paper_base = published_std.get((method, task)), base_cells["paper_std"].get(task)
+            gone = bool(sa == 0 or (task in majority and mean <= majority[task] + 1e-9))
             cell_rows.append({"method": method, "task": task, "n": len(a), "full_n": len(b), "std": float(sa),
                               "full_std": float(sb), "std_ratio": ratio, "ratio_ci_low": lo, "ratio_ci_high": hi,
-                              "below": bool(sa < sb), "p": _spread_p(a, b),
-                              "constant_or_at_majority": bool(sa == 0 or (task in majority
-                                                                          and mean <= majority[task] + 1e-9)),
+                              "below": bool(sa < sb), "p": _spread_p(a, b), "constant_or_at_majority": gone,
                               "paper_below": None if paper is None or paper_base is None or pd.isna(paper)
                               or pd.isna(paper_base) else bool(paper < paper_base)})
-            if min(len(a), len(b)) >= MIN_SEEDS_FOR_SPREAD_TEST and (scaled := _scaled_deviations(a, b)):
+            # a collapsed cell's deviations are all 0: pooled, they made a collapse "significantly" stable
+            if min(len(a), len(b)) >= MIN_SEEDS_FOR_SPREAD_TEST and not gone and (scaled := _scaled_deviations(a, b)):
                 za.append(scaled[0])
                 zb.append(scaled[1])
         row: dict[str, Any] = {"method": method, "avg_std": avg["std"].get(method),
@@ -229,8 +229,11 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
         methods.append(row)
     for row, corrected in zip(methods, holm([r["p"] for r in methods])):
         row["p_holm"] = corrected
+    own = {m: [c["constant_or_at_majority"] for c in cell_rows if c["method"] == m] for m in dict.fromkeys(
+        r["method"] for r in methods)}
+    collapsed_methods = [m for m, gone in own.items() if gone and all(gone)]  # a small std, no stability: not compared
     compared = [r for r in methods if r["avg_std"] is not None and r["full_avg_std"] is not None
-                and not pd.isna(r["avg_std"]) and not pd.isna(r["full_avg_std"])]
+                and not pd.isna(r["avg_std"]) and not pd.isna(r["full_avg_std"]) and r["method"] not in collapsed_methods]
     below = [r["method"] for r in compared if r["avg_std"] < r["full_avg_std"]]
     sig = [r for r in methods if r["p_holm"] is not None and r["p_holm"] < ALPHA]
     sig_smaller = [r["method"] for r in sig if r["smaller"]]
@@ -245,6 +248,8 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
     answer = (f"{len(below)} of {len(compared)} methods {'has' if len(below) == 1 else 'have'} a smaller average std "
               f"than {BASE} tuning"
               + (f" ({', '.join(below)})" if below else "")
+              + (f" (left out: {', '.join(collapsed_methods)}, constant or at the majority class on every task (a "
+                 "collapse, not stability))" if collapsed_methods else "")
               + f"; tested over the shared tasks at once, {len(sig_smaller)} significantly smaller"
               + (f" ({', '.join(sig_smaller)})" if sig_smaller else "")
               + f" and {len(sig_larger)} significantly larger" + (f" ({', '.join(sig_larger)})" if sig_larger else "")
@@ -263,7 +268,7 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
                    f"{'has' if len(paper_below) == 1 else 'have'} a smaller average std than {BASE} tuning")
     return {"answer": answer, "methods_below": below, "n_methods": len(compared),
             "significantly_smaller": sig_smaller, "significantly_larger": sig_larger,
-            "paper_methods_below": paper_below, "paper_n_methods": len(published), "cells_below": cells_below,
+            "collapsed": collapsed_methods, "paper_methods_below": paper_below, "paper_n_methods": len(published), "cells_below": cells_below,
             "n_cells": n_cells, "cells_below_constant_or_at_majority": collapsed,
             "test": "per method: scipy.stats.ttest_ind (Welch) on |score − cell median| / task scale, the pooled "
                     "Brown–Forsythe test of spread, cells with ≥ 3 seeds on both sides; Holm over methods. Per cell "

@@ -352,11 +352,13 @@ def test_seeds_enough_leaves_a_method_with_no_std_unranked_without_warnings():
     assert seeds[seeds["method"] == "z"][["mean_rank", "rank_p10", "rank_p90"]].isna().all().all()
     assert seeds[seeds["method"] != "z"]["mean_rank"].notna().all()
 
-def test_most_stable_says_when_its_small_std_is_a_collapse():
-    trials = pd.DataFrame(_rows({("x", "T"): [.50, .50, .50], ("y", "T"): [.6, .7, .8]}))
+def test_most_stable_says_when_its_small_std_is_partly_a_collapse():
+    """Two of x's three seeds collapsed (all of them: test_a_method_collapsed_on_a_task_is_not_the_most_stable)."""
+    trials = pd.DataFrame(_rows({("x", "T"): [.50, .50, .52], ("y", "T"): [.6, .7, .8]}))
     trials["test_top_class_share"] = np.where(trials["method"] == "x", 1.0, 0.6)
+    trials.loc[(trials["method"] == "x") & (trials["seed"] == 2), "test_top_class_share"] = 0.9
     got = answer(analyze(trials), trials)
-    assert got["most_stable"] == "x" and "3 of its seeds predicted one class" in got["lines"][-1], got["lines"]
+    assert got["most_stable"] == "x" and "2 of its seeds predicted one class" in got["lines"][-1], got["lines"]
 
 
 def test_a_method_with_one_seed_on_a_task_has_no_average_std_and_is_not_the_most_stable(tmp_path):
@@ -530,3 +532,14 @@ def test_a_lead_over_fewer_seeds_than_the_table_averages_says_so():
     lead = said["lead"]
     assert lead["n"] == 2 and lead["n_dropped"] == 1
     assert "over the 2 of 3 seeds with a score on every task; the table's averages differ by +" in lead["answer"]
+
+
+def test_a_method_collapsed_on_a_task_is_not_the_most_stable():
+    """Every seed of diffprune predicted the majority class: std 0, so "most stable on average: diffprune", and
+    the parent run's most_stable_method tag said so without the console's caveat."""
+    df = _cb({"full": [.60, .70, .80], "sam": [.65, .70, .76], "diffprune": [.40, .40, .40]})
+    df["test_top_class_share"] = np.where(df["method"] == "diffprune", 1.0, 0.6)
+    said = answer(analyze(df), df)
+    assert said["most_stable"] == "sam", said["lines"]
+    assert ("not ranked on stability, every seed predicted one class on some task (a collapse, not stability): "
+            "diffprune (CB)") in said["lines"]

@@ -359,3 +359,15 @@ def test_equal_averages_tie_in_the_claims_and_a_constant_cell_has_no_std_ratio(p
     assert claims["best_on_average"]["leader"] == ["bitfit", "sam"]
     cells = claims["other_methods_vs_full_std"]["cells"]
     assert all(c["full_std"] == 0 and c["std_ratio"] is None for c in cells), cells
+
+
+def test_a_method_collapsed_everywhere_is_not_significantly_more_stable_than_full(published):
+    """Its deviations are all 0: Brown–Forsythe called it significantly smaller than full, the stability claim's
+    only such method, with the collapse said only as a count of cells further on."""
+    df = trials()
+    df.loc[df["method"] == "bitfit", "test_score"] = df["task"].map({"CB": 0.5, "RTE": 0.6})  # the majority scores
+    claim = compare(df, analyze(df), published).claims["other_methods_vs_full_std"]
+    assert "bitfit" not in claim["significantly_smaller"] and "bitfit" not in claim["methods_below"]
+    assert claim["collapsed"] == ["bitfit"]
+    assert "left out: bitfit, constant or at the majority class on every task (a collapse, not stability)" in \
+        claim["answer"]
