@@ -245,9 +245,18 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
     collapsed = sum(r["below"] and r["constant_or_at_majority"] for r in cell_rows)
     full_ranks = {t: r for t, r in base_cells["stab_rank_shared"].dropna().items()}
     n_ranked = cells[cells["task"] != "AVG"].groupby("task")["stab_rank_shared"].count()
-    answer = (f"{len(below)} of {len(compared)} methods {'has' if len(below) == 1 else 'have'} a smaller average std "
-              f"than {BASE} tuning"
-              + (f" ({', '.join(below)})" if below else "")
+    # full's one-seed tasks and those it has no trial of: then it has no AVG std of its own
+    base_one, base_none = sorted(base_cells.index[base_cells["std"].isna()]), sorted(set(tasks) - set(base_cells.index))
+    no_avg = [r["method"] for r in methods if r["method"] not in collapsed_methods and r not in compared]
+    if base_one or base_none:
+        head = (f"no average std of {BASE} to compare with (" + "; ".join(
+            ([f"one finished seed on {', '.join(base_one)}"] if base_one else [])
+            + ([f"no finished trial on {', '.join(base_none)}"] if base_none else [])) + ")")
+    else:
+        head = (f"{len(below)} of {len(compared)} methods {'has' if len(below) == 1 else 'have'} a smaller average "
+                f"std than {BASE} tuning" + (f" ({', '.join(below)})" if below else "")
+                + (f" (not compared, one finished seed on some task: {', '.join(no_avg)})" if no_avg else ""))
+    answer = (head
               + (f" (left out: {', '.join(collapsed_methods)}, constant or at the majority class on every task (a "
                  "collapse, not stability))" if collapsed_methods else "")
               + f"; tested over the shared tasks at once, {len(sig_smaller)} significantly smaller"

@@ -371,3 +371,20 @@ def test_a_method_collapsed_everywhere_is_not_significantly_more_stable_than_ful
     assert claim["collapsed"] == ["bitfit"]
     assert "left out: bitfit, constant or at the majority class on every task (a collapse, not stability)" in \
         claim["answer"]
+
+
+def test_with_one_seed_of_full_on_a_task_the_count_says_why_it_has_no_average_std(published):
+    """It said "0 of 0 methods have a smaller average std than full tuning"."""
+    df = trials()
+    df = df[~((df["method"] == "full") & (df["task"] == "CB") & (df["seed"] > 0))]
+    answer = compare(df, analyze(df), published).claims["other_methods_vs_full_std"]["answer"]
+    assert answer.startswith("no average std of full to compare with (one finished seed on CB)"), answer
+    assert "0 of 0" not in answer
+
+
+def test_a_method_without_an_average_std_is_named_not_dropped_from_the_count(published):
+    df = trials()
+    df = df[~((df["method"] == "lora") & (df["task"] == "RTE") & (df["seed"] > 0))]
+    answer = compare(df, analyze(df), published).claims["other_methods_vs_full_std"]["answer"]
+    assert answer.startswith("2 of 3 methods have a smaller average std than full tuning (sam, sam-global) (not "
+                             "compared, one finished seed on some task: lora)"), answer
