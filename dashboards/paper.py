@@ -342,7 +342,8 @@ def stability_performance(cells: pd.DataFrame, analysis: dict[str, Any], notes: 
     on the cells both hold (ranks among the methods both hold)."""
     ours = dict(analysis.get("spearman") or {})
     rho, perm = ours.get("rho"), ours.get("permutation_p_value")
-    same = cells[(cells["task"] != "AVG") & cells["mean"].notna() & cells["paper_mean"].notna()]
+    # a cell of ours with one seed has no std, so no place in ours: out of the published table's too
+    same = cells[(cells["task"] != "AVG") & cells[["mean", "std", "paper_mean", "paper_std"]].notna().all(axis=1)]
     keep = ("rho", "p_value", "permutation_p_value", "n_pairs")
     # spearman ranks within each task among these cells: the methods both tables hold
     on_same = {who: {k: v for k, v in spearman(pd.DataFrame({
