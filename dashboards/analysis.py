@@ -546,6 +546,11 @@ def answer(result: Analysis, trials: pd.DataFrame) -> dict[str, Any]:
     avg, lacking = averaged(table)
     out: dict[str, Any] = {"lines": [], "best": None, "tied": [], "lead": None, "most_stable": None, "lacking": lacking,
                            "unranked": unranked(trials_in(trials, label))}
+    if len(result.summary.get("groups", [])) > 1:  # else it reads as the whole sweep's answer
+        where = ([f"sparsity {label['sparsity']:g}"] if label.get("sparsity") is not None else []) + [
+            "the unperturbed split" if label["perturbation"] == "none" else "the perturbed splits"]
+        out["lines"].append(f"the answer below is for {', '.join(where)}: the first of {len(result.summary['groups'])} "
+                            "groups (sparsity, split); each group's numbers are in table.csv and the report")
     if count := scored_count(trials_in(trials, label)):
         out["lines"].append(count)
     missing = result.summary.get("unscored") or []

@@ -82,6 +82,10 @@ def test_several_sparsities_and_perturbations_are_separate_groups():
     diffs = np.array([0.80 - 0.03, 0.80, 0.83]) - np.array([0.84, 0.85, 0.86])
     assert pair["mean_diff"] == pytest.approx(diffs.mean())
     assert pair["t_p_value"] == pytest.approx(stats.ttest_rel([0.77, 0.80, 0.83], [0.84, 0.85, 0.86]).pvalue)
+    # the answer is the first group's, and says so where there are others (it read as the whole sweep's)
+    assert answer(res, hand_made(extra))["lines"][0] == (
+        "the answer below is for sparsity 0.005, the unperturbed split: the first of 3 groups (sparsity, split); "
+        "each group's numbers are in table.csv and the report")
 
 
 def test_missing_columns_are_named():
