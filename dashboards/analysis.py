@@ -557,6 +557,12 @@ def answer(result: Analysis, trials: pd.DataFrame) -> dict[str, Any]:
     if missing:  # FINISHED, yet no score came back: left out of every number below, and said so
         out["lines"].append(f"left out, FINISHED with no test score: {len(missing)} trial(s): "
                             + ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+    ours = scored(trials_in(trials, label))
+    if "diverged_at_step" in ours and len(gone := ours[pd.to_numeric(ours["diverged_at_step"]).notna()]):
+        # FINISHED with the best state from before the nan: a score like any other, yet worth a look
+        per = ", ".join(f"{m} ({n})" for m, n in gone["method"].value_counts().sort_index().items())
+        out["lines"].append(f"{len(gone)} trial(s) diverged (nan loss) after an evaluation and count with their "
+                            f"best state before it: {per}")
     if out["unranked"]:  # a method that failed everywhere is not a method that lost: said beside the answer
         out["lines"].append("not ranked, no finished trial: " + "; ".join(out["unranked"].values()))
     if lacking:  # an average over the easy tasks only would rank a method that failed the hard one first

@@ -547,3 +547,14 @@ def test_a_method_collapsed_on_a_task_is_not_the_most_stable():
     assert said["most_stable"] == "sam", said["lines"]
     assert ("not ranked on stability, every seed predicted one class on some task (a collapse, not stability): "
             "diffprune (CB)") in said["lines"]
+
+
+def test_the_answer_counts_the_trials_that_diverged_after_an_evaluation():
+    """Such a trial ends FINISHED with its best state before the nan and counts like any other: said, so that a
+    reader can look at them."""
+    df = _cb({"full": [.60, .70, .80], "sam": [.65, .70, .76]})
+    df["trial_key"] = [f"k{i}" for i in range(len(df))]
+    df["diverged_at_step"] = [None, 300, None, None, None, 120]
+    said = answer(analyze(df), df)
+    assert ("2 trial(s) diverged (nan loss) after an evaluation and count with their best state before it: "
+            "full (1), sam (1)") in said["lines"], said["lines"]
