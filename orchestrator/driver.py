@@ -30,10 +30,21 @@ HEARTBEAT_S = 30.0  # the driver rewrites its file this often while Tune runs
 STALE_S = 300.0  # a driver on another host whose file is older than this is taken for dead
 
 
+def ray_job() -> str | None:
+    """The submission id of the Ray job this driver runs as, if any. Ray's job supervisor passes it to the
+    entrypoint only inside RAY_JOB_CONFIG_JSON_ENV_VAR's metadata (ray/dashboard/modules/job/job_supervisor.py,
+    ``_get_driver_env_vars``): no variable of its own."""
+    try:
+        config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+        return (config.get("metadata") or {}).get("job_submission_id")
+    except (ValueError, AttributeError):
+        return None
+
+
 def register(sweep_dir: Path) -> None:
     now = time.time()
     _write(sweep_dir, {"pid": os.getpid(), "host": socket.gethostname(), "started": now, "beat": now,
-                       "ray_job": os.environ.get("RAY_JOB_SUBMISSION_ID")})
+                       "ray_job": ray_job()})
     clear_stop(sweep_dir)  # a stop asked of an earlier driver is not meant for this one
 
 

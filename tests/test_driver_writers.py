@@ -291,3 +291,22 @@ def test_one_sync_logs_the_model_of_a_trial_whose_run_the_outage_kept_from_start
     assert {a.path for a in tracker.client.list_artifacts(tracker.run_id(cfg.key), "model")} == {
         "model/delta.safetensors", "model/meta.json"}
     assert records.read(spec.sweep_dir, cfg.key)["model_logged"] is True
+
+
+def test_the_driver_file_names_the_ray_job_it_runs_in(tmp_path, monkeypatch):
+    """Ray 2.60's job supervisor gives the entrypoint its submission id only inside RAY_JOB_CONFIG_JSON_ENV_VAR
+    (ray/dashboard/modules/job/job_supervisor.py, _get_driver_env_vars); the RAY_JOB_SUBMISSION_ID read before is
+    never set, so `status` never said which job runs a sweep."""
+    import json
+
+    from orchestrator import driver
+
+    monkeypatch.delenv("RAY_JOB_SUBMISSION_ID", raising=False)
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(
+        {"runtime_env": {}, "metadata": {"job_submission_id": "raysubmit_abc", "job_name": "raysubmit_abc"}}))
+    driver.register(tmp_path)
+    assert driver.info(tmp_path)["ray_job"] == "raysubmit_abc"
+    assert driver.describe(tmp_path).endswith(", Ray job raysubmit_abc")
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "not json")  # no job then, and no crash
+    driver.register(tmp_path)
+    assert driver.info(tmp_path)["ray_job"] is None
