@@ -216,6 +216,12 @@ def check_ray_address(address: str | None) -> None:
 
     if not address or address == "auto":
         return
+    if address.startswith("ray://"):
+        # Tune under Ray Client runs its driver loop in an actor on the head (ray/tune/tuner.py): the callback
+        # would write the records on the head's disk, and `peft-sweep stop` signal a process with no handler
+        raise ClusterError(f"the Ray address {address!r} is a Ray Client address: Tune would run the sweep's loop on "
+                           "the head, away from its records and `stop`; use `ray job submit` (README: On a "
+                           "multi-GPU cluster) or, on a cluster machine, the GCS address HEAD:6379")
     hostport = address.split("://", 1)[-1].rstrip("/")
     host, _, port = hostport.rpartition(":")
     try:

@@ -164,6 +164,13 @@ def test_ray_address_that_accepts_tcp_but_is_not_ray(tmp_path, tiny_model, data_
         assert time.time() - start < 60
 
 
+def test_a_ray_client_address_is_refused_with_what_to_give_instead(tmp_path, tiny_model, data_dir, refuse_spec):
+    """Under Ray Client (ray://) Tune's driver loop runs in an actor on the head: the callback would write the
+    sweep's records on the head's disk, and `stop` signals a process Tune has no handler in."""
+    spec = write_spec(tmp_path, tiny_model, data_dir, ray={"address": "ray://127.0.0.1:10001"})
+    refuse_spec(spec, "the Ray address 'ray://127.0.0.1:10001' is a Ray Client address", "ray job submit")
+
+
 def test_unreachable_ray_address(tmp_path, tiny_model, data_dir, refuse_spec):
     spec = write_spec(tmp_path, tiny_model, data_dir, ray={"address": "127.0.0.1:9"})
     refuse_spec(spec, "cannot reach the Ray cluster at '127.0.0.1:9'")
