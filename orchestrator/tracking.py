@@ -22,6 +22,7 @@ TAG_STOPPED = "stopped"  # on a KILLED run of a trial that `peft-sweep stop` lef
 TAG_IN_GRID = "in_grid"  # "true"/"false": whether the spec's grid holds the run's trial (the export's in_grid)
 COORDS = ("method", "task", "seed", "sparsity", "perturbation", "model", "variant")
 SERIES = ("dev_score", "train_loss", "lr")  # logged per evaluation, with its step
+MAX_TAG = 8000  # characters of a tag's value MLflow keeps (mlflow/utils/validation.py)
 RESULT_TAG = "result"  # every scalar result field as JSON: `export` reads a sweep from one paged listing
 # MLflow 3's UI reads this experiment tag to pick its view (enum ExperimentKind in the UI bundle,
 # mlflow/server/js/build/static/js/main.*.js: CUSTOM_MODEL_DEVELOPMENT="custom_model_development")
@@ -429,11 +430,13 @@ class Tracker:
         run_tags = {f"result.{k}": v for k, v in fields.items()
                     if v is not None and k not in (*COORDS, "trial_key", "status") and not (
                         isinstance(v, (int, float)) and not isinstance(v, bool) and is_metric(k))}
-        run_tags[RESULT_TAG] = json.dumps(fields, default=str)
+        whole = json.dumps(fields, default=str)
+        if len(whole) <= MAX_TAG:  # cut, it would not parse: ``result`` reads result.json then
+            run_tags[RESULT_TAG] = whole
         if fields.get("device"):
             run_tags["device"] = result.get("device_name") or fields["device"]
         run_tags.update(tags or {})
-        self.client.log_batch(run_id, metrics=metrics, tags=[RunTag(k, plain(v)[:8000]) for k, v in run_tags.items()])
+        self.client.log_batch(run_id, metrics=metrics, tags=[RunTag(k, plain(v)[:MAX_TAG]) for k, v in run_tags.items()])
         self.client.log_dict(run_id, result, "result.json")
         self.client.set_terminated(run_id, "FINISHED")
 

@@ -210,6 +210,19 @@ def test_export_joins_store_and_records_and_keeps_every_scalar_field(tmp_path, d
         in_store.key: [3, 6, 9], only_local.key: [3, 6, 9], failed.key: [3]}
 
 
+def test_a_result_too_long_for_a_tag_is_read_back_whole(tmp_path, data_dir):
+    """MLflow's tags hold 8,000 characters: the result tag was cut there, and reading it back (export, sync)
+    raised on the cut JSON. Past the limit the tag is left out and result.json is read instead."""
+    spec = make_spec(tmp_path, data_dir)
+    tr = sweep.tracker_for(spec)
+    cfg = spec.trials()[0]
+    result = fake_result(cfg, note="x" * 9000)
+    tr.start_trial(cfg.key, trial_dict(cfg))
+    tr.finish(cfg.key, result)
+    (run,) = tr.trial_runs().values()
+    assert tr.result(run)["note"] == "x" * 9000 and tr.result(run)["test_score"] == result["test_score"]
+
+
 def test_programming_error_in_tracking_is_not_an_outage():
     from orchestrator.tracking import is_outage
     from mlflow.exceptions import MlflowException
