@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import closing
+from contextlib import closing, contextmanager
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -149,6 +149,25 @@ def artifact_root(uri: str, sweep_dir: Path) -> str | None:
     current folder (mlflow/tracking/_tracking_service/utils.py), which under `ray job submit` is the job's
     temporary working dir: every model delta, report and error.txt would be lost with the job."""
     return None if uri.split("://", 1)[0] in SERVER_SCHEMES else (sweep_dir / "mlartifacts").resolve().as_uri()
+
+
+UPLOAD_TIMEOUT_S = 600  # a model delta through a server with --artifacts-destination: the server writes it first
+
+
+@contextmanager
+def patient_uploads():
+    """MLflow's HTTP timeout raised to UPLOAD_TIMEOUT_S for one upload (MLflow reads the variable at each call,
+    mlflow/utils/rest_utils.py): the driver's short one (10 s, so a dead server cannot hang it) expired on every
+    retry of a large full-model delta while the server wrote it on."""
+    before = os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT")
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(UPLOAD_TIMEOUT_S, int(float(before or 0))))
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_HTTP_REQUEST_TIMEOUT", None)
+        else:
+            os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = before
 
 
 class Tracker:
@@ -443,7 +462,9 @@ class Tracker:
     def log_model(self, key: str, folder: Path, trial: dict[str, Any] | None = None) -> None:
         """The trial's fine-tuned model as a delta (``model/delta.safetensors`` + ``model/meta.json``):
         ``peft-sweep load RUN_ID`` rebuilds it."""
-        self.client.log_artifacts(self._ensure(key, trial), str(folder), "model")
+        run_id = self._ensure(key, trial)
+        with patient_uploads():
+            self.client.log_artifacts(run_id, str(folder), "model")
 
     def stop_trial(self, key: str) -> None:
         """A trial stopped by `peft-sweep stop`: KILLED, not stuck in RUNNING, and reopened when it resumes."""

@@ -223,6 +223,34 @@ def test_a_result_too_long_for_a_tag_is_read_back_whole(tmp_path, data_dir):
     assert tr.result(run)["note"] == "x" * 9000 and tr.result(run)["test_score"] == result["test_score"]
 
 
+def test_a_model_upload_waits_longer_than_the_drivers_short_timeout(tmp_path, data_dir, monkeypatch):
+    """The driver's MLflow calls time out after 10 s so that a dead server cannot hang it; a model delta sent
+    through a server with --artifacts-destination waits for the server's own write of hundreds of MB, and timed
+    out on every retry. The real upload runs; the spy only reads the timeout MLflow's HTTP calls would use."""
+    from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_TIMEOUT
+
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
+    spec = make_spec(tmp_path, data_dir)
+    tr = sweep.tracker_for(spec)
+    cfg = spec.trials()[0]
+    tr.start_trial(cfg.key, trial_dict(cfg))
+    folder = tmp_path / "delta"
+    folder.mkdir()
+    (folder / "meta.json").write_text("{}")
+    seen = []
+    upload = tr.client.log_artifacts
+
+    def spy(*args, **kwargs):
+        seen.append(MLFLOW_HTTP_REQUEST_TIMEOUT.get())
+        return upload(*args, **kwargs)
+
+    monkeypatch.setattr(tr.client, "log_artifacts", spy)
+    tr.log_model(cfg.key, folder, trial_dict(cfg))
+    assert seen == [600] and MLFLOW_HTTP_REQUEST_TIMEOUT.get() == 10  # and back to short after it
+    (run,) = tr.trial_runs().values()
+    assert [a.path for a in tr.client.list_artifacts(run.info.run_id, "model")] == ["model/meta.json"]
+
+
 def test_programming_error_in_tracking_is_not_an_outage():
     from orchestrator.tracking import is_outage
     from mlflow.exceptions import MlflowException
