@@ -46,22 +46,28 @@ class Progress:
         self.clock = clock
         self.started = clock()
         self.ended_here = 0  # trials that ended in this driver: the base of the ETA
-        self.outside: collections.Counter = collections.Counter()  # see ``outside``: added to Tune's states
+        # (the sweep's keys, the keys this driver runs, the records as the running experiment started): the line
+        # counts the grid's trials outside that experiment too (see ``outside``)
+        self.sweep: tuple[list[str], set[str], dict[str, dict]] | None = None
 
     def trial_ended(self) -> None:
         self.ended_here += 1
 
-    def line(self, statuses: Iterable[str], what: str) -> str:
-        """``statuses``: Tune's status of every trial (PENDING, PAUSED, RUNNING, TERMINATED, ERROR)."""
-        status = collections.Counter(statuses) + self.outside
+    def line(self, statuses: Iterable[str], what: str, inside: set[str] | None = None) -> str:
+        """``statuses``: Tune's status of every trial (PENDING, PAUSED, RUNNING, TERMINATED, ERROR) of the
+        experiment running; ``inside``: their keys (with ``sweep`` known, the grid's other trials count too)."""
+        status = collections.Counter(statuses)
+        if self.sweep is not None and inside is not None:
+            grid, to_run, recs = self.sweep
+            status += outside(grid, inside, to_run, recs, self.started)
         queued = status["PENDING"] + status["PAUSED"]
         elapsed = self.clock() - self.started
         return (f"[{time.strftime('%H:%M:%S', time.localtime(self.clock()))}] "
                 f"{counts(status['TERMINATED'], sum(status.values()), status['RUNNING'], status['ERROR'], queued)} "
                 f"| {pace(self.ended_here, elapsed, queued + status['RUNNING'])} | {what}")
 
-    def show(self, statuses: Iterable[str], what: str) -> None:
-        print(self.line(statuses, what), flush=True)
+    def show(self, statuses: Iterable[str], what: str, inside: set[str] | None = None) -> None:
+        print(self.line(statuses, what, inside), flush=True)
 
 
 def outside(grid: Iterable[str], inside: set[str], to_run: set[str], recs: dict[str, dict],

@@ -24,7 +24,6 @@ import ray
 from ray import tune
 from ray.train._internal.checkpoint_manager import _CheckpointManager
 from ray.train._internal.session import _TrainingResult
-from ray.train._internal.storage import _exists_at_fs_path
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
@@ -38,7 +37,7 @@ from . import driver, records
 from .breaker import GuardedTracker
 from .masks import keep_mask
 from .preflight import node_data, node_report, node_versions, nodes_problems
-from .progress import Progress, outside
+from .progress import Progress
 from .records import SweepRecords
 from .spec import ClusterError, SweepSpec
 from .storage import CHECKPOINT_FOLDER, ExperimentStore, checkpoint_folders, tune_root
@@ -252,7 +251,7 @@ class SweepCallback(tune.Callback):
     def _show(self, trials, what: str, completing=None) -> None:
         """Counts come from Tune's own trial states (so they are right after a restore too); a trial
         being completed is still RUNNING when ``on_trial_complete`` is called."""
-        self.progress.show([self._status(t, completing) for t in trials], what)
+        self.progress.show([self._status(t, completing) for t in trials], what, inside={_key(t) for t in trials})
 
     def _status(self, trial, completing) -> str:
         if _key(trial) in self.dropped:
@@ -468,7 +467,7 @@ def resume_from_the_next_checkpoint(trial: Trial) -> str | None:
         return None
     named = Path(latest.checkpoint.path).name
     try:
-        if _exists_at_fs_path(latest.checkpoint.filesystem, latest.checkpoint.path):
+        if latest.checkpoint.filesystem.get_file_info(latest.checkpoint.path).type != pafs.FileType.NotFound:
             return None
         if not (named_number := CHECKPOINT_FOLDER.fullmatch(named)):
             return None
@@ -508,13 +507,13 @@ def run_trials(spec: SweepSpec, trials: list[TrialConfig], restore: bool, supers
         _PROGRESS.pop()
 
 
-def _run_trials(spec: SweepSpec, trials: list[TrialConfig], restore: bool, supersede: bool, grid: list[str],
+def _run_trials(spec: SweepSpec, trials: list[TrialConfig], restore: bool, supersede: bool, grid_keys: list[str],
                 progress: Progress) -> dict[str, int]:
     init_ray(spec)
     wanted = [t.key for t in trials]
 
-    def count_outside(inside: set[str]) -> None:
-        progress.outside = outside(grid, inside, set(wanted), records.all_records(spec.sweep_dir), progress.started)
+    def count_outside() -> None:  # the records as this experiment starts: what the others left
+        progress.sweep = (grid_keys, set(wanted), records.all_records(spec.sweep_dir))
     store = ExperimentStore(tune_root(spec.ray.storage_path, spec.name, spec.sweep_dir))
     wrapped = tune.with_resources(tune.with_parameters(trainable, data=_data_paths(spec)),
                                   {"cpu": spec.resources.cpu_per_trial, "gpu": spec.resources.gpu_per_trial})
@@ -527,7 +526,7 @@ def _run_trials(spec: SweepSpec, trials: list[TrialConfig], restore: bool, super
             continue  # left for a plain `run` (rerun-failed does not resume stopped trials)
         restored_keys = store.keys(last)
         print(f"resuming the interrupted experiment {last} ({len(restored_keys)} trials)", flush=True)
-        count_outside(set(restored_keys))
+        count_outside()
         _RESTORING.append(spec)  # the experiment's own (pickled) callback writes where this spec says
         try:
             grid = tune.Tuner.restore(store.uri(last), wrapped, resume_unfinished=True, resume_errored=False,
@@ -552,7 +551,7 @@ def _run_trials(spec: SweepSpec, trials: list[TrialConfig], restore: bool, super
         return _left_by_drain(spec, wanted, results)
     name = store.next_name()
     store.write_keys(name, [t.key for t in trials])
-    count_outside({t.key for t in trials})
+    count_outside()
     callback = SweepCallback(spec)
     tuner = tune.Tuner(
         wrapped,

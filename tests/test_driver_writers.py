@@ -155,11 +155,12 @@ def test_progress_counts_the_sweeps_trials_outside_the_running_experiment():
 
     clock = Clock(1000.0)
     progress = Progress(clock)
-    progress.outside = got
+    progress.sweep = (grid, {"c", "d", "f"}, recs)
     clock.now = 1100.0
     progress.trial_ended()
+    recs["b"]["ended_at"] = 500.0
     assert "done 2/6 | running 1 | failed 1 | queued 1 | elapsed 1m40s | 36.0 trials/h | ETA 3m20s" in \
-        progress.line(["RUNNING"], "x")
+        progress.line(["RUNNING"], "x", inside={"f"})
 
 
 def test_progress_show_prints_the_line(capsys):
