@@ -98,6 +98,10 @@ class MaskedAdamW(torch.optim.Optimizer):
                  betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
         groups = [g for g in decay_groups([(n, p) for n, p, _ in params_with_index], weight_decay) if g["params"]]
         super().__init__(groups, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+        # the order gradients are gathered, so summed for clipping's norm: the construction's, on a resume too
+        # (torch's load_state_dict rebuilds ``state`` in param-group order, and a norm summed in another order
+        # differs in the last bit, which clipping carries into every weight: a resume was not bit-exact)
+        self._order = [p for _, p, _ in params_with_index]
         for _, p, idx in params_with_index:
             self.set_index(p, idx)
 
@@ -134,8 +138,8 @@ class MaskedAdamW(torch.optim.Optimizer):
     def gather_grads(self) -> list[torch.Tensor]:
         """Each masked tensor's gradient at its selected entries (float32): what clipping scales in place and the
         next :meth:`step` uses, so each gradient is gathered once per step."""
-        self._gathered = {p: p.grad.reshape(-1).index_select(0, st["index"]).float()
-                          for p, st in self.state.items() if p.grad is not None and st["index"].numel()}
+        self._gathered = {p: p.grad.reshape(-1).index_select(0, st["index"]).float() for p in self._order
+                          if (st := self.state.get(p)) is not None and p.grad is not None and st["index"].numel()}
         return list(self._gathered.values())
 
     @torch.no_grad()
