@@ -58,6 +58,17 @@ def test_early_stopping_reloads_the_best_state(tiny_trial):
     assert r["dev_score"] == pytest.approx(r["curve"][0]["dev_score"])
 
 
+def test_a_resume_from_the_evaluation_that_stopped_the_trial_ends_there(tiny_trial, tmp_path):
+    """The checkpoint of the evaluation that ran out of patience is saved before the stop is acted on; a trial
+    restored from it (its worker lost before the final report) trained on past the stop, to another best."""
+    cfg = tiny_trial("full", method_params={"lr": 1e-12}, training={"max_steps": 400, "eval_every": 4, "patience": 2})
+    whole = run_trial(cfg, checkpoint_dir=str(tmp_path / "a"))
+    assert whole["steps"] == 12
+    resumed = run_trial(cfg, resume_dir=str(tmp_path / "a" / "step-0000012"))
+    assert (resumed["steps"], resumed["best_step"]) == (12, 4) and resumed["curve"] == whole["curve"]
+    assert _scores(resumed) == _scores(whole)
+
+
 def test_a_trial_that_diverges_after_an_evaluation_ends_with_its_best_state_at_once(tiny_trial):
     """A nan loss leaves nan weights for good: every later evaluation would score the majority class and never
     be the best, so the protocol's result is the best state before it; training stops there."""

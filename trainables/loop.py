@@ -372,6 +372,8 @@ class Trainer:
         end = tc.max_steps if until is None else min(until, tc.max_steps)
         self.model.train()
         t0 = time.perf_counter()
+        if self._out_of_patience():  # resumed from the checkpoint of the evaluation that stopped it
+            return
         while self.step < end:
             # learning rate: linear warmup, then linear decay, set on every optimizer (a group with a peak of
             # its own, DiffPruning's gates, follows the same schedule)
@@ -443,6 +445,10 @@ class Trainer:
         n_eval = len(self.curve)
         path = self._save_state() if tc.checkpoint_every and n_eval % tc.checkpoint_every == 0 else None
         self.report(EvalPoint(**point, best_dev_score=self.best_score, checkpoint=path))
+        return self._out_of_patience()
+
+    def _out_of_patience(self) -> bool:
+        tc = self.cfg.training
         return self.bad_evals >= tc.patience and self.step >= tc.min_steps
 
     # ------------------------------------------------------------------ result
