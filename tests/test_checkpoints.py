@@ -39,6 +39,38 @@ def test_a_mask_checkpoint_holds_the_selected_entries_not_the_model(tiny_trial, 
     assert sam_bytes < 0.1 * full_bytes, (sam_bytes, full_bytes)
 
 
+@pytest.mark.parametrize("damage", ["flipped byte", "tensor left out"])
+def test_a_damaged_checkpoint_is_refused_not_resumed_from(damage, tiny_trial, tmp_path):
+    """A byte flipped in the tensors, or a tensor missing (the head, a moment, the best state), resumed without a
+    word: the head from its fresh initialisation, Adam from zero, the best state replaced by the last."""
+    ckpt = _checkpoint(tiny_trial, "sam", tmp_path / "sam")
+    path = ckpt / TENSORS
+    if damage == "flipped byte":
+        data = bytearray(path.read_bytes())
+        data[-5] ^= 0xFF
+        path.write_bytes(bytes(data))
+    else:
+        tensors = load_file(str(path))
+        save_file({k: v for k, v in tensors.items() if not k.startswith("now/dense/head.")}, str(path))
+    cfg = tiny_trial("sam", method_params=METHOD_CASES["sam"], training={"max_steps": 4})
+    with pytest.raises(CheckpointError, match=r"is damaged: state\.safetensors has CRC32 [0-9a-f]{8}, it was "
+                                              r"written with [0-9a-f]{8}"):
+        run_trial(cfg, resume_dir=str(ckpt))
+
+
+def test_a_damaged_model_delta_is_refused_not_loaded(tiny_trial, tmp_path):
+    from trainables import load_finetuned
+
+    run_trial(tiny_trial("sam", method_params=METHOD_CASES["sam"], training={"max_steps": 4}),
+              checkpoint_dir=str(tmp_path))
+    delta = tmp_path / FINAL_DIR / "model" / "delta.safetensors"
+    data = bytearray(delta.read_bytes())
+    data[-5] ^= 0xFF
+    delta.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"is damaged: delta\.safetensors has CRC32"):
+        load_finetuned(tmp_path / FINAL_DIR / "model")
+
+
 def test_resume_refuses_other_base_weights(tiny_model, tiny_trial, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(tiny_model, model)

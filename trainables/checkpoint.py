@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,7 +149,7 @@ class TrialState:
                 "curve": self.curve, "projections": self.projections, "optimizers": opt_meta,
                 "has": {"mask": self.mask is not None, "best": self.best is not None,
                         "best_mask": self.best_mask is not None}, "extra": self.extra}
-        return write_folder(folder, {TENSORS: tensors}, {META: meta})
+        return write_folder(folder, {TENSORS: tensors}, {META: meta}, crc_into=META)
 
     @classmethod
     def load(cls, folder: str | Path) -> "TrialState":
@@ -158,6 +159,7 @@ class TrialState:
         meta = json.loads((folder / META).read_text())
         if meta.get("format") != FORMAT:
             raise CheckpointError(f"checkpoint {folder} has format {meta.get('format')}; this code reads {FORMAT}")
+        check_crc(folder, meta)
         tensors = load_file(str(folder / TENSORS))
 
         def part(prefix: str) -> dict[str, torch.Tensor]:
@@ -192,15 +194,40 @@ def compact(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous()
 
 
+def crc32(path: Path) -> str:
+    """CRC32 of a file, read in 64 MiB pieces: ~5 GB/s here, a fraction of writing the file (sha256: 1.8 GB/s)."""
+    crc = 0
+    with open(path, "rb") as f:
+        while piece := f.read(64 * 2**20):
+            crc = zlib.crc32(piece, crc)
+    return f"{crc:08x}"
+
+
+def check_crc(folder: Path, meta: dict[str, Any]) -> None:
+    """Refuse a tensor file whose CRC32 is not the one written: safetensors loads a flipped byte, or a file
+    rewritten without a tensor, and training resumed from it without a word (the head from a fresh init, Adam
+    from zero, the best state replaced by the last). Folders written before the CRC was recorded are read as
+    they are."""
+    for name, written in (meta.get("crc32") or {}).items():
+        if (got := crc32(folder / name)) != written:
+            raise CheckpointError(f"checkpoint {folder} is damaged: {name} has CRC32 {got}, it was written with "
+                                  f"{written}; delete the folder to resume from an earlier checkpoint, or rerun the "
+                                  "trial from its start")
+
+
 def write_folder(folder: str | Path, tensor_files: dict[str, dict[str, torch.Tensor]],
-                 json_files: dict[str, Any]) -> Path:
-    """Write the files into ``<folder>.tmp`` and rename it into place (atomic on one filesystem)."""
+                 json_files: dict[str, Any], crc_into: str | None = None) -> Path:
+    """Write the files into ``<folder>.tmp`` and rename it into place (atomic on one filesystem). ``crc_into``:
+    the JSON file (a dict) that records each tensor file's CRC32 under ``crc32``, for ``check_crc``."""
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for name, tensors in tensor_files.items():
         save_file(tensors, str(tmp / name))
+    if crc_into is not None:
+        json_files = {**json_files, crc_into: {**json_files[crc_into],
+                                               "crc32": {name: crc32(tmp / name) for name in tensor_files}}}
     for name, obj in json_files.items():
         (tmp / name).write_text(json.dumps(obj, indent=1, default=str))
     if folder.exists():

@@ -28,7 +28,7 @@ def save_delta(folder: Path, dense: dict[str, torch.Tensor], masked: dict[str, t
     values.update({f"mask/{n}": ckpt.compact(i) for n, i in (mask or {}).items()})
     meta = {**meta, "format": ckpt.FORMAT, "has_mask": mask is not None,
             "mask_size": sum(int(i.numel()) for i in (mask or {}).values())}
-    return ckpt.write_folder(folder, {ckpt.DELTA: values}, {ckpt.DELTA_META: meta})
+    return ckpt.write_folder(folder, {ckpt.DELTA: values}, {ckpt.DELTA_META: meta}, crc_into=ckpt.DELTA_META)
 
 
 class OutputInUse(ValueError):
@@ -93,6 +93,7 @@ def load_finetuned(folder: str | Path, model: str | None = None) -> tuple[TaskMo
     if saved:
         net.load_state_dict(load_file(str(folder / SAVED_MODEL)))
     else:
+        ckpt.check_crc(folder, meta)
         values = load_file(str(folder / ckpt.DELTA))
         mask = {k[5:]: v.long() for k, v in values.items() if k.startswith("mask/")} if meta["has_mask"] else None
         dense = {**head_parameters(net), **dict(method.dense_parameters(net))}
@@ -113,5 +114,5 @@ def save_finetuned(net: TaskModel, tokenizer, meta: dict[str, Any], out: str | P
     save_file(state, str(out / SAVED_MODEL))
     net.backbone.config.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    (out / SAVED_META).write_text(json.dumps(meta, indent=1))
+    (out / SAVED_META).write_text(json.dumps({k: v for k, v in meta.items() if k != "crc32"}, indent=1))  # the delta's
     return out
