@@ -133,7 +133,12 @@ def _error_text(trial) -> str:
     path = getattr(trial, "error_file", None)
     if path and os.path.isfile(path):
         return ANSI.sub("", Path(path).read_text())
-    return ANSI.sub("", str(getattr(trial, "error_msg", None) or "trial failed (no error text from Ray)"))
+    try:  # Ray 2.60's Trial has no error_msg: its error is the file above or the pickled exception
+        error = trial.get_pickled_error()
+    except Exception:  # noqa: BLE001 - an unreadable pickle is no error text either
+        error = None
+    return ANSI.sub("", f"{type(error).__name__}: {error}" if error is not None
+                    else "trial failed (no error text from Ray)")
 
 
 def _data_paths(spec: SweepSpec) -> dict[str, Any]:
