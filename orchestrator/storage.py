@@ -41,12 +41,41 @@ def tune_root(storage_path: str | None, sweep_name: str, sweep_dir: Path) -> str
     return str(Path(storage_path).expanduser().resolve() / sweep_name)
 
 
+STORAGE_CHECK = ".storage-check-"  # the prefix of the file a driver leaves for a moment for the nodes to read
+
+
+def read_check(root: str, name: str, token: str) -> str | None:
+    """Run on a node: None if it reads ``token`` from the file ``name`` the driver wrote under Tune's root, else
+    why not. A node that cannot reach the storage fails each trial it runs at its first checkpoint (Ray checks
+    that every worker reaches it) and retries them all to FAILED."""
+    try:
+        store = ExperimentStore(root)
+        with store.fs.open_input_stream(f"{store.path.rstrip('/')}/{name}") as f:
+            got = f.read().decode(errors="replace")
+    except Exception as exc:  # noqa: BLE001 - whatever it is, the node cannot use this storage
+        return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''}"
+    return None if got == token else "reads another file there: not the storage the driver writes to"
+
+
 class ExperimentStore:
     """The experiments of one sweep under its Tune root."""
 
     def __init__(self, root: str):
         self.root = root
         self.fs, self.path = pafs.FileSystem.from_uri(root if is_uri(root) else str(Path(root).resolve()))
+
+    def write_check(self) -> tuple[str, str]:
+        """A file with a random token under the root, for ``read_check`` on each node: (its name, the token)."""
+        import uuid
+
+        token = uuid.uuid4().hex
+        self.fs.create_dir(self.path, recursive=True)
+        with self.fs.open_output_stream(f"{self.path.rstrip('/')}/{STORAGE_CHECK}{token}") as out:
+            out.write(token.encode())
+        return f"{STORAGE_CHECK}{token}", token
+
+    def remove(self, name: str) -> None:
+        self.fs.delete_file(f"{self.path.rstrip('/')}/{name}")
 
     def uri(self, name: str) -> str:
         return f"{self.root.rstrip('/')}/{name}"

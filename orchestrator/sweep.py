@@ -280,7 +280,7 @@ def plan(trials: list, status: dict[str, str], force: bool = False,
 
 def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
     """Run what is left of the sweep. Returns the number of trials that ended in error."""
-    from .tune_runner import init_ray, run_trials  # Ray is imported only when a sweep really runs
+    from .tune_runner import check_shared_storage, init_ray, run_trials  # Ray only when a sweep really runs
 
     spec, tracker, note = check_before_run(spec, force)
     trials = spec.trials()
@@ -289,6 +289,8 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
     with undo_on_error(spec.sweep_dir):  # a store that refuses us leaves no empty sweep folder behind
         spec.sweep_dir.mkdir(parents=True, exist_ok=True)
         tracker.check()
+        if spec.ray_address:  # every node reads what the driver writes to Tune's storage (a file, removed)
+            check_shared_storage(spec)
     moved_from = tracker.follow_move()
     if moved_from:
         print(f"note: this sweep folder moved here from {moved_from}: its MLflow store's artifact paths now point "

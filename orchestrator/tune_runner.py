@@ -17,7 +17,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow.fs as pafs
 import ray
@@ -40,7 +40,7 @@ from .preflight import node_data, node_report, node_versions, nodes_problems
 from .progress import Progress
 from .records import SweepRecords
 from .spec import ClusterError, SweepSpec
-from .storage import CHECKPOINT_FOLDER, ExperimentStore, checkpoint_folders, tune_root
+from .storage import CHECKPOINT_FOLDER, ExperimentStore, checkpoint_folders, read_check, tune_root
 from .tracking import Tracker
 
 QUIET_LOGGERS = ("ray.train", "ray.tune")  # per-checkpoint "Checkpoint successfully created" and such: INFO only
@@ -415,26 +415,58 @@ def _check_cluster_resources(spec: SweepSpec, where: str, hint: str = "") -> Non
 NODE_CHECK_TIMEOUT_S = 180.0
 
 
-def _check_nodes(spec: SweepSpec, where: str) -> None:
-    """A one-shot task on every alive node: it has the data, the token cache and the model, and runs the
-    driver's versions of ray, torch, transformers, peft and this project. Else nothing starts, and a table
-    says what each node lacks (a trial would otherwise fail there, hours in)."""
+class _Unstarted(NamedTuple):
+    why: str  # the task could not even start on the node (no package, no env)
+
+
+def _on_every_node(fn, args: tuple, where: str) -> tuple[list[dict], dict[str, Any]]:
+    """``fn(*args)`` as a one-shot task on every alive node: (the nodes, each node's answer or _Unstarted)."""
     from ray.exceptions import GetTimeoutError
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    probe = ray.remote(num_cpus=0, max_retries=0)(node_report)
+    probe = ray.remote(num_cpus=0, max_retries=0)(fn)
     refs = {f"node {n['NodeManagerAddress']} ({n['NodeID'][:8]})": probe.options(
-        scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(spec) for n in nodes}
-    reports = {}
+        scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(*args) for n in nodes}
+    answers: dict[str, Any] = {}
     for node, ref in refs.items():
         try:
-            reports[node] = ray.get(ref, timeout=NODE_CHECK_TIMEOUT_S)
+            answers[node] = ray.get(ref, timeout=NODE_CHECK_TIMEOUT_S)
         except GetTimeoutError:
             raise ClusterError(f"the preflight task did not return from {node} of {where} within "
                                f"{NODE_CHECK_TIMEOUT_S:g} s; are all nodes healthy (`ray status`)?") from None
-        except ray.exceptions.RayError as exc:  # the task could not even start there (no package, no env)
-            reports[node] = {"versions": {}, "lacks": [str(exc).strip().splitlines()[-1][:200]]}
+        except ray.exceptions.RayError as exc:
+            answers[node] = _Unstarted(str(exc).strip().splitlines()[-1][:200])
+    return nodes, answers
+
+
+def check_shared_storage(spec: SweepSpec) -> None:
+    """Every node of the cluster reads the file the driver writes under Tune's root: else each trial a node runs
+    fails at its first checkpoint (Ray checks every worker reaches the storage) and is retried to FAILED, hours
+    in. A local path must be a folder all nodes mount; s3:// needs credentials (and AWS_ENDPOINT_URL for a
+    non-AWS endpoint) on every node, which the job's environment does not carry to workers."""
+    store = ExperimentStore(tune_root(spec.ray.storage_path, spec.name, spec.sweep_dir))
+    name, token = store.write_check()
+    try:
+        _, answers = _on_every_node(read_check, (store.root, name, token), "the cluster")
+    finally:
+        store.remove(name)
+    bad = {node: a.why if isinstance(a, _Unstarted) else a for node, a in answers.items() if a is not None}
+    if bad:
+        for node, why in sorted(bad.items()):
+            print(f"  {node}: cannot read Tune's storage {store.root}: {why}", file=sys.stderr)
+        raise ClusterError(f"{len(bad)} node(s) cannot read Tune's storage {store.root} (listed above); give "
+                           "ray.storage_path a folder every node mounts, or a URI every node can reach (for s3://: "
+                           "credentials in the runtime_env's env_vars); nothing was started")
+
+
+def _check_nodes(spec: SweepSpec, where: str) -> None:
+    """A one-shot task on every alive node: it has the data, the token cache and the model, and runs the
+    driver's versions of ray, torch, transformers, peft and this project. Else nothing starts, and a table
+    says what each node lacks (a trial would otherwise fail there, hours in)."""
+    nodes, answers = _on_every_node(node_report, (spec,), where)
+    reports = {node: a if not isinstance(a, _Unstarted) else {"versions": {}, "lacks": [a.why]}
+               for node, a in answers.items()}
     problems = nodes_problems(reports, node_versions(), node_data(spec))
     if problems:
         print(f"preflight on {len(nodes)} node(s) of {where}:", file=sys.stderr)
@@ -516,10 +548,10 @@ def _run_trials(spec: SweepSpec, trials: list[TrialConfig], restore: bool, super
                 progress: Progress) -> dict[str, int]:
     init_ray(spec)
     wanted = [t.key for t in trials]
+    store = ExperimentStore(tune_root(spec.ray.storage_path, spec.name, spec.sweep_dir))
 
     def count_outside() -> None:  # the records as this experiment starts: what the others left
         progress.sweep = (grid_keys, set(wanted), records.all_records(spec.sweep_dir))
-    store = ExperimentStore(tune_root(spec.ray.storage_path, spec.name, spec.sweep_dir))
     wrapped = tune.with_resources(tune.with_parameters(trainable, data=_data_paths(spec)),
                                   {"cpu": spec.resources.cpu_per_trial, "gpu": spec.resources.gpu_per_trial})
     results = {"FINISHED": 0, "ERROR": 0, "STOPPED": 0}
