@@ -84,7 +84,7 @@ def outside(grid: Iterable[str], inside: set[str], to_run: set[str], recs: dict[
             continue
         rec = recs.get(key) or {}
         status = rec.get("status")
-        ended_here = status in ("FINISHED", "FAILED") and rec.get("ended_at", 0.0) >= started
+        ended_here = status in ("FINISHED", "FAILED") and (rec.get("ended_at") or 0.0) >= started
         if key in to_run and not ended_here:
             states["PENDING"] += 1
         else:

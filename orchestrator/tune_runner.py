@@ -261,8 +261,10 @@ class SweepCallback(tune.Callback):
     def _status(self, trial, completing) -> str:
         if _key(trial) in self.dropped:
             return "PENDING"
-        if trial is completing or trial.status == Trial.TERMINATED:
-            return "ERROR" if (trial.last_result or {}).get(FAILED_REPORT) else "TERMINATED"
+        if trial is completing or trial.status == Trial.TERMINATED:  # ended failed: with its error, or with no
+            last = trial.last_result or {}  # final result at all (a replay's reports are dropped: it FINISHED)
+            failed = last.get(FAILED_REPORT) or ("result_json" not in last and _key(trial) not in self.replays)
+            return "ERROR" if failed else "TERMINATED"
         return trial.status
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -550,8 +552,9 @@ def _run_trials(spec: SweepSpec, trials: list[TrialConfig], restore: bool, super
     wanted = [t.key for t in trials]
     store = ExperimentStore(tune_root(spec.ray.storage_path, spec.name, spec.sweep_dir))
 
-    def count_outside() -> None:  # the records as this experiment starts: what the others left
-        progress.sweep = (grid_keys, set(wanted), records.all_records(spec.sweep_dir))
+    def count_outside(to_run: set[str]) -> None:
+        """The records as an experiment starts, and the keys this driver is still to run (for the line)."""
+        progress.sweep = (grid_keys, to_run, records.all_records(spec.sweep_dir))
     wrapped = tune.with_resources(tune.with_parameters(trainable, data=_data_paths(spec)),
                                   {"cpu": spec.resources.cpu_per_trial, "gpu": spec.resources.gpu_per_trial})
     results = {"FINISHED": 0, "ERROR": 0, "STOPPED": 0}
@@ -563,7 +566,7 @@ def _run_trials(spec: SweepSpec, trials: list[TrialConfig], restore: bool, super
             continue  # left for a plain `run` (rerun-failed does not resume stopped trials)
         restored_keys = store.keys(last)
         print(f"resuming the interrupted experiment {last} ({len(restored_keys)} trials)", flush=True)
-        count_outside()
+        count_outside(set(wanted))
         _RESTORING.append(spec)  # the experiment's own (pickled) callback writes where this spec says
         try:
             grid = tune.Tuner.restore(store.uri(last), wrapped, resume_unfinished=True, resume_errored=False,
@@ -588,7 +591,7 @@ def _run_trials(spec: SweepSpec, trials: list[TrialConfig], restore: bool, super
         return _left_by_drain(spec, wanted, results)
     name = store.next_name()
     store.write_keys(name, [t.key for t in trials])
-    count_outside()
+    count_outside({t.key for t in trials})  # those that ended in this driver count by their records
     callback = SweepCallback(spec)
     tuner = tune.Tuner(
         wrapped,

@@ -311,3 +311,24 @@ def test_the_driver_file_names_the_ray_job_it_runs_in(tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "not json")  # no job then, and no crash
     driver.register(tmp_path)
     assert driver.info(tmp_path)["ray_job"] is None
+
+
+def test_the_line_counts_a_trial_that_ended_failed_as_failed(tmp_path, data_dir, capsys):
+    """A trial Tune ends TERMINATED (a divergence's final report, or no final result at all) that the driver
+    records FAILED was counted done on the line that said "FAILED" and on every line after it."""
+    from types import SimpleNamespace
+
+    from orchestrator.tune_runner import FAILED_REPORT, SweepCallback
+
+    spec = make_spec(tmp_path, data_dir)
+    a, b, c = (SimpleNamespace(config={"trial": trial_dict(t)}, status="RUNNING", last_result={}, checkpoint=None)
+               for t in spec.trials()[:3])
+    callback = SweepCallback(spec)
+    a.last_result = {"final": True, FAILED_REPORT: "TrainingDiverged: training diverged"}
+    callback.on_trial_complete(0, [a, b, c], a)
+    a.status = "TERMINATED"
+    b.last_result = {"step": 3}  # ended without a final result
+    callback.on_trial_complete(0, [a, b, c], b)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "done 0/3 | running 2 | failed 1 |" in lines[0] and "FAILED: TrainingDiverged" in lines[0], lines
+    assert "done 0/3 | running 1 | failed 2 |" in lines[1] and "trial ended without a final result" in lines[1], lines
