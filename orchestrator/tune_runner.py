@@ -29,7 +29,7 @@ from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
 
 from trainables import TrialConfig, run_trial
-from trainables.checkpoint import META, TENSORS
+from trainables.checkpoint import META, TENSORS, CheckpointError
 from trainables.finetuned import DELTA_DIR
 from trainables.loop import RESULT_FILE, EvalPoint, TrainingDiverged, TrialEnd
 
@@ -113,9 +113,10 @@ def trainable(config: dict[str, Any], data: dict[str, Any] | None = None) -> Non
 
         try:
             run_trial(cfg, report, checkpoint_dir=str(work / "checkpoints"), resume_dir=resume)
-        except TrainingDiverged:
+        except (TrainingDiverged, CheckpointError):
             # deterministic: each of Tune's retries (max_failures) would train from the same state into the same
-            # nan, so the trial ends here, its error in a final report that the callback records as a failure
+            # nan, or read the same damaged or foreign checkpoint, so the trial ends here, its error in a final
+            # report that the callback records as a failure
             tune.report({"final": True, FAILED_REPORT: traceback.format_exc()})
     finally:
         shutil.rmtree(work, ignore_errors=True)

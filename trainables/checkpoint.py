@@ -159,7 +159,8 @@ class TrialState:
         meta = json.loads((folder / META).read_text())
         if meta.get("format") != FORMAT:
             raise CheckpointError(f"checkpoint {folder} has format {meta.get('format')}; this code reads {FORMAT}")
-        check_crc(folder, meta)
+        check_crc(folder, meta, "checkpoint", "the trial cannot resume from it: `peft-sweep rerun-failed SWEEP_DIR` "
+                  "starts it over")
         tensors = load_file(str(folder / TENSORS))
 
         def part(prefix: str) -> dict[str, torch.Tensor]:
@@ -203,16 +204,15 @@ def crc32(path: Path) -> str:
     return f"{crc:08x}"
 
 
-def check_crc(folder: Path, meta: dict[str, Any]) -> None:
+def check_crc(folder: Path, meta: dict[str, Any], what: str, then: str) -> None:
     """Refuse a tensor file whose CRC32 is not the one written: safetensors loads a flipped byte, or a file
     rewritten without a tensor, and training resumed from it without a word (the head from a fresh init, Adam
     from zero, the best state replaced by the last). Folders written before the CRC was recorded are read as
     they are."""
     for name, written in (meta.get("crc32") or {}).items():
         if (got := crc32(folder / name)) != written:
-            raise CheckpointError(f"checkpoint {folder} is damaged: {name} has CRC32 {got}, it was written with "
-                                  f"{written}; delete the folder to resume from an earlier checkpoint, or rerun the "
-                                  "trial from its start")
+            raise CheckpointError(f"{what} {folder} is damaged: {name} has CRC32 {got}, it was written with "
+                                  f"{written}; {then}")
 
 
 def write_folder(folder: str | Path, tensor_files: dict[str, dict[str, torch.Tensor]],

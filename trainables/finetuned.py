@@ -93,7 +93,8 @@ def load_finetuned(folder: str | Path, model: str | None = None) -> tuple[TaskMo
     if saved:
         net.load_state_dict(load_file(str(folder / SAVED_MODEL)))
     else:
-        ckpt.check_crc(folder, meta)
+        ckpt.check_crc(folder, meta, "model delta", "download it again (`peft-sweep load RUN_ID`); if MLflow's copy "
+                       "is damaged too, rerun the trial")
         values = load_file(str(folder / ckpt.DELTA))
         mask = {k[5:]: v.long() for k, v in values.items() if k.startswith("mask/")} if meta["has_mask"] else None
         dense = {**head_parameters(net), **dict(method.dense_parameters(net))}
