@@ -245,20 +245,17 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
     collapsed = sum(r["below"] and r["constant_or_at_majority"] for r in cell_rows)
     full_ranks = {t: r for t, r in base_cells["stab_rank_shared"].dropna().items()}
     n_ranked = cells[cells["task"] != "AVG"].groupby("task")["stab_rank_shared"].count()
-    # full's one-seed tasks and those it has no trial of: then it has no AVG std of its own
-    base_one, base_none = sorted(base_cells.index[base_cells["std"].isna()]), sorted(set(tasks) - set(base_cells.index))
     no_avg = [r["method"] for r in methods if r["method"] not in collapsed_methods and r not in compared]
-    if base_one or base_none:
-        head = (f"no average std of {BASE} to compare with (" + "; ".join(
-            ([f"one finished seed on {', '.join(base_one)}"] if base_one else [])
-            + ([f"no finished trial on {', '.join(base_none)}"] if base_none else [])) + ")")
+    if why := _no_average_std(cells, BASE, tasks):
+        head = f"no average std of {BASE} to compare with ({why})"
     else:
         head = (f"{len(below)} of {len(compared)} methods {'has' if len(below) == 1 else 'have'} a smaller average "
                 f"std than {BASE} tuning" + (f" ({', '.join(below)})" if below else "")
-                + (f" (not compared, one finished seed on some task: {', '.join(no_avg)})" if no_avg else ""))
+                + (" (not compared, no average std: " + "; ".join(f"{m}, {_no_average_std(cells, m, tasks)}"
+                                                                   for m in no_avg) + ")" if no_avg else ""))
     answer = (head
-              + (f" (left out: {', '.join(collapsed_methods)}, constant or at the majority class on every task (a "
-                 "collapse, not stability))" if collapsed_methods else "")
+              + (f" (left out: {', '.join(collapsed_methods)}, constant or at the majority class on every task "
+                 "compared (a collapse, not stability))" if collapsed_methods else "")
               + f"; tested over the shared tasks at once, {len(sig_smaller)} significantly smaller"
               + (f" ({', '.join(sig_smaller)})" if sig_smaller else "")
               + f" and {len(sig_larger)} significantly larger" + (f" ({', '.join(sig_larger)})" if sig_larger else "")
@@ -283,6 +280,14 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
                     "Brown–Forsythe test of spread, cells with ≥ 3 seeds on both sides; Holm over methods. Per cell "
                     "(descriptive): the std ratio with its 95% F interval and Brown–Forsythe's raw p",
             "methods": methods, "cells": cell_rows}
+
+
+def _no_average_std(cells: pd.DataFrame, method: str, tasks: list[str]) -> str:
+    """Why ``method`` has no AVG std over ``tasks`` ("one finished seed on CB; no finished trial on RTE"), or ""."""
+    own = cells[(cells["method"] == method) & (cells["task"] != "AVG")].set_index("task")["n"].reindex(tasks)
+    one, none = [t for t in tasks if own[t] == 1], [t for t in tasks if not own[t] >= 1]
+    return "; ".join(([f"one finished seed on {', '.join(one)}"] if one else [])
+                     + ([f"no finished trial on {', '.join(none)}"] if none else []))
 
 
 def _modal_n(cell_rows: list[dict[str, Any]]) -> int:
