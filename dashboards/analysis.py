@@ -577,8 +577,10 @@ def answer(result: Analysis, trials: pd.DataFrame) -> dict[str, Any]:
     tied = avg.loc[avg["mean"] == best["mean"], "method"].tolist()  # equal to 1e-10 (``settled``): no leader
     if len(tied) > 1:
         out["tied"] = tied
+        few = "".join(f"; {m}: one finished seed on {', '.join(one_seed[m])}, so no std" for m in tied
+                      if one_seed.get(m))
         out["lines"].append(f"best on average: {' and '.join(tied)}, tied at {100 * best['mean']:.1f} (test score "
-                            "×100, mean over tasks of the mean over seeds)")
+                            f"×100, mean over tasks of the mean over seeds{few})")
     else:
         out["lines"].append(best_line(best["method"], best["mean"], None if pd.isna(best["std"]) else best["std"],
                                       one_seed.get(best["method"])))
@@ -586,7 +588,8 @@ def answer(result: Analysis, trials: pd.DataFrame) -> dict[str, Any]:
         tasks = sorted(cells["task"].unique())
         part = trials_in(scored(trials), label)
         out["lead"] = paired_on_average(part, best["method"], avg.iloc[1]["method"], tasks)
-        said = "the tied pair, paired" if out["tied"] else "its lead over the runner-up"
+        said = ("its lead over the runner-up" if not out["tied"] else "the tied pair, paired" if len(tied) == 2
+                else f"the first two of the {len(tied)} tied, paired")
         out["lines"].append(f"{said}: {out['lead']['answer']}")
     collapsed = collapsed_tasks(cells)
     stable = avg[~avg["method"].isin(collapsed)].dropna(subset=["std"]).sort_values(["std", "method"])
@@ -601,7 +604,12 @@ def answer(result: Analysis, trials: pd.DataFrame) -> dict[str, Any]:
                                 "on every task)")
     if len(stable):
         m = stable.iloc[0]
-        out["most_stable"] = m["method"]
+        level = stable.loc[stable["std"] == m["std"], "method"].tolist()  # equal to 1e-10 (``settled``): a tie
+        out["most_stable"] = ", ".join(level)  # as the parent run's tag names them
+        if len(level) > 1:
+            out["lines"].append(f"most stable on average: {' and '.join(level)}, tied (mean per-task std "
+                                f"{100 * m['std']:.1f}, test score ×100)")
+            return out
         its = cells[cells["method"] == m["method"]]
         one = int(its["n_one_class"].sum()) if "n_one_class" in its and its["n_one_class"].notna().any() else 0
         fewest, most = int(its["n"].min()), int(cells["n"].max())

@@ -524,6 +524,9 @@ def test_the_answer_says_a_tie_for_best_rather_than_naming_one():
     assert best_per_task(analyze(df))["AVG"] == ("bitfit, sam", pytest.approx(0.7))  # the parent run's tag
     assert said["lines"][0].startswith("best on average: bitfit and sam, tied at 70.0 (test score ×100"), said["lines"]
     assert said["lines"][1].startswith("the tied pair, paired: bitfit − sam on the average: +0.0 points"), said["lines"]
+    # equal stds too (each method's seeds are 0.1 apart): named together, not the alphabetical first
+    assert said["most_stable"] == "bitfit, full, sam" and said["lines"][-1] == (
+        "most stable on average: bitfit and full and sam, tied (mean per-task std 10.0, test score ×100)"), said["lines"]
 
 
 def test_a_lead_over_fewer_seeds_than_the_table_averages_says_so():
