@@ -436,7 +436,8 @@ class Tracker:
     def finish(self, key: str, result: dict[str, Any], trial: dict[str, Any] | None = None,
                tags: dict[str, Any] | None = None) -> None:
         """Final metrics (what a user charts), counts and identifiers as tags, every scalar field in the
-        ``result`` tag, result.json as an artifact. Logging it twice adds no second metric value."""
+        ``result`` tag (where it fits in a tag), result.json as an artifact. Logging it twice adds no second metric
+        value."""
         from mlflow.entities import Metric, RunTag
 
         run_id = self._ensure(key, trial)
@@ -490,8 +491,8 @@ class Tracker:
         self.client.set_terminated(run_id, "FAILED")
 
     def result(self, run) -> dict[str, Any] | None:
-        """A run's scalar result fields: its ``result`` tag, or (runs logged before the tag existed) its
-        result.json artifact."""
+        """A run's result: its ``result`` tag (the scalar fields), or, for runs logged before the tag existed and
+        results too long for a tag, its result.json artifact (the whole result)."""
         if RESULT_TAG in run.data.tags:
             return json.loads(run.data.tags[RESULT_TAG])
         try:

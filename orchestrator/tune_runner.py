@@ -449,7 +449,11 @@ def check_shared_storage(spec: SweepSpec) -> None:
     in. A local path must be a folder all nodes mount; s3:// needs credentials (and AWS_ENDPOINT_URL for a
     non-AWS endpoint) on every node, which the job's environment does not carry to workers."""
     store = ExperimentStore(tune_root(spec.ray.storage_path, spec.name, spec.sweep_dir))
-    name, token = store.write_check()
+    try:
+        name, token = store.write_check()
+    except OSError as exc:  # pyarrow's errors for a refused write, missing credentials or bucket
+        raise ClusterError(f"the driver cannot write Tune's storage {store.root}: "
+                           f"{str(exc).strip().splitlines()[0][:160]}") from None
     try:
         _, answers = _on_every_node(read_check, (store.root, name, token), "the cluster")
     finally:
@@ -476,12 +480,7 @@ def _check_nodes(spec: SweepSpec, where: str) -> None:
         for line in problems:
             print(f"  {line}", file=sys.stderr)
         raise ClusterError(f"{len(problems)} problem(s) on the nodes of {where} (listed above); nothing was started")
-    if len(nodes) > 1:
-        storage = spec.ray.storage_path
-        if not storage or "://" not in storage:
-            print(f"WARNING: Tune storage {storage or str(spec.sweep_dir / 'tune')!r} is a local path and the "
-                  f"cluster has {len(nodes)} nodes: it must be a folder every node mounts (NFS), or set "
-                  "ray.storage_path to a URI (s3://, gs://)", file=sys.stderr, flush=True)
+    if len(nodes) > 1:  # (Tune's storage: check_shared_storage has every node read it)
         if spec.resolved_tracking_uri.startswith("sqlite"):
             print("WARNING: MLflow on SQLite with a multi-node cluster: the driver alone writes it, which works, "
                   "but only this machine can browse it; an `mlflow server` (README, cluster section) lets "
