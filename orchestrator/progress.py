@@ -11,6 +11,8 @@ import collections
 import time
 from typing import Callable, Iterable
 
+from .records import ended_since
+
 
 def duration(seconds: float) -> str:
     """1h02m above an hour, else 3m07s."""
@@ -84,8 +86,7 @@ def outside(grid: Iterable[str], inside: set[str], to_run: set[str], recs: dict[
             continue
         rec = recs.get(key) or {}
         status = rec.get("status")
-        ended_here = status in ("FINISHED", "FAILED") and (rec.get("ended_at") or 0.0) >= started
-        if key in to_run and not ended_here:
+        if key in to_run and not ended_since(rec, started):
             states["PENDING"] += 1
         else:
             states[{"FINISHED": "TERMINATED", "FAILED": "ERROR"}.get(status, "LEFT")] += 1

@@ -11,7 +11,7 @@ import re
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 KEY = re.compile(r"^[0-9a-f]{12}$")
 
@@ -63,6 +63,15 @@ def merged_status(recorded: str | None, tracked: str | None) -> str | None:
 def written_at(sweep_dir: Path, key: str) -> float:
     """When the key's record was last written (its status changed), as a Unix time."""
     return _path(sweep_dir, key).stat().st_mtime
+
+
+def ended_since(rec: dict[str, Any], started: float, written_at: Callable[[], float] = lambda: 0.0) -> bool:
+    """Whether the record's trial ended (FINISHED or FAILED) at or after ``started`` (the records' clock): one
+    that a driver started then ended. A record from before ``ended_at`` existed goes by ``written_at()``."""
+    if rec.get("status") not in ("FINISHED", "FAILED"):
+        return False
+    ended = rec.get("ended_at")
+    return (ended if ended is not None else written_at()) >= started
 
 
 class SweepRecords:

@@ -415,8 +415,8 @@ def ended_since(spec: SweepSpec, started: float, recs: dict[str, dict] | None = 
     recs = records.all_records(spec.sweep_dir) if recs is None else recs
     return collections.Counter(
         recs[t.key]["status"] for t in spec.trials()
-        if recs.get(t.key, {}).get("status") in ("FINISHED", "FAILED")
-        and recs[t.key].get("ended_at", records.written_at(spec.sweep_dir, t.key)) >= started)
+        if t.key in recs
+        and records.ended_since(recs[t.key], started, lambda: records.written_at(spec.sweep_dir, t.key)))
 
 
 def _stopped(spec: SweepSpec, tracker: Tracker, counts: dict[str, int], started: float) -> int:
