@@ -488,7 +488,7 @@ def test_the_answer_says_how_many_trials_it_stands_on_when_some_did_not_finish()
     assert not any(line.startswith("scored ") for line in answer(analyze(whole), whole)["lines"])
 
 
-def _cb(values: dict[str, list[float]]) -> pd.DataFrame:
+def cb_trials(values: dict[str, list[float]]) -> pd.DataFrame:
     return pd.DataFrame([{"method": m, "base_method": m, "task": "CB", "seed": s, "sparsity": None,
                           "perturbation": None, "status": "FINISHED", "test_score": v, "majority_test_score": 0.1}
                          for m, vs in values.items() for s, v in enumerate(vs)])
@@ -497,7 +497,7 @@ def _cb(values: dict[str, list[float]]) -> pd.DataFrame:
 def test_equal_scores_in_another_seed_order_tie_exactly():
     """Summed in another order, 0.6 + 0.7 + 0.8 and 0.8 + 0.6 + 0.7 differ in the last bit (0.7000000000000001
     against 0.6999999999999998): ranks 1 / 2.5 / 2.5 for three methods with the same scores, and a "leader"."""
-    df = _cb({"full": [0.6, 0.7, 0.8], "bitfit": [0.8, 0.6, 0.7], "sam": [0.7, 0.8, 0.6]})
+    df = cb_trials({"full": [0.6, 0.7, 0.8], "bitfit": [0.8, 0.6, 0.7], "sam": [0.7, 0.8, 0.6]})
     assert len({sum(v) for v in ([0.6, 0.7, 0.8], [0.8, 0.6, 0.7], [0.7, 0.8, 0.6])}) > 1  # the premise
     table = analyze(df).table
     cells = table[table["task"] == "CB"]
@@ -507,7 +507,7 @@ def test_equal_scores_in_another_seed_order_tie_exactly():
 
 def test_a_constant_cell_has_a_std_of_exactly_zero():
     """13/56 three times has a float std of 3.4e-17: ranked less stable than another constant cell (0)."""
-    df = _cb({"full": [13 / 56] * 3, "sam": [14 / 56] * 3, "bitfit": [0.2, 0.25, 0.3]})
+    df = cb_trials({"full": [13 / 56] * 3, "sam": [14 / 56] * 3, "bitfit": [0.2, 0.25, 0.3]})
     cells = analyze(df).table.query("task == 'CB'").set_index("method")
     assert cells.loc["full", "std"] == 0 and cells.loc["sam", "std"] == 0
     assert cells.loc["full", "stab_rank"] == cells.loc["sam", "stab_rank"] == 1.5
@@ -516,7 +516,7 @@ def test_a_constant_cell_has_a_std_of_exactly_zero():
 def test_the_answer_says_a_tie_for_best_rather_than_naming_one():
     """Equal averages: it named the alphabetical first "best on average" with a "lead" of −0.0 over the other,
     while the claims said the two were tied."""
-    df = _cb({"full": [0.2, 0.3, 0.4], "bitfit": [0.8, 0.6, 0.7], "sam": [0.7, 0.8, 0.6]})
+    df = cb_trials({"full": [0.2, 0.3, 0.4], "bitfit": [0.8, 0.6, 0.7], "sam": [0.7, 0.8, 0.6]})
     said = answer(analyze(df), df)
     assert said["best"] == "bitfit" and said["tied"] == ["bitfit", "sam"]
     from dashboards.analysis import best_per_task
@@ -544,7 +544,7 @@ def test_a_lead_over_fewer_seeds_than_the_table_averages_says_so():
 def test_a_method_collapsed_on_a_task_is_not_the_most_stable():
     """Every seed of diffprune predicted the majority class: std 0, so "most stable on average: diffprune", and
     the parent run's most_stable_method tag said so without the console's caveat."""
-    df = _cb({"full": [.60, .70, .80], "sam": [.65, .70, .76], "diffprune": [.40, .40, .40]})
+    df = cb_trials({"full": [.60, .70, .80], "sam": [.65, .70, .76], "diffprune": [.40, .40, .40]})
     df["test_top_class_share"] = np.where(df["method"] == "diffprune", 1.0, 0.6)
     said = answer(analyze(df), df)
     assert said["most_stable"] == "sam", said["lines"]
@@ -555,7 +555,7 @@ def test_a_method_collapsed_on_a_task_is_not_the_most_stable():
 def test_the_answer_counts_the_trials_that_diverged_after_an_evaluation():
     """Such a trial ends FINISHED with its best state before the nan and counts like any other: said, so that a
     reader can look at them."""
-    df = _cb({"full": [.60, .70, .80], "sam": [.65, .70, .76]})
+    df = cb_trials({"full": [.60, .70, .80], "sam": [.65, .70, .76]})
     df["trial_key"] = [f"k{i}" for i in range(len(df))]
     df["diverged_at_step"] = [None, 300, None, None, None, 120]
     said = answer(analyze(df), df)

@@ -352,9 +352,9 @@ def test_the_rho_claim_says_which_pairs_a_collapse_made_stable(published):
 def test_equal_averages_tie_in_the_claims_and_a_constant_cell_has_no_std_ratio(published):
     """Float sums in another seed order named a leader of two equal averages ("sam leads (70.0), ahead of bitfit
     (70.0)"), and a constant cell's std of 3.4e-17 gave a std ratio of 1e15 with an F interval."""
-    from tests.test_analysis import _cb
+    from tests.test_analysis import cb_trials
 
-    df = _cb({"full": [13 / 56] * 3, "sam": [0.6, 0.7, 0.8], "bitfit": [0.8, 0.6, 0.7]})
+    df = cb_trials({"full": [13 / 56] * 3, "sam": [0.6, 0.7, 0.8], "bitfit": [0.8, 0.6, 0.7]})
     claims = compare(df, analyze(df), published).claims
     assert claims["best_on_average"]["leader"] == ["bitfit", "sam"]
     cells = claims["other_methods_vs_full_std"]["cells"]
