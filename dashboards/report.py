@@ -344,6 +344,8 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
     summary, main = res.summary, res.summary["groups"][0]
     in_group = trials_in(trials, main)
     finished = scored(in_group)
+    if curves is not None and "trial_key" in trials and "trial_key" in curves:  # the figures show what the table
+        curves = curves[curves["trial_key"].isin(set(in_group["trial_key"]))]  # does: this group, current grid
     main_table = rows_of(res.table, main)
     methods = ranked(main_table)
     test_base, dev_base = _baselines(finished, "test"), _baselines(finished, "dev")
@@ -458,8 +460,8 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
         parts.append(_missing("anatomy", "no finished trial in this sweep kept a mask (the methods that select "
                                          "entries do)."))
     elif masks is not None:
-        if main["sparsity"] is not None and "sparsity" in masks and (masks["sparsity"] == main["sparsity"]).any():
-            masks = masks[masks["sparsity"] == main["sparsity"]]
+        if "trial_key" in masks and "trial_key" in in_group:
+            masks = masks[masks["trial_key"].isin(set(in_group["trial_key"]))]
         figures.anatomy_figure(masks, methods, out / "anatomy.svg")
         parts.append(_figure("anatomy", "anatomy.svg", "share of the budget per module kind, mean over trials"))
     else:
@@ -467,6 +469,10 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
                                          "sweeps of subset methods)."))
     overlap_path = Path(analysis_dir) / "mask_overlap.csv"
     overlap = pd.read_csv(overlap_path) if overlap_path.is_file() else None
+    if overlap is not None and {"sparsity", "perturbation"} <= set(overlap):  # (current grid already) the group's
+        same = overlap["sparsity"].isna() | (overlap["sparsity"] == main["sparsity"]) \
+            if main["sparsity"] is not None else overlap["sparsity"].isna()
+        overlap = overlap[same & (overlap["perturbation"].notna() == (main["perturbation"] == "perturbed"))]
     compared = set(overlap["method_a"]) | set(overlap["method_b"]) if overlap is not None else set()
     if len(compared) >= 2:
         figures.overlap_figure(overlap, methods, out / "overlap.svg")

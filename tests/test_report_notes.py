@@ -342,3 +342,31 @@ def test_the_mlflow_command_shown_is_one_this_shell_finds(monkeypatch):
         assert shown != "mlflow" and Path(shown).resolve() == (venv_bin / "mlflow").resolve()
     monkeypatch.setenv("PATH", f"{venv_bin}:/usr/bin:/bin")
     assert mlflow_command() == "mlflow"
+
+
+def test_the_figures_show_the_reports_group_of_the_current_grid_only(tmp_path):
+    """Table 1 is the first group's (sparsity, split) of the current grid, but the learning curves drew every
+    trial of curves.parquet (another sparsity's, one no longer in the grid) and Fig. 4 took any trial's
+    projection."""
+    extra = [{"method": "samx", "task": "CB", "seed": s, "sparsity": 0.05, "perturbation": None,
+              "status": "FINISHED", "test_score": 0.7, "train_score": 0.8} for s in range(3)]
+    extra += [{"method": "oldm", "task": "CB", "seed": 0, "sparsity": None, "perturbation": None,
+               "status": "FINISHED", "test_score": 0.7, "train_score": 0.8, "in_grid": False}]
+    trials = hand_made(extra)
+    trials["in_grid"] = trials["in_grid"].fillna(True).astype(bool)
+    trials["trial_key"] = [f"k{i:03d}" for i in range(len(trials))]
+    trials.to_parquet(tmp_path / "trials.parquet")
+    rows = [{"trial_key": k, "method": m, "task": t, "seed": s, "kind": "eval", "step": step, "dev_score": 0.5,
+             "train_loss": 1.0, "lr": 1e-3}
+            for k, m, t, s in zip(trials["trial_key"], trials["method"], trials["task"], trials["seed"])
+            for step in (3, 6)]
+    samx = trials.loc[trials["method"] == "samx", "trial_key"].iloc[0]
+    rows.append({"trial_key": samx, "method": "samx", "task": "CB", "seed": 0, "kind": "projection", "step": 4,
+                 "dev_score": None, "train_loss": None, "lr": None, "flipped": 10, "loss_before": 1.0,
+                 "loss_after": 2.0})
+    pd.DataFrame(rows).to_parquet(tmp_path / "curves.parquet")
+    page = build_report(tmp_path / "trials.parquet", tmp_path / "curves.parquet", tmp_path / "r").read_text()
+    svg = (tmp_path / "r" / "curves.svg").read_text()
+    assert "bitfit" in svg  # the group's own methods are drawn
+    assert "samx" not in svg and "oldm" not in svg
+    assert "no projections recorded" in page
