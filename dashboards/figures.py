@@ -43,6 +43,19 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
+def _legend_below(fig, axes) -> None:
+    """One legend for all panels, below them: inside a panel it covered the data (a collapse's points at the
+    majority line, ten methods' curves in a 3-inch panel). ``_save``'s tight box keeps it whole."""
+    entries: dict[str, object] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    if entries:
+        fig.tight_layout()
+        fig.legend(list(entries.values()), list(entries), loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                   ncol=min(len(entries), 6), fontsize=7, frameon=False)
+
+
 def _task_axes(n: int, width: float = 3.2, height: float = 3.0):
     cols = min(n, 4)
     rows = math.ceil(n / cols)
@@ -68,9 +81,9 @@ def seeds_figure(df: pd.DataFrame, methods: list[str], baselines: dict[str, floa
             ax.scatter(i + rng.uniform(-0.15, 0.15, len(ys)), ys, s=14, color=col[m], zorder=3)
         if task in baselines:
             ax.axhline(100 * baselines[task], **BASELINE_STYLE)
-            ax.legend(fontsize=7, loc="lower right")
         ax.set_xticks(range(len(present)), present, rotation=45, ha="right")
         ax.set(title=f"{task} (n = {len(part)} trials)", ylabel="test score ×100")
+    _legend_below(fig, axes)
     _save(fig, path)
 
 
@@ -90,7 +103,7 @@ def curves_figure(curves: pd.DataFrame, methods: list[str], baselines: dict[str,
         if task in baselines:
             ax.axhline(100 * baselines[task], **BASELINE_STYLE)
         ax.set(title=task, xlabel="step", ylabel="dev score ×100")
-        ax.legend(fontsize=7)
+    _legend_below(fig, axes)
     _save(fig, path)
 
 
@@ -134,9 +147,12 @@ def rank_figure(pairs: pd.DataFrame, rho: dict, methods: list[str], path: Path) 
     _save(fig, path)
 
 
-def sparsity_figure(sweep: pd.DataFrame, baselines: dict[str, float], path: Path) -> None:
-    """Fig. 3a: test and train score (mean ± std over seeds) against sparsity, one row per task."""
+def sparsity_figure(sweep: pd.DataFrame, baselines: dict[str, float], methods: list[str],
+                    path: Path) -> None:
+    """Fig. 3a: test and train score (mean ± std over seeds) against sparsity, one row per task, for the methods
+    that take a sparsity (the others have one score at every p), in their colours of the other figures."""
     tasks = sorted(sweep["task"].unique())
+    col = colours(methods + sorted(set(sweep["method"]) - set(methods)))
     fig, axes = plt.subplots(len(tasks), 2, figsize=(10, 3.2 * len(tasks)), squeeze=False)
     for row, task in zip(axes, tasks):
         for method, part in sweep[sweep["task"] == task].groupby("method"):
@@ -144,13 +160,13 @@ def sparsity_figure(sweep: pd.DataFrame, baselines: dict[str, float], path: Path
             for ax, c in zip(row, ("test_score", "train_score")):
                 if f"{c}_mean" in part:
                     ax.errorbar(part["sparsity"], 100 * part[f"{c}_mean"], yerr=100 * part[f"{c}_std"].fillna(0),
-                                label=method, marker="o", capsize=3)
+                                label=method, marker="o", capsize=3, color=col[method])
         for ax, name in zip(row, ("test", "train")):
             if name == "test" and task in baselines:
                 ax.axhline(100 * baselines[task], **BASELINE_STYLE)
             ax.set(xscale="log", xlabel="sparsity p", ylabel=f"{name} score ×100 (mean ± std)",
                    title=f"{task}: {name} vs sparsity")
-            ax.legend(fontsize=7)
+    _legend_below(fig, list(axes.flat))
     _save(fig, path)
 
 

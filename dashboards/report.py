@@ -440,8 +440,9 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
     parts.append("<h2>Sparsity sweep (Fig. 3a)</h2>")
     sweep_rows = rows_of(res.sparsity, {"sparsity": None, "perturbation": main["perturbation"]})
     if sweep_rows["sparsity"].nunique() > 1:  # finished trials of the current grid at several sparsities
-        figures.sparsity_figure(sweep_rows, test_base, out / "sparsity.svg")
-        parts.append(_figure("sparsity", "sparsity.svg", "score vs sparsity"))
+        figures.sparsity_figure(sweep_rows, test_base, methods, out / "sparsity.svg")
+        parts.append(_figure("sparsity", "sparsity.svg", "score vs sparsity, for the methods that take one (the others "
+                                                         "have one score at every p: Table 1)"))
     else:
         parts.append(_missing("sparsity", "the sweep has one sparsity; Fig. 3a needs several."))
     parts.append("<h2>Projection discontinuity (Fig. 4)</h2>")
