@@ -430,7 +430,7 @@ def caption(c: dict[str, Any]) -> str:
             + (" (other groups of this export are not compared: " + "; ".join(
                 f"sparsity {g['sparsity']}, {g['perturbation']}" for g in c["other_groups"]) + ")"
                if c["other_groups"] else "")
-            + "; in brackets the published table; –: no finished trial (AVG: not every task). Scores ×100. "
+            + "; then, marked paper, the published table's (in brackets in claims.md); –: no finished trial (AVG: not every task). Scores ×100. "
             + (f"Our model: {', '.join(c['models'])}. " if c.get("models") else "")
             + "The published numbers come from their own model, budget and seeds: compare orderings and spreads "
               "more than levels.")

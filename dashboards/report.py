@@ -222,8 +222,9 @@ def _published_html(comparison: paper.Comparison) -> str:
     c = comparison.claims
     rows = ["<tr><th>method</th>" + "".join(f"<th>{_esc(x)}</th>" for x in c["tasks"] + ["AVG"]) + "</tr>"]
     for method, cells in paper.table_cells(comparison):
-        tds = "".join(f"<td>{ours}" + (f'<br><span class="ci">paper {theirs}</span>' if theirs else "") + "</td>"
-                      for ours, _, theirs in cells)
+        tds = "".join(f"<td>{ours}" + (f' <span class="n">{few}</span>' if few else "")
+                      + (f'<br><span class="ci">paper {theirs}</span>' if theirs else "") + "</td>"
+                      for ours, few, theirs in cells)
         rows.append(f"<tr><th>{_esc(method)}</th>{tds}</tr>")
     return ('<section id="published"><h2>Beside the published table</h2>'
             f'<p>{_esc(paper.caption(c))}</p><table id="published-table">' + "".join(rows) + "</table><ul>"
