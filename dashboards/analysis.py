@@ -247,9 +247,12 @@ def spearman(table: pd.DataFrame) -> dict[str, Any]:
 
 
 def best_three(table: pd.DataFrame) -> dict[str, list[str]]:
+    """Per task, the methods in the first three places, best first; tied methods share a place (so a tie for
+    third can make more than three)."""
     out = {}
     for task, part in table.groupby("task", sort=False):
-        out[task] = part.sort_values(["mean", "method"], ascending=[False, True])["method"].head(3).tolist()
+        part = part.sort_values(["mean", "method"], ascending=[False, True])
+        out[task] = part.loc[part["mean"].rank(ascending=False, method="min") <= 3, "method"].tolist()
     return out
 
 

@@ -168,7 +168,7 @@ def ranked(table: pd.DataFrame) -> list[str]:
     return list(complete["method"]) + list(rest["method"])
 
 
-def _table_html(table: pd.DataFrame, best: dict[str, list[str]], baselines: dict[str, float],
+def _table_html(table: pd.DataFrame, baselines: dict[str, float],
                 trials: pd.DataFrame, mlflow_url: str | None, unfinished: dict[tuple[str, str], str]) -> str:
     """``trials``: the group's trials, finished or not (for the links); ``unfinished``: cells without a finished
     trial, shown as "0 of N finished" (a method with no finished trial at all gets a row of them, unranked)."""
@@ -178,14 +178,17 @@ def _table_html(table: pd.DataFrame, best: dict[str, list[str]], baselines: dict
     cell = {(r.method, r.task): r for r in table.itertuples()}
     complete, lacking = averaged(table)
     one_seed = one_seed_tasks(table)  # why an AVG has no std, as the answer says it
-    avg_best = list(complete["method"])[:3]  # an average over fewer tasks competes with none
+    # each column's places, ties sharing one (two at 82.00 are both first); an average over fewer tasks competes
+    # with none
+    place = {t: dict(zip(part["method"], part["mean"].rank(ascending=False, method="min")))
+             for t, part in [*table[table["task"] != "AVG"].groupby("task"), ("AVG", complete)]}
     rows = ["<tr><th>method</th>" + "".join(f"<th>{_esc(t)}</th>" for t in tasks) + "</tr>"]
     for m in methods:
         tds = []
         for t in tasks:
             r = cell.get((m, t))
-            order = avg_best if t == "AVG" else best.get(t, [])
-            cls = f' class="b{order.index(m) + 1}"' if mark and m in order else ""
+            at = place.get(t, {}).get(m)
+            cls = f' class="b{int(at)}"' if mark and at is not None and at <= 3 else ""
             if r is None:
                 tds.append(f'<td class="unfinished">{unfinished[(m, t)]}</td>' if (m, t) in unfinished
                            else f"<td{cls}></td>")
@@ -384,7 +387,7 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
              + (f"<details><summary>spec.yaml</summary><pre>{_esc(spec)}</pre></details>" if spec else "")
              + "</section>",
              f"<h2>{_esc(_group_caption(main))}</h2>",
-             _table_html(main_table, main["best"], test_base, in_group, mlflow_url, unfinished_cells(in_group))]
+             _table_html(main_table, test_base, in_group, mlflow_url, unfinished_cells(in_group))]
     if not test_base:
         parts.append(_missing("baseline", "trials.parquet has no majority_test_score column (the export adds it "
                                           "from each trial's result), so the majority-class row is absent."))

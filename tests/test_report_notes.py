@@ -370,3 +370,17 @@ def test_the_figures_show_the_reports_group_of_the_current_grid_only(tmp_path):
     assert "bitfit" in svg  # the group's own methods are drawn
     assert "samx" not in svg and "oldm" not in svg
     assert "no projections recorded" in page
+
+
+def test_methods_tied_in_a_column_share_its_shading(tmp_path):
+    """Two methods at 82.00 on CB: only the alphabetical first was bold, the other shaded second."""
+    rows = [{"method": m, "task": "CB", "seed": s, "sparsity": None, "perturbation": None, "status": "FINISHED",
+             "test_score": v, "train_score": v}
+            for m, vals in {"lora": [.80, .82, .84], "sam": [.84, .82, .80], "full": [.70, .72, .74],
+                            "bitfit": [.60, .62, .64]}.items() for s, v in enumerate(vals)]
+    pd.DataFrame(rows).to_parquet(tmp_path / "trials.parquet")
+    page = build_report(tmp_path / "trials.parquet", None, tmp_path / "r").read_text()
+    table = re.search(r'<table id="main-table">(.*?)</table>', page, re.S).group(1)
+    shade = {name: re.findall(r'<td(?: class="(b\d)")?>', cells)[0]
+             for name, cells in re.findall(r"<tr[^>]*><th>(\w+).*?</th>(.*?)</tr>", table, re.S) if "<td" in cells}
+    assert (shade["lora"], shade["sam"], shade["full"], shade["bitfit"]) == ("b1", "b1", "b3", ""), shade
