@@ -235,6 +235,7 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
     compared = [r for r in methods if r["avg_std"] is not None and r["full_avg_std"] is not None
                 and not pd.isna(r["avg_std"]) and not pd.isna(r["full_avg_std"]) and r["method"] not in collapsed_methods]
     below = [r["method"] for r in compared if r["avg_std"] < r["full_avg_std"]]
+    n_tested = sum(r["p"] is not None for r in methods)  # Holm's family: the methods a test could be run for
     sig = [r for r in methods if r["p_holm"] is not None and r["p_holm"] < ALPHA]
     sig_smaller = [r["method"] for r in sig if r["smaller"]]
     sig_larger = [r["method"] for r in sig if not r["smaller"]]
@@ -256,12 +257,16 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
     answer = (head
               + (f" (left out: {', '.join(collapsed_methods)}, constant or at the majority class on every task "
                  "compared (a collapse, not stability))" if collapsed_methods else "")
-              + f"; tested over the shared tasks at once, {len(sig_smaller)} significantly smaller"
-              + (f" ({', '.join(sig_smaller)})" if sig_smaller else "")
-              + f" and {len(sig_larger)} significantly larger" + (f" ({', '.join(sig_larger)})" if sig_larger else "")
-              + f" (Brown–Forsythe on deviations from each cell's median scaled per task, ≥ "
-                f"{MIN_SEEDS_FOR_SPREAD_TEST} seeds per cell, Holm over the {len(methods)} methods, α = {ALPHA}). "
-              f"Per cell, {cells_below} of {n_cells} stds are below {BASE}'s"
+              + (f"; tested over the shared tasks at once, {len(sig_smaller)} significantly smaller"
+                 + (f" ({', '.join(sig_smaller)})" if sig_smaller else "")
+                 + f" and {len(sig_larger)} significantly larger" + (f" ({', '.join(sig_larger)})" if sig_larger
+                                                                     else "")
+                 + f" (Brown–Forsythe on deviations from each cell's median scaled per task, ≥ "
+                   f"{MIN_SEEDS_FOR_SPREAD_TEST} seeds per cell, Holm over the {n_tested} method"
+                   f"{'s' * (n_tested != 1)} tested, α = {ALPHA}). " if n_tested else
+                 f"; no test of spread: it needs ≥ {MIN_SEEDS_FOR_SPREAD_TEST} seeds per cell on both sides, and no "
+                 "method has them. ")
+              + f"Per cell, {cells_below} of {n_cells} stds are below {BASE}'s"
               + (f", {collapsed} of them constant or at the majority class (a collapse, not stability)" if collapsed
                  else "")
               + (f"; with {n} seeds against {n} one cell's std ratio is known only within ×/÷ "

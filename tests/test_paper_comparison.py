@@ -129,6 +129,9 @@ def test_two_seeds_against_two_get_no_spread_test(published):
     assert claim["cells"] and all(c["p"] is None for c in claim["cells"])
     assert all(m["p"] is None and m["tasks_tested"] == 0 for m in claim["methods"])
     assert claim["significantly_smaller"] == [] == claim["significantly_larger"]
+    # and it says no test ran, where it said "tested ..., 0 significantly smaller ... Holm over the 4 methods"
+    assert "; no test of spread: it needs ≥ 3 seeds per cell on both sides, and no method has them." in \
+        claim["answer"] and "tested over" not in claim["answer"]
 
 
 def test_a_collapse_to_the_majority_class_is_not_counted_as_stability(published):
