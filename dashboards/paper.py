@@ -251,7 +251,10 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
         head = f"no average std of {BASE} to compare with ({why})"
     else:
         head = (f"{len(below)} of {len(compared)} methods {'has' if len(below) == 1 else 'have'} a smaller average "
-                f"std than {BASE} tuning" + (f" ({', '.join(below)})" if below else "")
+                f"std than {BASE} tuning" + (" (" + ", ".join(
+                    m + (f" (collapsed on {', '.join(ts)})" if (ts := [c["task"] for c in cell_rows if c["method"] == m
+                                                                        and c["constant_or_at_majority"]]) else "")
+                    for m in below) + ")" if below else "")
                 + (" (not compared, no average std: " + "; ".join(f"{m}, {_no_average_std(cells, m, tasks)}"
                                                                    for m in no_avg) + ")" if no_avg else ""))
     answer = (head
