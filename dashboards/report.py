@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import json
+import math
 import shlex
 import subprocess
 from importlib import metadata
@@ -183,6 +184,9 @@ def _table_html(table: pd.DataFrame, baselines: dict[str, float],
     place = {t: dict(zip(part["method"], part["mean"].rank(ascending=False, method="min")))
              for t, part in [*table[table["task"] != "AVG"].groupby("task"), ("AVG", complete)]}
     rows = ["<tr><th>method</th>" + "".join(f"<th>{_esc(t)}</th>" for t in tasks) + "</tr>"]
+    # red below the majority class; for AVG below the majority row's AVG (-inf: no baseline, nothing is red)
+    avg_base = (sum(baselines[t] for t in tasks[:-1]) / (len(tasks) - 1)
+                if tasks[:-1] and all(t in baselines for t in tasks[:-1]) else -math.inf)
     for m in methods:
         tds = []
         for t in tasks:
@@ -194,7 +198,7 @@ def _table_html(table: pd.DataFrame, baselines: dict[str, float],
                            else f"<td{cls}></td>")
                 continue
             text = f"{100 * r.mean:.2f} ± {100 * r.std:.2f}" if pd.notna(r.std) else f"{100 * r.mean:.2f}"
-            if t in baselines and r.mean < baselines[t]:
+            if r.mean < (avg_base if t == "AVG" else baselines.get(t, -math.inf)):
                 text = f'<span class="below" title="below the majority-class baseline">{text}</span>'
             ci = (f'<br><span class="ci">[{100 * r.mean_ci_low:.1f}, {100 * r.mean_ci_high:.1f}]</span>'
                   if pd.notna(r.mean_ci_low) else "<br>")
@@ -397,8 +401,10 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
     parts.append("<h2>Which differences are real</h2>")
     fr, nem = main["friedman"], main["nemenyi"]
     if fr["statistic"] is not None:
-        parts.append(f'<p id="friedman">Friedman over {fr["n_blocks"]} tasks as blocks: χ² = {fr["statistic"]:.2f} '
-                     f'(df {fr["df"]}), {fmt_p(fr["p_value"])}. Over {main["friedman_task_seed"]["n_blocks"]} '
+        dropped = (f' ({", ".join(map(_esc, fr["dropped_blocks"]))} left out: not every method has a score there)'
+                   if fr.get("dropped_blocks") else "")
+        parts.append(f'<p id="friedman">Friedman over {fr["n_blocks"]} tasks as blocks{dropped}: '
+                     f'χ² = {fr["statistic"]:.2f} (df {fr["df"]}), {fmt_p(fr["p_value"])}. Over {main["friedman_task_seed"]["n_blocks"]} '
                      f"(task, seed) blocks: "
                      + (f'χ² = {main["friedman_task_seed"]["statistic"]:.2f}, '
                         f'{fmt_p(main["friedman_task_seed"]["p_value"])} (blocks of one task are not independent).'

@@ -384,3 +384,17 @@ def test_methods_tied_in_a_column_share_its_shading(tmp_path):
     shade = {name: re.findall(r'<td(?: class="(b\d)")?>', cells)[0]
              for name, cells in re.findall(r"<tr[^>]*><th>(\w+).*?</th>(.*?)</tr>", table, re.S) if "<td" in cells}
     assert (shade["lora"], shade["sam"], shade["full"], shade["bitfit"]) == ("b1", "b1", "b3", ""), shade
+
+
+def test_an_average_below_the_majority_rows_average_is_red_and_friedman_names_a_dropped_task(tmp_path):
+    rows = [{"method": m, "task": t, "seed": s, "sparsity": None, "perturbation": None, "status": "FINISHED",
+             "test_score": v + s / 100, "train_score": v,
+             "majority_test_score": {"CB": 0.5, "RTE": 0.6, "WSC": 0.6}[t]}
+            for m, scores in {"full": {"CB": .40, "RTE": .55, "WSC": .55}, "sam": {"CB": .80, "RTE": .70, "WSC": .7},
+                              "bitfit": {"CB": .70, "RTE": .65, "WSC": .66}, "lora": {"CB": .75, "WSC": .6}}.items()
+            for t, v in scores.items() for s in range(3)]
+    pd.DataFrame(rows).to_parquet(tmp_path / "trials.parquet")
+    page = build_report(tmp_path / "trials.parquet", None, tmp_path / "r").read_text()
+    full = re.search(r"<tr><th>full.*?</tr>", page, re.S).group(0)
+    assert full.count('class="below"') == 4, full  # each task and AVG (51.0 below the majority row's 56.7)
+    assert "Friedman over 2 tasks as blocks (RTE left out: not every method has a score there)" in page
