@@ -351,6 +351,8 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
     res = analysis or analyze(trials)  # the caller's, when it has analysed these trials already
     summary, main = res.summary, res.summary["groups"][0]
     in_group = trials_in(trials, main)
+    perturbed = main["perturbation"] == "perturbed"  # a cell's replicates are seeds × perturbation splits
+    runs = "runs (seeds × perturbation splits)" if perturbed else "seeds"
     finished = scored(in_group)
     if curves is not None and "trial_key" in trials and "trial_key" in curves:  # the figures show what the table
         curves = curves[curves["trial_key"].isin(set(in_group["trial_key"]))]  # does: this group, current grid
@@ -375,7 +377,7 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
              + (f", over {len(summary['groups'])} groups; the table and statistics below are of the first, "
                 f"{main['n_trials']} of them" if len(summary["groups"]) > 1 else "")
              + f"; model: {_esc(models)}.</li>"
-             f"<li>Each cell: mean ± std (ddof = 1) of the test score ×100 over its <b>n</b> seeds "
+             f"<li>Each cell: mean ± std (ddof = 1) of the test score ×100 over its <b>n</b> {runs} "
              f"(n per cell here: {', '.join(map(str, n_per_cell))}), then the 95% bootstrap interval of the mean "
              "in brackets. The test set is the task's original dev set (the paper's protocol).</li>"
              "<li>AVG: the mean of the task means ± the mean of the task stds (the paper's AVG), not the std of "
@@ -405,7 +407,7 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
                    if fr.get("dropped_blocks") else "")
         parts.append(f'<p id="friedman">Friedman over {fr["n_blocks"]} tasks as blocks{dropped}: '
                      f'χ² = {fr["statistic"]:.2f} (df {fr["df"]}), {fmt_p(fr["p_value"])}. Over {main["friedman_task_seed"]["n_blocks"]} '
-                     f"(task, seed) blocks: "
+                     f"(task, {'seed, split' if perturbed else 'seed'}) blocks: "
                      + (f'χ² = {main["friedman_task_seed"]["statistic"]:.2f}, '
                         f'{fmt_p(main["friedman_task_seed"]["p_value"])} (blocks of one task are not independent).'
                         if main["friedman_task_seed"]["statistic"] is not None else "not computable.") + "</p>")

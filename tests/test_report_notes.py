@@ -398,3 +398,12 @@ def test_an_average_below_the_majority_rows_average_is_red_and_friedman_names_a_
     full = re.search(r"<tr><th>full.*?</tr>", page, re.S).group(0)
     assert full.count('class="below"') == 4, full  # each task and AVG (51.0 below the majority row's 56.7)
     assert "Friedman over 2 tasks as blocks (RTE left out: not every method has a score there)" in page
+
+
+def test_a_perturbed_group_counts_runs_of_seeds_and_splits_not_seeds(tmp_path):
+    rows = [{"method": m, "task": "CB", "seed": s, "sparsity": None, "perturbation": k, "status": "FINISHED",
+             "test_score": v + s / 100 + k / 200, "train_score": v}
+            for m, v in {"full": .6, "sam": .7, "bitfit": .65}.items() for s in range(3) for k in range(2)]
+    pd.DataFrame(rows).to_parquet(tmp_path / "trials.parquet")
+    page = build_report(tmp_path / "trials.parquet", None, tmp_path / "r").read_text()
+    assert "over its <b>n</b> runs (seeds × perturbation splits)" in page
