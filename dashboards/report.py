@@ -37,7 +37,7 @@ th:first-child,td:first-child{text-align:left}.b1{font-weight:bold;background:#e
 .b3{background:#f5faf5}figure{display:block;margin:1em 0}figure img{max-width:100%}
 pre{background:#f6f6f6;padding:8px;white-space:pre-wrap}.ci,.n{color:#666;font-size:80%}
 tr.baseline{font-style:italic;background:#fafafa}.missing{color:#8a5a00}.below{color:#b00020}.collapsed{color:#b00020;font-size:80%}
-td.unfinished,tr.unfinished td{color:#b00020}details{margin:.5em 0}"""
+td.unfinished,tr.unfinished td{color:#b00020}details{margin:.5em 0}table.trials td,table.trials th{text-align:left}"""
 
 
 def _esc(x: Any) -> str:
@@ -120,7 +120,7 @@ def _runs_links(trials: pd.DataFrame, method: str, mlflow_url: str | None) -> st
 
 
 def _trial_list(table_id: str, trials: pd.DataFrame) -> str:
-    return (f'<table id="{table_id}"><tr><th>trial</th><th>status</th><th>error</th></tr>' + "".join(
+    return (f'<table id="{table_id}" class="trials"><tr><th>trial</th><th>status</th><th>error</th></tr>' + "".join(
         f"<tr><td>{_esc(r.method)}/{_esc(r.task)} s{r.seed} {_esc(getattr(r, 'trial_key', ''))}</td>"
         f"<td>{_esc(r.status)}</td><td>{_error_html(getattr(r, 'error', None))}</td></tr>"
         for r in trials.itertuples()) + "</table>")

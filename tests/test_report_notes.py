@@ -229,7 +229,7 @@ def test_a_failed_trials_error_leads_with_its_own_line_and_folds_the_traceback(t
               "test_score": None, "train_score": None, "error": tb}]  # a local record's raw traceback
     hand_made(extra).to_parquet(tmp_path / "trials.parquet")
     page = build_report(tmp_path / "trials.parquet", None, tmp_path / "r").read_text()
-    failed = page[page.index('<table id="failed">'):]
+    failed = page[page.index('<table id="failed" class="trials">'):]
     assert "<td><b>RuntimeError: tracked</b><details><summary>traceback</summary>" in failed
     assert "<td><b>RuntimeError: boom</b><details>" in failed
 
