@@ -490,6 +490,17 @@ def collapsed_tasks(cells: pd.DataFrame) -> dict[str, list[str]]:
     return {str(m): sorted(part["task"]) for m, part in gone.groupby("method")}
 
 
+def majority_average(trials: pd.DataFrame, tasks: list[str]) -> float | None:
+    """The mean over ``tasks`` of each task's majority-class test score (the table's majority row, AVG), or None
+    where the trials do not record it for every task."""
+    if "majority_test_score" not in trials:
+        return None
+    per_task = pd.to_numeric(trials["majority_test_score"], errors="coerce").groupby(trials["task"]).mean()
+    if not tasks or any(pd.isna(per_task.get(t)) for t in tasks):
+        return None
+    return float(np.mean([per_task[t] for t in tasks]))
+
+
 def one_seed_tasks(table: pd.DataFrame) -> dict[str, list[str]]:
     """Per method, the tasks where it has one seed (no std): its AVG has no std then (``method_task_table``)."""
     cells = table[(table["task"] != "AVG") & table["std"].isna()]
@@ -587,6 +598,11 @@ def answer(result: Analysis, trials: pd.DataFrame) -> dict[str, Any]:
     else:
         out["lines"].append(best_line(best["method"], best["mean"], None if pd.isna(best["std"]) else best["std"],
                                       one_seed.get(best["method"])))
+    if (floor := majority_average(trials_in(trials, label), sorted(cells["task"].unique()))) is not None \
+            and best["mean"] <= floor + 1e-9:  # "best" of methods that all guess the majority class is no answer
+        out["lines"].append(f"the best average is at or below the majority-class score ({100 * floor:.1f}): no "
+                            "method learned these tasks here (a learning rate too high or too low, or too few "
+                            "steps, are the usual causes)")
     if len(avg) > 1:
         tasks = sorted(cells["task"].unique())
         part = trials_in(scored(trials), label)

@@ -561,3 +561,15 @@ def test_the_answer_counts_the_trials_that_diverged_after_an_evaluation():
     said = answer(analyze(df), df)
     assert ("2 trial(s) diverged (nan loss) after an evaluation and count with their best state before it: "
             "full (1), sam (1)") in said["lines"], said["lines"]
+
+
+def test_a_best_average_at_the_majority_class_is_said_to_be_no_answer():
+    """Every method collapsed to the majority class (a learning rate of 1): "best on average: full and sam, tied at
+    36.1" named winners of a sweep where nothing learned."""
+    df = cb_trials({"full": [.361] * 3, "sam": [.361] * 3, "bitfit": [.30, .32, .34]})
+    df["majority_test_score"] = 0.361
+    said = answer(analyze(df), df)
+    assert ("the best average is at or below the majority-class score (36.1): no method learned these tasks here "
+            "(a learning rate too high or too low, or too few steps, are the usual causes)") in said["lines"], said
+    df = cb_trials({"full": [.6, .7, .8], "sam": [.65, .7, .75]})
+    assert not any("majority-class score" in line for line in answer(analyze(df), df)["lines"])
