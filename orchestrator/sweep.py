@@ -352,6 +352,22 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
         driver.unregister(spec.sweep_dir)
 
 
+def rerun_hint(spec: SweepSpec, failed: list[str]) -> str:
+    """What to do about the failed trials. A divergence repeats on a rerun (same settings, same seed: the same
+    nan), so `rerun-failed` alone would loop; the methods that diverged are named for new settings."""
+    recs = records.all_records(spec.sweep_dir)
+    diverged = [k for k in failed if "TrainingDiverged" in (recs.get(k, {}).get("error") or "")]
+    if not diverged:
+        return f"rerun the failed ones with: peft-sweep rerun-failed {spec.sweep_dir}"
+    trials = [recs[k].get("trial") or {} for k in diverged]
+    settings = sorted({f"variants.{t['variant']}.lr" if t.get("variant") else f"methods.{t.get('method', '?')}.lr"
+                       for t in trials})
+    return (f"{len(diverged)} of them diverged, which a rerun repeats: give " + " / ".join(settings)
+            + " a smaller value and `peft-sweep run` the spec again"
+            + (f"; rerun the {len(failed) - len(diverged)} other(s) with: peft-sweep rerun-failed {spec.sweep_dir}"
+               if len(diverged) < len(failed) else ""))
+
+
 def _end(spec: SweepSpec, tracker: Tracker, trials: list, counts: dict[str, int]) -> int:
     """Every trial ran: say how they ended and close the parent run with the answer. Returns the failed count."""
     try:
@@ -365,7 +381,7 @@ def _end(spec: SweepSpec, tracker: Tracker, trials: list, counts: dict[str, int]
     print(f"sweep {spec.name}: {len(trials) - len(left)}/{len(trials)} FINISHED, {len(failed)} FAILED "
           f"(Tune: {counts})", flush=True)
     if failed:
-        print(f"rerun the failed ones with: peft-sweep rerun-failed {spec.sweep_dir}", flush=True)
+        print(rerun_hint(spec, failed), flush=True)
     try:
         close_sweep(spec, tracker, final)
     except Exception as exc:  # noqa: BLE001 - the records hold the outcome; sync will mend it

@@ -428,8 +428,10 @@ class Trainer:
             # nan/inf weights stay so: every later evaluation would score the majority class and never be the
             # best, so the protocol's result is the best state so far, as a run to its patience would end
             self.diverged_at = self.step
-            log.warning("trial %s: training loss %s by step %d (lr %g); ending with the best state so far",
-                        self.cfg.key, train_loss, self.step, lr)
+            log.warning("trial %s: training loss %s by step %d (learning rate %g, at %g on its schedule); %s",
+                        self.cfg.key, train_loss, self.step, self.base_lr, lr,
+                        "ending with the best state so far" if self.best_state is not None else
+                        "no evaluation was kept before it, so the trial fails")
             return True
         dev = self.evaluate(self.splits.dev)["score"]
         if not self.method.in_budget:

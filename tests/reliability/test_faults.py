@@ -45,6 +45,9 @@ def test_a_diverged_trial_fails_at_once_without_retries(tmp_path, tiny_model, da
                       max_failures=2, fault={"nan_loss_at_step": 2})
     out = cli("run", str(spec), check_rc=1)
     assert "retrying" not in out.stdout, out.stdout[-3000:]
+    # rerun-failed would repeat it (same settings, same nan): the hint says what to change instead
+    assert ("1 of them diverged, which a rerun repeats: give methods.bitfit.lr a smaller value and `peft-sweep "
+            "run` the spec again") in out.stdout and "rerun the failed ones" not in out.stdout, out.stdout[-2000:]
     sweep_dir = tmp_path / "runs" / "t"
     (rec,) = records(sweep_dir).values()
     assert rec["status"] == "FAILED" and "training diverged" in rec["error"], rec
