@@ -216,12 +216,7 @@ def check_ray_address(address: str | None) -> None:
 
     if not address or address == "auto":
         return
-    if address.startswith("ray://"):
-        # Tune under Ray Client runs its driver loop in an actor on the head (ray/tune/tuner.py): the callback
-        # would write the records on the head's disk, and `peft-sweep stop` signal a process with no handler
-        raise ClusterError(f"the Ray address {address!r} is a Ray Client address: Tune would run the sweep's loop on "
-                           "the head, away from its records and `stop`; use `ray job submit` (README: On a "
-                           "multi-GPU cluster) or, on a cluster machine, the GCS address HEAD:6379")
+    refuse_ray_client(address)
     hostport = address.split("://", 1)[-1].rstrip("/")
     host, _, port = hostport.rpartition(":")
     try:
@@ -243,9 +238,21 @@ def check_ray_address(address: str | None) -> None:
         channel.close()
 
 
+def refuse_ray_client(address: str | None, from_env: bool = False) -> None:
+    """Tune under Ray Client (ray://) runs its driver loop in an actor on the head (ray/tune/tuner.py): the
+    callback would write the records on the head's disk, and `peft-sweep stop` signal a process with no handler."""
+    if address and address.startswith("ray://"):
+        raise ClusterError(f"the Ray address {address!r}{' (from $RAY_ADDRESS)' if from_env else ''} is a Ray Client "
+                           "address: Tune would run the sweep's loop on the head, away from its records and `stop`; "
+                           "use `ray job submit` (README: On a multi-GPU cluster) or, on a cluster machine, the GCS "
+                           "address HEAD:6379")
+
+
 def check_cluster_paths(spec: SweepSpec, address: str | None) -> None:
     """With a cluster, a relative path resolves wherever the driver happens to run; under `ray job submit`
-    that is the job's temporary working dir, deleted with the job, and the sweep's records with it."""
+    that is the job's temporary working dir, deleted with the job, and the sweep's records with it. A Ray Client
+    address is refused first: no path would make it work."""
+    refuse_ray_client(address, from_env=address is not None and not spec.ray.address)
     if not address:
         return
     uri = spec.tracking_uri or ""

@@ -164,11 +164,16 @@ def test_ray_address_that_accepts_tcp_but_is_not_ray(tmp_path, tiny_model, data_
         assert time.time() - start < 60
 
 
-def test_a_ray_client_address_is_refused_with_what_to_give_instead(tmp_path, tiny_model, data_dir, refuse_spec):
+def test_a_ray_client_address_is_refused_with_what_to_give_instead(tmp_path, tiny_model, data_dir, refuse_spec,
+                                                                   monkeypatch):
     """Under Ray Client (ray://) Tune's driver loop runs in an actor on the head: the callback would write the
     sweep's records on the head's disk, and `stop` signals a process Tune has no handler in."""
     spec = write_spec(tmp_path, tiny_model, data_dir, ray={"address": "ray://127.0.0.1:10001"})
     refuse_spec(spec, "the Ray address 'ray://127.0.0.1:10001' is a Ray Client address", "ray job submit")
+    # first, not after the relative output folder no path would help with (and where the address came from)
+    relative = write_spec(tmp_path, tiny_model, data_dir, output_dir="runs")
+    monkeypatch.setenv("RAY_ADDRESS", "ray://127.0.0.1:10001")
+    refuse_spec(relative, "the Ray address 'ray://127.0.0.1:10001' (from $RAY_ADDRESS) is a Ray Client address")
 
 
 def test_unreachable_ray_address(tmp_path, tiny_model, data_dir, refuse_spec):
