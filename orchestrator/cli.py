@@ -220,7 +220,7 @@ def _cmd_validate(args) -> int:
     trials = spec.trials()
     if (spec.sweep_dir / sweep.SPEC_FILE).is_file():  # an existing sweep: what `run` would do (local records)
         done, pending = sweep.plan(trials, sweep.statuses(spec), args.force)
-        print(f"{args.config}: valid; {len(trials)} trials, {done} already FINISHED, {len(pending)} to run "
+        print(f"{args.config}: valid; {len(trials)} trials, {sweep.plan_line(done, pending, args.force)} "
               f"-> {spec.sweep_dir}")
     else:
         print(f"{args.config}: valid; {len(trials)} trials -> {spec.sweep_dir}")

@@ -278,6 +278,12 @@ def plan(trials: list, status: dict[str, str], force: bool = False,
     return sum(status.get(t.key) == "FINISHED" for t in trials), pending
 
 
+def plan_line(done: int, pending: list, force: bool) -> str:
+    """"3 already FINISHED, 2 to run"; with --force the FINISHED ones run again, and it says so."""
+    return (f"{done} FINISHED before, all {len(pending)} run again (--force)" if force and done else
+            f"{done} already FINISHED, {len(pending)} to run")
+
+
 def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
     """Run what is left of the sweep. Returns the number of trials that ended in error."""
     from .tune_runner import check_shared_storage, init_ray, run_trials  # Ray only when a sweep really runs
@@ -307,7 +313,7 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
     done, pending = plan(trials, status, force, only_failed)
     if force and not only_failed:
         tracker.forget_stops()  # everything starts over: a stopped trial's run is not reopened
-    print(f"sweep {spec.name}: {len(trials)} trials, {done} already FINISHED, {len(pending)} to run "
+    print(f"sweep {spec.name}: {len(trials)} trials, {plan_line(done, pending, force and not only_failed)} "
           f"-> {spec.sweep_dir}", flush=True)
     if not force and (moved := rekeyed(spec)):  # with --force a changed spec explains it
         print(f"note: {len(moved)} trial(s) of this grid FINISHED before under other keys (this code keys their "

@@ -42,6 +42,9 @@ def test_validate_refuses_a_changed_spec_as_run_does(ran, cli):
     rc, out, _ = cli("validate", str(path), "--set", "training.max_steps=7", "--force")
     assert rc == 0 and "4 trials, 0 already FINISHED, 4 to run" in out  # --force reruns them all
     assert sorted(p.name for p in spec.sweep_dir.iterdir()) == ["records", "spec.yaml"]  # nothing written
+    rc, out, _ = cli("validate", str(path), "--force")  # the same spec: its FINISHED trial runs again, said so
+    assert rc == 0 and "4 trials, 1 FINISHED before, all 4 run again (--force)" in out, out  # was "1 already
+    # FINISHED, 4 to run"
 
 
 def test_validate_says_what_run_would_do_for_an_existing_sweep(ran, cli, tmp_path, tiny_model, data_dir):
