@@ -132,7 +132,9 @@ def stop(sweep_dir: Path, timeout_s: float, drain: bool = False) -> int:
         return 0
     leave_resumable(spec)  # a driver killed while stopping leaves RUNNING records behind
     p = progress(spec)
-    print(f"{'drained' if drain else 'stopped'}: {p.line()}; resume with: {resume_command(spec)}", flush=True)
+    left = p.total - p.counts.get("FINISHED", 0)  # a drain can let the last trials finish: then nothing is left
+    print(f"{'drained' if drain else 'stopped'}: {p.line()}; "
+          + (f"resume with: {resume_command(spec)}" if left else "every trial FINISHED, nothing to resume"), flush=True)
     return 0
 
 

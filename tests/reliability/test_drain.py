@@ -91,6 +91,7 @@ def test_a_drain_that_the_last_trial_ends_returns_once_the_sweep_is_closed(tmp_p
     said = stopper.stdout.read()
     assert stopper.returncode == 0 and "RUNNING" not in driverless, (driverless, said)
     assert t.parent_status() == "FINISHED" and (sweep_dir / "report" / "index.html").is_file(), said
+    assert "every trial FINISHED, nothing to resume" in said and "resume with" not in said, said
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 0 and "1/1 FINISHED" in out and "best on average: bitfit" in out, out
     assert t.parent_status() == "FINISHED" and _statuses(sweep_dir) == ["FINISHED"]
