@@ -326,7 +326,7 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
               + ", ".join(f"{n} {s}" for s, n in sorted(left.items())) + "): rerun-failed runs FAILED ones only; "
               f"`{resume_command(spec)}` runs them", flush=True)
     if not pending:
-        print("nothing to run", flush=True)
+        print("nothing to run" + (": no trial of this grid FAILED" if only_failed else ""), flush=True)
         if tracker.parent_status() == "RUNNING":  # left so by a driver that died after the last trial
             close_sweep(spec, tracker, status)
         elif done:
@@ -385,7 +385,7 @@ def _end(spec: SweepSpec, tracker: Tracker, trials: list, counts: dict[str, int]
     failed = [t.key for t in trials if final.get(t.key) == "FAILED"]
     left = [t.key for t in trials if final.get(t.key) != "FINISHED"]
     print(f"sweep {spec.name}: {len(trials) - len(left)}/{len(trials)} FINISHED, {len(failed)} FAILED "
-          f"(Tune: {counts})", flush=True)
+          f"(Tune: " + ", ".join(f"{n} {what}" for what, n in counts.items()) + ")", flush=True)
     if failed:
         print(rerun_hint(spec, failed), flush=True)
     try:

@@ -343,7 +343,7 @@ def test_rerun_failed_names_the_trials_it_leaves_to_run(ran, cli):
     cfg = spec.trials()[0]
     records.update(spec.sweep_dir, cfg.key, trial=trial_dict(cfg), result=fake_result(cfg))  # as a run leaves it
     rc, out, _ = cli("rerun-failed", str(spec.sweep_dir))
-    assert rc == 0 and "nothing to run" in out
+    assert rc == 0 and "nothing to run: no trial of this grid FAILED" in out
     assert f"3 trial(s) neither FINISHED nor FAILED (3 PENDING): rerun-failed runs FAILED ones only; " \
            f"`peft-sweep run {spec.sweep_dir / 'spec.yaml'}` runs them" in out, out
     rc, out, _ = cli("rerun-failed", str(spec.sweep_dir))  # the sweep's parent run is closed now: no answer printed
