@@ -264,6 +264,8 @@ class SweepCallback(tune.Callback):
             return "PENDING"
         if trial is completing or trial.status == Trial.TERMINATED:  # ended failed: with its error, or with no
             last = trial.last_result or {}  # final result at all (a replay's reports are dropped: it FINISHED)
+            if not last and trial is not completing:  # never reported: a drain stopped it before it started (in
+                return "PENDING"  # an experiment restored since, whose callback no longer holds ``dropped``)
             failed = last.get(FAILED_REPORT) or ("result_json" not in last and _key(trial) not in self.replays)
             return "ERROR" if failed else "TERMINATED"
         return trial.status

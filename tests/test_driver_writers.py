@@ -332,3 +332,6 @@ def test_the_line_counts_a_trial_that_ended_failed_as_failed(tmp_path, data_dir,
     lines = capsys.readouterr().out.strip().splitlines()
     assert "done 0/3 | running 2 | failed 1 |" in lines[0] and "FAILED: TrainingDiverged" in lines[0], lines
     assert "done 0/3 | running 1 | failed 2 |" in lines[1] and "trial ended without a final result" in lines[1], lines
+    # a trial Tune ended before it ever reported (a drain stopped it) is no failure: queued for the next run
+    c.status, c.last_result = "TERMINATED", {}
+    assert SweepCallback(spec)._status(c, None) == "PENDING"
