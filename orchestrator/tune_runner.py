@@ -257,9 +257,11 @@ class SweepCallback(tune.Callback):
     def _show(self, trials, what: str, completing=None) -> None:
         """Counts come from Tune's own trial states (so they are right after a restore too); a trial
         being completed is still RUNNING when ``on_trial_complete`` is called."""
-        self.progress.show([self._status(t, completing) for t in trials], what, inside={_key(t) for t in trials})
+        self.progress.show([self.line_status(t, completing) for t in trials], what, inside={_key(t) for t in trials})
 
-    def _status(self, trial, completing) -> str:
+    def line_status(self, trial, completing) -> str:
+        """The state the progress line counts a trial in: Tune's, but a trial that ended failed is an ERROR, and one
+        never started (a drain) is queued."""
         if _key(trial) in self.dropped:
             return "PENDING"
         if trial is completing or trial.status == Trial.TERMINATED:  # ended failed: with its error, or with no

@@ -334,4 +334,4 @@ def test_the_line_counts_a_trial_that_ended_failed_as_failed(tmp_path, data_dir,
     assert "done 0/3 | running 1 | failed 2 |" in lines[1] and "trial ended without a final result" in lines[1], lines
     # a trial Tune ended before it ever reported (a drain stopped it) is no failure: queued for the next run
     c.status, c.last_result = "TERMINATED", {}
-    assert SweepCallback(spec)._status(c, None) == "PENDING"
+    assert SweepCallback(spec).line_status(c, None) == "PENDING"
