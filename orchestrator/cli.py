@@ -256,7 +256,7 @@ def _cmd_status(args) -> int:
         from . import control
 
         wait_for_spec(Path(args.sweep_dir), WATCH_START_S)
-        return control.watch(_load_sweep(args.sweep_dir), args.interval or WATCH_INTERVAL)
+        return control.watch(_load_sweep(args.sweep_dir), args.interval or WATCH_INTERVAL, as_json=args.json)
     spec = _load_sweep(args.sweep_dir)
     table = sweep.status_table(spec)
     if args.json:
@@ -586,7 +586,8 @@ def build_parser() -> argparse.ArgumentParser:
         s = command(name, text, description)
         s.add_argument("sweep_dir", help=sweep_dir)
         if name == "status":
-            s.add_argument("--json", action="store_true", help="print the counts and errors as JSON")
+            s.add_argument("--json", action="store_true", help="print the counts and errors as JSON; with --watch, "
+                           "one JSON object per update (JSON Lines: counts, driver, elapsed_s, eta_s)")
             s.add_argument("--watch", action="store_true", help="a live view (done/running/failed/queued, "
                            "trials per hour, ETA) until no driver runs the sweep")
             s.add_argument("--interval", type=float, help=f"seconds between updates, with --watch "

@@ -6,6 +6,7 @@ record before anything else, so it is the freshest view, and it works while the 
 from __future__ import annotations
 
 import collections
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -43,6 +44,16 @@ class SweepProgress:
         if self.driver_alive:  # rate and ETA belong to a running driver
             shown += f" | {pace(self.ended_here, self.elapsed_s, self.total - self.ended)}"
         return f"{shown} | driver {'alive' if self.driver_alive else 'not running'}"
+
+    def as_json(self) -> dict[str, Any]:
+        """What the line says, for scripts (`status --watch --json`): the ETA as the line reckons it, in seconds,
+        None where the line shows none (no driver, nothing ended under it yet, nothing left)."""
+        left = self.total - self.ended
+        per_trial = self.elapsed_s / self.ended_here if self.driver_alive and self.ended_here else None
+        return {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "total": self.total, "counts": self.counts,
+                "driver": "alive" if self.driver_alive else "not running", "elapsed_s": round(self.elapsed_s, 1),
+                "ended_here": self.ended_here,
+                "eta_s": round(per_trial * left, 1) if per_trial is not None and left else None}
 
 
 def progress(spec: SweepSpec) -> SweepProgress:
@@ -148,13 +159,13 @@ def leave_resumable(spec: SweepSpec) -> int:
     return n
 
 
-def watch(spec: SweepSpec, interval_s: float) -> int:
+def watch(spec: SweepSpec, interval_s: float, as_json: bool = False) -> int:
     """A live view until no driver runs the sweep: a rich progress bar on a terminal, else a line per
-    interval (logs, CI)."""
-    if not sys.stdout.isatty():
+    interval (logs, CI), or with ``as_json`` a JSON object per interval (JSON Lines, for scripts)."""
+    if as_json or not sys.stdout.isatty():
         while True:
             p = progress(spec)
-            print(f"[{time.strftime('%H:%M:%S')}] {p.line()}", flush=True)
+            print(json.dumps(p.as_json()) if as_json else f"[{time.strftime('%H:%M:%S')}] {p.line()}", flush=True)
             if not p.driver_alive:
                 return 0
             time.sleep(interval_s)

@@ -378,3 +378,17 @@ def test_a_report_of_trials_none_of_which_has_a_score_lists_them(tmp_path, cli):
     page = (tmp_path / "report" / "index.html").read_text()
     assert "No trial has a test score yet (3 trials: 1 FAILED, 2 PENDING)" in page
     assert "RuntimeError: out of memory" in page and page.count("<td>PENDING</td>") == 2
+
+
+def test_status_watch_json_prints_one_json_object_per_update(ran, cli):
+    """`status --watch --json` printed the text line: --json was ignored unsaid. A script watching a sweep gets
+    one JSON object per update (JSON Lines), with the same counts as the line."""
+    import json
+
+    _, spec = ran
+    rc, out, _ = cli("status", str(spec.sweep_dir), "--watch", "--json", "--interval", "0.1")
+    lines = out.splitlines()
+    assert rc == 0 and len(lines) == 1, out  # no driver: one update, then the watch ends
+    update = json.loads(lines[0])
+    assert update["total"] == len(spec.trials()) and update["counts"] == {"FINISHED": 1, "PENDING": 3}
+    assert update["driver"] == "not running" and update["eta_s"] is None and "time" in update

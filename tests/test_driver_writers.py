@@ -206,6 +206,10 @@ def test_driver_line_and_watch_view_use_the_same_words(tmp_path):
         assert "| elapsed 1m40s | 36.0 trials/h |" in line and "ETA" not in line, line
     ended = SweepProgress(2, {"FINISHED": 2}, 1000.0, False, 0, 0.0).line()
     assert ended == "done 2/2 | running 0 | failed 0 | queued 0 | driver not running"
+    midway = SweepProgress(3, {"FINISHED": 1, "RUNNING": 1, "PENDING": 1}, 1000.0, True, 1, 100.0)
+    assert "ETA 3m20s" in midway.line() and midway.as_json()["eta_s"] == 200.0  # the same ETA, in seconds
+    assert watch_line.endswith("driver alive") and SweepProgress(
+        3, {"FINISHED": 1, "RUNNING": 1, "PENDING": 1}, 1000.0, True, 0, 100.0).as_json()["eta_s"] is None
 
 
 def test_a_model_delta_the_store_missed_is_logged_by_sync_from_tunes_last_checkpoint(spec, monkeypatch, capsys):
