@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import math
 import os
@@ -72,12 +71,12 @@ def train_one_config(args):
     from trainables import TrialConfig
     from trainables.tasks import canonical_task
     from trainables.methods import METHODS, get_method
+    from trainables.schema import did_you_mean
     from .spec import DEFAULT_SPARSITY, SpecError, first_error, apply_overrides
     from pydantic import ValidationError
 
     if args.method not in METHODS:
-        close = difflib.get_close_matches(args.method.lower(), list(METHODS), n=1, cutoff=0.6)
-        raise SpecError(f"--method {args.method!r}: unknown method{f'; did you mean {close[0]!r}?' if close else ''}"
+        raise SpecError(f"--method {args.method!r}: unknown method{did_you_mean(args.method, METHODS)}"
                         f"; valid: {', '.join(METHODS)}")
     unknown = [o.split("=", 1)[0] for o in args.set or [] if o.split(".", 1)[0] not in ("training", "methods", "data")]
     if unknown:
@@ -89,10 +88,14 @@ def train_one_config(args):
             flag = f"--set training.{last}=..."
         raise SpecError(f"--set {key}: unknown key" + (f"; use {flag}" if flag else "")
                         + f" (train-one takes training.<key>, methods.{args.method}.<param> or data.<key> with --set)")
+    try:
+        task = canonical_task(args.task)
+    except ValueError as exc:
+        raise SpecError(f"--task {args.task!r}: {exc}") from None
     sparsity = args.sparsity
     if sparsity is None and get_method(args.method).uses_sparsity:
         sparsity = DEFAULT_SPARSITY  # as a sweep spec's grid.sparsities
-    base = {"task": canonical_task(args.task), "method": args.method, "seed": args.seed, "sparsity": sparsity,
+    base = {"task": task, "method": args.method, "seed": args.seed, "sparsity": sparsity,
             "perturbation": args.perturbation, "model": args.model, "data": {"dir": args.data_dir}}
     # --set takes the sweep spec's keys: methods.<m>.<param> goes to this trial's method_params
     data = apply_overrides({"training": {}, "methods": {}, "data": base.pop("data")}, args.set or [])

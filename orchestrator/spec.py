@@ -5,7 +5,6 @@ Validation has no side effects: nothing is started or written until a spec has p
 from __future__ import annotations
 
 import collections
-import difflib
 import itertools
 import math
 import os
@@ -19,6 +18,7 @@ from pydantic import BaseModel, Field, StrictInt, ValidationError, ValidationInf
 
 from trainables.config import DataConfig, FaultConfig, Strict, TrainingConfig, TrialConfig
 from trainables.methods import METHODS, get_method
+from trainables.schema import closest, did_you_mean
 from trainables.tasks import canonical_task
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -177,7 +177,8 @@ class SweepSpec(Strict):
     def _method_settings(self):
         for m, params in self.methods.items():
             if m not in METHODS:
-                raise ValueError(f"methods.{m}: unknown method; valid methods: {', '.join(METHODS)}")
+                raise ValueError(f"methods.{m}: unknown method{did_you_mean(m, METHODS)}; valid methods: "
+                                 f"{', '.join(METHODS)}")
             try:
                 get_method(m).Params.model_validate(params)
             except ValidationError as exc:
@@ -199,16 +200,16 @@ class SweepSpec(Strict):
                 raise ValueError(f"{where}: no 'method' key (got keys {', '.join(map(repr, setting))}); {hint}")
             base = setting["method"]
             if base not in METHODS:
-                raise ValueError(f"{where}.method: {base!r} is not a method; valid methods: {', '.join(METHODS)}")
+                raise ValueError(f"{where}.method: {base!r} is not a method{did_you_mean(base, METHODS)}; valid "
+                                 f"methods: {', '.join(METHODS)}")
             try:
                 get_method(base).Params.model_validate(self.method_settings(name))
             except ValidationError as exc:
                 raise ValueError(f"{where}: {first_error(exc, get_method(base).Params)}") from None
         unknown = [m for m in self.grid.methods if m not in METHODS and m not in self.variants]
         if unknown:
-            close = {m: difflib.get_close_matches(m.lower(), [*METHODS, *self.variants], n=1, cutoff=0.6)
-                     for m in unknown}
-            named = ", ".join(f"{m!r}" + (f" (did you mean {close[m][0]!r}?)" if close[m] else "") for m in unknown)
+            close = {m: closest(m, [*METHODS, *self.variants]) for m in unknown}
+            named = ", ".join(f"{m!r}" + (f" (did you mean {close[m]!r}?)" if close[m] else "") for m in unknown)
             raise ValueError(f"grid.methods: unknown method{'s' if len(unknown) > 1 else ''} {named}; valid methods: "
                              f"{', '.join(METHODS)}"
                              f"{' and the variants ' + ', '.join(self.variants) if self.variants else ''}")
@@ -342,8 +343,7 @@ def _unknown_key(key: Any, model: type[BaseModel] | None) -> str:
     if model is None:
         return msg
     valid = [k for k, f in model.model_fields.items() if not (f.json_schema_extra or {}).get("internal")]
-    close = difflib.get_close_matches(str(key).split(":")[0], valid, n=1, cutoff=0.6)
-    return f"{msg}{f'; did you mean {close[0]!r}?' if close else ''}; valid keys: {', '.join(valid)}"
+    return f"{msg}{did_you_mean(str(key).split(':')[0], valid, fold=str)}; valid keys: {', '.join(valid)}"
 
 
 def first_error(exc: ValidationError, model: type[BaseModel] | None = None) -> str:

@@ -182,6 +182,10 @@ def test_task_names_in_any_capitalisation_and_a_cheap_trial_count():
     ({"sam": {"burn_in": 8}}, ("methods",), "methods.sam: burn_in: unknown key; did you mean 'burnin'?; valid keys"),
     ({"methods": ["sam", "Lora", "prefix"]}, ("grid",),
      "unknown methods 'Lora' (did you mean 'lora'?), 'prefix'; valid methods: full"),
+    ({"lorra": {"lr": 1e-3}}, ("methods",), "methods.lorra: unknown method; did you mean 'lora'?; valid methods: full"),
+    ({"tasks": ["CBB"]}, ("grid",), "unknown task 'CBB'; did you mean 'CB'?; valid tasks: CoLA"),
+    ({"tasks": ["sts_b2"]}, ("grid",), "unknown task 'sts_b2'; did you mean 'STS-B'?"),  # near after folding
+    ({"x": {"method": "loraa"}}, ("variants",), "variants.x.method: 'loraa' is not a method; did you mean 'lora'?"),
     ({"seeds": [0, 0, 1]}, ("grid",), "grid.seeds: seeds [0, 0, 1] name 0 twice; list each once"),
     ({"methods": ["sam", "full", "sam"]}, ("grid",), "grid.methods: methods ['sam', 'full', 'sam'] name sam twice"),
     ({"methods": ["full"], "sparsities": [0.01]}, ("grid",),

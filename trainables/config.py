@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from .schema import Strict
+from .schema import Strict, did_you_mean
 from .tasks import TASKS
 
 
@@ -88,7 +88,7 @@ class TrialConfig(Strict):
     @classmethod
     def _task(cls, v: str) -> str:
         if v not in TASKS:
-            raise ValueError(f"unknown task {v!r}; valid tasks: {', '.join(TASKS)}")
+            raise ValueError(f"unknown task {v!r}{did_you_mean(v, TASKS)}; valid tasks: {', '.join(TASKS)}")
         return v
 
     @model_validator(mode="after")

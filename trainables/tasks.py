@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .schema import did_you_mean
+
 DATA_DIR_ENV = "PEFT_SWEEP_DATA_DIR"
 # where each command takes a data folder from (run/validate have no --data-dir flag); the variable first, as a
 # one-line error is cut at 300 characters
@@ -170,7 +172,8 @@ def canonical_task(name: str) -> str:
     for task in TASKS:
         if _fold(task) == _fold(name):
             return task
-    raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)} (any capitalisation)")
+    raise ValueError(f"unknown task {name!r}{did_you_mean(name, TASKS, _fold)}; valid tasks: {', '.join(TASKS)} "
+                     "(any capitalisation)")
 
 
 def get_task(name: str) -> Task:

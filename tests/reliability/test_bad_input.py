@@ -567,6 +567,8 @@ def test_slips_a_researcher_types_get_the_hint_at_once(tmp_path, tiny_model, dat
     assert time.monotonic() - t0 < 10
     one = ("train-one", "--task", "CB", "--model", tiny_model, "--data-dir", str(data_dir))
     refused(*one, "--method", "Sam", needles=("--method 'Sam'", "did you mean 'sam'?"))
+    refused("train-one", "--task", "CBB", "--method", "sam", "--model", tiny_model,
+            needles=("--task 'CBB': unknown task 'CBB'; did you mean 'CB'?",))
     refused(*one, "--method", "sam", "--set", "methods.sam.burn_in=2",
             needles=("burn_in: unknown key; did you mean 'burnin'?",))
     refused(*one, "--method", "sam", "--set", "max_steps=1",

@@ -5,6 +5,7 @@ the method files (which would be an import circle).
 """
 from __future__ import annotations
 
+from ..schema import did_you_mean
 from .base import Method
 
 METHODS: dict[str, type[Method]] = {}
@@ -19,5 +20,5 @@ def register(cls: type[Method]) -> type[Method]:
 
 def get_method(name: str) -> type[Method]:
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(METHODS)}")
+        raise ValueError(f"unknown method {name!r}{did_you_mean(name, METHODS)}; valid methods: {', '.join(METHODS)}")
     return METHODS[name]
