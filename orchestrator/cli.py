@@ -34,7 +34,9 @@ exit codes:
 """
 
 
-MAX_LINE = 300  # one line of error; PEFT_SWEEP_DEBUG=1 shows all of it
+# one line of error; PEFT_SWEEP_DEBUG=1 shows all of it. Room for the longest list of valid keys (training's, 14)
+# after a long spec path: at 300 the list was cut before the key the user looked for.
+MAX_LINE = 500
 WATCH_INTERVAL = 5.0  # seconds between updates of `status --watch`
 WATCH_START_S = 60.0  # how long `status --watch` waits for a starting run's spec.yaml (written after the store)
 

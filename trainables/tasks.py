@@ -17,7 +17,7 @@ from .schema import did_you_mean
 
 DATA_DIR_ENV = "PEFT_SWEEP_DATA_DIR"
 # where each command takes a data folder from (run/validate have no --data-dir flag); the variable first, as a
-# one-line error is cut at 300 characters
+# one-line error is cut at orchestrator.cli.MAX_LINE characters
 WHERE = f"${DATA_DIR_ENV} or data.dir (--set data.dir=DIR; train-one, tasks: --data-dir)"
 
 

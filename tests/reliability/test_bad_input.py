@@ -15,9 +15,8 @@ import pytest
 import torch
 import yaml
 
+from orchestrator.cli import MAX_LINE
 from tests.sweeps import ROOT, write_spec
-
-MAX_LINE = 300
 
 
 def _run(*args: str, env: dict | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
@@ -486,6 +485,16 @@ def test_trial_keys_cannot_escape_the_records_folder(tmp_path):
 
     with pytest.raises(ValueError, match="invalid trial key"):
         records.write(tmp_path, "../../etc/x", {})
+
+
+def test_a_cut_error_line_keeps_the_whole_list_of_valid_keys(tmp_path, tiny_model, data_dir, refused):
+    """The 300-character cap cut training's key list after "patie": the valid key the user looked for could be
+    the one cut off."""
+    from trainables.config import TrainingConfig
+
+    line = refused("validate", str(write_spec(tmp_path, tiny_model, data_dir)), "--set", "training.max_stepz=3",
+                   needles=("did you mean 'max_steps'?",))
+    assert "valid keys: " + ", ".join(TrainingConfig.model_fields) in line, line
 
 
 def test_error_lines_are_capped(tmp_path, refused, monkeypatch):
