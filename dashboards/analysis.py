@@ -378,13 +378,18 @@ def pair_summary(tests: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["method_a", "method_b", "wins", "ties", "losses", "n_tasks"])
 
 
-def seeds_enough(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
+def seeds_enough(df: pd.DataFrame, collapsed: dict[str, list[str]] | None = None
+                 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Stability rank of each method (rank of its AVG std, 1 = most stable) when only n of the seeds are used.
+    ``collapsed`` (``collapsed_tasks``): methods left out, as from the most-stable answer: their std 0 on a task
+    where every seed predicted one class would rank them first at every n.
 
     For each n from 2 to all seeds: every subset of n seeds (at most MAX_SEED_SUBSETS, drawn at random with a
     fixed seed when there are more), std per (method, task) over those seeds, mean over tasks, rank among methods.
     Reported per n: the mean rank and its 10th/90th percentiles over subsets, and Kendall's τ between the
     subset's ranking and the all-seed ranking, averaged over subsets (1 = the ranking has settled)."""
+    left_out = {m: ts for m, ts in (collapsed or {}).items() if m in set(df["method"])}
+    df = df[~df["method"].isin(left_out)]
     reps = df.assign(rep=list(zip(df["seed"], df["perturbation"].fillna(-1))))
     cube = reps.pivot_table(index=["method", "task"], columns="rep", values="test_score")
     methods = sorted(cube.index.get_level_values("method").unique())
@@ -394,8 +399,9 @@ def seeds_enough(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
     n_rep = x.shape[2]
     cols = ["n_seeds", "method", "mean_rank", "rank_p10", "rank_p90", "n_subsets"]
     if n_rep < 3 or len(methods) < 2:
-        return pd.DataFrame(columns=cols), {"n_seeds": int(n_rep), "kendall_tau": {},
-                                            "reason": "needs ≥3 seeds and ≥2 methods"}
+        return pd.DataFrame(columns=cols), {"n_seeds": int(n_rep), "kendall_tau": {}, "left_out": left_out,
+                                            "reason": "needs ≥3 seeds and ≥2 methods" + (
+                                                " not collapsed" if left_out else "")}
 
     def ranks(subsets: np.ndarray) -> np.ndarray:  # subsets: S × n indices → methods × S ranks
         with warnings.catch_warnings():  # a cell with < 2 of the chosen seeds has no std: NaN, skipped
@@ -422,7 +428,8 @@ def seeds_enough(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
         tau = [_tau(r[:, s], full) for s in range(r.shape[1])]
         taus[str(n)] = float(np.nanmean(tau)) if not np.all(np.isnan(tau)) else None
     return pd.DataFrame(rows, columns=cols), {"n_seeds": int(n_rep), "kendall_tau": taus,
-                                              "all_seed_ranks": {m: float(v) for m, v in zip(methods, full)}}
+                                              "all_seed_ranks": {m: float(v) for m, v in zip(methods, full)},
+                                              "left_out": left_out}
 
 
 def _tau(a: np.ndarray, b: np.ndarray) -> float:
@@ -685,7 +692,7 @@ def analyze(trials: pd.DataFrame) -> Analysis:
         t = method_task_table(part)
         pt = paired_tests(part)
         ps = pair_summary(pt)
-        se, se_summary = seeds_enough(part)
+        se, se_summary = seeds_enough(part, collapsed_tasks(t))
         fr, nem, fr_seed = friedman(part)
         tables.append(_tag(t, label))
         tests.append(_tag(pt, label))

@@ -428,9 +428,12 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
     figures.seeds_figure(finished, methods, test_base, out / "seeds.svg")
     parts.append(_figure("seeds", "seeds.svg", "Every seed's test score per method (box: quartiles)"))
     seeds = rows_of(res.seeds, main)
+    left_out = main["seeds_enough"].get("left_out") or {}
     if len(seeds):
         figures.seeds_enough_figure(seeds, main["seeds_enough"]["kendall_tau"], methods, out / "seeds_enough.svg")
-        parts.append(_figure("seeds-enough", "seeds_enough.svg", "Stability rank vs number of seeds used"))
+        parts.append(_figure("seeds-enough", "seeds_enough.svg", "Stability rank vs number of seeds used" + (
+            "; not ranked, every seed predicted one class on some task (a collapse, not stability): "
+            + "; ".join(f"{m} ({', '.join(ts)})" for m, ts in left_out.items()) if left_out else "")))
     else:
         parts.append(_missing("seeds-enough", main["seeds_enough"].get("reason", "no data")))
 

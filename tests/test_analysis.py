@@ -573,3 +573,14 @@ def test_a_best_average_at_the_majority_class_is_said_to_be_no_answer():
             "(a learning rate too high or too low, or too few steps, are the usual causes)") in said["lines"], said
     df = cb_trials({"full": [.6, .7, .8], "sam": [.65, .7, .75]})
     assert not any("majority-class score" in line for line in answer(analyze(df), df)["lines"])
+
+
+def test_the_seeds_enough_ranking_leaves_out_a_method_collapsed_on_a_task():
+    """The seeds-enough figure ranked diffprune (every seed one class, std 0) first at every n: the "has the
+    ranking settled?" answer rested on a collapse, which the answer no longer ranks on stability."""
+    df = cb_trials({"full": [.60, .70, .80], "sam": [.65, .70, .76], "diffprune": [.40, .40, .40]})
+    df["test_top_class_share"] = np.where(df["method"] == "diffprune", 1.0, 0.6)
+    res = analyze(df)
+    assert set(res.seeds["method"]) == {"full", "sam"}
+    enough = res.summary["seeds_enough"]
+    assert enough["all_seed_ranks"] == {"full": 2.0, "sam": 1.0} and enough["left_out"] == {"diffprune": ["CB"]}

@@ -3,6 +3,7 @@ a SQLite file, or unknown for a bare trials file), a method or cell with no fini
 instead of vanishing, the caption says its group in words, and the mask-overlap note matches the mask files."""
 import re
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -407,3 +408,17 @@ def test_a_perturbed_group_counts_runs_of_seeds_and_splits_not_seeds(tmp_path):
     pd.DataFrame(rows).to_parquet(tmp_path / "trials.parquet")
     page = build_report(tmp_path / "trials.parquet", None, tmp_path / "r").read_text()
     assert "over its <b>n</b> runs (seeds × perturbation splits)" in page
+
+
+def test_the_seeds_enough_caption_names_a_method_left_out_as_collapsed(tmp_path):
+    from tests.test_analysis import cb_trials
+
+    trials = cb_trials({"full": [.60, .70, .80], "sam": [.65, .70, .76], "bitfit": [.5, .6, .55],
+                        "diffprune": [.40, .40, .40]})
+    trials["test_top_class_share"] = np.where(trials["method"] == "diffprune", 1.0, 0.6)
+    path = tmp_path / "trials.parquet"
+    trials.to_parquet(path)
+    page = build_report(path, None, tmp_path / "r").read_text()
+    caption = re.search(r'<figure id="fig-seeds-enough">.*?<figcaption>(.*?)</figcaption>', page, re.S).group(1)
+    assert caption.endswith("not ranked, every seed predicted one class on some task (a collapse, not stability): "
+                            "diffprune (CB)"), caption
