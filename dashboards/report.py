@@ -26,6 +26,10 @@ from .figures import fmt_p
 
 NO_SPEC = "not found (give SWEEP_DIR, or a trials.parquet inside SWEEP_DIR/export)"
 LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui --port 5000` serves a SQLite or file store
+# every figure a report may draw: a reused --out loses the ones of an earlier report first (a figure this one
+# does not draw stayed there, beside a page saying it is not drawn); nothing else in the folder is touched
+FIGURE_FILES = ("cd.svg", "seeds.svg", "seeds_enough.svg", "curves.svg", "ranks.svg", "sparsity.svg",
+                "projection.svg", "anatomy.svg", "overlap.svg")
 MASKS_DIR = "masks"  # the export's copies of the stored masks, <trial_key>.safetensors beside trials.parquet
 # Lets a headless browser (and a curious reader) see that every figure loaded: <body data-images-loaded="true">
 CHECK_IMAGES = ("<script>window.addEventListener('load',()=>{const i=[...document.images];"
@@ -340,6 +344,8 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
     ``published``: a published table (``paper.read_published``) to show ours beside, with the claims answered."""
     trials_path, out = Path(trials_path), Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    for name in FIGURE_FILES:
+        (out / name).unlink(missing_ok=True)
     sweep_dir = sweep_dir_of(trials_path)
     analysis_dir = analysis_dir or analysis_dir_of(trials_path)
     spec_path = spec_path or (sweep_dir / "spec.yaml" if sweep_dir else None)

@@ -422,3 +422,28 @@ def test_the_seeds_enough_caption_names_a_method_left_out_as_collapsed(tmp_path)
     caption = re.search(r'<figure id="fig-seeds-enough">.*?<figcaption>(.*?)</figcaption>', page, re.S).group(1)
     assert caption.endswith("not ranked, every seed predicted one class on some task (a collapse, not stability): "
                             "diffprune (CB)"), caption
+
+
+def test_a_reused_out_folder_keeps_no_figure_of_an_earlier_report(tmp_path):
+    """Reports written into the same --out: a figure the second one does not draw (no sparsity grid, no masks) was
+    left from the first, beside a page that says it is not drawn. The user's own files stay."""
+    from dashboards.report import FIGURE_FILES
+
+    first = tmp_path / "full.parquet"
+    hand_made().to_parquet(first)
+    out = tmp_path / "r"
+    build_report(first, None, out)
+    drawn = {p.name for p in out.glob("*.svg")}
+    assert drawn <= set(FIGURE_FILES) and "cd.svg" in drawn  # every figure's name is known to the cleaner
+    (out / "notes.txt").write_text("mine")
+    for name in ("anatomy.svg", "sparsity.svg"):  # as an earlier sweep with masks and sparsities left them
+        (out / name).write_text("<svg/>")
+    from tests.test_analysis import cb_trials
+
+    second = tmp_path / "small.parquet"
+    cb_trials({"full": [.60, .70, .80], "sam": [.65, .70, .76]}).to_parquet(second)
+    page = build_report(second, None, out).read_text()
+    left = {p.name for p in out.iterdir()}
+    assert "sparsity.svg" not in left and "anatomy.svg" not in left and "cd.svg" not in left, left
+    assert "notes.txt" in left
+    assert {p.name for p in out.glob("*.svg")} == {n for n in FIGURE_FILES if f'src="{n}"' in page}
