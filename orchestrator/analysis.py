@@ -12,7 +12,11 @@ import pandas as pd
 from dashboards.analysis import Analysis, analyze, jsonable
 from dashboards.paper import Comparison, markdown
 
-from .masks import write_overlap
+from .masks import OVERLAP_FILE, write_overlap
+
+# written only with a comparison (--paper) or stored masks: an earlier analyze's copies in a reused --out would be
+# taken for this sweep's (the report reads the mask overlap from there), so they go first
+OPTIONAL_FILES = ("paper_comparison.csv", "claims.json", "claims.md", OVERLAP_FILE)
 
 
 def analyze_file(trials_path: str | Path, out: str | Path, result: Analysis | None = None,
@@ -22,6 +26,8 @@ def analyze_file(trials_path: str | Path, out: str | Path, result: Analysis | No
     res = result or analyze(pd.read_parquet(trials_path))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    for name in OPTIONAL_FILES:
+        (out / name).unlink(missing_ok=True)
     frames = {"table.csv": res.table, "sparsity.csv": res.sparsity, "paired_tests.csv": res.tests,
               "pair_summary.csv": res.pairs, "seeds_enough.csv": res.seeds}
     paths = []

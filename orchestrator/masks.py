@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from trainables.anatomy import MASK_FILE, jaccard, load_mask
 
 MASKS_DIR = "masks"
+OVERLAP_FILE = "mask_overlap.csv"  # in the analysis folder, where the report reads it
 ANATOMY_SCHEMA = pa.schema(
     [("trial_key", pa.string()), ("method", pa.string()), ("task", pa.string()), ("seed", pa.int64()),
      ("sparsity", pa.float64()), ("perturbation", pa.int64()), ("layer", pa.string()), ("kind", pa.string()),
@@ -97,6 +98,6 @@ def write_overlap(trials_file: Path, out: Path) -> Path | None:
     if not mask_dir.is_dir():
         return None
     table = overlap_table(pd.read_parquet(trials_file), mask_dir)
-    path = Path(out) / "mask_overlap.csv"
+    path = Path(out) / OVERLAP_FILE
     table.to_csv(path, index=False)
     return path

@@ -233,9 +233,15 @@ def test_seeds_enough_lists_every_subset():
 def test_analyze_writes_every_table(tmp_path):
     path = tmp_path / "trials.parquet"
     hand_made().to_parquet(path)
-    names = {p.name for p in analyze_file(path, tmp_path / "out")}
+    out = tmp_path / "out"
+    out.mkdir()
+    for stale in ("claims.md", "claims.json", "paper_comparison.csv", "mask_overlap.csv"):  # an earlier analyze's
+        (out / stale).write_text("of another sweep")  # (with --paper, with masks): not this one's, so not left
+    (out / "notes.txt").write_text("mine")
+    names = {p.name for p in analyze_file(path, out)}
     assert names == {"table.csv", "table.parquet", "summary.json", "sparsity.csv", "paired_tests.csv",
                      "pair_summary.csv", "seeds_enough.csv"}
+    assert {p.name for p in out.iterdir()} == names | {"notes.txt"}
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert {"friedman", "nemenyi", "holm", "friedman_task_seed", "seeds_enough"} <= summary.keys()
     assert "permutation_p_value" in summary["spearman"]
