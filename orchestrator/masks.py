@@ -61,15 +61,16 @@ def write_anatomy(results: Iterable[dict[str, Any]], out: Path) -> Path:
 
 
 def copy_masks(sweep_dir: Path, keys: Iterable[str], out: Path) -> int:
-    """Copy the stored masks of these trials to ``out/masks/``; returns how many there were."""
-    n = 0
-    for key in keys:
-        src = mask_path(sweep_dir, key)
-        if src.is_file():
-            (Path(out) / MASKS_DIR).mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, Path(out) / MASKS_DIR / src.name)
-            n += 1
-    return n
+    """Copy the stored masks of these trials to ``out/masks/``; returns how many there were. Mask files already
+    there of other trials (an earlier export into the same folder) are removed: the overlap reads them by key."""
+    stored = [src for src in (mask_path(sweep_dir, key) for key in keys) if src.is_file()]
+    for old in (Path(out) / MASKS_DIR).glob("*.safetensors"):
+        if old.name not in {src.name for src in stored}:
+            old.unlink()
+    for src in stored:
+        (Path(out) / MASKS_DIR).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, Path(out) / MASKS_DIR / src.name)
+    return len(stored)
 
 
 def overlap_table(trials: pd.DataFrame, mask_dir: Path) -> pd.DataFrame:

@@ -52,3 +52,18 @@ def test_write_anatomy_uses_the_variant_label(tmp_path):
     table = pq.read_table(write_anatomy([result], tmp_path)).to_pylist()
     assert table == [{"trial_key": "k", "method": "sam-global", "task": "CB", "seed": 0, "sparsity": 0.005,
                       "perturbation": None, "layer": "pooler", "kind": "pooler", "count": 9}]
+
+
+def test_an_export_into_a_used_folder_keeps_only_this_sweeps_masks(tmp_path):
+    """The export's masks/ kept the mask files of an earlier export into the same --out (another sweep's, or a
+    trial's whose mask this run did not store): the overlap reads masks by trial key from there."""
+    from orchestrator.masks import copy_masks
+
+    sweep, out = tmp_path / "sweep", tmp_path / "out"
+    keep_mask(sweep, "sam-0", save_mask({"backbone.w": torch.tensor([0, 1])}, tmp_path / "trial" / "sam-0").parent)
+    (out / MASKS_DIR).mkdir(parents=True)
+    (out / MASKS_DIR / "old-0.safetensors").write_bytes(b"of an earlier export")
+    (out / MASKS_DIR / "full-0.safetensors").write_bytes(b"stored by an earlier run of this trial, not by this one")
+    (out / MASKS_DIR / "readme.txt").write_text("mine")
+    assert copy_masks(sweep, ["sam-0", "full-0"], out) == 1
+    assert sorted(p.name for p in (out / MASKS_DIR).iterdir()) == ["readme.txt", "sam-0.safetensors"]
