@@ -43,6 +43,20 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
+def _baseline(ax, score: float) -> None:
+    """The majority-class line at ``score`` (×100). One far off the data (STS-B's 0, scores near 85) stretched the
+    axis until the data shared one strip: where the data would fill less than a quarter of the axis, the axis keeps
+    the data's range and the panel says where the line is."""
+    y, (low, high) = 100 * score, ax.get_ylim()
+    if high - low >= 0.25 * (max(high, y) - min(low, y)):
+        ax.axhline(y, **BASELINE_STYLE)
+        return
+    below, room = y < low, 0.1 * (high - low)  # a strip free of data for the note
+    ax.set_ylim(low - room if below else low, high if below else high + room)
+    ax.text(0.01, 0.01 if below else 0.99, f"majority class {y:.1f}, {'below' if below else 'above'} the axis",
+            transform=ax.transAxes, fontsize=7, va="bottom" if below else "top")
+
+
 def _legend_below(fig, axes) -> None:
     """One legend for all panels, below them: inside a panel it covered the data (a collapse's points at the
     majority line, ten methods' curves in a 3-inch panel). ``_save``'s tight box keeps it whole."""
@@ -80,7 +94,7 @@ def seeds_figure(df: pd.DataFrame, methods: list[str], baselines: dict[str, floa
         for i, (m, ys) in enumerate(zip(present, data)):
             ax.scatter(i + rng.uniform(-0.15, 0.15, len(ys)), ys, s=14, color=col[m], zorder=3)
         if task in baselines:
-            ax.axhline(100 * baselines[task], **BASELINE_STYLE)
+            _baseline(ax, baselines[task])
         ax.set_xticks(range(len(present)), present, rotation=45, ha="right")
         ax.set(title=f"{task} (n = {len(part)} trials)", ylabel="test score ×100")
     _legend_below(fig, axes)
@@ -101,7 +115,7 @@ def curves_figure(curves: pd.DataFrame, methods: list[str], baselines: dict[str,
                 ax.plot(trial["step"], 100 * trial["dev_score"], color=col[m], alpha=0.7, linewidth=1,
                         label=m if i == 0 else None)
         if task in baselines:
-            ax.axhline(100 * baselines[task], **BASELINE_STYLE)
+            _baseline(ax, baselines[task])
         ax.set(title=task, xlabel="step", ylabel="dev score ×100")
     _legend_below(fig, axes)
     _save(fig, path)
@@ -163,7 +177,7 @@ def sparsity_figure(sweep: pd.DataFrame, baselines: dict[str, float], methods: l
                                 label=method, marker="o", capsize=3, color=col[method])
         for ax, name in zip(row, ("test", "train")):
             if name == "test" and task in baselines:
-                ax.axhline(100 * baselines[task], **BASELINE_STYLE)
+                _baseline(ax, baselines[task])
             ax.set(xscale="log", xlabel="sparsity p", ylabel=f"{name} score ×100 (mean ± std)",
                    title=f"{task}: {name} vs sparsity")
     _legend_below(fig, list(axes.flat))
