@@ -28,7 +28,7 @@ class SweepProgress:
     counts: dict[str, int]  # FINISHED / FAILED / RUNNING / STOPPED / PENDING
     started: float | None  # when the current (or last) driver started
     driver_alive: bool
-    ended_here: int  # trials that ended since the driver started
+    finished_here: int  # trials that FINISHED since the driver started: the rate and ETA (see progress.pace)
     elapsed_s: float  # since the driver started
 
     @property
@@ -42,17 +42,17 @@ class SweepProgress:
         if c.get("STOPPED"):  # one name for them everywhere: STOPPED (resumable), as records and `status` say
             shown += f" | stopped {c['STOPPED']} (resumable)"
         if self.driver_alive:  # rate and ETA belong to a running driver
-            shown += f" | {pace(self.ended_here, self.elapsed_s, self.total - self.ended)}"
+            shown += f" | {pace(self.finished_here, self.elapsed_s, self.total - self.ended)}"
         return f"{shown} | driver {'alive' if self.driver_alive else 'not running'}"
 
     def as_json(self) -> dict[str, Any]:
         """What the line says, for scripts (`status --watch --json`): the ETA as the line reckons it, in seconds,
         None where the line shows none (no driver, nothing ended under it yet, nothing left)."""
         left = self.total - self.ended
-        per_trial = self.elapsed_s / self.ended_here if self.driver_alive and self.ended_here else None
+        per_trial = self.elapsed_s / self.finished_here if self.driver_alive and self.finished_here else None
         return {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "total": self.total, "counts": self.counts,
                 "driver": "alive" if self.driver_alive else "not running", "elapsed_s": round(self.elapsed_s, 1),
-                "ended_here": self.ended_here,
+                "finished_here": self.finished_here,
                 "eta_s": round(per_trial * left, 1) if per_trial is not None and left else None}
 
 
@@ -63,13 +63,13 @@ def progress(spec: SweepSpec) -> SweepProgress:
     info = driver.info(spec.sweep_dir) or {}
     alive = driver.alive(spec.sweep_dir)
     started = info.get("started")
-    ended_here, elapsed = 0, 0.0
+    finished_here, elapsed = 0, 0.0
     if alive and started:
-        # trials that ended since this driver started: their record was last written after it
-        ended_here = sum(1 for k in keys if (recs.get(k) or {}).get("status") in ENDED
-                         and records.written_at(spec.sweep_dir, k) >= started)
+        # trials that FINISHED since this driver started: their record was last written after it
+        finished_here = sum(1 for k in keys if (recs.get(k) or {}).get("status") == "FINISHED"
+                            and records.written_at(spec.sweep_dir, k) >= started)
         elapsed = time.time() - started
-    return SweepProgress(len(keys), dict(found), started, alive, ended_here, elapsed)
+    return SweepProgress(len(keys), dict(found), started, alive, finished_here, elapsed)
 
 
 def first_run(sweep_dir: Path) -> float | None:

@@ -2,8 +2,9 @@
 experiment running now), elapsed time and an ETA.
 
 Ray-free (the caller passes the states as plain strings), so the line and its ETA are tested without a
-cluster. The ETA rests only on trials that ended in this driver: a restored sweep's earlier trials took
-time another driver spent.
+cluster. The rate and ETA rest only on trials that FINISHED in this driver: a restored sweep's earlier trials
+took time another driver spent, and failed ones (often at once: out of memory, a bad setting) took no training
+time, so that an ETA from them said minutes for a sweep of hours.
 """
 from __future__ import annotations
 
@@ -21,9 +22,9 @@ def duration(seconds: float) -> str:
         f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def rate_per_hour(ended: int, elapsed_s: float) -> str:
-    """Trials per hour, as the driver's line and `peft-sweep status --watch` both show it."""
-    return f"{ended / max(elapsed_s, 1e-9) * 3600:.1f} trials/h"
+def rate_per_hour(finished: int, elapsed_s: float) -> str:
+    """FINISHED trials per hour, as the driver's line and `peft-sweep status --watch` both show it."""
+    return f"{finished / max(elapsed_s, 1e-9) * 3600:.1f} trials/h"
 
 
 def counts(done: int, total: int, running: int, failed: int, queued: int) -> str:
@@ -31,14 +32,14 @@ def counts(done: int, total: int, running: int, failed: int, queued: int) -> str
     return f"done {done}/{total} | running {running} | failed {failed} | queued {queued}"
 
 
-def pace(ended_here: int, elapsed_s: float, left: int) -> str:
-    """Elapsed time, rate and ETA from the trials that ended under this driver: "rate ? | ETA ?" only while
-    none has ended yet; no ETA once nothing is left."""
+def pace(finished_here: int, elapsed_s: float, left: int) -> str:
+    """Elapsed time, rate and ETA from the trials that FINISHED under this driver: "rate ? | ETA ?" while none
+    has; no ETA once nothing is left."""
     out = f"elapsed {duration(elapsed_s)}"
-    if not ended_here:
+    if not finished_here:
         return f"{out} | rate ? | ETA ?" if left else out
-    out += f" | {rate_per_hour(ended_here, elapsed_s)}"
-    return f"{out} | ETA {duration(elapsed_s / ended_here * left)}" if left else out
+    out += f" | {rate_per_hour(finished_here, elapsed_s)}"
+    return f"{out} | ETA {duration(elapsed_s / finished_here * left)}" if left else out
 
 
 class Progress:
@@ -47,13 +48,13 @@ class Progress:
     def __init__(self, clock: Callable[[], float] = time.time):
         self.clock = clock
         self.started = clock()
-        self.ended_here = 0  # trials that ended in this driver: the base of the ETA
+        self.finished_here = 0  # trials that FINISHED in this driver: the base of the rate and ETA
         # (the sweep's keys, the keys this driver runs, the records as the running experiment started): the line
         # counts the grid's trials outside that experiment too (see ``outside``)
         self.sweep: tuple[list[str], set[str], dict[str, dict]] | None = None
 
-    def trial_ended(self) -> None:
-        self.ended_here += 1
+    def trial_finished(self) -> None:
+        self.finished_here += 1
 
     def line(self, statuses: Iterable[str], what: str, inside: set[str] | None = None) -> str:
         """``statuses``: Tune's status of every trial (PENDING, PAUSED, RUNNING, TERMINATED, ERROR) of the
@@ -66,7 +67,7 @@ class Progress:
         elapsed = self.clock() - self.started
         return (f"[{time.strftime('%H:%M:%S', time.localtime(self.clock()))}] "
                 f"{counts(status['TERMINATED'], sum(status.values()), status['RUNNING'], status['ERROR'], queued)} "
-                f"| {pace(self.ended_here, elapsed, queued + status['RUNNING'])} | {what}")
+                f"| {pace(self.finished_here, elapsed, queued + status['RUNNING'])} | {what}")
 
     def show(self, statuses: Iterable[str], what: str, inside: set[str] | None = None) -> None:
         print(self.line(statuses, what, inside), flush=True)

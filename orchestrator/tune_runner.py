@@ -310,7 +310,7 @@ class SweepCallback(tune.Callback):
         node = {"ray_node": last["node_ip"]} if last.get("node_ip") else {}
         self.mlflow.finish(key, result, self._trial(trial), node)
         self._keep_final(trial, key)
-        self.progress.trial_ended()
+        self.progress.trial_finished()
         self._show(trials, f"{key} {result.get('variant') or result['method']}/{result['task']} seed "
                    f"{result['seed']} FINISHED test {result['test_score']:.4f}", completing=trial)
 
@@ -356,7 +356,6 @@ class SweepCallback(tune.Callback):
             os.kill(os.getpid(), signal.SIGUSR1)
 
     def _replayed(self, trials, trial, key: str) -> None:
-        self.progress.trial_ended()
         self._show(trials, f"{key} had FINISHED under an earlier driver: its recorded result stands", completing=trial)
 
     def _failed(self, trials, trial, error: str, completing=None) -> None:
@@ -365,7 +364,6 @@ class SweepCallback(tune.Callback):
             return self._replayed(trials, trial, key)
         self.records.failed(key, error)
         self.mlflow.fail(key, error, self._trial(trial))
-        self.progress.trial_ended()
         self._show(trials, f"{key} FAILED: {error.strip().splitlines()[-1] if error.strip() else error}",
                    completing=completing)
 

@@ -129,9 +129,9 @@ def test_progress_line_counts_and_eta():
     clock.now = 1100.0
     assert progress.line(statuses, "x").endswith(
         "done 2/7 | running 1 | failed 1 | queued 3 | elapsed 1m40s | rate ? | ETA ? | x")  # nothing ended here yet
-    progress.trial_ended()
-    progress.trial_ended()
-    # 100 s for 2 trials that ended here; 4 left (3 queued + 1 running): 200 s
+    progress.trial_finished()
+    progress.trial_finished()
+    # 100 s for 2 trials that FINISHED here; 4 left (3 queued + 1 running): 200 s
     assert "| elapsed 1m40s | 72.0 trials/h | ETA 3m20s | x" in progress.line(statuses, "x")
     assert "ETA" not in progress.line(["TERMINATED", "ERROR"], "x")  # nothing left
 
@@ -157,7 +157,7 @@ def test_progress_counts_the_sweeps_trials_outside_the_running_experiment():
     progress = Progress(clock)
     progress.sweep = (grid, {"c", "d", "f"}, recs)
     clock.now = 1100.0
-    progress.trial_ended()
+    progress.trial_finished()
     recs["b"]["ended_at"] = 500.0
     assert "done 2/6 | running 1 | failed 1 | queued 1 | elapsed 1m40s | 36.0 trials/h | ETA 3m20s" in \
         progress.line(["RUNNING"], "x", inside={"f"})
@@ -199,7 +199,7 @@ def test_driver_line_and_watch_view_use_the_same_words(tmp_path):
     watch_line = SweepProgress(3, {"FINISHED": 1, "RUNNING": 1, "PENDING": 1}, 1000.0, True, 0, 100.0).line()
     for line in (driver_line, watch_line):
         assert "done 1/3 | running 1 | failed 0 | queued 1 | elapsed 1m40s | rate ? | ETA ?" in line, line
-    progress.trial_ended()
+    progress.trial_finished()
     done = progress.line(["TERMINATED", "TERMINATED"], "x")
     watched = SweepProgress(2, {"FINISHED": 2}, 1000.0, True, 1, 100.0).line()
     for line in (done, watched):  # all ended: a rate, and no "ETA ?"
@@ -336,6 +336,9 @@ def test_the_line_counts_a_trial_that_ended_failed_as_failed(tmp_path, data_dir,
     lines = capsys.readouterr().out.strip().splitlines()
     assert "done 0/3 | running 2 | failed 1 |" in lines[0] and "FAILED: TrainingDiverged" in lines[0], lines
     assert "done 0/3 | running 1 | failed 2 |" in lines[1] and "trial ended without a final result" in lines[1], lines
+    # failures (often at once: out of memory, a bad setting) took no training time: an ETA from them said minutes
+    # for a sweep of hours; the rate and ETA rest on the trials that FINISHED
+    assert "| rate ? | ETA ? |" in lines[1], lines
     # a trial Tune ended before it ever reported (a drain stopped it) is no failure: queued for the next run
     c.status, c.last_result = "TERMINATED", {}
     assert SweepCallback(spec).line_status(c, None) == "PENDING"
