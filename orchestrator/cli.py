@@ -585,7 +585,8 @@ def build_parser() -> argparse.ArgumentParser:
              "from the sweep folder's records; a parent run left RUNNING by a dead driver is closed."),
             ("export", _cmd_export, "write trials.parquet, curves.parquet and masks.parquet from MLflow and "
              "the local records",
-             "One row per trial that started, grid or no longer in it (trials.parquet, column in_grid), one per "
+             "One row per trial of the grid (status PENDING, source grid, for one not started yet) and per trial "
+             "that started, also one no longer in the grid (trials.parquet, column in_grid), one per "
              "evaluation (curves.parquet) and one per saved mask (masks.parquet, with the masks/ files), read from "
              "the tracking store and the sweep folder's records (what the store missed while it was down).")]:
         s = command(name, text, description)
