@@ -1,0 +1,132 @@
+"""An independent re-analysis of a trials file: recomputes Table 1's cells and the stability-performance Spearman ρ
+with pandas and scipy alone, and compares them with what `peft-sweep analyze` wrote. Issue 20 is done when this
+passes on the committed results/paper-small/trials.parquet.
+
+Independent of the product: it imports nothing from this repository. What it shares with it is the protocol, written
+out here: the trials of the current grid (``in_grid``) that FINISHED with a finite test score; the first group (the
+smallest sparsity, methods without one included, no perturbation split); per (method, task) the mean and the std
+(ddof=1) of the test scores; ranks within each task over the cells with a std (performance: higher mean first;
+stability: smaller std first; ties averaged), means and stds rounded to 10 decimals before ranking; ρ over the
+pooled (method, task) pairs. The within-task permutation p is drawn again here with another generator, so it is
+compared within its Monte-Carlo error, not to the digit.
+
+    python results/paper-small/reanalyze.py results/paper-small/trials.parquet results/paper-small/analysis
+Exit 0: everything matches; 1: a difference (each printed); 2: bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+N_PERMUTATIONS = 9999
+
+
+def first_group(trials: pd.DataFrame) -> pd.DataFrame:
+    if "in_grid" in trials:
+        trials = trials[trials["in_grid"].fillna(True).astype(bool)]
+    score = pd.to_numeric(trials["test_score"], errors="coerce")
+    done = trials[(trials["status"] == "FINISHED") & np.isfinite(score.astype(float))]
+    done = done[done["perturbation"].isna()]
+    sparsities = sorted(done["sparsity"].dropna().unique())
+    if sparsities:
+        done = done[done["sparsity"].isna() | (done["sparsity"] == sparsities[0])]
+    return done
+
+
+def cells(done: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for (method, task), part in done.groupby(["method", "task"]):
+        x = part["test_score"].astype(float)
+        rows.append({"method": method, "task": task, "n": len(x), "mean": round(float(x.mean()), 10) + 0.0,
+                     "std": round(float(x.std(ddof=1)), 10) + 0.0 if len(x) > 1 else math.nan})
+    return pd.DataFrame(rows)
+
+
+def rho(table: pd.DataFrame) -> tuple[float, float, float, int]:
+    """ρ, scipy's p, the within-task permutation p and the number of pairs."""
+    pairs = table[table["std"].notna()].copy()
+    pairs["perf"] = pairs.groupby("task")["mean"].transform(lambda m: stats.rankdata(-m))
+    pairs["stab"] = pairs.groupby("task")["std"].transform(lambda s: stats.rankdata(s))
+    res = stats.spearmanr(pairs["stab"], pairs["perf"])
+    observed = abs(float(res.statistic))
+    stab, perf, tasks = list(pairs["stab"]), list(pairs["perf"]), list(pairs["task"])
+    by_task = {t: [i for i, u in enumerate(tasks) if u == t] for t in dict.fromkeys(tasks)}
+    rng, hits = random.Random(12345), 0
+    for _ in range(N_PERMUTATIONS):
+        shuffled = stab[:]
+        for idx in by_task.values():
+            values = [stab[i] for i in idx]
+            rng.shuffle(values)
+            for i, v in zip(idx, values):
+                shuffled[i] = v
+        hits += abs(stats.spearmanr(shuffled, perf).statistic) >= observed - 1e-12
+    return float(res.statistic), float(res.pvalue), (1 + hits) / (1 + N_PERMUTATIONS), len(pairs)
+
+
+def compare(trials_path: Path, analysis_dir: Path) -> list[str]:
+    """The differences between this re-analysis and the analysis folder; empty when everything matches."""
+    trials = pd.read_parquet(trials_path)
+    ours = cells(first_group(trials))
+    theirs = pd.read_csv(analysis_dir / "table.csv")
+    if "group_sparsity" in theirs:  # the first group's rows, as the product orders its groups
+        groups = theirs[["group_sparsity", "group_perturbation"]].drop_duplicates()
+        first = groups[groups["group_perturbation"] == "none"].sort_values("group_sparsity").iloc[0]
+        same = theirs["group_sparsity"].isna() if pd.isna(first["group_sparsity"]) else \
+            theirs["group_sparsity"] == first["group_sparsity"]
+        theirs = theirs[same & (theirs["group_perturbation"] == "none")]
+    theirs = theirs[theirs["task"] != "AVG"].set_index(["method", "task"])
+    problems = []
+    if set(map(tuple, ours[["method", "task"]].values)) != set(theirs.index):
+        problems.append(f"cells differ: here {len(ours)}, table.csv {len(theirs)}")
+    for row in ours.itertuples():
+        if (row.method, row.task) not in theirs.index:
+            continue
+        other = theirs.loc[(row.method, row.task)]
+        for col in ("n", "mean", "std"):
+            a, b = getattr(row, col), float(other[col])
+            if not (math.isnan(a) and math.isnan(b)) and not math.isclose(a, b, rel_tol=0, abs_tol=1e-9):
+                problems.append(f"{row.method}/{row.task} {col}: here {a!r}, table.csv {b!r}")
+    summary = json.loads((analysis_dir / "summary.json").read_text())["spearman"]
+    r, p, perm, n = rho(ours)
+    print(f"re-analysis: {len(ours)} cells, ρ = {r:.6f} over {n} pairs, scipy p = {p:.4g}, within-task "
+          f"permutation p = {perm:.4g} ({N_PERMUTATIONS} shuffles)")
+    if summary.get("n_pairs") != n:
+        problems.append(f"pairs: here {n}, summary.json {summary.get('n_pairs')}")
+    if summary.get("rho") is None or not math.isclose(r, summary["rho"], rel_tol=0, abs_tol=1e-9):
+        problems.append(f"ρ: here {r!r}, summary.json {summary.get('rho')!r}")
+    if summary.get("p_value") is None or not math.isclose(p, summary["p_value"], rel_tol=1e-6, abs_tol=1e-12):
+        problems.append(f"scipy p: here {p!r}, summary.json {summary.get('p_value')!r}")
+    theirs_perm = summary.get("permutation_p_value")
+    error = 4 * math.sqrt(max(perm * (1 - perm), 1 / N_PERMUTATIONS) / N_PERMUTATIONS) + 2 / N_PERMUTATIONS
+    if theirs_perm is None or abs(perm - theirs_perm) > error:
+        problems.append(f"permutation p: here {perm:.4g}, summary.json {theirs_perm!r} (Monte-Carlo error "
+                        f"allowed {error:.2g})")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("trials", type=Path, help="trials.parquet (peft-sweep export)")
+    parser.add_argument("analysis", type=Path, help="the folder `peft-sweep analyze` wrote (table.csv, summary.json)")
+    args = parser.parse_args(argv)
+    for path in (args.trials, args.analysis / "table.csv", args.analysis / "summary.json"):
+        if not path.is_file():
+            print(f"reanalyze: no file {path}", file=sys.stderr)
+            return 2
+    problems = compare(args.trials, args.analysis)
+    for line in problems:
+        print(f"DIFFERS: {line}")
+    print("matches the analysis" if not problems else f"{len(problems)} difference(s)")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

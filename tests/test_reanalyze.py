@@ -1,0 +1,39 @@
+"""results/paper-small/reanalyze.py, issue 20's independent check, agrees with `analyze` and finds a difference."""
+import json
+import subprocess
+import sys
+
+import pandas as pd
+
+from orchestrator.analysis import analyze_file
+from tests.sweeps import ROOT
+from tests.test_analysis import hand_made
+
+SCRIPT = ROOT / "results" / "paper-small" / "reanalyze.py"
+
+
+def _check(trials, out):
+    return subprocess.run([sys.executable, str(SCRIPT), str(trials), str(out)], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_the_independent_reanalysis_agrees_and_catches_a_changed_number(tmp_path):
+    trials, out = tmp_path / "trials.parquet", tmp_path / "analysis"
+    df = hand_made()
+    df["in_grid"] = True
+    df.loc[len(df)] = {**df.iloc[0].to_dict(), "seed": 7, "test_score": 0.0, "in_grid": False}  # not the grid's
+    df.to_parquet(trials)
+    analyze_file(trials, out)
+    done = _check(trials, out)
+    assert done.returncode == 0 and "matches the analysis" in done.stdout, done.stdout + done.stderr
+
+    summary = json.loads((out / "summary.json").read_text())
+    summary["spearman"]["rho"] += 0.01
+    (out / "summary.json").write_text(json.dumps(summary))
+    table = pd.read_csv(out / "table.csv")
+    table.loc[(table["method"] == "sam") & (table["task"] == "CB"), "std"] += 1e-6
+    table.to_csv(out / "table.csv", index=False)
+    done = _check(trials, out)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "DIFFERS: ρ: here" in done.stdout and "DIFFERS: sam/CB std: here" in done.stdout, done.stdout
+    assert _check(trials, tmp_path / "none").returncode == 2
