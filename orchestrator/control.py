@@ -47,7 +47,7 @@ class SweepProgress:
 
     def as_json(self) -> dict[str, Any]:
         """What the line says, for scripts (`status --watch --json`): the ETA as the line reckons it, in seconds,
-        None where the line shows none (no driver, nothing ended under it yet, nothing left)."""
+        None where the line shows none (no driver, none FINISHED under it yet, nothing left)."""
         left = self.total - self.ended
         per_trial = self.elapsed_s / self.finished_here if self.driver_alive and self.finished_here else None
         return {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "total": self.total, "counts": self.counts,
