@@ -23,10 +23,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(db: Path, artifacts: Path, port: int) -> subprocess.Popen:
-    """An `mlflow server` on ``sqlite:///db`` at 127.0.0.1:``port``, returned once /health answers."""
+def start_server(db: Path, artifacts: Path, port: int, allowed_hosts: str | None = None) -> subprocess.Popen:
+    """An `mlflow server` on ``sqlite:///db`` at 127.0.0.1:``port``, returned once /health answers;
+    ``allowed_hosts``: its --allowed-hosts (MLflow 3's default: localhost and private IPs)."""
+    extra = ["--allowed-hosts", allowed_hosts] if allowed_hosts else []
     proc = subprocess.Popen([MLFLOW, "server", "--backend-store-uri", f"sqlite:///{db}", "--artifacts-destination",
-                             str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                             str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1", *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                             # MLflow 3's job runners (eight huey consumers) serve nothing a tracking store needs
                             env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})

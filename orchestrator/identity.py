@@ -30,6 +30,7 @@ RESULT_FREE_DATA = {"dir", "cache_dir"}  # not in the fingerprint: data.dir is c
 RESULT_FREE_TRAINING = {"checkpoint_every"}  # how often a trial saves, not what it learns (as in its trial key)
 AXES = ("methods", "tasks", "seeds", "sparsities", "perturbations")
 IDENTITY_FILE = "identity.json"
+SWEEP_ID = "sweep_id"  # drawn once per sweep folder; its MLflow experiment carries it (tracking.SWEEP_ID_TAG)
 HUB = "huggingface-hub"  # the data source when no folder is set (as MLflow's data.source param says)
 
 
@@ -127,14 +128,41 @@ def read(sweep_dir: Path) -> dict[str, Any]:
                         "data)") from None
 
 
+def sweep_id(sweep_dir: Path) -> str | None:
+    """The sweep folder's own id (None for a folder that has none yet): a copy or a move of the folder keeps it,
+    another folder of the same sweep name has another one."""
+    return read(sweep_dir).get(SWEEP_ID)
+
+
+def ensure_sweep_id(sweep_dir: Path) -> str:
+    """The folder's id, drawn and written now if it has none (before its MLflow experiment is made or adopted)."""
+    import uuid
+
+    known = read(sweep_dir)
+    if not known.get(SWEEP_ID):
+        known[SWEEP_ID] = uuid.uuid4().hex
+        _write(sweep_dir, known)
+    return known[SWEEP_ID]
+
+
+def _write(sweep_dir: Path, known: dict[str, Any]) -> None:
+    """identity.json whole or not at all (a crash mid-write must not lose the data hashes)."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=sweep_dir, prefix=".identity-", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(known, fh, indent=1)
+    os.replace(tmp, sweep_dir / IDENTITY_FILE)
+
+
 def record_run(spec: SweepSpec) -> None:
     """SWEEP_DIR/identity.json: the spec's fingerprint, its data (folder and file hashes) and the code version of
     every run of the sweep. Code that changed since the last run is said once here; each MLflow run carries its
-    own code_version tag. Written whole or not at all (a crash mid-write must not lose the data hashes)."""
-    import tempfile
+    own code_version tag."""
     import time
 
-    known = read(spec.sweep_dir) or {"runs": []}
+    known = read(spec.sweep_dir)  # perhaps only its sweep_id so far
+    known.setdefault("runs", [])
     version = code_version()
     last = known["runs"][-1]["code_version"] if known["runs"] else None
     if last is not None and last != version:
@@ -147,10 +175,7 @@ def record_run(spec: SweepSpec) -> None:
     known["data_files"] = {**(known.get("data_files") or {}), **files} if files else {}
     known["runs"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "code_version": version,
                           "git_commit": git_commit(), "cluster": spec.ray_address})
-    fd, tmp = tempfile.mkstemp(dir=spec.sweep_dir, prefix=".identity-", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(known, fh, indent=1)
-    os.replace(tmp, spec.sweep_dir / IDENTITY_FILE)
+    _write(spec.sweep_dir, known)
 
 
 def other_files(old: SweepSpec, new: SweepSpec) -> list[str] | None:

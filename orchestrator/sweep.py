@@ -262,6 +262,7 @@ def check_before_run(spec: SweepSpec, force: bool = False) -> Checked:
     note = adopted or identity.unrecorded_data_note(previous, spec) or identity.moved_data_note(previous, spec)
     tracker = tracker_for(spec)
     tracker.check_reachable()
+    tracker.check_owner()  # another sweep folder of this name in the same store: refused before anything is written
     check_ray_address(address)
     return Checked(spec, tracker, note)
 
@@ -294,6 +295,7 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
         init_ray(spec)
     with undo_on_error(spec.sweep_dir):  # a store that refuses us leaves no empty sweep folder behind
         spec.sweep_dir.mkdir(parents=True, exist_ok=True)
+        identity.ensure_sweep_id(spec.sweep_dir)  # before the experiment is made or adopted: it names its folder
         tracker.check()
         if spec.ray_address:  # every node reads what the driver writes to Tune's storage (a file, removed)
             check_shared_storage(spec)
@@ -331,7 +333,7 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
             close_sweep(spec, tracker, status)
         elif done:
             print(f"its answer again: peft-sweep analyze {spec.sweep_dir}", flush=True)
-        if not identity.read(spec.sweep_dir):  # a folder that never recorded its identity (written before it was)
+        if "fingerprint" not in identity.read(spec.sweep_dir):  # one that never recorded it (written before it was)
             identity.record_run(spec)
         return 0
     identity.record_run(spec)  # a run that runs trials: its code version, data and start (list's "started")

@@ -15,7 +15,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from .identity import code_version, git_commit
+from .identity import code_version, git_commit, sweep_id
 
 ROLE_TRIAL, ROLE_SWEEP, ROLE_SUPERSEDED = "trial", "sweep", "superseded"
 TAG_STOPPED = "stopped"  # on a KILLED run of a trial that `peft-sweep stop` left resumable
@@ -29,6 +29,9 @@ RESULT_TAG = "result"  # every scalar result field as JSON: `export` reads a swe
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 # the tag alone did not make 3.17 open the training view; this fragment does
 RUNS_VIEW = "#/experiments/{id}/runs?workflowType=machine_learning"
+# the sweep folder an experiment belongs to (identity.json's sweep_id, and where the folder was when it was made):
+# experiments are found by the sweep's name, and two folders of one name in one store mixed their runs
+SWEEP_ID_TAG, SWEEP_DIR_TAG = "peft_sweep.sweep_id", "peft_sweep.sweep_dir"
 OUTAGE_CODES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "SERVICE_UNDER_MAINTENANCE",
                 "WORKSPACE_TEMPORARILY_UNAVAILABLE"}
 _SPLIT_COMPONENTS = ("accuracy", "f1", "macro_f1", "mcc", "pearson", "spearman")
@@ -57,6 +60,23 @@ def check_readable(uri: str) -> None:
     elif uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise TrackingError(f"tracking store {uri!r}: no such file {uri.removeprefix('sqlite:///')!r} (a sweep's "
                             "own store is SWEEP_DIR/mlflow.db)")
+
+
+def refusal(uri: str, exc: BaseException) -> str | None:
+    """What to do when a server answers but refuses us (it is reachable: "unreachable" sent users to the network):
+    MLflow 3 accepts only localhost and private IPs as the Host header unless started with --allowed-hosts, and a
+    server with authentication wants credentials. None for other errors."""
+    text = str(exc)
+    if "Invalid Host header" in text:
+        host = uri.split("://", 1)[-1].split("/", 1)[0]
+        return (f"tracking store {uri!r} refuses the host name {host!r} (HTTP 403, Invalid Host header: by default "
+                f"MLflow 3 serves only localhost and private IP addresses); start the server with --allowed-hosts "
+                f"{host} (or MLFLOW_SERVER_ALLOWED_HOSTS={host}), or use its private IP address in tracking_uri")
+    if "error code 401" in text or "error code 403" in text:
+        return (f"tracking store {uri!r} refuses our requests ({text.splitlines()[0][:160]}); for a server with "
+                "authentication set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) "
+                "where the driver runs (for `ray job submit`: configs/cluster/runtime_env.yaml)")
+    return None
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -210,6 +230,28 @@ class Tracker:
             if not os.access(probe, os.W_OK):
                 raise TrackingError(f"tracking store {self.uri!r}: cannot write in {probe}")
 
+    def check_owner(self) -> None:
+        """Without writing: refuse when the store's experiment of this name belongs to another sweep folder. A SQLite
+        file that does not exist yet is not opened (MLflow would create it)."""
+        if self.uri.startswith("sqlite:///") and not Path(self.uri.removeprefix("sqlite:///")).is_file():
+            return
+        try:
+            exp = self.client.get_experiment_by_name(self.sweep)
+        except Exception as exc:  # noqa: BLE001 - any failure here means the store cannot be used
+            raise TrackingError(refusal(self.uri, exc) or f"tracking store {self.uri!r} cannot be read: "
+                                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        if exp is not None and (conflict := self._owner_conflict(exp)):
+            raise TrackingError(conflict)
+
+    def _owner_conflict(self, exp) -> str | None:
+        theirs = exp.tags.get(SWEEP_ID_TAG)
+        if theirs is None or theirs == sweep_id(self.sweep_dir):
+            return None
+        return (f"the MLflow experiment {self.sweep!r} in {self.uri} belongs to another sweep folder "
+                f"({exp.tags.get(SWEEP_DIR_TAG, 'its path not recorded')}), not to {self.sweep_dir}: the two would "
+                f"mix their runs. Give this sweep its own name (--set name={self.sweep}-2), or another tracking store "
+                "(tracking_uri); to resume that sweep, run its own folder's spec.yaml")
+
     def check(self) -> None:
         """Fail early, with the URI in the message, if the store cannot be reached."""
         try:
@@ -218,8 +260,8 @@ class Tracker:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure here means "unreachable"
             self.__dict__.pop("experiment_id", None)
-            raise TrackingError(f"tracking store {self.uri!r} is unreachable: {type(exc).__name__}: "
-                                f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+            raise TrackingError(refusal(self.uri, exc) or f"tracking store {self.uri!r} is unreachable: "
+                                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
 
     @cached_property
     def experiment_id(self) -> str:
@@ -229,12 +271,19 @@ class Tracker:
                 f"the MLflow experiment {self.sweep!r} (id {exp.experiment_id}) in {self.uri} was deleted; restore it "
                 f"with `mlflow experiments restore --experiment-id {exp.experiment_id}` (MLFLOW_TRACKING_URI="
                 f"{self.uri}), or give the sweep another name (name: ...) to start a new experiment")
+        mine = sweep_id(self.sweep_dir)
+        owner = {SWEEP_ID_TAG: mine, SWEEP_DIR_TAG: str(self.sweep_dir)} if mine else {}
         if exp is not None:
+            if conflict := self._owner_conflict(exp):
+                raise TrackingError(conflict)
             if exp.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
                 self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+            if owner and SWEEP_ID_TAG not in exp.tags:  # made before experiments named their folder: this one's now
+                for key, value in owner.items():
+                    self.client.set_experiment_tag(exp.experiment_id, key, value)
             return exp.experiment_id
         return self.client.create_experiment(self.sweep, artifact_location=artifact_root(self.uri, self.sweep_dir),
-                                             tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
+                                             tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING, **owner})
 
     def follow_move(self) -> str | None:
         """Point the artifact paths of the sweep folder's own SQLite store at the folder where it is now; returns

@@ -473,3 +473,61 @@ def test_a_runs_own_counts_go_by_when_a_trial_ended_not_when_its_record_was_last
     records.update(spec.sweep_dir, earlier.key, model_logged=True)  # touched during this run
     assert sweep.ended_since(spec, started) == {}
     assert records.read(spec.sweep_dir, spec.trials()[0].key)["ended_at"] < started
+
+
+def test_two_sweep_folders_of_one_name_cannot_share_a_tracking_store(tmp_path, tiny_model, data_dir, capsys,
+                                                                    monkeypatch):
+    """One MLflow experiment per sweep name: a second folder (another output_dir, same name, same server) found the
+    first sweep's runs, said "2 already FINISHED, nothing to run" and trained nothing; with a changed spec it logged
+    into the first sweep's experiment and parent run, re-tagged its runs out of the grid and overwrote its report.
+    The experiment now names the sweep folder it belongs to (identity.json's sweep_id); another folder is refused,
+    by `validate` and `run` alike, before anything is written."""
+    from orchestrator.cli import main
+    from orchestrator.spec import load_spec
+    from tests.sweeps import write_spec
+
+    monkeypatch.setenv("RAY_ADDRESS", "")
+    store = f"sqlite:///{tmp_path / 'shared' / 'mlflow.db'}"
+    (tmp_path / "shared").mkdir()
+    first = load_spec(write_spec(tmp_path / "a", tiny_model, data_dir, tracking_uri=store))
+    first.sweep_dir.mkdir(parents=True)
+    mine = identity.ensure_sweep_id(first.sweep_dir)
+    tracker = sweep.tracker_for(first)
+    tracker.check()  # as `run` does once the folder is made: the experiment is created, and names its folder
+    assert tracker.client.get_experiment(tracker.experiment_id).tags["peft_sweep.sweep_id"] == mine
+    assert identity.ensure_sweep_id(first.sweep_dir) == mine  # kept, not drawn again
+
+    other = write_spec(tmp_path / "b", tiny_model, data_dir, tracking_uri=store)
+    for command in ("validate", "run"):
+        assert main([command, str(other)]) == 2
+        err = capsys.readouterr().err
+        assert f"the MLflow experiment 't' in {store} belongs to another sweep folder ({first.sweep_dir})" in err, err
+        assert "--set name=" in err
+    assert not (tmp_path / "b" / "runs").exists()
+    assert main(["validate", str(tmp_path / "a" / "spec.yaml")]) == 0  # its own folder is welcome
+
+
+@pytest.mark.slow
+def test_a_server_that_refuses_our_host_name_is_said_to_refuse_it_at_validate(tmp_path, tiny_model, data_dir, capsys,
+                                                                              monkeypatch):
+    """MLflow 3 answers /health to any host but refuses the API to a Host header outside --allowed-hosts (default:
+    localhost and private IPs): `validate` said "valid" (it asked /health only), then `run` failed on "unreachable"
+    with a 403 and no word of --allowed-hosts."""
+    from benchmarks.mlflow_server import free_port, start_server, stop_server
+    from orchestrator.cli import main
+    from tests.sweeps import write_spec
+
+    monkeypatch.setenv("RAY_ADDRESS", "")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    port = free_port()
+    server = start_server(tmp_path / "db.sqlite", tmp_path / "artifacts", port, allowed_hosts="mlflow.example.com")
+    try:
+        spec = write_spec(tmp_path, tiny_model, data_dir, tracking_uri=f"http://127.0.0.1:{port}")
+        for command in ("validate", "run"):
+            assert main([command, str(spec)]) == 2
+            err = capsys.readouterr().err
+            assert f"refuses the host name '127.0.0.1:{port}' (HTTP 403, Invalid Host header" in err, err
+            assert f"--allowed-hosts 127.0.0.1:{port}" in err and "unreachable" not in err, err
+        assert not (tmp_path / "runs").exists()
+    finally:
+        stop_server(server)
