@@ -262,7 +262,8 @@ def check_cluster_paths(spec: SweepSpec, address: str | None) -> None:
         if value and "://" not in value and not Path(value).expanduser().is_absolute():
             raise SpecError(f"{field} {value!r} is relative, and the sweep runs on the Ray cluster at {address!r}: "
                             "under `ray job submit` it would land in the job's temporary working dir and be lost; "
-                            "give an absolute path on storage that outlives the job (e.g. NFS), or a URI")
+                            "give an absolute path on storage that outlives the job (e.g. NFS)"
+                            + (", or a URI" if field != "output_dir" else ""))
 
 
 PACKAGES = ("ray", "torch", "transformers", "peft")

@@ -157,6 +157,14 @@ class SweepSpec(Strict):
                              "starting with a letter or digit")
         return v
 
+    @field_validator("output_dir")
+    @classmethod
+    def _output_dir(cls, v):
+        if "://" in v:  # Path() made s3://b/runs the relative folder "s3:/b/runs", in the job's temporary dir
+            raise ValueError(f"output_dir {v!r} is a URI: the sweep folder is a filesystem path (NFS on a cluster); "
+                             "checkpoints may go to a URI with ray.storage_path")
+        return v
+
     @field_validator("tracking_uri")
     @classmethod
     def _tracking_uri(cls, v):

@@ -186,6 +186,8 @@ def test_task_names_in_any_capitalisation_and_a_cheap_trial_count():
     ({"tasks": ["CBB"]}, ("grid",), "unknown task 'CBB'; did you mean 'CB'?; valid tasks: CoLA"),
     ({"tasks": ["sts_b2"]}, ("grid",), "unknown task 'sts_b2'; did you mean 'STS-B'?"),  # near after folding
     ({"x": {"method": "loraa"}}, ("variants",), "variants.x.method: 'loraa' is not a method; did you mean 'lora'?"),
+    ({"output_dir": "s3://bucket/runs"}, (), "output_dir 's3://bucket/runs' is a URI: the sweep folder is a "
+     "filesystem path (NFS on a cluster); checkpoints may go to a URI with ray.storage_path"),
     ({"seeds": [0, 0, 1]}, ("grid",), "grid.seeds: seeds [0, 0, 1] name 0 twice; list each once"),
     ({"methods": ["sam", "full", "sam"]}, ("grid",), "grid.methods: methods ['sam', 'full', 'sam'] name sam twice"),
     ({"methods": ["full"], "sparsities": [0.01]}, ("grid",),
