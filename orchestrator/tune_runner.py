@@ -371,6 +371,19 @@ class SweepCallback(tune.Callback):
 LOCAL_HINT = "; it counts them itself (GPUs through NVML): set ray.num_cpus / ray.num_gpus to what the machine has"
 
 
+def init_failure(address: str | None, exc: BaseException) -> str:
+    """Why ray.init failed, for the user. Its address answered preflight's TCP and gRPC knock, so a cluster is
+    there: without RAY_AUTH_MODE=token in this shell, a cluster started with token auth (Ray 2.60) logs
+    "InvalidAuthToken" for ~20 s and then says only "Failed to connect" (the command `stop` prints to resume a
+    job's sweep, run from a plain shell, met this)."""
+    said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    line = f"cannot reach the Ray cluster at {address!r}: {said}"
+    if address and os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        line += ("; if the cluster was started with token auth, export RAY_AUTH_MODE=token in this shell (with "
+                 "RAY_AUTH_TOKEN, or the token file on this machine) and run again")
+    return line
+
+
 def init_ray(spec: SweepSpec) -> None:
     # checkpoints at every evaluation are the point; Tune's warning about frequent snapshots is noise here
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -389,7 +402,7 @@ def init_ray(spec: SweepSpec) -> None:
             ray.init(num_cpus=spec.ray.num_cpus, num_gpus=spec.ray.num_gpus, include_dashboard=False,
                      logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise ClusterError(f"cannot reach the Ray cluster at {address!r}: {exc}") from None
+        raise ClusterError(init_failure(address, exc)) from None
     if address:
         _check_cluster_resources(spec, f"the Ray cluster at {address!r}")
         _check_nodes(spec, f"the Ray cluster at {address!r}")

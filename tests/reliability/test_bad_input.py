@@ -175,6 +175,23 @@ def test_a_ray_client_address_is_refused_with_what_to_give_instead(tmp_path, tin
     refuse_spec(relative, "the Ray address 'ray://127.0.0.1:10001' (from $RAY_ADDRESS) is a Ray Client address")
 
 
+def test_a_cluster_that_refuses_the_connection_hints_at_token_auth(monkeypatch):
+    """`stop` prints `peft-sweep run SPEC --set ray.address=...` to resume a job's sweep; from a shell without
+    RAY_AUTH_MODE=token, a cluster with token auth logged InvalidAuthToken for 20 s, then "Failed to connect", with
+    no word of the token. (The message alone: a token-auth cluster cannot be started here without writing the token
+    file other tests' Ray would read.)"""
+    from orchestrator.tune_runner import init_failure
+
+    failed = ConnectionError("Failed to connect to Ray cluster")
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    line = init_failure("10.0.0.5:6379", failed)
+    assert line.startswith("cannot reach the Ray cluster at '10.0.0.5:6379': Failed to connect to Ray cluster")
+    assert "export RAY_AUTH_MODE=token" in line
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # the token is set: the hint would send the user astray
+    assert "RAY_AUTH_MODE" not in init_failure("10.0.0.5:6379", failed)
+    assert "RAY_AUTH_MODE" not in init_failure(None, RuntimeError("no GPUs"))  # a local Ray has no cluster token
+
+
 def test_unreachable_ray_address(tmp_path, tiny_model, data_dir, refuse_spec):
     spec = write_spec(tmp_path, tiny_model, data_dir, ray={"address": "127.0.0.1:9"})
     refuse_spec(spec, "cannot reach the Ray cluster at '127.0.0.1:9'")
