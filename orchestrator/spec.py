@@ -237,7 +237,8 @@ class SweepSpec(Strict):
         unused = [v for v in self.variants if v not in self.grid.methods]
         if unused:
             raise ValueError(f"variants {', '.join(unused)}: defined but not in grid.methods "
-                             f"({', '.join(self.grid.methods)}); add them there, or remove them")
+                             f"({', '.join(self.grid.methods)}); add them there, or remove them (on the command line "
+                             "--set 'variants={}' drops every variant)")
         if not any(get_method(self.base_method(m)).uses_sparsity for m in self.grid.methods) and \
                 self.grid.sparsities != [DEFAULT_SPARSITY]:
             takers = [m for m in METHODS if get_method(m).uses_sparsity]

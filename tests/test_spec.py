@@ -193,7 +193,8 @@ def test_task_names_in_any_capitalisation_and_a_cheap_trial_count():
     ({"methods": ["full"], "sparsities": [0.01]}, ("grid",),
      "grid.sparsities [0.01]: no method in grid.methods (full) takes a sparsity"),
     ({"samg": {"method": "sam", "scope": "global"}}, ("variants",),
-     "variants samg: defined but not in grid.methods (sam, full)"),
+     "variants samg: defined but not in grid.methods (sam, full); add them there, or remove them (on the command "
+     "line --set 'variants={}' drops every variant)"),
     ({"samg": {"method:sam": None, "scope": "global"}}, ("variants",),
      "variants.samg: no 'method' key (got keys 'method:sam', 'scope')"),
 ])
