@@ -273,9 +273,13 @@ def _cmd_status(args) -> int:
     for key, err in table["errors"].items():
         print(f"  FAILED {table['failed_trials'][key]} ({key}): {err}")
     running = table["per_status"].get("RUNNING", 0)
+    left = sum(n for s, n in table["per_status"].items() if s not in ("FINISHED", "FAILED"))
     if running and table["driver"] != "alive":  # records a killed driver left: nothing runs them
         print(f"no driver runs this sweep: its {running} RUNNING trial(s) were left by one that ended; "
               f"`{sweep.resume_command(spec)}` resumes them")
+    elif left and table["driver"] != "alive":  # stopped, drained or grown: `stop` said how to go on, this did not
+        print(f"{left} trial(s) neither FINISHED nor FAILED, and no driver runs the sweep: "
+              f"`{sweep.resume_command(spec)}` runs them")
     return 0
 
 

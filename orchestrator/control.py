@@ -51,7 +51,8 @@ class SweepProgress:
         left = self.total - self.ended
         per_trial = self.elapsed_s / self.finished_here if self.driver_alive and self.finished_here else None
         return {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "total": self.total, "counts": self.counts,
-                "driver": "alive" if self.driver_alive else "not running", "elapsed_s": round(self.elapsed_s, 1),
+                "driver": "alive" if self.driver_alive else "not running",
+                "elapsed_s": round(self.elapsed_s, 1) if self.driver_alive else None,
                 "finished_here": self.finished_here,
                 "eta_s": round(per_trial * left, 1) if per_trial is not None and left else None}
 

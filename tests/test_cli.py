@@ -392,3 +392,17 @@ def test_status_watch_json_prints_one_json_object_per_update(ran, cli):
     update = json.loads(lines[0])
     assert update["total"] == len(spec.trials()) and update["counts"] == {"FINISHED": 1, "PENDING": 3}
     assert update["driver"] == "not running" and update["eta_s"] is None and "time" in update
+
+
+def test_status_of_a_sweep_left_unfinished_says_how_to_resume(ran, cli):
+    """`status` on a stopped or drained sweep listed STOPPED and PENDING trials and said nothing more: only `stop`'s
+    own output had said how to resume."""
+    import json
+
+    path, spec = ran
+    rc, out, _ = cli("status", str(spec.sweep_dir))
+    left = len(spec.trials()) - 1  # one FINISHED, the others never started (as a drain leaves them)
+    assert rc == 0 and f"{left} trial(s) neither FINISHED nor FAILED" in out, out
+    assert f"`peft-sweep run {spec.sweep_dir / 'spec.yaml'}` runs them" in out, out
+    rc, out, _ = cli("status", str(spec.sweep_dir), "--watch", "--json", "--interval", "0.1")
+    assert json.loads(out)["elapsed_s"] is None  # no driver: no elapsed time to show (it read 0.0)
