@@ -25,6 +25,7 @@ from ray import tune
 from ray.train._internal.checkpoint_manager import _CheckpointManager
 from ray.train._internal.session import _TrainingResult
 from ray.tune.experiment import Trial
+from ray.tune.progress_reporter import TrialProgressCallback
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
 
@@ -72,6 +73,9 @@ def _quiet_ray() -> None:
     and in each worker)."""
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Tune's TensorBoard logger writes each trial's config as hparams at its end: `max_grad_norm: .inf` (no
+    # clipping, a setting) made tensorboardX warn "NaN or Inf found in input tensor" once per trial
+    logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
     controller = logging.getLogger("ray.tune.execution.tune_controller")  # logs "Trial task failed" + traceback
     if not any(isinstance(f, _PlainTracebacks) for f in controller.filters):
         controller.addFilter(_PlainTracebacks())
@@ -224,6 +228,15 @@ class Drain(FIFOScheduler):
             for trial in waiting:
                 tune_controller.stop_trial(trial)
         return True
+
+
+class NoTuneTrialLines(TrialProgressCallback):
+    """Tune's own trial lines, off: at verbose=0 it still printed "Trial X completed. Last result:" for each trial
+    a drain ended before it started (ray/tune/progress_reporter.py, Ray 2.60: that line skips the verbosity check),
+    beside our line saying it never started. Given as a callback, it stands in for the one Tune adds by default."""
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        pass
 
 
 class SweepCallback(tune.Callback):
@@ -619,7 +632,7 @@ def _run_trials(spec: SweepSpec, trials: list[TrialConfig], restore: bool, super
             trial_dirname_creator=lambda t: _trial_name(t.config["trial"]),
         ),
         run_config=tune.RunConfig(
-            name=name, storage_path=store.root, callbacks=[callback], verbose=0,
+            name=name, storage_path=store.root, callbacks=[callback, NoTuneTrialLines()], verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),

@@ -173,3 +173,17 @@ def test_a_retry_that_starts_over_leaves_its_failed_attempt_with_the_error_one_l
         first_line = run.data.tags["error"].splitlines()[0]
         assert run.info.status == "FAILED" and "InjectedFault: injected fault" in first_line
         assert run.data.tags["mlflow.parentRunId"] == live.info.run_id
+
+
+def test_an_infinite_max_grad_norm_is_no_tensorboard_warning(caplog):
+    """Tune's TensorBoard logger writes each trial's config as hparams when it ends: `max_grad_norm: .inf` (no
+    clipping, a valid setting) made tensorboardX warn "NaN or Inf found in input tensor" once per trial."""
+    import logging
+
+    from tensorboardX.summary import hparams
+
+    import orchestrator.tune_runner  # noqa: F401 - its import sets the driver's loggers, as a sweep's driver has them
+
+    with caplog.at_level(logging.WARNING):
+        hparams({"trial/training/max_grad_norm": float("inf")}, {"test_score": 0.5})
+    assert not [r for r in caplog.records if "NaN or Inf" in r.getMessage()], caplog.text

@@ -37,6 +37,7 @@ def test_drain_finishes_the_running_trial_starts_no_other_and_the_next_run_runs_
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 0, out
     assert "drained; this run 1 FINISHED, 0 FAILED, 2 not started, the sweep 1/3 FINISHED;" in out, out
+    assert "completed. Last result" not in out, out  # Tune's line for the trials that never started
     assert records(sweep_dir)[first]["status"] == "FINISHED", drained + out  # finished, not stopped
     assert _statuses(sweep_dir) == ["FINISHED"], out  # the other two never started
     assert not (sweep_dir / "DRAIN").exists()
