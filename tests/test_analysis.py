@@ -590,3 +590,15 @@ def test_the_seeds_enough_ranking_leaves_out_a_method_collapsed_on_a_task():
     assert set(res.seeds["method"]) == {"full", "sam"}
     enough = res.summary["seeds_enough"]
     assert enough["all_seed_ranks"] == {"full": 2.0, "sam": 1.0} and enough["left_out"] == {"diffprune": ["CB"]}
+
+
+def test_seeds_enough_with_every_method_collapsed_says_why_it_ranks_none():
+    """Left out as collapsed, no method was left to rank: the analysis failed on an empty cube ("cannot reshape
+    array of size 0"), and a sweep's end wrote no analysis and no report (a tiny model's one-trial sweep)."""
+    df = cb_trials({"bitfit": [.40, .40, .40], "sam": [.40, .40, .40]})
+    df["test_top_class_share"] = 1.0
+    enough = analyze(df).summary["seeds_enough"]
+    assert enough["left_out"] == {"bitfit": ["CB"], "sam": ["CB"]} and enough["reason"].endswith("not collapsed")
+    one = cb_trials({"bitfit": [.40]})
+    one["test_top_class_share"] = 1.0
+    assert analyze(one).summary["seeds_enough"]["kendall_tau"] == {}
