@@ -134,6 +134,15 @@ def sweep_id(sweep_dir: Path) -> str | None:
     return read(sweep_dir).get(SWEEP_ID)
 
 
+def has_history(sweep_dir: Path) -> bool:
+    """Whether the folder has run before (a recorded identity, or trial records): not a folder made just now."""
+    try:
+        recorded = "fingerprint" in read(sweep_dir)
+    except SpecError:  # unreadable identity.json: it was written, so the folder ran
+        recorded = True
+    return recorded or any((Path(sweep_dir) / "records").glob("*.json"))
+
+
 def ensure_sweep_id(sweep_dir: Path) -> str:
     """The folder's id, drawn and written now if it has none (before its MLflow experiment is made or adopted)."""
     import uuid

@@ -15,7 +15,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from .identity import code_version, git_commit, sweep_id
+from .identity import code_version, git_commit, has_history, sweep_id
+from .spec import SpecError
 
 ROLE_TRIAL, ROLE_SWEEP, ROLE_SUPERSEDED = "trial", "sweep", "superseded"
 TAG_STOPPED = "stopped"  # on a KILLED run of a trial that `peft-sweep stop` left resumable
@@ -243,14 +244,39 @@ class Tracker:
         if exp is not None and (conflict := self._owner_conflict(exp)):
             raise TrackingError(conflict)
 
-    def _owner_conflict(self, exp) -> str | None:
-        theirs = exp.tags.get(SWEEP_ID_TAG)
-        if theirs is None or theirs == sweep_id(self.sweep_dir):
+    def _mine(self) -> str | None:
+        try:
+            return sweep_id(self.sweep_dir)
+        except SpecError:  # a damaged identity.json: the writers say so; a reader goes on without the id
             return None
-        return (f"the MLflow experiment {self.sweep!r} in {self.uri} belongs to another sweep folder "
-                f"({exp.tags.get(SWEEP_DIR_TAG, 'its path not recorded')}), not to {self.sweep_dir}: the two would "
-                f"mix their runs. Give this sweep its own name (--set name={self.sweep}-2), or another tracking store "
-                "(tracking_uri); to resume that sweep, run its own folder's spec.yaml")
+
+    def _own_store(self) -> bool:
+        """The folder's own SQLite store (SWEEP_DIR/mlflow.db): its experiment is this folder's, whatever its tag
+        says (an identity.json deleted to be recorded anew draws a new id)."""
+        return self.uri.startswith("sqlite:///") and \
+            Path(self.uri.removeprefix("sqlite:///")).resolve() == (self.sweep_dir / "mlflow.db").resolve()
+
+    def _owner_conflict(self, exp) -> str | None:
+        """Why ``exp`` (found by this sweep's name) is another sweep folder's; None where it is this one's. Another
+        folder's: tagged with another id, unless tagged for this very path and this folder has not run (its first
+        run failed after the experiment was made, and the folder was removed; or the folder was deleted to start
+        over); untagged (made before experiments named their folder) with runs, when this folder has not run."""
+        if self._own_store():
+            return None
+        theirs, mine = exp.tags.get(SWEEP_ID_TAG), self._mine()
+        if theirs is not None and theirs == mine:
+            return None
+        if theirs is not None and exp.tags.get(SWEEP_DIR_TAG) == str(self.sweep_dir) and not has_history(
+                self.sweep_dir):
+            return None
+        if theirs is None and (has_history(self.sweep_dir) or not self.client.search_runs(
+                [exp.experiment_id], max_results=1)):
+            return None
+        where = f"another sweep folder ({exp.tags[SWEEP_DIR_TAG]})" if theirs is not None else \
+            "a sweep folder made before experiments named their folder"
+        return (f"the MLflow experiment {self.sweep!r} in {self.uri} belongs to {where}, not to {self.sweep_dir}: "
+                f"the two would mix their runs. Give this sweep its own name (--set name={self.sweep}-2), or another "
+                "tracking store (tracking_uri); to resume that sweep, run its own folder's spec.yaml")
 
     def check(self) -> None:
         """Fail early, with the URI in the message, if the store cannot be reached."""
@@ -271,14 +297,14 @@ class Tracker:
                 f"the MLflow experiment {self.sweep!r} (id {exp.experiment_id}) in {self.uri} was deleted; restore it "
                 f"with `mlflow experiments restore --experiment-id {exp.experiment_id}` (MLFLOW_TRACKING_URI="
                 f"{self.uri}), or give the sweep another name (name: ...) to start a new experiment")
-        mine = sweep_id(self.sweep_dir)
+        mine = self._mine()
         owner = {SWEEP_ID_TAG: mine, SWEEP_DIR_TAG: str(self.sweep_dir)} if mine else {}
         if exp is not None:
             if conflict := self._owner_conflict(exp):
                 raise TrackingError(conflict)
             if exp.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
                 self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
-            if owner and SWEEP_ID_TAG not in exp.tags:  # made before experiments named their folder: this one's now
+            if owner and exp.tags.get(SWEEP_ID_TAG) != mine:  # untagged, or re-adopted (see _owner_conflict)
                 for key, value in owner.items():
                     self.client.set_experiment_tag(exp.experiment_id, key, value)
             return exp.experiment_id

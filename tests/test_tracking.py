@@ -531,3 +531,53 @@ def test_a_server_that_refuses_our_host_name_is_said_to_refuse_it_at_validate(tm
         assert not (tmp_path / "runs").exists()
     finally:
         stop_server(server)
+
+
+def test_a_sweep_is_never_refused_its_own_experiment(tmp_path, tiny_model, data_dir, capsys, monkeypatch):
+    """From a review of the check above: (1) a first run that failed after its experiment was made (a node that
+    cannot read Tune's storage) had its folder removed, and every later run of it was refused as "another folder";
+    (2) identity.json deleted, as its own error message advises, drew a new id that the folder's own store refused;
+    (3) an experiment made before experiments named their folder, and holding runs, was taken over by a fresh
+    folder of the same name (the collision the check exists for)."""
+    import shutil
+
+    from orchestrator.cli import main
+    from orchestrator.spec import load_spec
+    from orchestrator.tracking import SWEEP_ID_TAG
+    from tests.sweeps import write_spec
+
+    monkeypatch.setenv("RAY_ADDRESS", "")
+    store = f"sqlite:///{tmp_path / 'shared.db'}"
+    path = write_spec(tmp_path / "a", tiny_model, data_dir, tracking_uri=store)
+    spec = load_spec(path)
+    spec.sweep_dir.mkdir(parents=True)
+    identity.ensure_sweep_id(spec.sweep_dir)
+    sweep.tracker_for(spec).check()
+    shutil.rmtree(spec.sweep_dir)  # (1) the failed first run's folder, removed
+    assert main(["validate", str(path)]) == 0, capsys.readouterr().err
+    spec.sweep_dir.mkdir(parents=True)
+    again = identity.ensure_sweep_id(spec.sweep_dir)
+    tracker = sweep.tracker_for(spec)
+    tracker.check()
+    assert tracker.client.get_experiment(tracker.experiment_id).tags[SWEEP_ID_TAG] == again  # re-adopted
+
+    own = load_spec(write_spec(tmp_path / "o", tiny_model, data_dir))  # (2) the folder's own store
+    own.sweep_dir.mkdir(parents=True)
+    identity.ensure_sweep_id(own.sweep_dir)
+    sweep.tracker_for(own).check()
+    (own.sweep_dir / "identity.json").unlink()
+    new = identity.ensure_sweep_id(own.sweep_dir)
+    tracker = sweep.tracker_for(own)
+    tracker.check()
+    assert tracker.client.get_experiment(tracker.experiment_id).tags[SWEEP_ID_TAG] == new
+
+    legacy = f"sqlite:///{tmp_path / 'legacy.db'}"  # (3) an untagged experiment with a run in it
+    old = load_spec(write_spec(tmp_path / "old", tiny_model, data_dir, tracking_uri=legacy))
+    client = sweep.tracker_for(old).client
+    client.create_run(client.create_experiment("t"))
+    fresh = write_spec(tmp_path / "fresh", tiny_model, data_dir, tracking_uri=legacy)
+    capsys.readouterr()
+    assert main(["validate", str(fresh)]) == 2
+    assert "belongs to a sweep folder made before experiments named their folder" in capsys.readouterr().err
+    records.SweepRecords(old.sweep_dir).finished(old.trials()[0].key, {"test_score": 0.5})  # the folder that ran
+    assert main(["validate", str(tmp_path / "old" / "spec.yaml")]) == 0, capsys.readouterr().err
