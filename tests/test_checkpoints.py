@@ -52,6 +52,12 @@ def test_a_mask_checkpoint_stores_its_mask_once(tiny_trial, tmp_path):
     assert all(torch.equal(state.best_mask[n], state.mask[n]) for n in state.mask)
     index = [st["index"] for st in state.sparse_opt["state"].values()]
     assert index and all(any(torch.equal(i.long(), m) for m in state.mask.values()) for i in index)
+    # format 2: code that reads only format 1 refuses it rather than miss the aliased tensors
+    meta = json.loads((sam / META).read_text())
+    assert meta["format"] == 2 and meta["aliases"]
+    (sam / META).write_text(json.dumps({**meta, "format": 3}))
+    with pytest.raises(CheckpointError, match="has format 3; this code reads 1 or 2"):
+        TrialState.load(sam)
 
 
 @pytest.mark.parametrize("damage", ["flipped byte", "tensor left out"])

@@ -22,7 +22,10 @@ from safetensors.torch import load_file, save_file
 
 TENSORS, META = "state.safetensors", "state.json"
 DELTA, DELTA_META = "delta.safetensors", "meta.json"
-FORMAT = 1
+# 2: equal integer tensors written once (``dedupe``; meta "aliases"). Code that reads only 1 would take a format-2
+# checkpoint for whole and miss the aliased tensors: it refuses the number instead
+FORMAT, READS = 2, (1, 2)
+DELTA_FORMAT = 1  # model deltas (finetuned.py) are not deduplicated
 
 
 class CheckpointError(ValueError):
@@ -158,8 +161,9 @@ class TrialState:
         if not (folder / META).is_file() or not (folder / TENSORS).is_file():
             raise FileNotFoundError(f"no checkpoint in {folder} (expected {META} and {TENSORS})")
         meta = json.loads((folder / META).read_text())
-        if meta.get("format") != FORMAT:
-            raise CheckpointError(f"checkpoint {folder} has format {meta.get('format')}; this code reads {FORMAT}")
+        if meta.get("format") not in READS:
+            raise CheckpointError(f"checkpoint {folder} has format {meta.get('format')}; this code reads "
+                                  f"{' or '.join(map(str, READS))}")
         check_crc(folder, meta, "checkpoint", "the trial cannot resume from it: `peft-sweep rerun-failed SWEEP_DIR` "
                   "starts it over")
         tensors = load_file(str(folder / TENSORS))

@@ -26,7 +26,7 @@ def save_delta(folder: Path, dense: dict[str, torch.Tensor], masked: dict[str, t
                mask: dict[str, torch.Tensor] | None, meta: dict[str, Any]) -> Path:
     values = ckpt.gather(dense, masked, mask)
     values.update({f"mask/{n}": ckpt.compact(i) for n, i in (mask or {}).items()})
-    meta = {**meta, "format": ckpt.FORMAT, "has_mask": mask is not None,
+    meta = {**meta, "format": ckpt.DELTA_FORMAT, "has_mask": mask is not None,
             "mask_size": sum(int(i.numel()) for i in (mask or {}).values())}
     return ckpt.write_folder(folder, {ckpt.DELTA: values}, {ckpt.DELTA_META: meta}, crc_into=ckpt.DELTA_META)
 
