@@ -4,10 +4,11 @@ passes on the committed results/paper-small/trials.parquet.
 
 Independent of the product: it imports nothing from this repository. What it shares with it is the protocol, written
 out here: the trials of the current grid (``in_grid``) that FINISHED with a finite test score; the first group (the
-smallest sparsity, methods without one included, no perturbation split); per (method, task) the mean and the std
-(ddof=1) of the test scores; ranks within each task over the cells with a std (performance: higher mean first;
-stability: smaller std first; ties averaged), means and stds rounded to 10 decimals before ranking; ρ over the
-pooled (method, task) pairs. The within-task permutation p is drawn again here with another generator, so it is
+smallest sparsity, methods without one included, the standard split before the perturbed ones; the first such
+pair that holds trials); per (method, task) the mean and the std (ddof=1) of the test scores, rounded to 10
+decimals, with their ranks within the task (performance: higher mean first; stability: smaller std first; ties
+averaged); per method the AVG row (mean of its task means; mean of its task stds where every task has one); ρ over
+the pooled (method, task) cells with a std, ranked again among those cells. The within-task permutation p is drawn again here with another generator, so it is
 compared within its Monte-Carlo error, not to the digit.
 
     python results/paper-small/reanalyze.py results/paper-small/trials.parquet results/paper-small/analysis
@@ -29,24 +30,42 @@ from scipy import stats
 N_PERMUTATIONS = 9999
 
 
-def first_group(trials: pd.DataFrame) -> pd.DataFrame:
+def first_group(trials: pd.DataFrame) -> tuple[pd.DataFrame, float | None, bool]:
+    """The first group's trials, its sparsity (None: no method takes one) and whether it is the perturbed one."""
     if "in_grid" in trials:
         trials = trials[trials["in_grid"].fillna(True).astype(bool)]
-    score = pd.to_numeric(trials["test_score"], errors="coerce")
-    done = trials[(trials["status"] == "FINISHED") & np.isfinite(score.astype(float))]
-    done = done[done["perturbation"].isna()]
-    sparsities = sorted(done["sparsity"].dropna().unique())
-    if sparsities:
-        done = done[done["sparsity"].isna() | (done["sparsity"] == sparsities[0])]
-    return done
+    score = pd.to_numeric(trials["test_score"], errors="coerce").astype(float)
+    done = trials.assign(test_score=score)[(trials["status"] == "FINISHED") & np.isfinite(score)]
+    for p in sorted(done["sparsity"].dropna().unique()) or [None]:
+        for perturbed in (False, True):
+            part = done[(done["perturbation"].notna() == perturbed)
+                        & (done["sparsity"].isna() | (done["sparsity"] == p) if p is not None else True)]
+            if len(part):
+                return part, p, perturbed
+    raise SystemExit("reanalyze: no FINISHED trial with a test score")
+
+
+def _round(x: float) -> float:
+    return round(float(x), 10) + 0.0
 
 
 def cells(done: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (method, task), part in done.groupby(["method", "task"]):
         x = part["test_score"].astype(float)
-        rows.append({"method": method, "task": task, "n": len(x), "mean": round(float(x.mean()), 10) + 0.0,
-                     "std": round(float(x.std(ddof=1)), 10) + 0.0 if len(x) > 1 else math.nan})
+        rows.append({"method": method, "task": task, "n": len(x), "mean": _round(x.mean()),
+                     "std": _round(x.std(ddof=1)) if len(x) > 1 else math.nan})
+    table = pd.DataFrame(rows)
+    table["perf_rank"] = table.groupby("task")["mean"].transform(lambda m: stats.rankdata(-m))
+    table["stab_rank"] = table.groupby("task")["std"].transform(
+        lambda s: pd.Series(stats.rankdata(s, nan_policy="omit"), index=s.index))
+    return table
+
+
+def averages(table: pd.DataFrame) -> pd.DataFrame:
+    rows = [{"method": m, "task": "AVG", "n": int(part["n"].sum()), "mean": _round(part["mean"].mean()),
+             "std": _round(part["std"].mean()) if part["std"].notna().all() else math.nan,
+             "perf_rank": math.nan, "stab_rank": math.nan} for m, part in table.groupby("method")]
     return pd.DataFrame(rows)
 
 
@@ -74,30 +93,29 @@ def rho(table: pd.DataFrame) -> tuple[float, float, float, int]:
 def compare(trials_path: Path, analysis_dir: Path) -> list[str]:
     """The differences between this re-analysis and the analysis folder; empty when everything matches."""
     trials = pd.read_parquet(trials_path)
-    ours = cells(first_group(trials))
+    done, sparsity, perturbed = first_group(trials)
+    ours = cells(done)
     theirs = pd.read_csv(analysis_dir / "table.csv")
-    if "group_sparsity" in theirs:  # the first group's rows, as the product orders its groups
-        groups = theirs[["group_sparsity", "group_perturbation"]].drop_duplicates()
-        first = groups[groups["group_perturbation"] == "none"].sort_values("group_sparsity").iloc[0]
-        same = theirs["group_sparsity"].isna() if pd.isna(first["group_sparsity"]) else \
-            theirs["group_sparsity"] == first["group_sparsity"]
-        theirs = theirs[same & (theirs["group_perturbation"] == "none")]
-    theirs = theirs[theirs["task"] != "AVG"].set_index(["method", "task"])
+    same = theirs["group_sparsity"].isna() if sparsity is None else theirs["group_sparsity"] == sparsity
+    theirs = theirs[same & (theirs["group_perturbation"] == ("perturbed" if perturbed else "none"))]
+    theirs = theirs.set_index(["method", "task"])
+    table = pd.concat([ours, averages(ours)], ignore_index=True)
     problems = []
-    if set(map(tuple, ours[["method", "task"]].values)) != set(theirs.index):
-        problems.append(f"cells differ: here {len(ours)}, table.csv {len(theirs)}")
-    for row in ours.itertuples():
+    if set(map(tuple, table[["method", "task"]].values)) != set(theirs.index):
+        problems.append(f"rows differ: here {len(table)} (AVG included), table.csv {len(theirs)}")
+    for row in table.itertuples():
         if (row.method, row.task) not in theirs.index:
             continue
         other = theirs.loc[(row.method, row.task)]
-        for col in ("n", "mean", "std"):
+        for col in ("n", "mean", "std", "perf_rank", "stab_rank"):
             a, b = getattr(row, col), float(other[col])
             if not (math.isnan(a) and math.isnan(b)) and not math.isclose(a, b, rel_tol=0, abs_tol=1e-9):
                 problems.append(f"{row.method}/{row.task} {col}: here {a!r}, table.csv {b!r}")
     summary = json.loads((analysis_dir / "summary.json").read_text())["spearman"]
     r, p, perm, n = rho(ours)
-    print(f"re-analysis: {len(ours)} cells, ρ = {r:.6f} over {n} pairs, scipy p = {p:.4g}, within-task "
-          f"permutation p = {perm:.4g} ({N_PERMUTATIONS} shuffles)")
+    print(f"re-analysis of the group p = {sparsity}, {'perturbed splits' if perturbed else 'standard split'}: "
+          f"{len(ours)} cells, ρ = {r:.6f} over {n} pairs, scipy p = {p:.4g}, within-task permutation p = "
+          f"{perm:.4g} ({N_PERMUTATIONS} shuffles)")
     if summary.get("n_pairs") != n:
         problems.append(f"pairs: here {n}, summary.json {summary.get('n_pairs')}")
     if summary.get("rho") is None or not math.isclose(r, summary["rho"], rel_tol=0, abs_tol=1e-9):
