@@ -321,9 +321,15 @@ def analysis_dir_of(trials_path: Path) -> Path:
     return sweep_dir / "analysis" if sweep_dir else Path(trials_path).parent
 
 
+def _clear_figures(out: Path) -> None:
+    for name in FIGURE_FILES:
+        (out / name).unlink(missing_ok=True)
+
+
 def _nothing_scored_page(trials: pd.DataFrame, out: Path) -> Path:
     """The report of trials none of which has a score yet (all failed, or none finished): what became of each,
     rather than no report."""
+    _clear_figures(out)
     ours = current(trials)
     sweeps = ", ".join(map(str, trials["sweep"].dropna().unique())) if "sweep" in trials else ""
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>PEFT sweep report</title><style>{CSS}</style>"
@@ -344,8 +350,6 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
     ``published``: a published table (``paper.read_published``) to show ours beside, with the claims answered."""
     trials_path, out = Path(trials_path), Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for name in FIGURE_FILES:
-        (out / name).unlink(missing_ok=True)
     sweep_dir = sweep_dir_of(trials_path)
     analysis_dir = analysis_dir or analysis_dir_of(trials_path)
     spec_path = spec_path or (sweep_dir / "spec.yaml" if sweep_dir else None)
@@ -355,6 +359,7 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
     if analysis is None and scored(current(trials)).empty:
         return _nothing_scored_page(trials, out)
     res = analysis or analyze(trials)  # the caller's, when it has analysed these trials already
+    _clear_figures(out)  # only now: a report that fails before this leaves the earlier one whole
     summary, main = res.summary, res.summary["groups"][0]
     in_group = trials_in(trials, main)
     perturbed = main["perturbation"] == "perturbed"  # a cell's replicates are seeds × perturbation splits

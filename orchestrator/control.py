@@ -66,9 +66,10 @@ def progress(spec: SweepSpec) -> SweepProgress:
     started = info.get("started")
     finished_here, elapsed = 0, 0.0
     if alive and started:
-        # trials that FINISHED since this driver started: their record was last written after it
-        finished_here = sum(1 for k in keys if (recs.get(k) or {}).get("status") == "FINISHED"
-                            and records.written_at(spec.sweep_dir, k) >= started)
+        # trials that FINISHED since this driver started (ended_at: a record rewritten later, by `sync` marking it
+        # synced, is not one that finished now)
+        finished_here = sum(1 for k in keys if (rec := recs.get(k) or {}).get("status") == "FINISHED"
+                            and records.ended_since(rec, started, lambda k=k: records.written_at(spec.sweep_dir, k)))
         elapsed = time.time() - started
     return SweepProgress(len(keys), dict(found), started, alive, finished_here, elapsed)
 

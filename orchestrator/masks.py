@@ -64,6 +64,8 @@ def copy_masks(sweep_dir: Path, keys: Iterable[str], out: Path) -> int:
     """Copy the stored masks of these trials to ``out/masks/``; returns how many there were. Mask files already
     there of other trials (an earlier export into the same folder) are removed: the overlap reads them by key."""
     stored = [src for src in (mask_path(sweep_dir, key) for key in keys) if src.is_file()]
+    if (Path(out) / MASKS_DIR).resolve() == (Path(sweep_dir) / MASKS_DIR).resolve():
+        return len(stored)  # `export --out SWEEP_DIR`: the masks are where they go, and the sweep's own
     for old in (Path(out) / MASKS_DIR).glob("*.safetensors"):
         if old.name not in {src.name for src in stored}:
             old.unlink()

@@ -406,3 +406,23 @@ def test_status_of_a_sweep_left_unfinished_says_how_to_resume(ran, cli):
     assert f"`peft-sweep run {spec.sweep_dir / 'spec.yaml'}` runs them" in out, out
     rc, out, _ = cli("status", str(spec.sweep_dir), "--watch", "--json", "--interval", "0.1")
     assert json.loads(out)["elapsed_s"] is None  # no driver: no elapsed time to show (it read 0.0)
+
+
+def test_watch_counts_only_trials_that_finished_under_the_driver_not_records_rewritten_since(ran, tmp_path):
+    """`status --watch` took a FINISHED record written after the driver started for a trial finished under it: a
+    `sync` marking an old record synced made it one, and the rate counted it."""
+    import time
+
+    from orchestrator import control, driver
+
+    _, spec = ran  # one trial FINISHED before the driver below started
+    key = spec.trials()[0].key
+    records.update(spec.sweep_dir, key, ended_at=time.time() - 60)
+    driver.register(spec.sweep_dir)
+    try:
+        records.update(spec.sweep_dir, key, synced=True)  # rewritten now, finished a minute ago
+        assert control.progress(spec).finished_here == 0
+        records.SweepRecords(spec.sweep_dir).finished(spec.trials()[1].key, {"test_score": 0.4})
+        assert control.progress(spec).finished_here == 1
+    finally:
+        driver.unregister(spec.sweep_dir)

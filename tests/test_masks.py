@@ -67,3 +67,15 @@ def test_an_export_into_a_used_folder_keeps_only_this_sweeps_masks(tmp_path):
     (out / MASKS_DIR / "readme.txt").write_text("mine")
     assert copy_masks(sweep, ["sam-0", "full-0"], out) == 1
     assert sorted(p.name for p in (out / MASKS_DIR).iterdir()) == ["readme.txt", "sam-0.safetensors"]
+
+
+def test_an_export_into_the_sweep_folder_itself_keeps_its_stored_masks(tmp_path):
+    """`export --out SWEEP_DIR`: out/masks is the sweep's own masks folder; the cleaning above deleted every stored
+    mask without a result in this export, then copied each file onto itself."""
+    from orchestrator.masks import copy_masks
+
+    sweep = tmp_path / "sweep"
+    for key in ("sam-0", "sam-1"):
+        keep_mask(sweep, key, save_mask({"backbone.w": torch.tensor([0, 1])}, tmp_path / "trial" / key).parent)
+    assert copy_masks(sweep, ["sam-0"], sweep) == 1
+    assert sorted(p.name for p in (sweep / MASKS_DIR).iterdir()) == ["sam-0.safetensors", "sam-1.safetensors"]

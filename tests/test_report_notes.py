@@ -447,3 +447,9 @@ def test_a_reused_out_folder_keeps_no_figure_of_an_earlier_report(tmp_path):
     assert "sparsity.svg" not in left and "anatomy.svg" not in left and "cd.svg" not in left, left
     assert "notes.txt" in left
     assert {p.name for p in out.glob("*.svg")} == {n for n in FIGURE_FILES if f'src="{n}"' in page}
+    kept = {p.name for p in out.glob("*.svg")}
+    bad = tmp_path / "bad.parquet"
+    pd.DataFrame({"method": ["sam"], "status": ["FINISHED"], "test_score": [0.5]}).to_parquet(bad)  # no task
+    with pytest.raises(ValueError, match="lacks column"):
+        build_report(bad, None, out)
+    assert {p.name for p in out.glob("*.svg")} == kept  # a report that fails leaves the earlier one whole
