@@ -15,8 +15,10 @@ from dashboards.paper import Comparison, markdown
 from .masks import OVERLAP_FILE, write_overlap
 
 # written only with a comparison (--paper) or stored masks: an earlier analyze's copies in a reused --out would be
-# taken for this sweep's (the report reads the mask overlap from there), so they go first
-OPTIONAL_FILES = ("paper_comparison.csv", "claims.json", "claims.md", OVERLAP_FILE)
+# taken for this sweep's (the report reads the mask overlap from there), so they go first, and a comparison that
+# goes is said (a sweep's end rewrites SWEEP_DIR/analysis without one: its trials have changed since)
+PAPER_FILES = ("paper_comparison.csv", "claims.json", "claims.md")
+OPTIONAL_FILES = (*PAPER_FILES, OVERLAP_FILE)
 
 
 def analyze_file(trials_path: str | Path, out: str | Path, result: Analysis | None = None,
@@ -26,8 +28,12 @@ def analyze_file(trials_path: str | Path, out: str | Path, result: Analysis | No
     res = result or analyze(pd.read_parquet(trials_path))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    gone = [name for name in PAPER_FILES if (out / name).is_file() and comparison is None]
     for name in OPTIONAL_FILES:
         (out / name).unlink(missing_ok=True)
+    if gone:
+        print(f"note: removed {', '.join(gone)} from {out}: an earlier `analyze --paper` wrote them from the trials "
+              "as they were then; `peft-sweep analyze ... --paper CSV` writes them for these", flush=True)
     frames = {"table.csv": res.table, "sparsity.csv": res.sparsity, "paired_tests.csv": res.tests,
               "pair_summary.csv": res.pairs, "seeds_enough.csv": res.seeds}
     paths = []

@@ -230,7 +230,7 @@ def test_seeds_enough_lists_every_subset():
     assert res.summary["seeds_enough"]["all_seed_ranks"] == {"x": 2.0, "y": 1.0}
 
 
-def test_analyze_writes_every_table(tmp_path):
+def test_analyze_writes_every_table(tmp_path, capsys):
     path = tmp_path / "trials.parquet"
     hand_made().to_parquet(path)
     out = tmp_path / "out"
@@ -242,6 +242,8 @@ def test_analyze_writes_every_table(tmp_path):
     assert names == {"table.csv", "table.parquet", "summary.json", "sparsity.csv", "paired_tests.csv",
                      "pair_summary.csv", "seeds_enough.csv"}
     assert {p.name for p in out.iterdir()} == names | {"notes.txt"}
+    said = capsys.readouterr().out  # a comparison removed (a sweep's end rewrites its analysis without one): said
+    assert "note: removed paper_comparison.csv, claims.json, claims.md from" in said and "--paper CSV" in said, said
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert {"friedman", "nemenyi", "holm", "friedman_task_seed", "seeds_enough"} <= summary.keys()
     assert "permutation_p_value" in summary["spearman"]
