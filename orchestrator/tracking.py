@@ -272,7 +272,7 @@ class Tracker:
         if theirs is None and (has_history(self.sweep_dir) or not self.client.search_runs(
                 [exp.experiment_id], max_results=1)):
             return None
-        where = f"another sweep folder ({exp.tags[SWEEP_DIR_TAG]})" if theirs is not None else \
+        where = f"another sweep folder ({exp.tags.get(SWEEP_DIR_TAG, 'path not recorded')})" if theirs is not None else \
             "a sweep folder made before experiments named their folder"
         return (f"the MLflow experiment {self.sweep!r} in {self.uri} belongs to {where}, not to {self.sweep_dir}: "
                 f"the two would mix their runs. Give this sweep its own name (--set name={self.sweep}-2), or another "
