@@ -215,7 +215,12 @@ def close_sweep(spec: SweepSpec, tracker: Tracker, final: dict[str, str], quiet:
                 tags["unranked_methods"] = ", ".join(sorted(said["unranked"]))
             lines.append(f"report: {index}")
     except Exception as exc:  # noqa: BLE001 - the status must still be set; say what is missing
-        lines.append(f"no analysis on the parent run: {type(exc).__name__}: {exc}")
+        import traceback
+
+        traceback.print_exc()  # where it failed, on stderr: the one line below alone left a bug unplaceable
+        lines.append(f"no analysis on the parent run: {type(exc).__name__}: {exc}; the trials are recorded and in "
+                     f"MLflow all the same; `peft-sweep analyze {spec.sweep_dir}` tries again (the traceback is "
+                     "above, on stderr)")
     lines.append(browse_hint(spec, tracker))
     if not quiet:  # the answer first: it stands even if the store fails now
         for line in lines:

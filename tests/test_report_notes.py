@@ -453,3 +453,24 @@ def test_a_reused_out_folder_keeps_no_figure_of_an_earlier_report(tmp_path):
     with pytest.raises(ValueError, match="lacks column"):
         build_report(bad, None, out)
     assert {p.name for p in out.glob("*.svg")} == kept  # a report that fails leaves the earlier one whole
+
+
+def test_a_sweep_end_whose_analysis_fails_says_where_and_what_still_stands(tmp_path, data_dir, capsys, monkeypatch):
+    """A bug in one statistic (seeds-enough on an empty cube, caught by CI) left the sweep's end with one line,
+    "no analysis on the parent run: ValueError: cannot reshape array...", and nothing to place it by."""
+    import dashboards.analysis
+
+    spec = make_spec(tmp_path, data_dir)
+    tr = finish_all(spec)
+    (spec.sweep_dir / sweep.SPEC_FILE).write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+
+    def broken(df):  # a fault injected into our own statistics, as a bug would be
+        raise ValueError("cannot reshape array of size 0")
+    monkeypatch.setattr(dashboards.analysis, "analyze", broken)
+    lines = sweep.close_sweep(spec, tr, sweep.statuses(spec, tr))
+    err = capsys.readouterr().err
+    assert any(line.startswith("no analysis on the parent run: ValueError: cannot reshape array of size 0; the trials "
+                               f"are recorded and in MLflow all the same; `peft-sweep analyze {spec.sweep_dir}` tries "
+                               "again") for line in lines), lines
+    assert "Traceback" in err and "in broken" in err, err
+    assert tr.parent_status() == "FINISHED"  # the status is set all the same
