@@ -33,8 +33,12 @@ def store(tmp_path_factory) -> str:
 
 
 @pytest.fixture
-def spec(tmp_path, data_dir, store):
-    return make_spec(tmp_path, data_dir, tracking_uri=store)
+def spec(tmp_path, data_dir, store, request):
+    """A sweep of its own name in the shared store: one store holds one sweep folder per name (tracking.py)."""
+    import hashlib
+
+    return make_spec(tmp_path, data_dir, tracking_uri=store,
+                     name=f"t-{hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:10]}")
 
 
 def _guarded(spec, uri: str | None = None, clock=None) -> GuardedTracker:

@@ -10,8 +10,9 @@ from orchestrator import records, sweep
 from orchestrator.spec import SweepSpec, spec_from_dict
 
 
-def make_spec(folder: Path, data_dir: Path | None = None, tracking_uri: str | None = None, **grid) -> SweepSpec:
-    data = {"name": "t", "output_dir": str(folder / "runs"),
+def make_spec(folder: Path, data_dir: Path | None = None, tracking_uri: str | None = None, name: str = "t",
+              **grid) -> SweepSpec:
+    data = {"name": name, "output_dir": str(folder / "runs"),
             "grid": {"methods": ["sam", "bitfit"], "tasks": ["CB", "RTE"], "seeds": [0, 1], **grid},
             "training": {"max_steps": 9, "eval_every": 3}, "methods": {"sam": {"lr": 1e-2}}}
     if data_dir is not None:
