@@ -391,21 +391,17 @@ def seeds_enough(df: pd.DataFrame, collapsed: dict[str, list[str]] | None = None
     left_out = {m: ts for m, ts in (collapsed or {}).items() if m in set(df["method"])}
     df = df[~df["method"].isin(left_out)]
     cols = ["n_seeds", "method", "mean_rank", "rank_p10", "rank_p90", "n_subsets"]
-    if df["method"].nunique() < 2:  # every method but one (or all) collapsed: nothing to rank, no cube to build
-        return pd.DataFrame(columns=cols), {"n_seeds": int(df["seed"].nunique()), "kendall_tau": {},
-                                            "left_out": left_out, "reason": "needs ≥3 seeds and ≥2 methods"
-                                            + (" not collapsed" if left_out else "")}
     reps = df.assign(rep=list(zip(df["seed"], df["perturbation"].fillna(-1))))
+    n_rep = reps["rep"].nunique()
+    if n_rep < 3 or reps["method"].nunique() < 2:  # checked before the cube: with every method collapsed it is empty
+        return pd.DataFrame(columns=cols), {"n_seeds": int(n_rep), "kendall_tau": {}, "left_out": left_out,
+                                            "reason": "needs ≥3 seeds and ≥2 methods" + (
+                                                " not collapsed" if left_out else "")}
     cube = reps.pivot_table(index=["method", "task"], columns="rep", values="test_score")
     methods = sorted(cube.index.get_level_values("method").unique())
     tasks = sorted(cube.index.get_level_values("task").unique())
     cube = cube.reindex(pd.MultiIndex.from_product([methods, tasks]))
     x = cube.to_numpy().reshape(len(methods), len(tasks), -1)  # method × task × replicate, NaN where missing
-    n_rep = x.shape[2]
-    if n_rep < 3 or len(methods) < 2:
-        return pd.DataFrame(columns=cols), {"n_seeds": int(n_rep), "kendall_tau": {}, "left_out": left_out,
-                                            "reason": "needs ≥3 seeds and ≥2 methods" + (
-                                                " not collapsed" if left_out else "")}
 
     def ranks(subsets: np.ndarray) -> np.ndarray:  # subsets: S × n indices → methods × S ranks
         with warnings.catch_warnings():  # a cell with < 2 of the chosen seeds has no std: NaN, skipped

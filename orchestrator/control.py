@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import driver, records
-from .progress import counts as count_line, pace
+from .progress import counts as count_line, eta_s, pace
 from .spec import SpecError, SweepSpec
 from .sweep import SPEC_FILE, load_sweep, mark_stopped, resume_command, sync, tracker_for
 
@@ -48,13 +48,12 @@ class SweepProgress:
     def as_json(self) -> dict[str, Any]:
         """What the line says, for scripts (`status --watch --json`): the ETA as the line reckons it, in seconds,
         None where the line shows none (no driver, none FINISHED under it yet, nothing left)."""
-        left = self.total - self.ended
-        per_trial = self.elapsed_s / self.finished_here if self.driver_alive and self.finished_here else None
+        eta = eta_s(self.finished_here, self.elapsed_s, self.total - self.ended) if self.driver_alive else None
         return {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "total": self.total, "counts": self.counts,
                 "driver": "alive" if self.driver_alive else "not running",
                 "elapsed_s": round(self.elapsed_s, 1) if self.driver_alive else None,
                 "finished_here": self.finished_here,
-                "eta_s": round(per_trial * left, 1) if per_trial is not None and left else None}
+                "eta_s": None if eta is None else round(eta, 1)}
 
 
 def progress(spec: SweepSpec) -> SweepProgress:

@@ -66,11 +66,13 @@ def copy_masks(sweep_dir: Path, keys: Iterable[str], out: Path) -> int:
     stored = [src for src in (mask_path(sweep_dir, key) for key in keys) if src.is_file()]
     if (Path(out) / MASKS_DIR).resolve() == (Path(sweep_dir) / MASKS_DIR).resolve():
         return len(stored)  # `export --out SWEEP_DIR`: the masks are where they go, and the sweep's own
+    names = {src.name for src in stored}
     for old in (Path(out) / MASKS_DIR).glob("*.safetensors"):
-        if old.name not in {src.name for src in stored}:
+        if old.name not in names:
             old.unlink()
-    for src in stored:
+    if stored:
         (Path(out) / MASKS_DIR).mkdir(parents=True, exist_ok=True)
+    for src in stored:
         shutil.copyfile(src, Path(out) / MASKS_DIR / src.name)
     return len(stored)
 

@@ -32,6 +32,11 @@ def counts(done: int, total: int, running: int, failed: int, queued: int) -> str
     return f"done {done}/{total} | running {running} | failed {failed} | queued {queued}"
 
 
+def eta_s(finished_here: int, elapsed_s: float, left: int) -> float | None:
+    """Seconds left at this driver's pace so far; None while none FINISHED under it, or nothing is left."""
+    return elapsed_s / finished_here * left if finished_here and left else None
+
+
 def pace(finished_here: int, elapsed_s: float, left: int) -> str:
     """Elapsed time, rate and ETA from the trials that FINISHED under this driver: "rate ? | ETA ?" while none
     has; no ETA once nothing is left."""
@@ -39,7 +44,7 @@ def pace(finished_here: int, elapsed_s: float, left: int) -> str:
     if not finished_here:
         return f"{out} | rate ? | ETA ?" if left else out
     out += f" | {rate_per_hour(finished_here, elapsed_s)}"
-    return f"{out} | ETA {duration(elapsed_s / finished_here * left)}" if left else out
+    return f"{out} | ETA {duration(eta_s(finished_here, elapsed_s, left))}" if left else out
 
 
 class Progress:

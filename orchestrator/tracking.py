@@ -239,10 +239,14 @@ class Tracker:
         try:
             exp = self.client.get_experiment_by_name(self.sweep)
         except Exception as exc:  # noqa: BLE001 - any failure here means the store cannot be used
-            raise TrackingError(refusal(self.uri, exc) or f"tracking store {self.uri!r} cannot be read: "
-                                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+            raise TrackingError(self._unusable(exc, "cannot be read")) from exc
         if exp is not None and (conflict := self._owner_conflict(exp)):
             raise TrackingError(conflict)
+
+    def _unusable(self, exc: BaseException, what: str) -> str:
+        """The store failed us: what to do where it refused (``refusal``), else ``what`` with the error's first line."""
+        return refusal(self.uri, exc) or (f"tracking store {self.uri!r} {what}: {type(exc).__name__}: "
+                                          f"{str(exc).splitlines()[0] if str(exc) else ''}")
 
     def _mine(self) -> str | None:
         try:
@@ -286,8 +290,7 @@ class Tracker:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure here means "unreachable"
             self.__dict__.pop("experiment_id", None)
-            raise TrackingError(refusal(self.uri, exc) or f"tracking store {self.uri!r} is unreachable: "
-                                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+            raise TrackingError(self._unusable(exc, "is unreachable")) from exc
 
     @cached_property
     def experiment_id(self) -> str:
@@ -320,11 +323,9 @@ class Tracker:
         mounted at another path elsewhere must not repoint a store a running driver uses."""
         import sqlite3
 
-        if not self.uri.startswith("sqlite:///"):
-            return None
-        db = Path(self.uri.removeprefix("sqlite:///"))
-        if db.resolve() != (self.sweep_dir / "mlflow.db").resolve():
+        if not self._own_store():
             return None  # a store of the user's choosing: its paths are theirs
+        db = Path(self.uri.removeprefix("sqlite:///"))
         exp = self.client.get_experiment(self.experiment_id)
         old, new = exp.artifact_location, (self.sweep_dir / "mlartifacts").resolve().as_uri()
         if old == new or not old.startswith("file://") or not old.endswith("/mlartifacts"):
