@@ -157,9 +157,9 @@ def method_task_table(df: pd.DataFrame) -> pd.DataFrame:
     """n, mean, std (ddof=1) with their intervals, performance and stability rank per (method, task);
     AVG rows added (mean of task means and of task stds, no interval; no std where a task has one seed;
     ``n_tasks``: the tasks it averages, fewer than the table's where a method finished no trial of a task).
-    ``n_one_class``: the seeds whose every test prediction was one class (a collapse: such a seed can make a
-    cell's std, and so its stability rank, by itself); empty for trials that did not record it (regression,
-    older exports)."""
+    ``n_one_class``: the seeds whose every test prediction was one class (where they are most of the cell's,
+    its std is mostly the label distribution's: ``collapsed_tasks``); empty for trials that did not record it
+    (regression, older exports)."""
     rows = []
     for (method, task), part in df.groupby(["method", "task"]):
         x = part["test_score"].to_numpy(dtype=float)
@@ -229,7 +229,7 @@ def _rho(pairs: pd.DataFrame) -> dict[str, Any]:
 
 def spearman(table: pd.DataFrame) -> dict[str, Any]:
     """ρ between stability and performance rank over ``spearman_pairs``; ``n_pairs_one_class``: the pairs with a
-    seed that predicted one class for every test example, and ``without_one_class``: ρ without them (a collapsed
+    seed that predicted one class for every test example, and ``without_one_class``: ρ without them (a one-class
     cell has a std near 0, so stability rank 1, and a low mean: such cells alone can make ρ negative)."""
     pairs = spearman_pairs(table)
     out = _rho(pairs)
@@ -378,25 +378,25 @@ def pair_summary(tests: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["method_a", "method_b", "wins", "ties", "losses", "n_tasks"])
 
 
-def seeds_enough(df: pd.DataFrame, collapsed: dict[str, list[str]] | None = None
+def seeds_enough(df: pd.DataFrame, left_out: dict[str, str] | None = None
                  ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Stability rank of each method (rank of its AVG std, 1 = most stable) when only n of the seeds are used.
-    ``collapsed`` (``collapsed_tasks``): methods left out, as from the most-stable answer: their std 0 on a task
-    where every seed predicted one class would rank them first at every n.
+    ``left_out`` (``not_ranked_on_stability``, method: why): methods left out, as from the most-stable answer:
+    their std from a constant guess would rank them first at every n.
 
     For each n from 2 to all seeds: every subset of n seeds (at most MAX_SEED_SUBSETS, drawn at random with a
     fixed seed when there are more), std per (method, task) over those seeds, mean over tasks, rank among methods.
     Reported per n: the mean rank and its 10th/90th percentiles over subsets, and Kendall's τ between the
     subset's ranking and the all-seed ranking, averaged over subsets (1 = the ranking has settled)."""
-    left_out = {m: ts for m, ts in (collapsed or {}).items() if m in set(df["method"])}
+    left_out = {m: why for m, why in (left_out or {}).items() if m in set(df["method"])}
     df = df[~df["method"].isin(left_out)]
     cols = ["n_seeds", "method", "mean_rank", "rank_p10", "rank_p90", "n_subsets"]
     reps = df.assign(rep=list(zip(df["seed"], df["perturbation"].fillna(-1))))
     n_rep = reps["rep"].nunique()
-    if n_rep < 3 or reps["method"].nunique() < 2:  # checked before the cube: with every method collapsed it is empty
+    if n_rep < 3 or reps["method"].nunique() < 2:  # checked before the cube: with every method left out it is empty
         return pd.DataFrame(columns=cols), {"n_seeds": int(n_rep), "kendall_tau": {}, "left_out": left_out,
                                             "reason": "needs ≥3 seeds and ≥2 methods" + (
-                                                " not collapsed" if left_out else "")}
+                                                " ranked on stability" if left_out else "")}
     cube = reps.pivot_table(index=["method", "task"], columns="rep", values="test_score")
     methods = sorted(cube.index.get_level_values("method").unique())
     tasks = sorted(cube.index.get_level_values("task").unique())
@@ -490,20 +490,52 @@ def paired_on_average(trials: pd.DataFrame, a: str, b: str, tasks: list[str]) ->
 
 
 def collapsed_tasks(cells: pd.DataFrame) -> dict[str, list[str]]:
-    """Per method, the tasks where every seed predicted one class for every test example (``n_one_class`` = n)."""
+    """Per method, the tasks where more than half of its seeds predicted one class for every test example
+    (``n_one_class`` > n / 2): the cell's std is then mostly the label distribution's, not the method's."""
     if "n_one_class" not in cells:
         return {}
-    gone = cells[cells["n_one_class"].notna() & (cells["n_one_class"] >= cells["n"])]
+    gone = cells[cells["n_one_class"].notna() & (2 * cells["n_one_class"] > cells["n"])]
     return {str(m): sorted(part["task"]) for m, part in gone.groupby("method")}
+
+
+def majority_scores(trials: pd.DataFrame) -> dict[str, float]:
+    """Each task's majority-class test score (the trials' scale), where the trials record it."""
+    if "majority_test_score" not in trials:
+        return {}
+    per_task = pd.to_numeric(trials["majority_test_score"], errors="coerce").groupby(trials["task"]).mean()
+    return {str(t): float(v) for t, v in per_task.dropna().items()}
+
+
+def at_chance(cells: pd.DataFrame, majority: dict[str, float]) -> pd.Series:
+    """Per cell: its mean is at or below its task's majority-class score (``majority``, the cells' scale), so the
+    method did not learn the task there; False where the score is unknown."""
+    floor = cells["task"].map(majority).astype(float)
+    return floor.notna() & (cells["mean"] <= floor + 1e-9)
+
+
+def not_ranked_on_stability(cells: pd.DataFrame, majority: dict[str, float]) -> dict[str, str]:
+    """The methods whose small std would not be stability, each with why: collapsed on some task
+    (``collapsed_tasks``), or at or below the majority class on every task (a method that learned nothing can vary
+    little). One rule for the most-stable answer, the seeds-enough ranking and the claims' smaller-std count.
+    ``cells``: per-task rows (no AVG), with ``n``, ``mean``, ``n_one_class``."""
+    out = {m: f"most seeds predicted one class on {', '.join(ts)}" for m, ts in collapsed_tasks(cells).items()}
+    low = cells.assign(low=at_chance(cells, majority)).groupby("method")["low"].all()
+    for m in low[low].index:
+        out.setdefault(str(m), "at or below the majority class on every task")
+    return out
+
+
+def not_ranked_line(left_out: dict[str, str]) -> str:
+    """``not_ranked_on_stability``'s methods as the answer and the report's seeds-enough caption name them."""
+    return ("not ranked on stability, a small std there is no stability: "
+            + "; ".join(f"{m} ({why})" for m, why in left_out.items()))
 
 
 def majority_average(trials: pd.DataFrame, tasks: list[str]) -> float | None:
     """The mean over ``tasks`` of each task's majority-class test score (the table's majority row, AVG), or None
     where the trials do not record it for every task."""
-    if "majority_test_score" not in trials:
-        return None
-    per_task = pd.to_numeric(trials["majority_test_score"], errors="coerce").groupby(trials["task"]).mean()
-    if not tasks or any(pd.isna(per_task.get(t)) for t in tasks):
+    per_task = majority_scores(trials)
+    if not tasks or any(t not in per_task for t in tasks):
         return None
     return float(np.mean([per_task[t] for t in tasks]))
 
@@ -617,11 +649,10 @@ def answer(result: Analysis, trials: pd.DataFrame) -> dict[str, Any]:
         said = ("its lead over the runner-up" if not out["tied"] else "the tied pair, paired" if len(tied) == 2
                 else f"the first two of the {len(tied)} tied, paired")
         out["lines"].append(f"{said}: {out['lead']['answer']}")
-    collapsed = collapsed_tasks(cells)
-    stable = avg[~avg["method"].isin(collapsed)].dropna(subset=["std"]).sort_values(["std", "method"])
-    if collapsed:  # std 0 from a constant guess: not to be crowned (nor tagged) the most stable
-        out["lines"].append("not ranked on stability, every seed predicted one class on some task (a collapse, not "
-                            "stability): " + "; ".join(f"{m} ({', '.join(ts)})" for m, ts in collapsed.items()))
+    left_out = not_ranked_on_stability(cells, majority_scores(trials_in(trials, label)))
+    stable = avg[~avg["method"].isin(left_out)].dropna(subset=["std"]).sort_values(["std", "method"])
+    if left_out:  # a small std from a constant guess: not to be crowned (nor tagged) the most stable
+        out["lines"].append(not_ranked_line(left_out))
     if one_seed and cells["std"].notna().any():  # a mean over the other tasks' stds would leave one out
         out["lines"].append("not ranked on stability, one finished seed on some task: "
                             + "; ".join(f"{m} ({', '.join(ts)})" for m, ts in one_seed.items()))
@@ -641,8 +672,8 @@ def answer(result: Analysis, trials: pd.DataFrame) -> dict[str, Any]:
         fewest, most = int(its["n"].min()), int(cells["n"].max())
         out["lines"].append(f"most stable on average: {m['method']} (mean per-task std {100 * m['std']:.1f}, test "
                             f"score ×100; its mean {100 * m['mean']:.1f}"
-                            + (f"; {one} of its seeds predicted one class for every test example: a small std "
-                               "from a collapse is no stability" if one else "")
+                            + (f"; {one} of its seeds predicted one class for every test example, fewer than "
+                               "half on each task" if one else "")
                             + (f"; a std over as few as {fewest} of up to {most} seeds: seeds lost to failures may "
                                "have been its unstable ones" if fewest < most else "") + ")")
     return out
@@ -692,7 +723,7 @@ def analyze(trials: pd.DataFrame) -> Analysis:
         t = method_task_table(part)
         pt = paired_tests(part)
         ps = pair_summary(pt)
-        se, se_summary = seeds_enough(part, collapsed_tasks(t))
+        se, se_summary = seeds_enough(part, not_ranked_on_stability(t[t["task"] != "AVG"], majority_scores(part)))
         fr, nem, fr_seed = friedman(part)
         tables.append(_tag(t, label))
         tests.append(_tag(pt, label))

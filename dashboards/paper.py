@@ -30,8 +30,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .analysis import (ALPHA, Analysis, holm, paired_on_average, replicates, rows_of, scored, settled, spearman,
-                       trials_in)
+from .analysis import (ALPHA, Analysis, at_chance, holm, not_ranked_on_stability, paired_on_average, replicates,
+                       rows_of, scored, settled, spearman, trials_in)
 
 MIN_SEEDS_FOR_SPREAD_TEST = 3  # Brown–Forsythe on 2 against 2 has zero within-group variance: p ≈ 0
 PUBLISHED_COLUMNS = ("method", "task", "mean", "std")
@@ -131,7 +131,7 @@ def side_by_side(table: pd.DataFrame, published: pd.DataFrame, ran: list[str]) -
     if len(twice):
         names = sorted(set(twice["method"]))
         raise ValueError(f"published methods {', '.join(names)} all match our {twice.iloc[0]['ours']!r}; keep one")
-    cells = ours[ours["task"].isin(tasks)][["method", "task", "n", "mean", "std"]].copy()
+    cells = ours[ours["task"].isin(tasks)].reindex(columns=["method", "task", "n", "mean", "std", "n_one_class"])
     cells[["mean", "std"]] *= 100
     theirs = matched[matched["task"].isin(tasks)].rename(columns={"method": "paper_method", "mean": "paper_mean",
                                                                   "std": "paper_std", "ours": "method"})
@@ -150,7 +150,8 @@ def side_by_side(table: pd.DataFrame, published: pd.DataFrame, ran: list[str]) -
     out["perf_rank_shared"], out["stab_rank_shared"] = _ranks(out, "mean", "std", both)
     out["paper_perf_rank_shared"], out["paper_stab_rank_shared"] = _ranks(out, "paper_mean", "paper_std", both)
     cols = ["method", "paper_method", "task", "n", "mean", "std", "paper_mean", "paper_std", "mean_diff",
-            "std_diff", "perf_rank_shared", "paper_perf_rank_shared", "stab_rank_shared", "paper_stab_rank_shared"]
+            "std_diff", "perf_rank_shared", "paper_perf_rank_shared", "stab_rank_shared", "paper_stab_rank_shared",
+            "n_one_class"]
     finished = set(ours["method"])
     notes = {"tasks": tasks, "tasks_not_published": sorted(set(ours["task"]) - set(tasks)),
              "published_tasks_not_run": [t for t in dict.fromkeys(published["task"]) if t not in tasks],
@@ -192,6 +193,11 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
     avg = cells[cells["task"] == "AVG"].set_index("method")
     base_cells = cells[(cells["method"] == BASE) & (cells["task"] != "AVG")].set_index("task")
     published_std = cells.set_index(["method", "task"])["paper_std"]
+    per_task = cells[(cells["task"] != "AVG") & cells["mean"].notna()]
+    # the answer's rule (collapsed on some task, or at chance on all): their small std is not compared as stability
+    left_out = not_ranked_on_stability(per_task, majority)
+    no_learning = dict(zip(zip(per_task["method"], per_task["task"]),  # per cell: collapsed, or at or below majority
+                           at_chance(per_task, majority) | (2 * per_task["n_one_class"].fillna(0) > per_task["n"])))
     methods, cell_rows = [], []
     for method in [m for m in dict.fromkeys(cells["method"]) if m != BASE]:
         za, zb = [], []
@@ -207,15 +213,14 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
                 f = ratio ** 2
                 lo = math.sqrt(f / stats.f.ppf(0.975, len(a) - 1, len(b) - 1))
                 hi = math.sqrt(f / stats.f.ppf(0.025, len(a) - 1, len(b) - 1))
-            mean = float(np.mean(a))
             paper, paper_base = published_std.get((method, task)), base_cells["paper_std"].get(task)
-            gone = bool(sa == 0 or (task in majority and mean <= majority[task] + 1e-9))
+            gone = bool(no_learning.get((method, task)) or no_learning.get((BASE, task)))
             cell_rows.append({"method": method, "task": task, "n": len(a), "full_n": len(b), "std": float(sa),
                               "full_std": float(sb), "std_ratio": ratio, "ratio_ci_low": lo, "ratio_ci_high": hi,
-                              "below": bool(sa < sb), "p": _spread_p(a, b), "constant_or_at_majority": gone,
+                              "below": bool(sa < sb), "p": _spread_p(a, b), "collapsed_or_at_chance": gone,
                               "paper_below": None if paper is None or paper_base is None or pd.isna(paper)
                               or pd.isna(paper_base) else bool(paper < paper_base)})
-            # a collapsed cell's deviations are all 0: pooled, they made a collapse "significantly" stable
+            # a cell that learned nothing varies little: pooled, it made a constant guess "significantly" stable
             if min(len(a), len(b)) >= MIN_SEEDS_FOR_SPREAD_TEST and not gone and (scaled := _scaled_deviations(a, b)):
                 za.append(scaled[0])
                 zb.append(scaled[1])
@@ -229,9 +234,7 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
         methods.append(row)
     for row, corrected in zip(methods, holm([r["p"] for r in methods])):
         row["p_holm"] = corrected
-    own = {m: [c["constant_or_at_majority"] for c in cell_rows if c["method"] == m] for m in dict.fromkeys(
-        r["method"] for r in methods)}
-    collapsed_methods = [m for m, gone in own.items() if gone and all(gone)]  # a small std, no stability: not compared
+    collapsed_methods = [r["method"] for r in methods if r["method"] in left_out]  # no stability: not compared
     compared = [r for r in methods if r["avg_std"] is not None and r["full_avg_std"] is not None
                 and not pd.isna(r["avg_std"]) and not pd.isna(r["full_avg_std"]) and r["method"] not in collapsed_methods]
     below = [r["method"] for r in compared if r["avg_std"] < r["full_avg_std"]]
@@ -242,8 +245,9 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
     published = [r for r in methods if r["paper_avg_std"] is not None and r["paper_full_avg_std"] is not None
                  and not pd.isna(r["paper_avg_std"]) and not pd.isna(r["paper_full_avg_std"])]
     paper_below = [r["method"] for r in published if r["paper_avg_std"] < r["paper_full_avg_std"]]
-    n_cells, cells_below = len(cell_rows), sum(r["below"] for r in cell_rows)
-    collapsed = sum(r["below"] and r["constant_or_at_majority"] for r in cell_rows)
+    kept = [r for r in cell_rows if r["method"] not in collapsed_methods]  # the methods this answer compares
+    n_cells, cells_below = len(kept), sum(r["below"] for r in kept)
+    collapsed = sum(r["below"] and r["collapsed_or_at_chance"] for r in kept)
     full_ranks = {t: r for t, r in base_cells["stab_rank_shared"].dropna().items()}
     n_ranked = cells[cells["task"] != "AVG"].groupby("task")["stab_rank_shared"].count()
     no_avg = [r["method"] for r in methods if r["method"] not in collapsed_methods and r not in compared]
@@ -252,14 +256,15 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
     else:
         head = (f"{len(below)} of {len(compared)} methods {'has' if len(below) == 1 else 'have'} a smaller average "
                 f"std than {BASE} tuning" + (" (" + ", ".join(
-                    m + (f" (collapsed on {', '.join(ts)})" if (ts := [c["task"] for c in cell_rows if c["method"] == m
-                                                                        and c["constant_or_at_majority"]]) else "")
+                    m + (f" (collapsed or at chance on {', '.join(ts)})" if (ts := [
+                        c["task"] for c in cell_rows if c["method"] == m and c["collapsed_or_at_chance"]]) else "")
                     for m in below) + ")" if below else "")
                 + (" (not compared, no average std: " + "; ".join(f"{m}, {_no_average_std(cells, m, tasks)}"
                                                                    for m in no_avg) + ")" if no_avg else ""))
     answer = (head
-              + (f" (left out: {', '.join(collapsed_methods)}, constant or at the majority class on every task "
-                 "compared (a collapse, not stability))" if collapsed_methods else "")
+              + (" (left out, a small std there is no stability: " + "; ".join(
+                  f"{m}, {left_out[m]}" for m in collapsed_methods) + ")" if collapsed_methods else "")
+              + (f" ({BASE} itself: {left_out[BASE]})" if BASE in left_out else "")
               + (f"; tested over the shared tasks at once, {len(sig_smaller)} significantly smaller"
                  + (f" ({', '.join(sig_smaller)})" if sig_smaller else "")
                  + f" and {len(sig_larger)} significantly larger" + (f" ({', '.join(sig_larger)})" if sig_larger
@@ -270,8 +275,9 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
                  f"; no test of spread: it needs ≥ {MIN_SEEDS_FOR_SPREAD_TEST} seeds per cell on both sides, and no "
                  "method has them. ")
               + f"Per cell, {cells_below} of {n_cells} stds are below {BASE}'s"
-              + (f", {collapsed} of them constant or at the majority class (a collapse, not stability)" if collapsed
-                 else "")
+              + (f", {collapsed} of them collapsed or at chance there ({BASE}'s cell or its own: most seeds "
+                 "predicted one class, or the mean is at or below the majority class), a small std that is no "
+                 "stability" if collapsed else "")
               + (f"; with {n} seeds against {n} one cell's std ratio is known only within ×/÷ "
                  f"{math.sqrt(stats.f.ppf(0.975, n - 1, n - 1)):.1f} (95%)" if (n := _modal_n(cell_rows)) >= 2 else ""))
     if full_ranks:
@@ -282,8 +288,9 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
                    f"{'has' if len(paper_below) == 1 else 'have'} a smaller average std than {BASE} tuning")
     return {"answer": answer, "methods_below": below, "n_methods": len(compared),
             "significantly_smaller": sig_smaller, "significantly_larger": sig_larger,
-            "collapsed": collapsed_methods, "paper_methods_below": paper_below, "paper_n_methods": len(published), "cells_below": cells_below,
-            "n_cells": n_cells, "cells_below_constant_or_at_majority": collapsed,
+            "left_out": {m: left_out[m] for m in collapsed_methods}, "paper_methods_below": paper_below,
+            "paper_n_methods": len(published), "cells_below": cells_below,
+            "n_cells": n_cells, "cells_below_collapsed_or_at_chance": collapsed,
             "test": "per method: scipy.stats.ttest_ind (Welch) on |score − cell median| / task scale, the pooled "
                     "Brown–Forsythe test of spread, cells with ≥ 3 seeds on both sides; Holm over methods. Per cell "
                     "(descriptive): the std ratio with its 95% F interval and Brown–Forsythe's raw p",

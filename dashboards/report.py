@@ -20,8 +20,8 @@ from typing import Any
 import pandas as pd
 
 from . import figures, paper
-from .analysis import (UNSCORED, Analysis, analyze, averaged, current, jsonable, mark_unscored, one_seed_tasks,
-                       rows_of, scored, spearman_pairs, status_counts, trials_in)
+from .analysis import (UNSCORED, Analysis, analyze, averaged, current, jsonable, mark_unscored, not_ranked_line,
+                       one_seed_tasks, rows_of, scored, spearman_pairs, status_counts, trials_in)
 from .figures import fmt_p
 
 NO_SPEC = "not found (give SWEEP_DIR, or a trials.parquet inside SWEEP_DIR/export)"
@@ -396,8 +396,9 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
              + ("<li>Shading marks the best three per column.</li>" if len(methods) > 3 else
                 "<li>No best-three shading: three methods or fewer compete.</li>")
              + "<li>Red: below the task's majority-class score. <i>k one-class</i>: k of the cell's seeds predicted "
-               "one class (or choice) for every test example, a collapse; such a seed alone can make the cell's "
-               "std, and so its stability rank.</li>"
+               "one class (or choice) for every test example; where they are more than half, the cell has "
+               "collapsed: its std is mostly the label distribution's, and its method is not ranked on stability."
+               "</li>"
              f"<li>Spec: {_esc(spec_path) if spec else NO_SPEC}; "
              f"built {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC by {_esc(_code_version())}.</li>"
              f'<li id="mlflow">{browse}</li></ul>'
@@ -443,8 +444,7 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
     if len(seeds):
         figures.seeds_enough_figure(seeds, main["seeds_enough"]["kendall_tau"], methods, out / "seeds_enough.svg")
         parts.append(_figure("seeds-enough", "seeds_enough.svg", "Stability rank vs number of seeds used" + (
-            "; not ranked, every seed predicted one class on some task (a collapse, not stability): "
-            + "; ".join(f"{m} ({', '.join(ts)})" for m, ts in left_out.items()) if left_out else "")))
+            "; " + not_ranked_line(left_out) if left_out else "")))
     else:
         parts.append(_missing("seeds-enough", main["seeds_enough"].get("reason", "no data")))
 
