@@ -203,7 +203,8 @@ def test_output_into_a_closed_pipe_ends_quietly():
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "tasks", "--json"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     proc.stdout.close()  # the reader is gone before anything is written
-    err = proc.stderr.read()
+    with proc.stderr:
+        err = proc.stderr.read()
     assert proc.wait(timeout=60) == 0 and "Traceback" not in err, err
 
 
