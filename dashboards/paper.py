@@ -30,8 +30,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .analysis import (ALPHA, Analysis, at_chance, holm, not_ranked_on_stability, paired_on_average, replicates,
-                       rows_of, scored, settled, spearman, trials_in)
+from .analysis import (ALPHA, Analysis, at_chance, collapsed, holm, not_ranked_on_stability, paired_on_average,
+                       replicates, rows_of, scored, settled, spearman, trials_in)
 
 MIN_SEEDS_FOR_SPREAD_TEST = 3  # Brown–Forsythe on 2 against 2 has zero within-group variance: p ≈ 0
 PUBLISHED_COLUMNS = ("method", "task", "mean", "std")
@@ -194,10 +194,13 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
     base_cells = cells[(cells["method"] == BASE) & (cells["task"] != "AVG")].set_index("task")
     published_std = cells.set_index(["method", "task"])["paper_std"]
     per_task = cells[(cells["task"] != "AVG") & cells["mean"].notna()]
-    # the answer's rule (collapsed on some task, or at chance on all): their small std is not compared as stability
-    left_out = not_ranked_on_stability(per_task, majority)
+    # the answer's rule (collapsed on some task, or at chance on all), over these tasks: a smaller std from such a
+    # method is not credited (left out of the count and the tests); a larger one still counts as not smaller
+    ruled = not_ranked_on_stability(per_task, majority)
+    full_avg_std = avg["std"].get(BASE)
+    left_out = {m: why for m, why in ruled.items() if m != BASE and not _larger(avg["std"].get(m), full_avg_std)}
     no_learning = dict(zip(zip(per_task["method"], per_task["task"]),  # per cell: collapsed, or at or below majority
-                           at_chance(per_task, majority) | (2 * per_task["n_one_class"].fillna(0) > per_task["n"])))
+                           collapsed(per_task, majority) | at_chance(per_task, majority)))
     methods, cell_rows = [], []
     for method in [m for m in dict.fromkeys(cells["method"]) if m != BASE]:
         za, zb = [], []
@@ -214,14 +217,16 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
                 lo = math.sqrt(f / stats.f.ppf(0.975, len(a) - 1, len(b) - 1))
                 hi = math.sqrt(f / stats.f.ppf(0.025, len(a) - 1, len(b) - 1))
             paper, paper_base = published_std.get((method, task)), base_cells["paper_std"].get(task)
-            gone = bool(no_learning.get((method, task)) or no_learning.get((BASE, task)))
+            own, base = bool(no_learning.get((method, task))), bool(no_learning.get((BASE, task)))
             cell_rows.append({"method": method, "task": task, "n": len(a), "full_n": len(b), "std": float(sa),
                               "full_std": float(sb), "std_ratio": ratio, "ratio_ci_low": lo, "ratio_ci_high": hi,
-                              "below": bool(sa < sb), "p": _spread_p(a, b), "collapsed_or_at_chance": gone,
+                              "below": bool(sa < sb), "p": _spread_p(a, b), "collapsed_or_at_chance": own,
+                              "full_collapsed_or_at_chance": base,
                               "paper_below": None if paper is None or paper_base is None or pd.isna(paper)
                               or pd.isna(paper_base) else bool(paper < paper_base)})
             # a cell that learned nothing varies little: pooled, it made a constant guess "significantly" stable
-            if min(len(a), len(b)) >= MIN_SEEDS_FOR_SPREAD_TEST and not gone and (scaled := _scaled_deviations(a, b)):
+            if (min(len(a), len(b)) >= MIN_SEEDS_FOR_SPREAD_TEST and not (own or base) and method not in left_out
+                    and (scaled := _scaled_deviations(a, b))):
                 za.append(scaled[0])
                 zb.append(scaled[1])
         row: dict[str, Any] = {"method": method, "avg_std": avg["std"].get(method),
@@ -234,7 +239,7 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
         methods.append(row)
     for row, corrected in zip(methods, holm([r["p"] for r in methods])):
         row["p_holm"] = corrected
-    collapsed_methods = [r["method"] for r in methods if r["method"] in left_out]  # no stability: not compared
+    collapsed_methods = [r["method"] for r in methods if r["method"] in left_out]
     compared = [r for r in methods if r["avg_std"] is not None and r["full_avg_std"] is not None
                 and not pd.isna(r["avg_std"]) and not pd.isna(r["full_avg_std"]) and r["method"] not in collapsed_methods]
     below = [r["method"] for r in compared if r["avg_std"] < r["full_avg_std"]]
@@ -247,7 +252,9 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
     paper_below = [r["method"] for r in published if r["paper_avg_std"] < r["paper_full_avg_std"]]
     kept = [r for r in cell_rows if r["method"] not in collapsed_methods]  # the methods this answer compares
     n_cells, cells_below = len(kept), sum(r["below"] for r in kept)
-    collapsed = sum(r["below"] and r["collapsed_or_at_chance"] for r in kept)
+    no_stability = sum(r["below"] and (r["collapsed_or_at_chance"] or r["full_collapsed_or_at_chance"]) for r in kept)
+    base_gone = [t for t in tasks if no_learning.get((BASE, t))]
+    testable = [r for r in kept if min(r["n"], r["full_n"]) >= MIN_SEEDS_FOR_SPREAD_TEST]
     full_ranks = {t: r for t, r in base_cells["stab_rank_shared"].dropna().items()}
     n_ranked = cells[cells["task"] != "AVG"].groupby("task")["stab_rank_shared"].count()
     no_avg = [r["method"] for r in methods if r["method"] not in collapsed_methods and r not in compared]
@@ -262,9 +269,11 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
                 + (" (not compared, no average std: " + "; ".join(f"{m}, {_no_average_std(cells, m, tasks)}"
                                                                    for m in no_avg) + ")" if no_avg else ""))
     answer = (head
-              + (" (left out, a small std there is no stability: " + "; ".join(
+              + (" (left out, a smaller std there is no stability: " + "; ".join(
                   f"{m}, {left_out[m]}" for m in collapsed_methods) + ")" if collapsed_methods else "")
-              + (f" ({BASE} itself: {left_out[BASE]})" if BASE in left_out else "")
+              + (f" ({BASE} itself: {ruled[BASE]})" if BASE in ruled else "")
+              + (f"; {BASE}'s own cells collapsed or are at or below the majority class on {', '.join(base_gone)}, "
+                 "so those tasks stay out of the test of spread" if base_gone else "")
               + (f"; tested over the shared tasks at once, {len(sig_smaller)} significantly smaller"
                  + (f" ({', '.join(sig_smaller)})" if sig_smaller else "")
                  + f" and {len(sig_larger)} significantly larger" + (f" ({', '.join(sig_larger)})" if sig_larger
@@ -272,12 +281,13 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
                  + f" (Brown–Forsythe on deviations from each cell's median scaled per task, ≥ "
                    f"{MIN_SEEDS_FOR_SPREAD_TEST} seeds per cell, Holm over the {n_tested} method"
                    f"{'s' * (n_tested != 1)} tested, α = {ALPHA}). " if n_tested else
+                 "; no test of spread: every cell with ≥ 3 seeds on both sides collapsed or is at or below the "
+                 "majority class on one side, or is constant on both. " if testable else
                  f"; no test of spread: it needs ≥ {MIN_SEEDS_FOR_SPREAD_TEST} seeds per cell on both sides, and no "
                  "method has them. ")
               + f"Per cell, {cells_below} of {n_cells} stds are below {BASE}'s"
-              + (f", {collapsed} of them collapsed or at chance there ({BASE}'s cell or its own: most seeds "
-                 "predicted one class, or the mean is at or below the majority class), a small std that is no "
-                 "stability" if collapsed else "")
+              + (f", {no_stability} of them where its cell or {BASE}'s collapsed to one class or is at or below the "
+                 "majority class (no stability to compare)" if no_stability else "")
               + (f"; with {n} seeds against {n} one cell's std ratio is known only within ×/÷ "
                  f"{math.sqrt(stats.f.ppf(0.975, n - 1, n - 1)):.1f} (95%)" if (n := _modal_n(cell_rows)) >= 2 else ""))
     if full_ranks:
@@ -290,11 +300,16 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
             "significantly_smaller": sig_smaller, "significantly_larger": sig_larger,
             "left_out": {m: left_out[m] for m in collapsed_methods}, "paper_methods_below": paper_below,
             "paper_n_methods": len(published), "cells_below": cells_below,
-            "n_cells": n_cells, "cells_below_collapsed_or_at_chance": collapsed,
+            "n_cells": n_cells, "cells_below_collapsed_or_at_chance": no_stability,
             "test": "per method: scipy.stats.ttest_ind (Welch) on |score − cell median| / task scale, the pooled "
                     "Brown–Forsythe test of spread, cells with ≥ 3 seeds on both sides; Holm over methods. Per cell "
                     "(descriptive): the std ratio with its 95% F interval and Brown–Forsythe's raw p",
             "methods": methods, "cells": cell_rows}
+
+
+def _larger(std: float | None, base_std: float | None) -> bool:
+    """Both known and ``std`` above ``base_std``: a method's instability that stands whatever its cells."""
+    return std is not None and base_std is not None and not pd.isna(std) and not pd.isna(base_std) and std > base_std
 
 
 def _no_average_std(cells: pd.DataFrame, method: str, tasks: list[str]) -> str:

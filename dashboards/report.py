@@ -396,9 +396,9 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
              + ("<li>Shading marks the best three per column.</li>" if len(methods) > 3 else
                 "<li>No best-three shading: three methods or fewer compete.</li>")
              + "<li>Red: below the task's majority-class score. <i>k one-class</i>: k of the cell's seeds predicted "
-               "one class (or choice) for every test example; where they are more than half, the cell has "
-               "collapsed: its std is mostly the label distribution's, and its method is not ranked on stability."
-               "</li>"
+               "one class (or choice) for every test example; where that is all of them, the cell has collapsed: "
+               "its std is the label distribution's, and its method is not ranked on stability. Where only some "
+               "did, the cell keeps its std: failed seeds are instability.</li>"
              f"<li>Spec: {_esc(spec_path) if spec else NO_SPEC}; "
              f"built {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC by {_esc(_code_version())}.</li>"
              f'<li id="mlflow">{browse}</li></ul>'

@@ -364,20 +364,23 @@ def test_seeds_enough_leaves_a_method_with_no_std_unranked_without_warnings():
     assert seeds[seeds["method"] == "z"][["mean_rank", "rank_p10", "rank_p90"]].isna().all().all()
     assert seeds[seeds["method"] != "z"]["mean_rank"].notna().all()
 
-def test_most_seeds_one_class_is_a_collapse_and_fewer_are_said_beside_the_most_stable():
-    """Two of x's three seeds predicted one class, the third scored near them: crowned "most stable" with a caveat
-    that called its small std no stability. More than half one-class is a collapse (not ranked); fewer is said."""
+def test_a_partly_collapsed_cell_keeps_its_std_and_a_constant_guess_at_the_majority_is_a_collapse():
+    """Two of x's three seeds predicted one class: said beside "most stable" as a count (the cell keeps its std;
+    failed seeds are instability, and here the third seed scored near them). Without the share recorded, equal
+    scores at the majority class are a collapse; above it, stability."""
     trials = pd.DataFrame(_rows({("x", "T"): [.50, .50, .52], ("y", "T"): [.6, .7, .8]}))
     trials["test_top_class_share"] = np.where(trials["method"] == "x", 1.0, 0.6)
     trials.loc[(trials["method"] == "x") & (trials["seed"] == 2), "test_top_class_share"] = 0.9
     got = answer(analyze(trials), trials)
-    assert got["most_stable"] == "y", got["lines"]
-    assert ("not ranked on stability, a small std there is no stability: x (most seeds predicted one class on T)"
-            in got["lines"]), got["lines"]
-    trials.loc[(trials["method"] == "x") & (trials["seed"] == 1), "test_top_class_share"] = 0.9
-    got = answer(analyze(trials), trials)
     assert got["most_stable"] == "x" and got["lines"][-1].endswith(
-        "1 of its seeds predicted one class for every test example, fewer than half on each task)"), got["lines"]
+        "2 of its seeds predicted one class for every test example)"), got["lines"]
+    flat = pd.DataFrame(_rows({("x", "T"): [.50, .50, .50], ("y", "T"): [.6, .7, .8]}))
+    flat["majority_test_score"] = 0.5
+    got = answer(analyze(flat), flat)
+    assert got["most_stable"] == "y" and ("not ranked on stability, a small std there is no stability: x "
+                                          "(collapsed to one class on T)") in got["lines"], got["lines"]
+    flat["majority_test_score"] = 0.4
+    assert answer(analyze(flat), flat)["most_stable"] == "x"
 
 
 def test_a_method_with_one_seed_on_a_task_has_no_average_std_and_is_not_the_most_stable(tmp_path):
@@ -563,8 +566,8 @@ def test_a_method_collapsed_on_a_task_is_not_the_most_stable():
     df["test_top_class_share"] = np.where(df["method"] == "diffprune", 1.0, 0.6)
     said = answer(analyze(df), df)
     assert said["most_stable"] == "sam", said["lines"]
-    assert ("not ranked on stability, a small std there is no stability: diffprune (most seeds predicted one "
-            "class on CB)") in said["lines"]
+    assert ("not ranked on stability, a small std there is no stability: diffprune (collapsed to one class on CB)"
+            in said["lines"])
 
 
 def test_the_answer_counts_the_trials_that_diverged_after_an_evaluation():
@@ -599,7 +602,7 @@ def test_the_seeds_enough_ranking_leaves_out_a_method_collapsed_on_a_task():
     assert set(res.seeds["method"]) == {"full", "sam"}
     enough = res.summary["seeds_enough"]
     assert enough["all_seed_ranks"] == {"full": 2.0, "sam": 1.0} and enough["left_out"] == {
-        "diffprune": "most seeds predicted one class on CB"}
+        "diffprune": "collapsed to one class on CB"}
 
 
 def test_seeds_enough_with_every_method_collapsed_says_why_it_ranks_none():
@@ -608,7 +611,7 @@ def test_seeds_enough_with_every_method_collapsed_says_why_it_ranks_none():
     df = cb_trials({"bitfit": [.40, .40, .40], "sam": [.40, .40, .40]})
     df["test_top_class_share"] = 1.0
     enough = analyze(df).summary["seeds_enough"]
-    assert enough["left_out"] == {m: "most seeds predicted one class on CB" for m in ("bitfit", "sam")}
+    assert enough["left_out"] == {m: "collapsed to one class on CB" for m in ("bitfit", "sam")}
     assert enough["reason"].endswith("ranked on stability")
     one = cb_trials({"bitfit": [.40]})
     one["test_top_class_share"] = 1.0
