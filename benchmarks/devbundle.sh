@@ -9,6 +9,7 @@ usage: bash benchmarks/devbundle.sh build  [DIR]    # here, once (~4 min on 2 co
        bash benchmarks/devbundle.sh unpack [DIR]    # on the GPU machine, before anything else
        bash benchmarks/devbundle.sh mlflow DIR      # only DIR/mlflow.tar.xz (what devbundle_check.sh uses)
        bash benchmarks/devbundle.sh check-wheels [DIR]   # DIR/whl: the pydantic pair matches (build runs it)
+       bash benchmarks/devbundle.sh stub-dashboard RAY  # RAY: a ray package folder (build runs it on the bundle's)
 
 The GPU machine (Python 3.12, x86-64, no network) has torch, transformers, peft, pandas, pyarrow, scipy,
 statsmodels, scikit-learn, but not Ray, MLflow or MLflow's SQLite store (SQLAlchemy, Alembic, Mako).
@@ -27,6 +28,10 @@ unpack   runs DIR/unpack.sh (Ray, wheels, model to /tmp/minilm-l6, data to /tmp/
 check-wheels  checks DIR/whl (build does too): one wheel each of pydantic, pydantic-core, annotated-types,
          typing-inspection, typing-extensions (build replaces bundle.sh's newest ones by the venv's versions),
          and pydantic's "Requires-Dist: pydantic-core==X" is the pydantic-core shipped
+stub-dashboard  replaces RAY/dashboard/client/build (the web UI's files, 0.8 MiB of the bundle's xz) by a page
+         saying it was left out, an empty static/ and the favicon: what Ray's dashboard needs to start (on Linux
+         it refuses to start without the folder); the GPU machine's dashboard is out of reach anyway. Ray Jobs and
+         the state API are the dashboard's Python side and stay. devbundle_check.sh runs its sweep on such a Ray.
 mlflow   builds only DIR/mlflow.tar.xz (for devbundle_check.sh, with DEVBUNDLE_PYTHON_VERSION=3.11 on a machine
          that has no Python 3.12).
 
@@ -50,8 +55,9 @@ case $verb in
   -h|--help|help) usage; exit 0;;
   build|unpack) dir=${2:-.devbundle};;
   check-wheels) dir=${2:-.devbundle};;
+  stub-dashboard) dir=${2:?usage: devbundle.sh stub-dashboard RAY_PACKAGE_DIR};;
   mlflow) dir=${2:?usage: devbundle.sh mlflow DIR};;
-  *) echo "unknown verb '${verb}'; valid: build, unpack, mlflow, check-wheels, --help" >&2; exit 2;;
+  *) echo "unknown verb '${verb}'; valid: build, unpack, mlflow, check-wheels, stub-dashboard, --help" >&2; exit 2;;
 esac
 limit_mib=62
 # mlflow-skinny holds every file of mlflow-tracing (checked for 3.17.2), so that one is not packed.
@@ -100,6 +106,25 @@ build_mlflow() {  # DIR/mlflow.tar.xz: the packages' wheels unpacked (no __pycac
   mkdir -p "$out"
   tar -C "$tmp/site" -cf - . | xz -T0 -9 > "$out/mlflow.tar.xz"
   echo "mlflow.tar.xz ($pyver): ${spec[*]}"
+}
+
+stub_dashboard() {  # RAY/dashboard/client/build: a page saying the UI was left out, the favicon, an empty static/
+  local build=$1/dashboard/client/build
+  [ -f "$build/index.html" ] || { echo "no dashboard build in $1 (not a ray package folder?)" >&2; exit 2; }
+  find "$build" -mindepth 1 -maxdepth 1 ! -name favicon.ico -exec rm -rf {} +
+  mkdir "$build/static"
+  echo '<!doctype html><title>Ray</title><p>The dashboard web UI was left out of this bundle' \
+       '(peft-sweep benchmarks/devbundle.sh stub-dashboard). Jobs and the state API work.' > "$build/index.html"
+}
+
+slim_ray() {  # DIR/ray.tar.xz from bundle.sh, packed again without the dashboard's web UI
+  local out=$1 tmp
+  tmp=$(mktemp -d)
+  tar -C "$tmp" -xJf "$out/ray.tar.xz"
+  stub_dashboard "$tmp/ray"
+  tar -C "$tmp" -cf - . | xz -T0 -9 > "$out/ray.tar.xz.new"
+  mv "$out/ray.tar.xz.new" "$out/ray.tar.xz"
+  rm -rf "$tmp"
 }
 
 size_report() {  # bytes by part, the total with the tracked tree; fails above the limit
@@ -179,6 +204,7 @@ case $verb in
     rm -rf "${dir:?}"/{ray.tar.xz,minilm-l6,data.tar.xz,whl,mlflow.tar.xz,unpack.sh}
     RAY_VERSION=$(pins ray | cut -d= -f3) PATH="$(dirname "$pin_py"):$PATH" \
       bash "$shared/device/bundle.sh" "$dir" --with-model --with-data
+    slim_ray "$dir"
     # the data of the tasks the GPU issues run only (all seven come to 1.3 MiB, these four to 0.6)
     tasks=(${DEVBUNDLE_TASKS:-CB COPA WSC RTE})
     tar -C "$shared" -cf - data/MANIFEST.md "${tasks[@]/#/data/}" | xz -T0 -9 > "$dir/data.tar.xz"
@@ -190,6 +216,8 @@ case $verb in
     build_mlflow "$dir";;
   check-wheels)
     check_wheels "$dir/whl";;
+  stub-dashboard)
+    stub_dashboard "$dir";;
   unpack)
     [ -f "$dir/unpack.sh" ] && [ -f "$dir/mlflow.tar.xz" ] \
       || { echo "no bundle in $dir (build it with: bash benchmarks/devbundle.sh build $dir)" >&2; exit 2; }

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # CPU check of the bundle's MLflow part (benchmarks/devbundle.sh) in an environment like the GPU machine's:
 # a fresh venv with only packages that machine has (plus Ray and pydantic installed normally, standing in for
-# the bundle's Ray part), the MLflow tree on PYTHONPATH, and none of the MLflow stack installed. It proves
+# the bundle's Ray part, its dashboard UI stubbed the same way), the MLflow tree on PYTHONPATH, and none of the
+# MLflow stack installed. It proves
 #  (a) import mlflow; MlflowClient on sqlite:///... creates an experiment and a run, logs params, metrics and an
 #      artifact, and reads them back;
 #  (b) this project's own sweep runs there: `python -m orchestrator run` on a 2-trial spec (tiny random-init
 #      BERT, CB, num_cpus 2) up to its "best on average" line;
 #  (c) the project's own venv reads that sweep's mlflow.db (the pinned versions share the schema);
+#  (d) on a stubbed Ray a head with its dashboard starts and its Jobs API answers (sweeps never start the
+#      dashboard locally, and the GPU machine lacks the dashboard's needs; a machine with ray[default] would);
 # and logs each lookup of what the bundle leaves out (databricks.sdk/.agents, google.auth, pyasn1, greenlet,
 # uvicorn, datasets) from every process that inherits PYTHONPATH, and which of the tree's packages the processes
 # that exit normally had loaded.
@@ -40,6 +43,8 @@ if [ ! -x "$venv/bin/python" ]; then
     scikit-learn statsmodels seaborn fsspec typing-extensions zipp markupsafe ray==2.60.0 pydantic jsonschema tensorboardX
 fi
 py=$venv/bin/python
+# the bundle's Ray has the dashboard's web UI replaced by a stub (devbundle.sh stub-dashboard): so has this one
+bash "$root/benchmarks/devbundle.sh" stub-dashboard "$("$py" -c 'import os, ray; print(os.path.dirname(ray.__file__))')"
 "$py" - <<'PY'
 from importlib.metadata import PackageNotFoundError, version
 present = []
@@ -147,6 +152,29 @@ runs = client.search_runs([e.experiment_id for e in client.search_experiments()]
 assert runs and all(r.info.status == "FINISHED" for r in runs), [r.info.status for r in runs]
 print(f"ok: mlflow {mlflow.__version__} from {mlflow.__file__} reads {len(runs)} FINISHED runs")
 PY
+
+echo "== (d) the stubbed dashboard starts and serves the Jobs API (the project's venv, a stubbed copy of its Ray)"
+# The check venv, like the GPU machine, lacks the dashboard's own needs (aiohttp_cors): no dashboard starts there
+# at all. The project's venv has them (ray[default]); a copy of its Ray, stubbed, goes first on PYTHONPATH.
+ray_pkg=$("$host_py" -c 'import os, ray; print(os.path.dirname(ray.__file__))')
+mkdir "$work/raycopy" && cp -r "$ray_pkg" "$work/raycopy/ray"
+bash "$root/benchmarks/devbundle.sh" stub-dashboard "$work/raycopy/ray"
+env PYTHONPATH="$work/raycopy" "$host_py" - "$work/raycopy" <<'PY' 2>&1 | grep -v -e ' INFO ' -e 'Started a local Ray'
+import socket, sys, urllib.request
+import ray
+from ray.job_submission import JobSubmissionClient
+assert ray.__file__.startswith(sys.argv[1]), ray.__file__
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+ctx = ray.init(num_cpus=1, include_dashboard=True, dashboard_port=port, logging_level="ERROR")
+url = "http://" + ctx.dashboard_url
+jobs = JobSubmissionClient(url).list_jobs()
+page = urllib.request.urlopen(url + "/").read().decode()
+assert "left out of this bundle" in page, page[:200]
+print(f"ok: dashboard of {ray.__file__} at {url} answers list_jobs ({len(jobs)} jobs) and serves the stub page")
+ray.shutdown()
+PY
+rm -rf "$work/raycopy"
 
 echo "== lookups of what the bundle leaves out (none of it is there; the lookups must fail gracefully)"
 "$py" - "$work/imports.jsonl" <<'PY'

@@ -189,6 +189,29 @@ def test_devbundle_wants_one_wheel_of_each_pinned_package(tmp_path):
     assert "2 wheels of pydantic-core" in out.stderr and "0 wheels of typing-extensions" in out.stderr
 
 
+def test_devbundle_stubs_the_dashboard_ui_so_that_ray_still_serves_it(tmp_path, monkeypatch):
+    """The bundle's Ray goes without the dashboard's web UI (0.8 MiB of the 64 a device call carries): what is
+    left must satisfy Ray's own check, which on Linux refuses to start the dashboard without the folder."""
+    from ray.dashboard import http_server_head
+
+    build = tmp_path / "ray" / "dashboard" / "client" / "build"
+    (build / "static" / "js").mkdir(parents=True)
+    (build / "static" / "js" / "main.js").write_text("x" * 1000)
+    (build / "speedscope-1.5.3").mkdir()
+    for name in ("index.html", "favicon.ico"):
+        (build / name).write_text(name)
+    stub = ["bash", str(ROOT / "benchmarks" / "devbundle.sh"), "stub-dashboard", str(tmp_path / "ray")]
+    for _ in range(2):  # idempotent: devbundle_check.sh stubs its venv's Ray on every run
+        out = subprocess.run(stub, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in build.iterdir()) == ["favicon.ico", "index.html", "static"]
+    assert not any((build / "static").iterdir()) and "left out of this bundle" in (build / "index.html").read_text()
+    monkeypatch.setattr(http_server_head, "__file__", str(tmp_path / "ray" / "dashboard" / "http_server_head.py"))
+    assert http_server_head.setup_static_dir() == str(build)
+    out = subprocess.run(stub[:-1] + [str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "no dashboard build in" in out.stderr
+
+
 def test_trial_throughput_times_training_steps_only(tmp_path, data_dir, monkeypatch):
     """ours(): no evaluation and no best-state copy in the timed steps, the synthetic train split on the trial's
     device (moved as Trainer._setup_data moves real splits), and the case's Trainer freed when it returns (else
