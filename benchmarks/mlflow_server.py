@@ -5,6 +5,7 @@ It lives here, not in tests/, because benchmarks must not import tests; tests im
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -17,10 +18,33 @@ MLFLOW = str(Path(sys.executable).with_name("mlflow"))  # the venv's own CLI, no
 START_TIMEOUT_S = 90.0
 
 
+RAY_WORKER_PORTS = (10002, 19999)  # Ray's default --min-worker-port/--max-worker-port
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now, between Ray's worker ports and the kernel's ephemeral range. Callers bind it later (a
+    server restarted on it after an outage, a cluster's ports): a port the kernel handed out for port 0 could be
+    handed again meanwhile, to Ray's own servers or any client socket, whereas this one is never handed out."""
+    low = _ephemeral_low()
+    rng = random.SystemRandom()  # not the test's seeded random: two xdist workers would draw the same ports
+    for _ in range(200):
+        port = rng.randint(RAY_WORKER_PORTS[1] + 1, low - 1)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {RAY_WORKER_PORTS[1] + 1}-{low - 1} after 200 tries")
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (32768 where /proc does not say)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+    return low if low > RAY_WORKER_PORTS[1] + 1000 else 32768
 
 
 def start_server(db: Path, artifacts: Path, port: int, allowed_hosts: str | None = None) -> subprocess.Popen:

@@ -581,3 +581,15 @@ def test_a_sweep_is_never_refused_its_own_experiment(tmp_path, tiny_model, data_
     assert "belongs to a sweep folder made before experiments named their folder" in capsys.readouterr().err
     records.SweepRecords(old.sweep_dir).finished(old.trials()[0].key, {"test_score": 0.5})  # the folder that ran
     assert main(["validate", str(tmp_path / "old" / "spec.yaml")]) == 0, capsys.readouterr().err
+
+
+def test_a_port_chosen_for_later_is_one_the_kernel_never_hands_out():
+    """The outage test restarts its MLflow server on the same port, the cluster test gives Ray ports chosen
+    earlier: a port from bind(0) can be handed out again meanwhile, to any socket that binds port 0 (Ray's)."""
+    from pathlib import Path
+
+    from benchmarks.mlflow_server import RAY_WORKER_PORTS, free_port
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [free_port() for _ in range(20)]
+    assert all(RAY_WORKER_PORTS[1] < p < low for p in ports), ports
