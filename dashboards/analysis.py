@@ -490,12 +490,12 @@ def paired_on_average(trials: pd.DataFrame, a: str, b: str, tasks: list[str]) ->
 
 def collapsed(cells: pd.DataFrame, majority: dict[str, float]) -> pd.Series:
     """Per cell: it collapsed to a constant guess, so its std is the label distribution's, not the method's: every
-    seed predicted one class for every test example (``n_one_class`` = n), or every seed scored the same at or below
-    the majority class (where the trials did not record the share). A cell where only some seeds did so keeps its
-    (large) std: those failed seeds are instability."""
-    every = (cells["n_one_class"].notna() & (cells["n_one_class"] >= cells["n"])) if "n_one_class" in cells \
-        else pd.Series(False, index=cells.index)
-    return every | ((cells["std"] == 0) & at_chance(cells, majority))
+    seed predicted one class for every test example (``n_one_class`` = n), or, where the trials did not record
+    that, every seed scored the same at or below the majority class. A cell where only some seeds did so keeps its
+    std: failed seeds among learning ones are instability (and where none learned, the cell is ``at_chance``)."""
+    known = cells["n_one_class"].notna() if "n_one_class" in cells else pd.Series(False, index=cells.index)
+    every = known & (cells["n_one_class"] >= cells["n"]) if "n_one_class" in cells else known
+    return every | (~known & (cells["std"] == 0) & at_chance(cells, majority))
 
 
 def collapsed_tasks(cells: pd.DataFrame, majority: dict[str, float]) -> dict[str, list[str]]:
@@ -513,23 +513,27 @@ def majority_scores(trials: pd.DataFrame) -> dict[str, float]:
 
 
 def at_chance(cells: pd.DataFrame, majority: dict[str, float]) -> pd.Series:
-    """Per cell: its mean is at or below its task's majority-class score (``majority``, the cells' scale), so the
-    method did not learn the task there; False where the score is unknown."""
+    """Per cell: not credibly above its task's majority-class score (``majority``, the cells' scale): the 95%
+    interval of its mean (``mean_ci_low``; the mean itself where there is none) reaches down to it. A fraction of a
+    point above the majority on a hundred test examples is no learning. False where the score is unknown."""
     floor = cells["task"].map(majority).astype(float)
-    return floor.notna() & (cells["mean"] <= floor + 1e-9)
+    low = cells["mean_ci_low"].fillna(cells["mean"]) if "mean_ci_low" in cells else cells["mean"]
+    return floor.notna() & (low <= floor + 1e-9)
 
 
 def not_ranked_on_stability(cells: pd.DataFrame, majority: dict[str, float]) -> dict[str, str]:
-    """The methods whose small std would not be stability, each with why: collapsed on some task, or at or below
-    the majority class on every task (a method that learned nothing can vary little). One rule for the most-stable
-    answer, the seeds-enough ranking and the claims' smaller-std count. Being at chance on some tasks only is said
-    per cell, not ruled on: on a test set of a hundred examples, a point above or below the majority is noise.
-    ``cells``: per-task rows (no AVG), with ``n``, ``mean``, ``std``, ``n_one_class``."""
+    """The methods whose small std would not be stability, each with why: collapsed on some task, or not above
+    the majority class (``at_chance``) on any task it has (a method that learned nothing can vary little). One rule
+    for the most-stable answer, the seeds-enough ranking and the claims' smaller-std count, each over the tasks it
+    covers. At chance on some tasks only is said beside the answer, not ruled on.
+    ``cells``: per-task rows (no AVG), with ``n``, ``mean``, ``std`` and, where known, ``mean_ci_low``,
+    ``n_one_class``."""
     out = {m: f"collapsed to one class on {', '.join(ts)}" for m, ts in collapsed_tasks(cells, majority).items()}
-    low = cells.assign(low=at_chance(cells, majority)).groupby("method")["low"].all()
-    for m in low[low].index:
-        out.setdefault(str(m), "at or below the majority class on " + (
-            "every task" if cells["task"].nunique() > 1 else str(cells["task"].iloc[0])))
+    low = cells.assign(low=at_chance(cells, majority))
+    for m, part in low.groupby("method"):
+        if part["low"].all() and str(m) not in out:
+            out[str(m)] = (f"not above the majority class on {', '.join(sorted(part['task']))}, every task it has "
+                           "(the 95% interval of its mean reaches it)")
     return out
 
 
@@ -657,7 +661,8 @@ def answer(result: Analysis, trials: pd.DataFrame) -> dict[str, Any]:
         said = ("its lead over the runner-up" if not out["tied"] else "the tied pair, paired" if len(tied) == 2
                 else f"the first two of the {len(tied)} tied, paired")
         out["lines"].append(f"{said}: {out['lead']['answer']}")
-    left_out = not_ranked_on_stability(cells, majority_scores(trials_in(trials, label)))
+    majority = majority_scores(trials_in(trials, label))
+    left_out = not_ranked_on_stability(cells, majority)
     stable = avg[~avg["method"].isin(left_out)].dropna(subset=["std"]).sort_values(["std", "method"])
     if left_out:  # a small std from a constant guess: not to be crowned (nor tagged) the most stable
         out["lines"].append(not_ranked_line(left_out))
@@ -677,11 +682,14 @@ def answer(result: Analysis, trials: pd.DataFrame) -> dict[str, Any]:
             return out
         its = cells[cells["method"] == m["method"]]
         one = int(its["n_one_class"].sum()) if "n_one_class" in its and its["n_one_class"].notna().any() else 0
+        low = sorted(its.loc[at_chance(its, majority), "task"])  # its std there may be a guess's
         fewest, most = int(its["n"].min()), int(cells["n"].max())
         out["lines"].append(f"most stable on average: {m['method']} (mean per-task std {100 * m['std']:.1f}, test "
                             f"score ×100; its mean {100 * m['mean']:.1f}"
                             + (f"; {one} of its seeds predicted one class for every test example" if one
                                else "")
+                            + (f"; not above the majority class on {', '.join(low)}, where a small std may be a "
+                               "guess's" if low else "")
                             + (f"; a std over as few as {fewest} of up to {most} seeds: seeds lost to failures may "
                                "have been its unstable ones" if fewest < most else "") + ")")
     return out

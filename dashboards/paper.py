@@ -131,8 +131,9 @@ def side_by_side(table: pd.DataFrame, published: pd.DataFrame, ran: list[str]) -
     if len(twice):
         names = sorted(set(twice["method"]))
         raise ValueError(f"published methods {', '.join(names)} all match our {twice.iloc[0]['ours']!r}; keep one")
-    cells = ours[ours["task"].isin(tasks)].reindex(columns=["method", "task", "n", "mean", "std", "n_one_class"])
-    cells[["mean", "std"]] *= 100
+    cells = ours[ours["task"].isin(tasks)].reindex(columns=["method", "task", "n", "mean", "std", "mean_ci_low",
+                                                            "n_one_class"])
+    cells[["mean", "std", "mean_ci_low"]] *= 100
     theirs = matched[matched["task"].isin(tasks)].rename(columns={"method": "paper_method", "mean": "paper_mean",
                                                                   "std": "paper_std", "ours": "method"})
     # outer: a published cell of a method we ran shows even where our trials of that task did not finish
@@ -151,7 +152,7 @@ def side_by_side(table: pd.DataFrame, published: pd.DataFrame, ran: list[str]) -
     out["paper_perf_rank_shared"], out["paper_stab_rank_shared"] = _ranks(out, "paper_mean", "paper_std", both)
     cols = ["method", "paper_method", "task", "n", "mean", "std", "paper_mean", "paper_std", "mean_diff",
             "std_diff", "perf_rank_shared", "paper_perf_rank_shared", "stab_rank_shared", "paper_stab_rank_shared",
-            "n_one_class"]
+            "mean_ci_low", "n_one_class"]
     finished = set(ours["method"])
     notes = {"tasks": tasks, "tasks_not_published": sorted(set(ours["task"]) - set(tasks)),
              "published_tasks_not_run": [t for t in dict.fromkeys(published["task"]) if t not in tasks],
@@ -194,11 +195,10 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
     base_cells = cells[(cells["method"] == BASE) & (cells["task"] != "AVG")].set_index("task")
     published_std = cells.set_index(["method", "task"])["paper_std"]
     per_task = cells[(cells["task"] != "AVG") & cells["mean"].notna()]
-    # the answer's rule (collapsed on some task, or at chance on all), over these tasks: a smaller std from such a
-    # method is not credited (left out of the count and the tests); a larger one still counts as not smaller
+    # the answer's rule (collapsed on some task, or at chance on all), over these tasks: such a method is left out
+    # of the count and the tests, and named with its average std beside full's (whichever is larger)
     ruled = not_ranked_on_stability(per_task, majority)
-    full_avg_std = avg["std"].get(BASE)
-    left_out = {m: why for m, why in ruled.items() if m != BASE and not _larger(avg["std"].get(m), full_avg_std)}
+    left_out = {m: why for m, why in ruled.items() if m != BASE}
     no_learning = dict(zip(zip(per_task["method"], per_task["task"]),  # per cell: collapsed, or at or below majority
                            collapsed(per_task, majority) | at_chance(per_task, majority)))
     methods, cell_rows = [], []
@@ -263,16 +263,17 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
     else:
         head = (f"{len(below)} of {len(compared)} methods {'has' if len(below) == 1 else 'have'} a smaller average "
                 f"std than {BASE} tuning" + (" (" + ", ".join(
-                    m + (f" (collapsed or at chance on {', '.join(ts)})" if (ts := [
+                    m + (f" (collapsed or not above the majority class on {', '.join(ts)})" if (ts := [
                         c["task"] for c in cell_rows if c["method"] == m and c["collapsed_or_at_chance"]]) else "")
                     for m in below) + ")" if below else "")
                 + (" (not compared, no average std: " + "; ".join(f"{m}, {_no_average_std(cells, m, tasks)}"
                                                                    for m in no_avg) + ")" if no_avg else ""))
     answer = (head
-              + (" (left out, a smaller std there is no stability: " + "; ".join(
-                  f"{m}, {left_out[m]}" for m in collapsed_methods) + ")" if collapsed_methods else "")
+              + (" (left out, its std no measure of stability: " + "; ".join(
+                  f"{m}, {left_out[m]}{_std_beside(avg['std'].get(m), avg['std'].get(BASE))}"
+                  for m in collapsed_methods) + ")" if collapsed_methods else "")
               + (f" ({BASE} itself: {ruled[BASE]})" if BASE in ruled else "")
-              + (f"; {BASE}'s own cells collapsed or are at or below the majority class on {', '.join(base_gone)}, "
+              + (f"; {BASE}'s own cells collapsed or are not above the majority class on {', '.join(base_gone)}, "
                  "so those tasks stay out of the test of spread" if base_gone else "")
               + (f"; tested over the shared tasks at once, {len(sig_smaller)} significantly smaller"
                  + (f" ({', '.join(sig_smaller)})" if sig_smaller else "")
@@ -281,12 +282,12 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
                  + f" (Brown–Forsythe on deviations from each cell's median scaled per task, ≥ "
                    f"{MIN_SEEDS_FOR_SPREAD_TEST} seeds per cell, Holm over the {n_tested} method"
                    f"{'s' * (n_tested != 1)} tested, α = {ALPHA}). " if n_tested else
-                 "; no test of spread: every cell with ≥ 3 seeds on both sides collapsed or is at or below the "
+                 "; no test of spread: every cell with ≥ 3 seeds on both sides collapsed or is not above the "
                  "majority class on one side, or is constant on both. " if testable else
                  f"; no test of spread: it needs ≥ {MIN_SEEDS_FOR_SPREAD_TEST} seeds per cell on both sides, and no "
                  "method has them. ")
               + f"Per cell, {cells_below} of {n_cells} stds are below {BASE}'s"
-              + (f", {no_stability} of them where its cell or {BASE}'s collapsed to one class or is at or below the "
+              + (f", {no_stability} of them where its cell or {BASE}'s collapsed to one class or is not above the "
                  "majority class (no stability to compare)" if no_stability else "")
               + (f"; with {n} seeds against {n} one cell's std ratio is known only within ×/÷ "
                  f"{math.sqrt(stats.f.ppf(0.975, n - 1, n - 1)):.1f} (95%)" if (n := _modal_n(cell_rows)) >= 2 else ""))
@@ -307,9 +308,11 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
             "methods": methods, "cells": cell_rows}
 
 
-def _larger(std: float | None, base_std: float | None) -> bool:
-    """Both known and ``std`` above ``base_std``: a method's instability that stands whatever its cells."""
-    return std is not None and base_std is not None and not pd.isna(std) and not pd.isna(base_std) and std > base_std
+def _std_beside(std: float | None, base_std: float | None) -> str:
+    """", average std 8.0 against full's 3.3": a left-out method's own figure, for the reader to weigh."""
+    if std is None or base_std is None or pd.isna(std) or pd.isna(base_std):
+        return ""
+    return f", average std {std:.1f} against {BASE}'s {base_std:.1f}"
 
 
 def _no_average_std(cells: pd.DataFrame, method: str, tasks: list[str]) -> str:

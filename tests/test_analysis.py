@@ -616,3 +616,19 @@ def test_seeds_enough_with_every_method_collapsed_says_why_it_ranks_none():
     one = cb_trials({"bitfit": [.40]})
     one["test_top_class_share"] = 1.0
     assert analyze(one).summary["seeds_enough"]["kendall_tau"] == {}
+
+
+def test_a_recorded_share_overrules_the_equal_scores_fallback():
+    """Equal scores at the majority stand in for a collapse only where the share went unrecorded: with shares of
+    0.6 recorded, "collapsed to one class" contradicted the data (a second review); it is at chance instead."""
+    from dashboards.analysis import not_ranked_on_stability
+
+    flat = pd.DataFrame(_rows({("x", "T"): [.50, .50, .50], ("y", "T"): [.6, .7, .8]}))
+    flat["majority_test_score"] = 0.5
+    flat["test_top_class_share"] = 0.6
+    cells = analyze(flat).table.query("task != 'AVG'")
+    assert not_ranked_on_stability(cells, {"T": 0.5}) == {
+        "x": "not above the majority class on T, every task it has (the 95% interval of its mean reaches it)"}
+    flat = flat.drop(columns="test_top_class_share")
+    cells = analyze(flat).table.query("task != 'AVG'")
+    assert not_ranked_on_stability(cells, {"T": 0.5}) == {"x": "collapsed to one class on T"}

@@ -22,6 +22,7 @@ PUBLISHED = [("FullTuning", "CB", 88.0, 2.0), ("FullTuning", "RTE", 76.0, 2.0), 
 # sam-global: a variant of sam, CB 0.02 below sam, RTE 0.01 above, about sam's spreads (not exactly: the paired
 # differences must vary for a t-test)
 VARIANT = {"CB": 0.83, "RTE": 0.73}
+MAJORITY = {"CB": 0.5, "RTE": 0.55}  # below every hand-made cell's lowest seed: each learned its task
 
 
 def trials():
@@ -33,7 +34,7 @@ def trials():
                          "sparsity": 0.005, "perturbation": None, "status": "FINISHED", "test_score": value})
     df = hand_made(rows)
     df["base_method"] = df["base_method"].fillna(df["method"])
-    df["majority_test_score"] = df["task"].map({"CB": 0.5, "RTE": 0.6})
+    df["majority_test_score"] = df["task"].map(MAJORITY)
     return df
 
 
@@ -78,7 +79,7 @@ def test_side_by_side_on_shared_tasks_with_the_published_avg_recomputed(comparis
     assert t.loc[("lora", "RTE"), "paper_stab_rank_shared"] == 1.5
     assert np.isnan(t.loc[("sam-global", "CB"), "perf_rank_shared"])
     assert list(comparison.table["method"].drop_duplicates()) == ["full", "sam", "lora", "bitfit", "sam-global"]
-    assert c["seeds_per_cell"] == 3 and c["majority"] == {"CB": pytest.approx(50.0), "RTE": pytest.approx(60.0)}
+    assert c["seeds_per_cell"] == 3 and c["majority"] == {"CB": pytest.approx(50.0), "RTE": pytest.approx(55.0)}
 
 
 def scaled(a, b):
@@ -136,19 +137,20 @@ def test_two_seeds_against_two_get_no_spread_test(published):
 
 def test_a_collapse_to_the_majority_class_is_not_counted_as_stability(published):
     df = trials()
-    df.loc[(df["method"] == "bitfit") & (df["task"] == "RTE"), "test_score"] = 0.6  # the majority score, every seed
+    df.loc[(df["method"] == "bitfit") & (df["task"] == "RTE"), "test_score"] = 0.55  # the majority score, every seed
     claim = compare(df, analyze(df), published).claims["other_methods_vs_full_std"]
     cell = next(c for c in claim["cells"] if (c["method"], c["task"]) == ("bitfit", "RTE"))
     assert cell["std"] == 0 and cell["below"] and cell["collapsed_or_at_chance"]
     assert claim["left_out"] == {"bitfit": "collapsed to one class on RTE"} and "bitfit" not in claim["methods_below"]
-    assert "(left out, a smaller std there is no stability: bitfit, collapsed to one class on RTE)" in claim["answer"]
+    assert ("(left out, its std no measure of stability: bitfit, collapsed to one class on RTE, average std 1.0 "
+            "against full's 2.5)") in claim["answer"]
     lora_rte = (df["method"] == "lora") & (df["task"] == "RTE")
-    df.loc[lora_rte, "test_score"] = [0.58, 0.6, 0.59]  # at or below the majority, varying: said per cell, counted
+    df.loc[lora_rte, "test_score"] = [0.53, 0.56, 0.54]  # not above the majority, varying: said per cell, counted
     claim = compare(df, analyze(df), published).claims["other_methods_vs_full_std"]
     cell = next(c for c in claim["cells"] if (c["method"], c["task"]) == ("lora", "RTE"))
     assert cell["collapsed_or_at_chance"] and cell["below"] and claim["cells_below_collapsed_or_at_chance"] == 1
     assert "lora" not in claim["left_out"] and "lora" in [r["method"] for r in claim["methods"] if r["p"] is not None]
-    assert ("1 of them where its cell or full's collapsed to one class or is at or below the majority class"
+    assert ("1 of them where its cell or full's collapsed to one class or is not above the majority class"
             in claim["answer"])
 
 
@@ -381,12 +383,12 @@ def test_a_method_collapsed_everywhere_is_not_significantly_more_stable_than_ful
     """Its deviations are all 0: Brown–Forsythe called it significantly smaller than full, the stability claim's
     only such method, with the collapse said only as a count of cells further on."""
     df = trials()
-    df.loc[df["method"] == "bitfit", "test_score"] = df["task"].map({"CB": 0.5, "RTE": 0.6})  # the majority scores
+    df.loc[df["method"] == "bitfit", "test_score"] = df["task"].map(MAJORITY)  # the majority scores
     claim = compare(df, analyze(df), published).claims["other_methods_vs_full_std"]
     assert "bitfit" not in claim["significantly_smaller"] and "bitfit" not in claim["methods_below"]
     assert claim["left_out"] == {"bitfit": "collapsed to one class on CB, RTE"}
-    assert "(left out, a smaller std there is no stability: bitfit, collapsed to one class on CB, RTE)" \
-        in claim["answer"]
+    assert "(left out, its std no measure of stability: bitfit, collapsed to one class on CB, RTE, average std 0.0 " \
+        "against full's 2.5)" in claim["answer"]
 
 
 def test_with_one_seed_of_full_on_a_task_the_count_says_why_it_has_no_average_std(published):
@@ -433,23 +435,25 @@ def test_one_rule_for_stability_in_the_answer_the_seeds_ranking_and_the_claims(p
     df["test_top_class_share"] = 0.7
     bitfit_cb = (df["method"] == "bitfit") & (df["task"] == "CB")
     df.loc[bitfit_cb, ["test_score", "test_top_class_share"]] = [0.5, 1.0]
-    for task, scores in {"CB": [0.47, 0.48, 0.49], "RTE": [0.58, 0.60, 0.59]}.items():  # at or below majority
+    for task, scores in {"CB": [0.47, 0.48, 0.51], "RTE": [0.54, 0.55, 0.56]}.items():  # not above the majority
         df.loc[(df["method"] == "lora") & (df["task"] == task), "test_score"] = scores
-    why = {"bitfit": "collapsed to one class on CB", "lora": "at or below the majority class on every task"}
+    why = {"bitfit": "collapsed to one class on CB", "lora": "not above the majority class on CB, RTE, every task it "
+                                                              "has (the 95% interval of its mean reaches it)"}
     res = analyze(df)
     said = answer(res, df)
     claim = compare(df, res, published).claims["other_methods_vs_full_std"]
     assert res.summary["seeds_enough"]["left_out"] == why
-    # the claims refuse credit, not blame: bitfit's average std (its CB std 0 included) is still above full's, so
-    # it counts as not smaller; lora's is below, from guessing, so it is left out
-    assert claim["left_out"] == {"lora": why["lora"]} and claim["n_methods"] == 3
+    # left out of the count and the test whichever way their std lies, named with it beside full's: bitfit's is
+    # above (its CB std 0 included), lora's below
+    assert claim["left_out"] == why and claim["n_methods"] == 2
+    assert "bitfit, collapsed to one class on CB, average std 3.0 against full's 2.5" in claim["answer"]
     assert said["most_stable"] not in why and not set(why) & set(claim["methods_below"])
     assert ("not ranked on stability, a small std there is no stability: bitfit (collapsed to one class on CB); "
-            "lora (at or below the majority class on every task)") in said["lines"]
+            "lora (not above the majority class on CB, RTE") in said["lines"][-2]
     tested = [r["method"] for r in claim["methods"] if r["p"] is not None]  # nor in the test, nor in Holm's family
-    assert sorted(tested) == ["bitfit", "sam", "sam-global"] and "Holm over the 3 methods tested" in claim["answer"]
+    assert sorted(tested) == ["sam", "sam-global"] and "Holm over the 2 methods tested" in claim["answer"]
     assert not {"bitfit", "lora"} & {c["method"] for c in claim["cells"] if c["method"] in claim["methods_below"]}
-    assert claim["n_cells"] == 2 * 3
+    assert claim["n_cells"] == 2 * 2
 
 
 def test_equal_scores_above_the_majority_are_stability_and_full_at_chance_keeps_a_task_out(published):
@@ -461,18 +465,18 @@ def test_equal_scores_above_the_majority_are_stability_and_full_at_chance_keeps_
     cell = next(c for c in claim["cells"] if (c["method"], c["task"]) == ("sam", "CB"))
     assert cell["std"] == 0 and not cell["collapsed_or_at_chance"]
     assert next(r for r in claim["methods"] if r["method"] == "sam")["tasks_tested"] == 2
-    df.loc[(df["method"] == "full") & (df["task"] == "RTE"), "test_score"] = [0.58, 0.6, 0.59]  # full at chance
+    df.loc[(df["method"] == "full") & (df["task"] == "RTE"), "test_score"] = [0.53, 0.56, 0.54]  # full at chance
     claim = compare(df, analyze(df), published).claims["other_methods_vs_full_std"]
     assert all(c["full_collapsed_or_at_chance"] == (c["task"] == "RTE") and not c["collapsed_or_at_chance"]
                for c in claim["cells"]), claim["cells"]
     assert {r["method"]: r["tasks_tested"] for r in claim["methods"]}["sam"] == 1
-    assert ("full's own cells collapsed or are at or below the majority class on RTE, so those tasks stay out of "
+    assert ("full's own cells collapsed or are not above the majority class on RTE, so those tasks stay out of "
             "the test of spread") in claim["answer"] and "on RTE)" not in claim["answer"].split(";")[0]
-    df.loc[(df["method"] == "full") & (df["task"] == "CB"), "test_score"] = [0.48, 0.5, 0.49]  # and on CB
+    df.loc[(df["method"] == "full") & (df["task"] == "CB"), "test_score"] = [0.48, 0.52, 0.49]  # and on CB
     claim = compare(df, analyze(df), published).claims["other_methods_vs_full_std"]
-    assert ("no test of spread: every cell with ≥ 3 seeds on both sides collapsed or is at or below the majority "
+    assert ("no test of spread: every cell with ≥ 3 seeds on both sides collapsed or is not above the majority "
             "class on one side") in claim["answer"]
-    assert "(full itself: at or below the majority class on every task)" in claim["answer"]
+    assert "(full itself: not above the majority class on CB, RTE, every task it has" in claim["answer"]
 
 
 def test_a_partly_collapsed_cell_is_instability_and_counts(published):
@@ -486,3 +490,32 @@ def test_a_partly_collapsed_cell_is_instability_and_counts(published):
     claim = compare(df, analyze(df), published).claims["other_methods_vs_full_std"]
     assert claim["left_out"] == {} and claim["n_methods"] == 4 and "bitfit" not in claim["methods_below"]
     assert next(r for r in claim["methods"] if r["method"] == "bitfit")["p"] is not None
+
+
+def test_a_method_that_learned_nothing_by_a_hair_is_neither_most_stable_nor_significantly_smaller(published):
+    """Four of lora's five seeds predicted one class on each task, the fifth a point above: not collapsed (one
+    seed learned something), a mean 0.2 points above the majority, so "most stable on average: lora" and
+    "1 significantly smaller (lora)" (a second review). Its means' intervals reach the majority: ruled out."""
+    from dashboards.analysis import answer
+
+    scores = {("full", "CB"): [.70, .75, .80, .72, .78], ("full", "RTE"): [.62, .66, .70, .64, .68],
+              ("sam", "CB"): [.74, .76, .78, .75, .77], ("sam", "RTE"): [.65, .67, .69, .66, .68],
+              ("lora", "CB"): [.5, .5, .5, .5, .51], ("lora", "RTE"): [.55, .55, .55, .55, .56]}
+    df = pd.DataFrame([{"method": m, "task": t, "seed": seed, "perturbation": None, "status": "FINISHED",
+                        "test_score": v} for (m, t), values in scores.items() for seed, v in enumerate(values)])
+    df["sparsity"] = np.where(df["method"] == "full", np.nan, 0.005)
+    df["base_method"] = df["method"]
+    df["majority_test_score"] = df["task"].map(MAJORITY)
+    df["test_top_class_share"] = np.where((df["method"] == "lora") & (df["seed"] < 4), 1.0, 0.7)
+    res = analyze(df)
+    said = answer(res, df)
+    assert said["most_stable"] == "sam", said["lines"]
+    claim = compare(df, res, published).claims["other_methods_vs_full_std"]
+    assert "lora" in claim["left_out"] and "lora" not in claim["significantly_smaller"]
+    assert next(r for r in claim["methods"] if r["method"] == "lora")["p"] is None
+    assert res.summary["seeds_enough"]["left_out"].keys() == {"lora"}
+    # one task above the majority, the other not: ranked, and the line says where it did not learn
+    df.loc[(df["method"] == "lora") & (df["task"] == "CB"), "test_score"] = [.80, .81, .80, .81, .80]
+    said = answer(analyze(df), df)
+    assert said["most_stable"] == "lora" and said["lines"][-1].endswith(
+        "not above the majority class on RTE, where a small std may be a guess's)"), said["lines"]
