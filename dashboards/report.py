@@ -20,8 +20,9 @@ from typing import Any
 import pandas as pd
 
 from . import figures, paper
-from .analysis import (UNSCORED, Analysis, analyze, averaged, current, jsonable, mark_unscored, not_ranked_line,
-                       one_seed_tasks, rows_of, scored, spearman_pairs, status_counts, trials_in)
+from .analysis import (UNSCORED, Analysis, analyze, averaged, current, jsonable, mark_unscored, one_seed_tasks,
+                       rows_of, scored, spearman_pairs, status_counts, trials_in)
+from .answer import not_ranked_line
 from .figures import fmt_p
 
 NO_SPEC = "not found (give SWEEP_DIR, or a trials.parquet inside SWEEP_DIR/export)"

@@ -354,7 +354,8 @@ def _cmd_export(args) -> int:
 def _cmd_analyze(args) -> int:
     import pandas as pd
 
-    from dashboards.analysis import analyze, answer
+    from dashboards.analysis import analyze
+    from dashboards.answer import answer
     from dashboards.paper import compare
     from dashboards.report import analysis_dir_of
     from . import analysis, export

@@ -182,7 +182,8 @@ def close_sweep(spec: SweepSpec, tracker: Tracker, final: dict[str, str], quiet:
     try:
         trials_path, curves_path = export.export(spec, spec.sweep_dir / "export", tracker)
         df = pd.read_parquet(trials_path)
-        from dashboards.analysis import analyze, answer, best_per_task, current, scored, unscored
+        from dashboards.analysis import analyze, best_per_task, current, scored, unscored
+        from dashboards.answer import answer
         from dashboards.report import build_report
 
         ours = current(df)

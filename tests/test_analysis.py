@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from dashboards.analysis import UNSCORED, analyze, answer, bootstrap_ci, holm, nemenyi_cd
+from dashboards.analysis import UNSCORED, analyze, bootstrap_ci, holm, nemenyi_cd
+from dashboards.answer import answer
 from orchestrator.analysis import analyze_file
 
 MEANS = {("full", "CB"): 0.80, ("sam", "CB"): 0.85, ("lora", "CB"): 0.78, ("bitfit", "CB"): 0.80,
@@ -272,8 +273,6 @@ def test_dashboards_import_nothing_upstream():
 
 
 def test_the_answer_names_the_best_whether_its_lead_is_real_and_the_most_stable():
-    from dashboards.analysis import answer
-
     df = hand_made()
     said = answer(analyze(df), df)
     # AVG means: sam .785, full .75, lora .745, bitfit .73; AVG stds: sam .01, full .025, bitfit .04, lora .045

@@ -429,7 +429,7 @@ def test_one_rule_for_stability_in_the_answer_the_seeds_ranking_and_the_claims(p
     """A review found three meanings of "collapse": the answer left bitfit (every CB seed one class) unranked on
     stability while the claims counted its std as smaller than full's; a method at chance on every task (lora,
     varying) was crowned most stable by one output and called a collapse by another."""
-    from dashboards.analysis import answer
+    from dashboards.answer import answer
 
     df = trials()
     df["test_top_class_share"] = 0.7
@@ -496,7 +496,7 @@ def test_a_method_that_learned_nothing_by_a_hair_is_neither_most_stable_nor_sign
     """Four of lora's five seeds predicted one class on each task, the fifth a point above: not collapsed (one
     seed learned something), a mean 0.2 points above the majority, so "most stable on average: lora" and
     "1 significantly smaller (lora)" (a second review). Its means' intervals reach the majority: ruled out."""
-    from dashboards.analysis import answer
+    from dashboards.answer import answer
 
     scores = {("full", "CB"): [.70, .75, .80, .72, .78], ("full", "RTE"): [.62, .66, .70, .64, .68],
               ("sam", "CB"): [.74, .76, .78, .75, .77], ("sam", "RTE"): [.65, .67, .69, .66, .68],

@@ -124,7 +124,7 @@ def test_sweep_lifecycle(tmp_path, tiny_model, data_dir, capsys, monkeypatch):
 
 
 def test_the_answer_line_says_plus_minus_only_with_a_std():
-    from dashboards.analysis import best_line
+    from dashboards.answer import best_line
 
     assert best_line("sam", 0.597, 0.035).startswith("best on average: sam 59.7 ± 3.5 (")
     one_seed = best_line("sam", 0.546, None)
