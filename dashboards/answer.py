@@ -143,7 +143,7 @@ def answer(result: Analysis, trials: pd.DataFrame) -> dict[str, Any]:
                             f"score ×100; its mean {100 * m['mean']:.1f}"
                             + (f"; {one} of its seeds predicted one class for every test example" if one
                                else "")
-                            + (f"; not above the majority class on {', '.join(low)}, where a small std may be a "
+                            + (f"; most seeds not above the majority class on {', '.join(low)}, where a small std may be a "
                                "guess's" if low else "")
                             + (f"; a std over as few as {fewest} of up to {most} seeds: seeds lost to failures may "
                                "have been its unstable ones" if fewest < most else "") + ")")

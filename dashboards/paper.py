@@ -30,8 +30,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .analysis import (ALPHA, Analysis, at_chance, collapsed, holm, not_ranked_on_stability, paired_on_average,
-                       replicates, rows_of, scored, settled, spearman, trials_in)
+from .analysis import (ALPHA, Analysis, collapsed, holm, not_ranked_on_stability, paired_on_average, replicates,
+                       rows_of, scored, settled, spearman, trials_in)
 
 MIN_SEEDS_FOR_SPREAD_TEST = 3  # Brown–Forsythe on 2 against 2 has zero within-group variance: p ≈ 0
 PUBLISHED_COLUMNS = ("method", "task", "mean", "std")
@@ -131,9 +131,9 @@ def side_by_side(table: pd.DataFrame, published: pd.DataFrame, ran: list[str]) -
     if len(twice):
         names = sorted(set(twice["method"]))
         raise ValueError(f"published methods {', '.join(names)} all match our {twice.iloc[0]['ours']!r}; keep one")
-    cells = ours[ours["task"].isin(tasks)].reindex(columns=["method", "task", "n", "mean", "std", "mean_ci_low",
+    cells = ours[ours["task"].isin(tasks)].reindex(columns=["method", "task", "n", "mean", "median", "std",
                                                             "n_one_class"])
-    cells[["mean", "std", "mean_ci_low"]] *= 100
+    cells[["mean", "median", "std"]] *= 100
     theirs = matched[matched["task"].isin(tasks)].rename(columns={"method": "paper_method", "mean": "paper_mean",
                                                                   "std": "paper_std", "ours": "method"})
     # outer: a published cell of a method we ran shows even where our trials of that task did not finish
@@ -152,7 +152,7 @@ def side_by_side(table: pd.DataFrame, published: pd.DataFrame, ran: list[str]) -
     out["paper_perf_rank_shared"], out["paper_stab_rank_shared"] = _ranks(out, "paper_mean", "paper_std", both)
     cols = ["method", "paper_method", "task", "n", "mean", "std", "paper_mean", "paper_std", "mean_diff",
             "std_diff", "perf_rank_shared", "paper_perf_rank_shared", "stab_rank_shared", "paper_stab_rank_shared",
-            "mean_ci_low", "n_one_class"]
+            "median", "n_one_class"]
     finished = set(ours["method"])
     notes = {"tasks": tasks, "tasks_not_published": sorted(set(ours["task"]) - set(tasks)),
              "published_tasks_not_run": [t for t in dict.fromkeys(published["task"]) if t not in tasks],
@@ -199,8 +199,11 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
     # of the count and the tests, and named with its average std beside full's (whichever is larger)
     ruled = not_ranked_on_stability(per_task, majority)
     left_out = {m: why for m, why in ruled.items() if m != BASE}
-    no_learning = dict(zip(zip(per_task["method"], per_task["task"]),  # per cell: collapsed, or at or below majority
-                           collapsed(per_task, majority) | at_chance(per_task, majority)))
+    # per cell: no seed above the majority class (or collapsed, where the majority is unknown): its spread is a
+    # guess's; a cell where some seeds learned keeps its spread, failed seeds and all (that is instability)
+    best = wide.max()
+    no_learning = {(m, t): bool(gone) or (t in majority and best.get((m, t), np.inf) <= majority[t] + 1e-9)
+                   for m, t, gone in zip(per_task["method"], per_task["task"], collapsed(per_task, majority))}
     methods, cell_rows = [], []
     for method in [m for m in dict.fromkeys(cells["method"]) if m != BASE]:
         za, zb = [], []
@@ -220,8 +223,8 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
             own, base = bool(no_learning.get((method, task))), bool(no_learning.get((BASE, task)))
             cell_rows.append({"method": method, "task": task, "n": len(a), "full_n": len(b), "std": float(sa),
                               "full_std": float(sb), "std_ratio": ratio, "ratio_ci_low": lo, "ratio_ci_high": hi,
-                              "below": bool(sa < sb), "p": _spread_p(a, b), "collapsed_or_at_chance": own,
-                              "full_collapsed_or_at_chance": base,
+                              "below": bool(sa < sb), "p": _spread_p(a, b), "learned_nothing": own,
+                              "full_learned_nothing": base,
                               "paper_below": None if paper is None or paper_base is None or pd.isna(paper)
                               or pd.isna(paper_base) else bool(paper < paper_base)})
             # a cell that learned nothing varies little: pooled, it made a constant guess "significantly" stable
@@ -252,9 +255,9 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
     paper_below = [r["method"] for r in published if r["paper_avg_std"] < r["paper_full_avg_std"]]
     kept = [r for r in cell_rows if r["method"] not in collapsed_methods]  # the methods this answer compares
     n_cells, cells_below = len(kept), sum(r["below"] for r in kept)
-    no_stability = sum(r["below"] and (r["collapsed_or_at_chance"] or r["full_collapsed_or_at_chance"]) for r in kept)
+    no_stability = sum(r["below"] and (r["learned_nothing"] or r["full_learned_nothing"]) for r in kept)
     base_gone = [t for t in tasks if no_learning.get((BASE, t))]
-    testable = [r for r in kept if min(r["n"], r["full_n"]) >= MIN_SEEDS_FOR_SPREAD_TEST]
+    testable = [r for r in cell_rows if min(r["n"], r["full_n"]) >= MIN_SEEDS_FOR_SPREAD_TEST]
     full_ranks = {t: r for t, r in base_cells["stab_rank_shared"].dropna().items()}
     n_ranked = cells[cells["task"] != "AVG"].groupby("task")["stab_rank_shared"].count()
     no_avg = [r["method"] for r in methods if r["method"] not in collapsed_methods and r not in compared]
@@ -263,8 +266,8 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
     else:
         head = (f"{len(below)} of {len(compared)} methods {'has' if len(below) == 1 else 'have'} a smaller average "
                 f"std than {BASE} tuning" + (" (" + ", ".join(
-                    m + (f" (collapsed or not above the majority class on {', '.join(ts)})" if (ts := [
-                        c["task"] for c in cell_rows if c["method"] == m and c["collapsed_or_at_chance"]]) else "")
+                    m + (f" (no seed above the majority class on {', '.join(ts)})" if (ts := [
+                        c["task"] for c in cell_rows if c["method"] == m and c["learned_nothing"]]) else "")
                     for m in below) + ")" if below else "")
                 + (" (not compared, no average std: " + "; ".join(f"{m}, {_no_average_std(cells, m, tasks)}"
                                                                    for m in no_avg) + ")" if no_avg else ""))
@@ -273,8 +276,8 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
                   f"{m}, {left_out[m]}{_std_beside(avg['std'].get(m), avg['std'].get(BASE))}"
                   for m in collapsed_methods) + ")" if collapsed_methods else "")
               + (f" ({BASE} itself: {ruled[BASE]})" if BASE in ruled else "")
-              + (f"; {BASE}'s own cells collapsed or are not above the majority class on {', '.join(base_gone)}, "
-                 "so those tasks stay out of the test of spread" if base_gone else "")
+              + (f"; {BASE}'s own cells have no seed above the majority class on {', '.join(base_gone)}, so those "
+                 "tasks stay out of the test of spread" if base_gone else "")
               + (f"; tested over the shared tasks at once, {len(sig_smaller)} significantly smaller"
                  + (f" ({', '.join(sig_smaller)})" if sig_smaller else "")
                  + f" and {len(sig_larger)} significantly larger" + (f" ({', '.join(sig_larger)})" if sig_larger
@@ -282,13 +285,13 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
                  + f" (Brown–Forsythe on deviations from each cell's median scaled per task, ≥ "
                    f"{MIN_SEEDS_FOR_SPREAD_TEST} seeds per cell, Holm over the {n_tested} method"
                    f"{'s' * (n_tested != 1)} tested, α = {ALPHA}). " if n_tested else
-                 "; no test of spread: every cell with ≥ 3 seeds on both sides collapsed or is not above the "
-                 "majority class on one side, or is constant on both. " if testable else
+                 "; no test of spread: no cell with ≥ 3 seeds on both sides is left to test (a left-out method's, "
+                 "no seed above the majority class on one side, or constant on both). " if testable else
                  f"; no test of spread: it needs ≥ {MIN_SEEDS_FOR_SPREAD_TEST} seeds per cell on both sides, and no "
                  "method has them. ")
               + f"Per cell, {cells_below} of {n_cells} stds are below {BASE}'s"
-              + (f", {no_stability} of them where its cell or {BASE}'s collapsed to one class or is not above the "
-                 "majority class (no stability to compare)" if no_stability else "")
+              + (f", {no_stability} of them where its cell or {BASE}'s has no seed above the majority class (no "
+                 "stability to compare)" if no_stability else "")
               + (f"; with {n} seeds against {n} one cell's std ratio is known only within ×/÷ "
                  f"{math.sqrt(stats.f.ppf(0.975, n - 1, n - 1)):.1f} (95%)" if (n := _modal_n(cell_rows)) >= 2 else ""))
     if full_ranks:
@@ -301,7 +304,7 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
             "significantly_smaller": sig_smaller, "significantly_larger": sig_larger,
             "left_out": {m: left_out[m] for m in collapsed_methods}, "paper_methods_below": paper_below,
             "paper_n_methods": len(published), "cells_below": cells_below,
-            "n_cells": n_cells, "cells_below_collapsed_or_at_chance": no_stability,
+            "n_cells": n_cells, "cells_below_learned_nothing": no_stability,
             "test": "per method: scipy.stats.ttest_ind (Welch) on |score − cell median| / task scale, the pooled "
                     "Brown–Forsythe test of spread, cells with ≥ 3 seeds on both sides; Holm over methods. Per cell "
                     "(descriptive): the std ratio with its 95% F interval and Brown–Forsythe's raw p",

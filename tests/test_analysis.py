@@ -377,7 +377,7 @@ def test_a_partly_collapsed_cell_keeps_its_std_and_a_constant_guess_at_the_major
     flat["majority_test_score"] = 0.5
     got = answer(analyze(flat), flat)
     assert got["most_stable"] == "y" and ("not ranked on stability, a small std there is no stability: x "
-                                          "(collapsed to one class on T)") in got["lines"], got["lines"]
+                                          "(collapsed to a constant guess on T)") in got["lines"], got["lines"]
     flat["majority_test_score"] = 0.4
     assert answer(analyze(flat), flat)["most_stable"] == "x"
 
@@ -565,7 +565,7 @@ def test_a_method_collapsed_on_a_task_is_not_the_most_stable():
     df["test_top_class_share"] = np.where(df["method"] == "diffprune", 1.0, 0.6)
     said = answer(analyze(df), df)
     assert said["most_stable"] == "sam", said["lines"]
-    assert ("not ranked on stability, a small std there is no stability: diffprune (collapsed to one class on CB)"
+    assert ("not ranked on stability, a small std there is no stability: diffprune (collapsed to a constant guess on CB)"
             in said["lines"])
 
 
@@ -601,7 +601,7 @@ def test_the_seeds_enough_ranking_leaves_out_a_method_collapsed_on_a_task():
     assert set(res.seeds["method"]) == {"full", "sam"}
     enough = res.summary["seeds_enough"]
     assert enough["all_seed_ranks"] == {"full": 2.0, "sam": 1.0} and enough["left_out"] == {
-        "diffprune": "collapsed to one class on CB"}
+        "diffprune": "collapsed to a constant guess on CB"}
 
 
 def test_seeds_enough_with_every_method_collapsed_says_why_it_ranks_none():
@@ -610,7 +610,7 @@ def test_seeds_enough_with_every_method_collapsed_says_why_it_ranks_none():
     df = cb_trials({"bitfit": [.40, .40, .40], "sam": [.40, .40, .40]})
     df["test_top_class_share"] = 1.0
     enough = analyze(df).summary["seeds_enough"]
-    assert enough["left_out"] == {m: "collapsed to one class on CB" for m in ("bitfit", "sam")}
+    assert enough["left_out"] == {m: "collapsed to a constant guess on CB" for m in ("bitfit", "sam")}
     assert enough["reason"].endswith("ranked on stability")
     one = cb_trials({"bitfit": [.40]})
     one["test_top_class_share"] = 1.0
@@ -627,7 +627,7 @@ def test_a_recorded_share_overrules_the_equal_scores_fallback():
     flat["test_top_class_share"] = 0.6
     cells = analyze(flat).table.query("task != 'AVG'")
     assert not_ranked_on_stability(cells, {"T": 0.5}) == {
-        "x": "not above the majority class on T, every task it has (the 95% interval of its mean reaches it)"}
+        "x": "most seeds not above the majority class on T, every task it has"}
     flat = flat.drop(columns="test_top_class_share")
     cells = analyze(flat).table.query("task != 'AVG'")
-    assert not_ranked_on_stability(cells, {"T": 0.5}) == {"x": "collapsed to one class on T"}
+    assert not_ranked_on_stability(cells, {"T": 0.5}) == {"x": "collapsed to a constant guess on T"}

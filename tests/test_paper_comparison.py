@@ -140,17 +140,17 @@ def test_a_collapse_to_the_majority_class_is_not_counted_as_stability(published)
     df.loc[(df["method"] == "bitfit") & (df["task"] == "RTE"), "test_score"] = 0.55  # the majority score, every seed
     claim = compare(df, analyze(df), published).claims["other_methods_vs_full_std"]
     cell = next(c for c in claim["cells"] if (c["method"], c["task"]) == ("bitfit", "RTE"))
-    assert cell["std"] == 0 and cell["below"] and cell["collapsed_or_at_chance"]
-    assert claim["left_out"] == {"bitfit": "collapsed to one class on RTE"} and "bitfit" not in claim["methods_below"]
-    assert ("(left out, its std no measure of stability: bitfit, collapsed to one class on RTE, average std 1.0 "
+    assert cell["std"] == 0 and cell["below"] and cell["learned_nothing"]
+    assert claim["left_out"] == {"bitfit": "collapsed to a constant guess on RTE"} and "bitfit" not in claim["methods_below"]
+    assert ("(left out, its std no measure of stability: bitfit, collapsed to a constant guess on RTE, average std 1.0 "
             "against full's 2.5)") in claim["answer"]
     lora_rte = (df["method"] == "lora") & (df["task"] == "RTE")
-    df.loc[lora_rte, "test_score"] = [0.53, 0.56, 0.54]  # not above the majority, varying: said per cell, counted
+    df.loc[lora_rte, "test_score"] = [0.53, 0.55, 0.54]  # not above the majority, varying: said per cell, counted
     claim = compare(df, analyze(df), published).claims["other_methods_vs_full_std"]
     cell = next(c for c in claim["cells"] if (c["method"], c["task"]) == ("lora", "RTE"))
-    assert cell["collapsed_or_at_chance"] and cell["below"] and claim["cells_below_collapsed_or_at_chance"] == 1
+    assert cell["learned_nothing"] and cell["below"] and claim["cells_below_learned_nothing"] == 1
     assert "lora" not in claim["left_out"] and "lora" in [r["method"] for r in claim["methods"] if r["p"] is not None]
-    assert ("1 of them where its cell or full's collapsed to one class or is not above the majority class"
+    assert ("1 of them where its cell or full's has no seed above the majority class"
             in claim["answer"])
 
 
@@ -386,8 +386,8 @@ def test_a_method_collapsed_everywhere_is_not_significantly_more_stable_than_ful
     df.loc[df["method"] == "bitfit", "test_score"] = df["task"].map(MAJORITY)  # the majority scores
     claim = compare(df, analyze(df), published).claims["other_methods_vs_full_std"]
     assert "bitfit" not in claim["significantly_smaller"] and "bitfit" not in claim["methods_below"]
-    assert claim["left_out"] == {"bitfit": "collapsed to one class on CB, RTE"}
-    assert "(left out, its std no measure of stability: bitfit, collapsed to one class on CB, RTE, average std 0.0 " \
+    assert claim["left_out"] == {"bitfit": "collapsed to a constant guess on CB, RTE"}
+    assert "(left out, its std no measure of stability: bitfit, collapsed to a constant guess on CB, RTE, average std 0.0 " \
         "against full's 2.5)" in claim["answer"]
 
 
@@ -437,8 +437,8 @@ def test_one_rule_for_stability_in_the_answer_the_seeds_ranking_and_the_claims(p
     df.loc[bitfit_cb, ["test_score", "test_top_class_share"]] = [0.5, 1.0]
     for task, scores in {"CB": [0.47, 0.48, 0.51], "RTE": [0.54, 0.55, 0.56]}.items():  # not above the majority
         df.loc[(df["method"] == "lora") & (df["task"] == task), "test_score"] = scores
-    why = {"bitfit": "collapsed to one class on CB", "lora": "not above the majority class on CB, RTE, every task it "
-                                                              "has (the 95% interval of its mean reaches it)"}
+    why = {"bitfit": "collapsed to a constant guess on CB", "lora": "most seeds not above the majority class on CB, RTE, "
+                                                              "every task it has"}
     res = analyze(df)
     said = answer(res, df)
     claim = compare(df, res, published).claims["other_methods_vs_full_std"]
@@ -446,10 +446,10 @@ def test_one_rule_for_stability_in_the_answer_the_seeds_ranking_and_the_claims(p
     # left out of the count and the test whichever way their std lies, named with it beside full's: bitfit's is
     # above (its CB std 0 included), lora's below
     assert claim["left_out"] == why and claim["n_methods"] == 2
-    assert "bitfit, collapsed to one class on CB, average std 3.0 against full's 2.5" in claim["answer"]
+    assert "bitfit, collapsed to a constant guess on CB, average std 3.0 against full's 2.5" in claim["answer"]
     assert said["most_stable"] not in why and not set(why) & set(claim["methods_below"])
-    assert ("not ranked on stability, a small std there is no stability: bitfit (collapsed to one class on CB); "
-            "lora (not above the majority class on CB, RTE") in said["lines"][-2]
+    assert ("not ranked on stability, a small std there is no stability: bitfit (collapsed to a constant guess on CB); "
+            "lora (most seeds not above the majority class on CB, RTE") in said["lines"][-2]
     tested = [r["method"] for r in claim["methods"] if r["p"] is not None]  # nor in the test, nor in Holm's family
     assert sorted(tested) == ["sam", "sam-global"] and "Holm over the 2 methods tested" in claim["answer"]
     assert not {"bitfit", "lora"} & {c["method"] for c in claim["cells"] if c["method"] in claim["methods_below"]}
@@ -463,20 +463,19 @@ def test_equal_scores_above_the_majority_are_stability_and_full_at_chance_keeps_
     df.loc[(df["method"] == "sam") & (df["task"] == "CB"), "test_score"] = 0.85
     claim = compare(df, analyze(df), published).claims["other_methods_vs_full_std"]
     cell = next(c for c in claim["cells"] if (c["method"], c["task"]) == ("sam", "CB"))
-    assert cell["std"] == 0 and not cell["collapsed_or_at_chance"]
+    assert cell["std"] == 0 and not cell["learned_nothing"]
     assert next(r for r in claim["methods"] if r["method"] == "sam")["tasks_tested"] == 2
-    df.loc[(df["method"] == "full") & (df["task"] == "RTE"), "test_score"] = [0.53, 0.56, 0.54]  # full at chance
+    df.loc[(df["method"] == "full") & (df["task"] == "RTE"), "test_score"] = [0.53, 0.55, 0.54]  # full at chance
     claim = compare(df, analyze(df), published).claims["other_methods_vs_full_std"]
-    assert all(c["full_collapsed_or_at_chance"] == (c["task"] == "RTE") and not c["collapsed_or_at_chance"]
+    assert all(c["full_learned_nothing"] == (c["task"] == "RTE") and not c["learned_nothing"]
                for c in claim["cells"]), claim["cells"]
     assert {r["method"]: r["tasks_tested"] for r in claim["methods"]}["sam"] == 1
-    assert ("full's own cells collapsed or are not above the majority class on RTE, so those tasks stay out of "
-            "the test of spread") in claim["answer"] and "on RTE)" not in claim["answer"].split(";")[0]
-    df.loc[(df["method"] == "full") & (df["task"] == "CB"), "test_score"] = [0.48, 0.52, 0.49]  # and on CB
+    assert ("full's own cells have no seed above the majority class on RTE, so those tasks stay out of the "
+            "test of spread") in claim["answer"] and "on RTE)" not in claim["answer"].split(";")[0]
+    df.loc[(df["method"] == "full") & (df["task"] == "CB"), "test_score"] = [0.48, 0.50, 0.49]  # and on CB
     claim = compare(df, analyze(df), published).claims["other_methods_vs_full_std"]
-    assert ("no test of spread: every cell with ≥ 3 seeds on both sides collapsed or is not above the majority "
-            "class on one side") in claim["answer"]
-    assert "(full itself: not above the majority class on CB, RTE, every task it has" in claim["answer"]
+    assert "no test of spread: no cell with ≥ 3 seeds on both sides is left to test" in claim["answer"]
+    assert "(full itself: most seeds not above the majority class on CB, RTE, every task it has" in claim["answer"]
 
 
 def test_a_partly_collapsed_cell_is_instability_and_counts(published):
@@ -489,7 +488,23 @@ def test_a_partly_collapsed_cell_is_instability_and_counts(published):
     df.loc[cb & (df["seed"] < 2), "test_top_class_share"] = 1.0
     claim = compare(df, analyze(df), published).claims["other_methods_vs_full_std"]
     assert claim["left_out"] == {} and claim["n_methods"] == 4 and "bitfit" not in claim["methods_below"]
-    assert next(r for r in claim["methods"] if r["method"] == "bitfit")["p"] is not None
+    assert next(r for r in claim["methods"] if r["method"] == "bitfit")["tasks_tested"] == 2  # CB's spread included
+
+
+def test_one_failed_seed_of_three_does_not_make_a_method_that_learned_at_chance(published):
+    """A bootstrap interval's low end over three seeds is the worst seed: bitfit, 20 points above the majority
+    with one seed at it on each task, was ruled "not above the majority class" and left out (a third review)."""
+    df = trials()
+    for task, floor in MAJORITY.items():
+        df.loc[(df["method"] == "bitfit") & (df["task"] == task) & (df["seed"] == 0), "test_score"] = floor
+    res = analyze(df)
+    claim = compare(df, res, published).claims["other_methods_vs_full_std"]
+    assert claim["left_out"] == {} and res.summary["seeds_enough"]["left_out"] == {}
+    assert next(r for r in claim["methods"] if r["method"] == "bitfit")["tasks_tested"] == 2
+    for method in ("sam", "lora", "bitfit", "sam-global"):  # now every other method learned nothing
+        df.loc[df["method"] == method, "test_score"] = df["task"].map(MAJORITY) - 0.01 * df["seed"]
+    claim = compare(df, analyze(df), published).claims["other_methods_vs_full_std"]
+    assert claim["n_methods"] == 0 and "no cell with ≥ 3 seeds on both sides is left to test" in claim["answer"]
 
 
 def test_a_method_that_learned_nothing_by_a_hair_is_neither_most_stable_nor_significantly_smaller(published):
@@ -518,4 +533,4 @@ def test_a_method_that_learned_nothing_by_a_hair_is_neither_most_stable_nor_sign
     df.loc[(df["method"] == "lora") & (df["task"] == "CB"), "test_score"] = [.80, .81, .80, .81, .80]
     said = answer(analyze(df), df)
     assert said["most_stable"] == "lora" and said["lines"][-1].endswith(
-        "not above the majority class on RTE, where a small std may be a guess's)"), said["lines"]
+        "most seeds not above the majority class on RTE, where a small std may be a guess's)"), said["lines"]

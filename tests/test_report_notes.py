@@ -421,7 +421,7 @@ def test_the_seeds_enough_caption_names_a_method_left_out_as_collapsed(tmp_path)
     page = build_report(path, None, tmp_path / "r").read_text()
     caption = re.search(r'<figure id="fig-seeds-enough">.*?<figcaption>(.*?)</figcaption>', page, re.S).group(1)
     assert caption.endswith("not ranked on stability, a small std there is no stability: diffprune (collapsed to "
-                            "one class on CB)"), caption
+                            "a constant guess on CB)"), caption
 
 
 def test_a_reused_out_folder_keeps_no_figure_of_an_earlier_report(tmp_path):
