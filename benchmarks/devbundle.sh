@@ -30,8 +30,9 @@ check-wheels  checks DIR/whl (build does too): one wheel each of pydantic, pydan
          and pydantic's "Requires-Dist: pydantic-core==X" is the pydantic-core shipped
 stub-dashboard  replaces RAY/dashboard/client/build (the web UI's files, 0.8 MiB of the bundle's xz) by a page
          saying it was left out, an empty static/ and the favicon: what Ray's dashboard needs to start (on Linux
-         it refuses to start without the folder); the GPU machine's dashboard is out of reach anyway. Ray Jobs and
-         the state API are the dashboard's Python side and stay. devbundle_check.sh runs its sweep on such a Ray.
+         it refuses to start without the folder). The GPU machine lacks the dashboard's Python needs
+         (aiohttp_cors), so no dashboard starts there at all; on a machine with them, Jobs and the state API (the
+         dashboard's Python side) still work: devbundle_check.sh shows both.
 mlflow   builds only DIR/mlflow.tar.xz (for devbundle_check.sh, with DEVBUNDLE_PYTHON_VERSION=3.11 on a machine
          that has no Python 3.12).
 
@@ -114,17 +115,20 @@ stub_dashboard() {  # RAY/dashboard/client/build: a page saying the UI was left 
   find "$build" -mindepth 1 -maxdepth 1 ! -name favicon.ico -exec rm -rf {} +
   mkdir "$build/static"
   echo '<!doctype html><title>Ray</title><p>The dashboard web UI was left out of this bundle' \
-       '(peft-sweep benchmarks/devbundle.sh stub-dashboard). Jobs and the state API work.' > "$build/index.html"
+       '(peft-sweep benchmarks/devbundle.sh stub-dashboard); Jobs and the state API are not in the web UI.' \
+       > "$build/index.html"
 }
 
 slim_ray() {  # DIR/ray.tar.xz from bundle.sh, packed again without the dashboard's web UI
-  local out=$1 tmp
-  tmp=$(mktemp -d)
-  tar -C "$tmp" -xJf "$out/ray.tar.xz"
-  stub_dashboard "$tmp/ray"
-  tar -C "$tmp" -cf - . | xz -T0 -9 > "$out/ray.tar.xz.new"
+  local out=$1
+  slim_tmp=$(mktemp -d)
+  trap 'rm -rf "$slim_tmp" "$out/ray.tar.xz.new"' EXIT  # a failure leaves neither (size_report counts every file)
+  tar -C "$slim_tmp" -xJf "$out/ray.tar.xz"
+  stub_dashboard "$slim_tmp/ray"
+  tar -C "$slim_tmp" -cf - . | xz -T0 -9 > "$out/ray.tar.xz.new"
   mv "$out/ray.tar.xz.new" "$out/ray.tar.xz"
-  rm -rf "$tmp"
+  rm -rf "$slim_tmp"
+  trap - EXIT
 }
 
 size_report() {  # bytes by part, the total with the tracked tree; fails above the limit
@@ -201,7 +205,7 @@ case $verb in
     [ -f "$shared/device/bundle.sh" ] \
       || { echo "no $shared/device/bundle.sh (set DEVBUNDLE_SHARED to the shared folder)" >&2; exit 2; }
     # bundle.sh's xz refuses to overwrite, and stale wheels in whl/ would be installed beside new ones
-    rm -rf "${dir:?}"/{ray.tar.xz,minilm-l6,data.tar.xz,whl,mlflow.tar.xz,unpack.sh}
+    rm -rf "${dir:?}"/{ray.tar.xz,ray.tar.xz.new,minilm-l6,data.tar.xz,whl,mlflow.tar.xz,unpack.sh}
     RAY_VERSION=$(pins ray | cut -d= -f3) PATH="$(dirname "$pin_py"):$PATH" \
       bash "$shared/device/bundle.sh" "$dir" --with-model --with-data
     slim_ray "$dir"
