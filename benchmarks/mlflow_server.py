@@ -22,29 +22,36 @@ RAY_WORKER_PORTS = (10002, 19999)  # Ray's default --min-worker-port/--max-worke
 
 
 def free_port() -> int:
-    """A port free now, between Ray's worker ports and the kernel's ephemeral range. Callers bind it later (a
-    server restarted on it after an outage, a cluster's ports): a port the kernel handed out for port 0 could be
-    handed again meanwhile, to Ray's own servers or any client socket, whereas this one is never handed out."""
-    low = _ephemeral_low()
+    """A port free now that the kernel never hands out for a bind to port 0: above Ray's worker ports and below
+    the ephemeral range (or above it, where that range starts low). Callers bind it later (a server restarted on
+    it after an outage, a cluster's ports): an ephemeral port could be handed to Ray's own servers, or to any
+    client socket, meanwhile."""
+    first, last = _outside_ephemeral()
     rng = random.SystemRandom()  # not the test's seeded random: two xdist workers would draw the same ports
     for _ in range(200):
-        port = rng.randint(RAY_WORKER_PORTS[1] + 1, low - 1)
+        port = rng.randint(first, last)
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
             return port
-    raise RuntimeError(f"no free port in {RAY_WORKER_PORTS[1] + 1}-{low - 1} after 200 tries")
+    raise RuntimeError(f"no free port in {first}-{last} after 200 tries")
 
 
-def _ephemeral_low() -> int:
-    """The first port of the kernel's ephemeral range (32768 where /proc does not say)."""
+def _outside_ephemeral() -> tuple[int, int]:
+    """The widest stretch of ports above Ray's worker ports and outside the kernel's ephemeral range."""
     try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-    return low if low > RAY_WORKER_PORTS[1] + 1000 else 32768
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[:2])
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    above_ray = RAY_WORKER_PORTS[1] + 1
+    stretches = [(above_ray, low - 1), (max(above_ray, high + 1), 65535)]
+    first, last = max(stretches, key=lambda r: r[1] - r[0])
+    if last - first < 1000:
+        raise RuntimeError(f"the kernel's ephemeral range {low}-{high} leaves no room for a fixed port above "
+                           f"{RAY_WORKER_PORTS[1]}")
+    return first, last
 
 
 def start_server(db: Path, artifacts: Path, port: int, allowed_hosts: str | None = None) -> subprocess.Popen:
