@@ -15,7 +15,7 @@ from .analysis import (Analysis, at_chance, averaged, counted, majority_scores, 
 
 def not_ranked_line(left_out: dict[str, str]) -> str:
     """``not_ranked_on_stability``'s methods as the answer and the report's seeds-enough caption name them."""
-    return ("not ranked on stability, a small std there is no stability: "
+    return ("not ranked on stability, its std there no measure of stability: "
             + "; ".join(f"{m} ({why})" for m, why in left_out.items()))
 
 def majority_average(trials: pd.DataFrame, tasks: list[str]) -> float | None:
@@ -132,8 +132,11 @@ def answer(result: Analysis, trials: pd.DataFrame) -> dict[str, Any]:
         level = stable.loc[stable["std"] == m["std"], "method"].tolist()  # equal to 1e-10 (``settled``): a tie
         out["most_stable"] = ", ".join(level)  # as the parent run's tag names them
         if len(level) > 1:
+            low = {x: sorted(cells.loc[(cells["method"] == x) & at_chance(cells, majority), "task"]) for x in level}
             out["lines"].append(f"most stable on average: {' and '.join(level)}, tied (mean per-task std "
-                                f"{100 * m['std']:.1f}, test score ×100)")
+                                f"{100 * m['std']:.1f}, test score ×100" + "".join(
+                                    f"; {x}: most seeds not above the majority class on {', '.join(ts)}"
+                                    for x, ts in low.items() if ts) + ")")
             return out
         its = cells[cells["method"] == m["method"]]
         one = int(its["n_one_class"].sum()) if "n_one_class" in its and its["n_one_class"].notna().any() else 0

@@ -30,8 +30,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .analysis import (ALPHA, Analysis, collapsed, holm, not_ranked_on_stability, paired_on_average, replicates,
-                       rows_of, scored, settled, spearman, trials_in)
+from .analysis import (ALPHA, Analysis, at_chance, collapsed, holm, majority_scores, not_ranked_on_stability,
+                       paired_on_average, replicates, rows_of, scored, settled, spearman, trials_in)
 
 MIN_SEEDS_FOR_SPREAD_TEST = 3  # Brown–Forsythe on 2 against 2 has zero within-group variance: p ≈ 0
 PUBLISHED_COLUMNS = ("method", "task", "mean", "std")
@@ -199,11 +199,10 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
     # of the count and the tests, and named with its average std beside full's (whichever is larger)
     ruled = not_ranked_on_stability(per_task, majority)
     left_out = {m: why for m, why in ruled.items() if m != BASE}
-    # per cell: no seed above the majority class (or collapsed, where the majority is unknown): its spread is a
-    # guess's; a cell where some seeds learned keeps its spread, failed seeds and all (that is instability)
-    best = wide.max()
-    no_learning = {(m, t): bool(gone) or (t in majority and best.get((m, t), np.inf) <= majority[t] + 1e-9)
-                   for m, t, gone in zip(per_task["method"], per_task["task"], collapsed(per_task, majority))}
+    # per cell, the answer's test: collapsed, or most seeds not above the majority class: its spread is mostly a
+    # guess's; a cell where most seeds learned keeps its spread, a failed seed and all (that is instability)
+    no_learning = dict(zip(zip(per_task["method"], per_task["task"]),
+                           collapsed(per_task, majority) | at_chance(per_task, majority)))
     methods, cell_rows = [], []
     for method in [m for m in dict.fromkeys(cells["method"]) if m != BASE]:
         za, zb = [], []
@@ -266,7 +265,7 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
     else:
         head = (f"{len(below)} of {len(compared)} methods {'has' if len(below) == 1 else 'have'} a smaller average "
                 f"std than {BASE} tuning" + (" (" + ", ".join(
-                    m + (f" (no seed above the majority class on {', '.join(ts)})" if (ts := [
+                    m + (f" (collapsed or most seeds not above the majority class on {', '.join(ts)})" if (ts := [
                         c["task"] for c in cell_rows if c["method"] == m and c["learned_nothing"]]) else "")
                     for m in below) + ")" if below else "")
                 + (" (not compared, no average std: " + "; ".join(f"{m}, {_no_average_std(cells, m, tasks)}"
@@ -276,8 +275,8 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
                   f"{m}, {left_out[m]}{_std_beside(avg['std'].get(m), avg['std'].get(BASE))}"
                   for m in collapsed_methods) + ")" if collapsed_methods else "")
               + (f" ({BASE} itself: {ruled[BASE]})" if BASE in ruled else "")
-              + (f"; {BASE}'s own cells have no seed above the majority class on {', '.join(base_gone)}, so those "
-                 "tasks stay out of the test of spread" if base_gone else "")
+              + (f"; {BASE}'s own cells collapsed or most of its seeds are not above the majority class on "
+                 f"{', '.join(base_gone)}, so those tasks stay out of the test of spread" if base_gone else "")
               + (f"; tested over the shared tasks at once, {len(sig_smaller)} significantly smaller"
                  + (f" ({', '.join(sig_smaller)})" if sig_smaller else "")
                  + f" and {len(sig_larger)} significantly larger" + (f" ({', '.join(sig_larger)})" if sig_larger
@@ -286,12 +285,12 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
                    f"{MIN_SEEDS_FOR_SPREAD_TEST} seeds per cell, Holm over the {n_tested} method"
                    f"{'s' * (n_tested != 1)} tested, α = {ALPHA}). " if n_tested else
                  "; no test of spread: no cell with ≥ 3 seeds on both sides is left to test (a left-out method's, "
-                 "no seed above the majority class on one side, or constant on both). " if testable else
+                 "collapsed or at chance on one side, or constant on both). " if testable else
                  f"; no test of spread: it needs ≥ {MIN_SEEDS_FOR_SPREAD_TEST} seeds per cell on both sides, and no "
                  "method has them. ")
               + f"Per cell, {cells_below} of {n_cells} stds are below {BASE}'s"
-              + (f", {no_stability} of them where its cell or {BASE}'s has no seed above the majority class (no "
-                 "stability to compare)" if no_stability else "")
+              + (f", {no_stability} of them where its cell or {BASE}'s collapsed or is at chance (no stability to "
+                 "compare)" if no_stability else "")
               + (f"; with {n} seeds against {n} one cell's std ratio is known only within ×/÷ "
                  f"{math.sqrt(stats.f.ppf(0.975, n - 1, n - 1)):.1f} (95%)" if (n := _modal_n(cell_rows)) >= 2 else ""))
     if full_ranks:
@@ -436,8 +435,7 @@ def compare(trials: pd.DataFrame, result: Analysis, published: pd.DataFrame) -> 
     tasks = notes["tasks"]
     part = scored(group)
     part = part[part["task"].isin(tasks)]
-    majority = (part.groupby("task")["majority_test_score"].first() * 100).to_dict() \
-        if "majority_test_score" in part else {}
+    majority = {t: 100 * v for t, v in majority_scores(part).items()}
     others = [g for g in result.summary["groups"] if (g["sparsity"], g["perturbation"])
               != (label["sparsity"], label["perturbation"])]
     seeds = part.groupby(["method", "task"]).size()

@@ -376,7 +376,7 @@ def test_a_partly_collapsed_cell_keeps_its_std_and_a_constant_guess_at_the_major
     flat = pd.DataFrame(_rows({("x", "T"): [.50, .50, .50], ("y", "T"): [.6, .7, .8]}))
     flat["majority_test_score"] = 0.5
     got = answer(analyze(flat), flat)
-    assert got["most_stable"] == "y" and ("not ranked on stability, a small std there is no stability: x "
+    assert got["most_stable"] == "y" and ("not ranked on stability, its std there no measure of stability: x "
                                           "(collapsed to a constant guess on T)") in got["lines"], got["lines"]
     flat["majority_test_score"] = 0.4
     assert answer(analyze(flat), flat)["most_stable"] == "x"
@@ -565,7 +565,7 @@ def test_a_method_collapsed_on_a_task_is_not_the_most_stable():
     df["test_top_class_share"] = np.where(df["method"] == "diffprune", 1.0, 0.6)
     said = answer(analyze(df), df)
     assert said["most_stable"] == "sam", said["lines"]
-    assert ("not ranked on stability, a small std there is no stability: diffprune (collapsed to a constant guess on CB)"
+    assert ("not ranked on stability, its std there no measure of stability: diffprune (collapsed to a constant guess on CB)"
             in said["lines"])
 
 

@@ -420,7 +420,7 @@ def test_the_seeds_enough_caption_names_a_method_left_out_as_collapsed(tmp_path)
     trials.to_parquet(path)
     page = build_report(path, None, tmp_path / "r").read_text()
     caption = re.search(r'<figure id="fig-seeds-enough">.*?<figcaption>(.*?)</figcaption>', page, re.S).group(1)
-    assert caption.endswith("not ranked on stability, a small std there is no stability: diffprune (collapsed to "
+    assert caption.endswith("not ranked on stability, its std there no measure of stability: diffprune (collapsed to "
                             "a constant guess on CB)"), caption
 
 
