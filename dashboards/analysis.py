@@ -158,7 +158,7 @@ def method_task_table(df: pd.DataFrame) -> pd.DataFrame:
     AVG rows added (mean of task means and of task stds, no interval; no std where a task has one seed;
     ``n_tasks``: the tasks it averages, fewer than the table's where a method finished no trial of a task).
     ``n_one_class``: the seeds whose every test prediction was one class (all of them: the cell ``collapsed``);
-    empty for trials that did not record it (regression, older exports)."""
+    empty for trials that did not record it (regression, older exports); ``n_share``: the seeds that did."""
     rows = []
     for (method, task), part in df.groupby(["method", "task"]):
         x = part["test_score"].to_numpy(dtype=float)
@@ -169,8 +169,7 @@ def method_task_table(df: pd.DataFrame) -> pd.DataFrame:
                      "median": settled(np.median(x)),
                      "std": settled(x.std(ddof=1)) if len(x) > 1 else np.nan, "mean_ci_low": m_lo, "mean_ci_high": m_hi,
                      "std_ci_low": s_lo, "std_ci_high": s_hi,
-                     # unknown unless every seed recorded it: a partial count is no "every seed" (``collapsed``)
-                     "n_one_class": int((share >= 1.0).sum()) if len(share) == len(x) else np.nan})
+                     "n_one_class": int((share >= 1.0).sum()) if len(share) else np.nan, "n_share": len(share)})
     t = pd.DataFrame(rows)
     t["perf_rank"] = t.groupby("task")["mean"].rank(ascending=False, method="average")
     t["stab_rank"] = t.groupby("task")["std"].rank(ascending=True, method="average")
@@ -182,7 +181,7 @@ def method_task_table(df: pd.DataFrame) -> pd.DataFrame:
     avg[["mean", "std"]] = settled(avg[["mean", "std"]])
     avg["task"] = "AVG"  # the paper's AVG column: mean of the task means and of the task stds
     cols = ["method", "task", "n", "mean", "median", "std", "mean_ci_low", "mean_ci_high", "std_ci_low", "std_ci_high",
-            "perf_rank", "stab_rank", "n_one_class", "n_tasks"]
+            "perf_rank", "stab_rank", "n_one_class", "n_share", "n_tasks"]
     return pd.concat([t, avg], ignore_index=True).reindex(columns=cols)
 
 
@@ -492,11 +491,12 @@ def paired_on_average(trials: pd.DataFrame, a: str, b: str, tasks: list[str]) ->
 
 def collapsed(cells: pd.DataFrame, majority: dict[str, float]) -> pd.Series:
     """Per cell: it collapsed to a constant guess, so its std is the label distribution's, not the method's: every
-    seed predicted one class for every test example (``n_one_class`` = n), or, where the trials did not record
-    that, every seed scored the same at or below the majority class. A cell where only some seeds did so keeps its
+    seed predicted one class for every test example (``n_one_class`` = n), or, where some seed did not record
+    that (``n_share`` < n), every seed scored the same at or below the majority class. A cell where only some seeds did so keeps its
     std: failed seeds among learning ones are instability (and where most failed, the cell is ``at_chance``)."""
-    known = cells["n_one_class"].notna() if "n_one_class" in cells else pd.Series(False, index=cells.index)
-    every = known & (cells["n_one_class"] >= cells["n"]) if "n_one_class" in cells else known
+    none = pd.Series(False, index=cells.index)
+    known = cells["n_share"].fillna(0) >= cells["n"] if "n_share" in cells else none  # every seed recorded it
+    every = cells["n_one_class"].fillna(0) >= cells["n"] if "n_one_class" in cells else none
     return every | (~known & (cells["std"] == 0) & at_chance(cells, majority))
 
 

@@ -132,7 +132,7 @@ def side_by_side(table: pd.DataFrame, published: pd.DataFrame, ran: list[str]) -
         names = sorted(set(twice["method"]))
         raise ValueError(f"published methods {', '.join(names)} all match our {twice.iloc[0]['ours']!r}; keep one")
     cells = ours[ours["task"].isin(tasks)].reindex(columns=["method", "task", "n", "mean", "median", "std",
-                                                            "n_one_class"])
+                                                            "n_one_class", "n_share"])
     cells[["mean", "median", "std"]] *= 100
     theirs = matched[matched["task"].isin(tasks)].rename(columns={"method": "paper_method", "mean": "paper_mean",
                                                                   "std": "paper_std", "ours": "method"})
@@ -152,7 +152,7 @@ def side_by_side(table: pd.DataFrame, published: pd.DataFrame, ran: list[str]) -
     out["paper_perf_rank_shared"], out["paper_stab_rank_shared"] = _ranks(out, "paper_mean", "paper_std", both)
     cols = ["method", "paper_method", "task", "n", "mean", "std", "paper_mean", "paper_std", "mean_diff",
             "std_diff", "perf_rank_shared", "paper_perf_rank_shared", "stab_rank_shared", "paper_stab_rank_shared",
-            "median", "n_one_class"]
+            "median", "n_one_class", "n_share"]
     finished = set(ours["method"])
     notes = {"tasks": tasks, "tasks_not_published": sorted(set(ours["task"]) - set(tasks)),
              "published_tasks_not_run": [t for t in dict.fromkeys(published["task"]) if t not in tasks],

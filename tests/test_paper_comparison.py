@@ -561,6 +561,12 @@ def test_the_answer_and_the_claims_judge_a_cell_alike_on_either_scale(published)
     res = analyze(df)
     assert res.summary["seeds_enough"]["left_out"]["lora"].startswith("collapsed to a constant guess on CB, RTE")
     assert "lora" in compare(df, res, published).claims["other_methods_vs_full_std"]["left_out"]
+    partial = trials()  # known one-class seeds still count where another seed lacks the share (a fifth review)
+    partial["test_top_class_share"] = 0.6
+    cb = (partial["method"] == "lora") & (partial["task"] == "CB")
+    partial.loc[cb, "test_score"] = [0.5, 0.5, 0.9]
+    partial.loc[cb, "test_top_class_share"] = [1.0, 1.0, np.nan]
+    assert analyze(partial).summary["spearman"]["n_pairs_one_class"] == 1
     tied = trials()
     tied = tied[tied["method"].isin(["full", "sam"]) & (tied["status"] == "FINISHED")].copy()
     tied.loc[tied["method"] == "sam", "test_score"] = tied.loc[tied["method"] == "full", "test_score"].to_numpy()
