@@ -492,8 +492,9 @@ def paired_on_average(trials: pd.DataFrame, a: str, b: str, tasks: list[str]) ->
 def collapsed(cells: pd.DataFrame, majority: dict[str, float]) -> pd.Series:
     """Per cell: it collapsed to a constant guess, so its std is the label distribution's, not the method's: every
     seed predicted one class for every test example (``n_one_class`` = n), or, where some seed did not record
-    that (``n_share`` < n), every seed scored the same at or below the majority class. A cell where only some seeds did so keeps its
-    std: failed seeds among learning ones are instability (and where most failed, the cell is ``at_chance``)."""
+    that (``n_share`` < n), every seed scored the same at or below the majority class. A cell where only some
+    seeds did so keeps its std: failed seeds among learning ones are instability (and where most failed, the cell
+    is ``at_chance``)."""
     none = pd.Series(False, index=cells.index)
     known = cells["n_share"].fillna(0) >= cells["n"] if "n_share" in cells else none  # every seed recorded it
     every = cells["n_one_class"].fillna(0) >= cells["n"] if "n_one_class" in cells else none

@@ -127,27 +127,27 @@ def answer(result: Analysis, trials: pd.DataFrame) -> dict[str, Any]:
         if stable.empty:
             out["lines"].append("most stable on average: none ranked (no method has two finished seeds or more "
                                 "on every task)")
+    # per method, the tasks where most of its seeds are not above the majority: said beside a most-stable crown
+    chance = cells[at_chance(cells, majority)].groupby("method")["task"].apply(sorted).to_dict()
     if len(stable):
         m = stable.iloc[0]
         level = stable.loc[stable["std"] == m["std"], "method"].tolist()  # equal to 1e-10 (``settled``): a tie
         out["most_stable"] = ", ".join(level)  # as the parent run's tag names them
         if len(level) > 1:
-            low = {x: sorted(cells.loc[(cells["method"] == x) & at_chance(cells, majority), "task"]) for x in level}
             out["lines"].append(f"most stable on average: {' and '.join(level)}, tied (mean per-task std "
                                 f"{100 * m['std']:.1f}, test score ×100" + "".join(
-                                    f"; {x}: most seeds not above the majority class on {', '.join(ts)}"
-                                    for x, ts in low.items() if ts) + ")")
+                                    f"; {x}: most seeds not above the majority class on {', '.join(chance[x])}"
+                                    for x in level if x in chance) + ")")
             return out
         its = cells[cells["method"] == m["method"]]
         one = int(its["n_one_class"].sum()) if "n_one_class" in its and its["n_one_class"].notna().any() else 0
-        low = sorted(its.loc[at_chance(its, majority), "task"])  # its std there may be a guess's
         fewest, most = int(its["n"].min()), int(cells["n"].max())
         out["lines"].append(f"most stable on average: {m['method']} (mean per-task std {100 * m['std']:.1f}, test "
                             f"score ×100; its mean {100 * m['mean']:.1f}"
                             + (f"; {one} of its seeds predicted one class for every test example" if one
                                else "")
-                            + (f"; most seeds not above the majority class on {', '.join(low)}, where a small std may be a "
-                               "guess's" if low else "")
+                            + (f"; most seeds not above the majority class on {', '.join(chance[m['method']])}, "
+                               "where a small std may be a guess's" if m["method"] in chance else "")
                             + (f"; a std over as few as {fewest} of up to {most} seeds: seeds lost to failures may "
                                "have been its unstable ones" if fewest < most else "") + ")")
     return out

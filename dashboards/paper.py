@@ -241,9 +241,9 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
         methods.append(row)
     for row, corrected in zip(methods, holm([r["p"] for r in methods])):
         row["p_holm"] = corrected
-    collapsed_methods = [r["method"] for r in methods if r["method"] in left_out]
+    ruled_out = [r["method"] for r in methods if r["method"] in left_out]  # left_out, in the table's order
     compared = [r for r in methods if r["avg_std"] is not None and r["full_avg_std"] is not None
-                and not pd.isna(r["avg_std"]) and not pd.isna(r["full_avg_std"]) and r["method"] not in collapsed_methods]
+                and not pd.isna(r["avg_std"]) and not pd.isna(r["full_avg_std"]) and r["method"] not in ruled_out]
     below = [r["method"] for r in compared if r["avg_std"] < r["full_avg_std"]]
     n_tested = sum(r["p"] is not None for r in methods)  # Holm's family: the methods a test could be run for
     sig = [r for r in methods if r["p_holm"] is not None and r["p_holm"] < ALPHA]
@@ -252,14 +252,14 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
     published = [r for r in methods if r["paper_avg_std"] is not None and r["paper_full_avg_std"] is not None
                  and not pd.isna(r["paper_avg_std"]) and not pd.isna(r["paper_full_avg_std"])]
     paper_below = [r["method"] for r in published if r["paper_avg_std"] < r["paper_full_avg_std"]]
-    kept = [r for r in cell_rows if r["method"] not in collapsed_methods]  # the methods this answer compares
+    kept = [r for r in cell_rows if r["method"] not in ruled_out]  # the methods this answer compares
     n_cells, cells_below = len(kept), sum(r["below"] for r in kept)
     no_stability = sum(r["below"] and (r["learned_nothing"] or r["full_learned_nothing"]) for r in kept)
     base_gone = [t for t in tasks if no_learning.get((BASE, t))]
     testable = [r for r in cell_rows if min(r["n"], r["full_n"]) >= MIN_SEEDS_FOR_SPREAD_TEST]
     full_ranks = {t: r for t, r in base_cells["stab_rank_shared"].dropna().items()}
     n_ranked = cells[cells["task"] != "AVG"].groupby("task")["stab_rank_shared"].count()
-    no_avg = [r["method"] for r in methods if r["method"] not in collapsed_methods and r not in compared]
+    no_avg = [r["method"] for r in methods if r["method"] not in ruled_out and r not in compared]
     if why := _no_average_std(cells, BASE, tasks):
         head = f"no average std of {BASE} to compare with ({why})"
     else:
@@ -273,7 +273,7 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
     answer = (head
               + (" (left out, its std no measure of stability: " + "; ".join(
                   f"{m}, {left_out[m]}{_std_beside(avg['std'].get(m), avg['std'].get(BASE))}"
-                  for m in collapsed_methods) + ")" if collapsed_methods else "")
+                  for m in ruled_out) + ")" if ruled_out else "")
               + (f" ({BASE} itself: {ruled[BASE]})" if BASE in ruled else "")
               + (f"; {BASE}'s own cells collapsed or most of its seeds are not above the majority class on "
                  f"{', '.join(base_gone)}, so those tasks stay out of the test of spread" if base_gone else "")
@@ -301,7 +301,7 @@ def stability_vs_base(cells: pd.DataFrame, trials: pd.DataFrame, tasks: list[str
                    f"{'has' if len(paper_below) == 1 else 'have'} a smaller average std than {BASE} tuning")
     return {"answer": answer, "methods_below": below, "n_methods": len(compared),
             "significantly_smaller": sig_smaller, "significantly_larger": sig_larger,
-            "left_out": {m: left_out[m] for m in collapsed_methods}, "paper_methods_below": paper_below,
+            "left_out": {m: left_out[m] for m in ruled_out}, "paper_methods_below": paper_below,
             "paper_n_methods": len(published), "cells_below": cells_below,
             "n_cells": n_cells, "cells_below_learned_nothing": no_stability,
             "test": "per method: scipy.stats.ttest_ind (Welch) on |score − cell median| / task scale, the pooled "
