@@ -510,6 +510,29 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
         return super()._get_help_string(action)
 
 
+class _Version(argparse.Action):
+    """``--version``: what a bug report needs, the code_version every MLflow run carries and the versions of the
+    libraries it runs on, read from their metadata (nothing imported, so it answers in a second)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from importlib.metadata import PackageNotFoundError, version
+        from .identity import code_version, git_commit
+
+        commit = git_commit()
+        lines = [f"peft-sweep {code_version()}" + (f" (git {commit})" if commit else ""),
+                 f"python {sys.version.split()[0]}"]
+        for lib in ("torch", "transformers", "peft", "ray", "mlflow", "datasets", "pydantic"):
+            try:
+                lines.append(f"{lib} {version(lib)}")
+            except PackageNotFoundError:
+                lines.append(f"{lib} not installed")
+        print("\n".join(lines))
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     from trainables.config import TrainingConfig
     from .spec import DEFAULT_SPARSITY
@@ -518,6 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="peft-sweep", description="Ray Tune sweeps of parameter-efficient "
                                 "fine-tuning methods (Fu et al. 2023), tracked in MLflow, exported as Parquet.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action=_Version, help="the code's version and its libraries', then exit")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def command(name: str, text: str, description: str) -> argparse.ArgumentParser:

@@ -427,3 +427,18 @@ def test_watch_counts_only_trials_that_finished_under_the_driver_not_records_rew
         assert control.progress(spec).finished_here == 1
     finally:
         driver.unregister(spec.sweep_dir)
+
+
+def test_version_names_the_code_and_the_libraries_a_bug_report_needs():
+    """`peft-sweep --version`: the code_version every MLflow run carries, and the versions of what it runs on."""
+    import subprocess
+    import sys
+
+    from orchestrator.identity import code_version
+
+    out = subprocess.run([sys.executable, "-m", "orchestrator", "--version"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert f"peft-sweep {code_version()}" in out.stdout, out.stdout
+    for lib in ("python", "torch", "transformers", "peft", "ray", "mlflow"):
+        assert f"{lib} " in out.stdout, (lib, out.stdout)
