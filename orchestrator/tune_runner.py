@@ -303,8 +303,9 @@ class SweepCallback(tune.Callback):
             return
         cfg = self._trial(trial)
         self.mlflow.log_eval(key, {**result, "timestamp": time.time()}, cfg)
-        self._show(trials, f"{key} {cfg.get('variant') or cfg['method']}/{cfg['task']} "
-                   f"step {result.get('step')} dev {result.get('dev_score', float('nan')):.4f}")
+        if self.progress.evaluation_line_due():
+            self._show(trials, f"{key} {cfg.get('variant') or cfg['method']}/{cfg['task']} "
+                       f"step {result.get('step')} dev {result.get('dev_score', float('nan')):.4f}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         if trial.status == Trial.PENDING:  # stopped before it started (a drain): nothing to record
