@@ -269,7 +269,7 @@ class Tracker:
             return None
         theirs, mine = exp.tags.get(SWEEP_ID_TAG), self._mine()
         if theirs is not None and theirs == mine:
-            return None
+            return self._copy_conflict(exp, mine)
         if theirs is not None and exp.tags.get(SWEEP_DIR_TAG) == str(self.sweep_dir) and not has_history(
                 self.sweep_dir):
             return None
@@ -281,6 +281,23 @@ class Tracker:
         return (f"the MLflow experiment {self.sweep!r} in {self.uri} belongs to {where}, not to {self.sweep_dir}: "
                 f"the two would mix their runs. Give this sweep its own name (--set name={self.sweep}-2), or another "
                 "tracking store (tracking_uri); to resume that sweep, run its own folder's spec.yaml")
+
+    def _copy_conflict(self, exp, mine: str) -> str | None:
+        """Why this folder may not use ``exp`` though it holds the experiment's sweep_id: it is a copy (``cp -r``) of
+        the folder the experiment names, which still holds the sweep there, and the two would write trials of the
+        same keys into one experiment. A move (the original gone) or the same folder by another path (a link, a
+        mount) is no copy."""
+        original = exp.tags.get(SWEEP_DIR_TAG)
+        if not original or original == str(self.sweep_dir):
+            return None
+        try:
+            if Path(original).samefile(self.sweep_dir) or sweep_id(Path(original)) != mine:
+                return None
+        except (OSError, SpecError):  # gone, or no readable sweep there: moved
+            return None
+        return (f"{self.sweep_dir} is a copy of {original} (the same sweep_id), which uses the MLflow experiment "
+                f"{self.sweep!r} of this store too: both would write into it. Moved here? remove the original. To run "
+                f"the copy apart: --set tracking_uri=sqlite:///{self.sweep_dir}/mlflow.db (`run` fills it from the copy's records)")
 
     def check(self) -> None:
         """Fail early, with the URI in the message, if the store cannot be reached."""

@@ -507,6 +507,45 @@ def test_two_sweep_folders_of_one_name_cannot_share_a_tracking_store(tmp_path, t
     assert main(["validate", str(tmp_path / "a" / "spec.yaml")]) == 0  # its own folder is welcome
 
 
+def test_a_copy_of_a_sweep_folder_is_refused_the_experiment_its_original_still_uses(tmp_path, tiny_model, data_dir,
+                                                                                     capsys, monkeypatch):
+    """`cp -r` of a sweep folder keeps its sweep_id: against one shared store, copy and original both passed the
+    ownership check and wrote trials of the same keys into one experiment. A copy is refused while the original
+    holds the sweep; a move (the original gone), the same folder by another path, or the copy given a store of its
+    own go on."""
+    import shutil
+
+    from orchestrator.cli import main
+    from orchestrator.spec import load_spec
+    from tests.sweeps import write_spec
+
+    monkeypatch.setenv("RAY_ADDRESS", "")
+    store = f"sqlite:///{tmp_path / 'shared.db'}"
+    first = load_spec(write_spec(tmp_path / "a", tiny_model, data_dir, tracking_uri=store))
+    first.sweep_dir.mkdir(parents=True)
+    identity.ensure_sweep_id(first.sweep_dir)
+    (first.sweep_dir / sweep.SPEC_FILE).write_text((tmp_path / "a" / "spec.yaml").read_text())
+    sweep.tracker_for(first).check()
+    done = first.trials()[0]
+    record_finished(first, done, fake_result(done))
+    copy = tmp_path / "b" / "runs" / "t"
+    shutil.copytree(first.sweep_dir, copy)
+
+    assert main(["validate", str(copy / sweep.SPEC_FILE)]) == 2
+    err = capsys.readouterr().err
+    assert f"{copy} is a copy of {first.sweep_dir}" in err and "remove the original" in err, err
+    assert f"--set tracking_uri=sqlite:///{copy}/mlflow.db" in err, err
+    assert main(["validate", str(copy / sweep.SPEC_FILE), "--set", f"tracking_uri=sqlite:///{copy}/mlflow.db"]) == 0
+    own = load_spec(copy / sweep.SPEC_FILE, [f"tracking_uri=sqlite:///{copy}/mlflow.db", f"output_dir={copy.parent}"])
+    own_store = sweep.tracker_for(own)
+    assert sweep.sync(own, own_store, mend_parent=False) == 1  # as `run` does first: the copy's trial is in its store
+    assert list(own_store.trial_runs()) == [done.key]
+    (tmp_path / "link").symlink_to(tmp_path / "a")  # the same folder by another path is no copy
+    assert main(["validate", str(tmp_path / "link" / "runs" / "t" / sweep.SPEC_FILE)]) == 0, capsys.readouterr().err
+    shutil.rmtree(first.sweep_dir)  # moved, not copied
+    assert main(["validate", str(copy / sweep.SPEC_FILE)]) == 0, capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_a_server_that_refuses_our_host_name_is_said_to_refuse_it_at_validate(tmp_path, tiny_model, data_dir, capsys,
                                                                               monkeypatch):
