@@ -9,6 +9,7 @@ import torch
 from tests.cases import METHOD_CASES
 from trainables.loop import Trainer
 from trainables.masking import backbone_parameters, budget
+from trainables.methods import get_method
 from trainables.methods.diffprune import gated_diffs
 
 
@@ -260,3 +261,32 @@ def test_global_selection_can_concentrate_where_per_tensor_spreads(tiny_trial):
     # on a random-init BERT the LayerNorm scales (1.0) dominate |θ0|: global magnitude takes all of them,
     # per-tensor selection gives LayerNorm only its share of the budget
     assert layernorm["global"] > 10 * layernorm["per_tensor"] > 0
+
+
+@pytest.mark.parametrize("unit", ["neuron", "weight"])
+def test_mixout_mixes_whole_neurons_and_replaces_the_backbones_dropout(tiny_model, unit):
+    """From a review: mixout mixed each weight alone (Lee et al.'s "mixconnect") and kept dropout on beside it.
+    Lee et al. define mixout(u) as replacing all outgoing parameters of a randomly chosen neuron by u's, as their
+    code does (one Bernoulli draw per input column, repeated down the rows), and use it instead of dropout."""
+    from trainables.methods.mixout import MixLinear
+    from trainables.models import TaskModel, load_backbone
+
+    model = TaskModel(load_backbone(tiny_model), "classification", 3)
+    method = get_method("mixout")(get_method("mixout").Params(q=0.5, unit=unit), None, 0)
+    method.prepare(model)
+    model.train()
+    assert all(m.p == 0 for m in model.backbone.modules() if isinstance(m, torch.nn.Dropout))
+    layer = next(m for m in model.backbone.modules() if isinstance(m, MixLinear))
+    with torch.no_grad():
+        layer.weight.add_(1.0)  # trained away from θ0 everywhere
+    torch.manual_seed(0)
+    mixed = layer.mixed_weight()
+    kept = torch.isclose(mixed, (layer.weight - 0.5 * layer.target) / 0.5)
+    back = torch.isclose(mixed, (layer.target - 0.5 * layer.target) / 0.5)
+    assert bool((kept | back).all()) and 0.2 < kept.float().mean() < 0.8
+    whole_columns = bool((kept.all(dim=0) | back.all(dim=0)).all())
+    assert whole_columns == (unit == "neuron")
+
+    kept_dropout = TaskModel(load_backbone(tiny_model), "classification", 3)
+    get_method("mixout")(get_method("mixout").Params(keep_dropout=True), None, 0).prepare(kept_dropout)
+    assert any(m.p > 0 for m in kept_dropout.backbone.modules() if isinstance(m, torch.nn.Dropout))
