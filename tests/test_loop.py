@@ -171,3 +171,16 @@ def test_train_one_prints_strict_json():
     line = strict_json({"test_score": float("nan"), "curve": [{"train_loss": float("inf")}], "steps": 4})
     assert json.loads(line, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}")) == {
         "test_score": None, "curve": [{"train_loss": None}], "steps": 4}
+
+
+@pytest.mark.parametrize("kind,n", [("regression", 1), ("classification", 3)])
+def test_the_head_scores_in_fp32_under_autocast(tiny_model, kind, n):
+    """From a GPU-path review: under bf16 autocast the head's Linear gave bf16 logits, so STS-B's predictions moved
+    in steps of 2^-6 to 2^-5 (Pearson and Spearman off against a CPU run, more ties) and argmaxes tied more."""
+    from trainables.models import TaskModel, load_backbone
+
+    model = TaskModel(load_backbone(tiny_model), kind, n).eval()
+    batch = {"input_ids": torch.randint(1000, 2000, (4, 9)), "attention_mask": torch.ones(4, 9, dtype=torch.long)}
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(batch)
+    assert logits.dtype == torch.float32

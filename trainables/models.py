@@ -103,13 +103,20 @@ class TaskModel(nn.Module):
         pooled = getattr(out, "pooler_output", None)
         return pooled if pooled is not None else out.last_hidden_state[:, 0]
 
+    def _score(self, features: torch.Tensor) -> torch.Tensor:
+        """The head in fp32, also under autocast: bf16 logits rounded STS-B's predictions to steps of 2^-6 to 2^-5
+        and tied argmaxes; the head is one small matrix, so fp32 costs nothing that shows."""
+        features = self.dropout(features)
+        with torch.autocast(features.device.type, enabled=False):
+            return self.head(features.float())
+
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         ids, mask, types = batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")
         if self.kind == "multiple_choice":  # (B, C, L): score every choice, softmax over choices
             b, c, length = ids.shape
             flat = lambda t: None if t is None else t.reshape(b * c, length)  # noqa: E731
             pooled = self._pooled(self._encode(flat(ids), flat(mask), flat(types)))
-            return self.head(self.dropout(pooled)).view(b, c)
+            return self._score(pooled).view(b, c)
         out = self._encode(ids, mask, types)
         if self.kind == "span_pair":  # mean of the encoder states over each span, concatenated
             states = out.last_hidden_state
@@ -119,8 +126,8 @@ class TaskModel(nn.Module):
                 span = batch[key]
                 sel = ((pos >= span[:, :1]) & (pos < span[:, 1:])).to(states.dtype)[..., None]
                 pooled.append((states * sel).sum(1) / sel.sum(1).clamp_min(1.0))
-            return self.head(self.dropout(torch.cat(pooled, -1)))
-        logits = self.head(self.dropout(self._pooled(out)))
+            return self._score(torch.cat(pooled, -1))
+        logits = self._score(self._pooled(out))
         return logits.squeeze(-1) if self.kind == "regression" else logits
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
