@@ -97,6 +97,9 @@ def collect(steps_out: Path, log: Path | None, smoke: bool, started: str | None 
         if name in bad:
             errors.setdefault(name, {})["not_json"] = bad[name]
         out = [dict(r) for r in rows.get(name, [])]
+        failed = {str(r.get("case", r.get("gpu_per_trial"))): r["error"] for r in out if "error" in r}
+        if failed:  # a case (or packing setting) that failed while the step went on: its line holds the error
+            errors.setdefault(name, {})["cases"] = failed
         if name in STEP_MODEL:
             key = STEP_MODEL[name]
             cases = {r["case"]: r for r in out if "case" in r}

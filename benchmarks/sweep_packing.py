@@ -39,7 +39,10 @@ def trial_span(sweep_dir: Path, batch_size: int) -> dict:
     from orchestrator import records
 
     recs = records.all_records(sweep_dir)
-    done = [(records.written_at(sweep_dir, k), r["result"]) for k, r in recs.items() if r.get("status") == "FINISHED"]
+    # a trial's end as its worker saw it: the driver records the ends of trials that end together one after the
+    # other (record, MLflow, the final checkpoint's mask and delta), which stretched a packed setting's span
+    done = [(r["result"].get("trial_ended_at") or records.written_at(sweep_dir, k), r["result"])
+            for k, r in recs.items() if r.get("status") == "FINISHED"]
     if not done:
         raise RuntimeError(f"no FINISHED trial in {sweep_dir / 'records'}: {sorted(r.get('status') for r in recs.values())}")
     span = max(end for end, _ in done) - min(end - r["wall_s"] for end, r in done)
@@ -77,7 +80,7 @@ def main() -> None:
     if args.fresh_workers:
         settings.append((fractions[0], False, args.fresh_trials))
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (logical GPUs)"
-    base = None
+    base, errors = None, 0
     with tempfile.TemporaryDirectory() as out:
         for fraction, reuse, trials in settings:
             spec = spec_from_dict({
@@ -90,16 +93,28 @@ def main() -> None:
                 "resources": {"gpu_per_trial": fraction, "cpu_per_trial": max(1, (os.cpu_count() or 2) // 8),
                               "reuse_workers": reuse}})
             t0 = time.perf_counter()
-            failed = sweep.run(spec)
-            wall = time.perf_counter() - t0
-            t = trial_span(spec.sweep_dir, args.batch_size)
+            try:
+                failed = sweep.run(spec)
+                wall = time.perf_counter() - t0
+                t = trial_span(spec.sweep_dir, args.batch_size)
+            except Exception as exc:  # noqa: BLE001 - one setting's failure must not lose the next settings' lines
+                import traceback
+
+                traceback.print_exc()
+                errors += 1
+                print(json.dumps({"gpu_per_trial": fraction, "reuse_workers": reuse, "trials": trials,
+                                  "error": f"{type(exc).__name__}: {exc}"[:500], "device": device}), flush=True)
+                continue
             row = {"gpu_per_trial": fraction, "reuse_workers": reuse, "trials": trials, "failed": failed, **t,
                    "wall_s": wall, "sweep_overhead_s": wall - t["trials_span_s"],
                    "trials_per_hour": t["finished"] * 3600 / t["trials_span_s"],
                    "aggregate_samples_per_s": t["samples"] / t["trials_span_s"],
                    "aggregate_samples_per_s_incl_sweep_overhead": t["samples"] / wall, "device": device}
-            if base is None:
+            if base is None and fraction == fractions[0] and reuse:  # the ratios' base: the whole GPU, reused
                 base = row
+            if base is None:  # the whole-GPU setting failed: this one's figures go without ratios
+                print(json.dumps(row), flush=True)
+                continue
             if reuse:
                 row["ratio_to_whole_gpu"] = row["aggregate_samples_per_s"] / base["aggregate_samples_per_s"]
                 row["ratio_to_whole_gpu_incl_sweep_overhead"] = (row["aggregate_samples_per_s_incl_sweep_overhead"]
@@ -108,6 +123,7 @@ def main() -> None:
                 row["fresh_vs_reused_per_trial"] = ((t["trials_span_s"] / t["finished"])
                                                     / (base["trials_span_s"] / base["finished"]))
             print(json.dumps(row), flush=True)
+    sys.exit(1 if errors else 0)
 
 
 if __name__ == "__main__":

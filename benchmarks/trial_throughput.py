@@ -83,6 +83,7 @@ def plain_loop(path: str, args, device) -> dict:
         torch.cuda.reset_peak_memory_stats()
     torch.manual_seed(0)
     model = TaskModel(load_backbone(path), "classification", 3).to(device)
+    model.train()  # from_pretrained leaves the backbone in eval mode: no dropout, which our Trainer's steps pay for
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, **({"fused": True} if device.type == "cuda" else {}))
     ids = torch.randint(1000, 30000, (args.batch_size, args.seq_len), device=device)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
@@ -218,16 +219,42 @@ def main() -> None:
                                    "from setup's start, as a trial's peak_gpu_mem_mb"}
     with tempfile.TemporaryDirectory() as tmp:
         path = model_folder(args.model, Path(tmp), args.tokenizer_from)
-        base = plain_loop(path, args, device)
-        print(json.dumps({**base_info, "case": "plain_pytorch", **base, "ratio": 1.0}), flush=True)
+        base = guarded(base_info, "plain_pytorch", lambda: plain_loop(path, args, device))
+        if base is not None:
+            print(json.dumps({**base_info, "case": "plain_pytorch", **base, "ratio": 1.0}), flush=True)
         for method in args.methods.split(","):
-            r = ours(path, method, args, device, args.data_dir)
-            mem_ratio = (r["peak_mem_gib"] / base["peak_mem_gib"]) if r["peak_mem_gib"] and base["peak_mem_gib"] else None
+            r = guarded(base_info, f"ours_{method}", lambda: ours(path, method, args, device, args.data_dir))
+            if r is None:
+                continue
+            plain_peak, plain_rate = (base or {}).get("peak_mem_gib"), (base or {}).get("samples_per_s")
             print(json.dumps({**base_info, "case": f"ours_{method}", **r,
-                              "ratio": r["samples_per_s"] / base["samples_per_s"], "mem_ratio": mem_ratio}), flush=True)
-        if args.cb_steps:
-            print(json.dumps({**base_info, "case": "cb_trial_overhead", **overhead_on_cb(path, args, args.data_dir)}),
+                              "ratio": r["samples_per_s"] / plain_rate if plain_rate else None,
+                              "mem_ratio": r["peak_mem_gib"] / plain_peak if r["peak_mem_gib"] and plain_peak else None}),
                   flush=True)
+        if args.cb_steps:
+            r = guarded(base_info, "cb_trial_overhead", lambda: overhead_on_cb(path, args, args.data_dir))
+            if r is not None:
+                print(json.dumps({**base_info, "case": "cb_trial_overhead", **r}), flush=True)
+    sys.exit(1 if FAILED_CASES else 0)
+
+
+FAILED_CASES: list[str] = []
+
+
+def guarded(base_info: dict, case: str, measure):
+    """One case's figures, or None: a case that fails (LoRA through a peft the GPU image has never run) prints
+    its error as its line and the script goes on to the next, so one failure does not lose the step's later
+    figures; the script then exits 1, so the suite records the step's stderr."""
+    try:
+        return measure()
+    except Exception as exc:  # noqa: BLE001 - any failure of one case
+        import traceback
+
+        traceback.print_exc()
+        FAILED_CASES.append(case)
+        print(json.dumps({**base_info, "case": case, "error": f"{type(exc).__name__}: {exc}"[:500]}), flush=True)
+        release_memory()
+        return None
 
 
 if __name__ == "__main__":

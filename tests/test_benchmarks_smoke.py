@@ -48,7 +48,7 @@ def test_gpu_suite_smoke_writes_every_figure(tmp_path):
     assert "### step packing (limit" in (tmp_path / "suite.log").read_text()
     res = json.loads(path.read_text())
     assert res["errors"] == {}, res["errors"]
-    assert [c["step"] for c in res["commands"]] == ["minilm", "roberta", "optim", "packing"]
+    assert [c["step"] for c in res["commands"]] == ["minilm", "packing", "roberta", "optim"]
     assert all(c["rc"] == 0 and c["wall_s"] is not None for c in res["commands"])
     assert all(c["command"].startswith(sys.executable) for c in res["commands"])
     assert res["torch"] and res["smoke"] is True
@@ -244,3 +244,17 @@ def test_trial_throughput_times_training_steps_only(tmp_path, data_dir, monkeypa
     assert calls == {"evaluate": 0, "_trained": 0}
     assert seen == [(True, True), (True, True)]  # warm-up, timed
     assert not [o for o in gc.get_objects() if isinstance(o, Trainer)]
+
+
+def test_packing_span_ends_where_the_workers_saw_their_trials_end(tmp_path):
+    """From a review: a trial's end was when the driver wrote its record; trials that end together are recorded
+    one after the other (record, MLflow, the final checkpoint's mask and delta), which stretched a packed span."""
+    from benchmarks.sweep_packing import trial_span
+    from orchestrator import records
+
+    local = records.SweepRecords(tmp_path)
+    now = time.time()
+    for key, ended in (("a1b2c3d4e5f6", now - 100.0), ("0123456789ab", now - 98.0)):  # recorded now, 100 s after they ended
+        local.finished(key, {"trial_ended_at": ended, "wall_s": 10.0, "steps": 5})
+    span = trial_span(tmp_path, batch_size=4)
+    assert span["trials_span_s"] == pytest.approx(12.0) and span["samples"] == 40

@@ -506,6 +506,7 @@ class Trainer:
                     "projections": [p.as_dict() for p in self.method.projections], "curve": self.curve})
         out["process_trial"] = self.process_trial
         out["wall_s"] = time.perf_counter() - self.t_start
+        out["trial_ended_at"] = time.time()  # on the worker: a packed sweep's driver records ends one at a time
         out.update({k: round(v, 3) for k, v in self.timers.items()})
         return out
 
