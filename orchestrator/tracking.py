@@ -297,7 +297,8 @@ class Tracker:
             return None
         return (f"{self.sweep_dir} is a copy of {original} (the same sweep_id), which uses the MLflow experiment "
                 f"{self.sweep!r} of this store too: both would write into it. Moved here? remove the original. To run "
-                f"the copy apart: --set tracking_uri=sqlite:///{self.sweep_dir}/mlflow.db (`run` fills it from the copy's records)")
+                f"the copy apart: --set tracking_uri=sqlite:///{self.sweep_dir}/mlflow.db (`run` fills it from the "
+                "copy's records)")
 
     def check(self) -> None:
         """Fail early, with the URI in the message, if the store cannot be reached."""
