@@ -1,6 +1,7 @@
 """The training loop: seeded determinism, resume equality, early stopping with best-state reload."""
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -122,9 +123,10 @@ def test_train_one_cli_prints_the_result_json(tiny_model, data_dir, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for field in ("trial_key", "method", "task", "seed", "sparsity", "perturbation", "status", "metric", "test_score",
                   "dev_score", "train_score", "steps", "wall_s", "eligible_params", "trainable_params",
-                  "changed_params"):
+                  "changed_params", "trial_ended_at", "peak_gpu_mem_mb", "peak_gpu_reserved_mb"):
         assert field in result, field
     assert result["steps"] == 4 and result["metric"] == "acc_macro_f1"
+    assert result["peak_gpu_reserved_mb"] is None and abs(result["trial_ended_at"] - time.time()) < 60  # CPU, now
 
 
 def test_train_one_rejects_bad_input_with_named_values(tiny_model, data_dir, capsys):

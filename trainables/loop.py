@@ -501,6 +501,9 @@ class Trainer:
                     "device": str(self.device), "device_name": device_name(self.device),
                     "peak_gpu_mem_mb": (torch.cuda.max_memory_allocated(self.device) / 2**20
                                         if self.device.type == "cuda" else None),
+                    # what the caching allocator held at its peak (CUDA context aside): what packing must fit
+                    "peak_gpu_reserved_mb": (torch.cuda.max_memory_reserved(self.device) / 2**20
+                                             if self.device.type == "cuda" else None),
                     "n_train": len(self.splits.train),
                     "n_dev": len(self.splits.dev), "n_test": len(self.splits.test),
                     "projections": [p.as_dict() for p in self.method.projections], "curve": self.curve})
