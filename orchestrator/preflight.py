@@ -178,13 +178,14 @@ def check_hub_model(model: str, repo: str, timeout: float = HUB_TIMEOUT_S) -> No
 
 
 def check_method_fits(spec: SweepSpec, path: str) -> None:
-    """A LoRA rank or an adapter bottleneck the budget cannot hold would fail every trial of its row at setup, on
-    the cluster; found here instead, with the model loaded once (only for a grid with such a method)."""
+    """A LoRA rank or an adapter bottleneck the budget cannot hold, or a sparsity whose budget ⌊m·p⌋ is 0, would
+    fail every trial of its row at setup, on the cluster; found here instead, with the model loaded once (only for
+    a grid with a method that takes a sparsity)."""
     from trainables.methods import get_method
 
     cases = {}
     for t in spec.trials():
-        if get_method(t.method).changes_structure:
+        if get_method(t.method).uses_sparsity:
             cases.setdefault((t.label, t.sparsity), t)
     if not cases:
         return

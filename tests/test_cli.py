@@ -442,3 +442,15 @@ def test_version_names_the_code_and_the_libraries_a_bug_report_needs():
     assert f"peft-sweep {code_version()}" in out.stdout, out.stdout
     for lib in ("python", "torch", "transformers", "peft", "ray", "mlflow"):
         assert f"{lib} " in out.stdout, (lib, out.stdout)
+
+
+def test_a_sparsity_whose_budget_is_zero_is_refused_not_run_as_head_only(tmp_path, tiny_model, data_dir, cli):
+    """From a new user's trial: sparsity 1e-9 (a typo for 1e-3) was valid, and `train-one` ended 0 with
+    trainable_params 0: only the head trained, under the method's name."""
+    grid = {"methods": ["sam", "random"], "tasks": ["CB"], "seeds": [0], "sparsities": [1e-9]}
+    rc, _, err = cli("validate", str(write_spec(tmp_path, tiny_model, data_dir, grid=grid)))
+    assert rc == 2 and "grid row 'sam' at sparsity 1e-09" in err and "⌊m·p⌋ = 0" in err, err
+    assert "the smallest sparsity that trains one entry is" in err, err
+    rc, out, err = cli("train-one", "--task", "CB", "--method", "random", "--sparsity", "1e-9", "--model", tiny_model,
+                       "--data-dir", str(data_dir), "--set", "training.max_steps=2")
+    assert rc == 2 and "⌊m·p⌋ = 0" in err and not out.strip(), (out, err)

@@ -200,8 +200,18 @@ class MaskMethod(Method):
     def scores(self, model: nn.Module, ctx: MethodContext) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def fit(self, model: nn.Module) -> None:
+        self.k(model)
+
     def k(self, model: nn.Module) -> int:
-        return budget(sum(p.numel() for p in backbone_parameters(model).values()), self.sparsity)
+        """⌊m·p⌋; a ValueError where it is 0 (a typo such as 1e-9 for 1e-3 trained the head alone, as this method)."""
+        m = sum(p.numel() for p in backbone_parameters(model).values())
+        k = budget(m, self.sparsity)
+        if k == 0:
+            raise ValueError(f"{self.name}: sparsity {self.sparsity} leaves a budget of ⌊m·p⌋ = 0 of m = {m} "
+                             "backbone entries, so only the head would train; the smallest sparsity that trains one "
+                             f"entry is {1 / m:.3g}")
+        return k
 
     def select(self, model: nn.Module, ctx: MethodContext) -> None:
         self.mask = select_top(self.scores(model, ctx), self.k(model), self.params.scope)
