@@ -29,6 +29,9 @@ import scikit_posthocs as sp
 from scipy import stats
 
 ALPHA = 0.05
+# paired tests need this many replicates: over 2, a t-test's variance is one difference's, and scores that move in
+# steps (CB's 56 test examples) gave two near-equal differences a p of 0.0004 and a "significant" lead
+MIN_PAIRED = 3
 N_BOOTSTRAP = 9999
 N_PERMUTATIONS = 9999
 MAX_SEED_SUBSETS = 200
@@ -351,9 +354,9 @@ def paired_tests(df: pd.DataFrame) -> pd.DataFrame:
             both = wide[[a, b]].dropna()
             diff = (both[a] - both[b]).to_numpy(dtype=float, copy=True)
             diff[np.abs(diff) <= 1e-9] = 0.0  # rounding, not a difference (Wilcoxon counts every nonzero sign)
-            tested = len(both) >= 2 and not constant(diff)  # else no test: a tie, in the row all the same
+            tested = len(both) >= MIN_PAIRED and not constant(diff)  # else no test: a tie, in the row all the same
             t = stats.ttest_rel(both[a], both[b]) if tested else None
-            w = stats.wilcoxon(diff) if len(both) >= 2 and diff.any() else None
+            w = stats.wilcoxon(diff) if len(both) >= MIN_PAIRED and diff.any() else None
             task_rows.append({"task": task, "method_a": a, "method_b": b, "n": len(both),
                               "mean_diff": float(diff.mean()) if len(both) else None,
                               "t_p_value": None if t is None else float(t.pvalue),
@@ -463,10 +466,11 @@ def paired_on_average(trials: pd.DataFrame, a: str, b: str, tasks: list[str]) ->
     fewer = "" if len(some) == len(full) or not len(full) else (
         f" (over the {len(full)} of {len(some)} seeds with a score on every task; the table's averages differ by "
         f"{settled(some[a].mean().mean() - some[b].mean().mean()):+.1f})")
-    if len(diff) < 2 or constant(diff):
-        out["answer"] = (f"{a} − {b} on the average: " + ("n/a" if not len(diff) else f"{diff.mean():+.1f}")
+    if len(diff) < MIN_PAIRED or constant(diff):
+        out["answer"] = (f"{a} − {b} on the average: " + ("n/a" if not len(diff) else f"{diff.mean():+.1f}{fewer}")
                          + f"; no paired test ({len(diff)} replicate(s) with every task" +
-                         (", identical differences" if len(diff) >= 2 else "") + ")")
+                         (", identical differences" if len(diff) >= MIN_PAIRED else
+                          f": too few, a test needs {MIN_PAIRED}") + ")")
         return out
     t = stats.ttest_rel(full[a].mean(axis=1), full[b].mean(axis=1))
     ci = t.confidence_interval(0.95)
@@ -474,8 +478,8 @@ def paired_on_average(trials: pd.DataFrame, a: str, b: str, tasks: list[str]) ->
     for task in tasks:
         pair = wide[[(a, task), (b, task)]].dropna()
         d = pair[(a, task)] - pair[(b, task)]
-        p = float(stats.ttest_rel(pair[(a, task)], pair[(b, task)]).pvalue) if len(d) >= 2 and not constant(d) \
-            else None
+        p = float(stats.ttest_rel(pair[(a, task)], pair[(b, task)]).pvalue) \
+            if len(d) >= MIN_PAIRED and not constant(d) else None
         per_task.append({"task": task, "mean_diff": float(d.mean()) if len(d) else None, "n": int(len(d)), "p": p})
     for row, corrected in zip(per_task, holm([r["p"] for r in per_task])):
         row["p_holm"] = corrected

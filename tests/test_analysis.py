@@ -631,3 +631,17 @@ def test_a_recorded_share_overrules_the_equal_scores_fallback():
     flat = flat.drop(columns="test_top_class_share")
     cells = analyze(flat).table.query("task != 'AVG'")
     assert not_ranked_on_stability(cells, {"T": 0.5}) == {"x": "collapsed to a constant guess on T"}
+
+
+def test_two_seeds_get_no_paired_test_and_no_verdict():
+    """From a new user's trial: over 2 seeds whose differences were 0.030214 and 0.030250 (CB's scores move in
+    steps), the lead was "+3.0 points, 95% CI [+3.0, +3.0], p = 0.000372: a significant difference" and
+    pair_summary counted a loss; a t-test over 2 has the variance of one difference."""
+    scores = {("a", "T"): [.60, .70], ("b", "T"): [.569786, .66975]}
+    res = analyze(pd.DataFrame(_rows(scores)))
+    row = res.tests.iloc[0]
+    assert row["n"] == 2 and pd.isna(row["t_p_value"]) and pd.isna(row["wilcoxon_p_value"])
+    assert res.pairs.iloc[0][["wins", "ties", "losses"]].tolist() == [0, 1, 0]
+    lead = answer(res, pd.DataFrame(_rows(scores)))["lead"]
+    assert "p" not in lead and "no paired test (2 replicate(s) with every task: too few, a test needs 3)" in \
+        lead["answer"], lead
