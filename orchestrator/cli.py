@@ -188,7 +188,8 @@ def _load_sweep(path: str):
     if not (folder / sweep.SPEC_FILE).is_file():
         inside = sorted(p.name for p in folder.iterdir() if (p / sweep.SPEC_FILE).is_file())
         if inside:
-            raise SpecError(f"SWEEP_DIR {path!r} holds sweeps ({', '.join(inside[:3])}); give one of them, "
+            more = f" and {len(inside) - 3} more: `peft-sweep list {path}`" if len(inside) > 3 else ""
+            raise SpecError(f"SWEEP_DIR {path!r} holds sweeps ({', '.join(inside[:3])}{more}); give one of them, "
                             f"e.g. {folder / inside[0]}")
         what = "an empty folder" if not any(folder.iterdir()) else "a folder without spec.yaml"
         raise SpecError(f"SWEEP_DIR {path!r} is {what}, not a sweep folder; give the folder `peft-sweep run` "

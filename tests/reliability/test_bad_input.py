@@ -437,6 +437,9 @@ def test_sweep_commands_on_wrong_paths(tmp_path, tiny_model, data_dir, refused, 
     for path, needle in cases.items():
         assert needle in refused(cmd, str(path)), path
     assert sorted(p.name for p in sweep.iterdir()) == ["spec.yaml", "tune"]
+    for name in ("u", "v", "w"):  # four sweeps: three named, and the rest counted (a user looked for the fourth)
+        shutil.copytree(sweep, sweep.parent / name)
+    assert f"holds sweeps (t, u, v and 1 more: `peft-sweep list {sweep.parent}`)" in refused(cmd, str(sweep.parent))
 
 
 def test_sweep_folder_holding_another_sweeps_spec(tmp_path, tiny_model, data_dir, refused):
