@@ -22,7 +22,7 @@ import pandas as pd
 from . import figures, paper
 from .analysis import (UNSCORED, Analysis, analyze, averaged, current, jsonable, mark_unscored, one_seed_tasks,
                        rows_of, scored, spearman_pairs, status_counts, trials_in)
-from .answer import not_ranked_line
+from .answer import answer, not_ranked_line
 from .figures import fmt_p
 
 NO_SPEC = "not found (give SWEEP_DIR, or a trials.parquet inside SWEEP_DIR/export)"
@@ -379,7 +379,10 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
     if "mlflow_run_id" not in trials or trials["mlflow_run_id"].isna().all():
         browse = "No MLflow run ids in this trials file, so no links to the runs."
 
+    said = answer(res, trials)["lines"]  # as `run` and `analyze` print it: the page alone carries the conclusion
     parts = [f"<h1>PEFT sweep report: {_esc(sweeps or 'trials')}</h1>",
+             '<section id="answer"><h2>The answer</h2><ul>' + "".join(f"<li>{_esc(line)}</li>" for line in said)
+             + "</ul></section>",
              '<section id="about"><h2>What the numbers are</h2><ul>'
              f"<li>{summary['n_finished']} of {summary['n_trials']} trials FINISHED with a test score"
              + (f" ({len(summary['unscored'])} more FINISHED without one, left out: listed at the end)"

@@ -474,3 +474,21 @@ def test_a_sweep_end_whose_analysis_fails_says_where_and_what_still_stands(tmp_p
                                "again") for line in lines), lines
     assert "Traceback" in err and "in broken" in err, err
     assert tr.parent_status() == "FINISHED"  # the status is set all the same
+
+
+def test_the_report_opens_with_the_sweeps_answer_as_the_run_prints_it(tmp_path):
+    """From a new user's trial: the page never said which method was best or most stable, only the console did;
+    whoever is handed the report alone lost the conclusion."""
+    import html
+
+    from dashboards.analysis import analyze
+    from dashboards.answer import answer
+
+    trials = hand_made()
+    trials.to_parquet(tmp_path / "trials.parquet")
+    page = build_report(tmp_path / "trials.parquet", None, tmp_path / "report").read_text()
+    said = re.search(r'<section id="answer"><h2>The answer</h2><ul>(.*?)</ul>', page)
+    assert said, page[:2000]
+    lines = answer(analyze(trials), trials)["lines"]
+    assert lines and [html.unescape(li) for li in re.findall(r"<li>(.*?)</li>", said.group(1))] == lines
+    assert page.index('id="answer"') < page.index("<h2>What the numbers are</h2>")
