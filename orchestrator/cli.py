@@ -10,6 +10,8 @@ import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .progress import n_trials
+
 if TYPE_CHECKING:  # pandas loads with the commands that use it
     import pandas as pd
 
@@ -226,10 +228,10 @@ def _cmd_validate(args) -> int:
     trials = spec.trials()
     if (spec.sweep_dir / sweep.SPEC_FILE).is_file():  # an existing sweep: what `run` would do (local records)
         done, pending = sweep.plan(trials, sweep.statuses(spec), args.force)
-        print(f"{args.config}: valid; {len(trials)} trials, {sweep.plan_line(done, pending, args.force)} "
+        print(f"{args.config}: valid; {n_trials(len(trials))}, {sweep.plan_line(done, pending, args.force)} "
               f"-> {spec.sweep_dir}")
     else:
-        print(f"{args.config}: valid; {len(trials)} trials -> {spec.sweep_dir}")
+        print(f"{args.config}: valid; {n_trials(len(trials))} -> {spec.sweep_dir}")
     if note := spec.training.early_stopping_note():
         print(note)
     return 0
@@ -268,7 +270,7 @@ def _cmd_status(args) -> int:
     if args.json:
         print(json.dumps(table, indent=2))
         return 0
-    print(f"{table['total']} trials: " + ", ".join(f"{k} {v}" for k, v in sorted(table["per_status"].items())))
+    print(f"{n_trials(table['total'])}: " + ", ".join(f"{k} {v}" for k, v in sorted(table["per_status"].items())))
     for pair, counts in sorted(table["per_method_task"].items()):
         print(f"  {pair:24} " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     for key, err in table["errors"].items():
@@ -342,7 +344,7 @@ def _cmd_export(args) -> int:
     trials = pq.read_table(trials_path, columns=["status", "in_grid"]).to_pandas()
     counts = ", ".join(f"{n} {s}" for s, n in trials["status"].fillna("no status").value_counts().items())
     gone = int((~trials["in_grid"]).sum())
-    print(f"{trials_path}  ({len(trials)} trials: {counts or 'none'}"
+    print(f"{trials_path}  ({n_trials(len(trials))}: {counts or 'none'}"
           + (f"; {gone} no longer in the grid, left out by analyze and report" if gone else "") + ")")
     print(f"{curves_path}  (dev score and training loss per evaluation, and the projections)")
     print(f"{out / 'masks.parquet'}  (where each trial's budget went: entries per layer and module kind)")

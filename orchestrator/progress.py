@@ -26,6 +26,11 @@ def duration(seconds: float) -> str:
         f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def n_trials(n: int) -> str:
+    """"1 trial", "3 trials": the count as every console line says it."""
+    return f"{n} trial" if n == 1 else f"{n} trials"
+
+
 def rate_per_hour(finished: int, elapsed_s: float) -> str:
     """FINISHED trials per hour, as the driver's line and `peft-sweep status --watch` both show it."""
     return f"{finished / max(elapsed_s, 1e-9) * 3600:.1f} trials/h"

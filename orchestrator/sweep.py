@@ -15,6 +15,7 @@ import yaml
 
 from . import driver, identity, records
 from .preflight import check_cluster_paths, check_ray_address, preflight, undo_on_error
+from .progress import n_trials
 from .spec import SpecError, SweepSpec, load_spec
 from .tracking import Tracker, TrackingError
 
@@ -321,7 +322,7 @@ def run(spec: SweepSpec, force: bool = False, only_failed: bool = False) -> int:
     done, pending = plan(trials, status, force, only_failed)
     if force and not only_failed:
         tracker.forget_stops()  # everything starts over: a stopped trial's run is not reopened
-    print(f"sweep {spec.name}: {len(trials)} trials, {plan_line(done, pending, force and not only_failed)} "
+    print(f"sweep {spec.name}: {n_trials(len(trials))}, {plan_line(done, pending, force and not only_failed)} "
           f"-> {spec.sweep_dir}", flush=True)
     if not force and (moved := rekeyed(spec)):  # with --force a changed spec explains it
         print(f"note: {len(moved)} trial(s) of this grid FINISHED before under other keys (this code keys their "

@@ -38,7 +38,7 @@ from . import driver, records
 from .breaker import GuardedTracker
 from .masks import keep_mask
 from .preflight import node_data, node_report, node_versions, nodes_problems
-from .progress import Progress
+from .progress import Progress, n_trials
 from .records import SweepRecords
 from .spec import ClusterError, SweepSpec
 from .storage import CHECKPOINT_FOLDER, ExperimentStore, checkpoint_folders, read_check, tune_root
@@ -594,7 +594,7 @@ def _run_trials(spec: SweepSpec, trials: list[TrialConfig], restore: bool, super
         if not restore or not tune.Tuner.can_restore(store.uri(last)):
             continue  # left for a plain `run` (rerun-failed does not resume stopped trials)
         restored_keys = store.keys(last)
-        print(f"resuming the interrupted experiment {last} ({len(restored_keys)} trials)", flush=True)
+        print(f"resuming the interrupted experiment {last} ({n_trials(len(restored_keys))})", flush=True)
         count_outside(set(wanted))
         _RESTORING.append(spec)  # the experiment's own (pickled) callback writes where this spec says
         try:

@@ -454,3 +454,9 @@ def test_a_sparsity_whose_budget_is_zero_is_refused_not_run_as_head_only(tmp_pat
     rc, out, err = cli("train-one", "--task", "CB", "--method", "random", "--sparsity", "1e-9", "--model", tiny_model,
                        "--data-dir", str(data_dir), "--set", "training.max_steps=2")
     assert rc == 2 and "⌊m·p⌋ = 0" in err and not out.strip(), (out, err)
+
+
+def test_one_trial_is_not_one_trials(tmp_path, tiny_model, data_dir, cli):
+    spec = write_spec(tmp_path, tiny_model, data_dir, grid={"methods": ["bitfit"], "tasks": ["CB"], "seeds": [0]})
+    rc, out, _ = cli("validate", str(spec))
+    assert rc == 0 and ": valid; 1 trial -> " in out, out
