@@ -109,6 +109,9 @@ def answer(result: Analysis, trials: pd.DataFrame) -> dict[str, Any]:
         out["lines"].append(f"the best average is at or below the majority-class score ({100 * floor:.1f}): no "
                             "method learned these tasks here (a learning rate too high or too low, or too few "
                             "steps, are the usual causes)")
+    if len(avg) == 1:  # a crown with no rival: said, so it is not read as a win
+        out["lines"].append(f"{best['method']} is the only method ranked here: best and most stable compare it with "
+                            "nothing")
     if len(avg) > 1:
         tasks = sorted(cells["task"].unique())
         part = trials_in(scored(trials), label)

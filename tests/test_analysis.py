@@ -645,3 +645,13 @@ def test_two_seeds_get_no_paired_test_and_no_verdict():
     lead = answer(res, pd.DataFrame(_rows(scores)))["lead"]
     assert "p" not in lead and "no paired test (2 replicate(s) with every task: too few, a test needs 3)" in \
         lead["answer"], lead
+
+
+def test_a_one_method_sweep_says_that_best_and_most_stable_compare_nothing():
+    """From a new user's trial: a sweep of bitfit alone printed "best on average: bitfit" and "most stable on
+    average: bitfit" as if it had won something."""
+    df = pd.DataFrame(_rows({("bitfit", "T"): [.5, .6, .7]}))
+    lines = answer(analyze(df), df)["lines"]
+    assert "bitfit is the only method ranked here: best and most stable compare it with nothing" in lines, lines
+    two = pd.DataFrame(_rows({("bitfit", "T"): [.5, .6, .7], ("sam", "T"): [.5, .6, .8]}))
+    assert not any("only method" in line for line in answer(analyze(two), two)["lines"])
