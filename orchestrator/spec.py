@@ -490,7 +490,8 @@ def load_spec(path: str | Path, overrides: list[str] | None = None, saved: bool 
         raise SpecError(f"{path}: empty file; a sweep spec needs at least name and grid (see configs/quickstart.yaml)")
     if not isinstance(data, dict):
         raise SpecError(f"{path}: a sweep spec is a YAML mapping, got {type(data).__name__}")
-    return spec_from_dict(apply_overrides(data, overrides or []), str(path), saved=saved)
+    source = f"{path} with --set {' '.join(overrides)}" if overrides else str(path)  # where a bad value came from
+    return spec_from_dict(apply_overrides(data, overrides or []), source, saved=saved)
 
 
 def spec_from_dict(data: dict[str, Any], source: str = "spec", saved: bool = False) -> SweepSpec:

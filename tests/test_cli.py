@@ -460,3 +460,13 @@ def test_one_trial_is_not_one_trials(tmp_path, tiny_model, data_dir, cli):
     spec = write_spec(tmp_path, tiny_model, data_dir, grid={"methods": ["bitfit"], "tasks": ["CB"], "seeds": [0]})
     rc, out, _ = cli("validate", str(spec))
     assert rc == 0 and ": valid; 1 trial -> " in out, out
+
+
+def test_an_invalid_value_from_set_is_said_to_come_from_set(tmp_path, tiny_model, data_dir, cli):
+    """From a new user's trial: `--set training.lr=-1e-3` was reported as "tiny.yaml: invalid sweep spec", which
+    sent them looking in a file that held no such value."""
+    path = write_spec(tmp_path, tiny_model, data_dir)
+    rc, _, err = cli("validate", str(path), "--set", "training.lr=-1e-3")
+    assert rc == 2 and f"{path} with --set training.lr=-1e-3: invalid sweep spec: training.lr" in err, err
+    rc, _, err = cli("validate", str(write_spec(tmp_path / "bad", tiny_model, data_dir, training__lr=-1e-3)))
+    assert rc == 2 and "with --set" not in err and "spec.yaml: invalid sweep spec: training.lr" in err, err
