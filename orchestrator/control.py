@@ -160,6 +160,17 @@ def leave_resumable(spec: SweepSpec) -> int:
     return n
 
 
+def live_bar(console=None):
+    """The terminal's view: name, bar and done/total first, the counts and ETA folded onto more lines where the
+    terminal is narrow (at 80 columns they took the line, and the name, bar and count were cut to "qui…")."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn
+    from rich.table import Column
+
+    return Bar(TextColumn("{task.description}", table_column=Column(no_wrap=True)), BarColumn(bar_width=20),
+               MofNCompleteColumn(), TextColumn("{task.fields[info]}", table_column=Column(overflow="fold", ratio=1)),
+               refresh_per_second=2, console=console)
+
+
 def watch(spec: SweepSpec, interval_s: float, as_json: bool = False) -> int:
     """A live view until no driver runs the sweep: a rich progress bar on a terminal, else a line per
     interval (logs, CI), or with ``as_json`` a JSON object per interval (JSON Lines, for scripts)."""
@@ -170,10 +181,7 @@ def watch(spec: SweepSpec, interval_s: float, as_json: bool = False) -> int:
             if not p.driver_alive:
                 return 0
             time.sleep(interval_s)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn
-
-    with Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-             refresh_per_second=2) as bar:
+    with live_bar() as bar:
         task = bar.add_task(spec.name, total=None, info="")
         while True:
             p = progress(spec)

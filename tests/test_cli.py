@@ -470,3 +470,23 @@ def test_an_invalid_value_from_set_is_said_to_come_from_set(tmp_path, tiny_model
     assert rc == 2 and f"{path} with --set training.lr=-1e-3: invalid sweep spec: training.lr" in err, err
     rc, _, err = cli("validate", str(write_spec(tmp_path / "bad", tiny_model, data_dir, training__lr=-1e-3)))
     assert rc == 2 and "with --set" not in err and "spec.yaml: invalid sweep spec: training.lr" in err, err
+
+
+def test_the_live_view_keeps_name_bar_and_count_on_an_80_column_terminal():
+    """From a new user's trial: at 80 columns `status --watch` showed "qui… running 2 | ... | ETA 1h02…": the
+    sweep's name, its bar and done/total were cut for the counts."""
+    import io
+
+    from rich.console import Console
+
+    from orchestrator.control import live_bar
+
+    out = io.StringIO()
+    console = Console(width=80, file=out, force_terminal=False)
+    bar = live_bar(console)
+    bar.add_task("quickstart", total=9, completed=3,
+                 info="running 2 | failed 0 | queued 4 | elapsed 17m54s | 6.7 trials/h | ETA 1h02m | driver alive")
+    console.print(bar.get_renderable())
+    text = out.getvalue()
+    assert text.startswith("quickstart ") and "3/9" in text and "…" not in text, text
+    assert "ETA 1h02m" in " ".join(text.split()), text
