@@ -295,10 +295,9 @@ class Tracker:
                 return None
         except (OSError, SpecError):  # gone, or no readable sweep there: moved
             return None
-        return (f"{self.sweep_dir} is a copy of {original} (the same sweep_id), which uses the MLflow experiment "
-                f"{self.sweep!r} of this store too: both would write into it. Moved here? remove the original. To run "
-                f"the copy apart: --set tracking_uri=sqlite:///{self.sweep_dir}/mlflow.db (`run` fills it from the "
-                "copy's records)")
+        return (f"{self.sweep_dir} is a copy of {original} (same sweep_id): both would write into the MLflow "
+                f"experiment {self.sweep!r}. If it was moved, remove the original; to run the copy apart, --set "
+                f"tracking_uri=sqlite:///{self.sweep_dir}/mlflow.db")
 
     def check(self) -> None:
         """Fail early, with the URI in the message, if the store cannot be reached."""

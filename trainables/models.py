@@ -107,6 +107,8 @@ class TaskModel(nn.Module):
         """The head in fp32, also under autocast: bf16 logits rounded STS-B's predictions to steps of 2^-6 to 2^-5
         and tied argmaxes; the head is one small matrix, so fp32 costs nothing that shows."""
         features = self.dropout(features)
+        if features.device.type not in ("cuda", "cpu") or not torch.is_autocast_enabled(features.device.type):
+            return self.head(features)  # no autocast here (the meta device of tests/test_step_path.py has none)
         with torch.autocast(features.device.type, enabled=False):
             return self.head(features.float())
 

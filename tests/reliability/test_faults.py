@@ -84,7 +84,7 @@ def test_a_reused_worker_gives_the_results_of_fresh_processes(tmp_path, tiny_mod
     """Trial after trial in one worker (the default) ends exactly as a fresh process per trial: nothing leaks
     from one trial to the next (methods that rebuild modules, draw random numbers or mask, in a row). Also the
     determinism check: two sweeps, the same results."""
-    costs = {"wall_s", "setup_s", "train_s", "eval_s", "checkpoint_s", "process_trial"}
+    costs = {"wall_s", "setup_s", "train_s", "eval_s", "checkpoint_s", "process_trial", "trial_ended_at"}
     results, pids = [], []
     for name, resources in (("reused", {"max_concurrent": 1}), ("fresh", {"reuse_workers": False})):
         spec = write_spec(tmp_path / name, tiny_model, data_dir, resources=resources,
