@@ -451,6 +451,12 @@ def test_a_sparsity_whose_budget_is_zero_is_refused_not_run_as_head_only(tmp_pat
     rc, _, err = cli("validate", str(write_spec(tmp_path, tiny_model, data_dir, grid=grid)))
     assert rc == 2 and "grid row 'sam' at sparsity 1e-09" in err and "⌊m·p⌋ = 0" in err, err
     assert "the smallest sparsity that trains one entry is" in err, err
+    import re
+
+    from trainables.masking import budget
+
+    m, smallest = re.search(r"of m = (\d+) .* trains one entry is ([0-9.e+-]+)", err).groups()
+    assert budget(int(m), float(smallest)) == 1, (m, smallest)  # the advice works (1/m rounded could floor to 0)
     rc, out, err = cli("train-one", "--task", "CB", "--method", "random", "--sparsity", "1e-9", "--model", tiny_model,
                        "--data-dir", str(data_dir), "--set", "training.max_steps=2")
     assert rc == 2 and "⌊m·p⌋ = 0" in err and not out.strip(), (out, err)

@@ -1,6 +1,8 @@
 """What every method provides to the one training loop, and the registry that names them."""
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterator
 
@@ -210,12 +212,21 @@ class MaskMethod(Method):
         if k == 0:
             raise ValueError(f"{self.name}: sparsity {self.sparsity} leaves a budget of ⌊m·p⌋ = 0 of m = {m} "
                              "backbone entries, so only the head would train; the smallest sparsity that trains one "
-                             f"entry is {1 / m:.3g}")
+                             f"entry is {smallest_sparsity(m):g}")
         return k
 
     def select(self, model: nn.Module, ctx: MethodContext) -> None:
         self.mask = select_top(self.scores(model, ctx), self.k(model), self.params.scope)
         set_mask_grad(model, self.mask)
+
+
+def smallest_sparsity(m: int) -> float:
+    """The smallest p of three significant digits with ⌊m·p⌋ ≥ 1 (1/m itself, rounded to nearest, can floor to 0)."""
+    e = math.floor(math.log10(1 / m)) - 2
+    p = math.ceil(1 / m / 10**e) * 10**e
+    while budget(m, p) < 1:
+        p += 10**e
+    return float(f"{p:.3g}")
 
 
 def set_mask_grad(model: nn.Module, mask: dict[str, torch.Tensor]) -> None:
