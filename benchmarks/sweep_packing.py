@@ -69,6 +69,7 @@ def main() -> None:
         args.model = model_folder("tiny", Path(tempfile.mkdtemp()))
     import ray
     import torch
+    from trial_throughput import guarded
 
     from orchestrator import sweep
     from orchestrator.spec import spec_from_dict
@@ -80,7 +81,7 @@ def main() -> None:
     if args.fresh_workers:
         settings.append((fractions[0], False, args.fresh_trials))
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (logical GPUs)"
-    base, errors = None, 0
+    base, errors = None, []
     with tempfile.TemporaryDirectory() as out:
         for fraction, reuse, trials in settings:
             spec = spec_from_dict({
@@ -93,18 +94,17 @@ def main() -> None:
                 "resources": {"gpu_per_trial": fraction, "cpu_per_trial": max(1, (os.cpu_count() or 2) // 8),
                               "reuse_workers": reuse}})
             t0 = time.perf_counter()
-            try:
-                failed = sweep.run(spec)
-                wall = time.perf_counter() - t0
-                t = trial_span(spec.sweep_dir, args.batch_size)
-            except Exception as exc:  # noqa: BLE001 - one setting's failure must not lose the next settings' lines
-                import traceback
 
-                traceback.print_exc()
-                errors += 1
-                print(json.dumps({"gpu_per_trial": fraction, "reuse_workers": reuse, "trials": trials,
-                                  "error": f"{type(exc).__name__}: {exc}"[:500], "device": device}), flush=True)
+            def measure(spec=spec, t0=t0):
+                failed = sweep.run(spec)
+                return failed, time.perf_counter() - t0, trial_span(spec.sweep_dir, args.batch_size)
+
+            # one setting's failure must not lose the next settings' lines
+            got = guarded({"gpu_per_trial": fraction, "reuse_workers": reuse, "trials": trials, "device": device},
+                          measure, errors)
+            if got is None:
                 continue
+            failed, wall, t = got
             row = {"gpu_per_trial": fraction, "reuse_workers": reuse, "trials": trials, "failed": failed, **t,
                    "wall_s": wall, "sweep_overhead_s": wall - t["trials_span_s"],
                    "trials_per_hour": t["finished"] * 3600 / t["trials_span_s"],

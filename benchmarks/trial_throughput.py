@@ -219,11 +219,13 @@ def main() -> None:
                                    "from setup's start, as a trial's peak_gpu_mem_mb"}
     with tempfile.TemporaryDirectory() as tmp:
         path = model_folder(args.model, Path(tmp), args.tokenizer_from)
-        base = guarded(base_info, "plain_pytorch", lambda: plain_loop(path, args, device))
+        failed = []  # the cases that printed an error instead of figures
+        base = guarded({**base_info, "case": "plain_pytorch"}, lambda: plain_loop(path, args, device), failed)
         if base is not None:
             print(json.dumps({**base_info, "case": "plain_pytorch", **base, "ratio": 1.0}), flush=True)
         for method in args.methods.split(","):
-            r = guarded(base_info, f"ours_{method}", lambda: ours(path, method, args, device, args.data_dir))
+            r = guarded({**base_info, "case": f"ours_{method}"},
+                        lambda: ours(path, method, args, device, args.data_dir), failed)
             if r is None:
                 continue
             plain_peak, plain_rate = (base or {}).get("peak_mem_gib"), (base or {}).get("samples_per_s")
@@ -232,27 +234,26 @@ def main() -> None:
                               "mem_ratio": r["peak_mem_gib"] / plain_peak if r["peak_mem_gib"] and plain_peak else None}),
                   flush=True)
         if args.cb_steps:
-            r = guarded(base_info, "cb_trial_overhead", lambda: overhead_on_cb(path, args, args.data_dir))
+            r = guarded({**base_info, "case": "cb_trial_overhead"},
+                        lambda: overhead_on_cb(path, args, args.data_dir), failed)
             if r is not None:
                 print(json.dumps({**base_info, "case": "cb_trial_overhead", **r}), flush=True)
-    sys.exit(1 if FAILED_CASES else 0)
+    sys.exit(1 if failed else 0)
 
 
-FAILED_CASES: list[str] = []
-
-
-def guarded(base_info: dict, case: str, measure):
+def guarded(label: dict, measure, failed: list):
     """One case's figures, or None: a case that fails (LoRA through a peft the GPU image has never run) prints
-    its error as its line and the script goes on to the next, so one failure does not lose the step's later
-    figures; the script then exits 1, so the suite records the step's stderr."""
+    ``label`` with its error as its line, goes into ``failed``, and the script goes on to the next case, so one
+    failure does not lose the step's later figures; the script then exits 1, so the suite records its stderr.
+    sweep_packing.py guards its settings with it too."""
     try:
         return measure()
     except Exception as exc:  # noqa: BLE001 - any failure of one case
         import traceback
 
         traceback.print_exc()
-        FAILED_CASES.append(case)
-        print(json.dumps({**base_info, "case": case, "error": f"{type(exc).__name__}: {exc}"[:500]}), flush=True)
+        failed.append(label)
+        print(json.dumps({**label, "error": f"{type(exc).__name__}: {exc}"[:500]}), flush=True)
         release_memory()
         return None
 
