@@ -109,16 +109,26 @@ def mlflow_ui(tracking_uri: str | None) -> tuple[str | None, str]:
                       f"<code>{_esc(command)}</code>).")
 
 
+def run_page(mlflow_url: str, run_id: str, experiment_id: str | None) -> str:
+    """MLflow's page of one run, in its training view. MLflow 3.18 opens ``#/runs/<id>`` in its GenAI view
+    ("Evaluations"), whatever the experiment's kind tag says; the experiment's path with ``workflowType`` opens
+    the training view, as orchestrator.tracking's RUNS_VIEW does for the runs table. A trials file exported
+    before it had ``mlflow_experiment_id`` gets the short form, which still finds the run."""
+    if experiment_id is None or pd.isna(experiment_id):
+        return f"{mlflow_url}/#/runs/{run_id}"
+    return f"{mlflow_url}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+
+
 def _runs_links(trials: pd.DataFrame, method: str, mlflow_url: str | None) -> str:
-    """One link per trial of the method to MLflow's run page (``#/runs/<id>`` opens it in its experiment); the
-    bare run ids where the UI is unknown."""
+    """One link per trial of the method to MLflow's run page; the bare run ids where the UI is unknown."""
     if "mlflow_run_id" not in trials:
         return ""
     runs = trials[(trials["method"] == method) & trials["mlflow_run_id"].notna()]
     if runs.empty:
         return ""
     links = " ".join(
-        f'<a href="{_esc(mlflow_url)}/#/runs/{_esc(r.mlflow_run_id)}">{_esc(r.task)} s{r.seed}</a>' if mlflow_url
+        f'<a href="{_esc(run_page(mlflow_url, r.mlflow_run_id, getattr(r, "mlflow_experiment_id", None)))}">'
+        f'{_esc(r.task)} s{r.seed}</a>' if mlflow_url
         else f"{_esc(r.task)} s{r.seed}: <code>{_esc(r.mlflow_run_id)}</code>"
         for r in runs.sort_values(["task", "seed"]).itertuples())
     return f'<details class="runs"><summary>MLflow runs ({len(runs)})</summary>{links}</details>'

@@ -36,7 +36,7 @@ TRIALS_SCHEMA = pa.schema(
     + [("steps", pa.int64()), ("best_step", pa.int64()), ("wall_s", pa.float64()), ("eligible_params", pa.int64()),
        ("trainable_params", pa.int64()), ("changed_params", pa.int64()), ("n_projections", pa.int64()),
        ("error", pa.string()), ("code_version", pa.string()), ("attempt", pa.int64()), ("mlflow_run_id", pa.string()),
-       ("source", pa.string()), ("in_grid", pa.bool_())])
+       ("mlflow_experiment_id", pa.string()), ("source", pa.string()), ("in_grid", pa.bool_())])
 CURVES_SCHEMA = pa.schema(
     [("trial_key", pa.string()), ("method", pa.string()), ("task", pa.string()), ("seed", pa.int64()),
      ("kind", pa.string()), ("step", pa.int64()), ("dev_score", pa.float64()), ("train_loss", pa.float64()),
@@ -90,7 +90,8 @@ def _row(spec: SweepSpec, key: str, run, rec: dict[str, Any] | None, tracker: Tr
                sparsity=_opt_float(coord["sparsity"]), perturbation=_opt_int(coord["perturbation"]),
                model=coord["model"], status=status, source=source,
                error=None if status == "FINISHED" else (tags.get("error") or rec.get("error")),
-               mlflow_run_id=run.info.run_id if run is not None else None, lr=_lr(result, trial, run),
+               mlflow_run_id=run.info.run_id if run is not None else None,
+               mlflow_experiment_id=run.info.experiment_id if run is not None else None, lr=_lr(result, trial, run),
                code_version=tags.get("code_version") or rec.get("code_version"), attempt=_opt_int(tags.get("attempt")))
     if "projections" in full:
         row["n_projections"] = len(full["projections"])

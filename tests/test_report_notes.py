@@ -2,6 +2,8 @@
 a SQLite file, or unknown for a bare trials file), a method or cell with no finished trial is named under Table 1
 instead of vanishing, the caption says its group in words, and the mask-overlap note matches the mask files."""
 import re
+import shutil
+import subprocess
 
 import numpy as np
 import pandas as pd
@@ -15,6 +17,8 @@ from orchestrator.cli import main
 from tests.test_analysis import hand_made
 from tests.tracking_fixtures import finish_all, make_spec
 from trainables.anatomy import save_mask
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def _hrefs(page: str) -> list[str]:
@@ -36,6 +40,12 @@ def test_links_follow_the_tracking_store(tmp_path):
     assert "http://127.0.0.1:5000/#/runs/run0000" in _hrefs(local)
     assert f"{mlflow_command()} ui --backend-store-uri &#x27;sqlite:///{db}&#x27; --port 5000" in local  # quoted
 
+    frame = pd.read_parquet(trials).assign(mlflow_experiment_id="7")  # as exported since it has the column
+    frame.to_parquet(tmp_path / "with_experiment.parquet")
+    training = build_report(tmp_path / "with_experiment.parquet", None, tmp_path / "r5",
+                            tracking_uri="http://mlflow.cluster:5792/").read_text()
+    assert "http://mlflow.cluster:5792/#/experiments/7/runs/run0000?workflowType=machine_learning" in _hrefs(training)
+
     unknown = build_report(trials, None, tmp_path / "r3").read_text()
     assert not _hrefs(unknown) and "<code>run0000</code>" in unknown  # the run ids, no guessed server
     assert "does not know the tracking store" in unknown and "peft-sweep report SWEEP_DIR" in unknown
@@ -52,11 +62,15 @@ def test_sweep_end_and_report_command_link_the_sweeps_own_store(tmp_path, data_d
     (spec.sweep_dir / sweep.SPEC_FILE).write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
     sweep.close_sweep(spec, tr, sweep.statuses(spec, tr), quiet=True)
     assert main(["report", str(spec.sweep_dir), "--out", str(tmp_path / "again")]) == 0
-    run_id = next(iter(tr.trial_runs().values())).info.run_id
+    run = next(iter(tr.trial_runs().values())).info
+    run_id = run.run_id
+    exported = pd.read_parquet(spec.sweep_dir / "export" / "trials.parquet")
+    assert set(exported["mlflow_experiment_id"]) == {run.experiment_id}  # to open a run in its training view
     command = f"{mlflow_command()} ui --backend-store-uri sqlite:///{spec.sweep_dir / 'mlflow.db'} --port 5000"
     for index in (spec.sweep_dir / "report" / "index.html", tmp_path / "again" / "index.html"):
         page = index.read_text()
-        assert f"http://127.0.0.1:5000/#/runs/{run_id}" in _hrefs(page) and command in page, index
+        link = f"http://127.0.0.1:5000/#/experiments/{run.experiment_id}/runs/{run_id}?workflowType=machine_learning"
+        assert link in _hrefs(page) and command in page, index
     assert main(["report", "--trials", str(spec.sweep_dir / "export" / "trials.parquet"), "--out",
                  str(tmp_path / "bare")]) == 0
     bare = (tmp_path / "bare" / "index.html").read_text()
@@ -78,12 +92,22 @@ def test_a_sweep_tracked_on_a_server_links_the_server(tmp_path, data_dir):
         spec = make_spec(tmp_path, data_dir, tracking_uri=f"http://127.0.0.1:{port}", tasks=["CB"], seeds=[0, 1])
         tr = finish_all(spec)
         sweep.close_sweep(spec, tr, sweep.statuses(spec, tr), quiet=True)
-        run_ids = {r.info.run_id for r in tr.trial_runs().values()}
+        runs = [r.info for r in tr.trial_runs().values()]
+        page = (spec.sweep_dir / "report" / "index.html").read_text()
+        assert {f"http://127.0.0.1:{port}/#/experiments/{r.experiment_id}/runs/{r.run_id}?workflowType="
+                "machine_learning" for r in runs} == set(_hrefs(page))
+        assert "mlflow ui" not in page
+        if CHROMIUM:  # what the links open: MLflow 3.18 showed `#/runs/<id>` in its GenAI view ("Evaluation runs")
+            run_link = next(h for h in _hrefs(page) if runs[0].run_id in h)
+            # the runs table: the sweep's run, its trials nested under it
+            for url, shows in ((run_link, runs[0].run_id), (tr.runs_url(), spec.name)):
+                dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+                                      "--virtual-time-budget=20000", "--dump-dom", url],
+                                     capture_output=True, text=True, timeout=120).stdout
+                assert shows in dom, url
+                assert ">Models<" in dom and "Evaluation runs" not in dom, url  # the training view's sidebar
     finally:
         stop_server(server)
-    page = (spec.sweep_dir / "report" / "index.html").read_text()
-    assert {f"http://127.0.0.1:{port}/#/runs/{r}" for r in run_ids} == set(_hrefs(page))
-    assert "mlflow ui" not in page
 
 
 def _table_rows(page: str) -> dict[str, list[str]]:
