@@ -20,6 +20,11 @@ $(BIN)/peft-sweep: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch==2.13.0 resolves to the CPU build here; on a GPU cluster install your own torch first
 	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e .
+	touch $@
+
+# the test tools (pytest, xdist, the S3 test server) only for those who run the tests
+$(VENV)/.test-extras: $(BIN)/peft-sweep
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
@@ -34,10 +39,10 @@ TEST_WORKERS ?= 2
 # --durations: the slowest tests in every CI log, for whoever trims the suite next
 PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=30
 
-test: setup
+test: $(VENV)/.test-extras
 	$(PYTEST)
 
-test-fast: setup
+test-fast: $(VENV)/.test-extras
 	$(PYTEST) -m "not slow"
 
 clean:

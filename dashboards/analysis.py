@@ -559,7 +559,7 @@ def counted(statuses: pd.Series) -> str:
 
 def status_counts(trials: pd.DataFrame) -> str:
     """"3 trials: 1 FAILED, 2 PENDING", a FINISHED trial without a score counted as UNSCORED."""
-    return f"{len(trials)} trials: " + counted(mark_unscored(trials)["status"])
+    return f"{len(trials)} trial{'' if len(trials) == 1 else 's'}: " + counted(mark_unscored(trials)["status"])
 
 
 def averaged(table: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, list[str]]]:

@@ -655,3 +655,11 @@ def test_a_one_method_sweep_says_that_best_and_most_stable_compare_nothing():
     assert "bitfit is the only method ranked here: best and most stable compare it with nothing" in lines, lines
     two = pd.DataFrame(_rows({("bitfit", "T"): [.5, .6, .7], ("sam", "T"): [.5, .6, .8]}))
     assert not any("only method" in line for line in answer(analyze(two), two)["lines"])
+
+
+def test_status_counts_say_trial_for_one():
+    from dashboards.analysis import status_counts
+
+    one = pd.DataFrame([{"status": "FAILED", "test_score": None}])
+    assert status_counts(one) == "1 trial: 1 FAILED"
+    assert status_counts(pd.concat([one, one.assign(status="PENDING")])) == "2 trials: 1 FAILED, 1 PENDING"
