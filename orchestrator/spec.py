@@ -430,6 +430,11 @@ def parse_yaml(text: str, where: str) -> Any:
         mark = getattr(exc, "problem_mark", None)
         at = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark else where
         problem = getattr(exc, "problem", None) or str(exc)
+        # PyYAML marks where it noticed the problem, often the line after the mistake (an unclosed "[" shows on
+        # the next key); its context mark is where the construct it was reading began
+        context, begun = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and begun and mark and begun.line != mark.line:
+            problem += f"; {context} begun at line {begun.line + 1}, column {begun.column + 1}"
         raise SpecError(f"{at}: malformed YAML ({problem})") from None
     except SpecError as exc:
         raise SpecError(f"{where}: {exc}") from None
