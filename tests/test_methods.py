@@ -228,3 +228,26 @@ def test_a_reselection_keeps_the_moments_of_entries_that_stay_selected():
     p.grad = torch.randn_like(p)
     opt.step()  # the new selection trains, with step 4's bias correction
     assert opt.state[p]["step"] == 4
+
+
+def test_deterministic_kernels_are_switched_per_trial_and_keep_old_keys(tiny_trial):
+    """training.deterministic turns torch's deterministic kernels on for the trial (and off again for the next
+    trial of a reused worker process); trials without it keep the keys they had before the setting existed."""
+    import warnings
+
+    from trainables.config import TrialConfig, trial_key
+
+    # keys computed before the setting existed (cf0826c): a sweep begun then resumes its trials, not new ones
+    assert trial_key(TrialConfig(task="CB", method="sam", sparsity=0.005, seed=3)) == "a4fc8c150e65"
+    assert trial_key(TrialConfig(task="RTE", method="full")) == "2f1aadb39fdc"
+    assert trial_key(TrialConfig(task="RTE", method="full", training={"deterministic": True})) != "2f1aadb39fdc"
+    training = {"max_steps": 4, "eval_every": 2}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", ".*deterministic")  # torch's warning for a kernel without such a version
+        on = Trainer(tiny_trial("sam", method_params=METHOD_CASES["sam"],
+                                training={**training, "deterministic": True})).run()
+    assert on["status"] == "FINISHED" and on["deterministic"] is True
+    assert torch.are_deterministic_algorithms_enabled()
+    off = Trainer(tiny_trial("sam", method_params=METHOD_CASES["sam"], training=training)).run()
+    assert off["deterministic"] is False and not torch.are_deterministic_algorithms_enabled()
+    assert on["test_score"] == off["test_score"]  # on CPU the kernels were deterministic already

@@ -38,6 +38,9 @@ class TrainingConfig(Strict):
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
     checkpoint_every: int = Field(1, ge=0, description="evaluations between checkpoints; 0 = never")
     compile: bool = Field(False, description="torch.compile the model (CUDA only; pays off on long trials)")
+    deterministic: bool = Field(False, description="CUDA: deterministic kernels, so that a rerun of a seed gives "
+                                                   "the same masks and scores (slower); CPU runs are deterministic "
+                                                   "either way")
 
     def first_early_stop(self) -> int:
         """The first step at which early stopping can end a trial: the first evaluation always improves, then
@@ -131,5 +134,7 @@ def trial_key(cfg: TrialConfig) -> str:
     d["method_params"] = cfg.params().model_dump(mode="json")  # defaults filled, so {} == explicit defaults
     if d["variant"] is None:  # keys of plain methods stay what they were before variants existed
         del d["variant"]
+    if not d["training"]["deterministic"]:  # nor do keys of trials run before the setting existed
+        del d["training"]["deterministic"]
     blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]

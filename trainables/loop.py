@@ -82,6 +82,19 @@ def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def deterministic_kernels(on: bool) -> None:
+    """``training.deterministic``. CPU kernels are deterministic already. On CUDA some are not (atomic adds in
+    index_add_ and the embedding's backward; cuBLAS with its default workspace), so two runs of one seed can differ
+    in the last bits and, through a top-k selection, in their masks. torch's switch takes the deterministic kernel
+    where it has one and warns where it has none (warn_only: a trial is not failed for it). cuBLAS reads its
+    workspace setting once per process, at its first matmul: set here, before the model reaches the GPU. A
+    sweep's trials share their training settings, so a reused worker process never mixes the two; set off, the
+    switch is reset (it is global to the process)."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # torch's docs: Reproducibility
+    torch.use_deterministic_algorithms(on, warn_only=True)
+
+
 def device_name(device: torch.device) -> str:
     """The GPU's name (what a cost comparison needs), or "cpu"."""
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -137,6 +150,7 @@ class Trainer:
 
     def _setup_device(self) -> tuple[torch.device, Callable[[], Any]]:
         precision = self.cfg.training.precision
+        deterministic_kernels(self.cfg.training.deterministic)
         device = pick_device()
         if precision == "bf16" and device.type != "cuda":
             raise ValueError("training.precision 'bf16' needs a CUDA device; use 'auto' or 'fp32' on CPU")
@@ -499,6 +513,7 @@ class Trainer:
                     "head_params": sum(p.numel() for p in head_parameters(self.model).values()),
                     "changed_outside_mask": outside if self.method.mask is not None else None,
                     "device": str(self.device), "device_name": device_name(self.device),
+                    "deterministic": torch.are_deterministic_algorithms_enabled(),
                     "peak_gpu_mem_mb": (torch.cuda.max_memory_allocated(self.device) / 2**20
                                         if self.device.type == "cuda" else None),
                     # what the caching allocator held at its peak (CUDA context aside): what packing must fit
