@@ -7,8 +7,9 @@
 #
 # usage: bash benchmarks/gpu_suite.sh OUT_DIR [--smoke] [--only STEP,...] [--budget SECONDS]
 #   --smoke    CPU, tiny settings, a few minutes: checks the suite end to end (CI)
-#   --only     run only these steps (of minilm, packing, roberta, optim; in that order: the packing
-#              goal before the RoBERTa-shaped and optimizer figures, so a tight budget leaves those out first)
+#   --only     run only these steps (of minilm, packing, roberta, optim, determinism; in that order: the issue's
+#              packing goal before the RoBERTa-shaped and optimizer figures, so a tight budget leaves those out
+#              first; determinism, last, reruns one SAM trial per training.deterministic setting)
 #   --budget   start no step whose time limit would end later than this many seconds after the suite started
 #              (default 540: a device call is killed at 600 s, and what it wrote under OUT_DIR comes back)
 # On a GPU machine without Ray or MLflow, bring the bundle along (bash benchmarks/devbundle.sh --help):
@@ -37,7 +38,8 @@ while (($#)); do
 done
 [[ $budget =~ ^[0-9]+$ ]] || { echo "--budget must be whole seconds, not '$budget'" >&2; exit 2; }
 for s in ${only//,/ }; do
-  case $s in minilm|packing|roberta|optim) ;; *) echo "unknown step '$s'; valid: minilm, packing, roberta, optim" >&2; exit 2;; esac
+  case $s in minilm|packing|roberta|optim|determinism) ;;
+    *) echo "unknown step '$s'; valid: minilm, packing, roberta, optim, determinism" >&2; exit 2;; esac
 done
 SECONDS=0  # the budget counts from here: unpack and imports included
 started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
@@ -78,13 +80,15 @@ export PEFT_SWEEP_DATA_DIR=${data:?no task data: set PEFT_SWEEP_DATA_DIR}
 
 tt=(benchmarks/trial_throughput.py --data-dir "$data" --tokenizer-from "$model")
 # "LIMIT NAME COMMAND": on the GPU the limits (130 + 200 + 110 + 30 s) leave ~70 s of the 540 s budget for the
-# unpack (~15 s), the checks above and suite_results.py after each step (a few seconds each).
+# unpack (~15 s), the checks above and suite_results.py after each step (a few seconds each); determinism (90 s)
+# starts only where the steps before it ended early enough (or alone: --only determinism).
 if ((smoke)); then
   steps=(
     "240 minilm   ${tt[*]} --model $model --smoke --methods full,sam,random,lora --profile"
     "300 packing  benchmarks/sweep_packing.py --smoke --fresh-workers --data-dir $data"
     "240 roberta  ${tt[*]} --model roberta-base-shape --smoke --methods full,sam,lora --cb-steps 0"
     "90  optim    benchmarks/optimizer_step.py --smoke"
+    "180 determinism benchmarks/determinism.py --smoke --data-dir $data"
   )
 else
   steps=(
@@ -92,6 +96,7 @@ else
     "200 packing  benchmarks/sweep_packing.py --model $model --data-dir $data --fractions 1,0.25,0.125 --trials 8 --steps 100 --fresh-workers --fresh-trials 3"
     "110 roberta  ${tt[*]} --model roberta-base-shape --batch-size 32 --seq-len 128 --steps 30 --warmup 5 --methods full,sam,lora --cb-steps 0"
     "30  optim    benchmarks/optimizer_step.py --model $model --steps 100"
+    "90  determinism benchmarks/determinism.py --model $model --data-dir $data --steps 60"
   )
 fi
 grace=10    # timeout's -k: a step that ignores SIGTERM is killed this much later

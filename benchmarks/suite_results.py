@@ -32,7 +32,8 @@ GOALS = {"minilm-l6.full_vs_plain": 0.9, "minilm-l6.sam_vs_full": 1.0, "minilm-l
          "roberta-base-shape.sam_peak_mem_incl_setup_vs_full": None,
          "packing.best_vs_one_trial_per_gpu": 4.0, "cb_trial.outside_training_share": 0.15,
          "optimizer.masked_vs_dense_adamw": None, "packing.fresh_vs_reused_per_trial": None,
-         "packing.best_vs_one_trial_per_gpu_incl_sweep_overhead": None}
+         "packing.best_vs_one_trial_per_gpu_incl_sweep_overhead": None,
+         "determinism.on_vs_off_train_s": None}
 STEP_MODEL = {"minilm": "minilm-l6", "roberta": "roberta-base-shape"}
 
 
@@ -134,6 +135,11 @@ def collect(steps_out: Path, log: Path | None, smoke: bool, started: str | None 
                  if r.get("ratio_to_whole_gpu_incl_sweep_overhead") is not None), default=None)
             ratios["packing.fresh_vs_reused_per_trial"] = next(
                 (r["fresh_vs_reused_per_trial"] for r in out if "fresh_vs_reused_per_trial" in r), None)
+        elif name == "determinism":  # whether a seed reruns identically, per setting, and what "on" costs
+            figures["determinism"] = out
+            on, off = ({r["case"]: r for r in out}.get(f"deterministic_{s}", {}) for s in ("on", "off"))
+            ratios["determinism.on_vs_off_train_s"] = ratio(sum(on.get("train_s") or []) or None,
+                                                            sum(off.get("train_s") or []) or None)
     for k in GOALS:
         ratios.setdefault(k, None)
     cuda = torch.cuda.is_available()

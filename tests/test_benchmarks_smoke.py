@@ -48,7 +48,7 @@ def test_gpu_suite_smoke_writes_every_figure(tmp_path):
     assert "### step packing (limit" in (tmp_path / "suite.log").read_text()
     res = json.loads(path.read_text())
     assert res["errors"] == {}, res["errors"]
-    assert [c["step"] for c in res["commands"]] == ["minilm", "packing", "roberta", "optim"]
+    assert [c["step"] for c in res["commands"]] == ["minilm", "packing", "roberta", "optim", "determinism"]
     assert all(c["rc"] == 0 and c["wall_s"] is not None for c in res["commands"])
     assert all(c["command"].startswith(sys.executable) for c in res["commands"])
     assert res["torch"] and res["smoke"] is True
@@ -74,6 +74,10 @@ def test_gpu_suite_smoke_writes_every_figure(tmp_path):
         # trial_wall_s is rounded to 0.01 s, the span is not; rounding keeps order (CI: 6.3387 >= 6.34 failed)
         assert round(r["trials_span_s"], 2) >= max(r["trial_wall_s"])
     assert len(res["figures"]["optimizer"]) == 2
+    # on CPU a seed reruns bit for bit with either setting
+    assert [(r["case"], r["identical"], r["same_test_score"]) for r in res["figures"]["determinism"]] == \
+        [("deterministic_off", True, True), ("deterministic_on", True, True)]
+    assert all(r["mask_entries"] > 0 for r in res["figures"]["determinism"])
     assert set(res["profiles"]) == {"minilm-l6.full", "minilm-l6.sam"}
     assert all("Name" in t and "aten::" in t for t in res["profiles"].values())
     printed = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
