@@ -7,6 +7,7 @@ beside the trials; a figure whose input is missing is replaced by a one-line not
 not in the trials file: the caller passes its URI for the links to the runs."""
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import html
 import json
@@ -53,8 +54,12 @@ def _missing(fig_id: str, why: str) -> str:
     return f'<p class="missing" id="missing-{fig_id}">Not drawn: {_esc(why)}</p>'
 
 
-def _figure(fig_id: str, src: str, caption: str) -> str:
-    return (f'<figure id="fig-{fig_id}"><img src="{src}" alt="{_esc(caption)}">'
+def _figure(fig_id: str, svg: Path, caption: str) -> str:
+    """The figure in the page itself (a data: URI; the .svg stays beside it for whoever wants the file): MLflow's
+    artifact viewer shows index.html alone, from a blob: URL in a sandboxed frame, where "seeds.svg" resolves
+    to nothing. An <img> rather than inline <svg>: matplotlib's SVGs reuse element ids, which would clash."""
+    data = base64.b64encode(svg.read_bytes()).decode("ascii")
+    return (f'<figure id="fig-{fig_id}"><img src="data:image/svg+xml;base64,{data}" alt="{_esc(caption)}">'
             f"<figcaption>{_esc(caption)}</figcaption></figure>")
 
 
@@ -79,9 +84,10 @@ def _code_version() -> str:
     return f"peft-sweep {version}" + (f", git {commit}" if commit else "")
 
 
-def mlflow_command() -> str:
+def mlflow_command(relative: bool = True) -> str:
     """How to call this environment's MLflow CLI from a shell here: ``mlflow`` where PATH finds it, else its path
-    (``make demo``'s .venv is not activated, so a bare ``mlflow`` was not found)."""
+    (``make demo``'s .venv is not activated, so a bare ``mlflow`` was not found): relative to the working folder
+    for the console, absolute (``relative=False``) for a page read from anywhere."""
     import os
     import shutil
     import sys
@@ -90,23 +96,35 @@ def mlflow_command() -> str:
     found = shutil.which("mlflow")
     if not mine.is_file() or (found and Path(found).resolve() == mine.resolve()):
         return "mlflow"
-    return os.path.relpath(mine) if mine.absolute().is_relative_to(Path.cwd()) else str(mine)
+    if relative and mine.absolute().is_relative_to(Path.cwd()):
+        return os.path.relpath(mine)
+    return str(mine.absolute())
 
 
-def mlflow_ui(tracking_uri: str | None) -> tuple[str | None, str]:
-    """Where the sweep's runs can be browsed, and the sentence that says so (HTML). A server (http/https) is its
-    own UI; any other store (SQLite, a folder) needs a local ``mlflow ui`` on it; None: the store is unknown (a
-    trials file given without its sweep), so there is nothing to link to."""
+def mlflow_ui(tracking_uri: str | None, experiment_id: str | None = None) -> tuple[str | None, str]:
+    """Where the sweep's runs can be browsed, and the sentence that says so (HTML), with a link to the sweep's
+    runs table where the experiment is known. A server (http/https) is its own UI; any other store (SQLite, a
+    folder) needs a local ``mlflow ui`` on it; None: the store is unknown (a trials file given without its
+    sweep), so there is nothing to link to."""
     if tracking_uri is None:
         return None, ("MLflow run ids are listed under each method name, not linked: this report was built from a "
                       "trials file without its sweep, so it does not know the tracking store (build it with "
                       "<code>peft-sweep report SWEEP_DIR</code> to link them).")
-    if tracking_uri.startswith(("http://", "https://")):
-        base = tracking_uri.rstrip("/")
-        return base, f"Method names link to their MLflow runs on the sweep's tracking server {_esc(base)}."
-    command = f"{mlflow_command()} ui --backend-store-uri {shlex.quote(tracking_uri)} --port 5000"
+    server = tracking_uri.startswith(("http://", "https://"))
+    base = tracking_uri.rstrip("/") if server else LOCAL_UI
+    table = (f' The <a id="mlflow-runs" href="{_esc(runs_table(base, experiment_id))}">sweep\'s runs table</a> lists '
+             "the trials under the sweep's run (expand its row); that run holds this report, the analysis files "
+             "and the answer as metrics and tags." if experiment_id else "")
+    if server:
+        return base, f"Method names link to their MLflow runs on the sweep's tracking server {_esc(base)}.{table}"
+    command = f"{mlflow_command(relative=False)} ui --backend-store-uri {shlex.quote(tracking_uri)} --port 5000"
     return LOCAL_UI, (f"Method names link to their MLflow runs at {LOCAL_UI} (start it with "
-                      f"<code>{_esc(command)}</code>).")
+                      f"<code>{_esc(command)}</code>).{table}")
+
+
+def runs_table(mlflow_url: str, experiment_id: str) -> str:
+    """The experiment's runs table in MLflow's training view (orchestrator.tracking's RUNS_VIEW)."""
+    return f"{mlflow_url}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def run_page(mlflow_url: str, run_id: str, experiment_id: str | None) -> str:
@@ -385,7 +403,8 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
     sweeps = ", ".join(map(str, trials["sweep"].dropna().unique())) if "sweep" in trials else ""
     models = ", ".join(map(str, trials["model"].dropna().unique())) if "model" in trials else "not recorded"
     spec = spec_path.read_text() if spec_path and spec_path.is_file() else None
-    mlflow_url, browse = mlflow_ui(tracking_uri)
+    experiments = (trials["mlflow_experiment_id"].dropna().unique() if "mlflow_experiment_id" in trials else [])
+    mlflow_url, browse = mlflow_ui(tracking_uri, str(experiments[0]) if len(experiments) == 1 else None)
     if "mlflow_run_id" not in trials or trials["mlflow_run_id"].isna().all():
         browse = "No MLflow run ids in this trials file, so no links to the runs."
 
@@ -440,7 +459,7 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
         rejects = fr["p_value"] < nem["alpha"]  # Nemenyi is post-hoc: it separates pairs once Friedman rejects
         figures.cd_figure(fr["average_ranks"], nem["p_values"] if rejects else {}, nem["cd"], nem["alpha"], methods,
                           out / "cd.svg")
-        parts.append(_figure("cd", "cd.svg", "Critical-difference diagram: average rank over tasks (1 = best); "
+        parts.append(_figure("cd", out / "cd.svg", "Critical-difference diagram: average rank over tasks (1 = best); "
                                              + (f"methods joined by a bar are not separated by Nemenyi's test at "
                                                 f"α = {nem['alpha']}; CD = {nem['cd']:.2f} ranks" if rejects else
                                                 f"Friedman's test does not reject at α = {nem['alpha']} "
@@ -452,12 +471,12 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
 
     parts.append("<h2>The seeds</h2>")
     figures.seeds_figure(finished, methods, test_base, out / "seeds.svg")
-    parts.append(_figure("seeds", "seeds.svg", "Every seed's test score per method (box: quartiles)"))
+    parts.append(_figure("seeds", out / "seeds.svg", "Every seed's test score per method (box: quartiles)"))
     seeds = rows_of(res.seeds, main)
     left_out = main["seeds_enough"].get("left_out") or {}
     if len(seeds):
         figures.seeds_enough_figure(seeds, main["seeds_enough"]["kendall_tau"], methods, out / "seeds_enough.svg")
-        parts.append(_figure("seeds-enough", "seeds_enough.svg", "Stability rank vs number of seeds used" + (
+        parts.append(_figure("seeds-enough", out / "seeds_enough.svg", "Stability rank vs number of seeds used" + (
             "; " + not_ranked_line(left_out) if left_out else "")))
     else:
         parts.append(_missing("seeds-enough", main["seeds_enough"].get("reason", "no data")))
@@ -465,7 +484,7 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
     parts.append("<h2>Learning curves</h2>")
     if curves is not None and (curves["kind"] == "eval").any():
         figures.curves_figure(curves, methods, dev_base, out / "curves.svg")
-        parts.append(_figure("curves", "curves.svg", "Dev score vs step, one line per trial"))
+        parts.append(_figure("curves", out / "curves.svg", "Dev score vs step, one line per trial"))
     else:
         parts.append(_missing("curves", "no curves.parquet with evaluation rows (from --curves, or beside the trials "
                                         "file)."))
@@ -473,7 +492,7 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
     parts.append("<h2>Stability vs performance (Fig. 3b)</h2>")
     if main_table.loc[main_table["task"] != "AVG", "std"].notna().any():
         figures.rank_figure(spearman_pairs(main_table), main["spearman"], methods, out / "ranks.svg")
-        parts.append(_figure("ranks", "ranks.svg", "stability rank vs performance rank per (method, task)"))
+        parts.append(_figure("ranks", out / "ranks.svg", "stability rank vs performance rank per (method, task)"))
     else:
         parts.append(_missing("ranks", "a stability rank is the rank of a std over seeds, so Fig. 3b needs ≥2 seeds "
                                        f"per (method, task); this sweep has n = {', '.join(map(str, n_per_cell))}."))
@@ -481,7 +500,7 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
     sweep_rows = rows_of(res.sparsity, {"sparsity": None, "perturbation": main["perturbation"]})
     if sweep_rows["sparsity"].nunique() > 1:  # finished trials of the current grid at several sparsities
         figures.sparsity_figure(sweep_rows, test_base, methods, out / "sparsity.svg")
-        parts.append(_figure("sparsity", "sparsity.svg", "score vs sparsity, for the methods that take one (the others "
+        parts.append(_figure("sparsity", out / "sparsity.svg", "score vs sparsity, for the methods that take one (the others "
                                                          "have one score at every p: Table 1)"))
     else:
         parts.append(_missing("sparsity", "the sweep has one sparsity; Fig. 3a needs several."))
@@ -489,7 +508,7 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
     projected = curves[curves["kind"] == "projection"]["trial_key"].unique() if curves is not None else []
     if len(projected):
         label = figures.projection_figure(curves, projected[0], out / "projection.svg")
-        parts.append(_figure("projection", "projection.svg", f"projection discontinuity: {label}"))
+        parts.append(_figure("projection", out / "projection.svg", f"projection discontinuity: {label}"))
     else:
         parts.append(_missing("projection", "no projections recorded; Fig. 4 needs diffprune or childprune trials "
                                             "(and curves.parquet)."))
@@ -504,7 +523,7 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
         if "trial_key" in masks and "trial_key" in in_group:
             masks = masks[masks["trial_key"].isin(set(in_group["trial_key"]))]
         figures.anatomy_figure(masks, methods, out / "anatomy.svg")
-        parts.append(_figure("anatomy", "anatomy.svg", "share of the budget per module kind, mean over trials"))
+        parts.append(_figure("anatomy", out / "anatomy.svg", "share of the budget per module kind, mean over trials"))
     else:
         parts.append(_missing("anatomy", f"no masks.parquet beside {trials_path.name} (the export writes it for "
                                          "sweeps of subset methods)."))
@@ -517,7 +536,7 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
     compared = set(overlap["method_a"]) | set(overlap["method_b"]) if overlap is not None else set()
     if len(compared) >= 2:
         figures.overlap_figure(overlap, methods, out / "overlap.svg")
-        parts.append(_figure("overlap", "overlap.svg", "mean Jaccard overlap between methods' masks"))
+        parts.append(_figure("overlap", out / "overlap.svg", "mean Jaccard overlap between methods' masks"))
     else:
         parts.append(_missing("overlap", _why_no_overlap(trials, trials_path, overlap_path, overlap is not None)))
     ours = current(trials)

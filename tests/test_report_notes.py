@@ -38,13 +38,15 @@ def test_links_follow_the_tracking_store(tmp_path):
     db = tmp_path / "my store" / "mlflow.db"
     local = build_report(trials, None, tmp_path / "r2", tracking_uri=f"sqlite:///{db}").read_text()
     assert "http://127.0.0.1:5000/#/runs/run0000" in _hrefs(local)
-    assert f"{mlflow_command()} ui --backend-store-uri &#x27;sqlite:///{db}&#x27; --port 5000" in local  # quoted
+    assert f"{mlflow_command(relative=False)} ui --backend-store-uri &#x27;sqlite:///{db}&#x27; --port 5000" in local
+    assert 'id="mlflow-runs"' not in local  # no experiment id in this hand-made file
 
     frame = pd.read_parquet(trials).assign(mlflow_experiment_id="7")  # as exported since it has the column
     frame.to_parquet(tmp_path / "with_experiment.parquet")
     training = build_report(tmp_path / "with_experiment.parquet", None, tmp_path / "r5",
                             tracking_uri="http://mlflow.cluster:5792/").read_text()
     assert "http://mlflow.cluster:5792/#/experiments/7/runs/run0000?workflowType=machine_learning" in _hrefs(training)
+    assert "http://mlflow.cluster:5792/#/experiments/7/runs?workflowType=machine_learning" in _hrefs(training)
 
     unknown = build_report(trials, None, tmp_path / "r3").read_text()
     assert not _hrefs(unknown) and "<code>run0000</code>" in unknown  # the run ids, no guessed server
@@ -66,11 +68,13 @@ def test_sweep_end_and_report_command_link_the_sweeps_own_store(tmp_path, data_d
     run_id = run.run_id
     exported = pd.read_parquet(spec.sweep_dir / "export" / "trials.parquet")
     assert set(exported["mlflow_experiment_id"]) == {run.experiment_id}  # to open a run in its training view
-    command = f"{mlflow_command()} ui --backend-store-uri sqlite:///{spec.sweep_dir / 'mlflow.db'} --port 5000"
+    command = (f"{mlflow_command(relative=False)} ui --backend-store-uri sqlite:///{spec.sweep_dir / 'mlflow.db'} "
+               "--port 5000")  # absolute: the page may be read from anywhere
     for index in (spec.sweep_dir / "report" / "index.html", tmp_path / "again" / "index.html"):
         page = index.read_text()
         link = f"http://127.0.0.1:5000/#/experiments/{run.experiment_id}/runs/{run_id}?workflowType=machine_learning"
         assert link in _hrefs(page) and command in page, index
+        assert tr.runs_url() in _hrefs(page)  # the sweep's runs table
     assert main(["report", "--trials", str(spec.sweep_dir / "export" / "trials.parquet"), "--out",
                  str(tmp_path / "bare")]) == 0
     bare = (tmp_path / "bare" / "index.html").read_text()
@@ -95,7 +99,7 @@ def test_a_sweep_tracked_on_a_server_links_the_server(tmp_path, data_dir):
         runs = [r.info for r in tr.trial_runs().values()]
         page = (spec.sweep_dir / "report" / "index.html").read_text()
         assert {f"http://127.0.0.1:{port}/#/experiments/{r.experiment_id}/runs/{r.run_id}?workflowType="
-                "machine_learning" for r in runs} == set(_hrefs(page))
+                "machine_learning" for r in runs} | {tr.runs_url()} == set(_hrefs(page))
         assert "mlflow ui" not in page
         if CHROMIUM:  # what the links open: MLflow 3.18 showed `#/runs/<id>` in its GenAI view ("Evaluation runs")
             run_link = next(h for h in _hrefs(page) if runs[0].run_id in h)
@@ -366,6 +370,7 @@ def test_the_mlflow_command_shown_is_one_this_shell_finds(monkeypatch):
     if shutil.which("mlflow") is None:
         shown = mlflow_command()
         assert shown != "mlflow" and Path(shown).resolve() == (venv_bin / "mlflow").resolve()
+        assert Path(mlflow_command(relative=False)).is_absolute()  # for the report, read from anywhere
     monkeypatch.setenv("PATH", f"{venv_bin}:/usr/bin:/bin")
     assert mlflow_command() == "mlflow"
 
@@ -471,7 +476,8 @@ def test_a_reused_out_folder_keeps_no_figure_of_an_earlier_report(tmp_path):
     left = {p.name for p in out.iterdir()}
     assert "sparsity.svg" not in left and "anatomy.svg" not in left and "cd.svg" not in left, left
     assert "notes.txt" in left
-    assert {p.name for p in out.glob("*.svg")} == {n for n in FIGURE_FILES if f'src="{n}"' in page}
+    # each figure in the page (inline, as a data: URI) has its file beside it, and no other file is left
+    assert {p.stem.replace("_", "-") for p in out.glob("*.svg")} == set(re.findall(r'<figure id="fig-([a-z-]+)"', page))
     kept = {p.name for p in out.glob("*.svg")}
     bad = tmp_path / "bad.parquet"
     pd.DataFrame({"method": ["sam"], "status": ["FINISHED"], "test_score": [0.5]}).to_parquet(bad)  # no task
