@@ -39,6 +39,7 @@ exit codes:
 # one line of error; PEFT_SWEEP_DEBUG=1 shows all of it. Room for the longest list of valid keys (training's, 14)
 # after a long spec path: at 300 the list was cut before the key the user looked for.
 MAX_LINE = 500
+ERROR_SHOWN = 200  # characters of a failed trial's error that `status` prints
 WATCH_INTERVAL = 5.0  # seconds between updates of `status --watch`
 WATCH_START_S = 60.0  # how long `status --watch` waits for a starting run's spec.yaml (written after the store)
 
@@ -273,8 +274,12 @@ def _cmd_status(args) -> int:
     print(f"{n_trials(table['total'])}: " + ", ".join(f"{k} {v}" for k, v in sorted(table["per_status"].items())))
     for pair, counts in sorted(table["per_method_task"].items()):
         print(f"  {pair:24} " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-    for key, err in table["errors"].items():
-        print(f"  FAILED {table['failed_trials'][key]} ({key}): {err}")
+    for key, err in table["errors"].items():  # Ray's errors run to a page: the export's `error` column has it all
+        shown = err if len(err) <= ERROR_SHOWN else err[:ERROR_SHOWN - 1] + "…"
+        print(f"  FAILED {table['failed_trials'][key]} ({key}): {shown}")
+    if table["errors"] and table["driver"] != "alive":
+        print(f"{sweep.rerun_hint(spec, list(table['errors']))} (each error whole: peft-sweep export "
+              f"{spec.sweep_dir}, column `error`)")
     running = table["per_status"].get("RUNNING", 0)
     left = sum(n for s, n in table["per_status"].items() if s not in ("FINISHED", "FAILED"))
     if running and table["driver"] != "alive":  # records a killed driver left: nothing runs them
@@ -307,7 +312,7 @@ def _cmd_list(args) -> int:
             print(f"{r['sweep']:24} unreadable: {r['error']}")
             continue
         counts = ", ".join(f"{s} {r[s]}" for s in ("FINISHED", "FAILED", "RUNNING", "STOPPED", "PENDING") if r.get(s))
-        print(f"{r['sweep']:24} {r['total']:>5} trials  {counts:48} started {r['started']}  driver {r['driver']}")
+        print(f"{r['sweep']:24} {r['total']:>5} {'trial ' if r['total'] == 1 else 'trials'}  {counts:48} started {r['started']}  driver {r['driver']}")
     return 0
 
 

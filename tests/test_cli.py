@@ -335,6 +335,22 @@ def test_status_says_when_running_trials_have_no_driver(ran, cli):
     assert json.loads(out)["driver"] == "not running"
 
 
+def test_status_shows_a_failed_trials_error_short_and_how_to_rerun_it(ran, cli):
+    """status printed Ray's whole error (a page of advice) on the trial's line, and not the rerun command."""
+    from benchmarks.synthetic_trials import trial_dict
+
+    path, spec = ran
+    cfg = spec.trials()[1]
+    recs = records.SweepRecords(spec.sweep_dir)
+    recs.started(cfg.key, trial_dict(cfg))
+    recs.failed(cfg.key, "ActorDiedError: The actor is dead because its worker process has died. " + "x" * 900)
+    rc, out, _ = cli("status", str(spec.sweep_dir))
+    line = next(ln for ln in out.splitlines() if ln.startswith("  FAILED"))
+    assert rc == 0 and "ActorDiedError: The actor is dead" in line and line.endswith("…")
+    assert len(line) < 300, line
+    assert f"rerun the failed ones with: peft-sweep rerun-failed {spec.sweep_dir}" in out, out
+
+
 def test_rerun_failed_names_the_trials_it_leaves_to_run(ran, cli):
     """rerun-failed on a sweep with stopped or never-started trials said "0 to run", "nothing to run": those
     trials went unaccounted for, and nothing said that `run` would run them."""
