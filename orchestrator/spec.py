@@ -352,7 +352,8 @@ def _unknown_key(key: Any, model: type[BaseModel] | None) -> str:
     if model is None:
         return msg
     valid = [k for k, f in model.model_fields.items() if not (f.json_schema_extra or {}).get("internal")]
-    return f"{msg}{did_you_mean(str(key).split(':')[0], valid, fold=str)}; valid keys: {', '.join(valid)}"
+    where = "; a sparsity is a grid axis: grid.sparsities: [0.005]" if key == "sparsity" else ""
+    return f"{msg}{did_you_mean(str(key).split(':')[0], valid, fold=str)}{where}; valid keys: {', '.join(valid)}"
 
 
 def first_error(exc: ValidationError, model: type[BaseModel] | None = None) -> str:
@@ -367,6 +368,10 @@ def first_error(exc: ValidationError, model: type[BaseModel] | None = None) -> s
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = _unknown_key(e["loc"][-1], _model_at(model, e["loc"][:-1]))
+        elif e["type"] == "list_type" and e["loc"][-1] == "seeds" and isinstance(e.get("input"), int):
+            n = e["input"]  # `seeds: 3` most likely means three seeds, not seed 3
+            msg += (f"; write a list of seeds: [{n}] runs seed {n} alone, {list(range(n))} runs {n} seeds"
+                    if 0 < n <= 100 else "; write a list of seeds (integers >= 0), e.g. [0, 1, 2]")
         elif e["type"] == "list_type":  # --set grid.seeds=3: YAML's flow list is what it takes
             msg += f"; write a list, e.g. [{e.get('input')}]"
         parts.append(f"{loc}: {msg}{shown}" if loc else f"{msg}{shown}")

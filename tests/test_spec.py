@@ -231,3 +231,14 @@ def test_a_saved_spec_is_not_rejudged_for_settings_that_do_nothing():
 def test_a_sqlite_uri_without_its_third_slash_is_refused_with_the_right_form(uri):
     """sqlite://runs/x.db (two slashes) used to pass `validate` and fail only at `run`, as an "unreachable" store."""
     assert "a SQLite URI is sqlite:///relative/path.db or sqlite:////absolute/path.db" in _bad({"tracking_uri": uri})
+
+
+def test_a_scalar_seed_count_and_a_per_method_sparsity_get_advice_that_runs():
+    """`seeds: 3` was told "write a list, e.g. [3]" (seed 3 alone; and [-3] for -3, refused next);
+    `methods.sam.sparsity` was an unknown key with no word of grid.sparsities."""
+    with pytest.raises(SpecError, match=r"\[3\] runs seed 3 alone, \[0, 1, 2\] runs 3 seeds"):
+        spec_from_dict({**BASE, "grid": {**BASE["grid"], "seeds": 3}})
+    with pytest.raises(SpecError, match=r"integers >= 0\), e\.g\. \[0, 1, 2\]"):
+        spec_from_dict({**BASE, "grid": {**BASE["grid"], "seeds": -3}})
+    with pytest.raises(SpecError, match=r"sparsity: unknown key; a sparsity is a grid axis: grid\.sparsities"):
+        spec_from_dict({**BASE, "methods": {"sam": {"sparsity": 0.01}}})
