@@ -218,9 +218,13 @@ class SweepSpec(Strict):
         if unknown:
             close = {m: closest(m, [*METHODS, *self.variants]) for m in unknown}
             named = ", ".join(f"{m!r}" + (f" (did you mean {close[m]!r}?)" if close[m] else "") for m in unknown)
+            # `sam-global` in the paper configs is a variant: a name built on a method's reads as one not defined
+            variant = next((m for m in unknown if m.split("-")[0] in METHODS), None)
+            hint = (f"; to name a setting of {variant.split('-')[0]} {variant!r}, define it under variants: "
+                    f"{{{variant}: {{method: {variant.split('-')[0]}, <the settings that differ>}}}}" if variant else "")
             raise ValueError(f"grid.methods: unknown method{'s' if len(unknown) > 1 else ''} {named}; valid methods: "
                              f"{', '.join(METHODS)}"
-                             f"{' and the variants ' + ', '.join(self.variants) if self.variants else ''}")
+                             f"{' and the variants ' + ', '.join(self.variants) if self.variants else ''}{hint}")
         for m in self.grid.methods:
             method = get_method(self.base_method(m))
             try:

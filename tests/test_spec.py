@@ -242,3 +242,10 @@ def test_a_scalar_seed_count_and_a_per_method_sparsity_get_advice_that_runs():
         spec_from_dict({**BASE, "grid": {**BASE["grid"], "seeds": -3}})
     with pytest.raises(SpecError, match=r"sparsity: unknown key; a sparsity is a grid axis: grid\.sparsities"):
         spec_from_dict({**BASE, "methods": {"sam": {"sparsity": 0.01}}})
+
+
+def test_a_variant_name_used_without_its_definition_is_told_where_to_define_it():
+    """`sam-global`, a variant in the paper configs, was "unknown method" with no word of variants."""
+    with pytest.raises(SpecError, match=r"unknown method 'sam-global'; valid methods: .*; to name a setting of sam "
+                                        r"'sam-global', define it under variants: \{sam-global: \{method: sam, "):
+        spec_from_dict({**BASE, "grid": {**BASE["grid"], "methods": ["sam-global"]}})

@@ -301,7 +301,7 @@ def test_batch_size_zero(tmp_path, tiny_model, data_dir, refuse_spec):
 
 @pytest.mark.parametrize("seeds,needle", [([0.5], "grid.seeds.0: Input should be a valid integer (got 0.5)"),
                                           (["1"], "grid.seeds.0: Input should be a valid integer (got '1')"),
-                                          (5, "grid.seeds: Input should be a valid list; write a list, e.g. [5] (got 5)")])
+                                          (5, "grid.seeds: Input should be a valid list; write a list of seeds: [5] runs seed 5 alone, [0, 1, 2, 3, 4] runs 5 seeds (got 5)")])
 def test_seeds_that_are_not_integers(tmp_path, tiny_model, data_dir, seeds, needle, refuse_spec):
     spec = write_spec(tmp_path, tiny_model, data_dir, grid__seeds=seeds)
     refuse_spec(spec, needle)
@@ -603,7 +603,7 @@ def test_slips_a_researcher_types_get_the_hint_at_once(tmp_path, tiny_model, dat
     refused(*one, "--method", "sam", "--set", "max_steps=1",
             needles=("max_steps: unknown key", "training.max_steps"))
     refused("validate", str(write_spec(tmp_path, tiny_model, data_dir)), "--set", "grid.seeds=3",
-            needles=("grid.seeds", "write a list, e.g. [3]"))
+            needles=("grid.seeds", "[0, 1, 2] runs 3 seeds"))
 
 
 def test_list_given_a_sweep_folder_says_what_to_run(tmp_path, refused):
