@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from trainables.config import DataConfig
-from trainables.models import ModelError, load_tokenizer, resolve_model
+from trainables.models import EMBEDDED, ModelError, load_tokenizer, resolve_model
 from trainables.tasks import HUB_TIMEOUT_S, DataError, check_hub, load_task, resolve_data_dir
 
 from .spec import ClusterError, SpecError, SweepSpec
@@ -173,8 +173,9 @@ def check_hub_model(model: str, repo: str, timeout: float = HUB_TIMEOUT_S) -> No
         cached = isinstance(try_to_load_from_cache(repo, "config.json"), str)
         raise ModelError(f"model {model!r}: the Hugging Face Hub cannot serve it ({reason}); "
                          + ("it is in the local HF cache: set HF_HUB_OFFLINE=1 to use that copy" if cached else
-                            f"give a local folder (model: /path/to/{model.split('/')[-1]}), or set HF_HUB_OFFLINE=1 "
-                            "where the local HF cache holds it")) from None
+                            f"give a local folder (model: /path/to/{model.split('/')[-1]}), set HF_HUB_OFFLINE=1 "
+                            "where the local HF cache holds it, or use the model packed with this tool: "
+                            f"{', '.join(sorted(EMBEDDED))}")) from None
 
 
 def check_method_fits(spec: SweepSpec, path: str) -> None:

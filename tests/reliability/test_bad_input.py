@@ -104,8 +104,8 @@ def test_a_hub_model_with_the_hub_unreachable_is_refused_at_once(tmp_path, data_
     """transformers retried for half a minute, printing a warning per retry, before the one-line error."""
     spec = write_spec(tmp_path, "roberta-base", data_dir)
     _expect_refusal(tmp_path, spec, "model 'roberta-base': the Hugging Face Hub cannot serve it",
-                    "model: /path/to/roberta-base", "HF_HUB_OFFLINE=1", cmd="validate",
-                    env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")})
+                    "model: /path/to/roberta-base", "HF_HUB_OFFLINE=1", "the model packed with this tool: minilm-l6",
+                    cmd="validate", env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")})
 
 
 def test_no_data_folder_in_offline_mode(tmp_path, tiny_model):
