@@ -181,17 +181,24 @@ class SweepSpec(Strict):
                     raise ValueError(f"{where}: .nan is not a number; give a value")
         return data
 
-    @model_validator(mode="after")
-    def _method_settings(self):
-        for m, params in self.methods.items():
+    @field_validator("methods")
+    @classmethod
+    def _method_settings(cls, methods):
+        """A field's check, not the model's: pydantic runs model checks only once every field is valid, so a bad
+        methods.* setting was reported only after a bad grid or training value had been fixed."""
+        problems = []
+        for m, params in methods.items():
             if m not in METHODS:
-                raise ValueError(f"methods.{m}: unknown method{did_you_mean(m, METHODS)}; valid methods: "
-                                 f"{', '.join(METHODS)}")
+                problems.append(f"methods.{m}: unknown method{did_you_mean(m, METHODS)}; valid methods: "
+                                f"{', '.join(METHODS)}")
+                continue
             try:
                 get_method(m).Params.model_validate(params)
             except ValidationError as exc:
-                raise ValueError(f"methods.{m}: {first_error(exc, get_method(m).Params)}") from None
-        return self
+                problems.append(f"methods.{m}: {first_error(exc, get_method(m).Params)}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return methods
 
     @model_validator(mode="after")
     def _variants(self, info: ValidationInfo):
@@ -368,8 +375,10 @@ def first_error(exc: ValidationError, model: type[BaseModel] | None = None) -> s
         loc = ".".join(str(x) for x in e["loc"])
         value = repr(e.get("input"))
         value = value if len(value) <= 80 else value[:77] + "..."
-        shown = "" if e["type"] == "missing" or not e["loc"] else f" (got {value})"
         msg = e["msg"].removeprefix("Value error, ")
+        if loc and msg.startswith(f"{loc}."):  # a field's own check that names the path inside it, with its value
+            loc = ""
+        shown = "" if e["type"] == "missing" or not loc else f" (got {value})"
         if e["type"] == "extra_forbidden":
             msg = _unknown_key(e["loc"][-1], _model_at(model, e["loc"][:-1]))
         elif e["type"] == "list_type" and e["loc"][-1] == "seeds" and isinstance(e.get("input"), int):

@@ -249,3 +249,14 @@ def test_a_variant_name_used_without_its_definition_is_told_where_to_define_it()
     with pytest.raises(SpecError, match=r"unknown method 'sam-global'; valid methods: .*; to name a setting of sam "
                                         r"'sam-global', define it under variants: \{sam-global: \{method: sam, "):
         spec_from_dict({**BASE, "grid": {**BASE["grid"], "methods": ["sam-global"]}})
+
+
+def test_every_bad_setting_is_named_at_once_grid_and_methods_alike():
+    """A bad grid value hid the bad methods.* settings (a model check, run only once every field is valid), and
+    the first bad method hid the next: three rounds of fixing for three slips."""
+    with pytest.raises(SpecError) as err:
+        spec_from_dict({**BASE, "grid": {**BASE["grid"], "sparsities": [5]},
+                        "methods": {"sam": {"scope": "pertensor"}, "lora": {"rank": -2}}})
+    assert "grid.sparsities: sparsity 5.0 is outside (0, 1)" in str(err.value)
+    assert "methods.sam: scope: Input should be 'global' or 'per_tensor' (got 'pertensor')" in str(err.value)
+    assert "methods.lora: rank: Input should be greater than 0 (got -2)" in str(err.value)
