@@ -242,12 +242,32 @@ def test_deterministic_kernels_are_switched_per_trial_and_keep_old_keys(tiny_tri
     assert trial_key(TrialConfig(task="RTE", method="full")) == "2f1aadb39fdc"
     assert trial_key(TrialConfig(task="RTE", method="full", training={"deterministic": True})) != "2f1aadb39fdc"
     training = {"max_steps": 4, "eval_every": 2}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", ".*deterministic")  # torch's warning for a kernel without such a version
-        on = Trainer(tiny_trial("sam", method_params=METHOD_CASES["sam"],
-                                training={**training, "deterministic": True})).run()
-    assert on["status"] == "FINISHED" and on["deterministic"] is True
-    assert torch.are_deterministic_algorithms_enabled()
-    off = Trainer(tiny_trial("sam", method_params=METHOD_CASES["sam"], training=training)).run()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", ".*deterministic")  # torch's warning for a kernel without such a version
+            on = Trainer(tiny_trial("sam", method_params=METHOD_CASES["sam"],
+                                    training={**training, "deterministic": True})).run()
+        assert on["status"] == "FINISHED" and on["deterministic"] is True
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled()  # CPU: the fused-attention switches are left alone
+    finally:
+        off = Trainer(tiny_trial("sam", method_params=METHOD_CASES["sam"], training=training)).run()
     assert off["deterministic"] is False and not torch.are_deterministic_algorithms_enabled()
     assert on["test_score"] == off["test_score"]  # on CPU the kernels were deterministic already
+
+
+def test_deterministic_kernels_switch_fused_attention_off_on_cuda_and_back(monkeypatch):
+    """With warn_only, torch leaves the fused SDPA kernels' atomic backward on and only warns: on CUDA the
+    setting turns them off (the math kernel runs), and off turns them on again for the next trial. The switches
+    are plain process flags: set here as a CUDA machine would (no GPU here)."""
+    from trainables.loop import deterministic_kernels
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    try:
+        deterministic_kernels(True)
+        assert not (torch.backends.cuda.flash_sdp_enabled() or torch.backends.cuda.mem_efficient_sdp_enabled()
+                    or torch.backends.cuda.cudnn_sdp_enabled())
+    finally:
+        deterministic_kernels(False)
+    assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled() and not torch.are_deterministic_algorithms_enabled()

@@ -87,12 +87,20 @@ def deterministic_kernels(on: bool) -> None:
     index_add_ and the embedding's backward; cuBLAS with its default workspace), so two runs of one seed can differ
     in the last bits and, through a top-k selection, in their masks. torch's switch takes the deterministic kernel
     where it has one and warns where it has none (warn_only: a trial is not failed for it). cuBLAS reads its
-    workspace setting once per process, at its first matmul: set here, before the model reaches the GPU. A
-    sweep's trials share their training settings, so a reused worker process never mixes the two; set off, the
-    switch is reset (it is global to the process)."""
+    workspace setting once per process, at its first matmul: set here, before the model reaches the GPU.
+    Attention: with warn_only, the fused SDPA kernels (flash, memory-efficient, cuDNN) keep their atomic backward
+    and only warn, so on CUDA they are switched off for the trial and the math kernel (matmuls and a softmax) runs
+    instead: slower and more memory, deterministic. (The same switches change CPU's kernel too, whose results
+    differ in the last bits, and CPU is deterministic already: they are left alone there.) A sweep's trials share
+    their training settings, so a reused worker process never mixes the two; set off, every switch is reset
+    (they are global to the process)."""
     if on:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # torch's docs: Reproducibility
     torch.use_deterministic_algorithms(on, warn_only=True)
+    if torch.cuda.is_available():
+        for fused in (torch.backends.cuda.enable_flash_sdp, torch.backends.cuda.enable_mem_efficient_sdp,
+                      torch.backends.cuda.enable_cudnn_sdp):
+            fused(not on)
 
 
 def device_name(device: torch.device) -> str:
