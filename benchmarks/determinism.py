@@ -79,6 +79,7 @@ def setting(args, model: str, deterministic: bool, tmp: Path) -> dict:
             "same_test_score": runs[0]["test_score"] == runs[1]["test_score"],
             "test_scores": [r["test_score"] for r in runs], **diff,
             "identical": diff["mask_entries_differing"] == 0 and diff["weights_differing"] == 0,
+            "trials_said_deterministic": [r["deterministic"] for r in runs],  # the setting reached each run
             "wall_s": [r["wall_s"] for r in runs], "train_s": [r["train_s"] for r in runs]}
 
 
@@ -87,7 +88,7 @@ def main() -> None:
     p.add_argument("--model", default="minilm-l6", help="a model name or folder, or 'tiny' (random init)")
     p.add_argument("--data-dir", required=True, help="the task files (../shared/data)")
     p.add_argument("--steps", type=int, default=60, help="training steps of each run")
-    p.add_argument("--timeout", type=float, default=300, help="seconds one run may take")
+    p.add_argument("--timeout", type=float, default=120, help="seconds one run may take")
     p.add_argument("--smoke", action="store_true", help="the tiny model, 8 steps (CPU, CI)")
     p.add_argument("--one", type=Path, help=argparse.SUPPRESS)  # a child run: save to this file
     p.add_argument("--deterministic", action="store_true", help=argparse.SUPPRESS)

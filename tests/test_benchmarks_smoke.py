@@ -78,6 +78,7 @@ def test_gpu_suite_smoke_writes_every_figure(tmp_path):
     assert [(r["case"], r["identical"], r["same_test_score"]) for r in res["figures"]["determinism"]] == \
         [("deterministic_off", True, True), ("deterministic_on", True, True)]
     assert all(r["mask_entries"] > 0 for r in res["figures"]["determinism"])
+    assert [r["trials_said_deterministic"] for r in res["figures"]["determinism"]] == [[False, False], [True, True]]
     assert set(res["profiles"]) == {"minilm-l6.full", "minilm-l6.sam"}
     assert all("Name" in t and "aten::" in t for t in res["profiles"].values())
     printed = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
