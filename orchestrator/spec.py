@@ -226,7 +226,7 @@ class SweepSpec(Strict):
             close = {m: closest(m, [*METHODS, *self.variants]) for m in unknown}
             named = ", ".join(f"{m!r}" + (f" (did you mean {close[m]!r}?)" if close[m] else "") for m in unknown)
             # `sam-global` in the paper configs is a variant: a name built on a method's reads as one not defined
-            variant = next((m for m in unknown if m.split("-")[0] in METHODS), None)
+            variant = next((m for m in unknown if m.split("-")[0] in METHODS and close[m] not in self.variants), None)
             hint = (f"; to name a setting of {variant.split('-')[0]} {variant!r}, define it under variants: "
                     f"{{{variant}: {{method: {variant.split('-')[0]}, <the settings that differ>}}}}" if variant else "")
             raise ValueError(f"grid.methods: unknown method{'s' if len(unknown) > 1 else ''} {named}; valid methods: "
@@ -381,10 +381,10 @@ def first_error(exc: ValidationError, model: type[BaseModel] | None = None) -> s
         shown = "" if e["type"] == "missing" or not loc else f" (got {value})"
         if e["type"] == "extra_forbidden":
             msg = _unknown_key(e["loc"][-1], _model_at(model, e["loc"][:-1]))
-        elif e["type"] == "list_type" and e["loc"][-1] == "seeds" and isinstance(e.get("input"), int):
-            n = e["input"]  # `seeds: 3` most likely means three seeds, not seed 3
+        elif e["type"] == "list_type" and e["loc"][-1] == "seeds":
+            n = e.get("input")  # `seeds: 3` most likely means three seeds, not seed 3
             msg += (f"; write a list of seeds: [{n}] runs seed {n} alone, {list(range(n))} runs {n} seeds"
-                    if 0 < n <= 100 else "; write a list of seeds (integers >= 0), e.g. [0, 1, 2]")
+                    if type(n) is int and 1 < n <= 100 else "; write a list of seeds (integers >= 0), e.g. [0, 1, 2]")
         elif e["type"] == "list_type":  # --set grid.seeds=3: YAML's flow list is what it takes
             msg += f"; write a list, e.g. [{e.get('input')}]"
         parts.append(f"{loc}: {msg}{shown}" if loc else f"{msg}{shown}")

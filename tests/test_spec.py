@@ -240,6 +240,9 @@ def test_a_scalar_seed_count_and_a_per_method_sparsity_get_advice_that_runs():
         spec_from_dict({**BASE, "grid": {**BASE["grid"], "seeds": 3}})
     with pytest.raises(SpecError, match=r"integers >= 0\), e\.g\. \[0, 1, 2\]"):
         spec_from_dict({**BASE, "grid": {**BASE["grid"], "seeds": -3}})
+    for odd in (True, 1):  # a bool is no count; one seed is [0] or [1] as meant
+        with pytest.raises(SpecError, match=r"write a list of seeds \(integers >= 0\), e\.g\. \[0, 1, 2\]"):
+            spec_from_dict({**BASE, "grid": {**BASE["grid"], "seeds": odd}})
     with pytest.raises(SpecError, match=r"sparsity: unknown key; a sparsity is a grid axis: grid\.sparsities"):
         spec_from_dict({**BASE, "methods": {"sam": {"sparsity": 0.01}}})
 
@@ -249,6 +252,10 @@ def test_a_variant_name_used_without_its_definition_is_told_where_to_define_it()
     with pytest.raises(SpecError, match=r"unknown method 'sam-global'; valid methods: .*; to name a setting of sam "
                                         r"'sam-global', define it under variants: \{sam-global: \{method: sam, "):
         spec_from_dict({**BASE, "grid": {**BASE["grid"], "methods": ["sam-global"]}})
+    with pytest.raises(SpecError) as err:  # a typo of a defined variant: the did-you-mean, not "define it"
+        spec_from_dict({**BASE, "grid": {**BASE["grid"], "methods": ["sam-globl"]},
+                        "variants": {"sam-global": {"method": "sam", "scope": "global"}}})
+    assert "did you mean 'sam-global'?" in str(err.value) and "define it under variants" not in str(err.value)
 
 
 def test_every_bad_setting_is_named_at_once_grid_and_methods_alike():
