@@ -117,7 +117,10 @@ def mlflow_ui(tracking_uri: str | None, experiment_id: str | None = None) -> tup
              "and the answer as metrics and tags." if experiment_id else "")
     if server:
         return base, f"Method names link to their MLflow runs on the sweep's tracking server {_esc(base)}.{table}"
-    command = f"{mlflow_command(relative=False)} ui --backend-store-uri {shlex.quote(tracking_uri)} --port 5000"
+    store = tracking_uri
+    if store.startswith("sqlite:///") and not store.startswith("sqlite:////"):  # relative to where it ran
+        store = f"sqlite:///{Path(store.removeprefix('sqlite:///')).absolute()}"
+    command = f"{mlflow_command(relative=False)} ui --backend-store-uri {shlex.quote(store)} --port 5000"
     return LOCAL_UI, (f"Method names link to their MLflow runs at {LOCAL_UI} (start it with "
                       f"<code>{_esc(command)}</code>).{table}")
 
@@ -132,9 +135,20 @@ def run_page(mlflow_url: str, run_id: str, experiment_id: str | None) -> str:
     ("Evaluations"), whatever the experiment's kind tag says; the experiment's path with ``workflowType`` opens
     the training view, as orchestrator.tracking's RUNS_VIEW does for the runs table. A trials file exported
     before it had ``mlflow_experiment_id`` gets the short form, which still finds the run."""
-    if experiment_id is None or pd.isna(experiment_id):
+    experiment_id = experiment_text(experiment_id)
+    if experiment_id is None:
         return f"{mlflow_url}/#/runs/{run_id}"
     return f"{mlflow_url}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+
+
+def experiment_text(value: Any) -> str | None:
+    """An experiment id as MLflow writes it ("7"), from a column the export writes as text but a hand-made or
+    re-saved file may hold as numbers (7.0 where a value is missing); None for a missing or empty one."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip() or None
 
 
 def _runs_links(trials: pd.DataFrame, method: str, mlflow_url: str | None) -> str:
@@ -403,8 +417,9 @@ def build_report(trials_path: Path, curves_path: Path | None, out: Path, *, anal
     sweeps = ", ".join(map(str, trials["sweep"].dropna().unique())) if "sweep" in trials else ""
     models = ", ".join(map(str, trials["model"].dropna().unique())) if "model" in trials else "not recorded"
     spec = spec_path.read_text() if spec_path and spec_path.is_file() else None
-    experiments = (trials["mlflow_experiment_id"].dropna().unique() if "mlflow_experiment_id" in trials else [])
-    mlflow_url, browse = mlflow_ui(tracking_uri, str(experiments[0]) if len(experiments) == 1 else None)
+    experiments = ({experiment_text(e) for e in trials["mlflow_experiment_id"]} - {None}
+                   if "mlflow_experiment_id" in trials else set())
+    mlflow_url, browse = mlflow_ui(tracking_uri, experiments.pop() if len(experiments) == 1 else None)
     if "mlflow_run_id" not in trials or trials["mlflow_run_id"].isna().all():
         browse = "No MLflow run ids in this trials file, so no links to the runs."
 

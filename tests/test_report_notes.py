@@ -4,6 +4,7 @@ instead of vanishing, the caption says its group in words, and the mask-overlap 
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -47,6 +48,13 @@ def test_links_follow_the_tracking_store(tmp_path):
                             tracking_uri="http://mlflow.cluster:5792/").read_text()
     assert "http://mlflow.cluster:5792/#/experiments/7/runs/run0000?workflowType=machine_learning" in _hrefs(training)
     assert "http://mlflow.cluster:5792/#/experiments/7/runs?workflowType=machine_learning" in _hrefs(training)
+    frame.assign(mlflow_experiment_id=[7.0, None, 7.0, 7.0]).to_parquet(tmp_path / "numbers.parquet")  # re-saved
+    numbers = build_report(tmp_path / "numbers.parquet", None, tmp_path / "r6",
+                           tracking_uri="http://mlflow.cluster:5792/").read_text()
+    assert "http://mlflow.cluster:5792/#/experiments/7/runs?workflowType=machine_learning" in _hrefs(numbers)
+    assert not any("7.0" in h or "experiments//" in h for h in _hrefs(numbers)), _hrefs(numbers)
+    relative = build_report(trials, None, tmp_path / "r7", tracking_uri="sqlite:///runs/x.db").read_text()
+    assert f"--backend-store-uri sqlite:///{Path('runs/x.db').absolute()} --port 5000" in relative
 
     unknown = build_report(trials, None, tmp_path / "r3").read_text()
     assert not _hrefs(unknown) and "<code>run0000</code>" in unknown  # the run ids, no guessed server
