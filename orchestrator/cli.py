@@ -36,9 +36,9 @@ exit codes:
 """
 
 
-# one line of error; PEFT_SWEEP_DEBUG=1 shows all of it. Room for the longest list of valid keys (training's, 14)
-# after a long spec path: at 300 the list was cut before the key the user looked for.
-MAX_LINE = 500
+# one line of error; PEFT_SWEEP_DEBUG=1 shows all of it. Room for the longest list of valid keys (training's, 15)
+# after a long spec path: at 300 the list was cut before the key the user looked for, at 500 (with 15 keys) too.
+MAX_LINE = 600
 ERROR_SHOWN = 200  # characters of a failed trial's error that `status` prints
 WATCH_INTERVAL = 5.0  # seconds between updates of `status --watch`
 WATCH_START_S = 60.0  # how long `status --watch` waits for a starting run's spec.yaml (written after the store)
@@ -278,8 +278,8 @@ def _cmd_status(args) -> int:
         shown = err if len(err) <= ERROR_SHOWN else err[:ERROR_SHOWN - 1] + "…"
         print(f"  FAILED {table['failed_trials'][key]} ({key}): {shown}")
     if table["errors"] and table["driver"] != "alive":
-        print(f"{sweep.rerun_hint(spec, list(table['errors']))} (each error whole: peft-sweep export "
-              f"{spec.sweep_dir}, column `error`)")
+        print(f"{sweep.rerun_hint(spec, list(table['errors']))} (longer errors: the `error` column of "
+              f"peft-sweep export {spec.sweep_dir})")
     running = table["per_status"].get("RUNNING", 0)
     left = sum(n for s, n in table["per_status"].items() if s not in ("FINISHED", "FAILED"))
     if running and table["driver"] != "alive":  # records a killed driver left: nothing runs them
