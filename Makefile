@@ -15,18 +15,21 @@ endif
 
 .PHONY: demo test test-fast setup clean
 
-$(BIN)/peft-sweep: pyproject.toml
+$(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch==2.13.0 resolves to the CPU build here; on a GPU cluster install your own torch first
 	$(BIN)/pip install -q torch==2.13.0
+
+$(BIN)/peft-sweep: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e .
 	touch $@
 
-# the test tools (pytest, xdist, the S3 test server) only for those who run the tests
-$(VENV)/.test-extras: $(BIN)/peft-sweep
+# the test tools (pytest, xdist, the S3 test server) only for those who run the tests; one install of the
+# package with them (installing it twice cost CI most of a minute)
+$(VENV)/.test-extras: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
-	touch $@
+	touch $(BIN)/peft-sweep $@
 
 setup: $(BIN)/peft-sweep
 
