@@ -215,6 +215,11 @@ def spearman_pairs(table: pd.DataFrame) -> pd.DataFrame:
     pairs = table[(table["task"] != "AVG") & table["std"].notna()].copy()
     pairs["perf_rank"] = pairs.groupby("task")["mean"].rank(ascending=False, method="average")
     pairs["stab_rank"] = pairs.groupby("task")["std"].rank(ascending=True, method="average")
+    # ρ pools ranks scaled to (rank - 0.5) / k within each task: raw ranks 1..k of a task with fewer cells are
+    # low on both axes, which made ρ positive where no task had any correlation (0.43 on average for tasks of
+    # 10, 10, 3, 3, 2, 2, 2 cells of random numbers). With equal k the scaling changes nothing.
+    k = pairs.groupby("task")["std"].transform("size")
+    pairs["perf_quantile"], pairs["stab_quantile"] = (pairs["perf_rank"] - 0.5) / k, (pairs["stab_rank"] - 0.5) / k
     # the permutation p's shuffles depend on row order: the same cells in another order gave another p
     return pairs.sort_values(["task", "stab_rank", "perf_rank"], kind="stable")
 
@@ -223,10 +228,11 @@ def _rho(pairs: pd.DataFrame) -> dict[str, Any]:
     if len(pairs) < 3 or pairs["stab_rank"].nunique() < 2 or pairs["perf_rank"].nunique() < 2:
         return {"rho": None, "p_value": None, "permutation_p_value": None, "n_pairs": int(len(pairs)),
                 "reason": "needs ≥3 (method, task) pairs whose stability and performance ranks both vary"}
-    res = stats.spearmanr(pairs["stab_rank"], pairs["perf_rank"])
+    res = stats.spearmanr(pairs["stab_quantile"], pairs["perf_quantile"])
     return {"rho": float(res.statistic), "p_value": float(res.pvalue),
-            "permutation_p_value": within_task_permutation_p(pairs["stab_rank"].to_numpy(),
-                                                              pairs["perf_rank"].to_numpy(), pairs["task"].to_numpy()),
+            "permutation_p_value": within_task_permutation_p(pairs["stab_quantile"].to_numpy(),
+                                                              pairs["perf_quantile"].to_numpy(),
+                                                              pairs["task"].to_numpy()),
             "n_pairs": int(len(pairs)), "n_permutations": N_PERMUTATIONS}
 
 
@@ -459,12 +465,13 @@ def paired_on_average(trials: pd.DataFrame, a: str, b: str, tasks: list[str]) ->
         return {"a": a, "b": b, "n": 0, "answer": f"no paired comparison: {a} or {b} lacks a task"}
     some = wide[have].dropna(how="all")
     full = some.dropna()
+    runs = "runs (seed × split)" if (some.index.get_level_values("split") != -1).any() else "seeds"
     diff = settled(full[a].mean(axis=1) - full[b].mean(axis=1))
     out: dict[str, Any] = {"a": a, "b": b, "n": int(len(diff)), "avg_diff": float(diff.mean()) if len(diff) else None,
                            "n_dropped": int(len(some) - len(full))}
     # paired by seed, so a seed that lacks a cell is left out, and the difference is not the table's: said
     fewer = "" if len(some) == len(full) or not len(full) else (
-        f" (over the {len(full)} of {len(some)} seeds with a score on every task; the table's averages differ by "
+        f" (over the {len(full)} of {len(some)} {runs} with a score on every task; the table's averages differ by "
         f"{settled(some[a].mean().mean() - some[b].mean().mean()):+.1f})")
     if len(diff) < MIN_PAIRED or constant(diff):
         out["answer"] = (f"{a} − {b} on the average: " + ("n/a" if not len(diff) else f"{diff.mean():+.1f}{fewer}")
@@ -487,7 +494,7 @@ def paired_on_average(trials: pd.DataFrame, a: str, b: str, tasks: list[str]) ->
     out.update(ci_low=float(ci.low), ci_high=float(ci.high), p=float(t.pvalue), tasks=per_task)
     verdict = "a significant difference" if t.pvalue < ALPHA else f"no significant difference (n = {len(diff)})"
     out["answer"] = (f"{a} − {b} on the average: {diff.mean():+.1f} points{fewer}, 95% CI [{ci.low:+.1f}, "
-                     f"{ci.high:+.1f}], paired t-test over {len(diff)} seeds p = {t.pvalue:.3g}: {verdict}"
+                     f"{ci.high:+.1f}], paired t-test over {len(diff)} {runs} p = {t.pvalue:.3g}: {verdict}"
                      + (f"; per task (Holm over the {len(tasks)} tasks) significant on " + (", ".join(sig) or "none")
                         if len(tasks) > 1 else ""))
     return out

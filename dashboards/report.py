@@ -21,8 +21,8 @@ from typing import Any
 import pandas as pd
 
 from . import figures, paper
-from .analysis import (UNSCORED, Analysis, analyze, averaged, current, jsonable, mark_unscored, one_seed_tasks,
-                       rows_of, scored, spearman_pairs, status_counts, trials_in)
+from .analysis import (MIN_PAIRED, UNSCORED, Analysis, analyze, averaged, current, jsonable, mark_unscored,
+                       one_seed_tasks, rows_of, scored, spearman_pairs, status_counts, trials_in)
 from .answer import answer, not_ranked_line
 from .figures import fmt_p
 
@@ -305,8 +305,8 @@ def _pairs_html(res: Analysis, main: dict, methods: list[str]) -> str:
     alpha = main["holm"]["alpha"]
     out = [f"<p>Each cell: the tasks on which the row's method beats / ties / loses to the column's method. A win is "
            f"a Holm-corrected paired t-test p &lt; {alpha} with a positive mean of the paired differences (seeds "
-           "both methods finished); Holm corrects over all method pairs of one task. A pair with fewer than two "
-           "paired seeds, or with identical differences, has no test: a tie.</p>"]
+           "both methods finished); Holm corrects over all method pairs of one task. A pair with fewer than "
+           f"{MIN_PAIRED} paired seeds, or with identical differences, has no test: a tie.</p>"]
     wtl = {}
     for r in pairs.itertuples():
         wtl[(r.method_a, r.method_b)] = f"{r.wins}/{r.ties}/{r.losses}"

@@ -353,6 +353,19 @@ def test_spearman_ranks_only_the_cells_it_correlates():
     assert analyze(trials).summary["spearman"]["rho"] == pytest.approx(1.0)
 
 
+def test_spearman_is_not_biased_by_tasks_with_fewer_cells():
+    """Raw ranks 1..k pooled over tasks of unequal k correlate by themselves: a task with 2 cells has ranks 1-2 on
+    both axes, one with 10 has 1-10. On random cells (no correlation in any task) ρ averaged 0.43 for tasks of 10,
+    10, 3, 3, 2, 2, 2 cells, and scipy's p fell below 0.05 in most draws."""
+    from dashboards.analysis import spearman
+
+    rng, ks = np.random.default_rng(0), [10, 10, 3, 3, 2, 2, 2]
+    rhos = [spearman(pd.DataFrame({"task": np.repeat([f"T{i}" for i in range(len(ks))], ks),
+                                   "mean": rng.random(sum(ks)), "std": rng.random(sum(ks))}))["rho"]
+            for _ in range(40)]
+    assert abs(np.mean(rhos)) < 0.1, np.mean(rhos)  # s.e. of the mean ≈ 0.03
+
+
 
 def test_seeds_enough_leaves_a_method_with_no_std_unranked_without_warnings():
     """z has one seed: no std in any subset, so no rank (numpy warned "Mean of empty slice" into the user's run)."""
@@ -663,3 +676,18 @@ def test_status_counts_say_trial_for_one():
     one = pd.DataFrame([{"status": "FAILED", "test_score": None}])
     assert status_counts(one) == "1 trial: 1 FAILED"
     assert status_counts(pd.concat([one, one.assign(status="PENDING")])) == "2 trials: 1 FAILED, 1 PENDING"
+
+
+def test_a_paired_comparison_over_perturbation_splits_counts_runs_not_seeds():
+    """With 3 seeds × 2 splits the test pairs 6 runs; it said "over 6 seeds" (the perturbation sweep's 3 seeds ×
+    10 splits read as "30 seeds")."""
+    from dashboards.analysis import paired_on_average
+
+    rows = [{"method": m, "task": t, "seed": s, "perturbation": k, "status": "FINISHED",
+             "test_score": v + s / 50 + k / 70 + (m == "a") * (s * k) / 300}
+            for m, v in {"a": .7, "b": .6}.items() for t in ("T1", "T2") for s in range(3) for k in range(2)]
+    said = paired_on_average(pd.DataFrame(rows), "a", "b", ["T1", "T2"])["answer"]
+    assert "paired t-test over 6 runs (seed × split)" in said and "seeds" not in said, said
+    plain = paired_on_average(pd.DataFrame(_rows({("a", "T"): [.7, .8, .75], ("b", "T"): [.6, .65, .7]})), "a", "b",
+                              ["T"])["answer"]
+    assert "paired t-test over 3 seeds" in plain, plain
