@@ -125,9 +125,12 @@ def mlflow_ui(tracking_uri: str | None, experiment_id: str | None = None) -> tup
                       f"<code>{_esc(command)}</code>).{table}")
 
 
+TRAINING_VIEW = "?workflowType=machine_learning"  # MLflow 3.18's training view (orchestrator.tracking's RUNS_VIEW)
+
+
 def runs_table(mlflow_url: str, experiment_id: str) -> str:
-    """The experiment's runs table in MLflow's training view (orchestrator.tracking's RUNS_VIEW)."""
-    return f"{mlflow_url}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    """The experiment's runs table in MLflow's training view."""
+    return f"{mlflow_url}/#/experiments/{experiment_id}/runs{TRAINING_VIEW}"
 
 
 def run_page(mlflow_url: str, run_id: str, experiment_id: str | None) -> str:
@@ -138,7 +141,7 @@ def run_page(mlflow_url: str, run_id: str, experiment_id: str | None) -> str:
     experiment_id = experiment_text(experiment_id)
     if experiment_id is None:
         return f"{mlflow_url}/#/runs/{run_id}"
-    return f"{mlflow_url}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+    return f"{mlflow_url}/#/experiments/{experiment_id}/runs/{run_id}{TRAINING_VIEW}"
 
 
 def experiment_text(value: Any) -> str | None:
