@@ -12,6 +12,10 @@
 #              first; determinism, last, reruns one SAM trial per training.deterministic setting)
 #   --budget   start no step whose time limit would end later than this many seconds after the suite started
 #              (default 540: a device call is killed at 600 s, and what it wrote under OUT_DIR comes back)
+# On the borrowed GPU machine (the device tool's run), exactly:
+#   command: bash benchmarks/gpu_suite.sh $OUT      carry: [".devbundle"]      timeout_s: 600
+# .devbundle/ is git-ignored: without it in carry the suite stops at once (exit 2), and only what is written under
+# $OUT comes back. A second call for the steps left out: bash benchmarks/gpu_suite.sh $OUT --only determinism
 # On a GPU machine without Ray or MLflow, bring the bundle along (bash benchmarks/devbundle.sh --help):
 #   bash benchmarks/devbundle.sh build      # here, once: .devbundle/ (Ray, MiniLM-L6, task data, MLflow + SQLite store)
 # the suite then unpacks it itself (bash benchmarks/devbundle.sh unpack: model to /tmp/minilm-l6, data to /tmp/data).
@@ -25,7 +29,11 @@
 # the GPU machine.
 set -uo pipefail
 usage="usage: gpu_suite.sh OUT_DIR [--smoke] [--only STEP,...] [--budget SECONDS]"
-out=${1:?$usage}; shift
+case ${1:-} in
+  -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0;;
+  ''|-*) echo "$usage (the folder comes first; --help says more)" >&2; exit 2;;
+esac
+out=$1; shift
 smoke=0; only=""; budget=540
 while (($#)); do
   case $1 in
@@ -43,9 +51,9 @@ for s in ${only//,/ }; do
 done
 SECONDS=0  # the budget counts from here: unpack and imports included
 started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+mkdir -p "$out"; out=$(cd "$out" && pwd)  # as the caller meant it, before the cd below
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-mkdir -p "$out"; out=$(cd "$out" && pwd)
 log=$out/suite.log; steps_out=$out/suite.out
 : > "$log"; : > "$steps_out"
 say() { echo "$*" | tee -a "$log" >&2; }
@@ -74,14 +82,30 @@ if ((has_stack)); then
 else  # the bundle's Ray and MLflow first, the repo (Ray workers import trainables from it), then the image's own
   export PYTHONPATH=/tmp/site:$root${PYTHONPATH:+:$PYTHONPATH}
 fi
+# what the steps will import, said once at the start (a library of the image that the bundle's Ray or MLflow
+# cannot work with shows here, not minutes later inside the packing step)
+"$py" - >> "$log" 2>&1 <<'PY' || say "an import failed (above, in $log): the steps that need it will fail"
+import importlib, sys
+print("python", sys.version.split()[0])
+failed = []
+for name in ("torch", "transformers", "peft", "ray", "mlflow", "pydantic", "pandas", "pyarrow", "scipy"):
+    try:
+        print(name, importlib.import_module(name).__version__)
+    except Exception as exc:  # noqa: BLE001 - each library on its own line, whatever fails
+        print(name, "FAILED:", type(exc).__name__, exc)
+        failed.append(name)
+sys.exit(1 if failed else 0)
+PY
 model=minilm-l6; ((has_model)) || model=/tmp/minilm-l6  # the bundle's copy
 [ -n "$data" ] || { [ -d /tmp/data ] && data=/tmp/data; }
 export PEFT_SWEEP_DATA_DIR=${data:?no task data: set PEFT_SWEEP_DATA_DIR}
 
 tt=(benchmarks/trial_throughput.py --data-dir "$data" --tokenizer-from "$model")
-# "LIMIT NAME COMMAND": on the GPU the limits (130 + 200 + 110 + 30 s) leave ~70 s of the 540 s budget for the
-# unpack (~15 s), the checks above and suite_results.py after each step (a few seconds each); determinism (90 s)
-# starts only where the steps before it ended early enough (or alone: --only determinism).
+# "LIMIT NAME COMMAND": on the GPU the limits (130 + 250 + 90 + 30 s) leave ~40 s of the 540 s budget for the
+# unpack (~15 s), the checks above and suite_results.py after each step (a few seconds each). Packing runs four
+# sweeps (a Ray start, an MLflow store, workers that import torch, the end's export, analysis and report each),
+# hence the most. Determinism (120 s) starts only where the steps before it ended early enough (or alone:
+# --only determinism).
 if ((smoke)); then
   steps=(
     "240 minilm   ${tt[*]} --model $model --smoke --methods full,sam,random,lora --profile"
@@ -93,10 +117,10 @@ if ((smoke)); then
 else
   steps=(
     "130 minilm   ${tt[*]} --model $model --batch-size 32 --seq-len 128 --steps 50 --warmup 10 --methods full,sam,random,lora --cb-steps 300 --profile"
-    "200 packing  benchmarks/sweep_packing.py --model $model --data-dir $data --fractions 1,0.25,0.125 --trials 8 --steps 100 --fresh-workers --fresh-trials 3"
-    "110 roberta  ${tt[*]} --model roberta-base-shape --batch-size 32 --seq-len 128 --steps 30 --warmup 5 --methods full,sam,lora --cb-steps 0"
+    "250 packing  benchmarks/sweep_packing.py --model $model --data-dir $data --fractions 1,0.25,0.125 --trials 8 --steps 100 --fresh-workers --fresh-trials 3"
+    "90  roberta  ${tt[*]} --model roberta-base-shape --batch-size 32 --seq-len 128 --steps 30 --warmup 5 --methods full,sam,lora --cb-steps 0"
     "30  optim    benchmarks/optimizer_step.py --model $model --steps 100"
-    "90  determinism benchmarks/determinism.py --model $model --data-dir $data --steps 60"
+    "120 determinism benchmarks/determinism.py --model $model --data-dir $data --steps 60"
   )
 fi
 grace=10    # timeout's -k: a step that ignores SIGTERM is killed this much later

@@ -103,10 +103,10 @@ def collect(steps_out: Path, log: Path | None, smoke: bool, started: str | None 
             errors.setdefault(name, {})["cases"] = failed
         if name in STEP_MODEL:
             key = STEP_MODEL[name]
-            cases = {r["case"]: r for r in out if "case" in r}
-            for case, r in cases.items():
+            cases = {r["case"]: r for r in out if "case" in r and not r["case"].startswith("profile_")}
+            for r in out:  # profile_<method>: a profiled step of its own, after the timed ones
                 if "profile" in r:
-                    profiles[f"{key}.{case.removeprefix('ours_')}"] = r.pop("profile")
+                    profiles[f"{key}.{r['case'].removeprefix('profile_')}"] = r.pop("profile")
             figures[key] = cases
             plain, full = cases.get("plain_pytorch", {}), cases.get("ours_full", {})
             ratios[f"{key}.full_vs_plain"] = ratio(full.get("samples_per_s"), plain.get("samples_per_s"))

@@ -146,7 +146,7 @@ def with_synthetic_train(tr: Trainer, args, device) -> None:
     tr.batches_per_epoch = 64
 
 
-def ours(path: str, method: str, args, device, data_dir: str) -> dict:
+def ours(path: str, method: str, args, device, data_dir: str, profile: bool = False) -> dict:
     """Our Trainer's training steps alone (timed: ``args.steps`` after ``args.warmup``). Peak memory: of the
     training steps (reset after setup: model, optimizer state and mask are what is then allocated), and including
     setup (SAM's burn-in, what a real trial's peak_gpu_mem_mb holds)."""
@@ -165,13 +165,16 @@ def ours(path: str, method: str, args, device, data_dir: str) -> dict:
         torch.cuda.reset_peak_memory_stats()
     train_steps(tr, args.warmup)  # warm-up steps (allocator, kernels)
     sync(device)
+    if profile:  # a pass of its own, after every timed case: a profiler that ran could slow the launches after it
+        out = {"profile": profile_step(tr, device)}
+        del tr
+        release_memory()
+        return out
     t0 = time.perf_counter()
     train_steps(tr, args.steps)
     sync(device)
     out = {"samples_per_s": args.steps * args.batch_size / (time.perf_counter() - t0), **peak(device)}
     out["peak_mem_incl_setup_gib"] = max(setup_peak, out["peak_mem_gib"]) if setup_peak is not None else None
-    if args.profile and method in ("full", "sam"):
-        out["profile"] = profile_step(tr, device)
     del tr
     release_memory()
     return out
@@ -196,8 +199,8 @@ def main() -> None:
                    help="minilm-l6, a model folder, or a random-init shape: " + ", ".join(SHAPES))
     p.add_argument("--tokenizer-from", default="minilm-l6", help="model (alias or folder) whose tokenizer the "
                    "random-init shapes use")
-    p.add_argument("--profile", action="store_true", help="add torch.profiler's top-ops table of one full and "
-                   "one sam step to their lines")
+    p.add_argument("--profile", action="store_true", help="after the timed cases, torch.profiler's top-ops table "
+                   "of one full and one sam step (lines profile_full, profile_sam)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--steps", type=int, default=100)
@@ -233,6 +236,11 @@ def main() -> None:
                               "ratio": r["samples_per_s"] / plain_rate if plain_rate else None,
                               "mem_ratio": r["peak_mem_gib"] / plain_peak if r["peak_mem_gib"] and plain_peak else None}),
                   flush=True)
+        for method in [m for m in ("full", "sam") if args.profile and m in args.methods.split(",")]:
+            r = guarded({**base_info, "case": f"profile_{method}"},
+                        lambda: ours(path, method, args, device, args.data_dir, profile=True), failed)
+            if r is not None:
+                print(json.dumps({**base_info, "case": f"profile_{method}", **r}), flush=True)
         if args.cb_steps:
             r = guarded({**base_info, "case": "cb_trial_overhead"},
                         lambda: overhead_on_cb(path, args, args.data_dir), failed)

@@ -80,6 +80,11 @@ def test_gpu_suite_smoke_writes_every_figure(tmp_path):
     assert all(r["mask_entries"] > 0 for r in res["figures"]["determinism"])
     assert [r["trials_said_deterministic"] for r in res["figures"]["determinism"]] == [[False, False], [True, True]]
     assert set(res["profiles"]) == {"minilm-l6.full", "minilm-l6.sam"}
+    # profiled after every timed case: a profiler that ran may slow what is timed after it (CUPTI on a GPU)
+    minilm = (tmp_path / "suite.out").read_text().split("#start\tpacking")[0]
+    cases = [json.loads(line)["case"] for line in minilm.splitlines() if line.startswith("{")]
+    assert max(i for i, c in enumerate(cases) if c.startswith("ours_")) < \
+        min(i for i, c in enumerate(cases) if c.startswith("profile_")), cases
     assert all("Name" in t and "aten::" in t for t in res["profiles"].values())
     printed = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     assert {p["ratio"] for p in printed if "ratio" in p and isinstance(p["ratio"], str)} == set(GOALS)
@@ -263,3 +268,17 @@ def test_packing_span_ends_where_the_workers_saw_their_trials_end(tmp_path):
         local.finished(key, {"trial_ended_at": ended, "wall_s": 10.0, "steps": 5})
     span = trial_span(tmp_path, batch_size=4)
     assert span["trials_span_s"] == pytest.approx(12.0) and span["samples"] == 40
+
+
+def test_the_benchmarks_import_their_own_modules_over_an_installed_benchmarks_package(tmp_path):
+    """A `benchmarks` package installed on the GPU image (some wheels ship one) won over our namespace folder:
+    determinism.py's `from benchmarks.trial_throughput import ...` would import the wrong module."""
+    fake = tmp_path / "site" / "benchmarks"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "trial_throughput.py").write_text("raise ImportError('the installed benchmarks package')\n")
+    for script in ("determinism.py", "tracking_scale.py"):
+        out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--help"], cwd=tmp_path,
+                             env={**os.environ, "PYTHONPATH": str(tmp_path / "site")}, capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0 and "usage" in out.stdout, (script, out.stderr[-2000:])
