@@ -46,7 +46,7 @@ def test_a_sweep_run_in_pieces_on_two_machines_finishes_each_trial_once(tmp_path
         shutil.copy(out / "state.tar.xz", state)  # what comes back from the device call
         if n == 1:
             shutil.rmtree(machine)  # the machine is given back
-        return json.loads((out / "piece.json").read_text())
+        return {**json.loads((out / "piece.json").read_text()), "stderr": proc.stderr}
 
     refused = subprocess.run(["bash", "results/paper-small/run_piece.sh", str(tmp_path / "out0")], cwd=ROOT,
                              env={**os.environ, "STATE": str(state)}, capture_output=True, text=True)
@@ -55,6 +55,10 @@ def test_a_sweep_run_in_pieces_on_two_machines_finishes_each_trial_once(tmp_path
     assert 1 <= first["finished_in_this_piece"] < 4, first
     # drained: the trial running when the first one finished ran to its end, no trial was stopped part-way
     assert first["ended"] == "drained" and set(first["per_status"]) == {"FINISHED"}, first
+    # packed as soon as the first trial finished, before the drain: a call cut short would have brought it back
+    said = first["stderr"]
+    assert "state packed with 1 FINISHED trial(s) (a snapshot" in said and said.index("state packed with") < \
+        said.index("draining the sweep"), said[-3000:]
     assert "drain requested" in (tmp_path / "out1" / "piece.log").read_text()
     assert first["before_clock_s"] >= 0 and first["piece_wall_s"] < 6 * 60, first
     with tarfile.open(state) as tar:

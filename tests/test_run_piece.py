@@ -24,6 +24,10 @@ def _piece(tmp_path, *options: str) -> subprocess.CompletedProcess:
     (("--minutes", "6.5"), "use at most 6"),
     (("--minutes", "2", "--drain-minutes", "2"), "--drain-minutes 2: the drain must start inside the piece's 2 min"),
     (("--drain-minutes", "soon"), "--drain-minutes soon: give a number of minutes"),
+    (("--budget", "200"), "--budget 200: a piece needs 45 s before the sweep's clock, 135 s after it and a minute"),
+    (("--budget", "300", "--minutes", "3"), "past its budget of 300 s (--budget; a device call cut there"),
+    (("--budget", "300"), "--drain-minutes 2: the drain must start inside the piece's 2 min"),  # 2 min fit in 300 s
+    (("--budget", "9m"), "--budget 9m: give whole seconds"),
 ])
 def test_a_piece_that_could_outrun_its_call_or_drain_outside_it_is_refused(tmp_path, options, needle):
     out = _piece(tmp_path, *options, "--first")
@@ -31,9 +35,11 @@ def test_a_piece_that_could_outrun_its_call_or_drain_outside_it_is_refused(tmp_p
     assert not (tmp_path / "out").exists() and not (tmp_path / "machine").exists()
 
 
-def test_the_default_piece_fits_the_budget(tmp_path):
-    """6 minutes with a 2-minute drain is accepted (it gets as far as the missing state)."""
-    out = _piece(tmp_path)
+@pytest.mark.parametrize("options", [(), ("--budget", "360", "--drain-minutes", "1")])
+def test_the_default_piece_fits_the_budget(tmp_path, options):
+    """6 minutes with a 2-minute drain is accepted (it gets as far as the missing state); with less device time
+    left (--budget) the default minutes shrink to what fits."""
+    out = _piece(tmp_path, *options)
     assert out.returncode == 2 and "pass --first for the first piece" in out.stderr, out.stderr
 
 

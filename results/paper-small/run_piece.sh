@@ -9,8 +9,8 @@
 # started Ray; whatever that takes, the piece ends its sweep 9 min - 2 min 15 s after the script started.
 #
 # usage: bash results/paper-small/run_piece.sh OUT_DIR [--minutes M] [--drain-minutes D] [--stop-after N] [--first]
-#                                              [-- EXTRA_RUN_ARGS...]
-#   --minutes M        the sweep runs M minutes (default 6, at most 6: with ~45 s before the clock (unpacking, the
+#                                              [--budget SECONDS] [-- EXTRA_RUN_ARGS...]
+#   --minutes M        the sweep runs M minutes (default 6, or less where --budget is less; at most 6: with ~45 s before the clock (unpacking, the
 #                      MLflow rebuild, Ray's start) and up to 2 min 15 s after it (stop, export, pack) a piece ends
 #                      within 9 min of a device call's 10)
 #   --drain-minutes D  drain the sweep D minutes before the end (default 2, about one trial of small.yaml: set it
@@ -19,9 +19,14 @@
 #                      drained as at the end (unless --drain-minutes 0), then stopped at the end
 #   --first            the first piece: there is no state yet (without it, a missing STATE is an error, so that a
 #                      wrong path never starts the sweep over)
+#   --budget SECONDS   the piece ends within this many seconds of its start (default 540, for a call of 600 s);
+#                      give less when the session's device time left is less than a call's 10 min (a call is cut
+#                      at the time left, and then brings back only what $OUT held): --minutes must fit in it
 # writes:
 #   OUT_DIR/state.tar.xz   spec.yaml, identity.json and records/ (each trial's outcome, curve and costs): copy it
-#                          to STATE and commit; the next piece, on any machine, starts from it
+#                          to STATE and commit; the next piece, on any machine, starts from it. Also packed each
+#                          time a trial finishes, so a call cut short still brings back every finished trial (what
+#                          ran then is RUNNING in it: the next piece runs those again)
 #   OUT_DIR/trials.parquet, curves.parquet   `peft-sweep export` of the sweep so far
 #   OUT_DIR/piece.json     this piece: trials per status, how many finished in it, their steps and seconds, how
 #                          long the driver took to be up (before_clock_s) and how the sweep ended
@@ -35,12 +40,12 @@
 # a tiny model and grid); STATE, SPEC and WORK (where the sweep folder is made) may be set in the environment.
 set -uo pipefail
 begun=$(date +%s)  # the device call's clock, near enough: the piece must end within BUDGET_S of it
-BUDGET_S=540       # 9 min of a call's 10: a call killed at its limit brings back only what $OUT held then
+BUDGET_S=540       # 9 min of a call's 10 (--budget): a call killed at its limit brings back only what $OUT held
 BEFORE_S=45        # allowed before the sweep's clock: unpacking the bundle, the driver's MLflow rebuild, Ray's start
 AFTER_S=135        # after it: the stop (60 s), the process's end (30 s; 60 after a drain), the kill (10 s), export
-out=${1:?usage: run_piece.sh OUT_DIR [--minutes M] [--drain-minutes D] [--stop-after N] [--first] [-- EXTRA_RUN_ARGS...]}
+out=${1:?usage: run_piece.sh OUT_DIR [--minutes M] [--drain-minutes D] [--stop-after N] [--first] [--budget SECONDS] [-- EXTRA_RUN_ARGS...]}
 shift
-minutes=6
+minutes=""         # default: 6, or what --budget leaves room for
 drain_minutes=2
 stop_after=0
 first=0
@@ -50,13 +55,22 @@ while [ $# -gt 0 ]; do
     --drain-minutes) drain_minutes=${2:?--drain-minutes needs a number}; shift 2;;
     --stop-after) stop_after=${2:?--stop-after needs a number of trials}; shift 2;;
     --first) first=1; shift;;
+    --budget) BUDGET_S=${2:?--budget needs a number of seconds}; shift 2;;
     --) shift; break;;
-    *) echo "unknown option $1; valid: --minutes M, --drain-minutes D, --stop-after N, --first, then -- and" \
+    *) echo "unknown option $1; valid: --minutes M, --drain-minutes D, --stop-after N, --first, --budget S, then -- and" \
             "arguments for peft-sweep run" >&2
        exit 2;;
   esac
 done
 number='^[0-9]+([.][0-9]+)?$'
+[[ $BUDGET_S =~ ^[0-9]+$ ]] || { echo "--budget $BUDGET_S: give whole seconds, e.g. 540" >&2; exit 2; }
+if (( BUDGET_S < BEFORE_S + AFTER_S + 60 )); then
+  echo "--budget $BUDGET_S: a piece needs $BEFORE_S s before the sweep's clock, $AFTER_S s after it and a minute of" \
+       "sweep: at least $(( BEFORE_S + AFTER_S + 60 )) s" >&2
+  exit 2
+fi
+fits=$(( (BUDGET_S - BEFORE_S - AFTER_S) / 60 ))
+[ -n "$minutes" ] || minutes=$(( fits < 6 ? fits : 6 ))
 [[ $minutes =~ $number ]] || { echo "--minutes $minutes: give a number of minutes, e.g. 6 or 2.5" >&2; exit 2; }
 [[ $drain_minutes =~ $number ]] || { echo "--drain-minutes $drain_minutes: give a number of minutes, e.g. 2 or 0" >&2; exit 2; }
 [[ $stop_after =~ ^[0-9]+$ ]] || { echo "--stop-after $stop_after: give a whole number of trials" >&2; exit 2; }
@@ -64,8 +78,8 @@ seconds=$(awk -v m="$minutes" 'BEGIN { printf "%d", m * 60 + 0.5 }')
 drain_s=$(awk -v m="$drain_minutes" 'BEGIN { printf "%d", m * 60 + 0.5 }')
 if (( seconds + BEFORE_S + AFTER_S > BUDGET_S )); then
   echo "--minutes $minutes: with up to $BEFORE_S s before the sweep's clock and $AFTER_S s after it, the piece could" \
-       "run past $(( BUDGET_S / 60 )) min of a 10-min device call (killed there, it brings back no state); use at" \
-       "most $(( (BUDGET_S - BEFORE_S - AFTER_S) / 60 ))" >&2
+       "run past its budget of $BUDGET_S s (--budget; a device call cut there brings back only what is packed by" \
+       "then); use at most $fits" >&2
   exit 2
 fi
 if (( drain_s >= seconds )); then
@@ -103,6 +117,10 @@ fi
 data=${PEFT_SWEEP_DATA_DIR:-}
 if [ -z "$data" ]; then for d in ../shared/data /tmp/data; do [ -d "$d" ] && data=$(cd "$d" && pwd) && break; done; fi
 args+=(--set "data.dir=${data:?no task data: set PEFT_SWEEP_DATA_DIR}")
+# the GPUs torch sees, told to Ray (which would count them itself through NVML, and stop the sweep if that failed);
+# ray.* changes no trial's key
+gpus=$("$py" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
+if [ "${gpus:-0}" -gt 0 ] 2>/dev/null; then args+=(--set "ray.num_gpus=$gpus"); fi
 name=$("$py" - "$spec" "${args[@]}" "$@" <<'PY'
 import sys
 from orchestrator.spec import load_spec
@@ -131,6 +149,21 @@ fi
 finished() { grep -l '"status": "FINISHED"' "$sweep"/records/*.json 2>/dev/null | xargs -r -n1 basename; }
 finished_before=$(finished | tr '\n' ' ')
 n_before=$(finished | wc -l)
+# the state as it is now, written whole or not at all (a call cut part-way brings back the last whole one). The
+# records are replaced atomically, one file per trial; tar's status 1 is a file that changed while read (a record
+# rewritten then: the snapshot after the next finished trial has it)
+pack_state() {
+  tar -C "$sweep" --exclude='*.tmp' -cf - spec.yaml identity.json records 2>/dev/null | xz -T0 -9 > "$out/state.part"
+  local rc=("${PIPESTATUS[@]}")
+  if (( rc[0] <= 1 && rc[1] == 0 )); then mv "$out/state.part" "$out/state.tar.xz"; else rm -f "$out/state.part"; return 1; fi
+}
+packed=$n_before
+snapshot() {  # after each trial that finished in this piece
+  local n; n=$(finished | wc -l)
+  if (( n > packed )) && [ -f "$sweep/identity.json" ] && pack_state; then
+    packed=$n; echo "state packed with $n FINISHED trial(s) (a snapshot: the piece goes on)" >&2
+  fi
+}
 
 setsid "$py" -m orchestrator run "$spec" --yes "${args[@]}" "$@" > "$out/piece.log" 2>&1 &
 pid=$!
@@ -147,7 +180,7 @@ deadline=$(( started + seconds < latest ? started + seconds : latest ))
 drain_at=$(( deadline - drain_s ))
 ended="the sweep ended"
 enough() { [ "$stop_after" -gt 0 ] && [ $(( $(finished | wc -l) - n_before )) -ge "$stop_after" ]; }
-while alive && [ "$(date +%s)" -lt "$drain_at" ] && ! enough; do sleep 2; done
+while alive && [ "$(date +%s)" -lt "$drain_at" ] && ! enough; do sleep 2; snapshot; done
 why=$( enough && echo "$stop_after more trial(s) finished" || echo "$drain_minutes min before the end")
 drained=0
 if alive && ((drain_s)) && [ "$(date +%s)" -lt "$deadline" ]; then
@@ -187,8 +220,8 @@ if [ ! -f "$sweep/identity.json" ] || [ ! -d "$sweep/records" ]; then
   echo "no sweep state to pack in $sweep (see $out/piece.log); nothing to commit" >&2; exit 3
 fi
 "$py" -m orchestrator export "$sweep" >&2 && cp "$sweep"/export/{trials,curves}.parquet "$out"/
-tar -C "$sweep" -cf - spec.yaml identity.json records | xz -T0 -9 > "$out/state.tar.xz"
-[ "${PIPESTATUS[0]}${PIPESTATUS[1]}" = 00 ] || { echo "packing the state failed" >&2; rm -f "$out/state.tar.xz"; exit 3; }
+pack_state || { echo "packing the state failed" "$( [ -f "$out/state.tar.xz" ] && echo "(what $out/state.tar.xz holds is the" \
+                     "snapshot with $packed FINISHED)")" >&2; exit 3; }
 "$py" - "$sweep" "$rc" "$(( $(date +%s) - started ))" "$before_clock" "$ended" $finished_before \
   > "$out/piece.json" <<'PY'
 import json, sys, statistics
