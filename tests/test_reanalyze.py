@@ -58,3 +58,16 @@ def test_it_reanalyses_the_products_first_group_of_several(tmp_path):
     table.to_csv(out / "table.csv", index=False)
     done = _check(trials, out)
     assert done.returncode == 1 and "DIFFERS: full/AVG mean" in done.stdout, done.stdout
+
+
+def test_it_agrees_on_rho_where_tasks_rank_different_numbers_of_cells(tmp_path):
+    """A one-seed cell has no std, so its task ranks fewer cells: ρ pools each task's ranks scaled to its size
+    ((rank − 0.5)/k), here too."""
+    trials, out = tmp_path / "trials.parquet", tmp_path / "analysis"
+    df = hand_made()
+    df = df[~((df["method"] == "lora") & (df["task"] == "RTE") & (df["seed"] > 0))]  # lora/RTE: one seed
+    df.to_parquet(trials)
+    analyze_file(trials, out)
+    assert json.loads((out / "summary.json").read_text())["spearman"]["n_pairs"] == 7
+    done = _check(trials, out)
+    assert done.returncode == 0 and "matches the analysis" in done.stdout, done.stdout + done.stderr

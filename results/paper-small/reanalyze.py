@@ -8,7 +8,8 @@ smallest sparsity, methods without one included, the standard split before the p
 pair that holds trials); per (method, task) the mean and the std (ddof=1) of the test scores, rounded to 10
 decimals, with their ranks within the task (performance: higher mean first; stability: smaller std first; ties
 averaged); per method the AVG row (mean of its task means; mean of its task stds where every task has one); ρ over
-the pooled (method, task) cells with a std, ranked again among those cells. The within-task permutation p is drawn again here with another generator, so it is
+the pooled (method, task) cells with a std, ranked again among those cells and scaled to (rank − 0.5)/k, k the
+cells of that task. The within-task permutation p is drawn again here with another generator, so it is
 compared within its Monte-Carlo error, not to the digit.
 
     python results/paper-small/reanalyze.py results/paper-small/trials.parquet results/paper-small/analysis
@@ -72,8 +73,10 @@ def averages(table: pd.DataFrame) -> pd.DataFrame:
 def rho(table: pd.DataFrame) -> tuple[float, float, float, int]:
     """ρ, scipy's p, the within-task permutation p and the number of pairs."""
     pairs = table[table["std"].notna()].copy()
-    pairs["perf"] = pairs.groupby("task")["mean"].transform(lambda m: stats.rankdata(-m))
-    pairs["stab"] = pairs.groupby("task")["std"].transform(lambda s: stats.rankdata(s))
+    # each task's ranks scaled to its number of cells, (rank - 0.5) / k: raw ranks of tasks with fewer cells sit low
+    # on both axes and correlate by themselves
+    pairs["perf"] = pairs.groupby("task")["mean"].transform(lambda m: (stats.rankdata(-m) - 0.5) / len(m))
+    pairs["stab"] = pairs.groupby("task")["std"].transform(lambda s: (stats.rankdata(s) - 0.5) / len(s))
     res = stats.spearmanr(pairs["stab"], pairs["perf"])
     observed = abs(float(res.statistic))
     stab, perf, tasks = list(pairs["stab"]), list(pairs["perf"]), list(pairs["task"])
