@@ -225,9 +225,11 @@ def spearman_pairs(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _rho(pairs: pd.DataFrame) -> dict[str, Any]:
-    if len(pairs) < 3 or pairs["stab_rank"].nunique() < 2 or pairs["perf_rank"].nunique() < 2:
+    # on what ρ correlates: a task of one cell, or of k tied ones, scales to 0.5 whatever its raw rank
+    if len(pairs) < 3 or pairs["stab_quantile"].nunique() < 2 or pairs["perf_quantile"].nunique() < 2:
         return {"rho": None, "p_value": None, "permutation_p_value": None, "n_pairs": int(len(pairs)),
-                "reason": "needs ≥3 (method, task) pairs whose stability and performance ranks both vary"}
+                "reason": "needs ≥3 (method, task) pairs whose stability and performance ranks both vary "
+                          "within a task"}
     res = stats.spearmanr(pairs["stab_quantile"], pairs["perf_quantile"])
     return {"rho": float(res.statistic), "p_value": float(res.pvalue),
             "permutation_p_value": within_task_permutation_p(pairs["stab_quantile"].to_numpy(),

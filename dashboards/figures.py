@@ -146,7 +146,9 @@ def rank_figure(pairs: pd.DataFrame, rho: dict, methods: list[str], path: Path) 
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     title = "stability rank vs performance rank"
     if rho.get("rho") is not None:
-        title += (f"\nSpearman ρ = {rho['rho']:.2f} over n = {rho['n_pairs']} (method, task) pairs\n"
+        # tasks of unequal size: ρ is of the ranks scaled within each task, which the plotted raw ranks are not
+        scaled = " of ranks scaled (r − 0.5)/k per task" if pairs.groupby("task").size().nunique() > 1 else ""
+        title += (f"\nSpearman ρ{scaled} = {rho['rho']:.2f} over n = {rho['n_pairs']} (method, task) pairs\n"
                   f"{fmt_p(rho['permutation_p_value'])} within-task permutation "
                   f"(scipy, pairs taken as independent: {fmt_p(rho['p_value'])})")
     elif rho.get("reason"):

@@ -691,3 +691,13 @@ def test_a_paired_comparison_over_perturbation_splits_counts_runs_not_seeds():
     plain = paired_on_average(pd.DataFrame(_rows({("a", "T"): [.7, .8, .75], ("b", "T"): [.6, .65, .7]})), "a", "b",
                               ["T"])["answer"]
     assert "paired t-test over 3 seeds" in plain, plain
+
+
+def test_rho_is_none_where_no_task_ranks_two_distinct_cells():
+    """T1: a and b tie, T2 has one cell: raw ranks vary (1.5, 1.5, 1) but within their tasks every cell is in the
+    middle, so ρ has nothing to correlate. It came out NaN, with a permutation p of 0.0001 beside it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sp = analyze(pd.DataFrame(_rows({("a", "T1"): [.5, .6, .7], ("b", "T1"): [.5, .6, .7],
+                                         ("a", "T2"): [.5, .6, .7]}))).summary["spearman"]
+    assert sp["rho"] is None and sp["permutation_p_value"] is None and "within a task" in sp["reason"], sp

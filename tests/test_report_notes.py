@@ -365,6 +365,18 @@ def test_fig3b_plots_the_pairs_rho_is_computed_on(tmp_path, monkeypatch):
     assert f"Spearman ρ = {rho:.2f} over n = 4" in drawn["title"]
 
 
+def test_fig3b_says_when_rho_is_of_ranks_scaled_within_tasks(tmp_path):
+    """T1 ranks three cells, T2 two: ρ pools (rank − 0.5)/k, which the plotted raw ranks are not; the title says so
+    (it showed ρ = -0.60 above points whose own ρ is -0.47)."""
+    from dashboards import figures
+    from dashboards.analysis import spearman, spearman_pairs
+
+    table = pd.DataFrame({"method": ["x", "y", "z", "x", "y"], "task": ["T1"] * 3 + ["T2"] * 2,
+                          "mean": [.9, .8, .7, .6, .7], "std": [.01, .02, .03, .01, .02]})
+    figures.rank_figure(spearman_pairs(table), spearman(table), ["x", "y", "z"], tmp_path / "ranks.svg")
+    assert "ranks scaled (r − 0.5)/k per task" in (tmp_path / "ranks.svg").read_text()
+
+
 def test_the_mlflow_command_shown_is_one_this_shell_finds(monkeypatch):
     """`make demo` leaves .venv/bin off PATH: the bare `mlflow ui` that the run and the report printed was not
     found; the venv's own path is shown instead, and plain `mlflow` where PATH leads to this environment's."""
