@@ -30,9 +30,10 @@
 set -uo pipefail
 usage="usage: gpu_suite.sh OUT_DIR [--smoke] [--only STEP,...] [--budget SECONDS]"
 case ${1:-} in
-  -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0;;
+  -h|--help) ;;  # below
   ''|-*) echo "$usage (the folder comes first; --help says more)" >&2; exit 2;;
 esac
+[[ " $* " == *" --help "* || " $* " == *" -h "* ]] && { sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0; }
 out=$1; shift
 smoke=0; only=""; budget=540
 while (($#)); do
@@ -101,8 +102,9 @@ model=minilm-l6; ((has_model)) || model=/tmp/minilm-l6  # the bundle's copy
 export PEFT_SWEEP_DATA_DIR=${data:?no task data: set PEFT_SWEEP_DATA_DIR}
 
 tt=(benchmarks/trial_throughput.py --data-dir "$data" --tokenizer-from "$model")
-# "LIMIT NAME COMMAND": on the GPU the limits (130 + 250 + 90 + 30 s) leave ~40 s of the 540 s budget for the
-# unpack (~15 s), the checks above and suite_results.py after each step (a few seconds each). Packing runs four
+# "LIMIT NAME COMMAND": on the GPU the limits (130 + 240 + 80 + 30 s) leave 60 s of the 540 s budget, of which a
+# step's start keeps 30 (its kill's grace and suite_results.py after it): ~30 s for the unpack (~15 s), the checks
+# above and suite_results.py after each step (a few seconds each), before optim is left out. Packing runs four
 # sweeps (a Ray start, an MLflow store, workers that import torch, the end's export, analysis and report each),
 # hence the most. Determinism (120 s) starts only where the steps before it ended early enough (or alone:
 # --only determinism).
@@ -117,8 +119,8 @@ if ((smoke)); then
 else
   steps=(
     "130 minilm   ${tt[*]} --model $model --batch-size 32 --seq-len 128 --steps 50 --warmup 10 --methods full,sam,random,lora --cb-steps 300 --profile"
-    "250 packing  benchmarks/sweep_packing.py --model $model --data-dir $data --fractions 1,0.25,0.125 --trials 8 --steps 100 --fresh-workers --fresh-trials 3"
-    "90  roberta  ${tt[*]} --model roberta-base-shape --batch-size 32 --seq-len 128 --steps 30 --warmup 5 --methods full,sam,lora --cb-steps 0"
+    "240 packing  benchmarks/sweep_packing.py --model $model --data-dir $data --fractions 1,0.25,0.125 --trials 8 --steps 100 --fresh-workers --fresh-trials 3"
+    "80  roberta  ${tt[*]} --model roberta-base-shape --batch-size 32 --seq-len 128 --steps 30 --warmup 5 --methods full,sam,lora --cb-steps 0"
     "30  optim    benchmarks/optimizer_step.py --model $model --steps 100"
     "120 determinism benchmarks/determinism.py --model $model --data-dir $data --steps 60"
   )

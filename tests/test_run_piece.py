@@ -26,8 +26,9 @@ def _piece(tmp_path, *options: str) -> subprocess.CompletedProcess:
     (("--drain-minutes", "soon"), "--drain-minutes soon: give a number of minutes"),
     (("--budget", "200"), "--budget 200: a piece needs 45 s before the sweep's clock, 135 s after it and a minute"),
     (("--budget", "300", "--minutes", "3"), "past its budget of 300 s (--budget; a device call cut there"),
-    (("--budget", "300"), "--drain-minutes 2: the drain must start inside the piece's 2 min"),  # 2 min fit in 300 s
+    (("--budget", "300", "--drain-minutes", "2"), "--drain-minutes 2: the drain must start inside the piece's 2.0"),
     (("--budget", "9m"), "--budget 9m: give whole seconds"),
+    (("--budget", "0600"), "--budget 0600: give whole seconds"),  # bash would read it as octal (384 s)
 ])
 def test_a_piece_that_could_outrun_its_call_or_drain_outside_it_is_refused(tmp_path, options, needle):
     out = _piece(tmp_path, *options, "--first")
@@ -35,10 +36,11 @@ def test_a_piece_that_could_outrun_its_call_or_drain_outside_it_is_refused(tmp_p
     assert not (tmp_path / "out").exists() and not (tmp_path / "machine").exists()
 
 
-@pytest.mark.parametrize("options", [(), ("--budget", "360", "--drain-minutes", "1")])
+@pytest.mark.parametrize("options", [(), ("--budget", "360", "--drain-minutes", "1"), ("--budget", "300")])
 def test_the_default_piece_fits_the_budget(tmp_path, options):
     """6 minutes with a 2-minute drain is accepted (it gets as far as the missing state); with less device time
-    left (--budget) the default minutes shrink to what fits."""
+    left (--budget) the default minutes shrink to what fits, and the default drain with them (300 s: 2 minutes,
+    a 1-minute drain)."""
     out = _piece(tmp_path, *options)
     assert out.returncode == 2 and "pass --first for the first piece" in out.stderr, out.stderr
 

@@ -6,15 +6,17 @@
 # running trials finish, no new one starts, the driver ends); at the end it stops what still runs (`peft-sweep
 # stop`: those trials' records STOPPED; without checkpoints they start over in the next piece).
 # The MINUTES count from when the driver is up (its driver.json), after it rebuilt MLflow from the records and
-# started Ray; whatever that takes, the piece ends its sweep 9 min - 2 min 15 s after the script started.
+# started Ray; whatever that takes, the piece ends its sweep 2 min 15 s before its budget (--budget, default 9 min)
+# is up, counted from when the script started.
 #
 # usage: bash results/paper-small/run_piece.sh OUT_DIR [--minutes M] [--drain-minutes D] [--stop-after N] [--first]
 #                                              [--budget SECONDS] [-- EXTRA_RUN_ARGS...]
-#   --minutes M        the sweep runs M minutes (default 6, or less where --budget is less; at most 6: with ~45 s before the clock (unpacking, the
-#                      MLflow rebuild, Ray's start) and up to 2 min 15 s after it (stop, export, pack) a piece ends
-#                      within 9 min of a device call's 10)
-#   --drain-minutes D  drain the sweep D minutes before the end (default 2, about one trial of small.yaml: set it
-#                      to the probe's wall_s max from piece.json); 0: no drain, running trials stop at the end
+#   --minutes M        the sweep runs M minutes (default 6, or what a smaller --budget leaves room for; at most 6:
+#                      with ~45 s before the clock (unpacking, the MLflow rebuild, Ray's start) and up to 2 min 15 s
+#                      after it (stop, export, pack) a piece ends within 9 min of a device call's 10)
+#   --drain-minutes D  drain the sweep D minutes before the end (default 2, or half the minutes where they are fewer
+#                      than 3; about one trial of small.yaml: set it to the probe's wall_s max from piece.json);
+#                      0: no drain, running trials stop at the end
 #   --stop-after N     end the piece once N more trials have FINISHED (a piece that measures; the CPU smoke test):
 #                      drained as at the end (unless --drain-minutes 0), then stopped at the end
 #   --first            the first piece: there is no state yet (without it, a missing STATE is an error, so that a
@@ -46,7 +48,7 @@ AFTER_S=135        # after it: the stop (60 s), the process's end (30 s; 60 afte
 out=${1:?usage: run_piece.sh OUT_DIR [--minutes M] [--drain-minutes D] [--stop-after N] [--first] [--budget SECONDS] [-- EXTRA_RUN_ARGS...]}
 shift
 minutes=""         # default: 6, or what --budget leaves room for
-drain_minutes=2
+drain_minutes=""    # default: 2, or half the minutes where they are fewer than 3
 stop_after=0
 first=0
 while [ $# -gt 0 ]; do
@@ -63,14 +65,15 @@ while [ $# -gt 0 ]; do
   esac
 done
 number='^[0-9]+([.][0-9]+)?$'
-[[ $BUDGET_S =~ ^[0-9]+$ ]] || { echo "--budget $BUDGET_S: give whole seconds, e.g. 540" >&2; exit 2; }
+[[ $BUDGET_S =~ ^[1-9][0-9]*$ ]] || { echo "--budget $BUDGET_S: give whole seconds, e.g. 540" >&2; exit 2; }
 if (( BUDGET_S < BEFORE_S + AFTER_S + 60 )); then
   echo "--budget $BUDGET_S: a piece needs $BEFORE_S s before the sweep's clock, $AFTER_S s after it and a minute of" \
        "sweep: at least $(( BEFORE_S + AFTER_S + 60 )) s" >&2
   exit 2
 fi
-fits=$(( (BUDGET_S - BEFORE_S - AFTER_S) / 60 ))
-[ -n "$minutes" ] || minutes=$(( fits < 6 ? fits : 6 ))
+fits=$(awk -v s=$(( BUDGET_S - BEFORE_S - AFTER_S )) 'BEGIN { printf "%.1f", int(s / 6) / 10 }')  # to 0.1 min
+[ -n "$minutes" ] || minutes=$(awk -v f="$fits" 'BEGIN { print (f < 6 ? f : 6) }')
+[ -n "$drain_minutes" ] || drain_minutes=$(awk -v m="$minutes" 'BEGIN { print (m >= 3 ? 2 : m / 2) }')
 [[ $minutes =~ $number ]] || { echo "--minutes $minutes: give a number of minutes, e.g. 6 or 2.5" >&2; exit 2; }
 [[ $drain_minutes =~ $number ]] || { echo "--drain-minutes $drain_minutes: give a number of minutes, e.g. 2 or 0" >&2; exit 2; }
 [[ $stop_after =~ ^[0-9]+$ ]] || { echo "--stop-after $stop_after: give a whole number of trials" >&2; exit 2; }
@@ -142,25 +145,28 @@ then  # an earlier call killed at its limit leaves its driver (in a session of i
 fi
 rm -rf "$sweep"  # a warm machine keeps /tmp: start from the committed state only
 mkdir -p "$out" "$sweep"
+rm -f "$out/state.tar.xz" "$out/state.part"  # what comes back is this piece's state, never an earlier one's
 if [ -f "$state" ]; then
   tar -C "$sweep" -xJf "$state" || { echo "$state: not a readable state archive" >&2; exit 2; }
   echo "starting from $state" >&2
 fi
 finished() { grep -l '"status": "FINISHED"' "$sweep"/records/*.json 2>/dev/null | xargs -r -n1 basename; }
 finished_before=$(finished | tr '\n' ' ')
-n_before=$(finished | wc -l)
+n_finished() { grep -l '"status": "FINISHED"' "$sweep"/records/*.json 2>/dev/null | wc -l; }
+n_before=$(n_finished)
 # the state as it is now, written whole or not at all (a call cut part-way brings back the last whole one). The
 # records are replaced atomically, one file per trial; tar's status 1 is a file that changed while read (a record
 # rewritten then: the snapshot after the next finished trial has it)
-pack_state() {
-  tar -C "$sweep" --exclude='*.tmp' -cf - spec.yaml identity.json records 2>/dev/null | xz -T0 -9 > "$out/state.part"
+pack_state() {  # $1: xz's level (the snapshots' is lower: a few seconds less in the loop)
+  tar -C "$sweep" --exclude='*.tmp' --warning=no-file-changed -cf - spec.yaml identity.json records \
+    | xz -T0 "-${1:-9}" > "$out/state.part"
   local rc=("${PIPESTATUS[@]}")
   if (( rc[0] <= 1 && rc[1] == 0 )); then mv "$out/state.part" "$out/state.tar.xz"; else rm -f "$out/state.part"; return 1; fi
 }
 packed=$n_before
 snapshot() {  # after each trial that finished in this piece
-  local n; n=$(finished | wc -l)
-  if (( n > packed )) && [ -f "$sweep/identity.json" ] && pack_state; then
+  local n; n=$(n_finished)
+  if (( n > packed )) && [ -f "$sweep/identity.json" ] && pack_state 6; then
     packed=$n; echo "state packed with $n FINISHED trial(s) (a snapshot: the piece goes on)" >&2
   fi
 }
@@ -179,8 +185,9 @@ before_clock=$(( started - begun ))
 deadline=$(( started + seconds < latest ? started + seconds : latest ))
 drain_at=$(( deadline - drain_s ))
 ended="the sweep ended"
-enough() { [ "$stop_after" -gt 0 ] && [ $(( $(finished | wc -l) - n_before )) -ge "$stop_after" ]; }
+enough() { [ "$stop_after" -gt 0 ] && [ $(( $(n_finished) - n_before )) -ge "$stop_after" ]; }
 while alive && [ "$(date +%s)" -lt "$drain_at" ] && ! enough; do sleep 2; snapshot; done
+snapshot
 why=$( enough && echo "$stop_after more trial(s) finished" || echo "$drain_minutes min before the end")
 drained=0
 if alive && ((drain_s)) && [ "$(date +%s)" -lt "$deadline" ]; then
@@ -188,7 +195,11 @@ if alive && ((drain_s)) && [ "$(date +%s)" -lt "$deadline" ]; then
   echo "draining the sweep ($why): running trials finish, no new one starts; what still runs at" \
        "$(date -d "@$deadline" +%T) is stopped" >&2
   # 0: the driver has let go of the sweep (its driver.json is gone); its process may still be shutting Ray down
-  "$py" -m orchestrator stop "$sweep" --drain --timeout $(( deadline - $(date +%s) )) >&2 && drained=1
+  "$py" -m orchestrator stop "$sweep" --drain --timeout $(( deadline - $(date +%s) )) >&2 &
+  drainer=$!
+  while kill -0 "$drainer" 2>/dev/null; do sleep 2; snapshot; done  # trials that finish while it drains, too
+  wait "$drainer" && drained=1
+  snapshot
 fi
 if ! ((drained)) && alive; then
   ended="stopped"
