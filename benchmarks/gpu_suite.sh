@@ -29,11 +29,8 @@
 # the GPU machine.
 set -uo pipefail
 usage="usage: gpu_suite.sh OUT_DIR [--smoke] [--only STEP,...] [--budget SECONDS]"
-case ${1:-} in
-  -h|--help) ;;  # below
-  ''|-*) echo "$usage (the folder comes first; --help says more)" >&2; exit 2;;
-esac
 [[ " $* " == *" --help "* || " $* " == *" -h "* ]] && { sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0; }
+case ${1:-} in ''|-*) echo "$usage (the folder comes first; --help says more)" >&2; exit 2;; esac
 out=$1; shift
 smoke=0; only=""; budget=540
 while (($#)); do

@@ -167,14 +167,12 @@ def ours(path: str, method: str, args, device, data_dir: str, profile: bool = Fa
     sync(device)
     if profile:  # a pass of its own, after every timed case: a profiler that ran could slow the launches after it
         out = {"profile": profile_step(tr, device)}
-        del tr
-        release_memory()
-        return out
-    t0 = time.perf_counter()
-    train_steps(tr, args.steps)
-    sync(device)
-    out = {"samples_per_s": args.steps * args.batch_size / (time.perf_counter() - t0), **peak(device)}
-    out["peak_mem_incl_setup_gib"] = max(setup_peak, out["peak_mem_gib"]) if setup_peak is not None else None
+    else:
+        t0 = time.perf_counter()
+        train_steps(tr, args.steps)
+        sync(device)
+        out = {"samples_per_s": args.steps * args.batch_size / (time.perf_counter() - t0), **peak(device)}
+        out["peak_mem_incl_setup_gib"] = max(setup_peak, out["peak_mem_gib"]) if setup_peak is not None else None
     del tr
     release_memory()
     return out

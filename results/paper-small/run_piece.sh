@@ -150,9 +150,10 @@ if [ -f "$state" ]; then
   tar -C "$sweep" -xJf "$state" || { echo "$state: not a readable state archive" >&2; exit 2; }
   echo "starting from $state" >&2
 fi
-finished() { grep -l '"status": "FINISHED"' "$sweep"/records/*.json 2>/dev/null | xargs -r -n1 basename; }
+finished_files() { grep -l '"status": "FINISHED"' "$sweep"/records/*.json 2>/dev/null; }
+finished() { finished_files | xargs -r -n1 basename; }
+n_finished() { finished_files | wc -l; }  # polled every 2 s: no basename per record
 finished_before=$(finished | tr '\n' ' ')
-n_finished() { grep -l '"status": "FINISHED"' "$sweep"/records/*.json 2>/dev/null | wc -l; }
 n_before=$(n_finished)
 # the state as it is now, written whole or not at all (a call cut part-way brings back the last whole one). The
 # records are replaced atomically, one file per trial; tar's status 1 is a file that changed while read (a record
